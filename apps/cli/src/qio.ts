@@ -1,0 +1,2 @@
+process.stderr.write("qio: not implemented yet\n");
+process.exitCode = 1;

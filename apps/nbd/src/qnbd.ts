@@ -1,0 +1,2 @@
+process.stderr.write("qnbd: not implemented yet\n");
+process.exitCode = 1;
