@@ -30,7 +30,18 @@ export type Qcow2ErrorCode =
   /** A bug in qcowkit. */
   | "INTERNAL";
 
-export type Errno = "EINVAL" | "ENOTSUP" | "EIO" | "ENOSPC" | "EPERM" | "EROFS" | "ENOENT" | "EAGAIN" | "EFBIG";
+export type Errno =
+  | "EINVAL"
+  | "ENOTSUP"
+  | "EIO"
+  | "ENOSPC"
+  | "EPERM"
+  | "EACCES"
+  | "EROFS"
+  | "ENOENT"
+  | "EAGAIN"
+  | "EFBIG"
+  | "EEXIST";
 
 const defaultErrno: Record<Qcow2ErrorCode, Errno> = {
   INVALID_IMAGE: "EINVAL",
@@ -54,10 +65,12 @@ export const errnoText: Record<Errno, string> = {
   EIO: "Input/output error",
   ENOSPC: "No space left on device",
   EPERM: "Operation not permitted",
+  EACCES: "Permission denied",
   EROFS: "Read-only file system",
   ENOENT: "No such file or directory",
   EAGAIN: "Resource temporarily unavailable",
   EFBIG: "File too large",
+  EEXIST: "File exists",
 };
 
 export interface Qcow2ErrorOptions {

@@ -1,0 +1,75 @@
+/** Small big-endian helpers shared by every codec. All multi-byte integers in qcow2 are big endian. */
+
+/** A DataView over exactly the bytes of `u8` (Node's pooled Buffers start at a non-zero byteOffset). */
+export function viewOf(u8: Uint8Array): DataView {
+  return new DataView(u8.buffer, u8.byteOffset, u8.byteLength);
+}
+
+const TWO_32 = 4294967296;
+
+/**
+ * Read a big-endian u64 as a number. Values of 2^53 and above come back as a number >= 2^53 (not exact);
+ * callers that need the value validate it with `Number.isSafeInteger`.
+ */
+export function getU64(view: DataView, byteOffset: number): number {
+  return view.getUint32(byteOffset) * TWO_32 + view.getUint32(byteOffset + 4);
+}
+
+/** Write a safe non-negative integer as a big-endian u64. */
+export function setU64(view: DataView, byteOffset: number, value: number): void {
+  view.setUint32(byteOffset, Math.floor(value / TWO_32));
+  view.setUint32(byteOffset + 4, value >>> 0);
+}
+
+export function getU64Big(view: DataView, byteOffset: number): bigint {
+  return view.getBigUint64(byteOffset);
+}
+
+export function setU64Big(view: DataView, byteOffset: number, value: bigint): void {
+  view.setBigUint64(byteOffset, BigInt.asUintN(64, value));
+}
+
+/** TextEncoder/TextDecoder exist in every JavaScript runtime we target; typed locally to stay lib-free. */
+interface TextCodecs {
+  TextEncoder: new () => { encode(text: string): Uint8Array };
+  TextDecoder: new (label?: string) => { decode(bytes: Uint8Array): string };
+}
+const codecs = globalThis as unknown as TextCodecs;
+const encoder = new codecs.TextEncoder();
+const decoder = new codecs.TextDecoder("utf-8");
+
+export function encodeText(text: string): Uint8Array {
+  return encoder.encode(text);
+}
+
+export function decodeText(bytes: Uint8Array): string {
+  return decoder.decode(bytes);
+}
+
+/** Decode a zero-padded fixed-width string field (stops at the first NUL). */
+export function decodePaddedText(bytes: Uint8Array): string {
+  const end = bytes.indexOf(0);
+  return decodeText(end < 0 ? bytes : bytes.subarray(0, end));
+}
+
+export function alignUp(value: number, alignment: number): number {
+  return Math.ceil(value / alignment) * alignment;
+}
+
+export function isAligned(value: number, alignment: number): boolean {
+  return value % alignment === 0;
+}
+
+/** True when every byte of `bytes` is zero. */
+export function isAllZero(bytes: Uint8Array): boolean {
+  const len = bytes.byteLength;
+  let i = 0;
+  if (bytes.byteOffset % 4 === 0) {
+    const words = len >>> 2;
+    const u32 = new Uint32Array(bytes.buffer, bytes.byteOffset, words);
+    for (let w = 0; w < words; w++) if (u32[w] !== 0) return false;
+    i = words << 2;
+  }
+  for (; i < len; i++) if (bytes[i] !== 0) return false;
+  return true;
+}

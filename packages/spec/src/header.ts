@@ -1,0 +1,170 @@
+/**
+ * The fixed qcow2 header at the start of cluster 0 (docs/interop/qcow2.txt, "Header").
+ *
+ *   0- 3 magic                    4- 7 version
+ *   8-15 backing_file_offset     16-19 backing_file_size
+ *  20-23 cluster_bits            24-31 size
+ *  32-35 crypt_method            36-39 l1_size
+ *  40-47 l1_table_offset         48-55 refcount_table_offset
+ *  56-59 refcount_table_clusters 60-63 nb_snapshots
+ *  64-71 snapshots_offset
+ *  v3 only:
+ *  72-79 incompatible_features   80-87 compatible_features
+ *  88-95 autoclear_features      96-99 refcount_order
+ * 100-103 header_length          104 compression_type   105-111 padding
+ */
+import { getU64, getU64Big, setU64, setU64Big, viewOf } from "./bytes";
+import {
+  COMPRESSION_ZLIB,
+  DEFAULT_REFCOUNT_ORDER,
+  HEADER_V2_LENGTH,
+  HEADER_V3_LENGTH,
+  HEADER_V3_MIN_LENGTH,
+  QCOW2_MAGIC,
+} from "./constants";
+import { Qcow2Error } from "./errors";
+
+export interface Qcow2Header {
+  version: number;
+  backingFileOffset: number;
+  backingFileSize: number;
+  clusterBits: number;
+  /** Virtual disk size in bytes. */
+  size: number;
+  cryptMethod: number;
+  /** Number of L1 entries. */
+  l1Size: number;
+  l1TableOffset: number;
+  refcountTableOffset: number;
+  refcountTableClusters: number;
+  nbSnapshots: number;
+  snapshotsOffset: number;
+  incompatibleFeatures: bigint;
+  compatibleFeatures: bigint;
+  autoclearFeatures: bigint;
+  /** log2 of the refcount entry width in bits (v2: always 4). */
+  refcountOrder: number;
+  /** Length of the header in bytes (v2: 72). */
+  headerLength: number;
+  /** 0 zlib (raw deflate), 1 zstd; 0 when the field is absent. */
+  compressionType: number;
+  /** Bytes of header fields after byte 112 that this implementation does not know; kept on rewrite. */
+  unknownHeaderFields: Uint8Array;
+}
+
+/** Number of bytes needed to read the header's fixed part and learn header_length. */
+export const HEADER_PROBE_BYTES = HEADER_V3_LENGTH;
+
+/**
+ * Decode the header from the first bytes of the image (at least `headerLength` bytes for v3 images with
+ * unknown trailing fields; `HEADER_PROBE_BYTES` otherwise). Checks only what decoding needs: magic, version,
+ * cluster size and header length, with QEMU's messages, in QEMU's order.
+ */
+export function decodeHeader(bytes: Uint8Array): Qcow2Header {
+  if (bytes.byteLength < HEADER_V2_LENGTH) {
+    throw new Qcow2Error("INVALID_IMAGE", "Image is not in qcow2 format");
+  }
+  const v = viewOf(bytes);
+  if (v.getUint32(0) !== QCOW2_MAGIC) {
+    throw new Qcow2Error("INVALID_IMAGE", "Image is not in qcow2 format");
+  }
+  const version = v.getUint32(4);
+  if (version < 2 || version > 3) {
+    throw new Qcow2Error("UNSUPPORTED_FEATURE", `Unsupported qcow2 version ${version}`, { errno: "ENOTSUP" });
+  }
+  const clusterBits = v.getUint32(20);
+  if (clusterBits < 9 || clusterBits > 21) {
+    throw new Qcow2Error("UNSUPPORTED_FEATURE", `Unsupported cluster size: 2^${clusterBits}`, { errno: "EINVAL" });
+  }
+  const clusterSize = 2 ** clusterBits;
+  const h: Qcow2Header = {
+    version,
+    backingFileOffset: getU64(v, 8),
+    backingFileSize: v.getUint32(16),
+    clusterBits,
+    size: getU64(v, 24),
+    cryptMethod: v.getUint32(32),
+    l1Size: v.getUint32(36),
+    l1TableOffset: getU64(v, 40),
+    refcountTableOffset: getU64(v, 48),
+    refcountTableClusters: v.getUint32(56),
+    nbSnapshots: v.getUint32(60),
+    snapshotsOffset: getU64(v, 64),
+    incompatibleFeatures: 0n,
+    compatibleFeatures: 0n,
+    autoclearFeatures: 0n,
+    refcountOrder: DEFAULT_REFCOUNT_ORDER,
+    headerLength: HEADER_V2_LENGTH,
+    compressionType: COMPRESSION_ZLIB,
+    unknownHeaderFields: new Uint8Array(0),
+  };
+  if (version >= 3) {
+    if (bytes.byteLength < HEADER_V3_MIN_LENGTH) {
+      throw new Qcow2Error("INVALID_IMAGE", "qcow2 header too short");
+    }
+    h.incompatibleFeatures = getU64Big(v, 72);
+    h.compatibleFeatures = getU64Big(v, 80);
+    h.autoclearFeatures = getU64Big(v, 88);
+    h.refcountOrder = v.getUint32(96);
+    h.headerLength = v.getUint32(100);
+    if (h.headerLength < HEADER_V3_MIN_LENGTH) {
+      throw new Qcow2Error("INVALID_IMAGE", "qcow2 header too short");
+    }
+  }
+  if (h.headerLength > clusterSize) {
+    throw new Qcow2Error("INVALID_IMAGE", "qcow2 header exceeds cluster size");
+  }
+  if (h.headerLength > 104) {
+    if (bytes.byteLength < 105) throw new Qcow2Error("INVALID_IMAGE", "qcow2 header too short");
+    h.compressionType = v.getUint8(104);
+  }
+  if (h.headerLength > HEADER_V3_LENGTH) {
+    if (bytes.byteLength < h.headerLength) {
+      throw new Qcow2Error("INVALID_IMAGE", "qcow2 header too short");
+    }
+    h.unknownHeaderFields = bytes.slice(HEADER_V3_LENGTH, h.headerLength);
+  }
+  if (h.backingFileOffset > clusterSize) {
+    throw new Qcow2Error("INVALID_IMAGE", "Invalid backing file offset");
+  }
+  return h;
+}
+
+/** The header length an encoder writes for `h`: 72 for v2, 112 plus preserved unknown fields for v3. */
+export function encodedHeaderLength(h: Pick<Qcow2Header, "version" | "unknownHeaderFields">): number {
+  return h.version === 2 ? HEADER_V2_LENGTH : HEADER_V3_LENGTH + h.unknownHeaderFields.byteLength;
+}
+
+/**
+ * Encode the fixed header into `out` (which must hold `encodedHeaderLength(h)` bytes). The header_length
+ * field written is `encodedHeaderLength(h)`, not `h.headerLength`.
+ */
+export function encodeHeader(h: Qcow2Header, out: Uint8Array): number {
+  const length = encodedHeaderLength(h);
+  if (out.byteLength < length) throw new Qcow2Error("INTERNAL", "header buffer too small");
+  out.fill(0, 0, length);
+  const v = viewOf(out);
+  v.setUint32(0, QCOW2_MAGIC);
+  v.setUint32(4, h.version);
+  setU64(v, 8, h.backingFileOffset);
+  v.setUint32(16, h.backingFileSize);
+  v.setUint32(20, h.clusterBits);
+  setU64(v, 24, h.size);
+  v.setUint32(32, h.cryptMethod);
+  v.setUint32(36, h.l1Size);
+  setU64(v, 40, h.l1TableOffset);
+  setU64(v, 48, h.refcountTableOffset);
+  v.setUint32(56, h.refcountTableClusters);
+  v.setUint32(60, h.nbSnapshots);
+  setU64(v, 64, h.snapshotsOffset);
+  if (h.version >= 3) {
+    setU64Big(v, 72, h.incompatibleFeatures);
+    setU64Big(v, 80, h.compatibleFeatures);
+    setU64Big(v, 88, h.autoclearFeatures);
+    v.setUint32(96, h.refcountOrder);
+    v.setUint32(100, length);
+    v.setUint8(104, h.compressionType);
+    out.set(h.unknownHeaderFields, HEADER_V3_LENGTH);
+  }
+  return length;
+}
