@@ -1,2 +1,228 @@
-process.stderr.write("qnbd: not implemented yet\n");
-process.exitCode = 1;
+#!/usr/bin/env node
+/**
+ * qnbd: serve a disk image over NBD, with qemu-nbd's command line. Errors are one line `qnbd: ...` and
+ * exit status 1. SIGTERM/SIGINT/SIGHUP stop accepting, let requests in flight finish, flush and close the
+ * image. With --fork the parent exits once the (detached) server is listening.
+ */
+import { spawn } from "node:child_process";
+import * as fs from "node:fs";
+import { isQcow2Error } from "@qcowkit/spec";
+import { HELP_TEXT, parseCommandLine, type QnbdOptions } from "./cli-args";
+import type { BlockImage } from "./device";
+import { openExport } from "./open";
+import { systemErrorText } from "./raw-device";
+import { NbdServer, createExportConfig } from "./server";
+import { TlsSetupError, loadTlsOptions, parseTlsObject, type TlsCredentials } from "./tls";
+import type * as tls from "node:tls";
+import pkg from "../package.json";
+
+/** Set in the environment of the background child started by --fork. */
+const FORK_CHILD_ENV = "QNBD_FORK_CHILD";
+
+class StartupError extends Error {}
+
+/** Messages of a --fork child go to its parent over IPC (the child has no stdio). */
+type ChildMessage = { type: "ready" } | { type: "line"; text: string };
+
+function report(line: string): void {
+  if (process.env[FORK_CHILD_ENV] && process.send) process.send({ type: "line", text: line } satisfies ChildMessage);
+  else process.stderr.write(`${line}\n`);
+}
+
+async function main(argv: readonly string[]): Promise<number> {
+  const parsed = parseCommandLine(argv);
+  switch (parsed.kind) {
+    case "help":
+      process.stdout.write(HELP_TEXT);
+      return 0;
+    case "version":
+      process.stdout.write(`qnbd ${pkg.version} (qcowkit; qemu-nbd 7.2 compatible command line)\n`);
+      return 0;
+    case "error":
+      report(`qnbd: ${parsed.message}`);
+      return 1;
+  }
+  const options = parsed.options;
+  if (options.fork && !process.env[FORK_CHILD_ENV]) return forkServer(argv);
+  try {
+    await serve(options);
+    return -1; // keeps running; exit happens on shutdown
+  } catch (error) {
+    if (error instanceof StartupError || error instanceof TlsSetupError) report(`qnbd: ${error.message}`);
+    else report(`qnbd: ${error instanceof Error ? error.message : String(error)}`);
+    return 1;
+  }
+}
+
+/** Starts a detached copy of this command and waits until it listens (exit 0) or fails (exit 1). */
+function forkServer(argv: readonly string[]): Promise<number> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, ...argv], {
+      detached: true,
+      stdio: ["ignore", "ignore", "ignore", "ipc"],
+      env: { ...process.env, [FORK_CHILD_ENV]: "1" },
+    });
+    let settled = false;
+    child.on("message", (message: ChildMessage) => {
+      if (message.type === "line") process.stderr.write(`${message.text}\n`);
+      else if (message.type === "ready" && !settled) {
+        settled = true;
+        child.disconnect();
+        child.unref();
+        resolve(0);
+      }
+    });
+    child.on("exit", (code) => {
+      if (!settled) {
+        settled = true;
+        resolve(code === 0 ? 1 : (code ?? 1));
+      }
+    });
+    child.on("error", (error) => {
+      if (!settled) {
+        settled = true;
+        process.stderr.write(`qnbd: Failed to fork: ${error.message}\n`);
+        resolve(1);
+      }
+    });
+  });
+}
+
+function resolveTls(options: QnbdOptions): tls.TLSSocketOptions | undefined {
+  let creds: TlsCredentials | undefined = options.tls;
+  const objects = options.tlsObjects.map(parseTlsObject);
+  if (options.tlsCredsId !== undefined) {
+    const found = objects.find((o) => o.id === options.tlsCredsId);
+    if (!found) throw new StartupError(`Failed to get TLS creds: No TLS credentials with id '${options.tlsCredsId}'`);
+    creds = found.creds;
+  }
+  return creds ? loadTlsOptions(creds) : undefined;
+}
+
+async function serve(options: QnbdOptions): Promise<void> {
+  process.env.UV_THREADPOOL_SIZE ??= "16";
+  const tlsOptions = resolveTls(options);
+
+  let device: BlockImage;
+  try {
+    device = await openExport(options.file, { readOnly: options.readOnly, ...(options.format ? { format: options.format } : {}) });
+  } catch (error) {
+    const message = isQcow2Error(error) || error instanceof Error ? error.message : String(error);
+    throw new StartupError(`Failed to blk_new_open '${options.file}': ${message}`);
+  }
+  if (options.format === undefined && device.format === "raw") {
+    report(
+      `WARNING: Image format was not specified for '${options.file}' and probing guessed raw.\n` +
+        "         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n" +
+        "         Specify the 'raw' format explicitly to remove the restrictions.",
+    );
+  }
+  try {
+    const known = (await device.listBitmaps?.()) ?? [];
+    for (const name of options.bitmaps) {
+      if (!known.some((b) => b.name === name)) throw new StartupError(`Bitmap '${name}' is not found`);
+    }
+
+    const log = options.verbose ? (m: string) => report(`qnbd: ${m}`) : undefined;
+    const server = new NbdServer({
+      export: createExportConfig({
+        device,
+        name: options.exportName,
+        description: options.description,
+        readOnly: options.readOnly,
+        allocationDepth: options.allocationDepth,
+        bitmaps: options.bitmaps,
+        discard: options.discard,
+        cache: options.cache,
+        multiConn: options.shared !== 1,
+      }),
+      shared: options.shared,
+      limits: { handshakeTimeoutMs: options.handshakeLimitSeconds * 1000 },
+      ...(tlsOptions ? { tls: tlsOptions } : {}),
+      ...(log ? { log } : {}),
+    });
+
+    await listen(server, options);
+    if (options.pidFile !== undefined) writePidFile(options.pidFile);
+
+    let stopping = false;
+    const stop = async (reason: string) => {
+      if (stopping) return;
+      stopping = true;
+      log?.(reason);
+      let code = 0;
+      await server.close();
+      try {
+        if (!device.readOnly) await device.flush();
+      } catch (error) {
+        report(`qnbd: flush failed: ${error instanceof Error ? error.message : String(error)}`);
+        code = 1;
+      }
+      await device.close().catch(() => {});
+      if (options.pidFile !== undefined) removePidFile(options.pidFile);
+      process.exit(code);
+    };
+    for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
+      process.on(signal, () => {
+        if (stopping) process.exit(1); // a second signal: give up waiting
+        void stop(`received ${signal}`);
+      });
+    }
+    if (!options.persistent) server.on("idle", () => void stop("last client disconnected"));
+
+    if (process.env[FORK_CHILD_ENV] && process.send) {
+      process.send({ type: "ready" } satisfies ChildMessage);
+      process.disconnect();
+    }
+  } catch (error) {
+    await device.close().catch(() => {});
+    throw error;
+  }
+}
+
+async function listen(server: NbdServer, options: QnbdOptions): Promise<void> {
+  if (options.socketPath !== undefined) {
+    try {
+      await server.listenUnix(options.socketPath);
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      const text = code === "EADDRINUSE" ? "Address already in use" : systemErrorText(error);
+      throw new StartupError(`Failed to bind socket to ${options.socketPath}: ${text}`);
+    }
+    return;
+  }
+  try {
+    await server.listenTcp(options.bind, options.port);
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    if (code === "ENOTFOUND" || code === "EAI_AGAIN" || code === "EAI_FAIL") {
+      throw new StartupError(`address resolution failed for ${options.bind}:${options.port}: Name or service not known`);
+    }
+    const text =
+      code === "EADDRINUSE" ? "Address already in use"
+      : code === "EADDRNOTAVAIL" ? "Cannot assign requested address"
+      : code === "EACCES" ? "Permission denied"
+      : systemErrorText(error);
+    throw new StartupError(`Failed to find an available port: ${text}`);
+  }
+}
+
+function writePidFile(file: string): void {
+  try {
+    fs.writeFileSync(file, `${process.pid}\n`);
+  } catch (error) {
+    throw new StartupError(`Could not create '${file}': ${systemErrorText(error)}`);
+  }
+}
+
+function removePidFile(file: string): void {
+  try {
+    if (fs.readFileSync(file, "utf8").trim() === String(process.pid)) fs.unlinkSync(file);
+  } catch {
+    // gone or replaced: leave it
+  }
+}
+
+void main(process.argv.slice(2)).then((code) => {
+  if (code >= 0) process.exit(code);
+});

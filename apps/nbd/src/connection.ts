@@ -1,0 +1,629 @@
+/**
+ * One client connection: reads the handshake and then pipelined requests from the socket, runs them on the
+ * shared device concurrently and writes each reply as soon as it is ready (replies may overtake each other).
+ * Memory is bounded: option data is capped, and the connection stops reading requests while too many are
+ * outstanding or too many payload/reply bytes are held (its own and the server-wide budget).
+ */
+import type { Socket } from "node:net";
+import * as tls from "node:tls";
+import type { BlockImage, BlockStatusExtent } from "./device";
+import type { MemoryBudget } from "./budget";
+import {
+  NBD_CMD_BLOCK_STATUS,
+  NBD_CMD_CACHE,
+  NBD_CMD_DISC,
+  NBD_CMD_FLAG_DF,
+  NBD_CMD_FLAG_FAST_ZERO,
+  NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLAG_NO_HOLE,
+  NBD_CMD_FLAG_REQ_ONE,
+  NBD_CMD_FLUSH,
+  NBD_CMD_READ,
+  NBD_CMD_TRIM,
+  NBD_CMD_WRITE,
+  NBD_CMD_WRITE_ZEROES,
+  NBD_EINVAL,
+  NBD_REPLY_TYPE_NONE,
+  OPTION_HEADER_LENGTH,
+  REQUEST_HEADER_LENGTH,
+  SIMPLE_REPLY_LENGTH,
+  STRUCTURED_HEADER_LENGTH,
+  commandNames,
+  optionNames,
+} from "./protocol/constants";
+import { errorMessageOf, nbdErrnoOf } from "./protocol/errno";
+import { decodeClientFlags, decodeOptionHeader, encodeGreeting } from "./protocol/handshake";
+import { InputBuffer } from "./protocol/input-buffer";
+import type { MetaContext } from "./protocol/meta-context";
+import { Negotiator, type ExportDescriptor } from "./protocol/negotiation";
+import {
+  OFFSET_DATA_PREFIX_LENGTH,
+  OFFSET_HOLE_LENGTH,
+  encodeBlockStatusChunk,
+  encodeErrorChunk,
+  writeChunkHeader,
+  writeOffsetDataPrefix,
+  writeOffsetHole,
+  writeSimpleReply,
+  type StatusRun,
+} from "./protocol/reply";
+import { checkRequest, decodeRequestHeader, type NbdRequest } from "./protocol/request";
+import { allocationDepthFlags, allocationFlags, dirtyFlags, statusRuns } from "./protocol/block-status";
+
+export type CacheMode = "none" | "writeback" | "writethrough" | "directsync" | "unsafe";
+export type DiscardMode = "ignore" | "unmap";
+
+/** The export as served: device, what clients see, and how writes are treated. */
+export interface ExportConfig {
+  device: BlockImage;
+  descriptor: ExportDescriptor;
+  /** ignore: TRIM does nothing and WRITE_ZEROES never deallocates; unmap: both may deallocate. */
+  discard: DiscardMode;
+  /** writethrough/directsync: every write is durable before its reply; unsafe: flushes are skipped. */
+  cache: CacheMode;
+}
+
+export interface ConnectionLimits {
+  /** Longest option data accepted during the handshake (bytes); longer options close the connection. */
+  maxOptionData: number;
+  /** Requests accepted but not fully replied to, before reading pauses. */
+  maxOutstanding: number;
+  /** Bytes of payloads and replies held for this connection, before reading pauses. */
+  maxConnectionBytes: number;
+  /** Milliseconds from accept to the end of the handshake (0 = no limit). */
+  handshakeTimeoutMs: number;
+  /** Reads at least this long are answered sparsely (hole chunks) when structured replies are on. */
+  sparseReadMinimum: number;
+}
+
+export const defaultConnectionLimits: ConnectionLimits = {
+  maxOptionData: 64 * 1024,
+  maxOutstanding: 128,
+  maxConnectionBytes: 64 * 1024 * 1024,
+  handshakeTimeoutMs: 10_000,
+  sparseReadMinimum: 64 * 1024,
+};
+
+export interface ConnectionOptions {
+  /** TLS socket options when TLS is required; undefined for NOTLS. */
+  tls?: tls.TLSSocketOptions;
+  budget: MemoryBudget;
+  limits?: Partial<ConnectionLimits>;
+  log?: (message: string) => void;
+}
+
+/** Fixed bytes charged per request besides its payload, so floods of tiny requests are bounded too. */
+const REQUEST_OVERHEAD = 64;
+/** Milliseconds to wait for a peer to close after our end() before destroying the socket. */
+const CLOSE_GRACE_MS = 5_000;
+
+type State =
+  | "flags"
+  | "option"
+  | "optionData"
+  | "upgrading"
+  | "request"
+  | "payload"
+  | "drain"
+  | "closing"
+  | "closed";
+
+export class NbdConnection {
+  /** Resolves once the socket is closed and every charge released. */
+  readonly closed: Promise<void>;
+  /** True once the client reached the transmission phase. */
+  inTransmission = false;
+
+  private sock: Socket;
+  private state: State = "flags";
+  private readonly input = new InputBuffer();
+  private readonly negotiator: Negotiator;
+  private readonly limits: ConnectionLimits;
+  private readonly exp: ExportConfig;
+  private readonly budget: MemoryBudget;
+  private readonly log: (message: string) => void;
+  private readonly tlsOptions: tls.TLSSocketOptions | undefined;
+  private optionType = 0;
+  private optionLength = 0;
+  private pending: NbdRequest | undefined;
+  private drainLeft = 0;
+  private outstanding = 0;
+  private charged = 0;
+  private throttled = false;
+  private structured = false;
+  private contexts: MetaContext[] = [];
+  private handshakeTimer: NodeJS.Timeout | undefined;
+  private closeTimer: NodeJS.Timeout | undefined;
+  private resolveClosed!: () => void;
+
+  constructor(socket: Socket, exp: ExportConfig, opts: ConnectionOptions) {
+    this.sock = socket;
+    this.exp = exp;
+    this.budget = opts.budget;
+    this.log = opts.log ?? (() => {});
+    this.tlsOptions = opts.tls;
+    this.limits = { ...defaultConnectionLimits, ...opts.limits };
+    this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
+    this.negotiator = new Negotiator(exp.descriptor, { tlsRequired: opts.tls !== undefined });
+    if (typeof socket.setNoDelay === "function") socket.setNoDelay(true);
+    this.attach(socket);
+    if (this.limits.handshakeTimeoutMs > 0) {
+      this.handshakeTimer = setTimeout(() => this.abort("handshake timed out"), this.limits.handshakeTimeoutMs);
+      this.handshakeTimer.unref();
+    }
+    socket.write(encodeGreeting());
+  }
+
+  /** Stops reading, lets requests in flight finish and closes. Handshakes in progress are closed at once. */
+  shutdown(): Promise<void> {
+    if (this.state === "closed") return this.closed;
+    if (!this.inTransmission) this.abort("server shutting down");
+    else this.beginClosing();
+    return this.closed;
+  }
+
+  /** Closes immediately, dropping anything in flight. */
+  destroy(): void {
+    this.sock.destroy();
+  }
+
+  // ---- socket plumbing ------------------------------------------------------------------------------
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.state === "closing" || this.state === "closed") return;
+    this.input.push(chunk);
+    this.pump();
+  };
+
+  private readonly onEnd = (): void => {
+    // The client will send nothing more; finish what is in flight, then close our side.
+    this.beginClosing();
+  };
+
+  private readonly onError = (error: Error): void => {
+    this.log(`connection error: ${error.message}`);
+    this.sock.destroy();
+  };
+
+  private readonly onClose = (): void => {
+    if (this.state === "closed") return;
+    this.state = "closed";
+    clearTimeout(this.handshakeTimer);
+    clearTimeout(this.closeTimer);
+    this.budget.cancelWait(this.wake);
+    this.budget.release(this.charged);
+    this.charged = 0;
+    this.outstanding = 0;
+    this.input.drain();
+    this.resolveClosed();
+  };
+
+  private attach(socket: Socket): void {
+    socket.on("data", this.onData);
+    socket.on("end", this.onEnd);
+    socket.on("error", this.onError);
+    socket.on("close", this.onClose);
+  }
+
+  private detach(socket: Socket): void {
+    socket.off("data", this.onData);
+    socket.off("end", this.onEnd);
+    socket.off("error", this.onError);
+    socket.off("close", this.onClose);
+  }
+
+  /** Hard disconnect (protocol violation, timeout). */
+  private abort(reason: string): void {
+    if (this.state === "closed") return;
+    this.log(`closing connection: ${reason}`);
+    this.state = "closing";
+    this.sock.destroy();
+  }
+
+  /** Soft close: no more reading; end the socket once every reply has been written. */
+  private beginClosing(): void {
+    if (this.state === "closing" || this.state === "closed") return;
+    this.state = "closing";
+    this.input.drain();
+    this.sock.pause();
+    const half = this.pending;
+    if (half) {
+      // A write whose payload will never arrive: drop it.
+      this.pending = undefined;
+      this.settle(REQUEST_OVERHEAD + half.length);
+    }
+    this.maybeEnd();
+  }
+
+  private maybeEnd(): void {
+    if (this.state !== "closing" || this.outstanding > 0 || this.closeTimer) return;
+    this.sock.end();
+    this.closeTimer = setTimeout(() => this.sock.destroy(), CLOSE_GRACE_MS);
+    this.closeTimer.unref();
+  }
+
+  /** Writes one message; `cost` (charged earlier) is released once its last byte is handed to the kernel. */
+  private send(parts: readonly Uint8Array[], cost: number): void {
+    const s = this.sock;
+    if (this.state === "closed" || s.destroyed || s.writableEnded) {
+      this.settle(cost);
+      return;
+    }
+    const last = parts.length - 1;
+    if (last > 0) s.cork();
+    for (let i = 0; i < last; i++) s.write(parts[i]!);
+    s.write(parts[last]!, () => this.settle(cost));
+    if (last > 0) s.uncork();
+  }
+
+  /** A request's reply is out: release its charge and maybe resume reading. */
+  private settle(cost: number): void {
+    if (this.state === "closed") return;
+    this.outstanding--;
+    this.charged -= cost;
+    this.budget.release(cost);
+    if (this.state === "closing") this.maybeEnd();
+    else if (this.throttled && !this.mustThrottle()) this.wake();
+  }
+
+  private mustThrottle(): boolean {
+    if (this.outstanding >= this.limits.maxOutstanding) return true;
+    // A connection holding nothing may always take one request, so it cannot starve.
+    return this.charged > 0 && (this.charged >= this.limits.maxConnectionBytes || this.budget.exhausted);
+  }
+
+  private readonly wake = (): void => {
+    if (!this.throttled || this.state === "closed" || this.state === "closing") return;
+    if (this.mustThrottle()) {
+      if (this.budget.exhausted) this.budget.waitForRoom(this.wake);
+      return;
+    }
+    this.throttled = false;
+    this.sock.resume();
+    this.pump();
+  };
+
+  private throttle(): void {
+    this.throttled = true;
+    this.sock.pause();
+    if (this.budget.exhausted) this.budget.waitForRoom(this.wake);
+  }
+
+  // ---- input state machine --------------------------------------------------------------------------
+
+  private pump(): void {
+    for (;;) {
+      switch (this.state) {
+        case "flags": {
+          if (this.input.length < 4) return;
+          const flags = decodeClientFlags(this.input.take(4));
+          if (flags === null) return this.abort("client sent unknown flags");
+          this.negotiator.noZeroes = flags.noZeroes;
+          this.state = "option";
+          break;
+        }
+        case "option": {
+          if (this.input.length < OPTION_HEADER_LENGTH) return;
+          const header = decodeOptionHeader(this.input.take(OPTION_HEADER_LENGTH));
+          if (header === null) return this.abort("bad option magic");
+          if (header.length > this.limits.maxOptionData) {
+            return this.abort(`option ${header.option} data of ${header.length} bytes is too large`);
+          }
+          this.optionType = header.option;
+          this.optionLength = header.length;
+          this.state = "optionData";
+          break;
+        }
+        case "optionData": {
+          if (this.input.length < this.optionLength) return;
+          this.handleOption(this.input.take(this.optionLength));
+          break;
+        }
+        case "request": {
+          if (this.throttled) return;
+          if (this.mustThrottle()) return this.throttle();
+          if (this.input.length < REQUEST_HEADER_LENGTH) return;
+          const req = decodeRequestHeader(this.input.take(REQUEST_HEADER_LENGTH));
+          if (req === null) return this.abort("bad request magic");
+          this.acceptRequest(req);
+          break;
+        }
+        case "payload": {
+          const req = this.pending!;
+          if (this.input.length < req.length) return;
+          const payload = this.input.take(req.length);
+          this.pending = undefined;
+          this.state = "request";
+          void this.execute(req, payload);
+          break;
+        }
+        case "drain": {
+          this.drainLeft -= this.input.skip(this.drainLeft);
+          if (this.drainLeft > 0) return;
+          this.state = "request";
+          break;
+        }
+        default:
+          return;
+      }
+    }
+  }
+
+  private handleOption(data: Uint8Array): void {
+    const option = this.optionType;
+    const outcome = this.negotiator.handleOption(option, data);
+    this.log(`option ${optionNames[option] ?? option}: ${outcome.action}`);
+    const replies = outcome.replies;
+    switch (outcome.action) {
+      case "continue":
+        this.writeAll(replies);
+        this.state = "option";
+        return;
+      case "abort":
+        this.writeAll(replies);
+        this.beginClosing();
+        return;
+      case "close":
+        this.abort(outcome.reason ?? "handshake failed");
+        return;
+      case "starttls":
+        // Stop parsing; wrap the socket once the ACK has left in clear text.
+        this.state = "upgrading";
+        this.sock.pause();
+        this.writeAll(replies, () => this.startTls());
+        return;
+      case "transmission":
+        this.writeAll(replies);
+        this.enterTransmission();
+        return;
+    }
+  }
+
+  private writeAll(parts: readonly Uint8Array[], done?: () => void): void {
+    const s = this.sock;
+    s.cork();
+    parts.forEach((p, i) => s.write(p, i === parts.length - 1 ? done : undefined));
+    s.uncork();
+  }
+
+  private startTls(): void {
+    const raw = this.sock;
+    if (this.state !== "upgrading" || raw.destroyed) return;
+    this.detach(raw);
+    // Anything the client sent after STARTTLS belongs to the TLS handshake: give it back to the socket.
+    const early = this.input.drain();
+    for (let i = early.length - 1; i >= 0; i--) raw.unshift(early[i]!);
+    raw.on("error", () => raw.destroy());
+    raw.on("close", this.onClose);
+    const secure = new tls.TLSSocket(raw, { ...this.tlsOptions, isServer: true });
+    secure.on("error", (error) => {
+      this.log(`TLS error: ${error.message}`);
+      secure.destroy();
+      raw.destroy();
+    });
+    secure.once("secure", () => {
+      if (this.state !== "upgrading") return;
+      raw.off("close", this.onClose);
+      this.sock = secure as unknown as Socket;
+      this.attach(this.sock);
+      this.negotiator.tlsEstablished();
+      this.log("TLS established");
+      this.state = "option";
+      this.pump();
+    });
+  }
+
+  private enterTransmission(): void {
+    clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = undefined;
+    this.structured = this.negotiator.structuredReplies;
+    this.contexts = this.negotiator.selectedContexts;
+    this.inTransmission = true;
+    this.state = "request";
+    this.log(`client entered transmission${this.structured ? " (structured replies)" : ""}`);
+  }
+
+  private acceptRequest(req: NbdRequest): void {
+    if (req.type === NBD_CMD_DISC) {
+      this.log("client sent disconnect");
+      this.beginClosing();
+      return;
+    }
+    const d = this.exp.descriptor;
+    const fault = checkRequest(req, {
+      exportSize: d.size,
+      readOnly: d.readOnly,
+      structuredReplies: this.structured,
+      contextCount: this.contexts.length,
+      maximumPayload: d.maximumPayload,
+    });
+    const carriesPayload = req.type === NBD_CMD_WRITE;
+    if (fault !== null) {
+      this.log(`${commandNames[req.type] ?? `command ${req.type}`} refused: ${fault.message}`);
+      this.charge(REQUEST_OVERHEAD);
+      this.replyError(req, fault.errno, fault.message, REQUEST_OVERHEAD);
+      if (carriesPayload && req.length > 0) {
+        // Skip the payload without holding it, however large.
+        this.drainLeft = req.length;
+        this.state = "drain";
+      }
+      return;
+    }
+    const payloadBytes = req.type === NBD_CMD_READ || carriesPayload ? req.length : 0;
+    this.charge(REQUEST_OVERHEAD + payloadBytes);
+    if (carriesPayload && req.length > 0) {
+      this.pending = req;
+      this.state = "payload";
+      return;
+    }
+    void this.execute(req, undefined);
+  }
+
+  private charge(cost: number): void {
+    this.outstanding++;
+    this.charged += cost;
+    this.budget.charge(cost);
+  }
+
+  // ---- request execution ----------------------------------------------------------------------------
+
+  private async execute(req: NbdRequest, payload: Uint8Array | undefined): Promise<void> {
+    const cost = REQUEST_OVERHEAD + (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0);
+    try {
+      await this.run(req, payload, cost);
+    } catch (error) {
+      const errno = nbdErrnoOf(error);
+      const message = errorMessageOf(error);
+      this.log(`${commandNames[req.type]} at ${req.offset}+${req.length} failed: ${message}`);
+      this.replyError(req, errno, message, cost);
+    }
+  }
+
+  /** Runs a checked request and sends its successful reply; throws (before sending anything) on failure. */
+  private async run(req: NbdRequest, payload: Uint8Array | undefined, cost: number): Promise<void> {
+    const dev = this.exp.device;
+    const fua = this.durableWrites || ((req.flags & NBD_CMD_FLAG_FUA) !== 0 && this.exp.cache !== "unsafe");
+    switch (req.type) {
+      case NBD_CMD_READ:
+        return this.read(req, cost);
+      case NBD_CMD_WRITE:
+        if (req.length > 0) await dev.write(req.offset, payload!, fua ? { fua } : undefined);
+        break;
+      case NBD_CMD_WRITE_ZEROES:
+        if (req.length > 0) {
+          await dev.writeZeroes(req.offset, req.length, {
+            unmap: this.exp.discard === "unmap" && (req.flags & NBD_CMD_FLAG_NO_HOLE) === 0,
+            noFallback: (req.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0,
+            fua,
+          });
+        }
+        break;
+      case NBD_CMD_TRIM:
+        if (this.exp.discard === "unmap" && req.length > 0) {
+          await dev.discard(req.offset, req.length);
+          if (fua) await dev.flush();
+        }
+        break;
+      case NBD_CMD_FLUSH:
+        if (this.exp.cache !== "unsafe") await dev.flush();
+        break;
+      case NBD_CMD_CACHE:
+        // Advisory; the checked range is all there is to do.
+        break;
+      case NBD_CMD_BLOCK_STATUS:
+        return this.blockStatus(req, cost);
+    }
+    this.replyOk(req, cost);
+  }
+
+  private get durableWrites(): boolean {
+    return this.exp.cache === "writethrough" || this.exp.cache === "directsync";
+  }
+
+  private replyOk(req: NbdRequest, cost: number): void {
+    const b = Buffer.allocUnsafe(SIMPLE_REPLY_LENGTH);
+    writeSimpleReply(b, 0, 0, req);
+    this.send([b], cost);
+  }
+
+  private replyError(req: NbdRequest, errno: number, message: string, cost: number): void {
+    if (this.structured) {
+      this.send([encodeErrorChunk(req, errno || NBD_EINVAL, message)], cost);
+      return;
+    }
+    const b = Buffer.allocUnsafe(SIMPLE_REPLY_LENGTH);
+    writeSimpleReply(b, 0, errno || NBD_EINVAL, req);
+    this.send([b], cost);
+  }
+
+  private async read(req: NbdRequest, cost: number): Promise<void> {
+    const dev = this.exp.device;
+    const { offset, length } = req;
+    const data = Buffer.allocUnsafe(length);
+    if (!this.structured) {
+      if (length > 0) await dev.read(offset, data);
+      const h = Buffer.allocUnsafe(SIMPLE_REPLY_LENGTH);
+      writeSimpleReply(h, 0, 0, req);
+      this.send(length > 0 ? [h, data] : [h], cost);
+      return;
+    }
+    if (length === 0) {
+      const h = Buffer.allocUnsafe(STRUCTURED_HEADER_LENGTH);
+      writeChunkHeader(h, 0, req, NBD_REPLY_TYPE_NONE, true, 0);
+      this.send([h], cost);
+      return;
+    }
+    const sparse = (req.flags & NBD_CMD_FLAG_DF) === 0 && length >= this.limits.sparseReadMinimum;
+    const runs = sparse ? readRuns(await dev.blockStatus(offset, length), offset, length) : [{ offset, length, zero: false }];
+    await Promise.all(
+      runs.filter((r) => !r.zero).map((r) => dev.read(r.offset, data.subarray(r.offset - offset, r.offset - offset + r.length))),
+    );
+    const parts: Uint8Array[] = [];
+    runs.forEach((r, i) => {
+      const done = i === runs.length - 1;
+      if (r.zero) {
+        const h = Buffer.allocUnsafe(OFFSET_HOLE_LENGTH);
+        writeOffsetHole(h, 0, req, r.offset, r.length, done);
+        parts.push(h);
+      } else {
+        const h = Buffer.allocUnsafe(OFFSET_DATA_PREFIX_LENGTH);
+        writeOffsetDataPrefix(h, 0, req, r.offset, r.length, done);
+        parts.push(h, data.subarray(r.offset - offset, r.offset - offset + r.length));
+      }
+    });
+    this.send(parts, cost);
+  }
+
+  private async blockStatus(req: NbdRequest, cost: number): Promise<void> {
+    const dev = this.exp.device;
+    const { offset, length } = req;
+    const reqOne = (req.flags & NBD_CMD_FLAG_REQ_ONE) !== 0;
+    let extents: Promise<BlockStatusExtent[]> | undefined;
+    const allocation = () => (extents ??= dev.blockStatus(offset, length));
+    const results = await Promise.all(
+      this.contexts.map(async (ctx): Promise<StatusRun[]> => {
+        switch (ctx.kind) {
+          case "allocation":
+            return statusRuns(await allocation(), allocationFlags, offset, length, { reqOne });
+          case "allocation-depth":
+            return statusRuns(await allocation(), allocationDepthFlags, offset, length, { reqOne });
+          case "dirty-bitmap": {
+            if (!dev.bitmapStatus) throw new Error(`bitmap '${ctx.bitmap}' is not available`);
+            const ranges = await dev.bitmapStatus(ctx.bitmap, offset, length);
+            return statusRuns(ranges, dirtyFlags, offset, length, { reqOne });
+          }
+        }
+      }),
+    );
+    const parts = results.map((runs, i) => encodeBlockStatusChunk(req, this.contexts[i]!.id, runs, i === results.length - 1));
+    this.send(parts, cost);
+  }
+}
+
+/** Splits a read into data and zero runs from block status; anything uncovered is read as data. */
+function readRuns(
+  extents: readonly BlockStatusExtent[],
+  offset: number,
+  length: number,
+): { offset: number; length: number; zero: boolean }[] {
+  const runs: { offset: number; length: number; zero: boolean }[] = [];
+  const end = offset + length;
+  let at = offset;
+  for (const e of extents) {
+    if (at >= end) break;
+    const eEnd = Math.min(e.offset + e.length, end);
+    if (eEnd <= at) continue;
+    if (e.offset > at) break;
+    const last = runs[runs.length - 1];
+    if (last && last.zero === e.zero) last.length += eEnd - at;
+    else runs.push({ offset: at, length: eEnd - at, zero: e.zero });
+    at = eEnd;
+  }
+  if (at < end) {
+    const last = runs[runs.length - 1];
+    if (last && !last.zero) last.length += end - at;
+    else runs.push({ offset: at, length: end - at, zero: false });
+  }
+  return runs;
+}
+

@@ -1,0 +1,75 @@
+/**
+ * The one place an image is opened. Until `@qcowkit/core` lands, `openImage` below is a stand-in that
+ * serves raw files; the swap is replacing it with `import { openImage } from "@qcowkit/core/node"`.
+ */
+import { Qcow2Error } from "@qcowkit/spec";
+import type { BlockImage } from "./device";
+import { RawFileDevice } from "./raw-device";
+
+export interface OpenExportOptions {
+  /** -f: "raw" or "qcow2"; probed when absent. */
+  format?: string;
+  readOnly: boolean;
+}
+
+/** Opens the image qnbd serves. Errors are Qcow2Errors with one-line QEMU-style messages. */
+export async function openExport(file: string, opts: OpenExportOptions): Promise<BlockImage> {
+  if (opts.format !== undefined && opts.format !== "raw" && opts.format !== "qcow2") {
+    throw new Qcow2Error("INVALID_ARGUMENT", `Unknown driver '${opts.format}'`);
+  }
+  const image = await openImage(file, { format: opts.format as "raw" | "qcow2" | undefined, readOnly: opts.readOnly });
+  return opts.format === undefined && image.format === "raw" ? new ProbedRawGuard(image) : image;
+}
+
+const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
+
+/** Stand-in for core's openImage: raw files only, qcow2 detected and refused. */
+async function openImage(path: string, opts: { format?: "raw" | "qcow2"; readOnly?: boolean }): Promise<BlockImage> {
+  const device = await RawFileDevice.open(path, { readOnly: opts.readOnly ?? false });
+  try {
+    if (opts.format === "raw") return device;
+    const head = new Uint8Array(4);
+    if (device.virtualSize >= 4) await device.read(0, head);
+    const isQcow2 = QCOW2_MAGIC.every((byte, i) => head[i] === byte);
+    if (opts.format === "qcow2" && !isQcow2) {
+      throw new Qcow2Error("INVALID_IMAGE", "Image is not in qcow2 format");
+    }
+    if (isQcow2) throw new Qcow2Error("NOT_SUPPORTED", "qcow2 images are not supported by this build yet");
+    return device;
+  } catch (error) {
+    await device.close();
+    throw error;
+  }
+}
+
+/**
+ * A raw image whose format was guessed must not be turned into something that probes as another format:
+ * a guest writing a qcow2 header into sector 0 could otherwise make the next probing open read host files
+ * through it. Such writes fail with EPERM (QEMU restricts probed raw images the same way).
+ */
+export class ProbedRawGuard implements BlockImage {
+  constructor(private readonly inner: BlockImage) {}
+  get format() { return this.inner.format; }
+  get virtualSize() { return this.inner.virtualSize; }
+  get readOnly() { return this.inner.readOnly; }
+  get clusterSize() { return this.inner.clusterSize; }
+  read(o: number, into: Uint8Array) { return this.inner.read(o, into); }
+  async write(o: number, data: Uint8Array, opts?: { fua?: boolean; compressed?: boolean }) {
+    if (o < QCOW2_MAGIC.length && data.byteLength > 0) {
+      const head = new Uint8Array(QCOW2_MAGIC.length);
+      if (this.inner.virtualSize >= head.byteLength) await this.inner.read(0, head);
+      head.set(data.subarray(0, head.byteLength - o), o);
+      if (QCOW2_MAGIC.every((byte, i) => head[i] === byte)) {
+        throw new Qcow2Error("READ_ONLY", "writing a qcow2 header to a probed raw image is not permitted");
+      }
+    }
+    return this.inner.write(o, data, opts);
+  }
+  writeZeroes(o: number, n: number, opts?: { unmap?: boolean; noFallback?: boolean; fua?: boolean }) { return this.inner.writeZeroes(o, n, opts); }
+  discard(o: number, n: number) { return this.inner.discard(o, n); }
+  flush() { return this.inner.flush(); }
+  blockStatus(o: number, n: number) { return this.inner.blockStatus(o, n); }
+  resize(n: number, opts?: { shrink?: boolean; preallocation?: "off" | "metadata" | "falloc" | "full" }) { return this.inner.resize(n, opts); }
+  close() { return this.inner.close(); }
+}
+
