@@ -52,6 +52,14 @@ export function decodePaddedText(bytes: Uint8Array): string {
   return decodeText(end < 0 ? bytes : bytes.subarray(0, end));
 }
 
+/** `bytes` when it holds at least `length` bytes, else a copy zero-filled to `length` (reads past EOF give zeros). */
+export function zeroPadded(bytes: Uint8Array, length: number): Uint8Array {
+  if (bytes.byteLength >= length) return bytes;
+  const out = new Uint8Array(length);
+  out.set(bytes);
+  return out;
+}
+
 export function alignUp(value: number, alignment: number): number {
   return Math.ceil(value / alignment) * alignment;
 }

@@ -41,7 +41,12 @@ export function encodeCompressedDescriptor(
 ): { hi: number; lo: number } {
   const x = compressedOffsetBits(clusterBits);
   const hiOffsetBits = x - 32;
-  if (hostOffset >= 2 ** x) throw new Qcow2Error("INVALID_ARGUMENT", "compressed cluster offset too large");
+  if (!Number.isSafeInteger(hostOffset) || hostOffset < 0 || hostOffset >= 2 ** x) {
+    throw new Qcow2Error("INVALID_ARGUMENT", "compressed cluster offset too large");
+  }
+  if (!Number.isSafeInteger(byteLength) || byteLength < 1) {
+    throw new Qcow2Error("INVALID_ARGUMENT", "compressed cluster length must be at least 1 byte");
+  }
   const additional = Math.floor((hostOffset + byteLength - 1) / 512) - Math.floor(hostOffset / 512);
   if (additional >= 2 ** (clusterBits - 8)) {
     throw new Qcow2Error("INVALID_ARGUMENT", "compressed cluster too large");

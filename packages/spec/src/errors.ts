@@ -41,7 +41,8 @@ export type Errno =
   | "ENOENT"
   | "EAGAIN"
   | "EFBIG"
-  | "EEXIST";
+  | "EEXIST"
+  | "ERANGE";
 
 const defaultErrno: Record<Qcow2ErrorCode, Errno> = {
   INVALID_IMAGE: "EINVAL",
@@ -71,6 +72,7 @@ export const errnoText: Record<Errno, string> = {
   EAGAIN: "Resource temporarily unavailable",
   EFBIG: "File too large",
   EEXIST: "File exists",
+  ERANGE: "Numerical result out of range",
 };
 
 export interface Qcow2ErrorOptions {

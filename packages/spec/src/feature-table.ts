@@ -29,13 +29,20 @@ export const QEMU_FEATURE_TABLE: readonly FeatureName[] = [
   { kind: "autoclear", bit: 1, name: "raw external data" },
 ];
 
+/**
+ * Decode the table as QEMU reads it: entries up to the first one with an empty name (QEMU's table ends
+ * there), a trailing partial entry padded with zeros, entries of unknown type skipped.
+ */
 export function decodeFeatureTable(data: Uint8Array): FeatureName[] {
   const out: FeatureName[] = [];
-  for (let i = 0; i + FEATURE_TABLE_ENTRY_BYTES <= data.byteLength; i += FEATURE_TABLE_ENTRY_BYTES) {
-    const type = data[i]!;
-    const kind = KINDS[type];
+  for (let i = 0; i + 2 < data.byteLength; i += FEATURE_TABLE_ENTRY_BYTES) {
+    const entry = new Uint8Array(FEATURE_TABLE_ENTRY_BYTES);
+    entry.set(data.subarray(i, i + FEATURE_TABLE_ENTRY_BYTES));
+    const name = decodePaddedText(entry.subarray(2));
+    if (name === "") break;
+    const kind = KINDS[entry[0]!];
     if (kind === undefined) continue;
-    out.push({ kind, bit: data[i + 1]!, name: decodePaddedText(data.subarray(i + 2, i + FEATURE_TABLE_ENTRY_BYTES)) });
+    out.push({ kind, bit: entry[1]!, name });
   }
   return out;
 }
@@ -48,6 +55,11 @@ export function encodeFeatureTable(entries: readonly FeatureName[]): Uint8Array 
     out[at + 1] = e.bit;
     const name = encodeText(e.name);
     if (name.byteLength > NAME_BYTES) throw new Qcow2Error("INVALID_ARGUMENT", `feature name too long: ${e.name}`);
+    // An empty name ends the table for readers; a bit number is one byte.
+    if (name.byteLength === 0) throw new Qcow2Error("INVALID_ARGUMENT", "feature name is empty");
+    if (!Number.isInteger(e.bit) || e.bit < 0 || e.bit > 255) {
+      throw new Qcow2Error("INVALID_ARGUMENT", `feature bit out of range: ${e.bit}`);
+    }
     out.set(name, at + 2);
   });
   return out;
@@ -55,14 +67,16 @@ export function encodeFeatureTable(entries: readonly FeatureName[]): Uint8Array 
 
 /**
  * QEMU's message for incompatible bits it does not know: each unknown bit named from the image's feature
- * table where it has an entry, else "Unknown incompatible feature: <hex mask>", joined by ", ".
+ * table where it has an entry, else "Unknown incompatible feature: <hex mask>", joined by ", ". Like QEMU on
+ * x86-64, a bit number of 64 or more names bit (number mod 64).
  */
 export function unsupportedFeaturesMessage(unknownBits: bigint, table: readonly FeatureName[]): string {
   const parts: string[] = [];
   let remaining = unknownBits;
   for (const entry of table) {
-    if (entry.kind !== "incompatible" || entry.bit > 63) continue;
-    const mask = 1n << BigInt(entry.bit);
+    if (entry.name === "") break;
+    if (entry.kind !== "incompatible") continue;
+    const mask = 1n << BigInt(entry.bit & 63);
     if (remaining & mask) {
       parts.push(entry.name);
       remaining &= ~mask;

@@ -13,13 +13,15 @@
  *  88-95 autoclear_features      96-99 refcount_order
  * 100-103 header_length          104 compression_type   105-111 padding
  */
-import { getU64, getU64Big, setU64, setU64Big, viewOf } from "./bytes";
+import { getU64, getU64Big, setU64, setU64Big, viewOf, zeroPadded } from "./bytes";
 import {
   COMPRESSION_ZLIB,
   DEFAULT_REFCOUNT_ORDER,
   HEADER_V2_LENGTH,
   HEADER_V3_LENGTH,
   HEADER_V3_MIN_LENGTH,
+  MAX_CLUSTER_BITS,
+  MIN_CLUSTER_BITS,
   QCOW2_MAGIC,
 } from "./constants";
 import { Qcow2Error } from "./errors";
@@ -56,15 +58,14 @@ export interface Qcow2Header {
 export const HEADER_PROBE_BYTES = HEADER_V3_LENGTH;
 
 /**
- * Decode the header from the first bytes of the image (at least `headerLength` bytes for v3 images with
- * unknown trailing fields; `HEADER_PROBE_BYTES` otherwise). Checks only what decoding needs: magic, version,
- * cluster size and header length, with QEMU's messages, in QEMU's order.
+ * Decode the header from the first bytes of the image. Bytes missing from `bytes` read as zeros, as QEMU
+ * reads past the end of a short file (pass at least `headerLength` bytes for v3 images with unknown trailing
+ * fields). Checks only what decoding needs: magic, version, cluster size, header length and backing file
+ * offset, with QEMU's messages, in QEMU's order.
  */
 export function decodeHeader(bytes: Uint8Array): Qcow2Header {
-  if (bytes.byteLength < HEADER_V2_LENGTH) {
-    throw new Qcow2Error("INVALID_IMAGE", "Image is not in qcow2 format");
-  }
-  const v = viewOf(bytes);
+  const fixed = zeroPadded(bytes, HEADER_PROBE_BYTES);
+  const v = viewOf(fixed);
   if (v.getUint32(0) !== QCOW2_MAGIC) {
     throw new Qcow2Error("INVALID_IMAGE", "Image is not in qcow2 format");
   }
@@ -73,7 +74,7 @@ export function decodeHeader(bytes: Uint8Array): Qcow2Header {
     throw new Qcow2Error("UNSUPPORTED_FEATURE", `Unsupported qcow2 version ${version}`, { errno: "ENOTSUP" });
   }
   const clusterBits = v.getUint32(20);
-  if (clusterBits < 9 || clusterBits > 21) {
+  if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
     throw new Qcow2Error("UNSUPPORTED_FEATURE", `Unsupported cluster size: 2^${clusterBits}`, { errno: "EINVAL" });
   }
   const clusterSize = 2 ** clusterBits;
@@ -99,9 +100,6 @@ export function decodeHeader(bytes: Uint8Array): Qcow2Header {
     unknownHeaderFields: new Uint8Array(0),
   };
   if (version >= 3) {
-    if (bytes.byteLength < HEADER_V3_MIN_LENGTH) {
-      throw new Qcow2Error("INVALID_IMAGE", "qcow2 header too short");
-    }
     h.incompatibleFeatures = getU64Big(v, 72);
     h.compatibleFeatures = getU64Big(v, 80);
     h.autoclearFeatures = getU64Big(v, 88);
@@ -114,15 +112,10 @@ export function decodeHeader(bytes: Uint8Array): Qcow2Header {
   if (h.headerLength > clusterSize) {
     throw new Qcow2Error("INVALID_IMAGE", "qcow2 header exceeds cluster size");
   }
-  if (h.headerLength > 104) {
-    if (bytes.byteLength < 105) throw new Qcow2Error("INVALID_IMAGE", "qcow2 header too short");
-    h.compressionType = v.getUint8(104);
-  }
+  // compression_type counts only when header_length reaches past its offset.
+  if (h.headerLength > HEADER_V3_MIN_LENGTH) h.compressionType = v.getUint8(104);
   if (h.headerLength > HEADER_V3_LENGTH) {
-    if (bytes.byteLength < h.headerLength) {
-      throw new Qcow2Error("INVALID_IMAGE", "qcow2 header too short");
-    }
-    h.unknownHeaderFields = bytes.slice(HEADER_V3_LENGTH, h.headerLength);
+    h.unknownHeaderFields = zeroPadded(bytes.subarray(HEADER_V3_LENGTH, h.headerLength), h.headerLength - HEADER_V3_LENGTH).slice();
   }
   if (h.backingFileOffset > clusterSize) {
     throw new Qcow2Error("INVALID_IMAGE", "Invalid backing file offset");

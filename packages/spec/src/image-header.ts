@@ -3,15 +3,10 @@
  * `encodeImageHeader` lays it out as QEMU's qcow2_update_header does: header, extensions (backing format,
  * data file, crypto, feature table, bitmaps, preserved unknown ones), end marker, then the backing file name.
  */
-import { decodeText, encodeText } from "./bytes";
+import { decodePaddedText, encodeText, zeroPadded } from "./bytes";
 import { MAX_BACKING_FILE_NAME } from "./constants";
 import { Qcow2Error } from "./errors";
-import {
-  decodeExtensions,
-  encodeExtensions,
-  readRawExtensions,
-  type HeaderExtensions,
-} from "./extensions";
+import { encodeExtensions, scanExtensionArea, type HeaderExtensions } from "./extensions";
 import { QEMU_FEATURE_TABLE } from "./feature-table";
 import { decodeHeader, encodedHeaderLength, encodeHeader, type Qcow2Header } from "./header";
 
@@ -22,25 +17,45 @@ export interface ImageHeader {
   backingFile?: string;
 }
 
+/** Where the extension scan of cluster 0 ends: at the backing file name when there is one, else the cluster end. */
+export function extensionAreaEnd(header: Pick<Qcow2Header, "backingFileOffset" | "clusterBits">): number {
+  return header.backingFileOffset !== 0 ? header.backingFileOffset : 2 ** header.clusterBits;
+}
+
 /**
- * Decode cluster 0. `cluster0` holds the first cluster of the file (zero-padded if the file is shorter);
- * its length bounds the extension scan.
+ * The backing file name of cluster 0 (undefined when there is none). Like QEMU, the name ends at the first
+ * NUL byte and an empty name means no backing file. Throws "Backing file name too long" when the stored
+ * length exceeds 1023 bytes or the end of cluster 0.
  */
-export function decodeImageHeader(cluster0: Uint8Array): ImageHeader {
-  const header = decodeHeader(cluster0);
-  const clusterSize = 2 ** header.clusterBits;
-  const extEnd = header.backingFileOffset !== 0 ? header.backingFileOffset : clusterSize;
-  const raw = readRawExtensions(cluster0, header.headerLength, Math.min(extEnd, cluster0.byteLength));
-  const extensions = decodeExtensions(raw);
-  const img: ImageHeader = { header, extensions };
-  if (header.backingFileOffset !== 0) {
-    const len = header.backingFileSize;
-    if (len > Math.min(MAX_BACKING_FILE_NAME, clusterSize - header.backingFileOffset)) {
-      throw new Qcow2Error("INVALID_IMAGE", "Backing file name too long");
-    }
-    const start = header.backingFileOffset;
-    img.backingFile = decodeText(cluster0.subarray(start, start + len));
+export function decodeBackingFileName(
+  cluster0: Uint8Array,
+  header: Pick<Qcow2Header, "backingFileOffset" | "backingFileSize" | "clusterBits">,
+): string | undefined {
+  if (header.backingFileOffset === 0) return undefined;
+  const len = header.backingFileSize;
+  if (len > Math.min(MAX_BACKING_FILE_NAME, 2 ** header.clusterBits - header.backingFileOffset)) {
+    throw new Qcow2Error("INVALID_IMAGE", "Backing file name too long");
   }
+  const start = header.backingFileOffset;
+  const bytes = new Uint8Array(len);
+  bytes.set(cluster0.subarray(start, start + len));
+  const name = decodePaddedText(bytes);
+  return name === "" ? undefined : name;
+}
+
+/**
+ * Decode cluster 0. `bytes` holds the first cluster of the file (bytes past its end read as zeros).
+ * Makes every check QEMU makes while decoding (header fields it needs, each extension, the backing file
+ * name); `validateImageHeader` makes the rest. `openImageHeader` does both in QEMU's exact order.
+ */
+export function decodeImageHeader(bytes: Uint8Array): ImageHeader {
+  const header = decodeHeader(bytes);
+  const cluster0 = zeroPadded(bytes, 2 ** header.clusterBits);
+  const { extensions, error } = scanExtensionArea(cluster0, header.headerLength, extensionAreaEnd(header), header);
+  if (error) throw error;
+  const img: ImageHeader = { header, extensions };
+  const backingFile = decodeBackingFileName(cluster0, header);
+  if (backingFile !== undefined) img.backingFile = backingFile;
   return img;
 }
 
@@ -68,7 +83,7 @@ export function encodeImageHeader(img: ImageHeader, options: { standardFeatureTa
   }
   const headerLength = encodedHeaderLength(h);
   const extBytes = encodeExtensions(ext);
-  const name = img.backingFile !== undefined ? encodeText(img.backingFile) : undefined;
+  const name = img.backingFile ? encodeText(img.backingFile) : undefined;
   if (name && name.byteLength > MAX_BACKING_FILE_NAME) {
     throw new Qcow2Error("INVALID_ARGUMENT", "Backing file name too long");
   }

@@ -13,9 +13,28 @@ export {
   FEATURE_TABLE_ENTRY_BYTES,
 } from "./feature-table";
 export type { FeatureName, FeatureKind } from "./feature-table";
-export { readRawExtensions, decodeExtensions, encodeExtensions, alignExtension } from "./extensions";
-export type { HeaderExtensions, BitmapsExtension, CryptoHeaderExtension, RawExtension } from "./extensions";
-export { decodeImageHeader, encodeImageHeader, qemuWritesFeatureTable } from "./image-header";
+export {
+  readRawExtensions,
+  decodeExtensions,
+  encodeExtensions,
+  alignExtension,
+  checkExtensions,
+  scanExtensionArea,
+} from "./extensions";
+export type {
+  HeaderExtensions,
+  BitmapsExtension,
+  CryptoHeaderExtension,
+  RawExtension,
+  ExtensionContext,
+} from "./extensions";
+export {
+  decodeImageHeader,
+  encodeImageHeader,
+  qemuWritesFeatureTable,
+  decodeBackingFileName,
+  extensionAreaEnd,
+} from "./image-header";
 export type { ImageHeader } from "./image-header";
 export {
   l2EntryBytes,
@@ -92,4 +111,6 @@ export {
 } from "./bitmap";
 export type { BitmapDirectoryEntry } from "./bitmap";
 export { validateImageHeader, validateTable } from "./validate";
+export { openImageHeader } from "./open-header";
+export type { OpenedImageHeader } from "./open-header";
 export type { HeaderValidationOptions, HeaderValidationResult } from "./validate";

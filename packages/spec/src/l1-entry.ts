@@ -35,8 +35,9 @@ export function l1EntryRaw(l1: DataView, index: number): bigint {
   return l1.getBigUint64(index * 8);
 }
 
+/** Write an entry: only the offset field of `l2Offset` is stored; COPIED only with a non-zero offset. */
 export function setL1Entry(l1: DataView, index: number, l2Offset: number, copied: boolean): void {
   const at = index * 8;
   l1.setUint32(at, (Math.floor(l2Offset / TWO_32) & L1E_OFFSET_MASK_HI) | (copied && l2Offset !== 0 ? OFLAG_COPIED_HI : 0));
-  l1.setUint32(at + 4, l2Offset >>> 0);
+  l1.setUint32(at + 4, (l2Offset & L1E_OFFSET_MASK_LO) >>> 0);
 }

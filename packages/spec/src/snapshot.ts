@@ -29,8 +29,15 @@ export interface SnapshotEntry {
   unknownExtraData: Uint8Array;
 }
 
-/** Decode one entry at `offset` of `table`; returns the entry and the offset of the next one. */
-export function decodeSnapshotEntry(table: Uint8Array, offset: number): { entry: SnapshotEntry; next: number } {
+/**
+ * Decode one entry at `offset` of `table`; returns the entry and the offset of the next one. `index` (the
+ * entry's number, for messages) defaults to 0.
+ */
+export function decodeSnapshotEntry(
+  table: Uint8Array,
+  offset: number,
+  index = 0,
+): { entry: SnapshotEntry; next: number } {
   if (offset + SNAPSHOT_HEADER_BYTES > table.byteLength) {
     throw new Qcow2Error("INVALID_IMAGE", "Snapshot table is truncated");
   }
@@ -39,7 +46,9 @@ export function decodeSnapshotEntry(table: Uint8Array, offset: number): { entry:
   const nameSize = v.getUint16(offset + 14);
   const extraSize = v.getUint32(offset + 36);
   if (extraSize > MAX_SNAPSHOT_EXTRA_DATA) {
-    throw new Qcow2Error("INVALID_IMAGE", "Too much extra metadata in snapshot table entry");
+    throw new Qcow2Error("INVALID_IMAGE", `Too much extra metadata in snapshot table entry ${index}`, {
+      errno: "EFBIG",
+    });
   }
   const extraStart = offset + SNAPSHOT_HEADER_BYTES;
   const idStart = extraStart + extraSize;
@@ -68,7 +77,7 @@ export function decodeSnapshotTable(table: Uint8Array, count: number): SnapshotE
   const out: SnapshotEntry[] = [];
   let at = 0;
   for (let i = 0; i < count; i++) {
-    const { entry, next } = decodeSnapshotEntry(table, at);
+    const { entry, next } = decodeSnapshotEntry(table, at, i);
     out.push(entry);
     at = next;
   }
