@@ -1,3 +1,5 @@
+import { mergeConfig } from "vitest/config";
 import { project } from "../../vitest.shared";
 
-export default project("nbd");
+// The CLI tests run bin/qnbd.js, so the bundle is rebuilt once before the tests.
+export default mergeConfig(project("nbd"), { test: { globalSetup: ["test/global-setup.ts"] } });

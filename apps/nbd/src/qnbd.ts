@@ -6,6 +6,7 @@
  */
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
+import * as path from "node:path";
 import { isQcow2Error } from "@qcowkit/spec";
 import { HELP_TEXT, parseCommandLine, type QnbdOptions } from "./cli-args";
 import type { BlockImage } from "./device";
@@ -185,8 +186,10 @@ async function listen(server: NbdServer, options: QnbdOptions): Promise<void> {
     try {
       await server.listenUnix(options.socketPath);
     } catch (error) {
-      const code = (error as { code?: string }).code;
-      const text = code === "EADDRINUSE" ? "Address already in use" : systemErrorText(error);
+      let code = (error as { code?: string }).code;
+      // libuv reports a missing directory as EACCES.
+      if (code === "EACCES" && !fs.existsSync(path.dirname(options.socketPath))) code = "ENOENT";
+      const text = code === "EADDRINUSE" ? "Address already in use" : systemErrorText({ code, message: String(error) });
       throw new StartupError(`Failed to bind socket to ${options.socketPath}: ${text}`);
     }
     return;

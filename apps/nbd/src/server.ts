@@ -99,6 +99,16 @@ export class NbdServer extends EventEmitter {
     return this.active.size;
   }
 
+  /** Bytes of request payloads and replies currently held (charged to the memory budget). */
+  get memoryInUse(): number {
+    return this.budget.used;
+  }
+
+  /** Clients waiting for a free slot. */
+  get waitingCount(): number {
+    return this.waiting.length;
+  }
+
   /** Listens on TCP; resolves with the bound address (port 0 picks a free port). */
   listenTcp(host: string, port: number): Promise<net.AddressInfo> {
     return this.listen({ host, port, exclusive: true }).then(() => this.server.address() as net.AddressInfo);
