@@ -1,1 +1,18 @@
-export {};
+export { Qcow2Image } from "./qcow2-image";
+export type { Qcow2OpenOptions } from "./qcow2-image";
+export { mergeExtents } from "./block-image";
+export type {
+  BlockImage,
+  BlockStatusExtent,
+  WriteOptions,
+  ZeroOptions,
+  ResizeOptions,
+  Preallocation,
+  BitmapInfo,
+} from "./block-image";
+export type { ImageResolver, ResolveContext } from "./resolver";
+export { getCodec, registerCodec, registerCodecLoader, zlibCodec } from "./compression";
+export type { CompressionCodec } from "./compression";
+export { readSnapshotTable } from "./snapshots";
+export type { SnapshotInfo } from "./snapshots";
+export { RwLock } from "./lock";

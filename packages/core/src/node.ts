@@ -1,1 +1,190 @@
-export {};
+/**
+ * @qcowkit/core/node: open and create images on the local file system. Everything of "@qcowkit/core" is
+ * re-exported, plus `openImage`, `createImage` and the file-system resolver.
+ */
+import { realpath } from "node:fs/promises";
+import { FileStore, checkSafeReference, resolveBackingFileName, resolveDataFileName } from "@qcowkit/datafile/node";
+import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
+import type { BlockImage } from "./block-image";
+import { createQcow2, validateCreateOptions, type Qcow2CreateOptions } from "./create";
+import { Qcow2Image, type Qcow2OpenOptions } from "./qcow2-image";
+import { RawImage } from "./raw-image";
+import type { ImageResolver, ResolveContext } from "./resolver";
+
+export * from "./index";
+
+export type ImageFormat = "qcow2" | "raw";
+
+export interface OpenImageOptions {
+  /** Probed from the file when absent (qcow2 magic, else raw). */
+  format?: ImageFormat | string;
+  readOnly?: boolean;
+  /** Override the stored external data file name. */
+  dataFile?: string;
+  /** Override the backing file (null: none). */
+  backing?: string | null;
+  backingFormat?: string;
+  /** L2 + refcount cache bytes. */
+  cacheSize?: number;
+  /** -U / force-share: do not take the image lock. */
+  shareRW?: boolean;
+  /** Untrusted image: no references outside its folder, no absolute names, no format probing. */
+  safe?: boolean;
+  /** Open only metadata (qemu-img info). */
+  noIo?: boolean;
+  /** Open for check/repair. */
+  checkMode?: boolean;
+  discard?: "ignore" | "unmap";
+  onWarning?: (message: string) => void;
+  repairDirty?: Qcow2OpenOptions["repairDirty"];
+  /** Internal: images already open in this chain. */
+  chain?: string[];
+}
+
+const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
+const MAX_CHAIN_DEPTH = 64;
+
+/** Decide the format of an open store: qcow2 when it starts with the qcow2 magic, raw otherwise. */
+export async function probeFormat(store: ByteStore): Promise<ImageFormat> {
+  const head = new Uint8Array(4);
+  await store.read(0, head);
+  return QCOW2_MAGIC.every((b, i) => head[i] === b) ? "qcow2" : "raw";
+}
+
+function checkFormat(format: string): ImageFormat {
+  if (format === "qcow2" || format === "raw") return format;
+  throw new Qcow2Error("NOT_SUPPORTED", `Unknown driver '${format}'`, { errno: "EINVAL" });
+}
+
+/** A resolver that opens referenced files on the local file system, as QEMU 7.2 resolves their names. */
+export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
+  return {
+    async openDataFile(name: string, ctx: ResolveContext): Promise<ByteStore> {
+      const path = opts.safe
+        ? checkSafeReference(ctx.imageName, name, "data-file", { cwd: process.cwd() })
+        : resolveDataFileName(name).path!;
+      return FileStore.open(path, { readOnly: ctx.readOnly, name });
+    },
+    async openBacking(name: string, format: string | undefined, ctx: ResolveContext): Promise<BlockImage> {
+      try {
+        let path: string;
+        if (opts.safe) {
+          if (format === undefined) {
+            throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the backing file format in safe mode", { errno: "EPERM" });
+          }
+          path = checkSafeReference(ctx.imageName, name, "backing");
+        } else {
+          const resolved = resolveBackingFileName(ctx.imageName, name);
+          if (!resolved || resolved.path === undefined) {
+            throw new Qcow2Error("NOT_SUPPORTED", `Unknown protocol '${resolved?.protocol ?? ""}'`, { errno: "ENOTSUP" });
+          }
+          path = resolved.path;
+        }
+        if (ctx.chain.length >= MAX_CHAIN_DEPTH) {
+          throw new Qcow2Error("INVALID_IMAGE", "Backing chain too deep");
+        }
+        let real: string | undefined;
+        try {
+          real = await realpath(path);
+        } catch {
+          real = undefined;
+        }
+        if (real !== undefined && ctx.chain.includes(real)) {
+          throw new Qcow2Error("INVALID_IMAGE", `Backing file '${name}' loops back into the chain`);
+        }
+        return await openImage(path, {
+          ...opts,
+          ...(format !== undefined ? { format } : { format: undefined }),
+          readOnly: true,
+          backing: undefined,
+          dataFile: undefined,
+          chain: [...ctx.chain, ...(real !== undefined ? [real] : [])],
+        } as OpenImageOptions);
+      } catch (e) {
+        if (isQcow2Error(e)) {
+          throw new Qcow2Error(e.code, `Could not open backing file: ${e.message}`, { errno: e.errno, cause: e });
+        }
+        throw e;
+      }
+    },
+  };
+}
+
+/** Open a qcow2 or raw image file. */
+export async function openImage(path: string, opts: OpenImageOptions = {}): Promise<BlockImage> {
+  const readOnly = opts.readOnly ?? false;
+  const store = await FileStore.open(path, { readOnly });
+  try {
+    let format: ImageFormat;
+    if (opts.format !== undefined) format = checkFormat(opts.format);
+    else if (opts.safe) throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the image format in safe mode; give the format", { errno: "EPERM" });
+    else format = await probeFormat(store);
+    if (format === "raw") return await RawImage.open(store);
+    let chain = opts.chain;
+    if (chain === undefined) {
+      try {
+        chain = [await realpath(path)];
+      } catch {
+        chain = [];
+      }
+    }
+    const qopts: Qcow2OpenOptions = {
+      readOnly,
+      resolver: fileResolver(opts),
+      filename: path,
+      chain,
+      ...(opts.dataFile !== undefined ? { dataFile: opts.dataFile } : {}),
+      ...(opts.backing !== undefined ? { backing: opts.backing } : {}),
+      ...(opts.backingFormat !== undefined ? { backingFormat: opts.backingFormat } : {}),
+      ...(opts.cacheSize !== undefined ? { cacheBytes: opts.cacheSize } : {}),
+      ...(opts.noIo ? { noIo: true } : {}),
+      ...(opts.checkMode ? { checkMode: true } : {}),
+      ...(opts.discard ? { discard: opts.discard } : {}),
+      ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
+      ...(opts.repairDirty ? { repairDirty: opts.repairDirty } : {}),
+    };
+    // Qcow2Image.open closes the store itself when it fails after taking it over.
+    return await Qcow2Image.open(store, qopts);
+  } catch (e) {
+    await store.close().catch(() => undefined);
+    throw e;
+  }
+}
+
+export interface CreateImageOptions extends Qcow2CreateOptions {
+  format?: ImageFormat;
+}
+
+/**
+ * Create an image file (and its external data file) as qemu-img create does. A raw image is a file of
+ * `size` bytes (preallocation off/falloc/full).
+ */
+export async function createImage(path: string, opts: CreateImageOptions): Promise<void> {
+  const format = opts.format ?? "qcow2";
+  if (format === "raw") {
+    const store = await FileStore.open(path, { create: true, truncate: true });
+    try {
+      const p = opts.preallocation ?? "off";
+      await store.resize(opts.size, p === "metadata" ? "off" : p);
+      await store.flush();
+    } finally {
+      await store.close();
+    }
+    return;
+  }
+  validateCreateOptions(opts);
+  const meta = await FileStore.open(path, { create: true, truncate: true });
+  let dataStore: FileStore | undefined;
+  try {
+    if (opts.dataFile !== undefined) {
+      dataStore = await FileStore.open(resolveDataFileName(opts.dataFile).path!, { create: true, truncate: true, name: opts.dataFile });
+    }
+    await createQcow2(meta, opts, dataStore ? { dataStore } : {});
+  } catch (e) {
+    await meta.close().catch(() => undefined);
+    await dataStore?.close().catch(() => undefined);
+    throw e;
+  }
+}
+
+export { FileStore };

@@ -1,0 +1,58 @@
+/**
+ * A readers-writer lock with FIFO fairness: readers run together, a writer runs alone, and a waiting
+ * writer holds back readers that arrive after it (so writers are not starved).
+ */
+interface Waiter {
+  write: boolean;
+  grant: () => void;
+}
+
+export class RwLock {
+  private readers = 0;
+  private writer = false;
+  private readonly queue: Waiter[] = [];
+
+  async read<T>(fn: () => Promise<T>): Promise<T> {
+    if (!this.writer && this.queue.length === 0) {
+      this.readers++;
+    } else {
+      await new Promise<void>((grant) => this.queue.push({ write: false, grant }));
+    }
+    try {
+      return await fn();
+    } finally {
+      this.readers--;
+      this.dispatch();
+    }
+  }
+
+  async write<T>(fn: () => Promise<T>): Promise<T> {
+    if (!this.writer && this.readers === 0 && this.queue.length === 0) {
+      this.writer = true;
+    } else {
+      await new Promise<void>((grant) => this.queue.push({ write: true, grant }));
+    }
+    try {
+      return await fn();
+    } finally {
+      this.writer = false;
+      this.dispatch();
+    }
+  }
+
+  private dispatch(): void {
+    while (this.queue.length > 0 && !this.writer) {
+      const head = this.queue[0]!;
+      if (head.write) {
+        if (this.readers > 0) return;
+        this.queue.shift();
+        this.writer = true;
+        head.grant();
+        return;
+      }
+      this.queue.shift();
+      this.readers++;
+      head.grant();
+    }
+  }
+}

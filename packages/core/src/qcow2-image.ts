@@ -1,0 +1,1442 @@
+/**
+ * The qcow2 engine: one open image (qcow2 file + optional external data file + optional backing chain)
+ * behind the `BlockImage` surface every frontend uses.
+ *
+ * Write ordering (crash safety), kept by `writeback()`:
+ *  1. guest data (and copy-on-write fill) is written before the L2 entry that maps it reaches disk;
+ *  2. refcount increases reach disk before the L2/L1 entries that reference the clusters;
+ *  3. a new L2 table reaches disk before the L1 entry that points to it;
+ *  4. references are removed on disk before the refcounts of the clusters they pointed to are decreased
+ *     (decreases are deferred until then, so freed clusters are not reused before);
+ *  5. flush() reaches both the qcow2 file and the external data file.
+ * Concurrency: reads and in-place writes share a readers-writer lock; anything that changes metadata
+ * (allocating writes, zeroing, discard, flush, resize) takes it exclusively.
+ */
+import { ClusterMap, L1Table, L2Cache, type L2Table } from "@qcowkit/cluster";
+import { Refcounts } from "@qcowkit/refcount";
+import {
+  AUTOCLEAR_BITMAPS,
+  AUTOCLEAR_DATA_FILE_RAW,
+  AUTOCLEAR_KNOWN_MASK,
+  COMPAT_LAZY_REFCOUNTS,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DATA_FILE,
+  INCOMPAT_DIRTY,
+  INCOMPAT_EXTL2,
+  Qcow2Error,
+  SubclusterType,
+  classifyCluster,
+  decodeCompressedDescriptor,
+  decodeImageHeader,
+  encodeCompressedDescriptor,
+  encodeImageHeader,
+  getU64,
+  isAllZero,
+  l1EntriesForSize,
+  l2BitmapAlloc,
+  l2BitmapZero,
+  l2EntryPosition,
+  l2HostOffset,
+  l2IsCopied,
+  setL2Bitmap,
+  setL2Entry,
+  setL2Raw,
+  validateImageHeader,
+  viewOf,
+  type ByteStore,
+  type CompressionType,
+  type ImageHeader,
+} from "@qcowkit/spec";
+import {
+  mergeExtents,
+  type BlockImage,
+  type BlockStatusExtent,
+  type ResizeOptions,
+  type WriteOptions,
+  type ZeroOptions,
+} from "./block-image";
+import { getCodec, type CompressionCodec } from "./compression";
+import { RwLock } from "./lock";
+import type { ImageResolver } from "./resolver";
+import { readSnapshotTable, type SnapshotInfo } from "./snapshots";
+
+export interface Qcow2OpenOptions {
+  /** Open read-only (no header updates, no writes). */
+  readOnly?: boolean;
+  /** Opens the external data file and backing images by name. */
+  resolver?: ImageResolver;
+  /** Use this data file instead of the stored name (a store, or a name for the resolver). */
+  dataFile?: ByteStore | string;
+  /** Use this backing image instead of the stored one; null: no backing image. */
+  backing?: BlockImage | string | null;
+  /** Backing format override when `backing` is a name. */
+  backingFormat?: string;
+  /** Bytes of L2 table cache (default 32 MiB) ; refcount blocks get a quarter of it. */
+  cacheBytes?: number;
+  /** Open for check/repair: a corrupt image may be opened read-write; no dirty-image repair. */
+  checkMode?: boolean;
+  /** Open only the metadata (qemu-img info): neither the data file nor backing images are opened. */
+  noIo?: boolean;
+  /** What discard requests do: "unmap" (default) or "ignore". */
+  discard?: "ignore" | "unmap";
+  /** Name for messages and map output. */
+  filename?: string;
+  /** Images already open in this backing chain (loop detection). */
+  chain?: string[];
+  /** Receives QEMU-style warning lines. */
+  onWarning?: (message: string) => void;
+  /** Repair of a dirty image opened read-write (lazy refcounts after a crash); set by core's check. */
+  repairDirty?: (image: Qcow2Image) => Promise<void>;
+}
+
+const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
+/** Flush deferred frees when this many separate ranges are waiting. */
+const MAX_DEFERRED_RANGES = 4096;
+
+const hex = (n: number) => `0x${n.toString(16)}`;
+
+export class Qcow2Image implements BlockImage {
+  readonly format = "qcow2" as const;
+  readonly filename: string;
+  readOnly: boolean;
+  /** The parsed cluster 0 (kept current: header updates go through it). */
+  hdr: ImageHeader;
+  readonly meta: ByteStore;
+  data: ByteStore;
+  /** Name of the external data file as opened (for map output). */
+  dataFileName: string | undefined;
+  backing: BlockImage | null = null;
+  readonly clusterBits: number;
+  readonly clusterSize: number;
+  readonly extendedL2: boolean;
+  readonly hasDataFile: boolean;
+  l1: L1Table;
+  readonly l2Cache: L2Cache;
+  readonly map: ClusterMap;
+  refcounts: Refcounts;
+  snapshots: SnapshotInfo[] = [];
+  readonly lock = new RwLock();
+  private readonly opts: Qcow2OpenOptions;
+  /** Guest data written since the last flush of its store. */
+  private dataDirty = false;
+  /** Size of the qcow2 file as far as this process knows (clusters past it read as zeros). */
+  private metaFileEnd = 0;
+  private corruptSignalled = false;
+  private dirtyMarked = false;
+  private closed = false;
+  private codec: CompressionCodec | undefined;
+  private decompressed: { key: number; bytes: Uint8Array } | undefined;
+  /** Cluster indices of L2 tables and refcount blocks, for the overlap check on data writes. */
+  private metadataClusters: Set<number> | undefined;
+  readonly warnings: string[] = [];
+
+  private constructor(meta: ByteStore, hdr: ImageHeader, l1: L1Table, refcounts: Refcounts, opts: Qcow2OpenOptions) {
+    this.meta = meta;
+    this.data = meta;
+    this.hdr = hdr;
+    this.opts = opts;
+    this.filename = opts.filename ?? meta.name;
+    this.readOnly = opts.readOnly ?? meta.readOnly;
+    const h = hdr.header;
+    this.clusterBits = h.clusterBits;
+    this.clusterSize = 2 ** h.clusterBits;
+    this.extendedL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
+    this.hasDataFile = (h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
+    this.l1 = l1;
+    const cacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES;
+    this.l2Cache = new L2Cache(meta, this.clusterSize, Math.max(4, Math.floor(cacheBytes / this.clusterSize)));
+    this.map = new ClusterMap(
+      { clusterBits: h.clusterBits, extendedL2: this.extendedL2, dataFile: this.hasDataFile },
+      l1,
+      this.l2Cache,
+    );
+    this.refcounts = refcounts;
+  }
+
+  // ---------------------------------------------------------------- open
+
+  static async open(meta: ByteStore, opts: Qcow2OpenOptions = {}): Promise<Qcow2Image> {
+    const readOnly = opts.readOnly ?? meta.readOnly;
+    const probe = new Uint8Array(512);
+    await meta.read(0, probe);
+    // decodeHeader checks magic/version/cluster bits before we trust cluster_bits for the full read.
+    const clusterBits = decodeImageHeaderProbe(probe);
+    const cluster0 = new Uint8Array(2 ** clusterBits);
+    await meta.read(0, cluster0);
+    const hdr = decodeImageHeader(cluster0);
+    const h = hdr.header;
+    const validation = validateImageHeader(hdr, {
+      readWrite: !readOnly,
+      checkMode: opts.checkMode ?? false,
+      noIo: opts.noIo ?? false,
+    });
+    const l1 = await L1Table.load(meta, h.l1TableOffset, h.l1Size);
+    const image = new Qcow2Image(meta, hdr, l1, undefined as unknown as Refcounts, { ...opts, readOnly });
+    const cacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES;
+    image.refcounts = await Refcounts.load(meta, {
+      clusterBits: h.clusterBits,
+      refcountOrder: h.refcountOrder,
+      reftableOffset: h.refcountTableOffset,
+      reftableClusters: h.refcountTableClusters,
+      cacheBlocks: Math.max(8, Math.floor(cacheBytes / 4 / image.clusterSize)),
+      readOnly,
+      updateHeader: (offset, clusters) => image.writeReftableLocation(offset, clusters),
+    });
+    image.metaFileEnd = await meta.size();
+    for (const w of validation.warnings) image.warn(`qcow2: ${w}`);
+    try {
+      await image.openRest(validation.ignoreBitmaps);
+    } catch (e) {
+      await image.releaseChildren();
+      throw e;
+    }
+    return image;
+  }
+
+  private async openRest(ignoreBitmaps: boolean): Promise<void> {
+    const opts = this.opts;
+    const h = this.hdr.header;
+    if (!opts.checkMode && h.nbSnapshots > 0) {
+      this.snapshots = await readSnapshotTable(this.meta, h.snapshotsOffset, h.nbSnapshots);
+    }
+    const ctx = { imageName: this.filename, readOnly: this.readOnly, chain: [...(opts.chain ?? []), this.filename] };
+    if (!opts.noIo) {
+      if (this.hasDataFile) {
+        if (opts.dataFile !== undefined && typeof opts.dataFile !== "string") {
+          this.data = opts.dataFile;
+          this.dataFileName = opts.dataFile.name;
+        } else {
+          const name = opts.dataFile ?? this.hdr.extensions.dataFile;
+          if (name === undefined) throw new Qcow2Error("INVALID_IMAGE", "'data-file' is required for this image");
+          if (!opts.resolver) throw new Qcow2Error("NOT_SUPPORTED", "no resolver to open the external data file");
+          this.data = await opts.resolver.openDataFile(name, ctx);
+          this.dataFileName = this.data.name;
+        }
+      } else if (opts.dataFile !== undefined) {
+        throw new Qcow2Error(
+          "INVALID_ARGUMENT",
+          "'data-file' can only be set for images with an external data file",
+        );
+      }
+      if (opts.backing !== undefined && opts.backing !== null && typeof opts.backing !== "string") {
+        this.backing = opts.backing;
+      } else if (opts.backing !== null) {
+        const name = opts.backing ?? this.hdr.backingFile;
+        if (name !== undefined && name !== "") {
+          if (!opts.resolver) throw new Qcow2Error("NOT_SUPPORTED", "no resolver to open the backing file");
+          this.backing = await opts.resolver.openBacking(
+            name,
+            opts.backingFormat ?? this.hdr.extensions.backingFormat,
+            { ...ctx, readOnly: true },
+          );
+        }
+      }
+    }
+    if (this.readOnly) return;
+    // Writable open: clear autoclear bits we do not maintain, drop inconsistent bitmaps.
+    let update = false;
+    const unknownAutoclear = h.autoclearFeatures & ~AUTOCLEAR_KNOWN_MASK;
+    if (unknownAutoclear) {
+      h.autoclearFeatures &= AUTOCLEAR_KNOWN_MASK;
+      update = true;
+    }
+    if (ignoreBitmaps && this.hdr.extensions.bitmaps) {
+      delete this.hdr.extensions.bitmaps;
+      this.warn("qcow2: Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.");
+      update = true;
+    }
+    if (h.autoclearFeatures & AUTOCLEAR_BITMAPS && this.hdr.extensions.bitmaps && !this.bitmapsSupported()) {
+      // Bitmaps we cannot keep up to date must be declared inconsistent before we write.
+      h.autoclearFeatures &= ~AUTOCLEAR_BITMAPS;
+      update = true;
+    }
+    if (update) await this.writeHeader();
+    if (h.incompatibleFeatures & INCOMPAT_DIRTY && !this.opts.checkMode) {
+      if (!this.opts.repairDirty) throw new Qcow2Error("CORRUPT", "Could not repair dirty image");
+      await this.opts.repairDirty(this);
+    }
+  }
+
+  /** Persistent bitmaps are tracked by the bitmaps module when it is installed. */
+  protected bitmapsSupported(): boolean {
+    return false;
+  }
+
+  private warn(message: string): void {
+    this.warnings.push(message);
+    this.opts.onWarning?.(message);
+  }
+
+  // ---------------------------------------------------------------- properties
+
+  get header() {
+    return this.hdr.header;
+  }
+
+  get virtualSize(): number {
+    return this.hdr.header.size;
+  }
+
+  get version(): number {
+    return this.hdr.header.version;
+  }
+
+  get dataFileRaw(): boolean {
+    return (this.hdr.header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
+  }
+
+  get lazyRefcounts(): boolean {
+    return (this.hdr.header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
+  }
+
+  get compressionType(): CompressionType {
+    return this.hdr.header.compressionType === 1 ? "zstd" : "zlib";
+  }
+
+  get isCorrupt(): boolean {
+    return (this.hdr.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
+  }
+
+  get isDirty(): boolean {
+    return (this.hdr.header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n;
+  }
+
+  // ---------------------------------------------------------------- header writes
+
+  /** Rewrite cluster 0 from `hdr` and flush. */
+  async writeHeader(): Promise<void> {
+    this.assertWritable();
+    const bytes = encodeImageHeader(this.hdr);
+    await this.meta.write(0, bytes);
+    await this.meta.flush();
+    this.hdr = decodeImageHeader(bytes);
+  }
+
+  /** Write the incompatible feature bits alone (8 bytes at 72), synchronously. */
+  private async writeIncompatibleFeatures(): Promise<void> {
+    const b = new Uint8Array(8);
+    viewOf(b).setBigUint64(0, this.hdr.header.incompatibleFeatures);
+    await this.meta.write(72, b);
+    await this.meta.flush();
+  }
+
+  private async writeReftableLocation(offset: number, clusters: number): Promise<void> {
+    const b = new Uint8Array(12);
+    const v = viewOf(b);
+    v.setUint32(0, Math.floor(offset / 2 ** 32));
+    v.setUint32(4, offset >>> 0);
+    v.setUint32(8, clusters);
+    await this.meta.write(48, b);
+    await this.meta.flush();
+    this.hdr.header.refcountTableOffset = offset;
+    this.hdr.header.refcountTableClusters = clusters;
+    this.metadataClusters = undefined;
+  }
+
+  private async writeL1Location(l1Size: number, offset: number): Promise<void> {
+    const b = new Uint8Array(12);
+    const v = viewOf(b);
+    v.setUint32(0, l1Size);
+    v.setUint32(4, Math.floor(offset / 2 ** 32));
+    v.setUint32(8, offset >>> 0);
+    await this.meta.write(36, b);
+    await this.meta.flush();
+    this.hdr.header.l1Size = l1Size;
+    this.hdr.header.l1TableOffset = offset;
+    this.metadataClusters = undefined;
+  }
+
+  /** Lazy refcounts: mark the image dirty before the first metadata change. */
+  private async markDirty(): Promise<void> {
+    if (this.dirtyMarked || !this.lazyRefcounts) return;
+    if (!this.isDirty) {
+      this.hdr.header.incompatibleFeatures |= INCOMPAT_DIRTY;
+      await this.writeIncompatibleFeatures();
+    }
+    this.dirtyMarked = true;
+  }
+
+  private async markClean(): Promise<void> {
+    if (!this.isDirty) return;
+    this.hdr.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
+    await this.writeIncompatibleFeatures();
+    this.dirtyMarked = false;
+  }
+
+  /** Mark the image corrupt (QEMU's qcow2_signal_corruption, fatal) and return the error to throw. */
+  async signalCorruption(message: string): Promise<Qcow2Error> {
+    if (!this.corruptSignalled) {
+      this.corruptSignalled = true;
+      if (!this.readOnly && !this.closed) {
+        this.warn(`qcow2: Marking image as corrupt: ${message}; further corruption events will be suppressed`);
+        this.hdr.header.incompatibleFeatures |= INCOMPAT_CORRUPT;
+        try {
+          await this.writeIncompatibleFeatures();
+        } catch {
+          /* the image is unusable anyway */
+        }
+      } else {
+        this.warn(`qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed`);
+      }
+    }
+    return new Qcow2Error("IO_ERROR", message, { errno: "EIO" });
+  }
+
+  /** Run `fn`, turning CORRUPT errors into a corruption signal and an I/O error (as QEMU does). */
+  private async guard<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.corruptSignalled && !this.readOnly) {
+      throw new Qcow2Error("IO_ERROR", "Image is corrupt; further I/O refused", { errno: "EIO" });
+    }
+    try {
+      return await fn();
+    } catch (e) {
+      if (e instanceof Qcow2Error && e.code === "CORRUPT") throw await this.signalCorruption(e.message);
+      throw e;
+    }
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new Qcow2Error("INVALID_ARGUMENT", "Image is closed");
+  }
+
+  private assertWritable(): void {
+    this.assertOpen();
+    if (this.readOnly) throw new Qcow2Error("READ_ONLY", "Image is read-only", { errno: "EPERM" });
+  }
+
+  private checkRange(guestOffset: number, byteLength: number): void {
+    if (
+      !Number.isSafeInteger(guestOffset) ||
+      !Number.isSafeInteger(byteLength) ||
+      guestOffset < 0 ||
+      byteLength < 0 ||
+      guestOffset + byteLength > this.virtualSize
+    ) {
+      throw new Qcow2Error("OUT_OF_BOUNDS", "Request out of bounds", { errno: "EINVAL" });
+    }
+  }
+
+  // ---------------------------------------------------------------- read
+
+  async read(guestOffset: number, into: Uint8Array): Promise<void> {
+    this.assertOpen();
+    this.checkRange(guestOffset, into.byteLength);
+    if (into.byteLength === 0) return;
+    await this.lock.read(() => this.guard(() => this.readUnlocked(guestOffset, into)));
+  }
+
+  /** Read through the current mapping; the caller holds the lock. */
+  async readUnlocked(guestOffset: number, into: Uint8Array): Promise<void> {
+    const end = guestOffset + into.byteLength;
+    const pending: Promise<void>[] = [];
+    let pos = guestOffset;
+    while (pos < end) {
+      const run = await this.map.mapRun(pos, end - pos);
+      const dst = into.subarray(pos - guestOffset, pos - guestOffset + run.byteLength);
+      switch (run.type) {
+        case SubclusterType.NORMAL:
+          pending.push(this.data.read(run.hostOffset, dst));
+          break;
+        case SubclusterType.ZERO_PLAIN:
+        case SubclusterType.ZERO_ALLOC:
+          dst.fill(0);
+          break;
+        case SubclusterType.COMPRESSED: {
+          const cluster = await this.readCompressedCluster(run.compressed!);
+          const inCluster = pos % this.clusterSize;
+          dst.set(cluster.subarray(inCluster, inCluster + run.byteLength));
+          break;
+        }
+        default:
+          pending.push(this.readBacking(pos, dst));
+      }
+      pos += run.byteLength;
+      if (pending.length >= 64) await Promise.all(pending.splice(0));
+    }
+    await Promise.all(pending);
+    this.l2Cache.trim();
+  }
+
+  private async readBacking(guestOffset: number, dst: Uint8Array): Promise<void> {
+    const b = this.backing;
+    if (!b || guestOffset >= b.virtualSize) {
+      dst.fill(0);
+      return;
+    }
+    const inBacking = Math.min(dst.byteLength, b.virtualSize - guestOffset);
+    await b.read(guestOffset, dst.subarray(0, inBacking));
+    if (inBacking < dst.byteLength) dst.fill(0, inBacking);
+  }
+
+  private async compression(): Promise<CompressionCodec> {
+    this.codec ??= await getCodec(this.compressionType);
+    return this.codec;
+  }
+
+  private async readCompressedCluster(desc: { hostOffset: number; byteLength: number }): Promise<Uint8Array> {
+    if (this.decompressed?.key === desc.hostOffset) return this.decompressed.bytes;
+    const compressed = new Uint8Array(desc.byteLength);
+    await this.meta.read(desc.hostOffset, compressed);
+    const codec = await this.compression();
+    const bytes = await codec.decompress(compressed, this.clusterSize);
+    this.decompressed = { key: desc.hostOffset, bytes };
+    return bytes;
+  }
+
+  // ---------------------------------------------------------------- write
+
+  async write(guestOffset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
+    this.assertWritable();
+    this.checkRange(guestOffset, data.byteLength);
+    if (data.byteLength === 0) return;
+    if (opts.compressed) {
+      await this.lock.write(() => this.guard(() => this.writeCompressedUnlocked(guestOffset, data)));
+    } else {
+      const done = await this.lock.read(() => this.guard(() => this.tryWriteInPlace(guestOffset, data)));
+      if (!done) await this.lock.write(() => this.guard(() => this.writeUnlocked(guestOffset, data)));
+    }
+    if (opts.fua) await this.flush();
+  }
+
+  /** Write when every byte lands in an allocated, COPIED (sub)cluster: no metadata change. */
+  private async tryWriteInPlace(guestOffset: number, data: Uint8Array): Promise<boolean> {
+    const end = guestOffset + data.byteLength;
+    const runs: Array<[host: number, from: number, to: number]> = [];
+    let pos = guestOffset;
+    while (pos < end) {
+      const run = await this.map.mapRun(pos, end - pos);
+      if (run.type !== SubclusterType.NORMAL || !run.copied) return false;
+      runs.push([run.hostOffset, pos - guestOffset, pos - guestOffset + run.byteLength]);
+      pos += run.byteLength;
+    }
+    await Promise.all(runs.map(([host, from, to]) => this.writeData(host, data.subarray(from, to))));
+    return true;
+  }
+
+  /** Write guest data at a host offset of the data store, with QEMU's overlap check for the qcow2 file. */
+  private async writeData(hostOffset: number, bytes: Uint8Array): Promise<void> {
+    if (!this.hasDataFile) this.checkOverlap(hostOffset, bytes.byteLength);
+    await this.data.write(hostOffset, bytes);
+    this.dataDirty = true;
+    if (this.data === this.meta) this.metaFileEnd = Math.max(this.metaFileEnd, hostOffset + bytes.byteLength);
+  }
+
+  /** Refuse a data write onto metadata (QEMU's "cached" overlap check). */
+  private checkOverlap(hostOffset: number, byteLength: number): void {
+    const cs = this.clusterSize;
+    const h = this.hdr.header;
+    const first = Math.floor(hostOffset / cs);
+    const last = Math.floor((hostOffset + byteLength - 1) / cs);
+    const hit = (what: string) => {
+      throw new Qcow2Error(
+        "CORRUPT",
+        `Preventing invalid write on metadata (overlaps with ${what})`,
+      );
+    };
+    const inRange = (start: number, bytes: number) =>
+      bytes > 0 && first <= Math.floor((start + bytes - 1) / cs) && last >= Math.floor(start / cs);
+    if (first === 0) hit("qcow2_header");
+    if (inRange(h.l1TableOffset, h.l1Size * 8)) hit("active L1 table");
+    if (inRange(h.refcountTableOffset, h.refcountTableClusters * cs)) hit("refcount table");
+    if (h.nbSnapshots > 0 && inRange(h.snapshotsOffset, this.snapshotTableBytes())) hit("snapshot table");
+    const meta = this.metadataClusterSet();
+    for (let c = first; c <= last; c++) if (meta.has(c)) hit("active L2 table or refcount block");
+  }
+
+  private snapshotTableBytes(): number {
+    return this.snapshots.reduce((n, s) => n + s.entryBytes, 0) || this.clusterSize;
+  }
+
+  private metadataClusterSet(): Set<number> {
+    if (this.metadataClusters) return this.metadataClusters;
+    const set = new Set<number>();
+    for (let i = 0; i < this.l1.size; i++) {
+      const off = this.l1.l2Offset(i);
+      if (off) set.add(Math.floor(off / this.clusterSize));
+    }
+    for (let i = 0; i < this.refcounts.reftableEntries; i++) {
+      const off = getU64(viewOf(this.refcounts.reftable), i * 8) - (viewOf(this.refcounts.reftable).getUint32(i * 8 + 4) & 0x1ff);
+      if (off) set.add(Math.floor(off / this.clusterSize));
+    }
+    this.metadataClusters = set;
+    return set;
+  }
+
+  /** The L2 table for `guestOffset`, allocated (or copied from a shared one) so it can be changed in place. */
+  private async l2ForWrite(guestOffset: number): Promise<L2Table> {
+    await this.markDirty();
+    const l1Index = this.map.l1Index(guestOffset);
+    if (l1Index >= this.l1.size) throw new Qcow2Error("INTERNAL", "L1 table too small for the write");
+    const old = this.map.l2TableOffset(l1Index);
+    if (old !== 0 && this.l1.copied(l1Index)) return this.l2Cache.get(old);
+    const newOffset = (await this.allocateMetadata(1, "L2 table")) * this.clusterSize;
+    const bytes = new Uint8Array(this.clusterSize);
+    if (old !== 0) bytes.set((await this.l2Cache.get(old)).bytes);
+    const table = this.l2Cache.create(newOffset, bytes);
+    this.l1.set(l1Index, newOffset, true);
+    this.metadataClusterSet().add(newOffset / this.clusterSize);
+    if (old !== 0) this.refcounts.deferFree(old / this.clusterSize, 1);
+    return table;
+  }
+
+  /** Allocate metadata clusters in the qcow2 file; refuses offset 0 as QEMU does. */
+  private async allocateMetadata(count: number, what: string): Promise<number> {
+    const first = await this.refcounts.allocate(count);
+    if (first === 0) {
+      throw new Qcow2Error("CORRUPT", `Preventing invalid allocation of ${what} at offset 0`);
+    }
+    return first;
+  }
+
+  /** The allocating write path (exclusive lock held). */
+  async writeUnlocked(guestOffset: number, data: Uint8Array): Promise<void> {
+    const end = guestOffset + data.byteLength;
+    const cs = this.clusterSize;
+    let pos = guestOffset;
+    while (pos < end) {
+      const tableEnd = Math.min(end, (this.map.l1Index(pos) + 1) * this.map.l2Coverage);
+      const t = await this.l2ForWrite(pos);
+      while (pos < tableEnd) {
+        if (this.extendedL2) {
+          const clusterEnd = Math.min(tableEnd, (Math.floor(pos / cs) + 1) * cs);
+          await this.writeClusterExtended(t, pos, data.subarray(pos - guestOffset, clusterEnd - guestOffset));
+          pos = clusterEnd;
+        } else {
+          pos = await this.writeRunStandard(t, pos, tableEnd, data.subarray(pos - guestOffset, tableEnd - guestOffset));
+        }
+      }
+      this.l2Cache.markDirty(t);
+      await this.maybeWriteback();
+    }
+  }
+
+  private entryHalves(t: L2Table, l2Index: number): [number, number] {
+    const at = l2EntryPosition(l2Index, this.extendedL2);
+    return [t.view.getUint32(at), t.view.getUint32(at + 4)];
+  }
+
+  /**
+   * Standard L2 entries: handle the clusters from `pos` that share one way of writing (in place, or a fresh
+   * contiguous allocation, or one reused cluster) and return where the next step starts. `data` holds the
+   * guest bytes of [pos, tableEnd).
+   */
+  private async writeRunStandard(t: L2Table, pos: number, tableEnd: number, data: Uint8Array): Promise<number> {
+    const cs = this.clusterSize;
+    const fmt = this.map.format;
+    const clusterStart = Math.floor(pos / cs) * cs;
+    const [hi, lo] = this.entryHalves(t, this.map.l2Index(pos));
+    const kind = classifyCluster(hi, lo, fmt);
+    const copied = l2IsCopied(hi);
+    const oldHost = kind === "compressed" ? 0 : l2HostOffset(hi, lo);
+    if (kind === "normal") this.map.entryType(t, this.map.l2Index(pos), 0, clusterStart); // validates
+    if (kind === "normal" && copied) {
+      // In place, extended over following clusters with contiguous hosts.
+      let runEnd = Math.min(tableEnd, clusterStart + cs);
+      while (runEnd < tableEnd) {
+        const [nhi, nlo] = this.entryHalves(t, this.map.l2Index(runEnd));
+        if (classifyCluster(nhi, nlo, fmt) !== "normal" || !l2IsCopied(nhi)) break;
+        if (l2HostOffset(nhi, nlo) !== oldHost + (runEnd - clusterStart)) break;
+        runEnd = Math.min(tableEnd, runEnd + cs);
+      }
+      await this.writeData(oldHost + (pos - clusterStart), data.subarray(0, runEnd - pos));
+      return runEnd;
+    }
+    const reuse = this.hasDataFile || (kind === "zero-alloc" && copied);
+    // A run of clusters that all need the same treatment.
+    let runEnd = Math.min(tableEnd, clusterStart + cs);
+    if (!reuse) {
+      while (runEnd < tableEnd) {
+        const [nhi, nlo] = this.entryHalves(t, this.map.l2Index(runEnd));
+        const nkind = classifyCluster(nhi, nlo, fmt);
+        if ((nkind === "normal" || nkind === "zero-alloc") && l2IsCopied(nhi)) break;
+        runEnd = Math.min(tableEnd, runEnd + cs);
+      }
+    } else if (this.hasDataFile) {
+      while (runEnd < tableEnd) {
+        const [nhi, nlo] = this.entryHalves(t, this.map.l2Index(runEnd));
+        const nkind = classifyCluster(nhi, nlo, fmt);
+        if (nkind === "normal" && l2IsCopied(nhi)) break;
+        if (nkind === "compressed") break;
+        runEnd = Math.min(tableEnd, runEnd + cs);
+      }
+    }
+    const count = Math.ceil((runEnd - clusterStart) / cs);
+    let hostStart: number;
+    if (this.hasDataFile) hostStart = clusterStart;
+    else if (reuse) hostStart = oldHost;
+    else hostStart = (await this.refcounts.allocate(count)) * cs;
+    const freshAtEnd = !this.hasDataFile && !reuse && hostStart >= this.metaFileEnd;
+    await this.writeAllocatedRun(t, clusterStart, count, hostStart, pos, data.subarray(0, runEnd - pos), freshAtEnd);
+    return runEnd;
+  }
+
+  /**
+   * Write guest bytes `data` at guest `pos` into `count` clusters starting at guest `clusterStart`, newly
+   * placed at `hostStart`, filling the unwritten head and tail from the old content (copy-on-write), then
+   * point the L2 entries at them and free what they pointed to before.
+   */
+  private async writeAllocatedRun(
+    t: L2Table,
+    clusterStart: number,
+    count: number,
+    hostStart: number,
+    pos: number,
+    data: Uint8Array,
+    freshAtEnd: boolean,
+  ): Promise<void> {
+    const cs = this.clusterSize;
+    const writeEnd = pos + data.byteLength;
+    const runEndGuest = clusterStart + count * cs;
+    const headPartial = pos > clusterStart;
+    const tailPartial = writeEnd < runEndGuest;
+    const writes: Promise<void>[] = [];
+    const fillCluster = async (guestCluster: number) => {
+      const buf = new Uint8Array(cs);
+      const oldIsZero = await this.readsAsZero(t, guestCluster);
+      if (!oldIsZero) await this.readUnlocked(guestCluster, buf);
+      const from = Math.max(pos, guestCluster);
+      const to = Math.min(writeEnd, guestCluster + cs);
+      buf.set(data.subarray(from - pos, to - pos), from - guestCluster);
+      const host = hostStart + (guestCluster - clusterStart);
+      if (oldIsZero && freshAtEnd) {
+        // Past the end of the qcow2 file: the hole reads as zeros, write only the data.
+        await this.writeData(host + (from - guestCluster), buf.subarray(from - guestCluster, to - guestCluster));
+      } else {
+        await this.writeData(host, buf);
+      }
+    };
+    if (count === 1 && (headPartial || tailPartial)) {
+      await fillCluster(clusterStart);
+    } else {
+      let midFrom = pos;
+      let midTo = writeEnd;
+      if (headPartial) {
+        writes.push(fillCluster(clusterStart));
+        midFrom = clusterStart + cs;
+      }
+      if (tailPartial) {
+        const lastCluster = clusterStart + (count - 1) * cs;
+        writes.push(fillCluster(lastCluster));
+        midTo = lastCluster;
+      }
+      if (midTo > midFrom) {
+        writes.push(this.writeData(hostStart + (midFrom - clusterStart), data.subarray(midFrom - pos, midTo - pos)));
+      }
+      await Promise.all(writes);
+    }
+    // Link: new entries first, then the old clusters are freed (after the new entries are durable).
+    for (let i = 0; i < count; i++) {
+      const guest = clusterStart + i * cs;
+      const l2Index = this.map.l2Index(guest);
+      const [hi, lo] = this.entryHalves(t, l2Index);
+      const host = hostStart + i * cs;
+      setL2Entry(t.view, l2Index, false, host, { copied: true });
+      if (!this.hasDataFile) this.freeEntryCluster(hi, lo, host);
+    }
+    this.l2Cache.markDirty(t);
+  }
+
+  /** True when guest cluster `guestCluster` reads as zeros with no I/O (unallocated without backing, or zero). */
+  private async readsAsZero(t: L2Table, guestCluster: number): Promise<boolean> {
+    const [hi, lo] = this.entryHalves(t, this.map.l2Index(guestCluster));
+    const kind = classifyCluster(hi, lo, this.map.format);
+    if (kind === "zero-plain" || kind === "zero-alloc") return true;
+    if (kind === "unallocated") return !this.backing || guestCluster >= this.backing.virtualSize;
+    return false;
+  }
+
+  /**
+   * Queue the release of the host cluster an old entry (hi, lo) referenced, unless it is `keptHost`.
+   * Compressed entries release every host cluster their data touches.
+   */
+  private freeEntryCluster(hi: number, lo: number, keptHost: number): void {
+    const kind = classifyCluster(hi, lo, this.map.format);
+    const cs = this.clusterSize;
+    if (kind === "compressed") {
+      const d = decodeCompressedDescriptor(hi, lo, this.clusterBits);
+      const first = Math.floor(d.hostOffset / cs);
+      const last = Math.floor((d.hostOffset + d.byteLength - 1) / cs);
+      this.refcounts.deferFree(first, last - first + 1);
+      return;
+    }
+    if (kind === "normal" || kind === "zero-alloc") {
+      const host = l2HostOffset(hi, lo);
+      if (host !== keptHost && host % cs === 0 && host !== 0) this.refcounts.deferFree(host / cs, 1);
+    }
+  }
+
+  /** Extended L2: write the part of one cluster given by `data` at guest `pos`. */
+  private async writeClusterExtended(t: L2Table, pos: number, data: Uint8Array): Promise<void> {
+    const cs = this.clusterSize;
+    const scSize = cs / 32;
+    const clusterStart = Math.floor(pos / cs) * cs;
+    const l2Index = this.map.l2Index(pos);
+    const [hi, lo] = this.entryHalves(t, l2Index);
+    const alloc = l2BitmapAlloc(t.view, l2Index);
+    const zero = l2BitmapZero(t.view, l2Index);
+    const kind = classifyCluster(hi, lo, this.map.format);
+    if (kind !== "compressed" && kind !== "unallocated") this.map.entryType(t, l2Index, 0, clusterStart);
+    const copied = l2IsCopied(hi);
+    const oldHost = kind === "compressed" ? 0 : l2HostOffset(hi, lo);
+    const reuse = this.hasDataFile || (kind === "normal" && copied);
+    const host = this.hasDataFile ? clusterStart : reuse ? oldHost : (await this.refcounts.allocate(1)) * cs;
+    const from = pos - clusterStart;
+    const to = from + data.byteLength;
+    const firstSc = Math.floor(from / scSize);
+    const lastSc = Math.floor((to - 1) / scSize);
+    const buf = new Uint8Array(cs);
+    let newAlloc = reuse ? alloc : 0;
+    let newZero = zero;
+    // Data that must move to a new host cluster: every allocated subcluster (all of a compressed cluster).
+    if (!reuse && (kind === "normal" || kind === "compressed")) {
+      await this.readUnlocked(clusterStart, buf);
+      newAlloc = kind === "compressed" ? 0xffffffff : alloc;
+      if (kind === "compressed") newZero = 0;
+    }
+    // Fill the untouched part of partially written subclusters from the old content.
+    for (const sc of new Set([firstSc, lastSc])) {
+      const scStart = sc * scSize;
+      const partial = from > scStart || to < scStart + scSize;
+      if (partial && !(newAlloc & (1 << sc))) {
+        await this.readUnlocked(clusterStart + scStart, buf.subarray(scStart, scStart + scSize));
+      }
+    }
+    buf.set(data, from);
+    const touched = (((lastSc - firstSc + 1 >= 32 ? 0xffffffff : (1 << (lastSc - firstSc + 1)) - 1) << firstSc) >>> 0);
+    newAlloc = (newAlloc | touched) >>> 0;
+    newZero = (newZero & ~touched) >>> 0;
+    if (reuse) {
+      const spanStart = firstSc * scSize;
+      const spanEnd = (lastSc + 1) * scSize;
+      await this.writeData(host + spanStart, buf.subarray(spanStart, spanEnd));
+    } else {
+      await this.writeData(host, buf);
+    }
+    setL2Entry(t.view, l2Index, true, host, { copied: true });
+    setL2Bitmap(t.view, l2Index, newAlloc, newZero);
+    if (!this.hasDataFile && !reuse) this.freeEntryCluster(hi, lo, host);
+    this.l2Cache.markDirty(t);
+  }
+
+  /** Compressed write of whole clusters (qemu-io write -c, convert -c). */
+  private async writeCompressedUnlocked(guestOffset: number, data: Uint8Array): Promise<void> {
+    const cs = this.clusterSize;
+    if (this.hasDataFile) throw new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
+    const end = guestOffset + data.byteLength;
+    if (guestOffset % cs !== 0 || (data.byteLength % cs !== 0 && end !== this.virtualSize)) {
+      throw new Qcow2Error("INVALID_ARGUMENT", "Compressed writes must be cluster aligned", { errno: "EINVAL" });
+    }
+    const codec = await this.compression();
+    for (let pos = guestOffset; pos < end; pos += cs) {
+      let chunk = data.subarray(pos - guestOffset, Math.min(end, pos + cs) - guestOffset);
+      if (chunk.byteLength < cs) {
+        const padded = new Uint8Array(cs);
+        padded.set(chunk);
+        chunk = padded;
+      }
+      const compressed = await codec.compress(chunk, cs - 1);
+      if (!compressed) {
+        await this.writeUnlocked(pos, chunk.subarray(0, Math.min(cs, end - pos)));
+        continue;
+      }
+      const t = await this.l2ForWrite(pos);
+      const l2Index = this.map.l2Index(pos);
+      const [ohi, olo] = this.entryHalves(t, l2Index);
+      const hostOffset = await this.allocateBytes(compressed.byteLength);
+      this.checkOverlap(hostOffset, compressed.byteLength);
+      await this.meta.write(hostOffset, compressed);
+      this.metaFileEnd = Math.max(this.metaFileEnd, hostOffset + compressed.byteLength);
+      this.dataDirty = true;
+      const { hi, lo } = encodeCompressedDescriptor(hostOffset, compressed.byteLength, this.clusterBits);
+      setL2Raw(t.view, l2Index, this.extendedL2, hi, lo);
+      if (this.extendedL2) setL2Bitmap(t.view, l2Index, 0, 0);
+      this.freeEntryCluster(ohi, olo, -1);
+      this.l2Cache.markDirty(t);
+      await this.maybeWriteback();
+    }
+  }
+
+  /** Sub-cluster byte allocation for compressed data (QEMU's qcow2_alloc_bytes), packing into the last cluster. */
+  private compressedTail: { offset: number; cluster: number } | undefined;
+
+  private async allocateBytes(byteLength: number): Promise<number> {
+    const cs = this.clusterSize;
+    const tail = this.compressedTail;
+    if (tail && tail.offset % cs !== 0 && (tail.offset % cs) + byteLength <= cs) {
+      // Share the partially used cluster: one more reference to it.
+      const offset = tail.offset;
+      await this.refcounts.update(tail.cluster, 1, 1);
+      tail.offset += byteLength;
+      return offset;
+    }
+    const clusters = Math.ceil(byteLength / cs);
+    const first = await this.allocateMetadata(clusters, "compressed cluster");
+    const offset = first * cs;
+    const endOffset = offset + byteLength;
+    this.compressedTail = { offset: endOffset, cluster: Math.floor((endOffset - 1) / cs) };
+    if (endOffset % cs === 0) this.compressedTail = undefined;
+    return offset;
+  }
+
+  // ---------------------------------------------------------------- zero and discard
+
+  async writeZeroes(guestOffset: number, byteLength: number, opts: ZeroOptions = {}): Promise<void> {
+    this.assertWritable();
+    this.checkRange(guestOffset, byteLength);
+    if (byteLength === 0) return;
+    await this.lock.write(() => this.guard(() => this.writeZeroesUnlocked(guestOffset, byteLength, opts)));
+    if (opts.fua) await this.flush();
+  }
+
+  /** Zeroing granularity: the subcluster (extended L2) or the cluster. */
+  private get zeroUnit(): number {
+    return this.extendedL2 ? this.clusterSize / 32 : this.clusterSize;
+  }
+
+  private async writeZeroesUnlocked(guestOffset: number, byteLength: number, opts: ZeroOptions): Promise<void> {
+    const unit = this.zeroUnit;
+    const end = guestOffset + byteLength;
+    const alignedStart = Math.ceil(guestOffset / unit) * unit;
+    let alignedEnd = Math.floor(end / unit) * unit;
+    if (end === this.virtualSize) alignedEnd = end;
+    if (alignedStart >= alignedEnd) {
+      // Entirely inside one unit.
+      await this.zeroPartialUnit(guestOffset, byteLength, opts);
+      return;
+    }
+    if (guestOffset < alignedStart) await this.zeroPartialUnit(guestOffset, alignedStart - guestOffset, opts);
+    if (this.version < 3) {
+      if (opts.noFallback) throw new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
+      await this.writeExplicitZeroes(alignedStart, alignedEnd - alignedStart);
+    } else {
+      await this.zeroize(alignedStart, alignedEnd - alignedStart, opts.unmap ?? false);
+    }
+    if (alignedEnd < end) await this.zeroPartialUnit(alignedEnd, end - alignedEnd, opts);
+  }
+
+  /**
+   * A zero write that covers part of one unit: when the rest of the unit already reads as zeros and the
+   * unit holds no data, the whole unit becomes a zero unit (as QEMU does); otherwise zero bytes are
+   * written (or NOT_SUPPORTED with noFallback).
+   */
+  private async zeroPartialUnit(guestOffset: number, byteLength: number, opts: ZeroOptions): Promise<void> {
+    const unit = this.zeroUnit;
+    const unitStart = Math.floor(guestOffset / unit) * unit;
+    const unitEnd = Math.min(this.virtualSize, unitStart + unit);
+    if (this.version >= 3) {
+      const type = (await this.map.mapRun(unitStart, 1)).type;
+      const noData =
+        type === SubclusterType.UNALLOCATED_PLAIN ||
+        type === SubclusterType.UNALLOCATED_ALLOC ||
+        type === SubclusterType.ZERO_PLAIN ||
+        type === SubclusterType.ZERO_ALLOC;
+      if (noData) {
+        const restZero =
+          (await this.rangeIsZero(unitStart, guestOffset - unitStart)) &&
+          (await this.rangeIsZero(guestOffset + byteLength, unitEnd - (guestOffset + byteLength)));
+        if (restZero) {
+          await this.zeroize(unitStart, unitEnd - unitStart, opts.unmap ?? false);
+          return;
+        }
+      }
+    }
+    if (opts.noFallback) throw new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
+    await this.writeExplicitZeroes(guestOffset, byteLength);
+  }
+
+  private async rangeIsZero(guestOffset: number, byteLength: number): Promise<boolean> {
+    if (byteLength <= 0) return true;
+    const extents = await this.blockStatusUnlocked(guestOffset, byteLength);
+    return extents.every((e) => e.zero);
+  }
+
+  private async writeExplicitZeroes(guestOffset: number, byteLength: number): Promise<void> {
+    const chunk = Math.min(byteLength, 4 * 1024 * 1024);
+    const zeros = new Uint8Array(chunk);
+    for (let pos = guestOffset; pos < guestOffset + byteLength; pos += chunk) {
+      const n = Math.min(chunk, guestOffset + byteLength - pos);
+      if (!(await this.tryWriteInPlace(pos, zeros.subarray(0, n)))) await this.writeUnlocked(pos, zeros.subarray(0, n));
+    }
+  }
+
+  /** Make whole units [guestOffset, +byteLength) zero units (v3). */
+  private async zeroize(guestOffset: number, byteLength: number, unmap: boolean): Promise<void> {
+    if (this.dataFileRaw) {
+      await this.data.writeZeroes(guestOffset, byteLength, unmap);
+      this.dataDirty = true;
+    }
+    const cs = this.clusterSize;
+    const end = guestOffset + byteLength;
+    let pos = guestOffset;
+    while (pos < end) {
+      const tableEnd = Math.min(end, (this.map.l1Index(pos) + 1) * this.map.l2Coverage);
+      const t = await this.l2ForWrite(pos);
+      while (pos < tableEnd) {
+        const clusterStart = Math.floor(pos / cs) * cs;
+        const clusterEnd = Math.min(clusterStart + cs, this.virtualSize);
+        const l2Index = this.map.l2Index(pos);
+        const [hi, lo] = this.entryHalves(t, l2Index);
+        const kind = classifyCluster(hi, lo, this.map.format);
+        const wholeCluster = pos === clusterStart && Math.min(tableEnd, clusterEnd) === clusterEnd;
+        const allocated = kind === "normal" || kind === "zero-alloc" || kind === "compressed";
+        if (this.extendedL2 && !wholeCluster) {
+          // Some subclusters of the cluster.
+          const scSize = cs / 32;
+          const to = Math.min(tableEnd, clusterEnd);
+          const first = (pos - clusterStart) / scSize;
+          const n = Math.ceil((to - pos) / scSize);
+          if (kind === "compressed") {
+            await this.writeExplicitZeroes(pos, to - pos);
+          } else {
+            const mask = (n >= 32 ? 0xffffffff : ((1 << n) - 1) << first) >>> 0;
+            const alloc = l2BitmapAlloc(t.view, l2Index);
+            const zero = l2BitmapZero(t.view, l2Index);
+            setL2Bitmap(t.view, l2Index, (alloc & ~mask) >>> 0, (zero | mask) >>> 0);
+          }
+          pos = to;
+          continue;
+        }
+        const unmapThis = kind === "compressed" || (unmap && allocated);
+        const newHi = unmapThis ? 0 : hi;
+        let newLo = unmapThis ? 0 : lo;
+        if (!this.extendedL2) newLo = (newLo | 1) >>> 0;
+        const oldAlloc = this.extendedL2 ? l2BitmapAlloc(t.view, l2Index) : 0;
+        const oldZero = this.extendedL2 ? l2BitmapZero(t.view, l2Index) : 0;
+        const changed =
+          newHi !== hi || newLo !== lo || (this.extendedL2 && (oldAlloc !== 0 || oldZero !== 0xffffffff));
+        if (changed) {
+          setL2Raw(t.view, l2Index, this.extendedL2, newHi, newLo);
+          if (this.extendedL2) setL2Bitmap(t.view, l2Index, 0, 0xffffffff);
+          if (unmapThis) await this.releaseCluster(hi, lo, clusterStart);
+          this.l2Cache.markDirty(t);
+        }
+        pos = clusterEnd;
+      }
+      this.l2Cache.markDirty(t);
+      await this.maybeWriteback();
+    }
+  }
+
+  /**
+   * Drop the host cluster an old entry pointed to: for data-file images the data file range is discarded
+   * (when discards pass through), otherwise the refcount decrease is queued.
+   */
+  private async releaseCluster(hi: number, lo: number, guestClusterStart: number): Promise<void> {
+    if (this.hasDataFile) {
+      const kind = classifyCluster(hi, lo, this.map.format);
+      if ((kind === "normal" || kind === "zero-alloc") && this.opts.discard !== "ignore") {
+        const len = Math.min(this.clusterSize, this.virtualSize - guestClusterStart);
+        await this.data.discard(l2HostOffset(hi, lo), len);
+        this.dataDirty = true;
+      }
+      return;
+    }
+    this.freeEntryCluster(hi, lo, -1);
+  }
+
+  async discard(guestOffset: number, byteLength: number): Promise<void> {
+    this.assertWritable();
+    this.checkRange(guestOffset, byteLength);
+    if (byteLength === 0 || this.opts.discard === "ignore") return;
+    await this.lock.write(() => this.guard(() => this.discardUnlocked(guestOffset, byteLength, false)));
+  }
+
+  /**
+   * Discard whole clusters in [guestOffset, +byteLength) (a partial cluster counts only when it is the
+   * last, partial cluster of the image). `full`: entries become unallocated (shrink, make-empty); otherwise
+   * they read as zeros on v3 where they held data or a backing file is present.
+   */
+  async discardUnlocked(guestOffset: number, byteLength: number, full: boolean): Promise<void> {
+    const cs = this.clusterSize;
+    let start = Math.ceil(guestOffset / cs) * cs;
+    let end = Math.floor((guestOffset + byteLength) / cs) * cs;
+    if (guestOffset + byteLength === this.virtualSize && this.virtualSize % cs !== 0) end = guestOffset + byteLength;
+    if (full) {
+      start = Math.floor(guestOffset / cs) * cs;
+      end = guestOffset + byteLength;
+    }
+    if (start >= end) return;
+    await this.markDirty();
+    let pos = start;
+    while (pos < end) {
+      const l1Index = this.map.l1Index(pos);
+      const tableEnd = Math.min(end, (l1Index + 1) * this.map.l2Coverage);
+      if (this.map.l2TableOffset(l1Index) === 0 && (full || !this.backing)) {
+        // Nothing allocated here, and nothing to hide from a backing file.
+        pos = tableEnd;
+        continue;
+      }
+      const t = await this.l2ForWrite(pos);
+      for (; pos < tableEnd; pos = Math.min(tableEnd, Math.floor(pos / cs) * cs + cs)) {
+        const l2Index = this.map.l2Index(pos);
+        const [hi, lo] = this.entryHalves(t, l2Index);
+        const kind = classifyCluster(hi, lo, this.map.format);
+        const allocated = kind === "normal" || kind === "zero-alloc" || kind === "compressed";
+        const oldAlloc = this.extendedL2 ? l2BitmapAlloc(t.view, l2Index) : 0;
+        const oldZero = this.extendedL2 ? l2BitmapZero(t.view, l2Index) : 0;
+        let newHi = hi;
+        let newLo = lo;
+        let newAlloc = oldAlloc;
+        let newZero = oldZero;
+        if (full) {
+          newHi = newLo = newAlloc = newZero = 0;
+        } else if (this.backing || allocated) {
+          if (this.extendedL2) {
+            newHi = newLo = 0;
+            newAlloc = 0;
+            newZero = 0xffffffff;
+          } else {
+            newHi = 0;
+            newLo = this.version >= 3 ? 1 : 0;
+          }
+        }
+        if (newHi === hi && newLo === lo && newAlloc === oldAlloc && newZero === oldZero) continue;
+        setL2Raw(t.view, l2Index, this.extendedL2, newHi, newLo);
+        if (this.extendedL2) setL2Bitmap(t.view, l2Index, newAlloc, newZero);
+        this.l2Cache.markDirty(t);
+        await this.releaseCluster(hi, lo, Math.floor(pos / cs) * cs);
+      }
+      await this.maybeWriteback();
+    }
+  }
+
+  // ---------------------------------------------------------------- block status
+
+  async blockStatus(guestOffset: number, byteLength: number): Promise<BlockStatusExtent[]> {
+    this.assertOpen();
+    this.checkRange(guestOffset, byteLength);
+    if (byteLength === 0) return [];
+    return this.lock.read(() => this.guard(() => this.blockStatusUnlocked(guestOffset, byteLength)));
+  }
+
+  /** Status of this layer only: undefined entries fall through to the backing chain. */
+  async blockStatusUnlocked(guestOffset: number, byteLength: number): Promise<BlockStatusExtent[]> {
+    const end = guestOffset + byteLength;
+    const out: BlockStatusExtent[] = [];
+    let pos = guestOffset;
+    const hostFile = this.hasDataFile ? this.dataFileName : this.filename;
+    while (pos < end) {
+      const run = await this.map.mapRun(pos, end - pos);
+      const base = { offset: pos, length: run.byteLength, depth: 0 };
+      switch (run.type) {
+        case SubclusterType.NORMAL:
+          out.push({ ...base, present: true, zero: false, data: true, hostOffset: run.hostOffset, ...file(hostFile) });
+          break;
+        case SubclusterType.ZERO_ALLOC:
+          out.push({ ...base, present: true, zero: true, data: false, hostOffset: run.hostOffset, ...file(hostFile) });
+          break;
+        case SubclusterType.ZERO_PLAIN:
+          out.push({ ...base, present: true, zero: true, data: false });
+          break;
+        case SubclusterType.COMPRESSED:
+          out.push({ ...base, present: true, zero: false, data: true, compressed: true });
+          break;
+        default: {
+          const withOffset =
+            run.type === SubclusterType.UNALLOCATED_ALLOC ? { hostOffset: run.hostOffset, ...file(hostFile) } : {};
+          const b = this.backing;
+          if (!b || pos >= b.virtualSize) {
+            out.push({ ...base, present: false, zero: true, data: false, ...withOffset });
+          } else {
+            const inBacking = Math.min(run.byteLength, b.virtualSize - pos);
+            for (const e of await b.blockStatus(pos, inBacking)) out.push({ ...e, depth: e.depth + 1 });
+            if (inBacking < run.byteLength) {
+              out.push({ offset: pos + inBacking, length: run.byteLength - inBacking, depth: 0, present: false, zero: true, data: false });
+            }
+          }
+        }
+      }
+      pos += run.byteLength;
+    }
+    return mergeExtents(out);
+  }
+
+  // ---------------------------------------------------------------- flush and write-back
+
+  async flush(): Promise<void> {
+    this.assertOpen();
+    if (this.readOnly) return;
+    await this.lock.write(() => this.guard(() => this.flushUnlocked()));
+  }
+
+  async flushUnlocked(): Promise<void> {
+    await this.writeback();
+    await this.meta.flush();
+    if (this.data !== this.meta) await this.data.flush();
+    this.dataDirty = false;
+  }
+
+  /** Write back when the caches or the deferred-free list grow too large. */
+  private async maybeWriteback(): Promise<void> {
+    if (this.l2Cache.overCapacity || this.refcounts.deferredRanges > MAX_DEFERRED_RANGES) {
+      await this.writeback();
+      this.l2Cache.trim();
+    }
+  }
+
+  /** Bring metadata to disk in crash-safe order (see the file comment). */
+  async writeback(): Promise<void> {
+    const lazy = this.lazyRefcounts && this.isDirty;
+    const tablesDirty = this.l2Cache.hasDirty || this.l1.dirty;
+    if (tablesDirty) {
+      if (this.dataDirty && this.data !== this.meta) {
+        await this.data.flush();
+      }
+      if (!lazy && this.refcounts.hasDirty) await this.refcounts.writeBack();
+      await this.meta.flush();
+      this.dataDirty = false;
+      if (this.l2Cache.hasDirty) {
+        await this.l2Cache.writeBack();
+        if (this.l1.dirty) await this.meta.flush();
+      }
+      if (this.l1.dirty) await this.l1.writeBack(this.meta);
+    } else if (!lazy && this.refcounts.hasDirty) {
+      await this.refcounts.writeBack();
+    }
+    if (this.refcounts.deferredRanges > 0) {
+      await this.meta.flush(); // the removed references are durable before the refcounts drop
+      await this.refcounts.applyDeferredFrees();
+      if (!lazy) await this.refcounts.writeBack();
+    }
+  }
+
+  // ---------------------------------------------------------------- resize
+
+  async resize(newVirtualSize: number, opts: ResizeOptions = {}): Promise<void> {
+    this.assertWritable();
+    if (!Number.isSafeInteger(newVirtualSize) || newVirtualSize < 0) {
+      throw new Qcow2Error("INVALID_ARGUMENT", "Invalid image size specified");
+    }
+    await this.lock.write(() => this.guard(() => this.resizeUnlocked(newVirtualSize, opts)));
+  }
+
+  private async resizeUnlocked(newSize: number, opts: ResizeOptions): Promise<void> {
+    const oldSize = this.virtualSize;
+    const prealloc = opts.preallocation ?? "off";
+    if (newSize % 512 !== 0) newSize = Math.ceil(newSize / 512) * 512;
+    if (newSize < oldSize) {
+      if (!opts.shrink) {
+        throw new Qcow2Error(
+          "INVALID_ARGUMENT",
+          "Use the --shrink option to perform a shrink operation.",
+        );
+      }
+      if (prealloc !== "off") throw new Qcow2Error("INVALID_ARGUMENT", "Preallocation can't be used for shrinking an image");
+      if (this.snapshots.length > 0) {
+        throw new Qcow2Error("NOT_SUPPORTED", "Can't resize an image which has snapshots", { errno: "ENOTSUP" });
+      }
+      await this.discardUnlocked(newSize, oldSize - newSize, true);
+      await this.setSize(newSize);
+      await this.shrinkL1(newSize);
+      await this.flushUnlocked();
+      if (this.hasDataFile) {
+        await this.data.resize(newSize);
+      } else {
+        await this.truncateMetaTail();
+      }
+      return;
+    }
+    if (newSize === oldSize) return;
+    const needed = l1EntriesForSize(newSize, this.clusterBits, this.extendedL2);
+    if (needed > this.l1.size) await this.growL1(needed);
+    if (this.hasDataFile) {
+      const cur = await this.data.size();
+      if (cur < newSize) await this.data.resize(newSize, prealloc === "metadata" ? "off" : prealloc);
+    }
+    await this.setSize(newSize);
+    let mode = prealloc;
+    if (this.dataFileRaw && mode === "off") mode = "metadata";
+    if (mode !== "off") await this.preallocate(oldSize, newSize, mode);
+    await this.flushUnlocked();
+  }
+
+  /** Rewrite the header's size field (after writing back metadata). */
+  async setVirtualSize(newSize: number): Promise<void> {
+    await this.setSize(newSize);
+  }
+
+  /**
+   * Map guest clusters [from, to) to the host clusters starting at `hostStart`, which the caller has already
+   * counted (falloc/full preallocation); L2 tables are allocated as needed.
+   */
+  async linkPreallocated(from: number, to: number, hostStart: number): Promise<void> {
+    const cs = this.clusterSize;
+    let pos = Math.floor(from / cs) * cs;
+    let host = hostStart;
+    while (pos < to) {
+      const tableEnd = Math.min(to, (this.map.l1Index(pos) + 1) * this.map.l2Coverage);
+      const t = await this.l2ForWrite(pos);
+      for (; pos < tableEnd; pos += cs, host += cs) {
+        setL2Entry(t.view, this.map.l2Index(pos), this.extendedL2, host, { copied: true });
+      }
+      this.l2Cache.markDirty(t);
+      await this.maybeWriteback();
+    }
+    await this.writeback();
+  }
+
+  private async setSize(newSize: number): Promise<void> {
+    await this.writeback();
+    await this.meta.flush();
+    const b = new Uint8Array(8);
+    viewOf(b).setUint32(0, Math.floor(newSize / 2 ** 32));
+    viewOf(b).setUint32(4, newSize >>> 0);
+    await this.meta.write(24, b);
+    await this.meta.flush();
+    this.hdr.header.size = newSize;
+  }
+
+  /** Replace the L1 table with one of `minEntries` entries (QEMU's qcow2_grow_l1_table, exact size). */
+  async growL1(minEntries: number): Promise<void> {
+    const cs = this.clusterSize;
+    if (minEntries * 8 > 32 * 1024 * 1024) {
+      throw new Qcow2Error("INVALID_ARGUMENT", "Active L1 table too large", { errno: "EFBIG" });
+    }
+    // Everything the new table copies must be on disk first.
+    await this.writeback();
+    await this.meta.flush();
+    const bytes = this.l1.resized(minEntries);
+    const clusters = Math.ceil((minEntries * 8) / cs);
+    const newOffset = (await this.allocateMetadata(clusters, "L1 table")) * cs;
+    await this.refcounts.writeBack();
+    await this.meta.flush();
+    await this.meta.write(newOffset, bytes);
+    await this.meta.flush();
+    const oldOffset = this.l1.hostOffset;
+    const oldClusters = Math.ceil((this.l1.size * 8) / cs);
+    await this.writeL1Location(minEntries, newOffset);
+    const l1 = new L1Table(newOffset, minEntries, bytes);
+    this.l1 = l1;
+    this.map.l1 = l1;
+    this.metaFileEnd = Math.max(this.metaFileEnd, newOffset + bytes.byteLength);
+    if (oldClusters > 0 && oldOffset !== 0) this.refcounts.deferFree(oldOffset / cs, oldClusters);
+    await this.writeback();
+  }
+
+  /** Clear the L1 entries beyond the new size and free their L2 tables. */
+  private async shrinkL1(newSize: number): Promise<void> {
+    const keep = l1EntriesForSize(newSize, this.clusterBits, this.extendedL2);
+    for (let i = keep; i < this.l1.size; i++) {
+      const off = this.l1.l2Offset(i);
+      if (off === 0) continue;
+      this.l1.set(i, 0, false);
+      this.l2Cache.delete(off);
+      this.refcounts.deferFree(off / this.clusterSize, 1);
+    }
+    this.metadataClusters = undefined;
+  }
+
+  /** Truncate the qcow2 file after its last used cluster. */
+  private async truncateMetaTail(): Promise<void> {
+    const cs = this.clusterSize;
+    const size = await this.meta.size();
+    let last = Math.ceil(size / cs) - 1;
+    while (last > 0 && (await this.refcounts.get(last)) === 0) last--;
+    const newEnd = (last + 1) * cs;
+    if (newEnd < size) {
+      await this.meta.resize(newEnd);
+      this.metaFileEnd = newEnd;
+    }
+  }
+
+  /**
+   * Preallocate [from, to): every cluster gets a host cluster (metadata: mapped, not written; falloc/full:
+   * the space is also reserved or zero-filled), as QEMU's preallocate_co does.
+   */
+  async preallocate(from: number, to: number, mode: "metadata" | "falloc" | "full"): Promise<void> {
+    const cs = this.clusterSize;
+    let pos = Math.floor(from / cs) * cs;
+    let lastHostEnd = 0;
+    while (pos < to) {
+      const tableEnd = Math.min(to, (this.map.l1Index(pos) + 1) * this.map.l2Coverage);
+      const t = await this.l2ForWrite(pos);
+      while (pos < tableEnd) {
+        // A run of clusters without a host cluster gets one contiguous allocation.
+        const l2Index = this.map.l2Index(pos);
+        const [hi, lo] = this.entryHalves(t, l2Index);
+        const kind = classifyCluster(hi, lo, this.map.format);
+        if (kind === "normal" || kind === "zero-alloc" || kind === "compressed") {
+          pos += cs;
+          continue;
+        }
+        let runEnd = pos + cs;
+        while (runEnd < tableEnd) {
+          const [nhi, nlo] = this.entryHalves(t, this.map.l2Index(runEnd));
+          const nkind = classifyCluster(nhi, nlo, this.map.format);
+          if (nkind === "normal" || nkind === "zero-alloc" || nkind === "compressed") break;
+          runEnd += cs;
+        }
+        const count = (Math.min(runEnd, Math.ceil(tableEnd / cs) * cs) - pos) / cs;
+        const host = this.hasDataFile ? pos : (await this.refcounts.allocate(count)) * cs;
+        for (let i = 0; i < count; i++) {
+          const li = this.map.l2Index(pos + i * cs);
+          const [ohi, olo] = this.entryHalves(t, li);
+          const zero = classifyCluster(ohi, olo, this.map.format) === "zero-plain";
+          setL2Entry(t.view, li, this.extendedL2, host + i * cs, { copied: true, zero: zero && !this.extendedL2 });
+        }
+        lastHostEnd = Math.max(lastHostEnd, host + count * cs);
+        pos += count * cs;
+      }
+      this.l2Cache.markDirty(t);
+      await this.maybeWriteback();
+    }
+    await this.writeback();
+    const store = this.data;
+    const fileEnd = await store.size();
+    if (this.hasDataFile) return; // the data file was sized by the caller
+    if (lastHostEnd > fileEnd) {
+      await store.resize(lastHostEnd, mode === "metadata" ? "off" : mode);
+      this.metaFileEnd = Math.max(this.metaFileEnd, lastHostEnd);
+    }
+  }
+
+  // ---------------------------------------------------------------- close
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    try {
+      if (!this.readOnly && !this.corruptSignalled) {
+        await this.lock.write(async () => {
+          await this.flushUnlocked();
+          if (this.lazyRefcounts && this.isDirty && this.dirtyMarked) {
+            await this.refcounts.writeBack();
+            await this.meta.flush();
+            await this.markClean();
+          }
+        });
+      }
+    } finally {
+      this.closed = true;
+      await this.releaseChildren();
+    }
+  }
+
+  private async releaseChildren(): Promise<void> {
+    const errors: unknown[] = [];
+    if (this.backing) await this.backing.close().catch((e: unknown) => errors.push(e));
+    if (this.data !== this.meta) await this.data.close().catch((e: unknown) => errors.push(e));
+    await this.meta.close().catch((e: unknown) => errors.push(e));
+    if (errors.length) throw errors[0];
+  }
+}
+
+function file(name: string | undefined): { hostFile?: string } {
+  return name === undefined ? {} : { hostFile: name };
+}
+
+/** Validate enough of the header to know the cluster size (the same checks decodeImageHeader runs first). */
+function decodeImageHeaderProbe(probe: Uint8Array): number {
+  const v = viewOf(probe);
+  if (v.getUint32(0) !== 0x514649fb) throw new Qcow2Error("INVALID_IMAGE", "Image is not in qcow2 format");
+  const version = v.getUint32(4);
+  if (version < 2 || version > 3) {
+    throw new Qcow2Error("UNSUPPORTED_FEATURE", `Unsupported qcow2 version ${version}`, { errno: "ENOTSUP" });
+  }
+  const clusterBits = v.getUint32(20);
+  if (clusterBits < 9 || clusterBits > 21) {
+    throw new Qcow2Error("UNSUPPORTED_FEATURE", `Unsupported cluster size: 2^${clusterBits}`, { errno: "EINVAL" });
+  }
+  return clusterBits;
+}
+
+export { hex };

@@ -1,0 +1,99 @@
+/** A raw image: guest offset == file offset, every byte present. */
+import { Qcow2Error, type ByteStore } from "@qcowkit/spec";
+import type { BlockImage, BlockStatusExtent, ResizeOptions, WriteOptions, ZeroOptions } from "./block-image";
+
+export class RawImage implements BlockImage {
+  readonly format = "raw" as const;
+  readonly clusterSize = 512;
+  readonly filename: string;
+  private size: number;
+  private closed = false;
+
+  private constructor(
+    readonly store: ByteStore,
+    size: number,
+  ) {
+    this.size = size;
+    this.filename = store.name;
+  }
+
+  static async open(store: ByteStore): Promise<RawImage> {
+    return new RawImage(store, await store.size());
+  }
+
+  get virtualSize(): number {
+    return this.size;
+  }
+
+  get readOnly(): boolean {
+    return this.store.readOnly;
+  }
+
+  private check(offset: number, length: number, write = false): void {
+    if (this.closed) throw new Qcow2Error("INVALID_ARGUMENT", "Image is closed");
+    if (write && this.store.readOnly) throw new Qcow2Error("READ_ONLY", "Image is read-only", { errno: "EPERM" });
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new Qcow2Error("OUT_OF_BOUNDS", "Request out of bounds", { errno: "EINVAL" });
+    }
+  }
+
+  async read(guestOffset: number, into: Uint8Array): Promise<void> {
+    this.check(guestOffset, into.byteLength);
+    await this.store.read(guestOffset, into);
+  }
+
+  async write(guestOffset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
+    this.check(guestOffset, data.byteLength, true);
+    if (opts.compressed) throw new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
+    await this.store.write(guestOffset, data);
+    if (opts.fua) await this.store.flush();
+  }
+
+  async writeZeroes(guestOffset: number, byteLength: number, opts: ZeroOptions = {}): Promise<void> {
+    this.check(guestOffset, byteLength, true);
+    await this.store.writeZeroes(guestOffset, byteLength, opts.unmap ?? false);
+    if (opts.fua) await this.store.flush();
+  }
+
+  async discard(guestOffset: number, byteLength: number): Promise<void> {
+    this.check(guestOffset, byteLength, true);
+    await this.store.discard(guestOffset, byteLength);
+  }
+
+  async flush(): Promise<void> {
+    if (!this.store.readOnly) await this.store.flush();
+  }
+
+  async blockStatus(guestOffset: number, byteLength: number): Promise<BlockStatusExtent[]> {
+    this.check(guestOffset, byteLength);
+    if (byteLength === 0) return [];
+    return [
+      {
+        offset: guestOffset,
+        length: byteLength,
+        present: true,
+        zero: false,
+        data: true,
+        depth: 0,
+        hostOffset: guestOffset,
+        hostFile: this.filename,
+      },
+    ];
+  }
+
+  async resize(newVirtualSize: number, opts: ResizeOptions = {}): Promise<void> {
+    if (this.store.readOnly) throw new Qcow2Error("READ_ONLY", "Image is read-only", { errno: "EPERM" });
+    if (newVirtualSize < this.size && !opts.shrink) {
+      throw new Qcow2Error("INVALID_ARGUMENT", "Use the --shrink option to perform a shrink operation.");
+    }
+    const p = opts.preallocation ?? "off";
+    await this.store.resize(newVirtualSize, p === "metadata" ? "off" : p);
+    this.size = newVirtualSize;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.store.close();
+  }
+}

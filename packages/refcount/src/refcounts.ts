@@ -1,0 +1,492 @@
+/**
+ * Reference counts of the host clusters of a qcow2 file (docs/interop/qcow2.txt, "Host cluster
+ * management"): the refcount table (kept in memory, at most 8 MiB) and a bounded write-back cache of
+ * refcount blocks, for refcount_order 0..6.
+ *
+ * Crash-safety rules this class keeps (the caller keeps the ones that involve L2 tables):
+ * - a new refcount block is written and flushed before the refcount table entry that points to it;
+ * - a new, larger refcount table (with the blocks describing it) is written and flushed before the header
+ *   points to it, and the old table is freed only afterwards;
+ * - decreases are deferred (`deferFree`): the caller applies them (`applyDeferredFrees`) only after the
+ *   references to the clusters are gone on disk, so a freed cluster is never reused while an on-disk L2
+ *   entry still points to it.
+ */
+import {
+  Qcow2Error,
+  getRefcount,
+  maxRefcount,
+  refcountBlockEntries,
+  reftableEntryHasReservedBits,
+  reftableEntryOffset,
+  setRefcount,
+  setReftableEntry,
+  viewOf,
+  type ByteStore,
+} from "@qcowkit/spec";
+import { BlockCache, type CachedBlock } from "./block-cache";
+import { RangeList } from "./range-list";
+
+export interface RefcountOptions {
+  clusterBits: number;
+  refcountOrder: number;
+  reftableOffset: number;
+  reftableClusters: number;
+  /** Refcount blocks kept in memory (default 64). */
+  cacheBlocks?: number;
+  /** Persist a moved/grown refcount table in the image header (sync). Required for writable images. */
+  updateHeader?: (reftableOffset: number, reftableClusters: number) => Promise<void>;
+  /** Read-only: no writes are made. */
+  readOnly?: boolean;
+}
+
+/** Largest refcount table QEMU accepts. */
+const MAX_REFTABLE_BYTES = 8 * 1024 * 1024;
+
+export class Refcounts {
+  readonly clusterBits: number;
+  readonly clusterSize: number;
+  readonly refcountOrder: number;
+  /** Entries per refcount block. */
+  readonly blockEntries: number;
+  readonly maxValue: number;
+  reftableOffset: number;
+  reftableClusters: number;
+  /** The refcount table, in memory. */
+  reftable: Uint8Array;
+  private reftableView: DataView;
+  private readonly cache: BlockCache;
+  /** Lowest cluster index that may be free (QEMU's free_cluster_index). */
+  private freeHint = 0;
+  private readonly deferred = new RangeList();
+  private readonly updateHeader?: (offset: number, clusters: number) => Promise<void>;
+  private readonly readOnly: boolean;
+
+  private constructor(
+    private readonly store: ByteStore,
+    opts: RefcountOptions,
+    reftable: Uint8Array,
+  ) {
+    this.clusterBits = opts.clusterBits;
+    this.clusterSize = 2 ** opts.clusterBits;
+    this.refcountOrder = opts.refcountOrder;
+    this.blockEntries = refcountBlockEntries(opts.clusterBits, opts.refcountOrder);
+    this.maxValue = maxRefcount(opts.refcountOrder);
+    this.reftableOffset = opts.reftableOffset;
+    this.reftableClusters = opts.reftableClusters;
+    this.reftable = reftable;
+    this.reftableView = viewOf(reftable);
+    this.cache = new BlockCache(Math.max(4, opts.cacheBlocks ?? 64));
+    this.readOnly = opts.readOnly ?? store.readOnly;
+    if (opts.updateHeader) this.updateHeader = opts.updateHeader;
+  }
+
+  static async load(store: ByteStore, opts: RefcountOptions): Promise<Refcounts> {
+    const bytes = new Uint8Array(opts.reftableClusters * 2 ** opts.clusterBits);
+    if (bytes.byteLength > 0) await store.read(opts.reftableOffset, bytes);
+    return new Refcounts(store, opts, bytes);
+  }
+
+  /** Number of refcount table entries. */
+  get reftableEntries(): number {
+    return this.reftable.byteLength / 8;
+  }
+
+  /** Clusters covered by the refcount table. */
+  get coveredClusters(): number {
+    return this.reftableEntries * this.blockEntries;
+  }
+
+  /** Host offset of refcount block `blockIndex` (0: none). Throws CORRUPT for a misaligned entry. */
+  blockOffset(blockIndex: number): number {
+    if (blockIndex >= this.reftableEntries) return 0;
+    if (reftableEntryHasReservedBits(this.reftableView, blockIndex)) {
+      throw new Qcow2Error(
+        "CORRUPT",
+        `Refblock offset 0x${reftableEntryOffset(this.reftableView, blockIndex).toString(16)} unaligned (reftable index: 0x${blockIndex.toString(16)})`,
+      );
+    }
+    return reftableEntryOffset(this.reftableView, blockIndex);
+  }
+
+  private async loadBlock(blockIndex: number): Promise<CachedBlock | undefined> {
+    const cached = this.cache.get(blockIndex);
+    if (cached) return cached;
+    const hostOffset = this.blockOffset(blockIndex);
+    if (hostOffset === 0) return undefined;
+    if (hostOffset % this.clusterSize !== 0) {
+      throw new Qcow2Error(
+        "CORRUPT",
+        `Refblock offset 0x${hostOffset.toString(16)} unaligned (reftable index: 0x${blockIndex.toString(16)})`,
+      );
+    }
+    const bytes = new Uint8Array(this.clusterSize);
+    await this.store.read(hostOffset, bytes);
+    const block: CachedBlock = { blockIndex, hostOffset, bytes, dirty: false };
+    this.cache.put(block);
+    await this.trimCache();
+    return block;
+  }
+
+  private async trimCache(): Promise<void> {
+    for (const b of this.cache.overflow()) {
+      if (b.dirty) await this.writeBlock(b);
+      this.cache.delete(b.blockIndex);
+    }
+  }
+
+  private async writeBlock(b: CachedBlock): Promise<void> {
+    if (this.readOnly) throw new Qcow2Error("READ_ONLY", "Refcount update on a read-only image");
+    await this.store.write(b.hostOffset, b.bytes);
+    b.dirty = false;
+  }
+
+  /** Refcount of cluster `clusterIndex` (0 for clusters no refcount block covers). */
+  async get(clusterIndex: number): Promise<number> {
+    const block = await this.loadBlock(Math.floor(clusterIndex / this.blockEntries));
+    if (!block) return 0;
+    return getRefcount(block.bytes, clusterIndex % this.blockEntries, this.refcountOrder);
+  }
+
+  /**
+   * Add `delta` to the refcounts of clusters [clusterIndex, clusterIndex + count). Creates refcount blocks
+   * (and grows the table) as needed. Throws ERANGE on overflow and CORRUPT below zero; nothing is changed
+   * when it throws for a cluster of the range.
+   */
+  async update(clusterIndex: number, count: number, delta: number): Promise<void> {
+    if (this.readOnly) throw new Qcow2Error("READ_ONLY", "Refcount update on a read-only image");
+    // Validate first so that a failing update leaves no partial change.
+    for (let i = 0; i < count; i++) {
+      const value = (await this.get(clusterIndex + i)) + delta;
+      if (value < 0) {
+        throw new Qcow2Error("CORRUPT", `Refcount of cluster ${clusterIndex + i} would drop below zero`);
+      }
+      if (value > this.maxValue) {
+        throw new Qcow2Error("INVALID_ARGUMENT", `Refcount of cluster ${clusterIndex + i} would overflow`, {
+          errno: "ERANGE",
+        });
+      }
+    }
+    let i = 0;
+    while (i < count) {
+      const ci = clusterIndex + i;
+      const blockIndex = Math.floor(ci / this.blockEntries);
+      const block =
+        (await this.loadBlock(blockIndex)) ??
+        (await this.createBlock(blockIndex, Math.max(clusterIndex, blockIndex * this.blockEntries), clusterIndex, count));
+      const end = Math.min(count, (blockIndex + 1) * this.blockEntries - clusterIndex);
+      for (; i < end; i++) {
+        const idx = (clusterIndex + i) % this.blockEntries;
+        const value = getRefcount(block.bytes, idx, this.refcountOrder) + delta;
+        setRefcount(block.bytes, idx, this.refcountOrder, value);
+        if (value === 0 && clusterIndex + i < this.freeHint) this.freeHint = clusterIndex + i;
+      }
+      block.dirty = true;
+    }
+  }
+
+  /** Set the refcount of one cluster (repair). */
+  async set(clusterIndex: number, value: number): Promise<void> {
+    const current = await this.get(clusterIndex);
+    if (current !== value) await this.update(clusterIndex, 1, value - current);
+  }
+
+  /**
+   * First run of `count` free clusters at or after `from`; clusters no refcount block covers count as free.
+   * Clusters waiting in the deferred-free list still have their refcount and are therefore not free.
+   */
+  async findFree(count: number, from = this.freeHint): Promise<number> {
+    let runStart = from;
+    let runLength = 0;
+    let ci = from;
+    for (;;) {
+      const blockIndex = Math.floor(ci / this.blockEntries);
+      const blockEnd = (blockIndex + 1) * this.blockEntries;
+      const block = blockIndex < this.reftableEntries ? await this.loadBlock(blockIndex) : undefined;
+      if (!block) {
+        // An uncovered range: all free.
+        const take = Math.min(blockEnd - ci, count - runLength);
+        if (runLength === 0) runStart = ci;
+        runLength += take;
+        ci += take;
+        if (runLength >= count) return runStart;
+        continue;
+      }
+      for (; ci < blockEnd; ci++) {
+        if (getRefcount(block.bytes, ci % this.blockEntries, this.refcountOrder) === 0) {
+          if (runLength === 0) runStart = ci;
+          if (++runLength >= count) return runStart;
+        } else {
+          runLength = 0;
+        }
+      }
+    }
+  }
+
+  /**
+   * Allocate `count` contiguous clusters (refcount 0 -> 1) and return the index of the first. The search
+   * continues from the last allocation (QEMU's free_cluster_index); when a refcount block is missing, it is
+   * created at the next free cluster and the search starts over, which places metadata as QEMU does.
+   */
+  async allocate(count: number): Promise<number> {
+    if (this.readOnly) throw new Qcow2Error("READ_ONLY", "Allocation on a read-only image");
+    if (count <= 0) throw new Qcow2Error("INTERNAL", "allocate: count must be positive");
+    for (;;) {
+      const start = await this.findFree(count);
+      if (start + count > Number.MAX_SAFE_INTEGER / this.clusterSize) {
+        throw new Qcow2Error("NO_SPACE", "Image file would grow beyond the supported size", { errno: "EFBIG" });
+      }
+      this.freeHint = start + count;
+      const missing = this.firstMissingBlock(start, count);
+      if (missing >= 0) {
+        await this.createBlock(missing, Math.max(start, missing * this.blockEntries));
+        // The new block may sit where we meant to allocate: search again from the same place.
+        this.freeHint = Math.min(this.freeHint, start);
+        continue;
+      }
+      await this.update(start, count, 1);
+      return start;
+    }
+  }
+
+  /**
+   * Count clusters [start, start+count) as used (refcount +1), at a place the caller chose (QEMU's
+   * qcow2_alloc_clusters_at); every cluster must be free. Creates refcount blocks as needed.
+   */
+  async allocateAt(start: number, count: number): Promise<void> {
+    for (;;) {
+      const missing = this.firstMissingBlock(start, count);
+      if (missing < 0) break;
+      await this.createBlock(missing, Math.max(start, missing * this.blockEntries), start, count);
+    }
+    await this.update(start, count, 1);
+  }
+
+  /** Index of the first refcount block covering [start, start+count) that does not exist, or -1. */
+  private firstMissingBlock(start: number, count: number): number {
+    const first = Math.floor(start / this.blockEntries);
+    const last = Math.floor((start + count - 1) / this.blockEntries);
+    for (let b = first; b <= last; b++) {
+      if (b >= this.reftableEntries || this.blockOffset(b) === 0) return b;
+    }
+    return -1;
+  }
+
+  /**
+   * Create refcount block `blockIndex` (needed for cluster `forCluster`) at the next free cluster: the block
+   * describes itself when it lies in its own range, otherwise another block counts it. The block is written
+   * and flushed, then hooked into the refcount table with a synchronous write, or, when the table is full,
+   * a larger table is built after the covered area (see `refcountArea`).
+   */
+  private async createBlock(blockIndex: number, forCluster: number, avoidStart = 0, avoidCount = 0): Promise<CachedBlock> {
+    let location = await this.findFree(1);
+    if (location >= avoidStart && location < avoidStart + avoidCount) {
+      location = await this.findFree(1, avoidStart + avoidCount);
+    }
+    this.freeHint = Math.max(this.freeHint, location + 1);
+    const bytes = new Uint8Array(this.clusterSize);
+    if (Math.floor(location / this.blockEntries) === blockIndex) {
+      setRefcount(bytes, location % this.blockEntries, this.refcountOrder, 1);
+    } else {
+      await this.update(location, 1, 1);
+      const existing = blockIndex < this.reftableEntries ? await this.loadBlock(blockIndex) : undefined;
+      if (existing) {
+        // Counting the location created this very block meanwhile: give the location back.
+        await this.update(location, 1, -1);
+        return existing;
+      }
+    }
+    const hostOffset = location * this.clusterSize;
+    await this.store.write(hostOffset, bytes);
+    await this.store.flush();
+    const block: CachedBlock = { blockIndex, hostOffset, bytes, dirty: false };
+    if (blockIndex < this.reftableEntries) {
+      setReftableEntry(this.reftableView, blockIndex, hostOffset);
+      await this.store.write(
+        this.reftableOffset + blockIndex * 8,
+        this.reftable.subarray(blockIndex * 8, blockIndex * 8 + 8),
+      );
+      await this.store.flush();
+      this.cache.put(block);
+    } else {
+      this.cache.put(block);
+      const blocksUsed = Math.ceil(Math.max(forCluster + 1, location + 1) / this.blockEntries);
+      await this.refcountArea(blocksUsed * this.blockEntries, 0, false, blockIndex, hostOffset);
+    }
+    await this.trimCache();
+    return block;
+  }
+
+  /**
+   * Build refcount structures for the area starting at cluster `startCluster` (where only free space lies)
+   * so that everything up to `additionalClusters` clusters past the new structures is covered: missing
+   * refcount blocks are created at `startCluster`, followed by a new refcount table (QEMU's
+   * qcow2_refcount_area; `exactSize` false leaves 50% room to grow). Blocks and table are written and
+   * flushed, the header is switched synchronously, then the old table is freed. Returns the first cluster
+   * after the new structures.
+   */
+  async refcountArea(
+    startCluster: number,
+    additionalClusters: number,
+    exactSize: boolean,
+    newBlockIndex = -1,
+    newBlockOffset = 0,
+  ): Promise<number> {
+    if (!this.updateHeader) throw new Qcow2Error("INTERNAL", "refcount table growth needs a header updater");
+    const entriesPerTableCluster = this.clusterSize / 8;
+    const totalBlocks = refcountBlocksNeeded(
+      startCluster + additionalClusters,
+      this.clusterSize,
+      this.refcountOrder,
+      !exactSize,
+    );
+    if (totalBlocks > MAX_REFTABLE_BYTES) {
+      throw new Qcow2Error("NO_SPACE", "Refcount table too large: the image cannot grow any further", { errno: "EFBIG" });
+    }
+    const areaIndex = Math.floor(startCluster / this.blockEntries);
+    let tableEntries = exactSize ? totalBlocks : totalBlocks + Math.ceil(totalBlocks / 2);
+    tableEntries = Math.ceil(tableEntries / entriesPerTableCluster) * entriesPerTableCluster;
+    const tableClusters = (tableEntries * 8) / this.clusterSize;
+    if (tableEntries * 8 > MAX_REFTABLE_BYTES) {
+      throw new Qcow2Error("NO_SPACE", "Refcount table too large: the image cannot grow any further", { errno: "EFBIG" });
+    }
+    const newTable = new Uint8Array(tableEntries * 8);
+    newTable.set(this.reftable.subarray(0, Math.min(this.reftable.byteLength, newTable.byteLength)));
+    const newView = viewOf(newTable);
+    if (newBlockIndex >= 0) setReftableEntry(newView, newBlockIndex, newBlockOffset);
+    let additionalBlocks = 0;
+    for (let i = areaIndex; i < totalBlocks; i++) if (reftableEntryOffset(newView, i) === 0) additionalBlocks++;
+    const tableStart = startCluster + additionalBlocks;
+    const areaEnd = tableStart + tableClusters;
+    let nextBlock = startCluster;
+    const touched: CachedBlock[] = [];
+    for (let i = areaIndex; i < totalBlocks; i++) {
+      let block: CachedBlock;
+      const existing = reftableEntryOffset(newView, i);
+      if (existing !== 0) {
+        block = this.cache.get(i) ?? (await this.readBlockAt(i, existing));
+      } else {
+        block = { blockIndex: i, hostOffset: nextBlock * this.clusterSize, bytes: new Uint8Array(this.clusterSize), dirty: true };
+        setReftableEntry(newView, i, block.hostOffset);
+        nextBlock++;
+      }
+      const firstCovered = i * this.blockEntries;
+      if (firstCovered < areaEnd) {
+        const from = Math.max(0, startCluster - firstCovered);
+        const to = Math.min(areaEnd - firstCovered, this.blockEntries);
+        for (let j = from; j < to; j++) setRefcount(block.bytes, j, this.refcountOrder, 1);
+        block.dirty = true;
+      }
+      touched.push(block);
+    }
+    for (const b of touched) {
+      if (b.dirty) {
+        await this.store.write(b.hostOffset, b.bytes);
+        b.dirty = false;
+      }
+      this.cache.put(b);
+    }
+    await this.store.flush();
+    await this.store.write(tableStart * this.clusterSize, newTable);
+    await this.store.flush();
+    const oldOffset = this.reftableOffset;
+    const oldClusters = this.reftableClusters;
+    await this.updateHeader(tableStart * this.clusterSize, tableClusters);
+    this.reftable = newTable;
+    this.reftableView = newView;
+    this.reftableOffset = tableStart * this.clusterSize;
+    this.reftableClusters = tableClusters;
+    await this.trimCache();
+    if (oldClusters > 0) await this.update(oldOffset / this.clusterSize, oldClusters, -1);
+    return areaEnd;
+  }
+
+  private async readBlockAt(blockIndex: number, hostOffset: number): Promise<CachedBlock> {
+    const bytes = new Uint8Array(this.clusterSize);
+    await this.store.read(hostOffset, bytes);
+    return { blockIndex, hostOffset, bytes, dirty: false };
+  }
+
+  /** Queue a decrease of [clusterIndex, clusterIndex+count) for `applyDeferredFrees`. */
+  deferFree(clusterIndex: number, count: number): void {
+    this.deferred.add(clusterIndex, count);
+  }
+
+  /** Number of separate ranges waiting to be freed (the owner flushes when this grows large). */
+  get deferredRanges(): number {
+    return this.deferred.length;
+  }
+
+  /**
+   * Apply queued decreases. Call only after the references to these clusters are gone on disk. Returns the
+   * ranges whose refcount reached zero (candidates for discarding in the host file).
+   */
+  async applyDeferredFrees(): Promise<Array<[start: number, count: number]>> {
+    const freed: Array<[number, number]> = [];
+    for (const [start, count, times] of this.deferred.drain()) {
+      this.freeHint = Math.min(this.freeHint, start);
+      await this.update(start, count, -times);
+      let runStart = -1;
+      for (let ci = start; ci <= start + count; ci++) {
+        const zero = ci < start + count && (await this.get(ci)) === 0;
+        if (zero && runStart < 0) runStart = ci;
+        if (!zero && runStart >= 0) {
+          freed.push([runStart, ci - runStart]);
+          runStart = -1;
+        }
+      }
+    }
+    return freed;
+  }
+
+  get hasDirty(): boolean {
+    return this.cache.hasDirty;
+  }
+
+  /** Write every dirty refcount block (no flush). */
+  async writeBack(): Promise<void> {
+    for (const b of this.cache.dirtyBlocks()) await this.writeBlock(b);
+  }
+
+  /** Forget cached blocks (after an external rewrite of the structures, e.g. a rebuild). */
+  dropCache(): void {
+    this.cache.clear();
+  }
+
+  /** Restart free-space search at `clusterIndex` (after repair or truncation). */
+  resetFreeHint(clusterIndex = 0): void {
+    this.freeHint = clusterIndex;
+  }
+}
+
+/**
+ * Number of refcount blocks needed to count `clusters` clusters plus the refcount blocks and table
+ * themselves (the fixed point QEMU computes in refcount_metadata_size); `generous` adds room for half the
+ * table again, as QEMU does when growing.
+ */
+export function refcountBlocksNeeded(
+  clusters: number,
+  clusterSize: number,
+  refcountOrder: number,
+  generous: boolean,
+): number {
+  const blocksPerTableCluster = clusterSize / 8;
+  const refcountsPerBlock = (clusterSize * 8) / 2 ** refcountOrder;
+  let table = 0;
+  let blocks = 0;
+  let total = 0;
+  let last = -1;
+  let extra = generous;
+  let covered = clusters;
+  while (total !== last) {
+    last = total;
+    blocks = Math.ceil((covered + table + blocks) / refcountsPerBlock);
+    table = Math.ceil(blocks / blocksPerTableCluster);
+    total = covered + blocks + table;
+    if (total === last && extra) {
+      covered += Math.ceil(table / 2);
+      total = 0;
+      extra = false;
+    }
+  }
+  return blocks;
+}
