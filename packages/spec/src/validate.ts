@@ -4,7 +4,7 @@
  * here. Checks that need I/O (reading the L1 table, the snapshot table, the data file) are the engine's.
  *
  * QEMU's order: decodeHeader's checks, compression type, unknown incompatible bits, corrupt bit, subcluster
- * size, refcount order, encryption method, refcount table, snapshot table, L1 table, image size; then the
+ * size, refcount order, refcount table, snapshot table, L1 table, image size, encryption method; then the
  * extensions one by one; then data file; then the LUKS header; then the backing file name; then the size
  * limit of the block layer. `openImageHeader` follows it exactly.
  */
@@ -117,10 +117,6 @@ export function validateHeaderFields(
   if (h.refcountOrder > MAX_REFCOUNT_ORDER) {
     throw new Qcow2Error("INVALID_IMAGE", "Reference count entry width too large; may not exceed 64 bits");
   }
-  if (h.cryptMethod > CRYPT_LUKS) {
-    // QEMU prints the field as a signed int.
-    throw new Qcow2Error("INVALID_IMAGE", `Unsupported encryption method ${h.cryptMethod | 0}`);
-  }
   if (h.refcountTableClusters === 0 && !opts.checkMode) {
     throw new Qcow2Error("INVALID_IMAGE", "Image does not contain a reference count table");
   }
@@ -146,6 +142,11 @@ export function validateHeaderFields(
   const l1Needed = qemuL1EntriesForSize(h.size, h.clusterBits, extendedL2);
   if (l1Needed > BigInt(INT_MAX)) throw new Qcow2Error("INVALID_IMAGE", "Image is too big", { errno: "EFBIG" });
   if (BigInt(h.l1Size) < l1Needed) throw new Qcow2Error("INVALID_IMAGE", "L1 table is too small");
+  // QEMU checks the encryption method with the open options, after reading the L1 table.
+  if (h.cryptMethod > CRYPT_LUKS) {
+    // QEMU prints the field as a signed int.
+    throw new Qcow2Error("INVALID_IMAGE", `Unsupported encryption method ${h.cryptMethod | 0}`);
+  }
 }
 
 /** The checks QEMU makes after reading the extensions: data file presence and the LUKS header pointer. */

@@ -186,7 +186,9 @@ describe("QEMU's order of checks (multiple faults)", () => {
     ["corrupt before subcluster size", { incompatibleFeatures: INCOMPAT_CORRUPT | INCOMPAT_EXTL2, clusterBits: 13, l1TableOffset: 0x6000, refcountTableOffset: 0x2000 }, "qcow2: Image is corrupt; cannot be opened read/write"],
     ["subcluster size before refcount order", { incompatibleFeatures: INCOMPAT_EXTL2, clusterBits: 13, refcountOrder: 7, l1TableOffset: 0x6000, refcountTableOffset: 0x2000 }, "Unsupported subcluster size: 256"],
     ["refcount order before crypt method", { refcountOrder: 7, cryptMethod: 3 }, "Reference count entry width too large; may not exceed 64 bits"],
-    ["crypt method before refcount table", { cryptMethod: 3, refcountTableClusters: 0 }, "Unsupported encryption method 3"],
+    ["refcount table before crypt method", { cryptMethod: 3, refcountTableClusters: 0 }, "Image does not contain a reference count table"],
+    ["L1 table before crypt method", { cryptMethod: 3, l1Size: 0 }, "L1 table is too small"],
+    ["image size before crypt method", { cryptMethod: 3, size: 2 ** 62 }, "Image is too big"],
     ["no refcount table before its offset", { refcountTableClusters: 0, refcountTableOffset: 0x10200 }, "Image does not contain a reference count table"],
     ["refcount table before snapshots", { refcountTableOffset: 0x10200, snapshotsOffset: 0x200 }, "Reference count table offset invalid"],
     ["snapshots before L1", { snapshotsOffset: 0x200, nbSnapshots: 1, l1Size: 0 }, "Snapshot table offset invalid"],
@@ -199,6 +201,10 @@ describe("QEMU's order of checks (multiple faults)", () => {
   const withBacking = encodeImageHeader(image({}, { backingFile: "back.raw", extensions: { unknown: [], backingFormat: "raw" } }));
   // backing format ext at 112: length field at 116; header fields as usual
   const open = (bytes: Uint8Array, opts: HeaderValidationOptions = RO) => refusal(() => openImageHeader(bytes, opts)).message;
+
+  it("the encryption method comes before extension errors", () => {
+    expect(open(patched(withBacking, [116, 4, 0x10000], [32, 4, 3]))).toBe("Unsupported encryption method 3");
+  });
 
   it("header-field checks come before extension errors", () => {
     expect(open(patched(withBacking, [116, 4, 0x10000], [36, 4, 0]))).toBe("L1 table is too small");
