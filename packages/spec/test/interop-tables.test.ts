@@ -65,6 +65,22 @@ interface MapRange {
   offset?: number;
 }
 
+/** Append `r`, merged into the last range when QEMU's map would merge them. */
+function pushMerged(out: MapRange[], r: MapRange): void {
+  const last = out[out.length - 1];
+  if (
+    last &&
+    last.present === r.present &&
+    last.zero === r.zero &&
+    last.data === r.data &&
+    (last.offset === undefined ? r.offset === undefined : r.offset === last.offset + last.length)
+  ) {
+    last.length += r.length;
+  } else {
+    out.push(r);
+  }
+}
+
 /** `qemu-img map --output=json` rebuilt from our L1/L2/subcluster classification (no backing file). */
 function ourMap(w: WalkedImage): MapRange[] {
   const h = w.img.header;
@@ -101,18 +117,7 @@ function ourMap(w: WalkedImage): MapRange[] {
       default:
         throw new Error(`invalid subcluster at ${guest}`);
     }
-    const last = out[out.length - 1];
-    if (
-      last &&
-      last.present === r.present &&
-      last.zero === r.zero &&
-      last.data === r.data &&
-      (last.offset === undefined ? r.offset === undefined : r.offset === last.offset + last.length)
-    ) {
-      last.length += r.length;
-    } else {
-      out.push(r);
-    }
+    pushMerged(out, r);
   }
   return out;
 }
@@ -129,18 +134,7 @@ function formatLevel(ranges: readonly MapRange[]): MapRange[] {
   const out: MapRange[] = [];
   for (const src of ranges) {
     const r = { ...src, zero: src.data ? false : src.zero };
-    const last = out[out.length - 1];
-    if (
-      last &&
-      last.present === r.present &&
-      last.zero === r.zero &&
-      last.data === r.data &&
-      (last.offset === undefined ? r.offset === undefined : r.offset === last.offset + last.length)
-    ) {
-      last.length += r.length;
-    } else {
-      out.push(r);
-    }
+    pushMerged(out, r);
   }
   return out;
 }
