@@ -8,6 +8,7 @@ import type { Socket } from "node:net";
 import * as tls from "node:tls";
 import type { BlockImage, BlockStatusExtent } from "./device";
 import type { MemoryBudget } from "./budget";
+import { BufferPool } from "./buffer-pool";
 import {
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_CACHE,
@@ -79,7 +80,7 @@ export interface ConnectionLimits {
 export const defaultConnectionLimits: ConnectionLimits = {
   maxOptionData: 64 * 1024,
   maxOutstanding: 128,
-  maxConnectionBytes: 64 * 1024 * 1024,
+  maxConnectionBytes: 16 * 1024 * 1024,
   handshakeTimeoutMs: 10_000,
   sparseReadMinimum: 64 * 1024,
 };
@@ -88,6 +89,8 @@ export interface ConnectionOptions {
   /** TLS socket options when TLS is required; undefined for NOTLS. */
   tls?: tls.TLSSocketOptions;
   budget: MemoryBudget;
+  /** Where large payload buffers come from (shared by a server's connections). */
+  pool?: BufferPool;
   limits?: Partial<ConnectionLimits>;
   log?: (message: string) => void;
 }
@@ -121,6 +124,7 @@ export class NbdConnection {
   private readonly limits: ConnectionLimits;
   private readonly exp: ExportConfig;
   private readonly budget: MemoryBudget;
+  private readonly pool: BufferPool;
   private readonly log: (message: string) => void;
   private readonly tlsOptions: tls.TLSSocketOptions | undefined;
   private optionType = 0;
@@ -140,6 +144,7 @@ export class NbdConnection {
     this.sock = socket;
     this.exp = exp;
     this.budget = opts.budget;
+    this.pool = opts.pool ?? new BufferPool();
     this.log = opts.log ?? (() => {});
     this.tlsOptions = opts.tls;
     this.limits = { ...defaultConnectionLimits, ...opts.limits };
@@ -242,19 +247,36 @@ export class NbdConnection {
     this.closeTimer.unref();
   }
 
-  /** Writes one message; `cost` (charged earlier) is released once its last byte is handed to the kernel. */
-  private send(parts: readonly Uint8Array[], cost: number): void {
+  /**
+   * Writes one message; `cost` (charged earlier) is released, and `written` called, once its last byte is
+   * handed to the kernel (or the socket is gone).
+   */
+  private send(parts: readonly Uint8Array[], cost: number, written?: () => void): void {
     const s = this.sock;
     if (this.state === "closed" || s.destroyed || s.writableEnded) {
+      written?.();
       this.settle(cost);
       return;
     }
+    // Replies finished in the same event-loop turn leave in one writev: cork now, uncork after I/O callbacks.
+    if (!this.corked) {
+      this.corked = true;
+      s.cork();
+      setImmediate(this.uncork);
+    }
     const last = parts.length - 1;
-    if (last > 0) s.cork();
     for (let i = 0; i < last; i++) s.write(parts[i]!);
-    s.write(parts[last]!, () => this.settle(cost));
-    if (last > 0) s.uncork();
+    s.write(parts[last]!, () => {
+      written?.();
+      this.settle(cost);
+    });
   }
+
+  private corked = false;
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.sock.uncork();
+  };
 
   /** A request's reply is out: release its charge and maybe resume reading. */
   private settle(cost: number): void {
@@ -331,7 +353,7 @@ export class NbdConnection {
         case "payload": {
           const req = this.pending!;
           if (this.input.length < req.length) return;
-          const payload = this.input.take(req.length);
+          const payload = this.input.take(req.length, this.allocate);
           this.pending = undefined;
           this.state = "request";
           void this.execute(req, payload);
@@ -459,6 +481,8 @@ export class NbdConnection {
     void this.execute(req, undefined);
   }
 
+  private readonly allocate = (length: number): Uint8Array => this.pool.acquire(length);
+
   private charge(cost: number): void {
     this.outstanding++;
     this.charged += cost;
@@ -471,6 +495,9 @@ export class NbdConnection {
     const cost = REQUEST_OVERHEAD + (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0);
     try {
       await this.run(req, payload, cost);
+      // The device is done with a WRITE payload once the call succeeded. After a failure the buffer is left
+      // to the garbage collector, in case part of the failed call still reads it.
+      if (payload) this.pool.release(payload);
     } catch (error) {
       const errno = nbdErrnoOf(error);
       const message = errorMessageOf(error);
@@ -537,27 +564,34 @@ export class NbdConnection {
   }
 
   private async read(req: NbdRequest, cost: number): Promise<void> {
+    // After a failed read the buffer is not reused: a device call that failed early might still write to it.
+    const data = this.pool.acquire(req.length);
+    await this.readInto(req, data, cost, () => this.pool.release(data));
+  }
+
+  /** Reads a request's data into `data` and sends it; `recycle` is called once the data has been sent. */
+  private async readInto(req: NbdRequest, data: Buffer, cost: number, recycle: () => void): Promise<void> {
     const dev = this.exp.device;
     const { offset, length } = req;
-    const data = Buffer.allocUnsafe(length);
     if (!this.structured) {
       if (length > 0) await dev.read(offset, data);
       const h = Buffer.allocUnsafe(SIMPLE_REPLY_LENGTH);
       writeSimpleReply(h, 0, 0, req);
-      this.send(length > 0 ? [h, data] : [h], cost);
+      this.send(length > 0 ? [h, data] : [h], cost, recycle);
       return;
     }
     if (length === 0) {
       const h = Buffer.allocUnsafe(STRUCTURED_HEADER_LENGTH);
       writeChunkHeader(h, 0, req, NBD_REPLY_TYPE_NONE, true, 0);
-      this.send([h], cost);
+      this.send([h], cost, recycle);
       return;
     }
     const sparse = (req.flags & NBD_CMD_FLAG_DF) === 0 && length >= this.limits.sparseReadMinimum;
     const runs = sparse ? readRuns(await dev.blockStatus(offset, length), offset, length) : [{ offset, length, zero: false }];
-    await Promise.all(
+    const reads = await Promise.allSettled(
       runs.filter((r) => !r.zero).map((r) => dev.read(r.offset, data.subarray(r.offset - offset, r.offset - offset + r.length))),
     );
+    for (const r of reads) if (r.status === "rejected") throw r.reason;
     const parts: Uint8Array[] = [];
     runs.forEach((r, i) => {
       const done = i === runs.length - 1;
@@ -571,7 +605,7 @@ export class NbdConnection {
         parts.push(h, data.subarray(r.offset - offset, r.offset - offset + r.length));
       }
     });
-    this.send(parts, cost);
+    this.send(parts, cost, recycle);
   }
 
   private async blockStatus(req: NbdRequest, cost: number): Promise<void> {

@@ -8,6 +8,7 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import type * as tls from "node:tls";
 import { MemoryBudget } from "./budget";
+import { BufferPool } from "./buffer-pool";
 import {
   NbdConnection,
   type CacheMode,
@@ -84,6 +85,7 @@ export class NbdServer extends EventEmitter {
   /** Listeners put on waiting sockets, removed when they are served. */
   private readonly waitHandlers = new Map<net.Socket, () => void>();
   private readonly budget: MemoryBudget;
+  private readonly pool = new BufferPool();
   private readonly shared: number;
   private unixPath: string | undefined;
   private closing: Promise<void> | undefined;
@@ -91,7 +93,7 @@ export class NbdServer extends EventEmitter {
   constructor(private readonly opts: NbdServerOptions) {
     super();
     this.shared = opts.shared ?? 1;
-    this.budget = new MemoryBudget(opts.memoryBudget ?? 256 * 1024 * 1024);
+    this.budget = new MemoryBudget(opts.memoryBudget ?? 128 * 1024 * 1024);
     this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.onSocket(socket));
   }
 
@@ -206,6 +208,7 @@ export class NbdServer extends EventEmitter {
     const log = this.opts.log ? (m: string) => this.log(`[${peer}] ${m}`) : undefined;
     const conn = new NbdConnection(socket, this.opts.export, {
       budget: this.budget,
+      pool: this.pool,
       ...(this.opts.tls ? { tls: this.opts.tls } : {}),
       ...(this.opts.limits ? { limits: this.opts.limits } : {}),
       ...(log ? { log } : {}),

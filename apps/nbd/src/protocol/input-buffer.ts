@@ -15,8 +15,11 @@ export class InputBuffer {
     this.length += chunk.byteLength;
   }
 
-  /** Removes and returns the next `n` bytes (n <= length). */
-  take(n: number): Uint8Array {
+  /**
+   * Removes and returns the next `n` bytes (n <= length): a view when they lie in one chunk, else a copy in
+   * memory from `allocate` (default: a new array).
+   */
+  take(n: number, allocate?: (length: number) => Uint8Array): Uint8Array {
     if (n > this.length) throw new RangeError(`take(${n}) with ${this.length} bytes buffered`);
     const first = this.chunks[0];
     if (n === 0 || first === undefined) return new Uint8Array(0);
@@ -26,7 +29,7 @@ export class InputBuffer {
       this.advance(n);
       return view;
     }
-    const out = new Uint8Array(n);
+    const out = allocate ? allocate(n) : new Uint8Array(n);
     this.copyInto(out, 0, n);
     return out;
   }
