@@ -698,12 +698,10 @@ export class Qcow2Image implements BlockImage {
       const to = Math.min(writeEnd, guestCluster + cs);
       buf.set(data.subarray(from - pos, to - pos), from - guestCluster);
       const host = hostStart + (guestCluster - clusterStart);
-      if (oldIsZero && freshAtEnd) {
-        // Past the end of the qcow2 file: the hole reads as zeros, write only the data.
-        await this.writeData(host + (from - guestCluster), buf.subarray(from - guestCluster, to - guestCluster));
-      } else {
-        await this.writeData(host, buf);
-      }
+      // The whole cluster is written, zeros included, so the file holds no hole that block status would
+      // report as zero (QEMU writes the copy-on-write regions explicitly too).
+      void freshAtEnd;
+      await this.writeData(host, buf);
     };
     if (count === 1 && (headPartial || tailPartial)) {
       await fillCluster(clusterStart);
@@ -793,12 +791,15 @@ export class Qcow2Image implements BlockImage {
       newAlloc = kind === "compressed" ? 0xffffffff : alloc;
       if (kind === "compressed") newZero = 0;
     }
-    // Fill the untouched part of partially written subclusters from the old content.
+    // Fill the untouched part of partially written subclusters that hold no data yet from the old content
+    // (backing file or zeros); partially written subclusters that hold data keep it.
+    const filled = new Set<number>();
     for (const sc of new Set([firstSc, lastSc])) {
       const scStart = sc * scSize;
       const partial = from > scStart || to < scStart + scSize;
       if (partial && !(newAlloc & (1 << sc))) {
         await this.readUnlocked(clusterStart + scStart, buf.subarray(scStart, scStart + scSize));
+        filled.add(sc);
       }
     }
     buf.set(data, from);
@@ -806,8 +807,8 @@ export class Qcow2Image implements BlockImage {
     newAlloc = (newAlloc | touched) >>> 0;
     newZero = (newZero & ~touched) >>> 0;
     if (reuse) {
-      const spanStart = firstSc * scSize;
-      const spanEnd = (lastSc + 1) * scSize;
+      const spanStart = filled.has(firstSc) ? firstSc * scSize : from;
+      const spanEnd = filled.has(lastSc) ? (lastSc + 1) * scSize : to;
       await this.writeData(host + spanStart, buf.subarray(spanStart, spanEnd));
     } else {
       await this.writeData(host, buf);
@@ -893,57 +894,57 @@ export class Qcow2Image implements BlockImage {
     return this.extendedL2 ? this.clusterSize / 32 : this.clusterSize;
   }
 
+  /**
+   * Split the request as QEMU's block layer does (a partial head unit, the aligned middle, a partial tail
+   * unit); each piece the driver cannot zero efficiently is written as zero bytes, unless `noFallback`.
+   */
   private async writeZeroesUnlocked(guestOffset: number, byteLength: number, opts: ZeroOptions): Promise<void> {
     const unit = this.zeroUnit;
     const end = guestOffset + byteLength;
-    const alignedStart = Math.ceil(guestOffset / unit) * unit;
-    let alignedEnd = Math.floor(end / unit) * unit;
-    if (end === this.virtualSize) alignedEnd = end;
-    if (alignedStart >= alignedEnd) {
-      // Entirely inside one unit.
-      await this.zeroPartialUnit(guestOffset, byteLength, opts);
-      return;
+    let pos = guestOffset;
+    while (pos < end) {
+      let n = end - pos;
+      const head = pos % unit;
+      const tail = end % unit;
+      if (head) n = Math.min(n, unit - head);
+      else if (tail && n > unit) n -= tail;
+      const done = await this.zeroPiece(pos, n, opts.unmap ?? false);
+      if (!done) {
+        if (opts.noFallback) throw new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
+        await this.writeExplicitZeroes(pos, n);
+      }
+      pos += n;
     }
-    if (guestOffset < alignedStart) await this.zeroPartialUnit(guestOffset, alignedStart - guestOffset, opts);
-    if (this.version < 3) {
-      if (opts.noFallback) throw new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
-      await this.writeExplicitZeroes(alignedStart, alignedEnd - alignedStart);
-    } else {
-      await this.zeroize(alignedStart, alignedEnd - alignedStart, opts.unmap ?? false);
-    }
-    if (alignedEnd < end) await this.zeroPartialUnit(alignedEnd, end - alignedEnd, opts);
   }
 
   /**
-   * A zero write that covers part of one unit: when the rest of the unit already reads as zeros and the
-   * unit holds no data, the whole unit becomes a zero unit (as QEMU does); otherwise zero bytes are
-   * written (or NOT_SUPPORTED with noFallback).
+   * QEMU's qcow2_co_pwrite_zeroes for one piece: a piece covering part of a unit is widened to the whole unit
+   * when the rest already reads as zeros and the unit holds no data. Returns false where QEMU answers ENOTSUP.
    */
-  private async zeroPartialUnit(guestOffset: number, byteLength: number, opts: ZeroOptions): Promise<void> {
+  private async zeroPiece(offset: number, bytes: number, unmap: boolean): Promise<boolean> {
     const unit = this.zeroUnit;
-    const unitStart = Math.floor(guestOffset / unit) * unit;
-    const unitEnd = Math.min(this.virtualSize, unitStart + unit);
-    if (this.version >= 3) {
-      const type = (await this.map.mapRun(unitStart, 1)).type;
-      const noData =
-        type === SubclusterType.UNALLOCATED_PLAIN ||
-        type === SubclusterType.UNALLOCATED_ALLOC ||
-        type === SubclusterType.ZERO_PLAIN ||
-        type === SubclusterType.ZERO_ALLOC;
-      if (noData) {
-        const restZero =
-          (await this.rangeIsZero(unitStart, guestOffset - unitStart)) &&
-          (await this.rangeIsZero(guestOffset + byteLength, unitEnd - (guestOffset + byteLength)));
-        if (restZero) {
-          await this.zeroize(unitStart, unitEnd - unitStart, opts.unmap ?? false);
-          return;
-        }
+    const end = offset + bytes;
+    const head = offset % unit;
+    let tail = (Math.ceil(end / unit) * unit - end) % unit;
+    if (end === this.virtualSize) tail = 0;
+    if (head || tail) {
+      if (!(await this.rangeIsZero(offset - head, head)) || !(await this.rangeIsZero(end, tail))) return false;
+      offset -= head;
+      bytes = Math.min(unit, this.virtualSize - offset);
+      const type = (await this.map.mapRun(offset, 1)).type;
+      if (
+        type !== SubclusterType.UNALLOCATED_PLAIN &&
+        type !== SubclusterType.UNALLOCATED_ALLOC &&
+        type !== SubclusterType.ZERO_PLAIN &&
+        type !== SubclusterType.ZERO_ALLOC
+      ) {
+        return false;
       }
     }
-    if (opts.noFallback) throw new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
-    await this.writeExplicitZeroes(guestOffset, byteLength);
+    return this.zeroize(offset, bytes, unmap);
   }
 
+  /** True when every byte of the range reads as zeros according to block status (no data read). */
   private async rangeIsZero(guestOffset: number, byteLength: number): Promise<boolean> {
     if (byteLength <= 0) return true;
     const extents = await this.blockStatusUnlocked(guestOffset, byteLength);
@@ -959,62 +960,73 @@ export class Qcow2Image implements BlockImage {
     }
   }
 
-  /** Make whole units [guestOffset, +byteLength) zero units (v3). */
-  private async zeroize(guestOffset: number, byteLength: number, unmap: boolean): Promise<void> {
+  /**
+   * Make [guestOffset, +byteLength) (unit aligned, except at the image end) read as zeros through metadata
+   * (QEMU's qcow2_subcluster_zeroize). Returns false where QEMU answers ENOTSUP.
+   */
+  private async zeroize(guestOffset: number, byteLength: number, unmap: boolean): Promise<boolean> {
     if (this.dataFileRaw) {
       await this.data.writeZeroes(guestOffset, byteLength, unmap);
       this.dataDirty = true;
     }
+    if (this.version < 3) {
+      if (this.backing) return false;
+      await this.discardUnlocked(guestOffset, byteLength, false);
+      return true;
+    }
     const cs = this.clusterSize;
-    const end = guestOffset + byteLength;
-    let pos = guestOffset;
-    while (pos < end) {
-      const tableEnd = Math.min(end, (this.map.l1Index(pos) + 1) * this.map.l2Coverage);
-      const t = await this.l2ForWrite(pos);
-      while (pos < tableEnd) {
-        const clusterStart = Math.floor(pos / cs) * cs;
-        const clusterEnd = Math.min(clusterStart + cs, this.virtualSize);
-        const l2Index = this.map.l2Index(pos);
+    let offset = guestOffset;
+    let end = guestOffset + byteLength;
+    const head = Math.min(end, Math.ceil(offset / cs) * cs) - offset;
+    offset += head;
+    const tail = end >= this.virtualSize ? 0 : end - Math.max(offset, Math.floor(end / cs) * cs);
+    end -= tail;
+    if (head && !(await this.zeroSubclusters(offset - head, head))) return false;
+    while (offset < end) {
+      const tableEnd = Math.min(end, (this.map.l1Index(offset) + 1) * this.map.l2Coverage);
+      const t = await this.l2ForWrite(offset);
+      for (; offset < tableEnd; offset = Math.floor(offset / cs) * cs + cs) {
+        const l2Index = this.map.l2Index(offset);
         const [hi, lo] = this.entryHalves(t, l2Index);
         const kind = classifyCluster(hi, lo, this.map.format);
-        const wholeCluster = pos === clusterStart && Math.min(tableEnd, clusterEnd) === clusterEnd;
         const allocated = kind === "normal" || kind === "zero-alloc" || kind === "compressed";
-        if (this.extendedL2 && !wholeCluster) {
-          // Some subclusters of the cluster.
-          const scSize = cs / 32;
-          const to = Math.min(tableEnd, clusterEnd);
-          const first = (pos - clusterStart) / scSize;
-          const n = Math.ceil((to - pos) / scSize);
-          if (kind === "compressed") {
-            await this.writeExplicitZeroes(pos, to - pos);
-          } else {
-            const mask = (n >= 32 ? 0xffffffff : ((1 << n) - 1) << first) >>> 0;
-            const alloc = l2BitmapAlloc(t.view, l2Index);
-            const zero = l2BitmapZero(t.view, l2Index);
-            setL2Bitmap(t.view, l2Index, (alloc & ~mask) >>> 0, (zero | mask) >>> 0);
-          }
-          pos = to;
-          continue;
-        }
         const unmapThis = kind === "compressed" || (unmap && allocated);
         const newHi = unmapThis ? 0 : hi;
-        let newLo = unmapThis ? 0 : lo;
-        if (!this.extendedL2) newLo = (newLo | 1) >>> 0;
+        const newLo = ((unmapThis ? 0 : lo) | (this.extendedL2 ? 0 : 1)) >>> 0;
         const oldAlloc = this.extendedL2 ? l2BitmapAlloc(t.view, l2Index) : 0;
         const oldZero = this.extendedL2 ? l2BitmapZero(t.view, l2Index) : 0;
-        const changed =
-          newHi !== hi || newLo !== lo || (this.extendedL2 && (oldAlloc !== 0 || oldZero !== 0xffffffff));
-        if (changed) {
-          setL2Raw(t.view, l2Index, this.extendedL2, newHi, newLo);
-          if (this.extendedL2) setL2Bitmap(t.view, l2Index, 0, 0xffffffff);
-          if (unmapThis) await this.releaseCluster(hi, lo, clusterStart);
-          this.l2Cache.markDirty(t);
-        }
-        pos = clusterEnd;
+        const bitmapChanged = this.extendedL2 && (oldAlloc !== 0 || oldZero !== 0xffffffff);
+        if (newHi === hi && newLo === lo && !bitmapChanged) continue;
+        setL2Raw(t.view, l2Index, this.extendedL2, newHi, newLo);
+        if (this.extendedL2) setL2Bitmap(t.view, l2Index, 0, 0xffffffff);
+        this.l2Cache.markDirty(t);
+        if (unmapThis) await this.releaseCluster(hi, lo, Math.floor(offset / cs) * cs);
       }
-      this.l2Cache.markDirty(t);
       await this.maybeWriteback();
     }
+    if (tail && !(await this.zeroSubclusters(end, tail))) return false;
+    return true;
+  }
+
+  /** Set the zero bits (and clear the allocation bits) of the subclusters in [offset, +bytes) of one cluster. */
+  private async zeroSubclusters(offset: number, bytes: number): Promise<boolean> {
+    const t = await this.l2ForWrite(offset);
+    const l2Index = this.map.l2Index(offset);
+    const [hi, lo] = this.entryHalves(t, l2Index);
+    if (classifyCluster(hi, lo, this.map.format) === "compressed") return false;
+    const scSize = this.clusterSize / 32;
+    const first = Math.floor((offset % this.clusterSize) / scSize);
+    const count = Math.ceil(bytes / scSize);
+    const mask = (count >= 32 ? 0xffffffff : ((1 << count) - 1) << first) >>> 0;
+    const alloc = l2BitmapAlloc(t.view, l2Index);
+    const zero = l2BitmapZero(t.view, l2Index);
+    const newAlloc = (alloc & ~mask) >>> 0;
+    const newZero = (zero | mask) >>> 0;
+    if (newAlloc !== alloc || newZero !== zero) {
+      setL2Bitmap(t.view, l2Index, newAlloc, newZero);
+      this.l2Cache.markDirty(t);
+    }
+    return true;
   }
 
   /**
