@@ -26,8 +26,9 @@ class StartupError extends Error {}
 type ChildMessage = { type: "ready" } | { type: "line"; text: string };
 
 function report(line: string): void {
-  if (process.env[FORK_CHILD_ENV] && process.send) process.send({ type: "line", text: line } satisfies ChildMessage);
-  else process.stderr.write(`${line}\n`);
+  if (!process.env[FORK_CHILD_ENV]) process.stderr.write(`${line}\n`);
+  // A --fork child has no stderr: lines go to the parent until it has returned, then nowhere (as qemu-nbd).
+  else if (process.send && process.connected) process.send({ type: "line", text: line } satisfies ChildMessage);
 }
 
 async function main(argv: readonly string[]): Promise<number> {
@@ -171,9 +172,8 @@ async function serve(options: QnbdOptions): Promise<void> {
     }
     if (!options.persistent) server.on("idle", () => void stop("last client disconnected"));
 
-    if (process.env[FORK_CHILD_ENV] && process.send) {
-      process.send({ type: "ready" } satisfies ChildMessage);
-      process.disconnect();
+    if (process.env[FORK_CHILD_ENV] && process.send && process.connected) {
+      process.send({ type: "ready" } satisfies ChildMessage, () => process.disconnect());
     }
   } catch (error) {
     await device.close().catch(() => {});

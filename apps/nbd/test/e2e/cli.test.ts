@@ -145,12 +145,15 @@ describe("running", () => {
     const port = await freePort();
     const pidFile = path.join(tmp.dir, "qnbd.pid");
     pidFiles.push(pidFile);
-    const r = await qnbd(["-f", "raw", "-t", "--fork", "--pid-file", pidFile, "-b", "127.0.0.1", "-p", String(port), "-x", "forked", image]);
+    const r = await qnbd(["-f", "raw", "-t", "-v", "--fork", "--pid-file", pidFile, "-b", "127.0.0.1", "-p", String(port), "-x", "forked", image]);
     expect(r).toMatchObject({ code: 0, stderr: "" });
     const pid = Number(fs.readFileSync(pidFile, "utf8"));
     expect(() => process.kill(pid, 0)).not.toThrow();
     const list = await runOk("nbdinfo", ["--list", `nbd://127.0.0.1:${port}/`]);
     expect(list).toContain('export="forked"');
+    // -v logging after the parent has gone must not hurt the server.
+    expect(await runOk("nbdinfo", ["--list", `nbd://127.0.0.1:${port}/`])).toContain('export="forked"');
+    expect(() => process.kill(pid, 0)).not.toThrow();
     process.kill(pid, "SIGTERM");
     await waitFor(() => !fs.existsSync(pidFile), 5000, "the pid file to be removed");
     await waitFor(() => { try { process.kill(pid, 0); return false; } catch { return true; } }, 5000, "the server to exit");
