@@ -16,3 +16,8 @@ export type { CompressionCodec } from "./compression";
 export { readSnapshotTable } from "./snapshots";
 export type { SnapshotInfo } from "./snapshots";
 export { RwLock } from "./lock";
+export { checkImage, countReference, countL1, emptyReport, ReferenceCounts } from "./check";
+export type { CheckReport, CheckContext } from "./check";
+export { createQcow2, validateCreateOptions } from "./create";
+export type { Qcow2CreateOptions, CreateContext } from "./create";
+export { RawImage } from "./raw-image";

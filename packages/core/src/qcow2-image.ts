@@ -27,8 +27,10 @@ import {
   SubclusterType,
   classifyCluster,
   decodeCompressedDescriptor,
+  decodeHeader,
   decodeImageHeader,
   encodeCompressedDescriptor,
+  openImageHeader,
   encodeImageHeader,
   getU64,
   isAllZero,
@@ -41,7 +43,6 @@ import {
   setL2Bitmap,
   setL2Entry,
   setL2Raw,
-  validateImageHeader,
   viewOf,
   type ByteStore,
   type CompressionType,
@@ -159,17 +160,19 @@ export class Qcow2Image implements BlockImage {
     const readOnly = opts.readOnly ?? meta.readOnly;
     const probe = new Uint8Array(512);
     await meta.read(0, probe);
-    // decodeHeader checks magic/version/cluster bits before we trust cluster_bits for the full read.
-    const clusterBits = decodeImageHeaderProbe(probe);
+    // decodeHeader checks magic, version and cluster bits before cluster_bits sizes the full read.
+    const clusterBits = decodeHeader(probe).clusterBits;
     const cluster0 = new Uint8Array(2 ** clusterBits);
     await meta.read(0, cluster0);
-    const hdr = decodeImageHeader(cluster0);
-    const h = hdr.header;
-    const validation = validateImageHeader(hdr, {
+    const opened = openImageHeader(cluster0, {
       readWrite: !readOnly,
       checkMode: opts.checkMode ?? false,
       noIo: opts.noIo ?? false,
+      dataFileGiven: opts.dataFile !== undefined,
     });
+    const hdr = opened.image;
+    const h = hdr.header;
+    const validation = opened;
     const l1 = await L1Table.load(meta, h.l1TableOffset, h.l1Size);
     const image = new Qcow2Image(meta, hdr, l1, undefined as unknown as Refcounts, { ...opts, readOnly });
     const cacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES;
@@ -183,7 +186,8 @@ export class Qcow2Image implements BlockImage {
       updateHeader: (offset, clusters) => image.writeReftableLocation(offset, clusters),
     });
     image.metaFileEnd = await meta.size();
-    for (const w of validation.warnings) image.warn(`qcow2: ${w}`);
+    for (const w of validation.warnings) image.warn(`warning: ${w}`);
+    for (const n of validation.notices) image.warn(n);
     try {
       await image.openRest(validation.ignoreBitmaps);
     } catch (e) {
@@ -242,7 +246,6 @@ export class Qcow2Image implements BlockImage {
     }
     if (ignoreBitmaps && this.hdr.extensions.bitmaps) {
       delete this.hdr.extensions.bitmaps;
-      this.warn("qcow2: Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.");
       update = true;
     }
     if (h.autoclearFeatures & AUTOCLEAR_BITMAPS && this.hdr.extensions.bitmaps && !this.bitmapsSupported()) {
@@ -1434,21 +1437,6 @@ export class Qcow2Image implements BlockImage {
 
 function file(name: string | undefined): { hostFile?: string } {
   return name === undefined ? {} : { hostFile: name };
-}
-
-/** Validate enough of the header to know the cluster size (the same checks decodeImageHeader runs first). */
-function decodeImageHeaderProbe(probe: Uint8Array): number {
-  const v = viewOf(probe);
-  if (v.getUint32(0) !== 0x514649fb) throw new Qcow2Error("INVALID_IMAGE", "Image is not in qcow2 format");
-  const version = v.getUint32(4);
-  if (version < 2 || version > 3) {
-    throw new Qcow2Error("UNSUPPORTED_FEATURE", `Unsupported qcow2 version ${version}`, { errno: "ENOTSUP" });
-  }
-  const clusterBits = v.getUint32(20);
-  if (clusterBits < 9 || clusterBits > 21) {
-    throw new Qcow2Error("UNSUPPORTED_FEATURE", `Unsupported cluster size: 2^${clusterBits}`, { errno: "EINVAL" });
-  }
-  return clusterBits;
 }
 
 export { hex };
