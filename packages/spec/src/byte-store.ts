@@ -31,6 +31,16 @@ export interface ByteStore {
   close(): Promise<void>;
   /** Bytes of storage actually allocated (st_blocks * 512 for files), when the backend knows. */
   allocatedSize?(): Promise<number | undefined>;
+  /**
+   * The store's allocation map over `[offset, offset + length)`, when the backend knows it (a sparse
+   * file via lseek SEEK_DATA/SEEK_HOLE): contiguous extents starting at `offset`, each either `data`
+   * (storage allocated; the bytes may still be zeros) or a hole (`data` false: reads as zeros, no
+   * storage). Bytes past the end of the store are a hole. The answer may cover only a prefix of the
+   * range (backends bound the extent count); callers continue from the end of the last extent. An
+   * empty range gives no extents. QEMU reports file holes as zero in `qemu-img map`, and convert
+   * can skip them.
+   */
+  allocationStatus?(offset: number, length: number): Promise<{ offset: number; length: number; data: boolean }[]>;
 }
 
 export type StorePreallocation = "off" | "falloc" | "full";
