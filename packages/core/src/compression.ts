@@ -32,7 +32,9 @@ export const zlibCodec: CompressionCodec = {
 
 /** Codecs by compression type; zstd is registered by `registerCodec` (see zstd.ts). */
 const codecs = new Map<CompressionType, CompressionCodec>([["zlib", zlibCodec]]);
-const loaders = new Map<CompressionType, () => Promise<CompressionCodec>>();
+const loaders = new Map<CompressionType, () => Promise<CompressionCodec>>([
+  ["zstd", async () => (await import("./zstd")).loadZstdCodec()],
+]);
 
 export function registerCodec(type: CompressionType, codec: CompressionCodec): void {
   codecs.set(type, codec);

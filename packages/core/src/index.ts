@@ -21,3 +21,5 @@ export type { CheckReport, CheckContext } from "./check";
 export { createQcow2, validateCreateOptions } from "./create";
 export type { Qcow2CreateOptions, CreateContext } from "./create";
 export { RawImage } from "./raw-image";
+export { imageInfo, qcow2SpecificInfo, readBitmapInfo } from "./info";
+export type { ImageInfo, ImageInfoOptions, ImageInfoSpecificQcow2, Qcow2BitmapInfo, SnapshotInfoQapi } from "./info";
