@@ -1,0 +1,62 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, openSync, readFileSync, rmSync } from "node:fs";
+
+export interface ProcessResult {
+  readonly stdout: string;
+  readonly stderr: string;
+  /** Exit status; 128+N when killed by signal N. */
+  readonly exitCode: number;
+  readonly timedOut: boolean;
+}
+
+export interface RunOptions {
+  readonly cwd: string;
+  readonly env: NodeJS.ProcessEnv;
+  readonly timeoutMs: number;
+  /** Scratch file prefix for the captured output (outside the case directory). */
+  readonly logPath: string;
+}
+
+const SIGNAL_NUMBERS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGABRT: 6, SIGKILL: 9, SIGSEGV: 11, SIGTERM: 15 };
+
+export function exitStatus(code: number | null, signal: NodeJS.Signals | null): number {
+  if (code !== null) return code;
+  return 128 + (signal ? (SIGNAL_NUMBERS[signal] ?? 0) : 0);
+}
+
+/** Runs a command to completion with a bounded wait; stdin is /dev/null. */
+export function runProcess(argv: readonly string[], opts: RunOptions): Promise<ProcessResult> {
+  const outPath = `${opts.logPath}.out`;
+  const errPath = `${opts.logPath}.err`;
+  const outFd = openSync(outPath, "w");
+  const errFd = openSync(errPath, "w");
+  return new Promise<ProcessResult>((resolve) => {
+    let child: ChildProcess;
+    let timedOut = false;
+    let settled = false;
+    const finish = (exitCode: number, extra = ""): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      closeSync(outFd);
+      closeSync(errFd);
+      const stdout = readFileSync(outPath, "utf8");
+      const stderr = readFileSync(errPath, "utf8") + extra;
+      rmSync(outPath, { force: true });
+      rmSync(errPath, { force: true });
+      resolve({ stdout, stderr, exitCode, timedOut });
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill("SIGKILL");
+    }, opts.timeoutMs);
+    try {
+      child = spawn(argv[0], argv.slice(1), { cwd: opts.cwd, env: opts.env, stdio: ["ignore", outFd, errFd] });
+    } catch (e) {
+      finish(127, `${argv[0]}: ${(e as Error).message}\n`);
+      return;
+    }
+    child.on("error", (e) => finish(127, `${argv[0]}: ${e.message}\n`));
+    child.on("exit", (code, signal) => finish(exitStatus(code, signal)));
+  });
+}
