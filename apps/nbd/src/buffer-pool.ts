@@ -1,10 +1,10 @@
 /**
- * Reusable payload buffers for large requests. READ data and multi-chunk WRITE payloads of 64 KiB and more
+ * Reusable payload buffers for large requests. READ data and multi-chunk WRITE payloads of 4 KiB and more
  * come from here and go back once the socket or the device is done with them, so a steady stream of large
  * requests does not churn the garbage collector or grow the heap. Sizes round up to powers of two; at most
  * `retainBytes` of idle buffers are kept.
  */
-const MIN_POOLED = 64 * 1024;
+const MIN_POOLED = 4096;
 
 export class BufferPool {
   private readonly free = new Map<number, ArrayBuffer[]>();

@@ -48,7 +48,7 @@ import {
   writeSimpleReply,
   type StatusRun,
 } from "./protocol/reply";
-import { checkRequest, decodeRequestHeader, type NbdRequest } from "./protocol/request";
+import { checkRequest, decodeRequestHeader, type NbdRequest, type TransmissionLimits } from "./protocol/request";
 import { allocationDepthFlags, allocationFlags, dirtyFlags, statusRuns } from "./protocol/block-status";
 
 export type CacheMode = "none" | "writeback" | "writethrough" | "directsync" | "unsafe";
@@ -136,6 +136,7 @@ export class NbdConnection {
   private throttled = false;
   private structured = false;
   private contexts: MetaContext[] = [];
+  private requestLimits: TransmissionLimits | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
   private closeTimer: NodeJS.Timeout | undefined;
   private resolveClosed!: () => void;
@@ -440,6 +441,14 @@ export class NbdConnection {
     this.handshakeTimer = undefined;
     this.structured = this.negotiator.structuredReplies;
     this.contexts = this.negotiator.selectedContexts;
+    const d = this.exp.descriptor;
+    this.requestLimits = {
+      exportSize: d.size,
+      readOnly: d.readOnly,
+      structuredReplies: this.structured,
+      contextCount: this.contexts.length,
+      maximumPayload: d.maximumPayload,
+    };
     this.inTransmission = true;
     this.state = "request";
     this.log(`client entered transmission${this.structured ? " (structured replies)" : ""}`);
@@ -451,14 +460,7 @@ export class NbdConnection {
       this.beginClosing();
       return;
     }
-    const d = this.exp.descriptor;
-    const fault = checkRequest(req, {
-      exportSize: d.size,
-      readOnly: d.readOnly,
-      structuredReplies: this.structured,
-      contextCount: this.contexts.length,
-      maximumPayload: d.maximumPayload,
-    });
+    const fault = checkRequest(req, this.requestLimits!);
     const carriesPayload = req.type === NBD_CMD_WRITE;
     if (fault !== null) {
       this.log(`${commandNames[req.type] ?? `command ${req.type}`} refused: ${fault.message}`);

@@ -102,7 +102,6 @@ function resolveTls(options: QnbdOptions): tls.TLSSocketOptions | undefined {
 }
 
 async function serve(options: QnbdOptions): Promise<void> {
-  process.env.UV_THREADPOOL_SIZE ??= "16";
   const tlsOptions = resolveTls(options);
 
   let device: BlockImage;
