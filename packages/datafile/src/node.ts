@@ -2,6 +2,38 @@
  * @qcowkit/datafile/node: everything from "@qcowkit/datafile" plus the Node file backend.
  */
 export * from "./index";
-export { FileStore, zeroBufferBytes, type FileHandleLike, type FileStoreOpenOptions } from "./node/file-store";
+export {
+  FileStore,
+  zeroBufferBytes,
+  type FileHandleLike,
+  type FileStoreOpenOptions,
+  type FileStoreLockMode,
+} from "./node/file-store";
+export {
+  nativeAvailable,
+  nativeUnavailableReason,
+  nativeFs,
+  setNativeEnabled,
+  type NativeFs,
+  type NativeFeatures,
+  type NativeLockInfo,
+  type FallocateMode,
+} from "./node/native";
+export { allocationExtents, maxExtentsPerCall, type AllocationExtent } from "./node/sparse";
+export {
+  lockImage,
+  lockPermissions,
+  probeImageLocks,
+  imagePermissions,
+  lockConflictHint,
+  blockPermission,
+  allBlockPermissions,
+  lockPermissionBase,
+  lockSharedBase,
+  type ImageLock,
+  type ImageLockError,
+  type ImageLockOptions,
+  type LockTarget,
+} from "./node/lock";
 export { removeFile } from "./node/remove-file";
 export { fromSystemError, systemErrorText } from "./node/system-error";

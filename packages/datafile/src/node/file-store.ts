@@ -10,6 +10,9 @@ import {
   shrinkPreallocationError,
 } from "../store-checks";
 import { couldNotCreate, couldNotOpen, fromSystemError } from "./system-error";
+import { lockImage, type ImageLock } from "./lock";
+import { isUnsupportedError, nativeFs, type FallocateMode, type NativeFs } from "./native";
+import { allocationExtents, fallocateRange, type AllocationExtent } from "./sparse";
 
 /** The part of Node's `FileHandle` FileStore uses (tests substitute their own). */
 export interface FileHandleLike {
@@ -19,6 +22,8 @@ export interface FileHandleLike {
   truncate(length: number): Promise<void>;
   datasync(): Promise<void>;
   close(): Promise<void>;
+  /** The OS file descriptor (Node's FileHandle has it); without one the native addon is not used. */
+  readonly fd?: number;
 }
 
 export interface FileStoreOpenOptions {
@@ -32,7 +37,19 @@ export interface FileStoreOpenOptions {
   mode?: number;
   /** Name for messages; default the path. */
   name?: string;
+  /**
+   * QEMU-compatible image lock taken on open (see lock.ts): "write" as a read-write qcow2 in QEMU
+   * (needs a writable store), "read" as a read-only one, "shared" as QEMU's force-share `-U`
+   * (read-only stores only), "none" (default) takes no lock. A conflict fails the open with
+   * Qcow2Error LOCKED `Failed to get "write" lock` (hint line in `error.hint`). Without the
+   * native addon no lock is taken.
+   */
+  lock?: FileStoreLockMode;
+  /** Use the native addon when it is available (default true); false forces the JavaScript paths. */
+  native?: boolean;
 }
+
+export type FileStoreLockMode = "read" | "write" | "shared" | "none";
 
 /** Largest byte count handed to one read or write call (Node refuses more than 2^31 - 1). */
 const maxBytesPerCall = 1 << 30;
@@ -46,8 +63,9 @@ let sharedZeros: Uint8Array | undefined;
  * - Every position is checked to be a safe non-negative integer (Qcow2Error INTERNAL otherwise)
  *   before it reaches `fs`: Node 20 silently uses the file cursor for bigint or unsafe positions.
  * - Short reads and writes are continued until done; bytes past end of file read as zeros.
- * - `resize` "off" uses ftruncate (sparse). Node has no fallocate(), so "falloc" writes zeros into
- *   the grown tail only, exactly like "full" (the space is reserved, at the cost of the writes).
+ * - `resize` "off" uses ftruncate (sparse). Node has no fallocate(), so without the native addon
+ *   "falloc" writes zeros into the grown tail only, exactly like "full" (the space is reserved, at
+ *   the cost of the writes).
  *   Shrinking with preallocation fails (NOT_SUPPORTED), as in QEMU.
  * - `discard` and `writeZeroes(…, unmap)` on a range reaching end of file truncate and extend
  *   again (the tail becomes a hole); other ranges, and `writeZeroes` without unmap, are written
@@ -55,17 +73,58 @@ let sharedZeros: Uint8Array | undefined;
  *   like a write.
  * - `flush` is fdatasync; `allocatedSize` is st_blocks * 512.
  * - Only regular files are accepted ("'file' driver requires 'x' to be a regular file").
+ *
+ * With the native addon (`nativeAvailable`, src/node/native.ts), as QEMU's file driver does:
+ * - `discard` and `writeZeroes(…, unmap)` punch holes (fallocate PUNCH_HOLE|KEEP_SIZE);
+ * - `writeZeroes` without unmap uses fallocate ZERO_RANGE, else punches and re-allocates the range
+ *   (it stays allocated);
+ * - `resize(…, "falloc")` reserves the new tail with fallocate, as posix_fallocate does;
+ * - `allocationStatus` maps data and holes with lseek SEEK_DATA/SEEK_HOLE;
+ * - the `lock` open option takes QEMU-compatible OFD locks.
+ * Where the file system refuses an operation (EOPNOTSUPP and the like), the JavaScript behaviour
+ * above is used instead and the refusal is remembered for this store.
  */
 export class FileStore implements ByteStore {
   readonly readOnly: boolean;
   readonly name: string;
   private readonly handle: FileHandleLike;
   private closed = false;
+  /** The native addon, when it is loaded, wanted, and the handle has a file descriptor. */
+  private readonly native: NativeFs | undefined;
+  /** fallocate modes this file system refused; not tried again on this store. */
+  private readonly refusedModes = new Set<FallocateMode>();
+  private heldLock: ImageLock | undefined;
 
-  private constructor(handle: FileHandleLike, name: string, readOnly: boolean) {
+  private constructor(handle: FileHandleLike, name: string, readOnly: boolean, useNative = true) {
     this.handle = handle;
     this.name = name;
     this.readOnly = readOnly;
+    this.native = useNative && typeof handle.fd === "number" ? nativeFs() : undefined;
+  }
+
+  /** The OS file descriptor, while open (undefined for substituted handles without one). */
+  get fd(): number | undefined {
+    return this.closed ? undefined : this.handle.fd;
+  }
+
+  /** True when the native addon serves this store (holes, fallocate, locks). */
+  get usesNative(): boolean {
+    return this.native !== undefined;
+  }
+
+  /**
+   * True while `writeZeroes` without unmap goes through fallocate (zero-range, or punch + allocate)
+   * instead of writing zero bytes; false without the addon or once the file system refused both.
+   */
+  get efficientZeroes(): boolean {
+    if (!this.native || !this.native.features.fallocate || this.handle.fd === undefined) return false;
+    const punchAndAllocate = !this.refusedModes.has("punch-hole") && !this.refusedModes.has("allocate");
+    return !this.refusedModes.has("zero-range") || punchAndAllocate;
+  }
+
+  /** The image lock taken by the `lock` open option, if any (`active` false without the addon). */
+  get imageLock(): ImageLock | undefined {
+    return this.heldLock;
   }
 
   /**
@@ -80,6 +139,8 @@ export class FileStore implements ByteStore {
     if (readOnly && (options.create || options.truncate)) {
       throw new Qcow2Error("INVALID_ARGUMENT", `${prefix}: cannot create or truncate a read-only file`);
     }
+    const lock = options.lock ?? "none";
+    assertLockMode(lock, readOnly);
     if (path === "" || path.includes("\0")) {
       throw new Qcow2Error("NOT_FOUND", `${prefix}: No such file or directory`);
     }
@@ -102,12 +163,21 @@ export class FileStore implements ByteStore {
       await handle.close().catch(() => undefined);
       throw fromSystemError(error, prefix);
     }
-    return new FileStore(handle, name, readOnly);
+    const store = new FileStore(handle, name, readOnly, options.native ?? true);
+    if (lock !== "none" && store.native) {
+      try {
+        store.heldLock = lockImage(handle.fd, { write: lock === "write", shareWrite: lock === "shared", name });
+      } catch (error) {
+        await handle.close().catch(() => undefined);
+        throw error;
+      }
+    }
+    return store;
   }
 
   /** Wrap an already open handle (positioned I/O only; the cursor is never used). */
-  static fromHandle(handle: FileHandleLike, options: { name: string; readOnly?: boolean }): FileStore {
-    return new FileStore(handle, options.name, options.readOnly ?? false);
+  static fromHandle(handle: FileHandleLike, options: { name: string; readOnly?: boolean; native?: boolean }): FileStore {
+    return new FileStore(handle, options.name, options.readOnly ?? false, options.native ?? true);
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {
@@ -161,6 +231,7 @@ export class FileStore implements ByteStore {
       await this.truncate(size);
       return;
     }
+    if (preallocation === "falloc" && (await this.tryReserve(oldSize, size))) return;
     try {
       await this.writeZeroBytes(oldSize, size);
     } catch (error) {
@@ -176,6 +247,7 @@ export class FileStore implements ByteStore {
     const size = await this.size();
     const end = Math.min(offset + length, size);
     if (end <= offset) return;
+    if (await this.tryFallocate("punch-hole", offset, end - offset, "discard")) return;
     if (end === size) {
       await this.truncate(offset);
       await this.truncate(size);
@@ -190,6 +262,7 @@ export class FileStore implements ByteStore {
     const end = offset + length;
     if (length === 0) return;
     const size = await this.size();
+    if (await this.tryNativeZeroes(offset, end, size, unmap)) return;
     if (unmap && end >= size) {
       if (offset < size) await this.truncate(offset);
       await this.truncate(end);
@@ -200,6 +273,8 @@ export class FileStore implements ByteStore {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    // Release the lock bytes while the descriptor is still ours (closing would drop them too).
+    this.heldLock?.unlock();
     this.closed = true;
     try {
       await this.handle.close();
@@ -211,6 +286,96 @@ export class FileStore implements ByteStore {
   async allocatedSize(): Promise<number> {
     this.assertOpen();
     return (await this.stat()).blocks * 512;
+  }
+
+  /**
+   * The allocation map of `[offset, offset + length)`: contiguous extents from `offset`, each data
+   * (storage allocated) or a hole (reads as zeros), from lseek SEEK_DATA/SEEK_HOLE. Bytes past end of
+   * file are a hole. At most `maxExtentsPerCall` (4096) extents are returned, so the answer may cover
+   * only a prefix of the range. Without the native addon the whole file part is reported as data.
+   */
+  async allocationStatus(offset: number, length: number): Promise<AllocationExtent[]> {
+    this.assertOpen();
+    assertByteRange(this.name, offset, length);
+    if (length === 0) return [];
+    const size = await this.size();
+    const fd = this.handle.fd;
+    if (this.native && this.native.features.seekHole && fd !== undefined) {
+      return allocationExtents(this.native, fd, this.name, offset, length, size);
+    }
+    const end = offset + length;
+    const dataEnd = Math.min(Math.max(offset, size), end);
+    const extents: AllocationExtent[] = [];
+    if (dataEnd > offset) extents.push({ offset, length: dataEnd - offset, data: true });
+    if (end > dataEnd) extents.push({ offset: dataEnd, length: end - dataEnd, data: false });
+    return extents;
+  }
+
+  /**
+   * fallocate `mode` over `[offset, offset + length)` through the addon. Resolves false when there is
+   * no addon or the file system refuses the mode (remembered: the caller falls back to JavaScript);
+   * other failures reject.
+   */
+  private async tryFallocate(
+    mode: FallocateMode,
+    offset: number,
+    length: number,
+    what: string,
+    prefix = `Could not ${what} '${printableName(this.name)}' at byte ${offset}`,
+  ): Promise<boolean> {
+    const fd = this.handle.fd;
+    if (!this.native || !this.native.features.fallocate || fd === undefined || this.refusedModes.has(mode)) return false;
+    try {
+      await fallocateRange(this.native, fd, this.name, mode, offset, length, prefix);
+      return true;
+    } catch (error) {
+      if (isUnsupportedError(error)) {
+        this.refusedModes.add(mode);
+        return false;
+      }
+      // Some file systems refuse unaligned ranges with EINVAL; QEMU then falls back too.
+      if ((error as { errno?: unknown }).errno === "EINVAL") return false;
+      throw error;
+    }
+  }
+
+  /** writeZeroes through fallocate; false when the JavaScript path must do it. */
+  private async tryNativeZeroes(offset: number, end: number, size: number, unmap: boolean): Promise<boolean> {
+    if (!this.native) return false;
+    const inFileEnd = Math.min(end, size);
+    if (unmap) {
+      if (inFileEnd > offset && !(await this.tryFallocate("punch-hole", offset, inFileEnd - offset, "discard"))) {
+        return false;
+      }
+      if (end > size) await this.truncate(end);
+      return true;
+    }
+    // Zero range grows the file when the range ends past end of file, like a write.
+    if (await this.tryFallocate("zero-range", offset, end - offset, "write zeroes to")) return true;
+    // QEMU's next choice: punch a hole, then allocate the range again so it stays allocated.
+    if (this.refusedModes.has("punch-hole") || this.refusedModes.has("allocate")) return false;
+    if (inFileEnd > offset && !(await this.tryFallocate("punch-hole", offset, inFileEnd - offset, "write zeroes to"))) {
+      return false;
+    }
+    if (!(await this.tryFallocate("allocate", offset, end - offset, "write zeroes to"))) {
+      // The range already reads as zeros (a hole); it only has to reach `end`.
+      if (end > size) await this.truncate(end);
+    }
+    return true;
+  }
+
+  /**
+   * Grow from `oldSize` to `size` with reserved blocks (fallocate mode 0), like QEMU's
+   * posix_fallocate for "falloc". False when the file system cannot (the caller writes zeros).
+   */
+  private async tryReserve(oldSize: number, size: number): Promise<boolean> {
+    try {
+      // QEMU's wording: "Could not preallocate new data: No space left on device".
+      return await this.tryFallocate("allocate", oldSize, size - oldSize, "preallocate", "Could not preallocate new data");
+    } catch (error) {
+      await this.handle.truncate(oldSize).catch(() => undefined);
+      throw error;
+    }
   }
 
   private async writeAll(offset: number, data: Uint8Array): Promise<void> {
@@ -262,6 +427,19 @@ export class FileStore implements ByteStore {
   private assertWritable(): void {
     this.assertOpen();
     if (this.readOnly) throw readOnlyError();
+  }
+}
+
+function assertLockMode(lock: unknown, readOnly: boolean): void {
+  if (lock !== "read" && lock !== "write" && lock !== "shared" && lock !== "none") {
+    throw new Qcow2Error("INVALID_ARGUMENT", `invalid lock mode ${JSON.stringify(String(lock))}`);
+  }
+  if (lock === "write" && readOnly) {
+    throw new Qcow2Error("INVALID_ARGUMENT", "a write lock needs a writable file (readOnly is set)");
+  }
+  if (lock === "shared" && !readOnly) {
+    // QEMU's wording for force-share on a writable image.
+    throw new Qcow2Error("INVALID_ARGUMENT", "force-share=on can only be used with read-only images");
   }
 }
 

@@ -1,0 +1,164 @@
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+import { Qcow2Error, errnoText } from "@qcowkit/spec";
+import { printableName } from "../printable-name";
+import { fromSystemError, systemErrorText } from "./system-error";
+
+/**
+ * Loader of the optional native addon `native/build/qcowkit_fs.node` (source native/qcowkit_fs.c,
+ * built by native/build.mjs during `pnpm install` and `pnpm build`). It gives FileStore what
+ * Node's fs lacks: lseek SEEK_DATA/SEEK_HOLE, fallocate (allocate, punch hole, zero range) and
+ * open file description locks for QEMU-compatible image locking.
+ *
+ * When the addon is missing (no C compiler at install time, Windows), fails to load, is a stale
+ * build, or `QCOWKIT_NATIVE=0` is set, `nativeAvailable` is false, `nativeUnavailableReason` says
+ * why, and FileStore keeps its pure JavaScript behaviour (no holes punched, falloc writes zeros,
+ * no image locking).
+ */
+
+/** The functions the addon exports (see native/qcowkit_fs.c for their exact contracts). */
+export interface NativeFs {
+  /** lseek(fd, offset, SEEK_DATA): the next data offset at or after `offset`, or -1 (ENXIO). */
+  seekData(fd: number, offset: number): number;
+  /** lseek(fd, offset, SEEK_HOLE): the next hole at or after `offset` (end of file counts), or -1 (ENXIO). */
+  seekHole(fd: number, offset: number): number;
+  /** fallocate(2) on the thread pool. Length must be at least 1. */
+  fallocate(fd: number, mode: FallocateMode, offset: number, length: number): Promise<void>;
+  /** fcntl(F_OFD_SETLK): true when set, false when a conflicting lock is held through another open file. */
+  setLock(fd: number, type: "read" | "write" | "unlock", start: number, length: number): boolean;
+  /** fcntl(F_OFD_GETLK): null when the lock could be taken, else the first conflicting lock. */
+  getLock(fd: number, type: "read" | "write", start: number, length: number): NativeLockInfo | null;
+  /** fstatfs(): the file system's block size (f_bsize) and fragment size (f_frsize). */
+  fsBlockSize(fd: number): { blockSize: number; fragmentSize: number };
+  /** What this build of the addon supports on this platform. */
+  readonly features: NativeFeatures;
+  readonly abiVersion: number;
+}
+
+/**
+ * fallocate(2) modes: "allocate" (0: reserve, growing the file), "keep-size" (reserve, size
+ * unchanged), "punch-hole" (deallocate, always with keep-size), "zero-range" (read as zeros,
+ * blocks stay allocated, may grow the file), "zero-range-keep-size".
+ */
+export type FallocateMode = "allocate" | "keep-size" | "punch-hole" | "zero-range" | "zero-range-keep-size";
+
+export interface NativeFeatures {
+  readonly seekHole: boolean;
+  readonly fallocate: boolean;
+  readonly ofdLocks: boolean;
+  readonly statfs: boolean;
+}
+
+/** A lock reported by F_OFD_GETLK. `length` 0 means "to end of file"; `pid` is -1 for OFD locks. */
+export interface NativeLockInfo {
+  type: "read" | "write";
+  start: number;
+  length: number;
+  pid: number;
+}
+
+/** The ABI version native/qcowkit_fs.c declares; a build reporting another one is stale. */
+const expectedAbiVersion = 1;
+const addonFile = "native/build/qcowkit_fs.node";
+
+/** True when the native addon is loaded and in use. */
+export let nativeAvailable = false;
+/** Why the addon is not in use, when it is not. */
+export let nativeUnavailableReason: string | undefined;
+let loaded: NativeFs | undefined;
+let loadedFrom: NativeFs | undefined;
+
+/** The loaded addon, or undefined when FileStore must use its JavaScript fallbacks. */
+export function nativeFs(): NativeFs | undefined {
+  return loaded;
+}
+
+/**
+ * Turn the addon off (`false`) or back on (`true`, when it loaded) for this process. For tests and
+ * for comparing behaviour; stores opened afterwards see the change.
+ */
+export function setNativeEnabled(enabled: boolean): void {
+  if (!enabled) {
+    loaded = undefined;
+    nativeAvailable = false;
+    nativeUnavailableReason = "disabled by setNativeEnabled(false)";
+    return;
+  }
+  if (loadedFrom) {
+    loaded = loadedFrom;
+    nativeAvailable = true;
+    nativeUnavailableReason = undefined;
+  }
+}
+
+function candidatePaths(): string[] {
+  // Source layout: src/node/native.ts; bundled layout: dist/node.js. Both sit below the package root.
+  const paths = [new URL(`../../${addonFile}`, import.meta.url), new URL(`../${addonFile}`, import.meta.url)];
+  return paths.filter((url) => url.protocol === "file:").map((url) => fileURLToPath(url));
+}
+
+function load(): void {
+  const setting = process.env.QCOWKIT_NATIVE;
+  if (setting === "0" || setting === "off") {
+    nativeUnavailableReason = "disabled by QCOWKIT_NATIVE=0";
+    return;
+  }
+  const path = candidatePaths().find((candidate) => existsSync(candidate));
+  if (!path) {
+    nativeUnavailableReason = `${addonFile} was not built (no C compiler or Node headers at install time)`;
+    return;
+  }
+  let addon: NativeFs;
+  try {
+    addon = createRequire(import.meta.url)(path) as NativeFs;
+  } catch (error) {
+    nativeUnavailableReason = `${addonFile} failed to load: ${error instanceof Error ? error.message.split("\n")[0] : String(error)}`;
+    return;
+  }
+  if (addon.abiVersion !== expectedAbiVersion) {
+    nativeUnavailableReason = `${addonFile} is a stale build (ABI ${String(addon.abiVersion)}, expected ${expectedAbiVersion}); run pnpm build`;
+    return;
+  }
+  loaded = addon;
+  loadedFrom = addon;
+  nativeAvailable = true;
+}
+
+load();
+
+/**
+ * errno names meaning "this file system cannot do that" (QEMU's file driver turns each into
+ * ENOTSUP and falls back): FileStore then uses its JavaScript path.
+ */
+const unsupportedCodes = new Set(["EOPNOTSUPP", "ENOTSUP", "ENOSYS", "ENODEV", "ENOTTY"]);
+
+/** True for an addon error meaning the operation is not supported here. */
+export function isUnsupportedError(error: unknown): boolean {
+  if (error instanceof Qcow2Error) return error.code === "NOT_SUPPORTED";
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && unsupportedCodes.has(code);
+}
+
+/**
+ * A one-line Qcow2Error for an error the addon threw: `prefix`, ": ", then strerror() text in
+ * glibc's wording ("Could not discard 'x' at byte 0: Operation not supported"). Unsupported
+ * operations become NOT_SUPPORTED / ENOTSUP as QEMU reports them; argument errors (a bug in the
+ * caller) become INTERNAL.
+ */
+export function fromNativeError(error: unknown, prefix: string): Qcow2Error {
+  if (error instanceof Qcow2Error) return error;
+  if (error instanceof TypeError || error instanceof RangeError) {
+    return new Qcow2Error("INTERNAL", `${prefix}: ${error.message}`, { cause: error });
+  }
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code === "string" && unsupportedCodes.has(code)) {
+    return new Qcow2Error("NOT_SUPPORTED", `${prefix}: ${errnoText.ENOTSUP}`, { errno: "ENOTSUP", cause: error });
+  }
+  if (typeof code === "string" && systemErrorText(code) !== undefined) {
+    const mapped = fromSystemError(error, prefix);
+    if (mapped instanceof Qcow2Error) return mapped;
+  }
+  const text = error instanceof Error ? error.message : String(error);
+  return new Qcow2Error("IO_ERROR", `${prefix}: ${printableName(text)}`, { cause: error });
+}
