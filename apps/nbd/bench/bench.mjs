@@ -92,10 +92,17 @@ async function startServer(kind) {
   return { kind, child, uri: `nbd://127.0.0.1:${port}/`, image };
 }
 
+/** Peak resident set (VmHWM), MiB. For qnbd about 40 MiB of it is the node binary's own file pages. */
 function peakRssMiB(pid) {
   const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
   const kb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0);
   return kb / 1024;
+}
+
+/** Current anonymous resident memory (RssAnon), MiB: heap, buffers and malloc arenas. */
+function anonRssMiB(pid) {
+  const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
+  return Number(/RssAnon:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
 }
 
 async function timed(fn) {
@@ -160,6 +167,9 @@ for (const w of workloads) {
       `(qnbd peak RSS so far ${peakRssMiB(servers.qnbd.child.pid).toFixed(0)} MiB)`,
   );
 }
-console.log(`qnbd peak RSS: ${peakRssMiB(servers.qnbd.child.pid).toFixed(0)} MiB (qemu-nbd: ${peakRssMiB(servers["qemu-nbd"].child.pid).toFixed(0)} MiB)`);
+console.log(
+  `qnbd peak RSS: ${peakRssMiB(servers.qnbd.child.pid).toFixed(0)} MiB, anonymous now ${anonRssMiB(servers.qnbd.child.pid).toFixed(0)} MiB ` +
+    `(qemu-nbd: ${peakRssMiB(servers["qemu-nbd"].child.pid).toFixed(0)} MiB, ${anonRssMiB(servers["qemu-nbd"].child.pid).toFixed(0)} MiB)`,
+);
 for (const s of Object.values(servers)) s.child.kill("SIGTERM");
 process.exit(0);

@@ -11,7 +11,7 @@ export class BufferPool {
   private readonly owned = new WeakSet<ArrayBuffer>();
   private idleBytes = 0;
 
-  constructor(private readonly retainBytes = 32 * 1024 * 1024) {}
+  constructor(private readonly retainBytes = 16 * 1024 * 1024) {}
 
   /** A buffer of exactly `length` bytes (contents undefined). */
   acquire(length: number): Buffer {
