@@ -23,3 +23,5 @@ export type { Qcow2CreateOptions, CreateContext } from "./create";
 export { RawImage } from "./raw-image";
 export { imageInfo, qcow2SpecificInfo, readBitmapInfo } from "./info";
 export type { ImageInfo, ImageInfoOptions, ImageInfoSpecificQcow2, Qcow2BitmapInfo, SnapshotInfoQapi } from "./info";
+export { mapExtents, entryMergeable, chainLayers, detectMetadataPreallocation } from "./map";
+export type { MapEntry } from "./map";

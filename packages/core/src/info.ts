@@ -116,7 +116,7 @@ function snapshotInfo(image: Qcow2Image): SnapshotInfoQapi[] | undefined {
 export async function qcow2SpecificInfo(image: Qcow2Image): Promise<ImageInfoSpecificQcow2> {
   const refcountBits = 2 ** image.header.refcountOrder;
   if (image.version === 2) return { compat: "0.10", "refcount-bits": refcountBits };
-  const data: ImageInfoSpecificQcow2 = { compat: "1.1" };
+  const data = { compat: "1.1" } as ImageInfoSpecificQcow2;
   if (image.hdr.extensions.dataFile !== undefined) data["data-file"] = image.hdr.extensions.dataFile;
   if (image.hasDataFile) data["data-file-raw"] = image.dataFileRaw;
   data["extended-l2"] = image.extendedL2;

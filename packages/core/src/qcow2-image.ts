@@ -56,6 +56,7 @@ import {
   type WriteOptions,
   type ZeroOptions,
 } from "./block-image";
+import { allocationRuns } from "./allocation";
 import { getCodec, type CompressionCodec } from "./compression";
 import { RwLock } from "./lock";
 import type { ImageResolver } from "./resolver";
@@ -706,7 +707,11 @@ export class Qcow2Image implements BlockImage {
       void freshAtEnd;
       await this.writeData(host, buf);
     };
-    if (count === 1 && (headPartial || tailPartial)) {
+    if ((headPartial || tailPartial) && this.data.efficientZeroes && (await this.cowIsZero(t, clusterStart, count, headPartial, tailPartial))) {
+      // Zero the new clusters without writing zero bytes, then write only the data (QEMU's handle_alloc_space).
+      await this.data.writeZeroes(hostStart, count * cs, false);
+      await this.writeData(hostStart + (pos - clusterStart), data);
+    } else if (count === 1 && (headPartial || tailPartial)) {
       await fillCluster(clusterStart);
     } else {
       let midFrom = pos;
@@ -737,6 +742,13 @@ export class Qcow2Image implements BlockImage {
     this.l2Cache.markDirty(t);
   }
 
+  /** The copy-on-write head and tail of a new allocation all read as zeros. */
+  private async cowIsZero(t: L2Table, clusterStart: number, count: number, head: boolean, tail: boolean): Promise<boolean> {
+    if (head && !(await this.readsAsZero(t, clusterStart))) return false;
+    if (tail && !(await this.readsAsZero(t, clusterStart + (count - 1) * this.clusterSize))) return false;
+    return true;
+  }
+
   /** True when guest cluster `guestCluster` reads as zeros with no I/O (unallocated without backing, or zero). */
   private async readsAsZero(t: L2Table, guestCluster: number): Promise<boolean> {
     const [hi, lo] = this.entryHalves(t, this.map.l2Index(guestCluster));
@@ -750,19 +762,19 @@ export class Qcow2Image implements BlockImage {
    * Queue the release of the host cluster an old entry (hi, lo) referenced, unless it is `keptHost`.
    * Compressed entries release every host cluster their data touches.
    */
-  private freeEntryCluster(hi: number, lo: number, keptHost: number): void {
+  private freeEntryCluster(hi: number, lo: number, keptHost: number, passDiscard = false): void {
     const kind = classifyCluster(hi, lo, this.map.format);
     const cs = this.clusterSize;
     if (kind === "compressed") {
       const d = decodeCompressedDescriptor(hi, lo, this.clusterBits);
       const first = Math.floor(d.hostOffset / cs);
       const last = Math.floor((d.hostOffset + d.byteLength - 1) / cs);
-      this.refcounts.deferFree(first, last - first + 1);
+      this.refcounts.deferFree(first, last - first + 1, passDiscard);
       return;
     }
     if (kind === "normal" || kind === "zero-alloc") {
       const host = l2HostOffset(hi, lo);
-      if (host !== keptHost && host % cs === 0 && host !== 0) this.refcounts.deferFree(host / cs, 1);
+      if (host !== keptHost && host % cs === 0 && host !== 0) this.refcounts.deferFree(host / cs, 1, passDiscard);
     }
   }
 
@@ -809,17 +821,35 @@ export class Qcow2Image implements BlockImage {
     const touched = (((lastSc - firstSc + 1 >= 32 ? 0xffffffff : (1 << (lastSc - firstSc + 1)) - 1) << firstSc) >>> 0);
     newAlloc = (newAlloc | touched) >>> 0;
     newZero = (newZero & ~touched) >>> 0;
-    if (reuse) {
+    const movesData = !reuse && (kind === "normal" || kind === "compressed");
+    if (movesData) {
+      await this.writeData(host, buf);
+    } else {
+      // Only the written subclusters (plus the filled parts of partial ones) are written.
       const spanStart = filled.has(firstSc) ? firstSc * scSize : from;
       const spanEnd = filled.has(lastSc) ? (lastSc + 1) * scSize : to;
-      await this.writeData(host + spanStart, buf.subarray(spanStart, spanEnd));
-    } else {
-      await this.writeData(host, buf);
+      const fillIsZero = filled.size > 0 && (await this.subclustersReadZero(clusterStart, filled, scSize));
+      if (fillIsZero && this.data.efficientZeroes) {
+        await this.data.writeZeroes(host + spanStart, spanEnd - spanStart, false);
+        await this.writeData(host + from, data);
+      } else {
+        await this.writeData(host + spanStart, buf.subarray(spanStart, spanEnd));
+      }
     }
     setL2Entry(t.view, l2Index, true, host, { copied: true });
     setL2Bitmap(t.view, l2Index, newAlloc, newZero);
     if (!this.hasDataFile && !reuse) this.freeEntryCluster(hi, lo, host);
     this.l2Cache.markDirty(t);
+  }
+
+  /** The given subclusters of the cluster at `clusterStart` read as zeros (before the write changes them). */
+  private async subclustersReadZero(clusterStart: number, subclusters: Set<number>, scSize: number): Promise<boolean> {
+    for (const sc of subclusters) {
+      if (!(await this.rangeIsZero(clusterStart + sc * scSize, Math.min(scSize, this.virtualSize - clusterStart - sc * scSize)))) {
+        return false;
+      }
+    }
+    return true;
   }
 
   /** Compressed write of whole clusters (qemu-io write -c, convert -c). */
@@ -846,6 +876,10 @@ export class Qcow2Image implements BlockImage {
       const t = await this.l2ForWrite(pos);
       const l2Index = this.map.l2Index(pos);
       const [ohi, olo] = this.entryHalves(t, l2Index);
+      if ((ohi & 0x00ffffff) !== 0 || (olo & 0xfffffe00) !== 0 || (ohi & 0x40000000) !== 0) {
+        // Compression cannot overwrite anything (QEMU fails the request with EIO).
+        throw new Qcow2Error("IO_ERROR", "Input/output error", { errno: "EIO" });
+      }
       const hostOffset = await this.allocateBytes(compressed.byteLength);
       this.checkOverlap(hostOffset, compressed.byteLength);
       await this.meta.write(hostOffset, compressed);
@@ -1046,13 +1080,15 @@ export class Qcow2Image implements BlockImage {
       }
       return;
     }
-    this.freeEntryCluster(hi, lo, -1);
+    this.freeEntryCluster(hi, lo, -1, this.opts.discard !== "ignore");
   }
 
   async discard(guestOffset: number, byteLength: number): Promise<void> {
     this.assertWritable();
     this.checkRange(guestOffset, byteLength);
     if (byteLength === 0 || this.opts.discard === "ignore") return;
+    // v2 has no zero flag: discarding would expose the backing file's data, so QEMU ignores the request.
+    if (this.version < 3 && this.backing) return;
     await this.lock.write(() => this.guard(() => this.discardUnlocked(guestOffset, byteLength, false)));
   }
 
@@ -1135,6 +1171,14 @@ export class Qcow2Image implements BlockImage {
       const base = { offset: pos, length: run.byteLength, depth: 0 };
       switch (run.type) {
         case SubclusterType.NORMAL:
+          if (!this.hasDataFile && (await this.metadataPreallocated())) {
+            // Preallocated clusters never written are holes of the qcow2 file: they read as zeros.
+            for (const r of (await allocationRuns(this.meta, run.hostOffset, run.byteLength))!) {
+              const guest = pos + (r.offset - run.hostOffset);
+              out.push({ offset: guest, length: r.length, depth: 0, present: true, zero: !r.data, data: true, hostOffset: r.offset, ...file(hostFile) });
+            }
+            break;
+          }
           out.push({ ...base, present: true, zero: false, data: true, hostOffset: run.hostOffset, ...file(hostFile) });
           break;
         case SubclusterType.ZERO_ALLOC:
@@ -1164,6 +1208,31 @@ export class Qcow2Image implements BlockImage {
       pos += run.byteLength;
     }
     return mergeExtents(out);
+  }
+
+  private preallocationDetected: boolean | undefined;
+
+  /**
+   * QEMU's metadata-preallocation heuristic: when clearly more clusters are refcounted than the qcow2 file
+   * has allocated on disk, block status asks the file system which data clusters are holes (they read as
+   * zeros). Needs a store that reports holes; decided once per open.
+   */
+  private async metadataPreallocated(): Promise<boolean> {
+    if (this.preallocationDetected !== undefined) return this.preallocationDetected;
+    let detected = false;
+    if (this.meta.allocationStatus && this.meta.allocatedSize) {
+      const allocated = await this.meta.allocatedSize();
+      if (allocated !== undefined) {
+        const realClusters = Math.floor(allocated / this.clusterSize);
+        const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
+        const endCluster = Math.ceil((await this.meta.size()) / this.clusterSize);
+        let count = 0;
+        for (let i = 0; i < endCluster && count < threshold; i++) if ((await this.refcounts.get(i)) !== 0) count++;
+        detected = count >= threshold;
+      }
+    }
+    this.preallocationDetected = detected;
+    return detected;
   }
 
   // ---------------------------------------------------------------- flush and write-back
@@ -1210,8 +1279,11 @@ export class Qcow2Image implements BlockImage {
     }
     if (this.refcounts.deferredRanges > 0) {
       await this.meta.flush(); // the removed references are durable before the refcounts drop
-      await this.refcounts.applyDeferredFrees();
+      const freed = await this.refcounts.applyDeferredFrees();
       if (!lazy) await this.refcounts.writeBack();
+      // Discards pass through to the qcow2 file for freed guest-requested clusters (QEMU's passthrough).
+      const cs = this.clusterSize;
+      for (const [start, count] of freed) await this.meta.discard(start * cs, count * cs);
     }
   }
 

@@ -1,6 +1,7 @@
 /** A raw image: guest offset == file offset, every byte present. */
 import { Qcow2Error, type ByteStore } from "@qcowkit/spec";
-import type { BlockImage, BlockStatusExtent, ResizeOptions, WriteOptions, ZeroOptions } from "./block-image";
+import { allocationRuns } from "./allocation";
+import { mergeExtents, type BlockImage, type BlockStatusExtent, type ResizeOptions, type WriteOptions, type ZeroOptions } from "./block-image";
 
 export class RawImage implements BlockImage {
   readonly format = "raw" as const;
@@ -67,18 +68,15 @@ export class RawImage implements BlockImage {
   async blockStatus(guestOffset: number, byteLength: number): Promise<BlockStatusExtent[]> {
     this.check(guestOffset, byteLength);
     if (byteLength === 0) return [];
-    return [
-      {
-        offset: guestOffset,
-        length: byteLength,
-        present: true,
-        zero: false,
-        data: true,
-        depth: 0,
-        hostOffset: guestOffset,
-        hostFile: this.filename,
-      },
-    ];
+    const base = { present: true, depth: 0, hostFile: this.filename };
+    const runs = await allocationRuns(this.store, guestOffset, byteLength);
+    if (runs) {
+      // Holes of the file read as zeros (QEMU asks the file system with SEEK_DATA/SEEK_HOLE).
+      return mergeExtents(
+        runs.map((r) => ({ ...base, offset: r.offset, length: r.length, zero: !r.data, data: r.data, hostOffset: r.offset })),
+      );
+    }
+    return [{ ...base, offset: guestOffset, length: byteLength, zero: false, data: true, hostOffset: guestOffset }];
   }
 
   async resize(newVirtualSize: number, opts: ResizeOptions = {}): Promise<void> {

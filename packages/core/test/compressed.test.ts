@@ -51,8 +51,10 @@ describe("compressed images", () => {
         const image = await openImage(img);
         const data = randomishData(1024 * 1024, 7);
         await image.write(0, data, { compressed: true });
-        // Overwrite one compressed cluster normally and another compressed again.
+        // Overwrite one compressed cluster normally; compressing over an allocated cluster fails (as in QEMU).
         await image.write(65536 + 100, new Uint8Array(1000).fill(0xaa));
+        await expect(image.write(2 * 65536, randomishData(65536, 9), { compressed: true })).rejects.toMatchObject({ errno: "EIO" });
+        await image.discard(2 * 65536, 65536);
         await image.write(2 * 65536, randomishData(65536, 9), { compressed: true });
         await image.close();
         const check = qemuStatus("qemu-img", ["check", img]);

@@ -68,7 +68,7 @@ function sectorStatus(map: Array<Record<string, unknown>>): string[] {
   const out: string[] = [];
   let last = "";
   for (const e of map) {
-    const key = `${e.present}/${e.data ? "-" : e.zero}/${e.data}/${e.depth}/${e.offset !== undefined}`;
+    const key = `${e.present}/${e.zero}/${e.data}/${e.depth}/${e.offset !== undefined}`;
     if (key === last) {
       out[out.length - 1] = out[out.length - 1]!.replace(/^(\d+)\+(\d+)/, (_m, a, b) => `${a}+${Number(b) + Number(e.length)}`);
     } else {

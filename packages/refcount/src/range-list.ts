@@ -4,28 +4,29 @@
  * is freed twice (it had two references).
  */
 export class RangeList {
-  private ranges: Array<[start: number, count: number]> = [];
+  private ranges: Array<[start: number, count: number, tag: number]> = [];
 
-  add(start: number, count: number): void {
+  /** Add a range; `tag` (e.g. "pass the discard on") travels with it and only equal tags merge. */
+  add(start: number, count: number, tag = 0): void {
     if (count <= 0) return;
     const last = this.ranges[this.ranges.length - 1];
-    if (last && last[0] + last[1] === start) last[1] += count;
-    else this.ranges.push([start, count]);
+    if (last && last[0] + last[1] === start && last[2] === tag) last[1] += count;
+    else this.ranges.push([start, count, tag]);
   }
 
   get length(): number {
     return this.ranges.length;
   }
 
-  /** Remove and return all ranges, sorted, adjacent ones merged; each returned triple is [start, count, 1]. */
-  drain(): Array<[start: number, count: number, times: number]> {
+  /** Remove and return all ranges, sorted, adjacent ones with equal tags merged. */
+  drain(): Array<[start: number, count: number, tag: number]> {
     const sorted = this.ranges.sort((a, b) => a[0] - b[0]);
     this.ranges = [];
     const out: Array<[number, number, number]> = [];
-    for (const [start, count] of sorted) {
+    for (const [start, count, tag] of sorted) {
       const last = out[out.length - 1];
-      if (last && last[0] + last[1] === start) last[1] += count;
-      else out.push([start, count, 1]);
+      if (last && last[0] + last[1] === start && last[2] === tag) last[1] += count;
+      else out.push([start, count, tag]);
     }
     return out;
   }

@@ -406,9 +406,12 @@ export class Refcounts {
     return { blockIndex, hostOffset, bytes, dirty: false };
   }
 
-  /** Queue a decrease of [clusterIndex, clusterIndex+count) for `applyDeferredFrees`. */
-  deferFree(clusterIndex: number, count: number): void {
-    this.deferred.add(clusterIndex, count);
+  /**
+   * Queue a decrease of [clusterIndex, clusterIndex+count) for `applyDeferredFrees`; `passDiscard` asks for
+   * the freed clusters to be discarded in the file (QEMU's discard passthrough for guest requests).
+   */
+  deferFree(clusterIndex: number, count: number, passDiscard = false): void {
+    this.deferred.add(clusterIndex, count, passDiscard ? 1 : 0);
   }
 
   /** Number of separate ranges waiting to be freed (the owner flushes when this grows large). */
@@ -418,13 +421,14 @@ export class Refcounts {
 
   /**
    * Apply queued decreases. Call only after the references to these clusters are gone on disk. Returns the
-   * ranges whose refcount reached zero (candidates for discarding in the host file).
+   * ranges whose refcount reached zero and whose release asked for a discard.
    */
   async applyDeferredFrees(): Promise<Array<[start: number, count: number]>> {
     const freed: Array<[number, number]> = [];
-    for (const [start, count, times] of this.deferred.drain()) {
+    for (const [start, count, tag] of this.deferred.drain()) {
       this.freeHint = Math.min(this.freeHint, start);
-      await this.update(start, count, -times);
+      await this.update(start, count, -1);
+      if (!tag) continue;
       let runStart = -1;
       for (let ci = start; ci <= start + count; ci++) {
         const zero = ci < start + count && (await this.get(ci)) === 0;

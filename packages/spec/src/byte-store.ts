@@ -29,6 +29,11 @@ export interface ByteStore {
   writeZeroes(offset: number, length: number, unmap?: boolean): Promise<void>;
   /** Release the store; further calls fail. */
   close(): Promise<void>;
+  /**
+   * True when `writeZeroes` without unmap costs no zero-byte writes (fallocate zero-range or punch + allocate,
+   * or memory): callers then prefer it to writing zero buffers, as QEMU does for copy-on-write regions.
+   */
+  readonly efficientZeroes?: boolean;
   /** Bytes of storage actually allocated (st_blocks * 512 for files), when the backend knows. */
   allocatedSize?(): Promise<number | undefined>;
   /**
