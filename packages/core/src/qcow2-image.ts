@@ -89,6 +89,12 @@ export interface Qcow2OpenOptions {
   onWarning?: (message: string) => void;
   /** Repair of a dirty image opened read-write (lazy refcounts after a crash); set by core's check. */
   repairDirty?: (image: Qcow2Image) => Promise<void>;
+  /**
+   * Persistent dirty bitmaps on a writable open: return true when the handler keeps them up to date (it then
+   * registers write observers and a close hook); otherwise the bitmaps are declared inconsistent (autoclear
+   * bit 0 cleared) before anything is written, as the spec requires of programs that do not track them.
+   */
+  bitmaps?: (image: Qcow2Image) => Promise<boolean>;
 }
 
 const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
@@ -249,21 +255,28 @@ export class Qcow2Image implements BlockImage {
       delete this.hdr.extensions.bitmaps;
       update = true;
     }
-    if (h.autoclearFeatures & AUTOCLEAR_BITMAPS && this.hdr.extensions.bitmaps && !this.bitmapsSupported()) {
-      // Bitmaps we cannot keep up to date must be declared inconsistent before we write.
-      h.autoclearFeatures &= ~AUTOCLEAR_BITMAPS;
-      update = true;
-    }
     if (update) await this.writeHeader();
+    if (h.autoclearFeatures & AUTOCLEAR_BITMAPS && this.hdr.extensions.bitmaps) {
+      const tracked = this.opts.bitmaps ? await this.opts.bitmaps(this) : false;
+      if (!tracked) {
+        // Bitmaps nobody keeps up to date must be declared inconsistent before we write.
+        h.autoclearFeatures &= ~AUTOCLEAR_BITMAPS;
+        await this.writeHeader();
+      }
+    }
     if (h.incompatibleFeatures & INCOMPAT_DIRTY && !this.opts.checkMode) {
       if (!this.opts.repairDirty) throw new Qcow2Error("CORRUPT", "Could not repair dirty image");
       await this.opts.repairDirty(this);
     }
   }
 
-  /** Persistent bitmaps are tracked by the bitmaps module when it is installed. */
-  protected bitmapsSupported(): boolean {
-    return false;
+  /** Called with every guest range written, zeroed or discarded (dirty bitmap tracking). */
+  readonly writeObservers: Array<(guestOffset: number, byteLength: number) => void> = [];
+  /** Run by close() before the final flush, in order (e.g. storing dirty bitmaps). */
+  readonly closeHooks: Array<() => Promise<void>> = [];
+
+  private observe(guestOffset: number, byteLength: number): void {
+    for (const o of this.writeObservers) o(guestOffset, byteLength);
   }
 
   private warn(message: string): void {
@@ -493,6 +506,7 @@ export class Qcow2Image implements BlockImage {
     this.assertWritable();
     this.checkRange(guestOffset, data.byteLength);
     if (data.byteLength === 0) return;
+    this.observe(guestOffset, data.byteLength);
     if (opts.compressed) {
       await this.lock.write(() => this.guard(() => this.writeCompressedUnlocked(guestOffset, data)));
     } else {
@@ -922,6 +936,7 @@ export class Qcow2Image implements BlockImage {
     this.assertWritable();
     this.checkRange(guestOffset, byteLength);
     if (byteLength === 0) return;
+    this.observe(guestOffset, byteLength);
     await this.lock.write(() => this.guard(() => this.writeZeroesUnlocked(guestOffset, byteLength, opts)));
     if (opts.fua) await this.flush();
   }
@@ -1089,6 +1104,7 @@ export class Qcow2Image implements BlockImage {
     if (byteLength === 0 || this.opts.discard === "ignore") return;
     // v2 has no zero flag: discarding would expose the backing file's data, so QEMU ignores the request.
     if (this.version < 3 && this.backing) return;
+    this.observe(guestOffset, byteLength);
     await this.lock.write(() => this.guard(() => this.discardUnlocked(guestOffset, byteLength, false)));
   }
 
@@ -1483,6 +1499,7 @@ export class Qcow2Image implements BlockImage {
     if (this.closed) return;
     try {
       if (!this.readOnly && !this.corruptSignalled) {
+        for (const hook of this.closeHooks) await hook();
         await this.lock.write(async () => {
           await this.flushUnlocked();
           if (this.lazyRefcounts && this.isDirty && this.dirtyMarked) {
