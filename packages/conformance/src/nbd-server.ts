@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
+import { closeSync, openSync, readFileSync } from "node:fs";
+import { connect } from "node:net";
 import { exitStatus } from "./process";
 
 /** An NBD server started by a case (`nbd_start`), stopped by `nbd_stop` or when the case ends. */
@@ -12,10 +13,52 @@ export interface NbdServer {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+const NBD_MAGIC = "NBDMAGICIHAVEOPT";
+const NBD_OPT_ABORT = 2;
+
 /**
- * Starts the server and waits (bounded) until its Unix socket exists. Connecting to probe would count as a
- * client, and a server started without --persistent stops after its first client, so the probe only looks
- * for the socket file.
+ * One polite readiness probe: read the newstyle greeting, answer with the client flags, send NBD_OPT_ABORT
+ * and wait for the server to close. "ready" only when the greeting arrived; "absent" when nothing listens yet;
+ * "closed" when the server hung up without a greeting (it may be failing after creating its socket).
+ */
+function probeNbd(socketPath: string, timeoutMs: number): Promise<"ready" | "absent" | "closed"> {
+  return new Promise((resolve) => {
+    const sock = connect(socketPath);
+    let got = new Uint8Array(0);
+    let greeted = false;
+    const finish = (r: "ready" | "absent" | "closed"): void => {
+      clearTimeout(timer);
+      sock.destroy();
+      resolve(r);
+    };
+    const timer = setTimeout(() => finish(greeted ? "ready" : "closed"), timeoutMs);
+    sock.on("error", (e: NodeJS.ErrnoException) =>
+      finish(greeted ? "ready" : e.code === "ENOENT" || e.code === "ECONNREFUSED" ? "absent" : "closed"),
+    );
+    sock.on("close", () => finish(greeted ? "ready" : "closed"));
+    sock.on("data", (chunk: Uint8Array) => {
+      if (greeted) return;
+      const joined = new Uint8Array(got.length + chunk.length);
+      joined.set(got);
+      joined.set(chunk, got.length);
+      got = joined;
+      if (got.length < 18) return;
+      if (String.fromCharCode(...got.subarray(0, 16)) !== NBD_MAGIC) return finish("closed");
+      greeted = true;
+      const reply = new Uint8Array(20);
+      const dv = new DataView(reply.buffer);
+      dv.setUint32(0, ((got[16] << 8) | got[17]) & 3);
+      for (let i = 0; i < 8; i++) reply[4 + i] = NBD_MAGIC.charCodeAt(8 + i);
+      dv.setUint32(12, NBD_OPT_ABORT);
+      dv.setUint32(16, 0);
+      sock.write(reply);
+    });
+  });
+}
+
+/**
+ * Starts a persistent server (-t) and waits, bounded, until it answers an NBD greeting on its socket. A
+ * server may create its socket before it fails to open the image, so the socket file alone proves nothing.
  */
 export async function startNbdServer(
   argv: readonly string[],
@@ -45,20 +88,25 @@ export async function startNbdServer(
   });
   const server: NbdServer = { child, logPath: opts.logPath, exited };
   const deadline = Date.now() + opts.timeoutMs;
-  while (!existsSync(opts.socketPath)) {
-    if (status !== undefined) {
-      const log = readFileSync(opts.logPath, "utf8");
-      return { error: `${spawnError ? `${argv[0]}: ${spawnError}\n` : ""}${log}server exited with status ${status}` };
-    }
+  const failed = (): { error: string } => {
+    const log = readFileSync(opts.logPath, "utf8");
+    return { error: `${spawnError ? `${argv[0]}: ${spawnError}\n` : ""}${log}server exited with status ${status}` };
+  };
+  for (;;) {
+    if (status !== undefined) return failed();
     if (Date.now() > deadline) {
       await stopNbdServer(server, 1000);
-      return { error: `server did not create its socket within ${opts.timeoutMs} ms` };
+      return { error: `server did not answer on its socket within ${opts.timeoutMs} ms` };
     }
-    await sleep(20);
+    const probe = await probeNbd(opts.socketPath, Math.max(100, deadline - Date.now()));
+    if (probe === "ready") return { server };
+    if (probe === "closed") {
+      // Give a failing server the moment it needs to exit, so its message is reported here.
+      await Promise.race([exited, sleep(200)]);
+    } else {
+      await sleep(20);
+    }
   }
-  // The socket file appears at bind(); give the server the moment it needs to reach listen().
-  await sleep(50);
-  return { server };
 }
 
 /** SIGTERM, a bounded wait, then SIGKILL. Returns the server's output and exit status. */

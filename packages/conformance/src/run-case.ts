@@ -140,6 +140,10 @@ export async function runCase(def: CaseDefinition, opts: CaseRunOptions): Promis
     }
     if (command[0] === "nbd_start") {
       if (nbd) return { output: "nbd_start: a server is already running\n", exitCode: 1 };
+      if (!command.includes("-t") && !command.includes("--persistent")) {
+        // The readiness probe is a client; a server that is not persistent would stop after it.
+        return { output: "nbd_start: the server must be persistent (-t)\n", exitCode: 1 };
+      }
       const started = await startNbdServer([...tool("nbd"), "-k", vars.SOCK, ...command.slice(1)], {
         cwd: builtinCtx.cwd,
         env,
