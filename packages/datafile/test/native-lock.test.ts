@@ -206,6 +206,24 @@ describe.skipIf(nativeTurnedOff)("image locking", () => {
     }
   });
 
+  it("lockImage takes a FileStore too, naming it in the hint", async () => {
+    requireNative();
+    const path = newImage();
+    const holder = await openStore(path, { readOnly: true });
+    const lock = lockImage(holder, { write: false });
+    expect(lock.active).toBe(true);
+    expect(await locksOn(path)).toEqual({ permissions: consistentRead, unsharedPermissions: write | resize });
+    const other = await openStore(path, {});
+    expect(() => lockImage(other, { write: true })).toThrow(
+      expect.objectContaining({ message: 'Failed to get "write" lock', hint: `Is another process using the image [${path}]?` }),
+    );
+    // Unlock before the descriptor closes: a closed number may be reused by another open.
+    lock.unlock();
+    expect(await locksOn(path)).toEqual({ permissions: 0, unsharedPermissions: 0 });
+    await holder.close();
+    expect(() => lockImage(holder, { write: false })).toThrow(/no file descriptor to lock/);
+  });
+
   it("checks the lock option against the open mode", async () => {
     const path = newImage();
     await expect(FileStore.open(path, { readOnly: true, lock: "write" })).rejects.toMatchObject({

@@ -302,7 +302,7 @@ describe("FileStore with the native addon turned off", () => {
     await store.close();
   });
 
-  it("falls back to the JavaScript discard when the file system refuses to punch holes, and remembers", async () => {
+  it.skipIf(nativeTurnedOff)("falls back to the JavaScript discard when the file system refuses to punch holes, and remembers", async () => {
     requireNative();
     // The addon as seen by a FileStore on a file system that refuses fallocate.
     let fallocateCalls = 0;
