@@ -8,10 +8,4 @@ export default defineConfig({
   dts: false,
   sourcemap: true,
   clean: true,
-  // Workspace packages are bundled from their TypeScript source, so the bin never depends on a sibling's
-  // (possibly stale) dist/.
-  noExternal: [/^@qcowkit\//],
-  esbuildOptions(options) {
-    options.conditions = ["@qcowkit/source"];
-  },
 });

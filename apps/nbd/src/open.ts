@@ -1,15 +1,19 @@
 /**
- * The one place an image is opened. Until `@qcowkit/core` lands, `openImage` below is a stand-in that
- * serves raw files; the swap is replacing it with `import { openImage } from "@qcowkit/core/node"`.
+ * The one place an image is opened: `openImage` from @qcowkit/core (qcow2 with external data files and
+ * backing chains, or raw), wrapped for probed raw images.
  */
+import { openImage } from "@qcowkit/core/node";
 import { Qcow2Error } from "@qcowkit/spec";
 import type { BlockImage } from "./device";
-import { RawFileDevice } from "./raw-device";
 
 export interface OpenExportOptions {
   /** -f: "raw" or "qcow2"; probed when absent. */
   format?: string;
   readOnly: boolean;
+  /** --discard: "unmap" passes guest TRIM on, "ignore" drops it. */
+  discard?: "ignore" | "unmap";
+  /** Do not take the image lock (force-share). */
+  shareRW?: boolean;
 }
 
 /** Opens the image qnbd serves. Errors are Qcow2Errors with one-line QEMU-style messages. */
@@ -17,30 +21,16 @@ export async function openExport(file: string, opts: OpenExportOptions): Promise
   if (opts.format !== undefined && opts.format !== "raw" && opts.format !== "qcow2") {
     throw new Qcow2Error("INVALID_ARGUMENT", `Unknown driver '${opts.format}'`);
   }
-  const image = await openImage(file, { format: opts.format as "raw" | "qcow2" | undefined, readOnly: opts.readOnly });
+  const image = await openImage(file, {
+    readOnly: opts.readOnly,
+    ...(opts.format !== undefined ? { format: opts.format } : {}),
+    ...(opts.discard !== undefined ? { discard: opts.discard } : {}),
+    ...(opts.shareRW ? { shareRW: true } : {}),
+  });
   return opts.format === undefined && image.format === "raw" ? new ProbedRawGuard(image) : image;
 }
 
 const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
-
-/** Stand-in for core's openImage: raw files only, qcow2 detected and refused. */
-async function openImage(path: string, opts: { format?: "raw" | "qcow2"; readOnly?: boolean }): Promise<BlockImage> {
-  const device = await RawFileDevice.open(path, { readOnly: opts.readOnly ?? false });
-  try {
-    if (opts.format === "raw") return device;
-    const head = new Uint8Array(4);
-    if (device.virtualSize >= 4) await device.read(0, head);
-    const isQcow2 = QCOW2_MAGIC.every((byte, i) => head[i] === byte);
-    if (opts.format === "qcow2" && !isQcow2) {
-      throw new Qcow2Error("INVALID_IMAGE", "Image is not in qcow2 format");
-    }
-    if (isQcow2) throw new Qcow2Error("NOT_SUPPORTED", "qcow2 images are not supported by this build yet");
-    return device;
-  } catch (error) {
-    await device.close();
-    throw error;
-  }
-}
 
 /**
  * A raw image whose format was guessed must not be turned into something that probes as another format:

@@ -106,7 +106,11 @@ async function serve(options: QnbdOptions): Promise<void> {
 
   let device: BlockImage;
   try {
-    device = await openExport(options.file, { readOnly: options.readOnly, ...(options.format ? { format: options.format } : {}) });
+    device = await openExport(options.file, {
+      readOnly: options.readOnly,
+      ...(options.format ? { format: options.format } : {}),
+      ...(options.discard ? { discard: options.discard } : {}),
+    });
   } catch (error) {
     const message = isQcow2Error(error) || error instanceof Error ? error.message : String(error);
     throw new StartupError(`Failed to blk_new_open '${options.file}': ${message}`);
