@@ -25,3 +25,14 @@ export { imageInfo, qcow2SpecificInfo, readBitmapInfo } from "./info";
 export type { ImageInfo, ImageInfoOptions, ImageInfoSpecificQcow2, Qcow2BitmapInfo, SnapshotInfoQapi } from "./info";
 export { mapExtents, entryMergeable, chainLayers, detectMetadataPreallocation } from "./map";
 export type { MapEntry } from "./map";
+export {
+  listSnapshots,
+  findSnapshot,
+  findSnapshotByIdAndName,
+  createSnapshot,
+  applySnapshot,
+  deleteSnapshot,
+  recomputeCopiedFlags,
+  writeSnapshotTable,
+} from "./snapshot-ops";
+export type { NewSnapshotOptions } from "./snapshot-ops";

@@ -565,6 +565,14 @@ export class Qcow2Image implements BlockImage {
     return this.snapshots.reduce((n, s) => n + s.entryBytes, 0) || this.clusterSize;
   }
 
+  /**
+   * Forget what is derived from the active L1 table and the refcount structures (the overlap check's set of
+   * metadata clusters). Called by code outside this class that replaces them: snapshot apply, amend.
+   */
+  metadataChanged(): void {
+    this.metadataClusters = undefined;
+  }
+
   private metadataClusterSet(): Set<number> {
     if (this.metadataClusters) return this.metadataClusters;
     const set = new Set<number>();

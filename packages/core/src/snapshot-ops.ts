@@ -1,0 +1,358 @@
+/**
+ * Internal snapshots (qemu-img snapshot -c/-a/-d/-l) as QEMU 7.2's qcow2-snapshot.c does them:
+ * - create: copy the active L1 table, add one reference to every L2 table and data cluster it reaches,
+ *   recompute the COPIED flags of the active tables, then publish the new snapshot table;
+ * - apply (goto): reference the snapshot's tables, overwrite the active L1 table with the snapshot's,
+ *   drop the references of the old active tables, recompute COPIED;
+ * - delete: publish the table without the entry, drop the references of the snapshot's tables and L1 copy,
+ *   recompute COPIED.
+ * Crash safety: reference increases and the COPIED changes are durable before anything points to the new
+ * tables (snapshot table before the header that names it; the header switch is one 12-byte write), and
+ * references are dropped only after what referenced them is gone on disk.
+ * Images with an external data file have no internal snapshots: every operation is refused with ENOTSUP.
+ */
+import { L1Table } from "@qcowkit/cluster";
+import {
+  Qcow2Error,
+  classifyCluster,
+  decodeCompressedDescriptor,
+  encodeSnapshotTable,
+  l1EntryL2Offset,
+  l2EntryPosition,
+  l2HostOffset,
+  l2IsCopied,
+  snapshotEntryBytes,
+  setU64,
+  viewOf,
+  type SnapshotEntry,
+} from "@qcowkit/spec";
+import type { Qcow2Image } from "./qcow2-image";
+import type { SnapshotInfo } from "./snapshots";
+
+export interface NewSnapshotOptions {
+  /** Seconds since the epoch (default: now). */
+  dateSeconds?: number;
+  /** Nanoseconds of the date (default: the current microseconds x 1000, as qemu-img). */
+  dateNanoseconds?: number;
+  vmClockNanoseconds?: number;
+  /** qemu-img stores 0. */
+  icount?: bigint;
+}
+
+const MAX_L1_ENTRIES = (32 * 1024 * 1024) / 8;
+
+function notSupported(): Qcow2Error {
+  return new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
+}
+
+function refuseDataFile(image: Qcow2Image): void {
+  if (image.hasDataFile) throw notSupported();
+}
+
+/** The snapshots of an image (none for data-file images, whose list QEMU refuses). */
+export function listSnapshots(image: Qcow2Image): SnapshotInfo[] {
+  return image.hasDataFile ? [] : [...image.snapshots];
+}
+
+/** Index of the snapshot whose id is `idOrName`, else the first whose name is (QEMU's goto lookup); -1. */
+export function findSnapshot(image: Qcow2Image, idOrName: string): number {
+  const byId = image.snapshots.findIndex((s) => s.id === idOrName);
+  return byId >= 0 ? byId : image.snapshots.findIndex((s) => s.name === idOrName);
+}
+
+/** The first snapshot matching both given fields (find_snapshot_by_id_and_name); -1. */
+export function findSnapshotByIdAndName(image: Qcow2Image, id: string | undefined, name: string | undefined): number {
+  return image.snapshots.findIndex((s) => (id === undefined || s.id === id) && (name === undefined || s.name === name));
+}
+
+function validateSnapshotL1(image: Qcow2Image, sn: SnapshotEntry): void {
+  if (sn.l1Size > MAX_L1_ENTRIES) {
+    throw new Qcow2Error("INVALID_IMAGE", "Snapshot L1 table too large", { errno: "EFBIG" });
+  }
+  if (sn.l1TableOffset % image.clusterSize !== 0) {
+    throw new Qcow2Error("INVALID_IMAGE", "Snapshot L1 table offset invalid", { errno: "EINVAL" });
+  }
+}
+
+async function readL1(image: Qcow2Image, offset: number, entries: number, padTo = entries): Promise<Uint8Array> {
+  const bytes = new Uint8Array(Math.max(entries, padTo) * 8);
+  if (entries > 0) await image.meta.read(offset, bytes.subarray(0, entries * 8));
+  return bytes;
+}
+
+/** The host clusters one L2 entry references: [first cluster, count], or undefined. */
+function entryClusters(image: Qcow2Image, hi: number, lo: number, qemuCompressed: boolean): [number, number] | undefined {
+  const cs = image.clusterSize;
+  const kind = classifyCluster(hi, lo, image.map.format);
+  if (kind === "compressed") {
+    const d = decodeCompressedDescriptor(hi, lo, image.clusterBits);
+    const first = Math.floor(d.hostOffset / cs);
+    // QEMU's snapshot refcount update counts the first host cluster of a compressed cluster only.
+    if (qemuCompressed) return [first, 1];
+    return [first, Math.floor((d.hostOffset + d.byteLength - 1) / cs) - first + 1];
+  }
+  if (kind === "normal" || kind === "zero-alloc") {
+    const host = l2HostOffset(hi, lo);
+    if (host === 0 || host % cs !== 0) return undefined;
+    return [host / cs, 1];
+  }
+  return undefined;
+}
+
+/**
+ * Add one reference (or queue the removal of one) to every L2 table an L1 table reaches and to every host
+ * cluster those tables map (qcow2_update_snapshot_refcount with addend +1/-1). Increases are applied at
+ * once and recorded in `applied` (for rollback); decreases are deferred until the caller's write-back.
+ */
+async function referenceTree(
+  image: Qcow2Image,
+  l1: Uint8Array,
+  l1Entries: number,
+  addend: 1 | -1,
+  applied: Array<[number, number]>,
+): Promise<void> {
+  const cs = image.clusterSize;
+  const v = viewOf(l1);
+  const entries = image.map.l2Entries;
+  for (let i = 0; i < l1Entries; i++) {
+    const l2Offset = l1EntryL2Offset(v, i);
+    if (l2Offset === 0) continue;
+    if (l2Offset % cs !== 0) throw new Qcow2Error("CORRUPT", `L2 table offset 0x${l2Offset.toString(16)} unaligned (L1 index: 0x${i.toString(16)})`);
+    if (!image.hasDataFile) {
+      const t = await image.l2Cache.get(l2Offset);
+      for (let j = 0; j < entries; j++) {
+        const at = l2EntryPosition(j, image.extendedL2);
+        const c = entryClusters(image, t.view.getUint32(at), t.view.getUint32(at + 4), true);
+        if (!c) continue;
+        await change(image, c[0], c[1], addend, applied);
+      }
+    }
+    await change(image, l2Offset / cs, 1, addend, applied);
+  }
+}
+
+async function change(image: Qcow2Image, cluster: number, count: number, addend: 1 | -1, applied: Array<[number, number]>): Promise<void> {
+  if (addend < 0) {
+    image.refcounts.deferFree(cluster, count, true);
+    return;
+  }
+  await image.refcounts.update(cluster, count, 1);
+  applied.push([cluster, count]);
+}
+
+async function rollback(image: Qcow2Image, applied: Array<[number, number]>): Promise<void> {
+  for (const [c, n] of applied.reverse()) await image.refcounts.update(c, n, -1);
+}
+
+/**
+ * Set COPIED on the active L1 and L2 entries exactly where the referenced cluster's refcount is 1
+ * (qcow2_update_snapshot_refcount with addend 0). Changes stay in the caches for the caller's write-back.
+ */
+export async function recomputeCopiedFlags(image: Qcow2Image): Promise<void> {
+  const cs = image.clusterSize;
+  const l1 = image.l1;
+  const entries = image.map.l2Entries;
+  for (let i = 0; i < l1.size; i++) {
+    const l2Offset = l1.l2Offset(i);
+    if (l2Offset === 0) continue;
+    if (!image.hasDataFile) {
+      const t = await image.l2Cache.get(l2Offset);
+      let dirty = false;
+      for (let j = 0; j < entries; j++) {
+        const at = l2EntryPosition(j, image.extendedL2);
+        const hi = t.view.getUint32(at);
+        const lo = t.view.getUint32(at + 4);
+        const kind = classifyCluster(hi, lo, image.map.format);
+        if (kind !== "normal" && kind !== "zero-alloc") continue;
+        const host = l2HostOffset(hi, lo);
+        if (host === 0) continue;
+        const want = (await image.refcounts.get(Math.floor(host / cs))) === 1;
+        if (want === l2IsCopied(hi)) continue;
+        t.view.setUint32(at, want ? (hi | 0x80000000) >>> 0 : (hi & 0x7fffffff) >>> 0);
+        dirty = true;
+      }
+      if (dirty) image.l2Cache.markDirty(t);
+    }
+    const want = (await image.refcounts.get(l2Offset / cs)) === 1;
+    if (want !== l1.copied(i)) l1.set(i, l2Offset, want);
+  }
+}
+
+/** Write everything cached (refcounts included, lazy or not) and flush. */
+async function persist(image: Qcow2Image): Promise<void> {
+  await image.refcounts.writeBack();
+  await image.meta.flush();
+  await image.writeback();
+  await image.refcounts.writeBack();
+  await image.meta.flush();
+}
+
+/**
+ * Publish a new snapshot table (qcow2_write_snapshots): the table is written to new clusters and made
+ * durable, the header switches to it in one write, then the old table's clusters are released.
+ */
+export async function writeSnapshotTable(image: Qcow2Image, entries: SnapshotEntry[]): Promise<void> {
+  const cs = image.clusterSize;
+  const h = image.header;
+  const normalized = entries.map((e) => ({ ...e, diskSize: e.diskSize ?? image.virtualSize, icount: e.icount ?? -1n }));
+  const bytes = encodeSnapshotTable(normalized);
+  let offset = 0;
+  if (normalized.length > 0) {
+    offset = (await image.refcounts.allocate(Math.ceil(bytes.byteLength / cs))) * cs;
+    await image.meta.write(offset, bytes);
+  }
+  await image.refcounts.writeBack();
+  await image.meta.flush();
+  const field = new Uint8Array(12);
+  const v = viewOf(field);
+  v.setUint32(0, normalized.length);
+  setU64(v, 4, offset);
+  await image.meta.write(60, field);
+  await image.meta.flush();
+  const oldOffset = h.snapshotsOffset;
+  const oldBytes = image.snapshots.reduce((n, s) => n + s.entryBytes, 0);
+  h.nbSnapshots = normalized.length;
+  h.snapshotsOffset = offset;
+  image.snapshots = normalized.map((e) => ({ ...e, entryBytes: snapshotEntryBytes(e) }));
+  if (oldOffset !== 0 && oldBytes > 0) image.refcounts.deferFree(oldOffset / cs, Math.ceil(oldBytes / cs), true);
+  await image.writeback();
+  await image.refcounts.writeBack();
+  await image.meta.flush();
+}
+
+/** QEMU's find_new_snapshot_id: one more than the largest numeric id. */
+function newSnapshotId(image: Qcow2Image): string {
+  let max = 0;
+  for (const s of image.snapshots) {
+    const m = /^\s*\+?(\d+)/.exec(s.id);
+    const n = m ? Number(m[1]) : 0;
+    if (n > max) max = n;
+  }
+  return String(max + 1);
+}
+
+/** Take an internal snapshot named `name` of the image's current state. */
+export async function createSnapshot(image: Qcow2Image, name: string, opts: NewSnapshotOptions = {}): Promise<SnapshotInfo> {
+  refuseDataFile(image);
+  return image.lock.write(async () => {
+    await image.flushUnlocked();
+    const id = newSnapshotId(image);
+    if (image.snapshots.some((s) => s.id === id)) throw new Qcow2Error("INVALID_ARGUMENT", "File exists", { errno: "EEXIST" });
+    const cs = image.clusterSize;
+    const now = Date.now();
+    const l1 = image.l1;
+    const l1Bytes = l1.size * 8;
+    let l1Offset = 0;
+    const applied: Array<[number, number]> = [];
+    try {
+      if (l1Bytes > 0) {
+        const clusters = Math.ceil(l1Bytes / cs);
+        l1Offset = (await image.refcounts.allocate(clusters)) * cs;
+        applied.push([l1Offset / cs, clusters]);
+        await image.meta.write(l1Offset, l1.bytes.slice(0, l1Bytes));
+      }
+      await referenceTree(image, l1.bytes, l1.size, 1, applied);
+    } catch (e) {
+      await rollback(image, applied);
+      throw e;
+    }
+    await recomputeCopiedFlags(image);
+    await persist(image);
+    const entry: SnapshotEntry = {
+      l1TableOffset: l1Offset,
+      l1Size: l1.size,
+      id,
+      name,
+      dateSeconds: opts.dateSeconds ?? Math.floor(now / 1000),
+      dateNanoseconds: opts.dateNanoseconds ?? (now % 1000) * 1_000_000,
+      vmClockNanoseconds: opts.vmClockNanoseconds ?? 0,
+      vmStateSize: 0,
+      diskSize: image.virtualSize,
+      icount: opts.icount ?? 0n,
+      unknownExtraData: new Uint8Array(0),
+    };
+    await writeSnapshotTable(image, [...image.snapshots, entry]);
+    image.metadataChanged();
+    return image.snapshots[image.snapshots.length - 1]!;
+  });
+}
+
+/**
+ * Revert the image to snapshot `idOrName` (an id first, then a name). The snapshot stays. An image of a
+ * different size takes the snapshot's size.
+ */
+export async function applySnapshot(image: Qcow2Image, idOrName: string): Promise<void> {
+  refuseDataFile(image);
+  const index = findSnapshot(image, idOrName);
+  if (index < 0) throw new Qcow2Error("NOT_FOUND", "No such file or directory", { errno: "ENOENT" });
+  const sn = image.snapshots[index]!;
+  validateSnapshotL1(image, sn);
+  const diskSize = sn.diskSize ?? image.virtualSize;
+  if (diskSize !== image.virtualSize) {
+    if (diskSize < image.virtualSize) {
+      await image.lock.write(async () => {
+        await image.discardUnlocked(diskSize, image.virtualSize - diskSize, true);
+        await image.flushUnlocked();
+      });
+    }
+    await image.lock.write(() => image.setVirtualSize(diskSize));
+  }
+  await image.lock.write(async () => {
+    await image.flushUnlocked();
+    if (sn.l1Size > image.l1.size) await image.growL1(sn.l1Size);
+    const cur = image.l1;
+    const newBytes = await readL1(image, sn.l1TableOffset, sn.l1Size, cur.size);
+    const applied: Array<[number, number]> = [];
+    try {
+      await referenceTree(image, newBytes, sn.l1Size, 1, applied);
+    } catch (e) {
+      await rollback(image, applied);
+      throw e;
+    }
+    await image.refcounts.writeBack();
+    await image.meta.flush();
+    // The new active table is durable before the old tables lose their reference.
+    await image.meta.write(cur.hostOffset, newBytes);
+    await image.meta.flush();
+    const old = cur.bytes.slice();
+    const next = new L1Table(cur.hostOffset, cur.size, newBytes);
+    image.l1 = next;
+    image.map.l1 = next;
+    image.metadataChanged();
+    await referenceTree(image, old, cur.size, -1, []);
+    await image.writeback();
+    for (let i = 0; i < cur.size; i++) {
+      const off = l1EntryL2Offset(viewOf(old), i);
+      if (off !== 0 && (await image.refcounts.get(off / image.clusterSize)) === 0) image.l2Cache.delete(off);
+    }
+    await recomputeCopiedFlags(image);
+    await persist(image);
+    image.metadataChanged();
+  });
+}
+
+/** Delete the first snapshot matching `id` and `name` (either may be omitted). */
+export async function deleteSnapshot(image: Qcow2Image, which: { id?: string; name?: string }): Promise<void> {
+  refuseDataFile(image);
+  await image.lock.write(async () => {
+    await image.flushUnlocked();
+    const index = findSnapshotByIdAndName(image, which.id, which.name);
+    if (index < 0) throw new Qcow2Error("NOT_FOUND", "Can't find the snapshot", { errno: "ENOENT" });
+    const sn = image.snapshots[index]!;
+    validateSnapshotL1(image, sn);
+    const rest = image.snapshots.filter((_, i) => i !== index);
+    await writeSnapshotTable(image, rest);
+    const l1 = await readL1(image, sn.l1TableOffset, sn.l1Size);
+    await referenceTree(image, l1, sn.l1Size, -1, []);
+    if (sn.l1Size > 0) image.refcounts.deferFree(sn.l1TableOffset / image.clusterSize, Math.ceil((sn.l1Size * 8) / image.clusterSize), true);
+    await image.writeback();
+    const v = viewOf(l1);
+    for (let i = 0; i < sn.l1Size; i++) {
+      const off = l1EntryL2Offset(v, i);
+      if (off !== 0 && (await image.refcounts.get(off / image.clusterSize)) === 0) image.l2Cache.delete(off);
+    }
+    await recomputeCopiedFlags(image);
+    await persist(image);
+    image.metadataChanged();
+  });
+}
