@@ -6,7 +6,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { pnpmCommand } from "./setup.mjs";
+import { pnpmCommand } from "./pnpm.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const tools = ["qemu-img", "qemu-io", "qemu-nbd", "nbdinfo", "nbdcopy", "fio"];

@@ -1,0 +1,82 @@
+/**
+ * The libraries install alone from their packed tarballs (each with only the @qcowkit packages it depends
+ * on), and examples/custom-frontend.mjs works on the packed core.
+ */
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { cpSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { beforeAll, describe, expect, it } from "vitest";
+import { buildWithDependencies } from "../../../scripts/build-for-tests.mjs";
+import { pnpmCommand } from "../../../scripts/pnpm.mjs";
+import { qemu, tempDir } from "./helpers";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+const libs: Record<string, string[]> = {
+  spec: [],
+  cluster: ["spec"],
+  refcount: ["spec"],
+  datafile: ["spec"],
+  core: ["spec", "cluster", "refcount", "datafile"],
+};
+/** One export each package must provide once installed. */
+const probe: Record<string, string> = {
+  spec: "decodeImageHeader",
+  cluster: "ClusterMap",
+  refcount: "Refcounts",
+  datafile: "MemoryStore",
+  core: "Qcow2Image",
+};
+const t = tempDir("qcowkit-pack-");
+const tarballs: Record<string, string> = {};
+
+function npm(args: string[], cwd: string): string {
+  return execFileSync("npm", args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, npm_config_loglevel: "error" } });
+}
+
+beforeAll(() => {
+  buildWithDependencies("@qcowkit/core");
+  const out = join(t.dir, "tarballs");
+  mkdirSync(out);
+  for (const name of Object.keys(libs)) {
+    const [pnpm, ...pre] = pnpmCommand();
+    execFileSync(pnpm!, [...pre, "pack", "--pack-destination", out], {
+      cwd: join(root, "packages", name),
+      stdio: "pipe",
+    });
+  }
+  for (const f of readdirSync(out)) {
+    const m = /^qcowkit-(\w+)-/.exec(f);
+    if (m) tarballs[m[1]!] = join(out, f);
+  }
+}, 300_000);
+
+describe("packed libraries", () => {
+  for (const [name, deps] of Object.entries(libs)) {
+    it(`@qcowkit/${name} installs alone and loads`, () => {
+      const dir = join(t.dir, `install-${name}`);
+      mkdirSync(dir);
+      writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "probe", version: "1.0.0", type: "module" }));
+      npm(["install", "--no-audit", "--no-fund", ...[...deps, name].map((d) => tarballs[d]!)], dir);
+      const pkg = JSON.parse(readFileSync(join(dir, "node_modules", "@qcowkit", name, "package.json"), "utf8"));
+      expect(pkg.files).toContain("dist");
+      const exported = execFileSync(
+        "node",
+        ["--input-type=module", "-e", `import * as m from "@qcowkit/${name}"; console.log(typeof m["${probe[name]}"])`],
+        { cwd: dir, encoding: "utf8" },
+      );
+      expect(exported.trim()).toBe("function");
+    }, 180_000);
+  }
+
+  it("examples/custom-frontend.mjs hashes a data-file image through the packed core", () => {
+    const dir = join(t.dir, "install-core");
+    cpSync(join(root, "examples", "custom-frontend.mjs"), join(dir, "custom-frontend.mjs"));
+    qemu("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "data_file=disk.raw,data_file_raw=on", join(dir, "disk.qcow2"), "8M"], { cwd: dir });
+    qemu("qemu-io", ["-c", "write -P 0x42 1M 3M", "-c", "write -z 2M 64k", join(dir, "disk.qcow2")], { cwd: dir });
+    const out = JSON.parse(execFileSync("node", ["custom-frontend.mjs", "disk.qcow2"], { cwd: dir, encoding: "utf8" }));
+    const expected = createHash("sha256").update(readFileSync(join(dir, "disk.raw"))).digest("hex");
+    expect(out).toEqual({ virtualSize: 8 * 1024 * 1024, sha256: expected });
+  }, 60_000);
+});
