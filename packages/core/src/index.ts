@@ -36,3 +36,5 @@ export {
   writeSnapshotTable,
 } from "./snapshot-ops";
 export type { NewSnapshotOptions } from "./snapshot-ops";
+export { amendQcow2, AMEND_BACKING_HINT } from "./amend";
+export type { AmendOptions } from "./amend";

@@ -1,0 +1,37 @@
+/**
+ * qemu-img's -p progress line (util/qemu-progress.c with the simple printer): "    (NN.NN/100%)\r" on
+ * stdout whenever the value moved by more than `minSkip` percent or is 0 or 100, and a newline at the end.
+ */
+import type { Output } from "./errors";
+
+export class Progress {
+  private current = 0;
+  private lastPrint = 0;
+
+  constructor(
+    private readonly io: Output,
+    private readonly enabled: boolean,
+    private readonly minSkip = 1.0,
+  ) {}
+
+  /** qemu_progress_print(delta, max): max 0 sets the value, otherwise adds delta% of max. */
+  print(delta: number, max = 0): void {
+    if (!this.enabled) return;
+    let current = max === 0 ? delta : this.current + (delta / 100) * max;
+    if (current > 100) current = 100;
+    this.current = current;
+    if (current > this.lastPrint + this.minSkip || current < this.lastPrint - this.minSkip || current === 0 || current === 100) {
+      this.lastPrint = current;
+      this.io.out(`    (${current.toFixed(2)}/100%)\r`);
+    }
+  }
+
+  /** A `done` of `total` status callback. */
+  status(done: number, total: number): void {
+    this.print(total > 0 ? (100 * done) / total : 0);
+  }
+
+  end(): void {
+    if (this.enabled) this.io.out("\n");
+  }
+}

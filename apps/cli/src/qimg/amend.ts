@@ -1,0 +1,136 @@
+/**
+ * qimg amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename
+ *
+ * As qemu-img 7.2: -o lists are merged, "help" lists the amend options of the format, options that exist only
+ * for creation are refused with QEMU's hint, and the engine applies the rest in QEMU's order.
+ */
+import { AMEND_BACKING_HINT, Qcow2Image, amendQcow2, type AmendOptions } from "@qcowkit/core/node";
+import { CliError, ExitStatus, UsageError, errorText } from "../cli/errors";
+import { getopt } from "../cli/getopt";
+import { closeQuietly, openCliImage } from "../cli/open";
+import { Progress } from "../cli/progress";
+import { QemuOpts, accumulateOptions, formatHelp, hasHelpOption } from "../cli/qemu-opts";
+import type { CommandContext, QimgCommand } from "./context";
+import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS } from "./create-options";
+import { helpText } from "./help";
+
+function printAmendHelp(format: string, ctx: CommandContext): number {
+  if (format !== "qcow2") throw new CliError(`Format driver '${format}' does not support option amendment`);
+  ctx.io.out(formatHelp(QCOW2_AMEND_OPTS, "Amend options for 'qcow2':", false));
+  return 0;
+}
+
+/** Parse the -o list against the amend options; an option known only at creation gets QEMU's hint. */
+function parseAmendOptions(text: string, ctx: CommandContext): QemuOpts {
+  try {
+    return QemuOpts.parse(QCOW2_AMEND_OPTS, text, ctx.warn);
+  } catch (e) {
+    let createOnly = false;
+    try {
+      QemuOpts.parse(QCOW2_CREATE_OPTS, text);
+      createOnly = true;
+    } catch {
+      createOnly = false;
+    }
+    if (!createOnly) throw e;
+    ctx.io.err(`qimg: ${errorText(e)}\nThis option is only supported for image creation\n`);
+    throw new ExitStatus(1);
+  }
+}
+
+function toAmendOptions(opts: QemuOpts): AmendOptions {
+  const o: AmendOptions = {};
+  const s = (n: string) => opts.string(n);
+  if (opts.has("compat")) o.compat = s("compat")!;
+  if (opts.has("size")) {
+    const v = opts.integer("size")!;
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new CliError("Image sizes above 2^53 bytes are not supported by qimg");
+    o.size = Number(v);
+  }
+  if (opts.has("backing_file")) o.backingFile = s("backing_file")!;
+  if (opts.has("backing_fmt")) o.backingFormat = s("backing_fmt")!;
+  if (opts.has("lazy_refcounts")) o.lazyRefcounts = opts.bool("lazy_refcounts")!;
+  if (opts.has("refcount_bits")) o.refcountBits = Number(BigInt.asIntN(64, opts.integer("refcount_bits")!));
+  if (opts.has("data_file")) o.dataFile = s("data_file")!;
+  if (opts.has("data_file_raw")) o.dataFileRaw = opts.bool("data_file_raw")!;
+  if (opts.names().some((n) => n.startsWith("encrypt."))) throw new CliError("Can't amend encryption options - encryption not present");
+  return o;
+}
+
+export const amendCommand: QimgCommand = {
+  name: "amend",
+  async run(args, ctx) {
+    const { options, operands } = getopt(args, {
+      short: ":ho:f:t:pqU",
+      argv0: "amend",
+      long: [
+        { name: "help", hasArg: false, key: "h" },
+        { name: "object", hasArg: true, key: "object" },
+        { name: "image-opts", hasArg: false, key: "image-opts" },
+        { name: "force", hasArg: false, key: "force" },
+      ],
+    });
+    let format: string | undefined;
+    let optionText: string | undefined;
+    let progress = false;
+    let quiet = false;
+    for (const o of options) {
+      switch (o.key) {
+        case "h":
+          ctx.io.out(helpText());
+          return 0;
+        case "o":
+          optionText = accumulateOptions(optionText, o.value!);
+          break;
+        case "f":
+          format = o.value;
+          break;
+        case "p":
+          progress = true;
+          break;
+        case "q":
+          quiet = true;
+          break;
+        case "object":
+          throw new CliError("--object is not supported by qimg");
+        case "image-opts":
+          throw new CliError("--image-opts is not supported by qimg; give the file name (and -f)");
+      }
+    }
+    if (optionText === undefined) throw new UsageError("Must specify options (-o)");
+    if (quiet) progress = false;
+    if (format !== undefined && hasHelpOption(optionText)) return printAmendHelp(format, ctx);
+    if (operands.length !== 1) throw new CliError("Expecting one image file name");
+    const filename = operands[0]!;
+    const image = await openCliImage(filename, {
+      readOnly: false,
+      ...(format !== undefined ? { format } : {}),
+      onWarning: (w) => ctx.io.err(`${w}\n`),
+    });
+    const bar = new Progress(ctx.io, progress);
+    try {
+      if (hasHelpOption(optionText)) return printAmendHelp(image.format, ctx);
+      if (!(image instanceof Qcow2Image)) throw new CliError(`Format driver '${image.format}' does not support option amendment`);
+      const amend = toAmendOptions(parseAmendOptions(optionText, ctx));
+      bar.print(0);
+      try {
+        await amendQcow2(image, { ...amend, onProgress: (done, total) => bar.status(done, total) });
+      } catch (e) {
+        const message = errorText(e);
+        if (message === "Cannot amend the backing file") {
+          ctx.io.err(`qimg: ${message}\n${AMEND_BACKING_HINT.replace("qemu-img", "qimg")}\n`);
+          throw new ExitStatus(1);
+        }
+        throw new CliError(message, { cause: e });
+      }
+      bar.print(100);
+    } catch (e) {
+      bar.end();
+      await closeQuietly(image);
+      throw e;
+    }
+    bar.end();
+    await image.close();
+    return 0;
+  },
+};

@@ -1,0 +1,376 @@
+/**
+ * Changing the options of an existing qcow2 image (qemu-img amend), in the order of QEMU 7.2's
+ * qcow2_amend_options: version upgrade, refcount width, data-file-raw and data file name (then the header
+ * is rewritten, always), backing file (only the same value), lazy refcounts, size, and the downgrade last.
+ * Every refusal uses QEMU's message.
+ */
+import { Refcounts } from "@qcowkit/refcount";
+import {
+  AUTOCLEAR_DATA_FILE_RAW,
+  COMPAT_LAZY_REFCOUNTS,
+  INCOMPAT_COMPRESSION,
+  INCOMPAT_DIRTY,
+  Qcow2Error,
+  classifyCluster,
+  l1EntryL2Offset,
+  l2EntryPosition,
+  l2HostOffset,
+  maxRefcount,
+  refcountBlockEntries,
+  setL2Entry,
+  setRefcount,
+  setReftableEntry,
+  viewOf,
+} from "@qcowkit/spec";
+import type { Qcow2Image } from "./qcow2-image";
+import { writeSnapshotTable } from "./snapshot-ops";
+
+export interface AmendOptions {
+  /** "0.10"/"v2" or "1.1"/"v3". */
+  compat?: string;
+  /** New virtual size in bytes (0: unchanged, as QEMU). */
+  size?: number;
+  backingFile?: string;
+  backingFormat?: string;
+  lazyRefcounts?: boolean;
+  refcountBits?: number;
+  /** New stored data file name; "" removes it. */
+  dataFile?: string;
+  dataFileRaw?: boolean;
+  /** Progress of the whole amend: `done` of `total` work units (QEMU's status callback). */
+  onProgress?: (done: number, total: number) => void;
+}
+
+const fail = (message: string, errno: "EINVAL" | "ENOTSUP" = "EINVAL") =>
+  new Qcow2Error(errno === "EINVAL" ? "INVALID_ARGUMENT" : "NOT_SUPPORTED", message, { errno });
+
+const isPowerOfTwo = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+
+/** Spreads the progress of several operations over one scale, as QEMU's qcow2_amend_helper_cb does. */
+class AmendProgress {
+  private current = -1;
+  private last = -1;
+  private completedOffset = 0;
+  private completed = 0;
+  private lastWork = 0;
+
+  constructor(
+    private readonly total: number,
+    private readonly report: ((done: number, total: number) => void) | undefined,
+  ) {}
+
+  start(operation: number): (offset: number, work: number) => void {
+    this.current = operation;
+    return (offset, work) => {
+      if (!this.report || this.total === 0) return;
+      if (this.current !== this.last) {
+        if (this.last !== -1) {
+          this.completedOffset += this.lastWork;
+          this.completed++;
+        }
+        this.last = this.current;
+      }
+      this.lastWork = work;
+      const currentWork = this.completedOffset + work;
+      const projected = Math.floor((currentWork * (this.total - this.completed - 1)) / (this.completed + 1));
+      this.report(this.completedOffset + offset, currentWork + projected);
+    };
+  }
+}
+
+function parseCompat(compat: string | undefined, current: number): number {
+  if (compat === undefined) return current;
+  if (compat === "0.10" || compat === "v2") return 2;
+  if (compat === "1.1" || compat === "v3") return 3;
+  throw fail(`Unknown compatibility level ${compat}`);
+}
+
+/** Amend `image` (open read-write). */
+export async function amendQcow2(image: Qcow2Image, o: AmendOptions): Promise<void> {
+  const oldVersion = image.version;
+  const newVersion = parseCompat(o.compat, oldVersion);
+  const currentBits = 2 ** image.header.refcountOrder;
+  const refcountBits = o.refcountBits ?? currentBits;
+  if (o.refcountBits !== undefined && (refcountBits <= 0 || refcountBits > 64 || !isPowerOfTwo(refcountBits))) {
+    throw fail("Refcount width must be a power of two and may not exceed 64 bits");
+  }
+  if (o.dataFile !== undefined && !image.hasDataFile) {
+    throw fail("data-file can only be set for images that use an external data file");
+  }
+  const dataFileRaw = o.dataFileRaw ?? image.dataFileRaw;
+  if (o.dataFileRaw === true && !image.dataFileRaw) throw fail("data-file-raw cannot be set on existing images");
+
+  const progress = new AmendProgress(
+    (newVersion !== oldVersion ? 1 : 0) + (refcountBits !== currentBits ? 1 : 0),
+    o.onProgress,
+  );
+  await image.flush();
+
+  if (newVersion > oldVersion) await upgrade(image, progress.start(1));
+
+  if (refcountBits !== currentBits) {
+    if (newVersion < 3 && refcountBits !== 16) {
+      throw fail(
+        "Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)",
+      );
+    }
+    await changeRefcountOrder(image, Math.log2(refcountBits), progress.start(2));
+  }
+
+  const h = image.header;
+  if (dataFileRaw) h.autoclearFeatures |= AUTOCLEAR_DATA_FILE_RAW;
+  else h.autoclearFeatures &= ~AUTOCLEAR_DATA_FILE_RAW;
+  if (o.dataFile !== undefined) {
+    if (o.dataFile === "") delete image.hdr.extensions.dataFile;
+    else image.hdr.extensions.dataFile = o.dataFile;
+  }
+  await image.writeHeader();
+
+  if (o.backingFile !== undefined || o.backingFormat !== undefined) {
+    if (o.backingFile !== image.hdr.backingFile || o.backingFormat !== image.hdr.extensions.backingFormat) {
+      throw fail("Cannot amend the backing file");
+    }
+  }
+
+  if (o.lazyRefcounts !== undefined && o.lazyRefcounts !== image.lazyRefcounts) {
+    if (o.lazyRefcounts) {
+      if (newVersion < 3) {
+        throw fail("Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
+      }
+      image.header.compatibleFeatures |= COMPAT_LAZY_REFCOUNTS;
+      await image.writeHeader();
+    } else {
+      await markClean(image);
+      image.header.compatibleFeatures &= ~COMPAT_LAZY_REFCOUNTS;
+      await image.writeHeader();
+    }
+  }
+
+  if (o.size !== undefined && o.size !== 0) {
+    await image.resize(o.size, { shrink: true });
+  }
+
+  if (newVersion < oldVersion) await downgrade(image, progress.start(3));
+}
+
+/** The "cannot amend" hint QEMU prints after "Cannot amend the backing file". */
+export const AMEND_BACKING_HINT = "You can use 'qemu-img rebase' instead.";
+
+/** Write back everything, then clear the dirty bit (qcow2_mark_clean). */
+async function markClean(image: Qcow2Image): Promise<void> {
+  if ((image.header.incompatibleFeatures & INCOMPAT_DIRTY) === 0n) return;
+  await image.flush();
+  await image.refcounts.writeBack();
+  await image.meta.flush();
+  image.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
+  await image.writeHeader();
+}
+
+async function upgrade(image: Qcow2Image, status: (offset: number, work: number) => void): Promise<void> {
+  status(0, 2);
+  // v3 needs the 64-bit VM state size and the disk size in every snapshot entry: rewrite the table.
+  if (image.snapshots.some((s) => s.diskSize === undefined)) {
+    await image.lock.write(() => writeSnapshotTable(image, image.snapshots));
+  }
+  status(1, 2);
+  image.header.version = 3;
+  image.header.refcountOrder = 4;
+  image.header.compressionType = 0;
+  await image.writeHeader();
+  status(2, 2);
+}
+
+async function downgrade(image: Qcow2Image, status: (offset: number, work: number) => void): Promise<void> {
+  const h = image.header;
+  if (h.refcountOrder !== 4) throw fail("compat=0.10 requires refcount_bits=16", "ENOTSUP");
+  if (image.hasDataFile) throw fail("Cannot downgrade an image with a data file", "ENOTSUP");
+  for (const s of image.snapshots) {
+    if (s.vmStateSize > 0xffffffff || (s.diskSize ?? image.virtualSize) !== image.virtualSize) {
+      throw fail("Internal snapshots prevent downgrade of image", "ENOTSUP");
+    }
+  }
+  await markClean(image);
+  if ((h.incompatibleFeatures & ~INCOMPAT_COMPRESSION) !== 0n) {
+    throw fail(`Cannot downgrade an image with incompatible features 0x${h.incompatibleFeatures.toString(16)} set`, "ENOTSUP");
+  }
+  h.compatibleFeatures = 0n;
+  h.autoclearFeatures = 0n;
+  await expandZeroClusters(image, status);
+  if (h.incompatibleFeatures & INCOMPAT_COMPRESSION) {
+    if (await hasCompressedClusters(image)) {
+      throw fail("Cannot downgrade an image with zstd compression type and existing compressed clusters", "ENOTSUP");
+    }
+    h.incompatibleFeatures &= ~INCOMPAT_COMPRESSION;
+    h.compressionType = 0;
+  }
+  h.version = 2;
+  h.unknownHeaderFields = new Uint8Array(0);
+  delete image.hdr.extensions.bitmaps;
+  await image.writeHeader();
+}
+
+async function hasCompressedClusters(image: Qcow2Image): Promise<boolean> {
+  const step = 1024 * 1024 * 1024;
+  for (let pos = 0; pos < image.virtualSize; pos += step) {
+    const extents = await image.blockStatus(pos, Math.min(step, image.virtualSize - pos));
+    if (extents.some((e) => e.compressed && e.depth === 0)) return true;
+  }
+  return false;
+}
+
+/**
+ * QEMU's qcow2_expand_zero_clusters: zero clusters (v2 has none) become unallocated where no backing file
+ * could show through, otherwise clusters written with zeros; active tables first, then every snapshot's.
+ */
+async function expandZeroClusters(image: Qcow2Image, status: (offset: number, work: number) => void): Promise<void> {
+  const cs = image.clusterSize;
+  const l1s: Array<{ bytes: Uint8Array; size: number }> = [{ bytes: image.l1.bytes, size: image.l1.size }];
+  for (const s of image.snapshots) {
+    const bytes = new Uint8Array(s.l1Size * 8);
+    if (s.l1Size > 0) await image.meta.read(s.l1TableOffset, bytes);
+    l1s.push({ bytes, size: s.l1Size });
+  }
+  const total = l1s.reduce((n, l) => n + l.size, 0);
+  let visited = 0;
+  const zeros = new Uint8Array(cs);
+  await image.lock.write(async () => {
+    for (const l1 of l1s) {
+      const v = viewOf(l1.bytes);
+      for (let i = 0; i < l1.size; i++) {
+        const l2Offset = l1EntryL2Offset(v, i);
+        if (l2Offset !== 0) {
+          const l2Refcount = await image.refcounts.get(l2Offset / cs);
+          const t = await image.l2Cache.get(l2Offset);
+          let dirty = false;
+          for (let j = 0; j < image.map.l2Entries; j++) {
+            const at = l2EntryPosition(j, false);
+            const hi = t.view.getUint32(at);
+            const lo = t.view.getUint32(at + 4);
+            const kind = classifyCluster(hi, lo, image.map.format);
+            if (kind !== "zero-plain" && kind !== "zero-alloc") continue;
+            let host: number;
+            let copied: boolean;
+            if (kind === "zero-plain") {
+              if (!image.backing) {
+                setL2Entry(t.view, j, false, 0);
+                dirty = true;
+                continue;
+              }
+              host = (await image.refcounts.allocate(1)) * cs;
+              if (l2Refcount > 1) await image.refcounts.update(host / cs, 1, l2Refcount - 1);
+              copied = l2Refcount === 1;
+            } else {
+              host = l2HostOffset(hi, lo);
+              copied = (await image.refcounts.get(host / cs)) === 1;
+            }
+            if (image.data.efficientZeroes) await image.data.writeZeroes(host, cs, false);
+            else await image.data.write(host, zeros);
+            setL2Entry(t.view, j, false, host, { copied });
+            dirty = true;
+          }
+          if (dirty) image.l2Cache.markDirty(t);
+          await image.writeback();
+        }
+        visited++;
+        status(visited, total);
+      }
+    }
+    await image.flushUnlocked();
+  });
+}
+
+/**
+ * Rewrite every refcount structure with entries of 2^`order` bits (qcow2_change_refcount_order): the new
+ * blocks and table go after the end of the file, are written and made durable, then the header switches to
+ * them in one write; the old structures are free in the new counts.
+ */
+async function changeRefcountOrder(image: Qcow2Image, order: number, status: (offset: number, work: number) => void): Promise<void> {
+  await image.flush();
+  const cs = image.clusterSize;
+  const old = image.refcounts;
+  await old.writeBack();
+  const fileClusters = Math.ceil((await image.meta.size()) / cs);
+  // Highest cluster with a reference: everything above is free.
+  let used = fileClusters;
+  while (used > 0 && (await old.get(used - 1)) === 0) used--;
+  const counts = new Float64Array(used);
+  const max = maxRefcount(order);
+  status(0, used);
+  for (let c = 0; c < used; c++) {
+    const n = await old.get(c);
+    if (n > max) {
+      throw fail(`Cannot decrease refcount entry width to ${2 ** order} bits: Cluster at offset 0x${(c * cs).toString(16)} has a refcount of ${n}`, "EINVAL");
+    }
+    counts[c] = n;
+  }
+  // The old structures are free once the header names the new ones.
+  for (let i = 0; i < old.reftableEntries; i++) {
+    const off = old.blockOffset(i);
+    if (off !== 0 && off / cs < used) counts[off / cs] = 0;
+  }
+  for (let c = 0; c < old.reftableClusters; c++) {
+    const idx = old.reftableOffset / cs + c;
+    if (idx < used) counts[idx] = 0;
+  }
+  // New blocks and table at the end: find the fixed point of their own size.
+  const entries = refcountBlockEntries(image.clusterBits, order);
+  const start = used;
+  let blocks = 0;
+  let tableClusters = 0;
+  for (;;) {
+    const covered = start + blocks + tableClusters;
+    const nb = Math.ceil(covered / entries);
+    const nt = Math.max(1, Math.ceil((nb * 8) / cs));
+    if (nb === blocks && nt === tableClusters) break;
+    blocks = nb;
+    tableClusters = nt;
+  }
+  const table = new Uint8Array(tableClusters * cs);
+  const tv = viewOf(table);
+  const tableStart = start + blocks;
+  for (let b = 0; b < blocks; b++) {
+    const block = new Uint8Array(cs);
+    for (let k = 0; k < entries; k++) {
+      const c = b * entries + k;
+      let n = 0;
+      if (c < used) n = counts[c]!;
+      else if (c >= start && c < tableStart + tableClusters) n = 1;
+      if (n) setRefcount(block, k, order, n);
+    }
+    const blockOffset = (start + b) * cs;
+    await image.meta.write(blockOffset, block);
+    setReftableEntry(tv, b, blockOffset);
+    status(Math.min(used, (b + 1) * entries), used);
+  }
+  await image.meta.write(tableStart * cs, table);
+  await image.meta.flush();
+  const h = image.header;
+  h.refcountOrder = order;
+  h.refcountTableOffset = tableStart * cs;
+  h.refcountTableClusters = tableClusters;
+  await image.writeHeader();
+  image.refcounts = await Refcounts.load(image.meta, {
+    clusterBits: image.clusterBits,
+    refcountOrder: order,
+    reftableOffset: tableStart * cs,
+    reftableClusters: tableClusters,
+    readOnly: false,
+    updateHeader: (offset, clusters) => writeReftableLocation(image, offset, clusters),
+  });
+  image.metadataChanged();
+  status(used, used);
+}
+
+/** Point the header at a moved refcount table (12 bytes at 48, one synchronous write). */
+async function writeReftableLocation(image: Qcow2Image, offset: number, clusters: number): Promise<void> {
+  const b = new Uint8Array(12);
+  const v = viewOf(b);
+  v.setUint32(0, Math.floor(offset / 2 ** 32));
+  v.setUint32(4, offset >>> 0);
+  v.setUint32(8, clusters);
+  await image.meta.write(48, b);
+  await image.meta.flush();
+  image.header.refcountTableOffset = offset;
+  image.header.refcountTableClusters = clusters;
+  image.metadataChanged();
+}
