@@ -355,22 +355,8 @@ async function changeRefcountOrder(image: Qcow2Image, order: number, status: (of
     reftableOffset: tableStart * cs,
     reftableClusters: tableClusters,
     readOnly: false,
-    updateHeader: (offset, clusters) => writeReftableLocation(image, offset, clusters),
+    updateHeader: (offset, clusters) => image.writeReftableLocation(offset, clusters),
   });
   image.metadataChanged();
   status(used, used);
-}
-
-/** Point the header at a moved refcount table (12 bytes at 48, one synchronous write). */
-async function writeReftableLocation(image: Qcow2Image, offset: number, clusters: number): Promise<void> {
-  const b = new Uint8Array(12);
-  const v = viewOf(b);
-  v.setUint32(0, Math.floor(offset / 2 ** 32));
-  v.setUint32(4, offset >>> 0);
-  v.setUint32(8, clusters);
-  await image.meta.write(48, b);
-  await image.meta.flush();
-  image.header.refcountTableOffset = offset;
-  image.header.refcountTableClusters = clusters;
-  image.metadataChanged();
 }

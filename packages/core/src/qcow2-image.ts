@@ -337,7 +337,8 @@ export class Qcow2Image implements BlockImage {
     await this.meta.flush();
   }
 
-  private async writeReftableLocation(offset: number, clusters: number): Promise<void> {
+  /** Point the header at a moved refcount table (public for amend's refcount width change). */
+  async writeReftableLocation(offset: number, clusters: number): Promise<void> {
     const b = new Uint8Array(12);
     const v = viewOf(b);
     v.setUint32(0, Math.floor(offset / 2 ** 32));
