@@ -60,6 +60,11 @@ export function validateCreateOptions(o: Qcow2CreateOptions): Required<Omit<Qcow
   const version = o.version ?? 3;
   const clusterSize = o.clusterSize ?? 65536;
   const extendedL2 = o.extendedL2 ?? false;
+  if (extendedL2 && version < 3) {
+    throw fail(
+      "Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)",
+    );
+  }
   if (!isPowerOfTwo(clusterSize) || clusterSize < MIN_CLUSTER || clusterSize > MAX_CLUSTER) {
     throw fail("Cluster size must be a power of two between 512 and 2048k");
   }
@@ -101,11 +106,6 @@ export function validateCreateOptions(o: Qcow2CreateOptions): Required<Omit<Qcow
   if (compressionType !== "zlib" && version < 3) {
     throw fail(
       "Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)",
-    );
-  }
-  if (extendedL2 && version < 3) {
-    throw fail(
-      "Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)",
     );
   }
   const l1Entries = l1EntriesForSize(o.size, Math.log2(clusterSize), extendedL2);

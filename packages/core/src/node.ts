@@ -44,11 +44,13 @@ export interface OpenImageOptions {
 const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
 const MAX_CHAIN_DEPTH = 64;
 
-/** Decide the format of an open store: qcow2 when it starts with the qcow2 magic, raw otherwise. */
+/** Decide the format of an open store: qcow2 when it starts with the qcow2 magic and version >= 2, raw otherwise. */
 export async function probeFormat(store: ByteStore): Promise<ImageFormat> {
-  const head = new Uint8Array(4);
+  const head = new Uint8Array(8);
   await store.read(0, head);
-  return QCOW2_MAGIC.every((b, i) => head[i] === b) ? "qcow2" : "raw";
+  // QEMU's qcow2 probe wants the magic and a version of at least 2.
+  const version = ((head[4]! << 24) | (head[5]! << 16) | (head[6]! << 8) | head[7]!) >>> 0;
+  return QCOW2_MAGIC.every((b, i) => head[i] === b) && version >= 2 ? "qcow2" : "raw";
 }
 
 function checkFormat(format: string): ImageFormat {

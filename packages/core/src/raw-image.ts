@@ -18,8 +18,9 @@ export class RawImage implements BlockImage {
     this.filename = store.name;
   }
 
+  /** A raw image is whole 512-byte sectors: a file of 1000 bytes is a 1024-byte disk whose tail reads zeros. */
   static async open(store: ByteStore): Promise<RawImage> {
-    return new RawImage(store, await store.size());
+    return new RawImage(store, Math.ceil((await store.size()) / 512) * 512);
   }
 
   get virtualSize(): number {
