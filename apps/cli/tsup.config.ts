@@ -1,5 +1,7 @@
 import { defineConfig } from "tsup";
 
+// Workspace packages stay external: the bins load their dist/ (built first by turbo), where the native addon
+// and the zstd wasm are found.
 export default defineConfig({
   entry: { qimg: "src/qimg.ts", qio: "src/qio.ts" },
   format: ["esm"],
@@ -8,12 +10,4 @@ export default defineConfig({
   dts: false,
   sourcemap: true,
   clean: true,
-  // The tests build a private copy (test/global-setup.ts).
-  outDir: process.env.QCOWKIT_CLI_OUT_DIR ?? "dist",
-  // Workspace packages are bundled from their TypeScript source, so the bins never depend on a sibling's
-  // (possibly stale) dist/.
-  noExternal: [/^@qcowkit\//],
-  esbuildOptions(options) {
-    options.conditions = ["@qcowkit/source"];
-  },
 });

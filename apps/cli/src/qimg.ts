@@ -1,2 +1,4 @@
-process.stderr.write("qimg: not implemented yet\n");
-process.exitCode = 1;
+import { runBin } from "./cli/output";
+import { runQimg } from "./qimg/main";
+
+runBin(runQimg);

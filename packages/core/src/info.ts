@@ -115,7 +115,7 @@ function snapshotInfo(image: Qcow2Image): SnapshotInfoQapi[] | undefined {
 /** The format-specific part of a qcow2 image's info. */
 export async function qcow2SpecificInfo(image: Qcow2Image): Promise<ImageInfoSpecificQcow2> {
   const refcountBits = 2 ** image.header.refcountOrder;
-  if (image.version === 2) return { compat: "0.10", "refcount-bits": refcountBits };
+  if (image.version === 2) return { compat: "0.10", "refcount-bits": refcountBits, "compression-type": image.compressionType };
   const data = { compat: "1.1" } as ImageInfoSpecificQcow2;
   if (image.hdr.extensions.dataFile !== undefined) data["data-file"] = image.hdr.extensions.dataFile;
   if (image.hasDataFile) data["data-file-raw"] = image.dataFileRaw;

@@ -1,0 +1,77 @@
+/**
+ * Opening an image for a command: the format as given (-f) or probed, QEMU's warning for a probed raw image
+ * opened for writing, engine warnings passed through, open failures prefixed the way the tool prefixes
+ * them ("Could not open 'x': ..." for qemu-img, "can't open device x: ..." for qemu-io).
+ */
+import { openImage, type BlockImage, type OpenImageOptions } from "@qcowkit/core/node";
+import { CliError, errorText } from "./errors";
+
+export interface CliOpenOptions {
+  format?: string;
+  readOnly: boolean;
+  /** -U: do not take the image lock. */
+  forceShare?: boolean;
+  /** Metadata only (qemu-img info): neither the data file nor the backing chain are opened. */
+  noIo?: boolean;
+  /** Use this external data file instead of the stored name. */
+  dataFile?: string;
+  /** null: open without the backing chain. */
+  backing?: string | null;
+  backingFormat?: string;
+  /** Receives warning lines (printed as they come). */
+  onWarning: (line: string) => void;
+  /** Text before the engine's message when the open fails (default "Could not open 'NAME': "). */
+  errorPrefix?: string;
+  /** Exit code when the open fails. */
+  exitCode?: number;
+}
+
+/** QEMU's warning when a raw image was probed and is opened for writing (3 lines, on stderr). */
+export function probedRawWarning(filename: string): string {
+  return (
+    `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
+    "         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n" +
+    "         Specify the 'raw' format explicitly to remove the restrictions."
+  );
+}
+
+export async function openCliImage(filename: string, opts: CliOpenOptions): Promise<BlockImage> {
+  const o: OpenImageOptions = {
+    readOnly: opts.readOnly,
+    onWarning: (message) => opts.onWarning(message),
+    ...(opts.format !== undefined ? { format: opts.format } : {}),
+    ...(opts.forceShare ? { shareRW: true } : {}),
+    ...(opts.noIo ? { noIo: true } : {}),
+    ...(opts.dataFile !== undefined ? { dataFile: opts.dataFile } : {}),
+    ...(opts.backing !== undefined ? { backing: opts.backing } : {}),
+    ...(opts.backingFormat !== undefined ? { backingFormat: opts.backingFormat } : {}),
+  };
+  let image: BlockImage;
+  try {
+    image = await openImage(filename, o);
+  } catch (e) {
+    const prefix = opts.errorPrefix ?? `Could not open '${filename}': `;
+    throw new CliError(`${prefix}${errorText(e)}`, { exitCode: opts.exitCode ?? 1, cause: e });
+  }
+  if (opts.format === undefined && image.format === "raw" && !opts.readOnly) opts.onWarning(probedRawWarning(filename));
+  return image;
+}
+
+/** Close, ignoring a failure when another error is already being reported. */
+export async function closeQuietly(image: BlockImage | undefined): Promise<void> {
+  if (!image) return;
+  await image.close().catch(() => undefined);
+}
+
+/** Run `fn` on an open image and close it; a close failure is reported only when `fn` succeeded. */
+export async function usingImage<T>(image: BlockImage, fn: (image: BlockImage) => Promise<T>): Promise<T> {
+  let result: T;
+  try {
+    result = await fn(image);
+  } catch (e) {
+    await closeQuietly(image);
+    throw e;
+  }
+  await image.close();
+  return result;
+}

@@ -1,0 +1,36 @@
+/** Where commands print: the process's stdout/stderr, or buffers (tests). */
+import type { Output } from "./errors";
+
+export const processOutput: Output = {
+  out: (text) => {
+    process.stdout.write(text);
+  },
+  err: (text) => {
+    process.stderr.write(text);
+  },
+};
+
+/** An Output that collects what is printed. */
+export function bufferOutput(): Output & { stdout: () => string; stderr: () => string } {
+  const out: string[] = [];
+  const err: string[] = [];
+  return {
+    out: (t) => out.push(t),
+    err: (t) => err.push(t),
+    stdout: () => out.join(""),
+    stderr: () => err.join(""),
+  };
+}
+
+/** Run a bin's main and set the exit code once stdout has drained. */
+export function runBin(main: (args: string[], io: Output) => Promise<number>): void {
+  main(process.argv.slice(2), processOutput).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (error: unknown) => {
+      process.stderr.write(`internal error: ${error instanceof Error ? error.message : String(error)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}

@@ -1,0 +1,65 @@
+/**
+ * qimg: qemu-img compatible front end. `qimg [-h|-V|-T trace] COMMAND [command options]`.
+ */
+import { getopt } from "../cli/getopt";
+import { reportError, UsageError, type Output } from "../cli/errors";
+import { amendCommand } from "./amend";
+import { checkCommand } from "./check";
+import { compareCommand } from "./compare";
+import { PROG, makeContext, type QimgCommand } from "./context";
+import { convertCommand } from "./convert";
+import { createCommand } from "./create";
+import { NOT_IMPLEMENTED, helpText, versionText } from "./help";
+import { infoCommand } from "./info";
+import { mapCommand } from "./map";
+import { resizeCommand } from "./resize";
+import { snapshotCommand } from "./snapshot";
+
+const COMMANDS: QimgCommand[] = [
+  amendCommand,
+  checkCommand,
+  compareCommand,
+  convertCommand,
+  createCommand,
+  infoCommand,
+  mapCommand,
+  resizeCommand,
+  snapshotCommand,
+];
+
+/** Run qimg with `args` (argv without node and the script); returns the exit code. */
+export async function runQimg(args: string[], io: Output): Promise<number> {
+  const ctx = makeContext(io);
+  try {
+    const parsed = getopt(args, {
+      short: "+:hVT:",
+      posix: true,
+      argv0: PROG,
+      long: [
+        { name: "help", hasArg: false, key: "h" },
+        { name: "version", hasArg: false, key: "V" },
+        { name: "trace", hasArg: true, key: "T" },
+      ],
+    });
+    for (const o of parsed.options) {
+      if (o.key === "h") {
+        io.out(helpText());
+        return 0;
+      }
+      if (o.key === "V") {
+        io.out(versionText());
+        return 0;
+      }
+    }
+    const [name, ...rest] = parsed.operands;
+    if (name === undefined) throw new UsageError("Not enough arguments");
+    const command = COMMANDS.find((c) => c.name === name);
+    if (!command) {
+      if (NOT_IMPLEMENTED.includes(name)) throw new UsageError(`Command not implemented by ${PROG}: ${name}`);
+      throw new UsageError(`Command not found: ${name}`);
+    }
+    return await command.run(rest, ctx);
+  } catch (error) {
+    return reportError(PROG, error, io);
+  }
+}

@@ -1,0 +1,117 @@
+/** Test plumbing: temp dirs on tmpfs, the real bins and QEMU's tools as child processes, output normalisation. */
+import { execFile } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll } from "vitest";
+
+export const APP_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+/** The real bins (built by test/global-setup.ts). */
+export const QIMG = path.join(APP_DIR, "bin", "qimg.js");
+export const QIO = path.join(APP_DIR, "bin", "qio.js");
+
+export interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run a program (no shell) in `cwd`; never rejects for a non-zero exit. */
+export function run(program: string, args: readonly string[], opts: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      program,
+      args,
+      { cwd: opts.cwd, timeout: opts.timeoutMs ?? 120_000, maxBuffer: 256 * 1024 * 1024, encoding: "utf8", env: { ...process.env, ...opts.env } },
+      (error, stdout, stderr) => {
+        if (error && typeof error.code !== "number" && !error.signal) {
+          reject(new Error(`${program} ${args.join(" ")}: ${error.message}\n${stderr}`));
+          return;
+        }
+        // Killed by a signal: the shell's 128 + signal number.
+        const code = !error ? 0 : typeof error.code === "number" ? error.code : 128 + (error.signal === "SIGKILL" ? 9 : 15);
+        resolve({ code, stdout, stderr });
+      },
+    );
+  });
+}
+
+export const qemuImg = (args: readonly string[], cwd?: string) => run("qemu-img", args, { cwd });
+export const qemuIo = (args: readonly string[], cwd?: string) => run("qemu-io", args, { cwd });
+export const qimg = (args: readonly string[], cwd?: string) => run(process.execPath, [QIMG, ...args], { cwd });
+export const qio = (args: readonly string[], cwd?: string) => run(process.execPath, [QIO, ...args], { cwd });
+
+/** Must succeed; returns stdout. */
+export async function ok(p: Promise<Run>): Promise<string> {
+  const r = await p;
+  if (r.code !== 0) throw new Error(`exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** A fresh directory under /dev/shm, removed after the file's tests. */
+export function tempDir(prefix = "qimg-test-"): string {
+  const base = fs.existsSync("/dev/shm") ? "/dev/shm" : "/tmp";
+  const dir = fs.mkdtempSync(path.join(base, prefix));
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A fresh sub-directory of `parent`. */
+export function subDir(parent: string, name: string): string {
+  const dir = path.join(parent, name);
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+/**
+ * QEMU output made comparable with ours: program names, and QEMU's few multi-line messages in the one-line
+ * form qimg prints them (see README "Differences").
+ */
+export function normalizeQemu(text: string): string {
+  return text
+    .replace(/qemu-img: /g, "qimg: ")
+    .replace(/qemu-io: /g, "qio: ")
+    .replace(/suffixes for\nqimg: kilobytes/g, "suffixes for kilobytes")
+    .replace(/below 2\^64\nOptional suffix/g, "below 2^64 Optional suffix")
+    .replace(/peta-\nand exabytes/g, "peta- and exabytes")
+    .replace(/ format\nDetected format of (\w+)\.(?!\n)/g, " format. Detected format of $1.\n")
+    .replace(/\nCould not open backing image\./g, ". Could not open backing image.")
+    .replace(/qemu-img/g, "qimg");
+}
+
+/** qemu-io's timing line, which differs from run to run. */
+export function filterTimings(text: string): string {
+  return text.replace(/(\d+ ops); [0-9:.]+(?: sec)? \([^()\n]*\/sec and [^()\n]* ops\/sec\)/g, "$1; TIME");
+}
+
+/** qemu-img info --output=json with the fields that depend on the file system or the clock removed. */
+export function infoJson(text: string): unknown {
+  const strip = (v: unknown): unknown => {
+    if (Array.isArray(v)) return v.map(strip);
+    if (v && typeof v === "object") {
+      const o: Record<string, unknown> = {};
+      for (const [k, x] of Object.entries(v)) {
+        if (k === "actual-size") continue;
+        o[k] = strip(x);
+      }
+      return o;
+    }
+    return v;
+  };
+  return strip(JSON.parse(text));
+}
+
+/** Run async jobs with a concurrency limit. */
+export async function pool<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!, i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
