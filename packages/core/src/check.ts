@@ -3,15 +3,28 @@
  * host cluster (header, L1/L2 tables, data and compressed clusters, snapshot tables, refcount structures,
  * bitmaps) is counted in an in-memory refcount table and compared with the image's own refcounts; then the
  * COPIED flags are checked against the refcounts. The result is a report (counts and QEMU's message lines),
- * never an exception for a damaged image. Repair (`-r leaks|all`) builds on the same passes (repair.ts).
+ * never an exception for a damaged image.
+ *
+ * The passes take QEMU's fix flags: with FIX_LEAKS too-high refcounts are lowered, with FIX_ERRORS too-low
+ * ones are raised, refcount blocks past the end of the file are made to exist, preallocated zero clusters
+ * with an unaligned offset become plain zero clusters, and COPIED flags are set from the refcounts. The
+ * rebuild of broken refcount structures and the rest of `qemu-img check -r` are in repair.ts.
+ *
+ * What is checked is what is on disk: a writable image is flushed first.
  */
 import {
   INCOMPAT_DATA_FILE,
+  MAX_SNAPSHOTS,
+  MAX_SNAPSHOT_EXTRA_DATA,
+  MAX_SNAPSHOT_TABLE_BYTES,
   Qcow2Error,
+  SNAPSHOT_HEADER_BYTES,
+  bitmapTableEntryHasReservedBits,
   bitmapTableEntryOffset,
   classifyCluster,
   decodeBitmapDirectory,
   decodeCompressedDescriptor,
+  decodeSnapshotEntry,
   l1EntryCopied,
   l1EntryHasReservedBits,
   l1EntryL2Offset,
@@ -22,16 +35,26 @@ import {
   l2EntryRaw,
   l2HasReservedBits,
   l2HostOffset,
-  l2IsCompressed,
   l2IsCopied,
-  reftableEntryHasReservedBits,
-  reftableEntryOffset,
+  setL2Bitmap,
+  setL2Raw,
   viewOf,
+  type Errno,
 } from "@qcowkit/spec";
+import { metadataOverlap, OVERLAP_ACTIVE_L2, OVERLAP_INACTIVE_L2 } from "./metadata-overlap";
 import type { Qcow2Image } from "./qcow2-image";
+import type { SnapshotInfo } from "./snapshots";
+
+/** QEMU's BDRV_FIX_LEAKS: lower refcounts that are too high. */
+export const FIX_LEAKS = 1;
+/** QEMU's BDRV_FIX_ERRORS: raise refcounts that are too low, rebuild, fix entries and COPIED flags. */
+export const FIX_ERRORS = 2;
+
+/** How a message line is printed: "plain" as is (QEMU's fprintf), "report" after "PROG: " (error_report). */
+export type CheckMessageKind = "plain" | "report";
 
 export interface CheckReport {
-  /** QEMU's message lines, in order (what qemu-img prints on stderr). */
+  /** QEMU's message lines, in order (what qemu-img prints on stderr, without the "PROG: " of "report" lines). */
   messages: string[];
   corruptions: number;
   leaks: number;
@@ -47,34 +70,92 @@ export interface CheckReport {
   compressedClusters: number;
   /** The refcount structures need a rebuild (only `-r all` can fix this). */
   rebuildNeeded: boolean;
+  /** The check could not complete (QEMU's negative return): qemu-img prints "Check failed: <errno text>". */
+  failure?: Errno;
+}
+
+export interface CheckOptions {
+  /** FIX_LEAKS | FIX_ERRORS, 0 (default) to only check. The image must be writable to fix. */
+  fix?: number;
+  /** Receives every message line as it is produced. */
+  onMessage?: (line: string, kind: CheckMessageKind) => void;
 }
 
 const hex = (n: number | bigint) => n.toString(16);
 
-/** The in-memory refcount table: one counter per host cluster of the qcow2 file, grown on demand. */
+/** C's "%#" PRIx64: "0x" before non-zero values only. */
+export const altHex = (n: number | bigint): string => (n === 0 || n === 0n ? "0" : `0x${n.toString(16)}`);
+
+/** A failure that ends the check (QEMU returns a negative errno), after its message was printed. */
+export class CheckAbort extends Error {
+  constructor(readonly errno: Errno) {
+    super(errno);
+  }
+}
+
+const CHUNK_BITS = 16;
+const CHUNK = 1 << CHUNK_BITS;
+
+/**
+ * The in-memory refcount table (QEMU's IMRT): one counter per host cluster of the qcow2 file, stored in
+ * chunks allocated on first use, so memory follows the clusters actually referenced. `size` is QEMU's
+ * nb_clusters: the clusters the comparison covers (the file's, or more when references lie past its end).
+ */
 export class ReferenceCounts {
-  counts: Uint32Array;
+  private chunks: Array<Uint32Array | undefined> = [];
+  size: number;
 
   constructor(clusters: number) {
-    this.counts = new Uint32Array(Math.max(16, clusters));
+    this.size = clusters;
   }
 
   get(cluster: number): number {
-    return cluster < this.counts.length ? this.counts[cluster]! : 0;
+    const chunk = this.chunks[cluster >>> CHUNK_BITS];
+    return chunk ? chunk[cluster & (CHUNK - 1)]! : 0;
+  }
+
+  set(cluster: number, value: number): void {
+    const index = Math.floor(cluster / CHUNK);
+    let chunk = this.chunks[index];
+    if (!chunk) {
+      if (value === 0) return;
+      chunk = this.chunks[index] = new Uint32Array(CHUNK);
+    }
+    chunk[cluster % CHUNK] = value;
+    if (cluster >= this.size) this.size = cluster + 1;
   }
 
   increment(cluster: number): number {
-    if (cluster >= this.counts.length) {
-      const grown = new Uint32Array(Math.max(cluster + 1, this.counts.length * 2));
-      grown.set(this.counts);
-      this.counts = grown;
+    const value = this.get(cluster) + 1;
+    this.set(cluster, value);
+    return value;
+  }
+
+  /** True when no cluster of [from, to) has a reference (whole chunks without storage are skipped). */
+  noneIn(from: number, to: number): boolean {
+    for (let c = from; c < to; ) {
+      const chunk = this.chunks[Math.floor(c / CHUNK)];
+      const chunkEnd = Math.min(to, (Math.floor(c / CHUNK) + 1) * CHUNK);
+      if (chunk) {
+        for (; c < chunkEnd; c++) if (chunk[c % CHUNK]) return false;
+      }
+      c = chunkEnd;
     }
-    return ++this.counts[cluster]!;
+    return true;
+  }
+
+  /** Forget every reference, keep `size` (QEMU's memset of the IMRT before a recount). */
+  clear(): void {
+    this.chunks = [];
   }
 
   /** Highest cluster with a reference, or -1. */
   highest(): number {
-    for (let i = this.counts.length - 1; i >= 0; i--) if (this.counts[i]) return i;
+    for (let i = this.chunks.length - 1; i >= 0; i--) {
+      const chunk = this.chunks[i];
+      if (!chunk) continue;
+      for (let j = CHUNK - 1; j >= 0; j--) if (chunk[j]) return i * CHUNK + j;
+    }
     return -1;
   }
 }
@@ -83,9 +164,18 @@ export interface CheckContext {
   image: Qcow2Image;
   report: CheckReport;
   refs: ReferenceCounts;
+  /** Current length of the qcow2 file. */
   fileLength: number;
-  /** Next guest... host offset expected for contiguity (fragmentation statistics). */
+  fix: number;
+  /** The refcount structures must be rebuilt (QEMU's `rebuild`). */
+  rebuild: boolean;
+  /** Next host offset expected for contiguity (fragmentation statistics). */
   nextContiguous: number;
+  /** Snapshots as read by the check (qcow2_check_read_snapshot_table). */
+  snapshots: SnapshotInfo[];
+  /** Bytes of the snapshot table as read. */
+  snapshotsSize: number;
+  onMessage: ((line: string, kind: CheckMessageKind) => void) | undefined;
 }
 
 export function emptyReport(): CheckReport {
@@ -105,12 +195,19 @@ export function emptyReport(): CheckReport {
   };
 }
 
+/** Print one message line (QEMU's fprintf to stderr, or error_report with `kind` "report"). */
+export function say(ctx: CheckContext, line: string, kind: CheckMessageKind = "plain"): void {
+  ctx.report.messages.push(line);
+  ctx.onMessage?.(line, kind);
+}
+
 /** Count a reference to every cluster of [offset, offset+size) (QEMU's qcow2_inc_refcounts_imrt). */
 export function countReference(ctx: CheckContext, offset: number, size: number): void {
   if (size <= 0) return;
   const cs = ctx.image.clusterSize;
   if (offset + size - ctx.fileLength >= cs) {
-    ctx.report.messages.push(
+    say(
+      ctx,
       `ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${hex(offset)} size 0x${hex(size)}`,
     );
     ctx.report.corruptions++;
@@ -121,8 +218,9 @@ export function countReference(ctx: CheckContext, offset: number, size: number):
   const last = Math.floor((offset + size - 1) / cs);
   for (let c = first; c <= last; c++) {
     if (ctx.refs.get(c) >= max) {
-      ctx.report.messages.push(`ERROR: overflow cluster offset=0x${hex(c * cs)}`);
-      ctx.report.messages.push(
+      say(ctx, `ERROR: overflow cluster offset=0x${hex(c * cs)}`);
+      say(
+        ctx,
         "Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing",
       );
       ctx.report.corruptions++;
@@ -132,103 +230,118 @@ export function countReference(ctx: CheckContext, offset: number, size: number):
   }
 }
 
-/** Walk one L1 table and its L2 tables (QEMU's check_refcounts_l1 / check_refcounts_l2). */
-export async function countL1(
-  ctx: CheckContext,
-  l1Offset: number,
-  l1Size: number,
-  active: boolean,
-): Promise<void> {
-  const image = ctx.image;
-  const cs = image.clusterSize;
-  countReference(ctx, l1Offset, l1Size * 8);
+/** Read from the qcow2 file, turning a failure into QEMU's check error. */
+async function readMeta(ctx: CheckContext, offset: number, into: Uint8Array, what: string): Promise<void> {
+  try {
+    await ctx.image.meta.read(offset, into);
+  } catch (e) {
+    say(ctx, what);
+    ctx.report.checkErrors++;
+    throw new CheckAbort(e instanceof Qcow2Error ? e.errno : "EIO");
+  }
+}
+
+/** Walk one L1 table and its L2 tables (QEMU's check_refcounts_l1). */
+export async function countL1(ctx: CheckContext, l1Offset: number, l1Size: number, active: boolean): Promise<void> {
   if (l1Size === 0) return;
-  const l1 = active ? image.l1.bytes.subarray(0, l1Size * 8) : new Uint8Array(l1Size * 8);
-  if (!active) await image.meta.read(l1Offset, l1);
+  const cs = ctx.image.clusterSize;
+  countReference(ctx, l1Offset, l1Size * 8);
+  const l1 = new Uint8Array(l1Size * 8);
+  await readMeta(ctx, l1Offset, l1, "ERROR: I/O error in check_refcounts_l1");
   const v = viewOf(l1);
   for (let i = 0; i < l1Size; i++) {
+    if (v.getUint32(i * 8) === 0 && v.getUint32(i * 8 + 4) === 0) continue;
     if (l1EntryHasReservedBits(v, i)) {
-      ctx.report.messages.push(`ERROR found L1 entry with reserved bits set: ${hex(l1EntryRaw(v, i))}`);
+      say(ctx, `ERROR found L1 entry with reserved bits set: ${hex(l1EntryRaw(v, i))}`);
       ctx.report.corruptions++;
     }
     const l2Offset = l1EntryL2Offset(v, i);
-    if (l2Offset === 0) continue;
     countReference(ctx, l2Offset, cs);
     if (l2Offset % cs !== 0) {
-      ctx.report.messages.push(`ERROR l2_offset=${hex(l2Offset)}: Table is not cluster aligned; L1 entry corrupted`);
+      say(ctx, `ERROR l2_offset=${hex(l2Offset)}: Table is not cluster aligned; L1 entry corrupted`);
       ctx.report.corruptions++;
-      continue;
     }
     await countL2(ctx, l2Offset, active);
   }
 }
 
-async function readL2(image: Qcow2Image, l2Offset: number): Promise<DataView> {
-  const cached = image.l2Cache.peek(l2Offset);
-  if (cached) return cached.view;
-  const bytes = new Uint8Array(image.clusterSize);
-  await image.meta.read(l2Offset, bytes);
-  return viewOf(bytes);
+/** Bytes of one L2 table. */
+function l2TableBytes(image: Qcow2Image): number {
+  return image.map.l2Entries * (image.extendedL2 ? 16 : 8);
 }
 
+/** QEMU's check_refcounts_l2. */
 async function countL2(ctx: CheckContext, l2Offset: number, active: boolean): Promise<void> {
   const image = ctx.image;
   const cs = image.clusterSize;
   const ext = image.extendedL2;
   const dataFile = image.hasDataFile;
   const fmt = image.map.format;
-  const v = await readL2(image, l2Offset);
+  const table = new Uint8Array(l2TableBytes(image));
+  await readMeta(ctx, l2Offset, table, "ERROR: I/O error in check_refcounts_l2");
+  const v = viewOf(table);
   const entries = image.map.l2Entries;
   ctx.nextContiguous = 0; // contiguity is judged within one L2 table
   for (let i = 0; i < entries; i++) {
     const at = l2EntryPosition(i, ext);
-    const hi = v.getUint32(at);
+    let hi = v.getUint32(at);
     const lo = v.getUint32(at + 4);
     const alloc = ext ? l2BitmapAlloc(v, i) : 0;
     const zero = ext ? l2BitmapZero(v, i) : 0;
     const kind = classifyCluster(hi, lo, fmt);
     if (kind !== "compressed" && l2HasReservedBits(hi, lo)) {
-      ctx.report.messages.push(`ERROR found l2 entry with reserved bits set: ${hex(l2EntryRaw(v, i, ext))}`);
+      say(ctx, `ERROR found l2 entry with reserved bits set: ${hex(l2EntryRaw(v, i, ext))}`);
       ctx.report.corruptions++;
     }
     switch (kind) {
       case "compressed": {
+        if (hi & 0x80000000) {
+          const d = decodeCompressedDescriptor(hi, lo, image.clusterBits);
+          say(ctx, `ERROR: coffset=0x${hex(d.hostOffset)}: copied flag must never be set for compressed clusters`);
+          hi = (hi & 0x7fffffff) >>> 0;
+          ctx.report.corruptions++;
+        }
         if (dataFile) {
-          ctx.report.messages.push(`ERROR compressed cluster ${i} with data file, entry=0x${hex(l2EntryRaw(v, i, ext))}`);
+          say(ctx, `ERROR compressed cluster ${i} with data file, entry=0x${hex(entryRaw(hi, lo))}`);
+          ctx.report.corruptions++;
+          break;
+        }
+        if (ext && (alloc !== 0 || zero !== 0)) {
+          say(ctx, `ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex(entryRaw(hi, lo))}`);
           ctx.report.corruptions++;
           break;
         }
         const d = decodeCompressedDescriptor(hi, lo, image.clusterBits);
-        if (l2IsCopied(hi)) {
-          ctx.report.messages.push(`ERROR: coffset=0x${hex(d.hostOffset)}: copied flag must never be set for compressed clusters`);
-          ctx.report.corruptions++;
-        }
-        if (ext && (alloc !== 0 || zero !== 0)) {
-          ctx.report.messages.push(
-            `ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex(l2EntryRaw(v, i, ext))}`,
-          );
-          ctx.report.corruptions++;
-        }
+        countReference(ctx, d.hostOffset, d.byteLength);
         if (active) {
           // Compressed clusters count as fragmented by nature (QEMU re-reads shared sectors).
           ctx.report.allocatedClusters++;
           ctx.report.compressedClusters++;
           ctx.report.fragmentedClusters++;
         }
-        countReference(ctx, d.hostOffset, d.byteLength);
         break;
       }
       case "normal":
       case "zero-alloc": {
         const offset = l2HostOffset(hi, lo);
         if (ext && (alloc & zero) !== 0) {
-          ctx.report.messages.push(`ERROR offset=${hex(offset)}: Allocated cluster has corrupted subcluster allocation bitmap`);
           ctx.report.corruptions++;
+          say(ctx, `ERROR offset=${hex(offset)}: Allocated cluster has corrupted subcluster allocation bitmap`);
         }
         if (offset % cs !== 0) {
-          ctx.report.messages.push(`ERROR offset=${hex(offset)}: Data cluster is not properly aligned; L2 entry corrupted.`);
           ctx.report.corruptions++;
-          break;
+          const containsData = ext ? alloc !== 0 : (lo & 1) === 0;
+          if (!containsData) {
+            const repair = (ctx.fix & FIX_ERRORS) !== 0;
+            say(ctx, `${repair ? "Repairing" : "ERROR"} offset=${hex(offset)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
+            if (repair) {
+              const fixed = await fixL2EntryByZero(ctx, l2Offset, table, i, active);
+              if (fixed === "overlap") return; // something is seriously wrong: stop checking this table
+              if (fixed === "fixed") continue; // the cluster is unused now
+            }
+          } else {
+            say(ctx, `ERROR offset=${hex(offset)}: Data cluster is not properly aligned; L2 entry corrupted.`);
+          }
         }
         if (active) {
           ctx.report.allocatedClusters++;
@@ -239,205 +352,552 @@ async function countL2(ctx: CheckContext, l2Offset: number, active: boolean): Pr
         break;
       }
       case "zero-plain":
+        break;
       case "unallocated":
         if (ext && alloc !== 0) {
-          ctx.report.messages.push("ERROR: Unallocated cluster has non-zero subcluster allocation map");
           ctx.report.corruptions++;
+          say(ctx, "ERROR: Unallocated cluster has non-zero subcluster allocation map");
         }
         break;
     }
   }
 }
 
+function entryRaw(hi: number, lo: number): bigint {
+  return (BigInt(hi) << 32n) | BigInt(lo);
+}
+
+/** QEMU's fix_l2_entry_by_zero: an unaligned preallocated zero cluster becomes a plain zero cluster. */
+async function fixL2EntryByZero(
+  ctx: CheckContext,
+  l2Offset: number,
+  table: Uint8Array,
+  index: number,
+  active: boolean,
+): Promise<"fixed" | "failed" | "overlap"> {
+  const image = ctx.image;
+  const ext = image.extendedL2;
+  const v = viewOf(table);
+  if (ext) {
+    const alloc = l2BitmapAlloc(v, index);
+    const zero = l2BitmapZero(v, index);
+    // Allocated subclusters become zero.
+    setL2Bitmap(v, index, 0, (zero | alloc) >>> 0);
+    setL2Raw(v, index, true, 0, 0);
+  } else {
+    setL2Raw(v, index, false, 0, 1);
+  }
+  const entryBytes = ext ? 16 : 8;
+  const at = l2EntryPosition(index, ext);
+  const entryOffset = l2Offset + index * entryBytes;
+  const overlap = metadataOverlap(image, active ? OVERLAP_ACTIVE_L2 : OVERLAP_INACTIVE_L2, entryOffset, entryBytes, ctx.snapshots, ctx.snapshotsSize);
+  if (overlap) {
+    await signalOverlap(ctx, overlap);
+    say(ctx, "ERROR: Overlap check failed");
+    ctx.report.checkErrors++;
+    return "overlap";
+  }
+  try {
+    await image.meta.write(entryOffset, table.subarray(at, at + entryBytes));
+    await image.meta.flush();
+  } catch (e) {
+    say(ctx, `ERROR: Failed to overwrite L2 table entry: ${errnoMessage(e)}`);
+    ctx.report.checkErrors++;
+    return "failed";
+  }
+  image.l2Cache.delete(l2Offset);
+  ctx.report.corruptions--;
+  ctx.report.corruptionsFixed++;
+  return "fixed";
+}
+
+/** QEMU's "Preventing invalid write on metadata" corruption signal (marks a writable image corrupt). */
+export async function signalOverlap(ctx: CheckContext, what: string): Promise<void> {
+  await ctx.image.signalCorruption(`Preventing invalid write on metadata (overlaps with ${what})`);
+}
+
+export function errnoMessage(e: unknown): string {
+  if (e instanceof Qcow2Error) {
+    return { EINVAL: "Invalid argument", EIO: "Input/output error", ENOSPC: "No space left on device" }[e.errno as "EIO"] ?? e.message;
+  }
+  return "Input/output error";
+}
+
 /** Count the references QEMU's calculate_refcounts counts, in its order. */
-async function countAll(ctx: CheckContext): Promise<void> {
+export async function calculateRefcounts(ctx: CheckContext): Promise<void> {
   const image = ctx.image;
   const h = image.header;
   const cs = image.clusterSize;
   countReference(ctx, 0, cs);
   await countL1(ctx, h.l1TableOffset, h.l1Size, true);
-  if ((h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n && h.nbSnapshots > 0) {
-    ctx.report.messages.push(`ERROR ${h.nbSnapshots} snapshots in image with data file`);
+  if ((h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n && ctx.snapshots.length > 0) {
+    say(ctx, `ERROR ${ctx.snapshots.length} snapshots in image with data file`);
     ctx.report.corruptions++;
   }
-  for (const sn of image.snapshots) {
+  for (const sn of ctx.snapshots) {
     if (sn.l1TableOffset % cs !== 0) {
-      ctx.report.messages.push(
-        `ERROR snapshot ${sn.id} (${sn.name}) l1_offset=0x${hex(sn.l1TableOffset)}: L1 table is not cluster aligned; snapshot table entry corrupted`,
-      );
+      say(ctx, `ERROR snapshot ${sn.id} (${sn.name}) l1_offset=${altHex(sn.l1TableOffset)}: L1 table is not cluster aligned; snapshot table entry corrupted`);
       ctx.report.corruptions++;
       continue;
     }
-    if (sn.l1Size * 8 > 32 * 1024 * 1024) {
-      ctx.report.messages.push(
-        `ERROR snapshot ${sn.id} (${sn.name}) l1_size=0x${hex(sn.l1Size)}: L1 table is too large; snapshot table entry corrupted`,
-      );
+    if (sn.l1Size > (32 * 1024 * 1024) / 8) {
+      say(ctx, `ERROR snapshot ${sn.id} (${sn.name}) l1_size=${altHex(sn.l1Size)}: L1 table is too large; snapshot table entry corrupted`);
       ctx.report.corruptions++;
       continue;
     }
     await countL1(ctx, sn.l1TableOffset, sn.l1Size, false);
   }
-  if (h.nbSnapshots > 0) {
-    const tableBytes = image.snapshots.reduce((n, s) => n + s.entryBytes, 0);
-    countReference(ctx, h.snapshotsOffset, tableBytes);
-  }
-  countReference(ctx, h.refcountTableOffset, h.refcountTableClusters * cs);
+  countReference(ctx, ctx.snapshots.length > 0 ? h.snapshotsOffset : 0, ctx.snapshotsSize);
+  countReference(ctx, image.refcounts.reftableOffset, image.refcounts.reftableEntries * 8);
   const crypto = image.hdr.extensions.cryptoHeader;
-  if (crypto) countReference(ctx, crypto.offset, crypto.length);
+  if (crypto && crypto.length > 0) countReference(ctx, crypto.offset, crypto.length);
   await countBitmaps(ctx);
-  // Refcount blocks.
+  await checkRefblocks(ctx);
+}
+
+/** QEMU's check_refblocks: count the refcount blocks, create the ones past the end of the file when fixing. */
+async function checkRefblocks(ctx: CheckContext): Promise<void> {
+  const image = ctx.image;
+  const cs = image.clusterSize;
   const reftable = viewOf(image.refcounts.reftable);
-  const fileClusters = Math.ceil(ctx.fileLength / cs);
   for (let i = 0; i < image.refcounts.reftableEntries; i++) {
-    const offset = reftableEntryOffset(reftable, i);
-    if (reftableEntryHasReservedBits(reftable, i)) {
-      ctx.report.messages.push(`ERROR refcount table entry ${i} has reserved bits set`);
+    if (reftable.getUint32(i * 8 + 4) & 0x1ff) {
+      say(ctx, `ERROR refcount table entry ${i} has reserved bits set`);
       ctx.report.corruptions++;
-      ctx.report.rebuildNeeded = true;
+      ctx.rebuild = true;
       continue;
     }
-    if (offset === 0) continue;
+    const offset = reftable.getUint32(i * 8) * 2 ** 32 + reftable.getUint32(i * 8 + 4);
+    const cluster = Math.floor(offset / cs);
     if (offset % cs !== 0) {
-      ctx.report.messages.push(`ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`);
+      say(ctx, `ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`);
       ctx.report.corruptions++;
-      ctx.report.rebuildNeeded = true;
+      ctx.rebuild = true;
       continue;
     }
-    if (offset / cs >= fileClusters) {
-      ctx.report.messages.push(`ERROR refcount block ${i} is outside image`);
+    if (cluster >= ctx.refs.size) {
       ctx.report.corruptions++;
-      ctx.report.rebuildNeeded = true;
+      const repair = (ctx.fix & FIX_ERRORS) !== 0;
+      say(ctx, `${repair ? "Repairing" : "ERROR"} refcount block ${i} is outside image`);
+      if (repair) {
+        // The block is made to exist (zero-filled) by growing the file.
+        let failure: string | undefined;
+        if (!Number.isSafeInteger(offset + cs) || offset + cs > Number.MAX_SAFE_INTEGER) {
+          failure = "Invalid argument";
+        } else {
+          try {
+            await image.meta.resize(offset + cs);
+            ctx.fileLength = await image.meta.size();
+          } catch (e) {
+            failure = errnoMessage(e);
+          }
+        }
+        if (failure === undefined) {
+          const clusters = Math.ceil(ctx.fileLength / cs);
+          if (clusters > ctx.refs.size) ctx.refs.size = clusters;
+          ctx.report.corruptions--;
+          ctx.report.corruptionsFixed++;
+          countReference(ctx, offset, cs);
+          continue;
+        }
+        ctx.rebuild = true;
+        say(ctx, `ERROR could not resize image: ${failure}`);
+      }
       continue;
     }
-    countReference(ctx, offset, cs);
-    const n = ctx.refs.get(offset / cs);
-    if (n !== 1) {
-      ctx.report.messages.push(`ERROR refcount block ${i} refcount=${n}`);
-      ctx.report.corruptions++;
-      ctx.report.rebuildNeeded = true;
+    if (offset !== 0) {
+      countReference(ctx, offset, cs);
+      const n = ctx.refs.get(cluster);
+      if (n !== 1) {
+        say(ctx, `ERROR refcount block ${i} refcount=${n}`);
+        ctx.report.corruptions++;
+        ctx.rebuild = true;
+      }
     }
   }
 }
 
+/** QEMU's qcow2_check_bitmaps_refcounts. */
 async function countBitmaps(ctx: CheckContext): Promise<void> {
   const image = ctx.image;
   const bm = image.hdr.extensions.bitmaps;
-  if (!bm || !(image.header.autoclearFeatures & 1n)) return;
+  if (!bm || !(image.header.autoclearFeatures & 1n) || bm.nbBitmaps === 0) return;
   const cs = image.clusterSize;
   countReference(ctx, bm.bitmapDirectoryOffset, bm.bitmapDirectorySize);
-  if (bm.bitmapDirectorySize > 64 * 1024 * 1024) return;
-  const dir = new Uint8Array(bm.bitmapDirectorySize);
-  await image.meta.read(bm.bitmapDirectoryOffset, dir);
   let entries;
   try {
+    if (bm.bitmapDirectorySize > 64 * 1024 * 1024) throw new Error("too large");
+    const dir = new Uint8Array(bm.bitmapDirectorySize);
+    await image.meta.read(bm.bitmapDirectoryOffset, dir);
     entries = decodeBitmapDirectory(dir, bm.nbBitmaps);
-  } catch (e) {
-    ctx.report.messages.push(`ERROR bitmap directory: ${(e as Error).message}`);
+  } catch {
     ctx.report.corruptions++;
-    return;
+    throw new CheckAbort("EINVAL");
   }
   for (const e of entries) {
     countReference(ctx, e.bitmapTableOffset, e.bitmapTableSize * 8);
-    if (e.bitmapTableSize * 8 > 64 * 1024 * 1024) continue;
+    if (e.bitmapTableSize * 8 > 64 * 1024 * 1024) {
+      ctx.report.corruptions++;
+      throw new CheckAbort("EINVAL");
+    }
     const table = new Uint8Array(e.bitmapTableSize * 8);
-    await image.meta.read(e.bitmapTableOffset, table);
+    try {
+      await image.meta.read(e.bitmapTableOffset, table);
+    } catch {
+      ctx.report.corruptions++;
+      throw new CheckAbort("EIO");
+    }
     const tv = viewOf(table);
     for (let i = 0; i < e.bitmapTableSize; i++) {
       const off = bitmapTableEntryOffset(tv, i);
+      if (bitmapTableEntryHasReservedBits(tv, i) || off % cs !== 0) {
+        ctx.report.corruptions++;
+        continue;
+      }
       if (off !== 0) countReference(ctx, off, cs);
     }
   }
 }
 
-/** Compare the counted references with the image's refcounts (QEMU's compare_refcounts, without fixing). */
-async function compareRefcounts(ctx: CheckContext): Promise<number> {
+/** The on-disk refcount of a cluster, or the failure QEMU's qcow2_get_refcount reports. */
+async function diskRefcount(ctx: CheckContext, cluster: number): Promise<number | Qcow2Error> {
+  try {
+    return await ctx.image.refcounts.get(cluster);
+  } catch (e) {
+    if (!(e instanceof Qcow2Error)) throw e;
+    if (e.code === "CORRUPT") await ctx.image.signalCorruption(e.message);
+    return e;
+  }
+}
+
+/**
+ * Compare the counted references with the image's refcounts, fixing what `fix` allows (QEMU's
+ * compare_refcounts). Returns the highest cluster with a refcount or a reference (0 when none).
+ */
+export async function compareRefcounts(ctx: CheckContext, fix: number): Promise<number> {
   const image = ctx.image;
-  const cs = image.clusterSize;
-  const clusters = Math.max(Math.ceil(ctx.fileLength / cs), ctx.refs.highest() + 1);
-  let highest = -1;
-  for (let i = 0; i < clusters; i++) {
-    let refcount: number;
-    try {
-      refcount = await image.refcounts.get(i);
-    } catch (e) {
-      ctx.report.messages.push(`Can't get refcount for cluster ${i}: ${(e as Error).message}`);
+  const rc = image.refcounts;
+  let highest = 0;
+  const freed: number[] = [];
+  for (let i = 0; i < ctx.refs.size; i++) {
+    // Whole refcount blocks that do not exist and hold no reference are skipped.
+    const blockIndex = Math.floor(i / rc.blockEntries);
+    if (i % rc.blockEntries === 0 && (blockIndex >= rc.reftableEntries || reftableRaw(ctx, blockIndex) === 0n)) {
+      const end = Math.min(ctx.refs.size, (blockIndex + 1) * rc.blockEntries);
+      if (ctx.refs.noneIn(i, end)) {
+        i = end - 1;
+        continue;
+      }
+    }
+    const refcount1 = await diskRefcount(ctx, i);
+    if (refcount1 instanceof Qcow2Error) {
+      say(ctx, `Can't get refcount for cluster ${i}: ${errnoMessage(refcount1)}`);
       ctx.report.checkErrors++;
       continue;
     }
-    const reference = ctx.refs.get(i);
-    if (refcount > 0 || reference > 0) highest = i;
-    if (refcount !== reference) {
-      if (refcount < reference) {
-        ctx.report.messages.push(`ERROR cluster ${i} refcount=${refcount} reference=${reference}`);
-        ctx.report.corruptions++;
-      } else {
-        ctx.report.messages.push(`Leaked cluster ${i} refcount=${refcount} reference=${reference}`);
-        ctx.report.leaks++;
+    const refcount2 = ctx.refs.get(i);
+    if (refcount1 > 0 || refcount2 > 0) highest = i;
+    if (refcount1 === refcount2) continue;
+    let fixes: "leaksFixed" | "corruptionsFixed" | undefined;
+    if (refcount1 === 0) ctx.rebuild = true;
+    else if (refcount1 > refcount2 && fix & FIX_LEAKS) fixes = "leaksFixed";
+    else if (refcount1 < refcount2 && fix & FIX_ERRORS) fixes = "corruptionsFixed";
+    const label = fixes ? "Repairing" : refcount1 < refcount2 ? "ERROR" : "Leaked";
+    say(ctx, `${label} cluster ${i} refcount=${refcount1} reference=${refcount2}`);
+    if (fixes) {
+      try {
+        await rc.update(i, 1, refcount2 - refcount1);
+        if (refcount2 === 0) freed.push(i);
+        ctx.report[fixes]++;
+        continue;
+      } catch (e) {
+        if (!(e instanceof Qcow2Error)) throw e;
       }
     }
+    if (refcount1 < refcount2) ctx.report.corruptions++;
+    else ctx.report.leaks++;
   }
+  if (freed.length > 0 || rc.hasDirty) await writeRefcounts(ctx, freed);
   return highest;
 }
 
-/** COPIED flags against the refcounts (QEMU's check_oflag_copied, without fixing). */
-async function checkCopiedFlags(ctx: CheckContext): Promise<void> {
+function reftableRaw(ctx: CheckContext, index: number): bigint {
+  const v = viewOf(ctx.image.refcounts.reftable);
+  return (BigInt(v.getUint32(index * 8)) << 32n) | BigInt(v.getUint32(index * 8 + 4));
+}
+
+/** Write back changed refcounts, then discard clusters whose refcount dropped to 0 (QEMU's DISCARD_ALWAYS). */
+async function writeRefcounts(ctx: CheckContext, freed: number[]): Promise<void> {
   const image = ctx.image;
-  const h = image.header;
   const cs = image.clusterSize;
+  await image.refcounts.writeBack();
+  await image.meta.flush();
+  for (let k = 0; k < freed.length; ) {
+    let n = 1;
+    while (k + n < freed.length && freed[k + n] === freed[k]! + n) n++;
+    const start = freed[k]! * cs;
+    const end = Math.min((freed[k]! + n) * cs, ctx.fileLength);
+    if (end > start) await image.meta.discard(start, end - start).catch(() => undefined);
+    k += n;
+  }
+}
+
+/** COPIED flags against the refcounts, fixed where `fix` allows (QEMU's check_oflag_copied). */
+export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<void> {
+  const image = ctx.image;
   const ext = image.extendedL2;
+  const cs = image.clusterSize;
+  const report = ctx.report;
+  let repair: boolean;
+  if (fix & FIX_ERRORS) repair = true;
+  else if (fix & FIX_LEAKS) repair = report.checkErrors === 0 && report.corruptions === 0 && report.leaks === 0;
+  else repair = false;
   const l1 = viewOf(image.l1.bytes);
-  for (let i = 0; i < h.l1Size; i++) {
+  for (let i = 0; i < image.l1.size; i++) {
     const l2Offset = l1EntryL2Offset(l1, i);
-    if (l2Offset === 0 || l2Offset % cs !== 0) continue;
-    const refcount = await image.refcounts.get(l2Offset / cs);
+    if (l2Offset === 0) continue;
+    const refcount = await diskRefcount(ctx, Math.floor(l2Offset / cs));
+    if (refcount instanceof Qcow2Error) continue;
     if ((refcount === 1) !== l1EntryCopied(l1, i)) {
-      ctx.report.messages.push(
-        `ERROR OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex(l1EntryRaw(l1, i))} refcount=${refcount}`,
-      );
-      ctx.report.corruptions++;
+      report.corruptions++;
+      const raw = l1EntryRaw(l1, i);
+      say(ctx, `${repair ? "Repairing" : "ERROR"} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex(raw)} refcount=${refcount}`);
+      if (repair) {
+        const hi = l1.getUint32(i * 8);
+        l1.setUint32(i * 8, (refcount === 1 ? hi | 0x80000000 : hi & 0x7fffffff) >>> 0);
+        await writeL1Entry(ctx, i);
+        report.corruptions--;
+        report.corruptionsFixed++;
+      }
     }
-    const v = await readL2(image, l2Offset);
+    const table = new Uint8Array(l2TableBytes(image));
+    await readMeta(ctx, l2Offset, table, "ERROR: Could not read L2 table: Input/output error");
+    const v = viewOf(table);
+    let dirty = 0;
     for (let j = 0; j < image.map.l2Entries; j++) {
       const at = l2EntryPosition(j, ext);
       const hi = v.getUint32(at);
       const lo = v.getUint32(at + 4);
-      if (l2IsCompressed(hi)) continue;
       const kind = classifyCluster(hi, lo, image.map.format);
       if (kind !== "normal" && kind !== "zero-alloc") continue;
-      const data = l2HostOffset(hi, lo);
-      if (data % cs !== 0) continue;
-      const rc = image.hasDataFile ? 1 : await image.refcounts.get(data / cs);
+      let rc: number;
+      if (image.hasDataFile) rc = 1;
+      else {
+        const got = await diskRefcount(ctx, Math.floor(l2HostOffset(hi, lo) / cs));
+        if (got instanceof Qcow2Error) continue;
+        rc = got;
+      }
       if ((rc === 1) !== l2IsCopied(hi)) {
-        ctx.report.messages.push(`ERROR OFLAG_COPIED data cluster: l2_entry=${hex(l2EntryRaw(v, j, ext))} refcount=${rc}`);
-        ctx.report.corruptions++;
+        report.corruptions++;
+        say(ctx, `${repair ? "Repairing" : "ERROR"} OFLAG_COPIED data cluster: l2_entry=${hex(l2EntryRaw(v, j, ext))} refcount=${rc}`);
+        if (repair) {
+          v.setUint32(at, (rc === 1 ? hi | 0x80000000 : hi & 0x7fffffff) >>> 0);
+          dirty++;
+        }
       }
     }
+    if (dirty > 0) {
+      const overlap = metadataOverlap(image, OVERLAP_ACTIVE_L2, l2Offset, cs, ctx.snapshots, ctx.snapshotsSize);
+      if (overlap) {
+        await signalOverlap(ctx, overlap);
+        say(ctx, "ERROR: Could not write L2 table; metadata overlap check failed: Input/output error");
+        report.checkErrors++;
+        throw new CheckAbort("EIO");
+      }
+      try {
+        await image.meta.write(l2Offset, table);
+      } catch (e) {
+        say(ctx, `ERROR: Could not write L2 table: ${errnoMessage(e)}`);
+        report.checkErrors++;
+        throw new CheckAbort(e instanceof Qcow2Error ? e.errno : "EIO");
+      }
+      image.l2Cache.delete(l2Offset);
+      report.corruptions -= dirty;
+      report.corruptionsFixed += dirty;
+    }
+  }
+  if (fix) await image.meta.flush();
+}
+
+/** Write the 512-byte sector of the active L1 table holding entry `index` (QEMU's qcow2_write_l1_entry). */
+async function writeL1Entry(ctx: CheckContext, index: number): Promise<void> {
+  const image = ctx.image;
+  const start = Math.floor((index * 8) / 512) * 512;
+  const end = Math.min(image.l1.bytes.byteLength, start + 512);
+  const offset = image.l1.hostOffset + start;
+  const overlap = metadataOverlap(image, 0b10 /* active L1 */, offset, end - start, ctx.snapshots, ctx.snapshotsSize);
+  try {
+    if (overlap) {
+      await signalOverlap(ctx, overlap);
+      throw new Qcow2Error("IO_ERROR", "overlap", { errno: "EIO" });
+    }
+    await image.meta.write(offset, image.l1.bytes.subarray(start, end));
+    await image.meta.flush();
+  } catch (e) {
+    ctx.report.checkErrors++;
+    throw new CheckAbort(e instanceof Qcow2Error ? e.errno : "EIO");
   }
 }
 
-/** Check an image opened read-only (or in check mode). */
-export async function checkImage(image: Qcow2Image): Promise<CheckReport> {
+/**
+ * Read the snapshot table for the check (QEMU's qcow2_check_read_snapshot_table: the open in check mode does
+ * not read it). A table that cannot be read ends the check.
+ */
+async function readSnapshotsForCheck(ctx: CheckContext): Promise<void> {
+  const image = ctx.image;
+  const h = image.header;
+  // Repairs of the snapshot table (dropping excess snapshots or extra data) are not implemented: such
+  // tables end the check as they do without -r.
+  const count = h.nbSnapshots;
+  const offset = h.snapshotsOffset;
+  const fail = (message: string, errno: Errno, hint?: string): never => {
+    ctx.report.checkErrors++;
+    say(ctx, message, "report");
+    if (hint) say(ctx, hint);
+    throw new CheckAbort(errno);
+  };
+  if (count > MAX_SNAPSHOTS) {
+    fail("ERROR snapshot table too large", "EFBIG", `You can force-remove all ${count - MAX_SNAPSHOTS} overhanging snapshots with qemu-img check -r all`);
+  }
+  if (!Number.isSafeInteger(offset) || 2 ** 63 - count * SNAPSHOT_HEADER_BYTES < offset || offset % image.clusterSize !== 0) {
+    fail("ERROR snapshot table offset invalid", "EINVAL");
+  }
+  const snapshots: SnapshotInfo[] = [];
+  let pos = offset;
+  for (let i = 0; i < count; i++) {
+    pos = Math.ceil(pos / 8) * 8;
+    const head = new Uint8Array(SNAPSHOT_HEADER_BYTES);
+    await image.meta.read(pos, head);
+    const hv = viewOf(head);
+    const extraSize = hv.getUint32(36);
+    if (extraSize > MAX_SNAPSHOT_EXTRA_DATA) {
+      fail(
+        `ERROR failed to read the snapshot table: Too much extra metadata in snapshot table entry ${i}`,
+        "EFBIG",
+        "You can force-remove this extra metadata with qemu-img check -r all",
+      );
+    }
+    const entryBytes = SNAPSHOT_HEADER_BYTES + extraSize + hv.getUint16(12) + hv.getUint16(14);
+    const bytes = new Uint8Array(entryBytes);
+    await image.meta.read(pos, bytes);
+    const { entry } = decodeSnapshotEntry(bytes, 0, i);
+    if (entry.diskSize === undefined) entry.diskSize = image.virtualSize;
+    pos += entryBytes;
+    if (pos - offset > MAX_SNAPSHOT_TABLE_BYTES) {
+      fail(
+        "ERROR failed to read the snapshot table: Snapshot table is too big",
+        "EFBIG",
+        `You can force-remove all ${count - i} overhanging snapshots with qemu-img check -r all`,
+      );
+    }
+    snapshots.push({ ...entry, entryBytes: Math.ceil(entryBytes / 8) * 8 });
+  }
+  ctx.snapshots = snapshots;
+  ctx.snapshotsSize = count > 0 ? pos - offset : 0;
+}
+
+/** Set up a check of `image`. */
+export async function newCheckContext(image: Qcow2Image, opts: CheckOptions): Promise<CheckContext> {
   const report = emptyReport();
-  const cs = image.clusterSize;
-  report.totalClusters = Math.ceil(image.virtualSize / cs);
   const fileLength = await image.meta.size();
-  const ctx: CheckContext = {
+  return {
     image,
     report,
-    refs: new ReferenceCounts(Math.ceil(fileLength / cs)),
+    refs: new ReferenceCounts(Math.ceil(fileLength / image.clusterSize)),
     fileLength,
+    fix: opts.fix ?? 0,
+    rebuild: false,
     nextContiguous: 0,
+    snapshots: [],
+    snapshotsSize: 0,
+    onMessage: opts.onMessage,
   };
-  try {
-    await countAll(ctx);
-    const highest = await compareRefcounts(ctx);
-    await checkCopiedFlags(ctx);
-    report.imageEndOffset = (highest + 1) * cs;
-  } catch (e) {
-    if (!(e instanceof Qcow2Error)) throw e;
-    report.messages.push(`Check failed: ${e.message}`);
-    report.checkErrors++;
-  }
-  return report;
 }
 
+/** Rebuilds the refcount structures from `ctx.refs` (repair.ts); needed for FIX_ERRORS. */
+export type RebuildRefcounts = (ctx: CheckContext) => Promise<void>;
+
+/** QEMU's qcow2_check_refcounts: count, compare (and fix), rebuild when needed and allowed, COPIED flags. */
+export async function checkRefcounts(ctx: CheckContext, rebuildRefcounts?: RebuildRefcounts): Promise<void> {
+  const image = ctx.image;
+  const report = ctx.report;
+  const fix = ctx.fix;
+  if (ctx.refs.size > 2 ** 31 - 1) {
+    report.checkErrors++;
+    throw new CheckAbort("EFBIG");
+  }
+  report.totalClusters = Math.ceil(image.virtualSize / image.clusterSize);
+  await calculateRefcounts(ctx);
+  // Without a rebuild but with something to fix, the comparison runs again with fixing (QEMU keeps the
+  // counters from before the first comparison for that).
+  const before = { ...report, messages: [] };
+  let highest = await compareRefcounts(ctx, 0);
+  if (ctx.rebuild && fix & FIX_ERRORS) {
+    if (!rebuildRefcounts) throw new Qcow2Error("INTERNAL", "FIX_ERRORS needs the rebuild from repair.ts");
+    const old = { corruptions: report.corruptions, leaks: report.leaks };
+    say(ctx, "Rebuilding refcount structure");
+    await rebuildRefcounts(ctx);
+    report.corruptions = 0;
+    report.leaks = 0;
+    // The old structures were exchanged: count everything again.
+    ctx.rebuild = false;
+    ctx.refs.clear();
+    ctx.fix = 0;
+    await calculateRefcounts(ctx);
+    ctx.fix = fix;
+    let freshLeaks = 0;
+    if (fix & FIX_LEAKS) {
+      // The old refcount structures are leaked now: fix that; leaks left over are new ones.
+      const saved = { ...report };
+      Object.assign(report, { corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0 });
+      highest = await compareRefcounts(ctx, FIX_LEAKS);
+      if (ctx.rebuild) say(ctx, "ERROR rebuilt refcount structure is still broken");
+      freshLeaks = report.leaks;
+      Object.assign(report, { ...saved, messages: report.messages });
+    }
+    if (report.corruptions < old.corruptions) report.corruptionsFixed += old.corruptions - report.corruptions;
+    if (report.leaks < old.leaks) report.leaksFixed += old.leaks - report.leaks;
+    report.leaks += freshLeaks;
+  } else if (fix) {
+    if (ctx.rebuild) {
+      say(ctx, "ERROR need to rebuild refcount structures");
+      report.checkErrors++;
+      throw new CheckAbort("EIO");
+    }
+    if (report.leaks || report.corruptions) {
+      Object.assign(report, { ...before, messages: report.messages });
+      highest = await compareRefcounts(ctx, fix);
+    }
+  }
+  await checkCopiedFlags(ctx, fix);
+  report.imageEndOffset = (highest + 1) * image.clusterSize;
+}
+
+/**
+ * Check an image (qemu-img check without -r; QEMU's qcow2_co_check_locked with fix 0): open it read-only
+ * in check mode (`checkMode: true`). For repairs see repair.ts.
+ */
+export async function checkImage(image: Qcow2Image, opts: Omit<CheckOptions, "fix"> = {}): Promise<CheckReport> {
+  if (!image.readOnly) await image.flush();
+  const ctx = await newCheckContext(image, opts);
+  await runCheck(ctx);
+  return ctx.report;
+}
+
+/** Snapshot table, then refcounts; a failure ends up in `report.failure`. */
+export async function runCheck(ctx: CheckContext, rebuildRefcounts?: RebuildRefcounts): Promise<void> {
+  try {
+    await readSnapshotsForCheck(ctx);
+    await checkRefcounts(ctx, rebuildRefcounts);
+    ctx.report.rebuildNeeded = ctx.rebuild;
+  } catch (e) {
+    ctx.report.rebuildNeeded = ctx.rebuild;
+    if (e instanceof CheckAbort) {
+      ctx.report.failure = e.errno;
+      return;
+    }
+    if (!(e instanceof Qcow2Error)) throw e;
+    ctx.report.checkErrors++;
+    ctx.report.failure = e.errno;
+  }
+}

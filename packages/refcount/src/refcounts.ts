@@ -16,7 +16,6 @@ import {
   getRefcount,
   maxRefcount,
   refcountBlockEntries,
-  reftableEntryHasReservedBits,
   reftableEntryOffset,
   setRefcount,
   setReftableEntry,
@@ -38,6 +37,9 @@ export interface RefcountOptions {
   /** Read-only: no writes are made. */
   readOnly?: boolean;
 }
+
+/** C's "%#" PRIx64 as QEMU's messages print it: "0x" before non-zero values only. */
+const altHex = (n: number): string => (n === 0 ? "0" : `0x${n.toString(16)}`);
 
 /** Largest refcount table QEMU accepts. */
 const MAX_REFTABLE_BYTES = 8 * 1024 * 1024;
@@ -96,15 +98,12 @@ export class Refcounts {
     return this.reftableEntries * this.blockEntries;
   }
 
-  /** Host offset of refcount block `blockIndex` (0: none). Throws CORRUPT for a misaligned entry. */
+  /**
+   * Host offset of refcount block `blockIndex` (0: none). Reserved bits of the entry are ignored, as QEMU
+   * ignores them outside `qemu-img check`; `loadBlock` refuses an offset that is not cluster aligned.
+   */
   blockOffset(blockIndex: number): number {
     if (blockIndex >= this.reftableEntries) return 0;
-    if (reftableEntryHasReservedBits(this.reftableView, blockIndex)) {
-      throw new Qcow2Error(
-        "CORRUPT",
-        `Refblock offset 0x${reftableEntryOffset(this.reftableView, blockIndex).toString(16)} unaligned (reftable index: 0x${blockIndex.toString(16)})`,
-      );
-    }
     return reftableEntryOffset(this.reftableView, blockIndex);
   }
 
@@ -116,7 +115,7 @@ export class Refcounts {
     if (hostOffset % this.clusterSize !== 0) {
       throw new Qcow2Error(
         "CORRUPT",
-        `Refblock offset 0x${hostOffset.toString(16)} unaligned (reftable index: 0x${blockIndex.toString(16)})`,
+        `Refblock offset ${altHex(hostOffset)} unaligned (reftable index: ${altHex(blockIndex)})`,
       );
     }
     const bytes = new Uint8Array(this.clusterSize);
@@ -449,6 +448,21 @@ export class Refcounts {
   /** Write every dirty refcount block (no flush). */
   async writeBack(): Promise<void> {
     for (const b of this.cache.dirtyBlocks()) await this.writeBlock(b);
+  }
+
+  /**
+   * Switch to a refcount table written elsewhere (a rebuild by repair): `bytes` is the new table at
+   * `offset` (`clusters` clusters), already referenced by the header. Cached blocks are dropped and the
+   * free-space search starts over.
+   */
+  adoptTable(offset: number, clusters: number, bytes: Uint8Array): void {
+    if (this.cache.hasDirty) throw new Qcow2Error("INTERNAL", "adoptTable with unwritten refcount blocks");
+    this.reftableOffset = offset;
+    this.reftableClusters = clusters;
+    this.reftable = bytes;
+    this.reftableView = viewOf(bytes);
+    this.cache.clear();
+    this.freeHint = 0;
   }
 
   /** Forget cached blocks (after an external rewrite of the structures, e.g. a rebuild). */

@@ -1,0 +1,80 @@
+/**
+ * QEMU's qcow2_check_metadata_overlap with the default "cached" checks, for the writes check and repair make
+ * outside the engine's write path: does [offset, offset+size) (widened to whole clusters) overlap the header,
+ * the active L1 table, the refcount table, the snapshot table, a snapshot's L1 table, an active L2 table, a
+ * refcount block or the bitmap directory? Metadata ranges are taken as they are recorded, not aligned.
+ */
+import { l1EntryL2Offset, viewOf } from "@qcowkit/spec";
+import type { Qcow2Image } from "./qcow2-image";
+import type { SnapshotInfo } from "./snapshots";
+
+export const OVERLAP_MAIN_HEADER = 0x01;
+export const OVERLAP_ACTIVE_L1 = 0x02;
+export const OVERLAP_ACTIVE_L2 = 0x04;
+export const OVERLAP_REFCOUNT_TABLE = 0x08;
+export const OVERLAP_REFCOUNT_BLOCK = 0x10;
+export const OVERLAP_SNAPSHOT_TABLE = 0x20;
+export const OVERLAP_INACTIVE_L1 = 0x40;
+export const OVERLAP_INACTIVE_L2 = 0x80;
+export const OVERLAP_BITMAP_DIRECTORY = 0x100;
+
+/** QEMU's metadata_ol_names, by bit. */
+const NAMES = [
+  "qcow2_header",
+  "active L1 table",
+  "active L2 table",
+  "refcount table",
+  "refcount block",
+  "snapshot table",
+  "inactive L1 table",
+  "inactive L2 table",
+  "bitmap directory",
+];
+
+/**
+ * The name of the first kind of metadata the range overlaps (QEMU's order), or undefined. `ignore` holds
+ * OVERLAP_* bits not to test (for example the table being rewritten).
+ */
+export function metadataOverlap(
+  image: Qcow2Image,
+  ignore: number,
+  offset: number,
+  size: number,
+  snapshots: readonly SnapshotInfo[] = image.snapshots,
+  snapshotsSize = 0,
+): string | undefined {
+  if (size <= 0) return undefined;
+  const check = ~ignore & ~OVERLAP_INACTIVE_L2;
+  const cs = image.clusterSize;
+  const h = image.header;
+  if (check & OVERLAP_MAIN_HEADER && offset < cs) return NAMES[0];
+  const start = Math.floor(offset / cs) * cs;
+  const end = Math.ceil((offset + size) / cs) * cs;
+  const overlaps = (o: number, n: number) => n > 0 && o < end && start < o + n;
+  if (check & OVERLAP_ACTIVE_L1 && h.l1Size > 0 && overlaps(image.l1.hostOffset, image.l1.size * 8)) return NAMES[1];
+  const rc = image.refcounts;
+  if (check & OVERLAP_REFCOUNT_TABLE && overlaps(rc.reftableOffset, rc.reftableEntries * 8)) return NAMES[3];
+  if (check & OVERLAP_SNAPSHOT_TABLE && overlaps(h.snapshotsOffset, snapshotsSize)) return NAMES[5];
+  if (check & OVERLAP_INACTIVE_L1) {
+    for (const s of snapshots) if (s.l1Size && overlaps(s.l1TableOffset, s.l1Size * 8)) return NAMES[6];
+  }
+  if (check & OVERLAP_ACTIVE_L2) {
+    const l1 = viewOf(image.l1.bytes);
+    for (let i = 0; i < image.l1.size; i++) {
+      const l2 = l1EntryL2Offset(l1, i);
+      if (l2 && overlaps(l2, cs)) return NAMES[2];
+    }
+  }
+  if (check & OVERLAP_REFCOUNT_BLOCK) {
+    const table = viewOf(rc.reftable);
+    for (let i = 0; i < rc.reftableEntries; i++) {
+      const block = table.getUint32(i * 8) * 2 ** 32 + ((table.getUint32(i * 8 + 4) & ~0x1ff) >>> 0);
+      if (block && overlaps(block, cs)) return NAMES[4];
+    }
+  }
+  const bm = image.hdr.extensions.bitmaps;
+  if (check & OVERLAP_BITMAP_DIRECTORY && bm && h.autoclearFeatures & 1n) {
+    if (overlaps(bm.bitmapDirectoryOffset, bm.bitmapDirectorySize)) return NAMES[8];
+  }
+  return undefined;
+}
