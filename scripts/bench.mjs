@@ -7,7 +7,7 @@
 // Usage: node scripts/bench.mjs [--size-mib N] [--rounds N] [--writes N]   (after npm run setup)
 import { spawn, spawnSync } from "node:child_process";
 import { randomFillSync } from "node:crypto";
-import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -35,7 +35,7 @@ function timed(cmd, args) {
     child.stderr.on("data", (d) => (err += d));
     const sample = () => {
       try {
-        const s = require_fs().readFileSync(`/proc/${child.pid}/status`, "utf8");
+        const s = readFileSync(`/proc/${child.pid}/status`, "utf8");
         const m = /VmHWM:\s+(\d+) kB/.exec(s);
         if (m) peak = Math.max(peak, Number(m[1]) / 1024);
       } catch {}
@@ -49,12 +49,6 @@ function timed(cmd, args) {
     });
   });
 }
-let fsModule;
-function require_fs() {
-  return fsModule;
-}
-fsModule = await import("node:fs");
-
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function compare(title, qemuRun, oursRun, unitBytes) {
