@@ -7,7 +7,9 @@ import { FileStore, checkSafeReference, resolveBackingFileName, resolveDataFileN
 import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
 import { createQcow2, validateCreateOptions, type Qcow2CreateOptions } from "./create";
+import { assertRealPathInside, imageLockMode } from "./node/open-policy";
 import { Qcow2Image, type Qcow2OpenOptions } from "./qcow2-image";
+import { dirtyImageRepair } from "./repair";
 import { RawImage } from "./raw-image";
 import type { ImageResolver, ResolveContext } from "./resolver";
 
@@ -26,9 +28,18 @@ export interface OpenImageOptions {
   backingFormat?: string;
   /** L2 + refcount cache bytes. */
   cacheSize?: number;
-  /** -U / force-share: do not take the image lock. */
+  /**
+   * -U / force-share: take a lock that lets others write (read-only opens only). Without it a read-write
+   * open takes QEMU's write lock and a read-only open its read lock; a conflict fails the open with
+   * Qcow2Error LOCKED `Failed to get "write" lock` (QEMU's hint line in `error.hint`).
+   */
   shareRW?: boolean;
-  /** Untrusted image: no references outside its folder, no absolute names, no format probing. */
+  /**
+   * Untrusted image (see the README's "Safe mode"): the format must be given (no probing), a backing file
+   * must have a backing format, and the data file and backing file names stored in the image must be
+   * relative, without "..", and inside the image's folder with symbolic links followed. Names given as
+   * options (`dataFile`, `backing`) are the caller's and are not restricted.
+   */
   safe?: boolean;
   /** Open only metadata (qemu-img info). */
   noIo?: boolean;
@@ -62,19 +73,24 @@ function checkFormat(format: string): ImageFormat {
 export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
   return {
     async openDataFile(name: string, ctx: ResolveContext): Promise<ByteStore> {
-      const path = opts.safe
+      // The data-file option is the caller's own choice; only names stored in the image are restricted.
+      const stored = name !== opts.dataFile;
+      const path = opts.safe && stored
         ? checkSafeReference(ctx.imageName, name, "data-file", { cwd: process.cwd() })
         : resolveDataFileName(name).path!;
+      if (opts.safe && stored) await assertRealPathInside(ctx.imageName, path, "data-file", name);
       return FileStore.open(path, { readOnly: ctx.readOnly, name });
     },
     async openBacking(name: string, format: string | undefined, ctx: ResolveContext): Promise<BlockImage> {
       try {
         let path: string;
-        if (opts.safe) {
-          if (format === undefined) {
-            throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the backing file format in safe mode", { errno: "EPERM" });
-          }
+        const stored = name !== opts.backing;
+        if (opts.safe && format === undefined) {
+          throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the backing file format in safe mode", { errno: "EPERM" });
+        }
+        if (opts.safe && stored) {
           path = checkSafeReference(ctx.imageName, name, "backing");
+          await assertRealPathInside(ctx.imageName, path, "backing", name);
         } else {
           const resolved = resolveBackingFileName(ctx.imageName, name);
           if (!resolved || resolved.path === undefined) {
@@ -115,7 +131,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
 /** Open a qcow2 or raw image file. */
 export async function openImage(path: string, opts: OpenImageOptions = {}): Promise<BlockImage> {
   const readOnly = opts.readOnly ?? false;
-  const store = await FileStore.open(path, { readOnly });
+  const store = await FileStore.open(path, { readOnly, lock: imageLockMode(readOnly, opts.shareRW) });
   try {
     let format: ImageFormat;
     if (opts.format !== undefined) format = checkFormat(opts.format);
@@ -143,7 +159,8 @@ export async function openImage(path: string, opts: OpenImageOptions = {}): Prom
       ...(opts.checkMode ? { checkMode: true } : {}),
       ...(opts.discard ? { discard: opts.discard } : {}),
       ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
-      ...(opts.repairDirty ? { repairDirty: opts.repairDirty } : {}),
+      // A dirty image (lazy refcounts, not closed cleanly) opened read-write is repaired, as QEMU does.
+      repairDirty: opts.repairDirty ?? dirtyImageRepair({ onMessage: (line) => opts.onWarning?.(line) }),
     };
     // Qcow2Image.open closes the store itself when it fails after taking it over.
     return await Qcow2Image.open(store, qopts);

@@ -60,6 +60,7 @@ import { allocationRuns } from "./allocation";
 import { getCodec, type CompressionCodec } from "./compression";
 import { RwLock } from "./lock";
 import type { ImageResolver } from "./resolver";
+import { dirtyImageRepair } from "./repair";
 import { readSnapshotTable, type SnapshotInfo } from "./snapshots";
 
 export interface Qcow2OpenOptions {
@@ -87,7 +88,7 @@ export interface Qcow2OpenOptions {
   chain?: string[];
   /** Receives QEMU-style warning lines. */
   onWarning?: (message: string) => void;
-  /** Repair of a dirty image opened read-write (lazy refcounts after a crash); set by core's check. */
+  /** Repair of a dirty image opened read-write (lazy refcounts after a crash); default: repair.ts's. */
   repairDirty?: (image: Qcow2Image) => Promise<void>;
   /**
    * Persistent dirty bitmaps on a writable open: return true when the handler keeps them up to date (it then
@@ -265,8 +266,9 @@ export class Qcow2Image implements BlockImage {
       }
     }
     if (h.incompatibleFeatures & INCOMPAT_DIRTY && !this.opts.checkMode) {
-      if (!this.opts.repairDirty) throw new Qcow2Error("CORRUPT", "Could not repair dirty image");
-      await this.opts.repairDirty(this);
+      // QEMU repairs a dirty image on every read-write open (qemu-img check -r all without the second pass);
+      // repair.ts holds that repair (engine edit by the repair owner: the default used to be a refusal).
+      await (this.opts.repairDirty ?? dirtyImageRepair())(this);
     }
   }
 

@@ -3,8 +3,12 @@
  * copy and we repair the other; the messages, counters and exit codes must agree, and the repaired files
  * must be byte-identical (QEMU's allocation choices reproduced), then check clean with qemu-img.
  */
-import { readFileSync } from "node:fs";
+import { copyFileSync, readFileSync } from "node:fs";
 import { afterAll, describe, expect, it } from "vitest";
+import { MemoryStore } from "@qcowkit/datafile";
+import { checkImage } from "../src/check";
+import { openImage } from "../src/node";
+import { Qcow2Image } from "../src/qcow2-image";
 import type { RepairMode } from "../src/repair";
 import { qemu, qemuStatus, tempDir } from "./helpers";
 import { bothChecks, peek, poke, qemuCheck } from "./qemu-check";
@@ -301,4 +305,69 @@ describe("repair agrees with qemu-img check -r", () => {
       });
     }
   }
+});
+
+describe("dirty and corrupt images", () => {
+  it("a dirty lazy-refcount image is repaired when opened read-write, as qemu-io repairs it", async () => {
+    const src = create("lazy_refcounts=on", "1M");
+    qemuStatus("qemu-io", ["-c", "write -P 0x5a 0 512", "-c", "write -P 0x5b 64k 64k", "-c", "sigraise 9", src]);
+    expect(peek(src, 72) & 1n).toBe(1n);
+    const q = t.path(`q${++n}.qcow2`);
+    const o = t.path(`o${n}.qcow2`);
+    copyFileSync(src, q);
+    copyFileSync(src, o);
+    const qemuIo = qemuStatus("qemu-io", ["-c", "read -P 0x5b 64k 64k", q]);
+    expect(qemuIo.status).toBe(0);
+    const lines: string[] = [];
+    const img = await openImage(o, { format: "qcow2", onWarning: (l) => lines.push(l) });
+    const buf = new Uint8Array(65536);
+    await img.read(65536, buf);
+    await img.close();
+    expect(buf.every((b) => b === 0x5b)).toBe(true);
+    expect(lines).toEqual(qemuIo.stderr.split("\n").filter((l) => l !== ""));
+    expect(lines).toContain("Rebuilding refcount structure");
+    expect(peek(o, 72) & 1n).toBe(0n);
+    expect(Buffer.compare(readFileSync(o), readFileSync(q))).toBe(0);
+    expect(qemuCheck(o).exitCode).toBe(0);
+  });
+
+  it("a read-only open leaves a dirty image alone; the library default repairs too (Qcow2Image.open)", async () => {
+    const src = create("lazy_refcounts=on", "1M");
+    qemuStatus("qemu-io", ["-c", "write -P 0x5a 0 512", "-c", "sigraise 9", src]);
+    const before = readFileSync(src);
+    const ro = await openImage(src, { format: "qcow2", readOnly: true });
+    await ro.close();
+    expect(Buffer.compare(readFileSync(src), before)).toBe(0);
+    const store = new MemoryStore({ size: before.byteLength });
+    await store.write(0, new Uint8Array(before));
+    const img = await Qcow2Image.open(store);
+    expect(img.isDirty).toBe(false);
+    const report = await checkImage(img);
+    expect(report.corruptions + report.leaks).toBe(0);
+    await img.close();
+  });
+
+  it("a corrupt image opens read-only only; a metadata overlap on write marks the image corrupt", async () => {
+    const src = create("", "1M", ["write -P 0x11 0 128k"]);
+    // Data cluster 1 points at the L1 table: the next write to it would overwrite metadata.
+    setL2Entry(src, 0, 1, 0x8000000000030000n);
+    const warnings: string[] = [];
+    const img = await openImage(src, { format: "qcow2", onWarning: (w) => warnings.push(w) });
+    const err = await img.write(65536, new Uint8Array(512).fill(0x22)).then(() => undefined, (e: Error) => e);
+    expect(err?.message).toBe("Preventing invalid write on metadata (overlaps with active L1 table)");
+    await img.close();
+    expect(warnings).toEqual([
+      "qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps with active L1 table); further corruption events will be suppressed",
+    ]);
+    expect(peek(src, 72) & 2n).toBe(2n);
+    const qemuRefusal = qemuStatus("qemu-io", ["-c", "read 0 512", src]).stderr.trim();
+    const refused = await openImage(src, { format: "qcow2" }).then(() => "opened", (e: Error) => e.message);
+    expect(`qemu-io: can't open device ${src}: ${refused}`).toBe(qemuRefusal);
+    expect(refused).toBe("qcow2: Image is corrupt; cannot be opened read/write");
+    const ro = await openImage(src, { format: "qcow2", readOnly: true });
+    const b = new Uint8Array(512);
+    await ro.read(0, b);
+    await ro.close();
+    expect(b[0]).toBe(0x11);
+  });
 });
