@@ -40,3 +40,9 @@ export {
 export type { NewSnapshotOptions } from "./snapshot-ops";
 export { amendQcow2, AMEND_BACKING_HINT } from "./amend";
 export type { AmendOptions } from "./amend";
+export { commitLayers, makeEmpty } from "./commit";
+export type { CommitOptions } from "./commit";
+export { changeBackingFile, copyBackingDifferences } from "./rebase";
+export type { RebaseOptions } from "./rebase";
+export { measureImage, qcow2PreallocatedSize, persistentBitmapsSize } from "./measure";
+export type { MeasureTarget, MeasureResult } from "./measure";

@@ -17,12 +17,13 @@ export class Progress {
   /** qemu_progress_print(delta, max): max 0 sets the value, otherwise adds delta% of max. */
   print(delta: number, max = 0): void {
     if (!this.enabled) return;
-    let current = max === 0 ? delta : this.current + (delta / 100) * max;
+    // QEMU keeps the value in a C float.
+    let current = max === 0 ? Math.fround(delta) : Math.fround(this.current + Math.fround(Math.fround(delta / 100) * max));
     if (current > 100) current = 100;
     this.current = current;
     if (current > this.lastPrint + this.minSkip || current < this.lastPrint - this.minSkip || current === 0 || current === 100) {
       this.lastPrint = current;
-      this.io.out(`    (${current.toFixed(2)}/100%)\r`);
+      this.io.out(`    (${printfFixed2(current)}/100%)\r`);
     }
   }
 
@@ -34,4 +35,20 @@ export class Progress {
   end(): void {
     if (this.enabled) this.io.out("\n");
   }
+}
+
+/** printf("%.2f") of a non-negative value: the exact binary value rounded half to even. */
+export function printfFixed2(value: number): string {
+  let n = value;
+  let k = 0n;
+  while (!Number.isInteger(n)) {
+    n *= 2;
+    k++;
+  }
+  const num = BigInt(n) * 100n;
+  const den = 1n << k;
+  let q = num / den;
+  const twice = (num % den) * 2n;
+  if (twice > den || (twice === den && q % 2n === 1n)) q++;
+  return `${q / 100n}.${String(q % 100n).padStart(2, "0")}`;
 }

@@ -1,0 +1,130 @@
+/**
+ * qimg commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename
+ *
+ * As qemu-img 7.2: what the image and the images between it and the base (default: its backing file) hold is
+ * copied into the base, then the image is emptied unless -d; prints "Image committed.".
+ */
+import { realpathSync } from "node:fs";
+import { Qcow2Image, commitLayers, makeEmpty, openImage, type BlockImage } from "@qcowkit/core/node";
+import { combinePath } from "../cli/chain";
+import { CliError, UsageError, errorText } from "../cli/errors";
+import { getopt } from "../cli/getopt";
+import { closeQuietly, openCliImage } from "../cli/open";
+import { Progress } from "../cli/progress";
+import type { QimgCommand } from "./context";
+import { helpText } from "./help";
+
+export const commitCommand: QimgCommand = {
+  name: "commit",
+  async run(args, ctx) {
+    const { options, operands } = getopt(args, {
+      short: ":f:ht:b:dpqr:",
+      argv0: "commit",
+      long: [
+        { name: "help", hasArg: false, key: "h" },
+        { name: "object", hasArg: true, key: "object" },
+        { name: "image-opts", hasArg: false, key: "image-opts" },
+      ],
+    });
+    let format: string | undefined;
+    let baseName: string | undefined;
+    let drop = false;
+    let progress = false;
+    let quiet = false;
+    for (const o of options) {
+      switch (o.key) {
+        case "h":
+          ctx.io.out(helpText());
+          return 0;
+        case "f":
+          format = o.value;
+          break;
+        case "b":
+          baseName = o.value;
+          drop = true;
+          break;
+        case "d":
+          drop = true;
+          break;
+        case "p":
+          progress = true;
+          break;
+        case "q":
+          quiet = true;
+          break;
+        case "object":
+          throw new CliError("--object is not supported by qimg");
+        case "image-opts":
+          throw new CliError("--image-opts is not supported by qimg; give the file name (and -f)");
+      }
+    }
+    if (quiet) progress = false;
+    if (operands.length !== 1) throw new UsageError("Expecting one image file name");
+    const filename = operands[0]!;
+    // Each layer is opened without its backing file (the base with its own chain, read-write), so no image
+    // is open twice: what a layer allocates itself is block status at depth 0.
+    const top = await openCliImage(filename, {
+      readOnly: false,
+      backing: null,
+      ...(format !== undefined ? { format } : {}),
+      onWarning: (w) => ctx.io.err(`${w}\n`),
+    });
+    const layers: BlockImage[] = [top];
+    let base: BlockImage | undefined;
+    const bar = new Progress(ctx.io, progress);
+    try {
+      let found = false;
+      for (;;) {
+        const above = layers[layers.length - 1]!;
+        const stored = above instanceof Qcow2Image ? above.hdr.backingFile : undefined;
+        if (stored === undefined || stored === "") break;
+        const path = combinePath(above.filename, stored);
+        const fmt = above instanceof Qcow2Image ? above.hdr.extensions.backingFormat : undefined;
+        const isBase = baseName === undefined || baseName === stored || sameFile(combinePath(above.filename, baseName), path);
+        try {
+          if (isBase) {
+            base = await openImage(path, { readOnly: false, ...(fmt !== undefined ? { format: fmt } : {}) });
+          } else {
+            layers.push(await openImage(path, { readOnly: true, backing: null, ...(fmt !== undefined ? { format: fmt } : {}) }));
+          }
+        } catch (e) {
+          throw new CliError(`Could not open backing file: ${errorText(e)}`, { cause: e });
+        }
+        if (isBase) {
+          found = true;
+          break;
+        }
+      }
+      if (!found) {
+        if (baseName !== undefined) throw new CliError(`Did not find '${baseName}' in the backing chain of '${filename}'`);
+        throw new CliError("Image does not have a backing file");
+      }
+      bar.print(0);
+      await commitLayers(layers, base!, { onProgress: (done, total) => bar.status(done, total) });
+      bar.print(100);
+      await base!.close();
+      base = undefined;
+      for (const l of layers.slice(1)) await l.close();
+      layers.length = 1;
+      // -b implies -d.
+      if (!drop && top instanceof Qcow2Image) await makeEmpty(top);
+    } catch (e) {
+      bar.end();
+      await closeQuietly(base);
+      for (const l of layers) await closeQuietly(l);
+      throw e;
+    }
+    bar.end();
+    await top.close();
+    if (!quiet) ctx.io.out("Image committed.\n");
+    return 0;
+  },
+};
+
+function sameFile(a: string, b: string): boolean {
+  try {
+    return realpathSync(a) === realpathSync(b);
+  } catch {
+    return false;
+  }
+}
