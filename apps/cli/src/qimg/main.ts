@@ -14,6 +14,9 @@ import { infoCommand } from "./info";
 import { mapCommand } from "./map";
 import { resizeCommand } from "./resize";
 import { snapshotCommand } from "./snapshot";
+import { measureCommand } from "./measure";
+import { rebaseCommand } from "./rebase";
+import { commitCommand } from "./commit";
 
 const COMMANDS: QimgCommand[] = [
   amendCommand,
@@ -25,6 +28,9 @@ const COMMANDS: QimgCommand[] = [
   mapCommand,
   resizeCommand,
   snapshotCommand,
+  commitCommand,
+  rebaseCommand,
+  measureCommand,
 ];
 
 /** Run qimg with `args` (argv without node and the script); returns the exit code. */
