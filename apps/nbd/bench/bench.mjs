@@ -1,9 +1,11 @@
 #!/usr/bin/env node
-// Benchmark: qnbd against qemu-nbd, both serving a raw file on tmpfs, driven by the same clients.
+// Benchmark: qnbd against qemu-nbd, both serving the same kind of image on tmpfs (qcow2 by default; raw, or
+// qcow2 with an external data file, on request), driven by the same clients.
 //   nbdcopy sequential write and read of SIZE (default 256 MiB);
 //   fio 4 KiB randread and randwrite at iodepth 32 through fio's nbd engine (RUNTIME seconds each).
 // Prints MB/s or IOPS for both servers, the ratio qnbd/qemu-nbd, and qnbd's peak RSS.
-// Usage: node apps/nbd/bench/bench.mjs [--size-mib N] [--runtime S] [--repeat N]   (build qnbd first: pnpm exec tsup)
+// Usage: node apps/nbd/bench/bench.mjs [--format qcow2|raw|datafile] [--size-mib N] [--runtime S] [--repeat N]
+// (after npm run setup)
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
@@ -20,6 +22,7 @@ const opt = (name, fallback) => {
 const sizeMiB = opt("--size-mib", 256);
 const runtime = opt("--runtime", 10);
 const repeat = opt("--repeat", 2);
+const formatArg = args.includes("--format") ? args[args.indexOf("--format") + 1] : "qcow2";
 const size = sizeMiB * 1024 * 1024;
 
 if (!fs.existsSync(path.join(appDir, "dist", "qnbd.js"))) {
@@ -78,11 +81,20 @@ async function waitListening(port) {
 
 /** Starts a server on a fresh image; both get -t -e 0 (persistent, any number of clients, multi-conn). */
 async function startServer(kind) {
-  const image = path.join(dir, `${kind}.raw`);
-  fs.writeFileSync(image, "");
-  fs.truncateSync(image, size);
+  let image;
+  let format = "raw";
+  if (formatArg === "raw") {
+    image = path.join(dir, `${kind}.raw`);
+    fs.writeFileSync(image, "");
+    fs.truncateSync(image, size);
+  } else {
+    image = path.join(dir, `${kind}.qcow2`);
+    format = "qcow2";
+    const o = formatArg === "datafile" ? ["-o", `data_file=${path.join(dir, `${kind}.data`)}`] : [];
+    await run("qemu-img", ["create", "-q", "-f", "qcow2", ...o, image, String(size)]);
+  }
   const port = await freePort();
-  const common = ["-f", "raw", "-t", "-e", "0", "-b", "127.0.0.1", "-p", String(port), image];
+  const common = ["-f", format, "-t", "-e", "0", "-b", "127.0.0.1", "-p", String(port), image];
   const child =
     kind === "qnbd"
       ? spawn(process.execPath, [qnbdBin, ...common], { stdio: "ignore" })
@@ -147,6 +159,7 @@ const workloads = [
   })),
 ];
 
+console.log(`serving ${formatArg} images of ${sizeMiB} MiB`);
 const servers = { "qemu-nbd": await startServer("qemu-nbd"), qnbd: await startServer("qnbd") };
 // Fill both images once so reads are of data, not of never-written blocks.
 await run("nbdcopy", ["--flush", source, servers["qemu-nbd"].uri]);

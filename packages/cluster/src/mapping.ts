@@ -156,6 +156,21 @@ export class ClusterMap {
     return this.mapRunInTable(t, guestOffset, limit);
   }
 
+  /**
+   * `mapRun` without I/O: the answer when the L2 table is cached (or unallocated), undefined when it would
+   * have to be read. Lets hot paths stay synchronous.
+   */
+  mapRunCached(guestOffset: number, maxBytes: number): MappedRun | undefined {
+    const coverageEnd = (this.l1Index(guestOffset) + 1) * this.l2Coverage;
+    const limit = Math.min(guestOffset + maxBytes, coverageEnd);
+    const offset = this.l2TableOffset(this.l1Index(guestOffset));
+    if (offset === 0) {
+      return { guestOffset, byteLength: limit - guestOffset, type: SubclusterType.UNALLOCATED_PLAIN, hostOffset: 0, copied: false };
+    }
+    const t = this.cache.peek(offset);
+    return t ? this.mapRunInTable(t, guestOffset, limit) : undefined;
+  }
+
   /** `mapRun` within a known table; `limit` must not pass the table's coverage. */
   mapRunInTable(t: L2Table, guestOffset: number, limit: number): MappedRun {
     const cs = this.clusterSize;

@@ -403,16 +403,20 @@ export class Qcow2Image implements BlockImage {
   }
 
   /** Run `fn`, turning CORRUPT errors into a corruption signal and an I/O error (as QEMU does). */
-  private async guard<T>(fn: () => Promise<T>): Promise<T> {
+  private guard<T>(fn: () => Promise<T>): Promise<T> {
     if (this.corruptSignalled && !this.readOnly) {
-      throw new Qcow2Error("IO_ERROR", "Image is corrupt; further I/O refused", { errno: "EIO" });
+      return Promise.reject(new Qcow2Error("IO_ERROR", "Image is corrupt; further I/O refused", { errno: "EIO" }));
     }
+    let p: Promise<T>;
     try {
-      return await fn();
+      p = fn();
     } catch (e) {
+      p = Promise.reject(e);
+    }
+    return p.catch(async (e: unknown) => {
       if (e instanceof Qcow2Error && e.code === "CORRUPT") throw await this.signalCorruption(e.message);
       throw e;
-    }
+    });
   }
 
   private assertOpen(): void {
@@ -442,7 +446,19 @@ export class Qcow2Image implements BlockImage {
     this.assertOpen();
     this.checkRange(guestOffset, into.byteLength);
     if (into.byteLength === 0) return;
-    await this.lock.read(() => this.guard(() => this.readUnlocked(guestOffset, into)));
+    await this.lock.read(() => this.guard(() => this.readFast(guestOffset, into) ?? this.readUnlocked(guestOffset, into)));
+  }
+
+  /** The common case without extra awaits: one cached run of data (or zeros) covers the whole request. */
+  private readFast(guestOffset: number, into: Uint8Array): Promise<void> | undefined {
+    const run = this.map.mapRunCached(guestOffset, into.byteLength);
+    if (!run || run.byteLength !== into.byteLength) return undefined;
+    if (run.type === SubclusterType.NORMAL) return this.data.read(run.hostOffset, into);
+    if (run.type === SubclusterType.ZERO_PLAIN || run.type === SubclusterType.ZERO_ALLOC) {
+      into.fill(0);
+      return Promise.resolve();
+    }
+    return undefined;
   }
 
   /** Read through the current mapping; the caller holds the lock. */
@@ -521,6 +537,12 @@ export class Qcow2Image implements BlockImage {
 
   /** Write when every byte lands in an allocated, COPIED (sub)cluster: no metadata change. */
   private async tryWriteInPlace(guestOffset: number, data: Uint8Array): Promise<boolean> {
+    const single = this.map.mapRunCached(guestOffset, data.byteLength);
+    if (single && single.byteLength === data.byteLength) {
+      if (single.type !== SubclusterType.NORMAL || !single.copied) return false;
+      await this.writeData(single.hostOffset, data);
+      return true;
+    }
     const end = guestOffset + data.byteLength;
     const runs: Array<[host: number, from: number, to: number]> = [];
     let pos = guestOffset;

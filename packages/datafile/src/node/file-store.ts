@@ -1,3 +1,4 @@
+import { read as fdRead, write as fdWrite } from "node:fs";
 import { constants, open } from "node:fs/promises";
 import { Qcow2Error, type ByteStore, type StorePreallocation } from "@qcowkit/spec";
 import { printableName } from "../printable-name";
@@ -189,7 +190,7 @@ export class FileStore implements ByteStore {
       const length = Math.min(into.byteLength - done, maxBytesPerCall);
       let bytesRead: number;
       try {
-        ({ bytesRead } = await this.handle.read(into, done, length, checkedPosition(this.name, position)));
+        bytesRead = await this.readAt(into, done, length, checkedPosition(this.name, position));
       } catch (error) {
         throw fromSystemError(error, `Could not read '${printableName(this.name)}' at byte ${position}`);
       }
@@ -378,6 +379,26 @@ export class FileStore implements ByteStore {
     }
   }
 
+  /**
+   * One positional read. Node's callback API on the descriptor is about twice as fast as FileHandle.read for
+   * small requests (one less promise layer inside Node), so it is used whenever the handle has a descriptor.
+   */
+  private readAt(into: Uint8Array, at: number, length: number, position: number): Promise<number> {
+    const fd = this.handle.fd;
+    if (typeof fd !== "number") return this.handle.read(into, at, length, position).then((r) => r.bytesRead);
+    return new Promise((resolve, reject) =>
+      fdRead(fd, into, at, length, position, (error, n) => (error ? reject(error) : resolve(n))),
+    );
+  }
+
+  private writeAt(data: Uint8Array, at: number, length: number, position: number): Promise<number> {
+    const fd = this.handle.fd;
+    if (typeof fd !== "number") return this.handle.write(data, at, length, position).then((r) => r.bytesWritten);
+    return new Promise((resolve, reject) =>
+      fdWrite(fd, data, at, length, position, (error, n) => (error ? reject(error) : resolve(n))),
+    );
+  }
+
   private async writeAll(offset: number, data: Uint8Array): Promise<void> {
     let done = 0;
     while (done < data.byteLength) {
@@ -385,7 +406,7 @@ export class FileStore implements ByteStore {
       const length = Math.min(data.byteLength - done, maxBytesPerCall);
       let bytesWritten: number;
       try {
-        ({ bytesWritten } = await this.handle.write(data, done, length, checkedPosition(this.name, position)));
+        bytesWritten = await this.writeAt(data, done, length, checkedPosition(this.name, position));
       } catch (error) {
         throw fromSystemError(error, `Could not write '${printableName(this.name)}' at byte ${position}`);
       }
