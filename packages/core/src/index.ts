@@ -46,3 +46,18 @@ export { changeBackingFile, copyBackingDifferences } from "./rebase";
 export type { RebaseOptions } from "./rebase";
 export { measureImage, qcow2PreallocatedSize, persistentBitmapsSize } from "./measure";
 export type { MeasureTarget, MeasureResult } from "./measure";
+export {
+  ChunkedBits,
+  readBitmapDirectory,
+  trackBitmaps,
+  storeBitmaps,
+  addBitmap,
+  removeBitmap,
+  clearBitmap,
+  enableBitmap,
+  disableBitmap,
+  mergeBitmap,
+  listBitmaps,
+  bitmapStatus,
+} from "./bitmaps";
+export type { AddBitmapOptions } from "./bitmaps";

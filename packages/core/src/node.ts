@@ -6,6 +6,7 @@ import { realpath } from "node:fs/promises";
 import { FileStore, checkSafeReference, resolveBackingFileName, resolveDataFileName } from "@qcowkit/datafile/node";
 import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
+import { trackBitmaps } from "./bitmaps";
 import { createQcow2, validateCreateOptions, type Qcow2CreateOptions } from "./create";
 import { assertRealPathInside, imageLockMode } from "./node/open-policy";
 import { Qcow2Image, type Qcow2OpenOptions } from "./qcow2-image";
@@ -159,6 +160,8 @@ export async function openImage(path: string, opts: OpenImageOptions = {}): Prom
       ...(opts.checkMode ? { checkMode: true } : {}),
       ...(opts.discard ? { discard: opts.discard } : {}),
       ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
+      // Writable opens keep persistent dirty bitmaps up to date (in_use while open, stored at close).
+      bitmaps: trackBitmaps,
       // A dirty image (lazy refcounts, not closed cleanly) opened read-write is repaired, as QEMU does.
       repairDirty: opts.repairDirty ?? dirtyImageRepair({ onMessage: (line) => opts.onWarning?.(line) }),
     };

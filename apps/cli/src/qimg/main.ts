@@ -17,6 +17,7 @@ import { snapshotCommand } from "./snapshot";
 import { measureCommand } from "./measure";
 import { rebaseCommand } from "./rebase";
 import { commitCommand } from "./commit";
+import { bitmapCommand } from "./bitmap";
 
 const COMMANDS: QimgCommand[] = [
   amendCommand,
@@ -31,6 +32,7 @@ const COMMANDS: QimgCommand[] = [
   commitCommand,
   rebaseCommand,
   measureCommand,
+  bitmapCommand,
 ];
 
 /** Run qimg with `args` (argv without node and the script); returns the exit code. */
