@@ -1,2 +1,11 @@
-process.stderr.write("qio: not implemented yet\n");
-process.exitCode = 1;
+import { runBin } from "./cli/output";
+import { runQio } from "./qio/main";
+
+/** Commands come from standard input when no -c is given (as qemu-io's non-interactive use). */
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+runBin((args, io) => runQio(args, io, readStdin));

@@ -5,7 +5,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
-import { normalizeQemu, qemuImg, qimg, tempDir } from "./helpers";
+import { normalizeQemu, qemuImg, qemuIo, qimg, qio, tempDir } from "./helpers";
 
 const dir = tempDir("qimg-engine-bugs-");
 
@@ -42,5 +42,27 @@ describe("ENGINE BUG (core/src/node.ts probeFormat): QEMU probes qcow2 only for 
     expect(JSON.parse(q.stdout).format).toBe("raw");
     expect(o.stderr).toBe("");
     expect(JSON.parse(o.stdout || "{}").format).toBe("raw");
+  });
+});
+
+describe("ENGINE BUG (core/src/qcow2-image.ts): compressed writes", () => {
+  // QEMU writes the clusters of one compressed request as parallel tasks: a cluster that cannot be written
+  // compressed (already allocated: EIO) fails the request, but the others are still written.
+  it("write -c over an allocated cluster still writes the unallocated clusters of the request", async () => {
+    const cmds = ["-c", "write -P 46 6253568 78336", "-c", "write -c -P 57 6291456 65536"];
+    await qemuImg(["create", "-q", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=16k", "c1.qcow2", "8M"], dir);
+    fs.copyFileSync(path.join(dir, "c1.qcow2"), path.join(dir, "c2.qcow2"));
+    await qemuIo([...cmds, "c1.qcow2"], dir);
+    await qio([...cmds, "c2.qcow2"], dir);
+    const cmp = await qemuImg(["compare", "c1.qcow2", "c2.qcow2"], dir);
+    expect(cmp.stdout).toBe("Images are identical.\n");
+  });
+
+  // With 1-bit refcounts a cluster cannot be shared by two compressed clusters: QEMU starts a new one.
+  it("compressed writes with refcount_bits=1 succeed", async () => {
+    await qemuImg(["create", "-q", "-f", "qcow2", "-o", "cluster_size=4k,refcount_bits=1", "r1.qcow2", "8M"], dir);
+    const r = await qio(["-c", "write -c -P 1 0 4k", "-c", "write -c -P 2 4k 4k", "r1.qcow2"], dir);
+    expect(r.stdout).not.toContain("failed");
+    expect((await qemuImg(["check", "r1.qcow2"], dir)).code).toBe(0);
   });
 });

@@ -3,12 +3,15 @@ import { execFile } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { afterAll } from "vitest";
+import { afterAll, inject } from "vitest";
 
 export const APP_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-/** The real bins (built by test/global-setup.ts). */
-export const QIMG = path.join(APP_DIR, "bin", "qimg.js");
-export const QIO = path.join(APP_DIR, "bin", "qio.js");
+/** The bins as installed (shims loading dist/). */
+export const QIMG_BIN = path.join(APP_DIR, "bin", "qimg.js");
+export const QIO_BIN = path.join(APP_DIR, "bin", "qio.js");
+/** The same programs from the private copy of dist/ made by test/global-setup.ts. */
+export const QIMG = path.join(inject("cliDist"), "qimg.js");
+export const QIO = path.join(inject("cliDist"), "qio.js");
 
 export interface Run {
   code: number;
@@ -38,8 +41,20 @@ export function run(program: string, args: readonly string[], opts: { cwd?: stri
 
 export const qemuImg = (args: readonly string[], cwd?: string) => run("qemu-img", args, { cwd });
 export const qemuIo = (args: readonly string[], cwd?: string) => run("qemu-io", args, { cwd });
-export const qimg = (args: readonly string[], cwd?: string) => run(process.execPath, [QIMG, ...args], { cwd });
-export const qio = (args: readonly string[], cwd?: string) => run(process.execPath, [QIO, ...args], { cwd });
+/**
+ * Run one of our programs. Other engineers' builds may rebuild a workspace package's dist/ while a test runs;
+ * a program that failed to load because of that (before doing anything) is started again.
+ */
+async function runOurs(script: string, args: readonly string[], cwd?: string): Promise<Run> {
+  for (let attempt = 0; ; attempt++) {
+    const r = await run(process.execPath, [script, ...args], { cwd });
+    if (attempt >= 20 || !/ERR_MODULE_NOT_FOUND|Cannot find module/.test(r.stderr)) return r;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
+export const qimg = (args: readonly string[], cwd?: string) => runOurs(QIMG, args, cwd);
+export const qio = (args: readonly string[], cwd?: string) => runOurs(QIO, args, cwd);
 
 /** Must succeed; returns stdout. */
 export async function ok(p: Promise<Run>): Promise<string> {
@@ -114,4 +129,16 @@ export async function pool<T, R>(items: readonly T[], limit: number, fn: (item: 
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
   return out;
+}
+
+/** The first differing lines of two texts, with a little context (for readable failures). */
+export function firstDifference(expected: string, actual: string, context = 3): string {
+  const a = expected.split("\n");
+  const b = actual.split("\n");
+  let i = 0;
+  while (i < a.length && i < b.length && a[i] === b[i]) i++;
+  if (i === a.length && i === b.length) return "(same)";
+  const from = Math.max(0, i - context);
+  const show = (lines: string[]) => lines.slice(from, i + context + 1).map((l, k) => `${from + k === i ? ">" : " "} ${l}`).join("\n");
+  return `line ${i + 1}:\n  expected:\n${show(a)}\n  actual:\n${show(b)}`;
 }

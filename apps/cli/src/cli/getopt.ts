@@ -58,12 +58,20 @@ export function getopt(args: readonly string[], spec: GetoptSpec): GetoptResult 
     lastNonopt = optind;
   };
 
-  const fail = (kind: "unrecognized" | "missing", detail: { letter?: string; arg: string }): never => {
+  const fail = (kind: "unrecognized" | "missing" | "noarg", detail: { letter?: string; arg: string }): never => {
     if (typeof spec.style === "object") {
+      // glibc's own messages, as programs without ":" in their option string get them.
       const c = spec.style.command;
-      if (kind === "missing") throw new UsageError(`${c}: option requires an argument -- '${detail.letter ?? detail.arg}'`, { command: c });
-      if (detail.letter !== undefined) throw new UsageError(`${c}: invalid option -- '${detail.letter}'`, { command: c });
-      throw new UsageError(`${c}: unrecognized option '${detail.arg}'`, { command: c });
+      const long = detail.arg.split("=")[0]!;
+      let message: string;
+      if (kind === "missing") {
+        message = detail.letter !== undefined ? `option requires an argument -- '${detail.letter}'` : `option '${long}' requires an argument`;
+      } else if (kind === "noarg") {
+        message = `option '${long}' doesn't allow an argument`;
+      } else {
+        message = detail.letter !== undefined ? `invalid option -- '${detail.letter}'` : `unrecognized option '${detail.arg}'`;
+      }
+      throw new UsageError(`${c}: ${message}`, { command: c });
     }
     const named = argv[optind - 1] ?? "";
     throw new UsageError(kind === "missing" ? `missing argument for option '${named}'` : `unrecognized option '${named}'`);
@@ -106,7 +114,7 @@ export function getopt(args: readonly string[], spec: GetoptSpec): GetoptResult 
         const opt = match!;
         let value: string | undefined;
         if (eq >= 0) {
-          if (!opt.hasArg) fail("unrecognized", { arg });
+          if (!opt.hasArg) fail("noarg", { arg });
           value = body.slice(eq + 1);
         } else if (opt.hasArg) {
           if (optind >= argv.length) fail("missing", { arg });

@@ -18,6 +18,8 @@ export interface CliOpenOptions {
   /** null: open without the backing chain. */
   backing?: string | null;
   backingFormat?: string;
+  /** What discard requests do (qemu-io -d); the engine's default otherwise. */
+  discard?: "ignore" | "unmap";
   /** Receives warning lines (printed as they come). */
   onWarning: (line: string) => void;
   /** Text before the engine's message when the open fails (default "Could not open 'NAME': "). */
@@ -45,6 +47,7 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     ...(opts.dataFile !== undefined ? { dataFile: opts.dataFile } : {}),
     ...(opts.backing !== undefined ? { backing: opts.backing } : {}),
     ...(opts.backingFormat !== undefined ? { backingFormat: opts.backingFormat } : {}),
+    ...(opts.discard !== undefined ? { discard: opts.discard } : {}),
   };
   let image: BlockImage;
   try {

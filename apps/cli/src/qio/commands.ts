@@ -1,0 +1,703 @@
+/**
+ * qemu-io's commands, with its argument checks, output lines and failure texts. A command returns true when
+ * it succeeded; qio exits 1 when any command failed.
+ */
+import { Qcow2Image, qcow2SpecificInfo, type BlockImage, type Preallocation } from "@qcowkit/core/node";
+import { isQcow2Error } from "@qcowkit/spec";
+import { readFile } from "node:fs/promises";
+import { strerror } from "../cli/errno";
+import { CliError, UsageError, errorText, type Output } from "../cli/errors";
+import { getopt, type ParsedOption } from "../cli/getopt";
+import { openCliImage } from "../cli/open";
+import { dumpHuman, type JsonValue } from "../cli/qdict-json";
+import { cvtstr } from "../cli/size";
+import { applyBlockOptions, parseDiscard, type OpenRequest } from "./open";
+import { cvtnum, elapsedSince, hexDump, parsePattern, report } from "./report";
+
+/** BDRV_REQUEST_MAX_BYTES: the largest single request. */
+const MAX_REQUEST_BYTES = 2147483136;
+
+export interface Session {
+  io: Output;
+  image: BlockImage | undefined;
+  request: OpenRequest | undefined;
+  quit: boolean;
+  /** Open `req` as the current image (errors prefixed "can't open device NAME: "). */
+  open(req: OpenRequest): Promise<void>;
+}
+
+interface Command {
+  name: string;
+  alias?: string;
+  args: string;
+  oneline: string;
+  /** Arguments (options included) allowed: min, max (-1: no limit). */
+  argmin: number;
+  argmax: number;
+  /** Needs an open image. */
+  needsImage: boolean;
+  /** Needs write permission. */
+  writes?: boolean;
+  run(s: Session, argv: string[]): Promise<boolean>;
+}
+
+/** The one-line usage qemu-io prints after a bad invocation. */
+function usage(c: Command): string {
+  return `${c.name} ${c.args} -- ${c.oneline}\n`;
+}
+
+/** An error reported by a command's own checks: printed on stdout, the command fails. */
+class CommandFailure extends Error {}
+
+function parseOpts(c: Command, argv: string[], short: string): { options: ParsedOption[]; operands: string[] } {
+  return getopt(argv.slice(1), { short, argv0: c.name, style: { command: c.name } });
+}
+
+function num(s: Session, text: string): number {
+  const r = cvtnum(text);
+  if (!r.ok) {
+    s.io.out(`${r.message}\n`);
+    throw new CommandFailure();
+  }
+  return r.value;
+}
+
+function pattern(s: Session, text: string): number {
+  const p = parsePattern(text);
+  if (p === undefined) {
+    s.io.out(`${text} is not a valid pattern byte\n`);
+    throw new CommandFailure();
+  }
+  return p;
+}
+
+/** The strerror() text QEMU prints for a failed request; out-of-range requests are EIO in QEMU's block layer. */
+function requestError(e: unknown): string {
+  if (isQcow2Error(e) && e.code === "OUT_OF_BOUNDS") return "Input/output error";
+  if (!isQcow2Error(e)) throw e;
+  return strerror(e);
+}
+
+function checkLength(s: Session, count: number, text: string): void {
+  if (count > MAX_REQUEST_BYTES) {
+    s.io.out(`length cannot exceed ${MAX_REQUEST_BYTES}, given ${text}\n`);
+    throw new CommandFailure();
+  }
+}
+
+const readCmd: Command = {
+  name: "read",
+  args: "[-abCqv] [-P pattern [-s off] [-l len]] off len",
+  oneline: "reads a number of bytes at a specified offset",
+  argmin: 2,
+  argmax: -1,
+  needsImage: true,
+  async run(s, argv) {
+    const { options, operands } = parseOpts(this, argv, "bCl:pP:qs:v");
+    let machine = false;
+    let quiet = false;
+    let verbose = false;
+    let pat: number | undefined;
+    let patOffset = 0;
+    let patCount: number | undefined;
+    let lflag = false;
+    let sflag = false;
+    for (const o of options) {
+      if (o.key === "b") throw new CliError("read -b (VM state) is not supported by qio");
+      if (o.key === "C") machine = true;
+      if (o.key === "q") quiet = true;
+      if (o.key === "v") verbose = true;
+      if (o.key === "P") pat = pattern(s, o.value!);
+      if (o.key === "s") {
+        sflag = true;
+        patOffset = num(s, o.value!);
+      }
+      if (o.key === "l") {
+        lflag = true;
+        patCount = num(s, o.value!);
+      }
+    }
+    if (operands.length !== 2) {
+      s.io.out(usage(this));
+      return false;
+    }
+    const offset = num(s, operands[0]!);
+    const count = num(s, operands[1]!);
+    checkLength(s, count, operands[1]!);
+    if (pat === undefined && (lflag || sflag)) {
+      s.io.out(usage(this));
+      return false;
+    }
+    if (!lflag) patCount = count - patOffset;
+    if (patCount! < 0 || patCount! + patOffset > count) {
+      s.io.out("pattern verification range exceeds end of read data\n");
+      return false;
+    }
+    const buf = new Uint8Array(count).fill(0xab);
+    const start = process.hrtime.bigint();
+    try {
+      await s.image!.read(offset, buf);
+    } catch (e) {
+      s.io.out(`read failed: ${requestError(e)}\n`);
+      return false;
+    }
+    const t = elapsedSince(start);
+    let ok = true;
+    if (pat !== undefined) {
+      const region = buf.subarray(patOffset, patOffset + patCount!);
+      if (region.some((b) => b !== pat)) {
+        s.io.out(`Pattern verification failed at offset ${offset + patOffset}, ${patCount} bytes\n`);
+        ok = false;
+      }
+    }
+    if (quiet) return ok;
+    if (verbose) s.io.out(hexDump(buf, offset));
+    s.io.out(report("read", t, offset, count, count, 1, machine));
+    return ok;
+  },
+};
+
+async function fillFromFile(s: Session, file: string, count: number): Promise<Uint8Array> {
+  let content: Uint8Array;
+  try {
+    content = new Uint8Array(await readFile(file));
+  } catch (e) {
+    s.io.err(`${file}: ${errorText(e).replace(/^.*: /, "")}\n`);
+    throw new CommandFailure();
+  }
+  if (content.byteLength === 0) {
+    s.io.err(`${file}: file is empty\n`);
+    throw new CommandFailure();
+  }
+  const buf = new Uint8Array(count);
+  for (let at = 0; at < count; at += content.byteLength) buf.set(content.subarray(0, Math.min(content.byteLength, count - at)), at);
+  return buf;
+}
+
+const writeCmd: Command = {
+  name: "write",
+  args: "[-bcCfnquz] [-P pattern | -s source_file] off len",
+  oneline: "writes a number of bytes at a specified offset",
+  argmin: 2,
+  argmax: -1,
+  needsImage: true,
+  writes: true,
+  async run(s, argv) {
+    const { options, operands } = parseOpts(this, argv, "bcCfnpP:qs:uz");
+    let machine = false;
+    let quiet = false;
+    let compressed = false;
+    let fua = false;
+    let noFallback = false;
+    let unmap = false;
+    let zero = false;
+    let pat = 0xcd;
+    let patGiven = false;
+    let source: string | undefined;
+    for (const o of options) {
+      switch (o.key) {
+        case "b":
+          throw new CliError("write -b (VM state) is not supported by qio");
+        case "c":
+          compressed = true;
+          break;
+        case "C":
+          machine = true;
+          break;
+        case "f":
+          fua = true;
+          break;
+        case "n":
+          noFallback = true;
+          break;
+        case "P":
+          patGiven = true;
+          pat = pattern(s, o.value!);
+          break;
+        case "q":
+          quiet = true;
+          break;
+        case "s":
+          source = o.value!;
+          break;
+        case "u":
+          unmap = true;
+          break;
+        case "z":
+          zero = true;
+          break;
+      }
+    }
+    if (operands.length !== 2) {
+      s.io.out(usage(this));
+      return false;
+    }
+    if (fua && compressed) {
+      s.io.out("-f and -b or -c cannot be specified at the same time\n");
+      return false;
+    }
+    if (noFallback && !zero) {
+      s.io.out("-n requires -z to be specified\n");
+      return false;
+    }
+    if (unmap && !zero) {
+      s.io.out("-u requires -z to be specified\n");
+      return false;
+    }
+    if (Number(zero) + Number(patGiven) + Number(source !== undefined) > 1) {
+      s.io.out("Only one of -z, -P, and -s can be specified at the same time\n");
+      return false;
+    }
+    const offset = num(s, operands[0]!);
+    const count = num(s, operands[1]!);
+    if (count > MAX_REQUEST_BYTES && !noFallback) {
+      s.io.out(`length cannot exceed ${MAX_REQUEST_BYTES} without -n, given ${operands[1]}\n`);
+      return false;
+    }
+    if (compressed) {
+      if (offset % 512 !== 0) {
+        s.io.out(`${offset} is not a sector-aligned value for 'offset'\n`);
+        return false;
+      }
+      if (count % 512 !== 0) {
+        s.io.out(`${count} is not a sector-aligned value for 'count'\n`);
+        return false;
+      }
+    }
+    let buf: Uint8Array | undefined;
+    if (!zero) buf = source !== undefined ? await fillFromFile(s, source, count) : new Uint8Array(count).fill(pat);
+    const start = process.hrtime.bigint();
+    try {
+      if (zero) await s.image!.writeZeroes(offset, count, { unmap, noFallback, fua });
+      else await s.image!.write(offset, buf!, { fua, compressed });
+    } catch (e) {
+      s.io.out(`write failed: ${requestError(e)}\n`);
+      return false;
+    }
+    if (!quiet) s.io.out(report("wrote", elapsedSince(start), offset, count, count, 1, machine));
+    return true;
+  },
+};
+
+/** readv/writev: the lengths are summed (one request). */
+function vectorCommand(base: Command, name: "readv" | "writev", args: string, short: string): Command {
+  return {
+    name,
+    args,
+    oneline: base.oneline,
+    argmin: 2,
+    argmax: -1,
+    needsImage: true,
+    ...(name === "writev" ? { writes: true } : {}),
+    async run(s, argv) {
+      const { options, operands } = parseOpts(this, argv, short);
+      if (operands.length < 2) {
+        s.io.out(usage(this));
+        return false;
+      }
+      let total = 0;
+      for (const l of operands.slice(1)) total += num(s, l);
+      const flags = options.flatMap((o) => (o.value === undefined ? [`-${o.key}`] : [`-${o.key}`, o.value]));
+      return base.run(s, [base.name, ...flags, operands[0]!, String(total)]);
+    },
+  };
+}
+
+const discardCmd: Command = {
+  name: "discard",
+  alias: "d",
+  args: "[-Cq] off len",
+  oneline: "discards a number of bytes at a specified offset",
+  argmin: 2,
+  argmax: -1,
+  needsImage: true,
+  writes: true,
+  async run(s, argv) {
+    const { options, operands } = parseOpts(this, argv, "Cq");
+    const machine = options.some((o) => o.key === "C");
+    const quiet = options.some((o) => o.key === "q");
+    if (operands.length !== 2) {
+      s.io.out(usage(this));
+      return false;
+    }
+    const offset = num(s, operands[0]!);
+    const count = num(s, operands[1]!);
+    checkLength(s, count, operands[1]!);
+    const start = process.hrtime.bigint();
+    try {
+      await s.image!.discard(offset, count);
+    } catch (e) {
+      s.io.out(`discard failed: ${requestError(e)}\n`);
+      return false;
+    }
+    if (!quiet) s.io.out(report("discard", elapsedSince(start), offset, count, count, 1, machine));
+    return true;
+  },
+};
+
+const flushCmd: Command = {
+  name: "flush",
+  alias: "f",
+  args: "",
+  oneline: "flush all in-core file state to disk",
+  argmin: 0,
+  argmax: 0,
+  needsImage: true,
+  async run(s) {
+    try {
+      await s.image!.flush();
+      return true;
+    } catch (e) {
+      s.io.err(`qio: ${errorText(e)}\n`);
+      return false;
+    }
+  },
+};
+
+/** Allocation in the top image only (bdrv_is_allocated): runs of [allocated?, bytes] over [offset, end). */
+async function topAllocation(image: BlockImage, offset: number, bytes: number): Promise<Array<[boolean, number]>> {
+  const out: Array<[boolean, number]> = [];
+  for (const e of await image.blockStatus(offset, bytes)) {
+    const allocated = e.present && e.depth === 0;
+    const last = out[out.length - 1];
+    if (last && last[0] === allocated) last[1] += e.length;
+    else out.push([allocated, e.length]);
+  }
+  return out;
+}
+
+const allocCmd: Command = {
+  name: "alloc",
+  args: "offset [count]",
+  oneline: "checks if offset is allocated in the file",
+  argmin: 1,
+  argmax: 2,
+  needsImage: true,
+  async run(s, argv) {
+    const start = num(s, argv[1]!);
+    let count = argv.length === 3 ? num(s, argv[2]!) : 512;
+    const size = s.image!.virtualSize;
+    // Past the end of the image the allocation query stops (count shrinks to what was looked at).
+    if (start >= size) count = 0;
+    else count = Math.min(count, size - start);
+    let allocated = 0;
+    if (count > 0) for (const [a, n] of await topAllocation(s.image!, start, count)) if (a) allocated += n;
+    s.io.out(`${allocated}/${count} bytes allocated at offset ${cvtstr(start)}\n`);
+    return true;
+  },
+};
+
+const mapCmd: Command = {
+  name: "map",
+  args: "",
+  oneline: "prints the allocated areas of a file",
+  argmin: 0,
+  argmax: 0,
+  needsImage: true,
+  async run(s) {
+    const size = s.image!.virtualSize;
+    let offset = 0;
+    if (size === 0) return true;
+    for (const [allocated, n] of await topAllocation(s.image!, 0, size)) {
+      s.io.out(
+        `${cvtstr(n)} (0x${n.toString(16)}) bytes ${allocated ? "    allocated" : "not allocated"} at offset ${cvtstr(offset)} (0x${offset.toString(16)})\n`,
+      );
+      offset += n;
+    }
+    return true;
+  },
+};
+
+const infoCmd: Command = {
+  name: "info",
+  alias: "i",
+  args: "",
+  oneline: "prints information about the current file",
+  argmin: 0,
+  argmax: 0,
+  needsImage: true,
+  async run(s) {
+    const image = s.image!;
+    s.io.out(`format name: ${image.format}\n`);
+    if (!(image instanceof Qcow2Image)) {
+      s.io.out("cluster size: 0 bytes\nvm state offset: 0 bytes\n");
+      return true;
+    }
+    // The VM state lives after the last L1 entry the virtual size needs.
+    const l2Coverage = image.clusterSize * (image.clusterSize / (image.extendedL2 ? 16 : 8));
+    const vmStateOffset = Math.ceil(image.virtualSize / l2Coverage) * l2Coverage;
+    s.io.out(`cluster size: ${cvtstr(image.clusterSize)}\nvm state offset: ${cvtstr(vmStateOffset)}\n`);
+    const data = await qcow2SpecificInfo(image);
+    s.io.out(`Format specific information:\n${dumpHuman(data as unknown as JsonValue, 1)}`);
+    return true;
+  },
+};
+
+const lengthCmd: Command = {
+  name: "length",
+  alias: "l",
+  args: "",
+  oneline: "gets the length of the current file",
+  argmin: 0,
+  argmax: 0,
+  needsImage: true,
+  async run(s) {
+    s.io.out(`${cvtstr(s.image!.virtualSize)}\n`);
+    return true;
+  },
+};
+
+const PREALLOCATION: Preallocation[] = ["off", "metadata", "falloc", "full"];
+
+const truncateCmd: Command = {
+  name: "truncate",
+  alias: "t",
+  args: "[-m prealloc_mode] off",
+  oneline: "truncates the current file at the given offset",
+  argmin: 1,
+  argmax: 3,
+  needsImage: true,
+  writes: true,
+  async run(s, argv) {
+    const { options, operands } = parseOpts(this, argv, "m:");
+    let preallocation: Preallocation = "off";
+    for (const o of options) {
+      if (!PREALLOCATION.includes(o.value as Preallocation)) {
+        s.io.err(`qio: Invalid preallocation mode '${o.value}'\n`);
+        return false;
+      }
+      preallocation = o.value as Preallocation;
+    }
+    if (operands.length < 1) {
+      s.io.out(usage(this));
+      return false;
+    }
+    const size = num(s, operands[0]!);
+    try {
+      await s.image!.resize(size, { shrink: true, preallocation });
+    } catch (e) {
+      s.io.err(`qio: ${errorText(e)}\n`);
+      return false;
+    }
+    return true;
+  },
+};
+
+const openCmd: Command = {
+  name: "open",
+  alias: "o",
+  args: "[-rsCnkU] [-t cache] [-d discard] [-o options] [path]",
+  oneline: "open the file specified by path",
+  argmin: 1,
+  argmax: -1,
+  needsImage: false,
+  async run(s, argv) {
+    if (s.image) {
+      s.io.err("qio: file open already, try 'help close'\n");
+      return false;
+    }
+    const { options, operands } = parseOpts(this, argv, "snCro:ki:t:d:U");
+    let req: OpenRequest = { filename: "", readOnly: false, forceShare: false, discard: "unmap" };
+    let blockOptions: string | undefined;
+    for (const o of options) {
+      if (o.key === "r") req.readOnly = true;
+      else if (o.key === "U") req.forceShare = true;
+      else if (o.key === "d") req.discard = parseDiscard(o.value!);
+      else if (o.key === "t") checkCacheMode(o.value!);
+      else if (o.key === "s") throw new CliError("snapshot mode (-s) is not supported by qio");
+      else if (o.key === "o") blockOptions = blockOptions === undefined ? o.value! : `${blockOptions},${o.value}`;
+    }
+    if (operands.length > 1) {
+      s.io.out(usage(this));
+      return false;
+    }
+    if (operands[0] !== undefined) req.filename = operands[0];
+    if (blockOptions !== undefined) req = applyBlockOptions(req, blockOptions, false);
+    await s.open(req);
+    return true;
+  },
+};
+
+const closeCmd: Command = {
+  name: "close",
+  alias: "c",
+  args: "",
+  oneline: "close the current open file",
+  argmin: 0,
+  argmax: 0,
+  needsImage: true,
+  async run(s) {
+    const image = s.image;
+    s.image = undefined;
+    s.request = undefined;
+    await image!.close();
+    return true;
+  },
+};
+
+const quitCmd: Command = {
+  name: "quit",
+  alias: "q",
+  args: "",
+  oneline: "exit the program",
+  argmin: 0,
+  argmax: 0,
+  needsImage: false,
+  async run(s) {
+    s.quit = true;
+    return true;
+  },
+};
+
+/** A decimal number argument ("X is not a valid WHAT" otherwise). */
+function wholeNumber(s: Session, text: string, what: string): number {
+  if (!/^[0-9]+$/.test(text)) {
+    s.io.out(`${text} is not a valid ${what}\n`);
+    throw new CommandFailure();
+  }
+  return Number(text);
+}
+
+const sleepCmd: Command = {
+  name: "sleep",
+  args: "milliseconds",
+  oneline: "waits for the given value in milliseconds",
+  argmin: 1,
+  argmax: 1,
+  needsImage: false,
+  async run(s, argv) {
+    const ms = wholeNumber(s, argv[1]!, "number");
+    await new Promise((r) => setTimeout(r, ms));
+    return true;
+  },
+};
+
+const sigraiseCmd: Command = {
+  name: "sigraise",
+  args: "signal",
+  oneline: "raises a signal",
+  argmin: 1,
+  argmax: 1,
+  needsImage: false,
+  async run(s, argv) {
+    const sig = wholeNumber(s, argv[1]!, "signal");
+    // Like raise(): the process ends as the signal says (without closing the image cleanly).
+    process.kill(process.pid, sig);
+    await new Promise((r) => setTimeout(r, 1000));
+    return true;
+  },
+};
+
+const helpCmd: Command = {
+  name: "help",
+  alias: "?",
+  args: "[command]",
+  oneline: "help for one or all commands",
+  argmin: 0,
+  argmax: 1,
+  needsImage: false,
+  async run(s, argv) {
+    if (argv.length === 2) {
+      const c = findCommand(argv[1]!);
+      if (!c) {
+        s.io.out(`command ${argv[1]} not found\n`);
+        return false;
+      }
+      s.io.out(usage(c));
+      return true;
+    }
+    for (const c of [...COMMANDS].sort((a, b) => (a.name < b.name ? -1 : 1))) s.io.out(usage(c));
+    s.io.out("\nUse 'help commandname' for extended help.\n");
+    return true;
+  },
+};
+
+export function checkCacheMode(mode: string): void {
+  if (!["none", "off", "writeback", "writethrough", "directsync", "unsafe"].includes(mode)) {
+    throw new CliError(`Invalid cache option: ${mode}`);
+  }
+}
+
+const COMMANDS: Command[] = [
+  readCmd,
+  vectorCommand(readCmd, "readv", "[-Cqv] [-P pattern] off len [len..]", "CqP:v"),
+  writeCmd,
+  vectorCommand(writeCmd, "writev", "[-Cfq] [-P pattern] off len [len..]", "CfqP:"),
+  discardCmd,
+  flushCmd,
+  allocCmd,
+  mapCmd,
+  infoCmd,
+  lengthCmd,
+  truncateCmd,
+  openCmd,
+  closeCmd,
+  quitCmd,
+  sleepCmd,
+  sigraiseCmd,
+  helpCmd,
+];
+
+function findCommand(name: string): Command | undefined {
+  return COMMANDS.find((c) => c.name === name || c.alias === name);
+}
+
+/** Run one command line (split on spaces like qemu-io). Returns true on success. */
+export async function runCommandLine(s: Session, line: string): Promise<boolean> {
+  const argv = line.split(" ").filter((w) => w !== "");
+  if (argv.length === 0) return true;
+  const c = findCommand(argv[0]!);
+  if (!c) {
+    s.io.err(`command "${argv[0]}" not found\n`);
+    return false;
+  }
+  if (c.needsImage && !s.image) {
+    s.io.err("no file open, try 'help open'\n");
+    return false;
+  }
+  const n = argv.length - 1;
+  if (n < c.argmin || (c.argmax !== -1 && n > c.argmax)) {
+    let expected: string;
+    if (c.argmax === -1) expected = `at least ${c.argmin} arguments`;
+    else if (c.argmin === c.argmax) expected = `${c.argmin} arguments`;
+    else expected = `between ${c.argmin} and ${c.argmax} arguments`;
+    s.io.err(`bad argument count ${n} to ${argv[0]}, expected ${expected}\n`);
+    return false;
+  }
+  if (c.writes && s.image!.readOnly) {
+    s.io.err("qio: Block node is read-only\n");
+    return false;
+  }
+  try {
+    return await c.run(s, argv);
+  } catch (e) {
+    if (e instanceof CommandFailure) return false;
+    if (e instanceof UsageError && e.command !== undefined) {
+      s.io.err(`${e.message}\n`);
+      s.io.out(usage(c));
+      return false;
+    }
+    if (e instanceof CliError || isQcow2Error(e)) {
+      s.io.err(`qio: ${errorText(e)}\n`);
+      return false;
+    }
+    throw e;
+  }
+}
+
+/** Open `req` for a session (used by the command line and the open command). */
+export async function openForSession(s: Session, req: OpenRequest): Promise<void> {
+  s.image = await openCliImage(req.filename, {
+    readOnly: req.readOnly,
+    forceShare: req.forceShare,
+    ...(req.format !== undefined ? { format: req.format } : {}),
+    ...(req.dataFile !== undefined ? { dataFile: req.dataFile } : {}),
+    ...(req.backing !== undefined ? { backing: req.backing } : {}),
+    ...(req.backingFormat !== undefined ? { backingFormat: req.backingFormat } : {}),
+    discard: req.discard,
+    onWarning: (w) => s.io.err(`${w}\n`),
+    errorPrefix: req.filename === "" ? "can't open: " : `can't open device ${req.filename}: `,
+  });
+  s.request = req;
+}
+

@@ -1,0 +1,170 @@
+/**
+ * qio: qemu-io compatible front end. `qio [OPTIONS]... [-c STRING]... [file]`: the commands given with -c
+ * run in order (or, without -c, the lines read from standard input); the exit code is 1 when any failed.
+ */
+import { CliError, UsageError, errorText, reportError, type Output } from "../cli/errors";
+import { getopt } from "../cli/getopt";
+import { closeQuietly } from "../cli/open";
+import { VERSION } from "../cli/version";
+import { checkCacheMode, openForSession, runCommandLine, type Session } from "./commands";
+import { applyBlockOptions, parseDiscard, type OpenRequest } from "./open";
+
+const PROG = "qio";
+
+export function qioUsage(): string {
+  return `Usage: ${PROG} [OPTIONS]... [-c STRING]... [file]
+QEMU Disk exerciser (qcowkit implementation, qcow2 and raw only)
+
+  --object OBJECTDEF   not supported by qio
+  --image-opts         treat file as option string: driver=qcow2,file.filename=IMG,
+                       data-file.filename=DATA (data file override), backing.file.filename=B,
+                       backing=null, read-only=on|off, discard=ignore|unmap
+  -c, --cmd STRING     execute command with its arguments
+                       from the given string
+  -f, --format FMT     specifies the block driver to use (qcow2 or raw)
+  -r, --read-only      export read-only
+  -s, --snapshot       not supported by qio
+  -n, --nocache        accepted and ignored (short for -t none)
+  -C, --copy-on-read   accepted and ignored
+  -m, --misalign       accepted and ignored
+  -k, --native-aio     accepted and ignored
+  -i, --aio=MODE       accepted and ignored
+  -t, --cache=MODE     checked and ignored
+  -d, --discard=MODE   use the given discard mode for the image (ignore or unmap)
+  -T, --trace [[enable=]<pattern>][,events=<file>][,file=<file>]
+                       accepted and ignored
+  -U, --force-share    force shared permissions
+  -h, --help           display this help and exit
+  -V, --version        output version information and exit
+
+See '${PROG} -c help' for information on available commands.
+`;
+}
+
+/** Run qio; `stdin` supplies commands when no -c is given. Returns the exit code. */
+export async function runQio(args: string[], io: Output, stdin?: () => Promise<string>): Promise<number> {
+  let parsed;
+  try {
+    parsed = getopt(args, {
+      short: "hVc:d:f:rsnCmki:t:T:U",
+      argv0: PROG,
+      style: { command: PROG },
+      long: [
+        { name: "help", hasArg: false, key: "h" },
+        { name: "version", hasArg: false, key: "V" },
+        { name: "cmd", hasArg: true, key: "c" },
+        { name: "format", hasArg: true, key: "f" },
+        { name: "read-only", hasArg: false, key: "r" },
+        { name: "snapshot", hasArg: false, key: "s" },
+        { name: "nocache", hasArg: false, key: "n" },
+        { name: "copy-on-read", hasArg: false, key: "C" },
+        { name: "misalign", hasArg: false, key: "m" },
+        { name: "native-aio", hasArg: false, key: "k" },
+        { name: "aio", hasArg: true, key: "i" },
+        { name: "discard", hasArg: true, key: "d" },
+        { name: "cache", hasArg: true, key: "t" },
+        { name: "trace", hasArg: true, key: "T" },
+        { name: "object", hasArg: true, key: "object" },
+        { name: "image-opts", hasArg: false, key: "image-opts" },
+        { name: "force-share", hasArg: false, key: "U" },
+      ],
+    });
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    io.err(`${e.message}\n`);
+    io.out(qioUsage());
+    return 1;
+  }
+  const commands: string[] = [];
+  let req: OpenRequest = { filename: "", readOnly: false, forceShare: false, discard: "unmap" };
+  let imageOpts = false;
+  try {
+    for (const o of parsed.options) {
+      switch (o.key) {
+        case "h":
+          io.out(qioUsage());
+          return 0;
+        case "V":
+          io.out(`${PROG} version ${VERSION} (qcowkit), compatible with qemu-io 7.2\n`);
+          return 0;
+        case "c":
+          commands.push(o.value!);
+          break;
+        case "f":
+          req.format = o.value!;
+          break;
+        case "r":
+          req.readOnly = true;
+          break;
+        case "U":
+          req.forceShare = true;
+          break;
+        case "d":
+          req.discard = parseDiscard(o.value!);
+          break;
+        case "t":
+          checkCacheMode(o.value!);
+          break;
+        case "i":
+          if (!["threads", "native", "io_uring"].includes(o.value!)) throw new CliError(`Invalid aio option: ${o.value}`);
+          break;
+        case "s":
+          throw new CliError("snapshot mode (-s) is not supported by qio");
+        case "object":
+          throw new CliError("--object is not supported by qio");
+        case "image-opts":
+          imageOpts = true;
+          break;
+      }
+    }
+  } catch (e) {
+    io.err(`${PROG}: ${errorText(e)}\n`);
+    return 1;
+  }
+  if (parsed.operands.length > 1) {
+    io.out(qioUsage());
+    return 1;
+  }
+  const session: Session = {
+    io,
+    image: undefined,
+    request: undefined,
+    quit: false,
+    open: (r) => openForSession(session, r),
+  };
+  let failed = false;
+  try {
+    if (parsed.operands.length === 1) {
+      const operand = parsed.operands[0]!;
+      try {
+        if (imageOpts) {
+          if (req.format !== undefined) throw new CliError("--image-opts and -f are mutually exclusive");
+          req = applyBlockOptions(req, operand, true);
+        } else {
+          req.filename = operand;
+        }
+        await session.open(req);
+      } catch (e) {
+        io.err(`${PROG}: ${errorText(e)}\n`);
+        return 1;
+      }
+    }
+    const interactive = commands.length === 0 && stdin !== undefined;
+    const lines = interactive ? (await stdin!()).split("\n") : commands;
+    if (interactive && lines[lines.length - 1] === "") lines.pop();
+    for (const line of lines) {
+      if (session.quit) break;
+      if (interactive) io.out(`${PROG}> `);
+      if (!(await runCommandLine(session, line))) failed = true;
+    }
+    // The prompt that met the end of the input.
+    if (interactive && !session.quit) io.out(`${PROG}> `);
+    const image = session.image;
+    session.image = undefined;
+    if (image) await image.close();
+  } catch (e) {
+    await closeQuietly(session.image);
+    return reportError(PROG, e, io);
+  }
+  return failed ? 1 : 0;
+}
