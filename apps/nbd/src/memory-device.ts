@@ -25,6 +25,7 @@ export interface MemoryDeviceOptions {
 type Cluster = Uint8Array | "zero";
 
 export class MemoryDevice implements BlockImage {
+  readonly filename = "memory";
   readonly format: "raw" | "qcow2";
   readonly virtualSize: number;
   readonly readOnly: boolean;

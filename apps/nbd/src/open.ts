@@ -40,6 +40,7 @@ const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
 export class ProbedRawGuard implements BlockImage {
   constructor(private readonly inner: BlockImage) {}
   get format() { return this.inner.format; }
+  get filename() { return this.inner.filename; }
   get virtualSize() { return this.inner.virtualSize; }
   get readOnly() { return this.inner.readOnly; }
   get clusterSize() { return this.inner.clusterSize; }

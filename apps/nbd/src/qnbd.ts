@@ -11,11 +11,18 @@ import { isQcow2Error } from "@qcowkit/spec";
 import { HELP_TEXT, parseCommandLine, type QnbdOptions } from "./cli-args";
 import type { BlockImage } from "./device";
 import { openExport } from "./open";
-import { systemErrorText } from "./raw-device";
+import { systemErrorText as errnoText } from "@qcowkit/datafile/node";
 import { NbdServer, createExportConfig } from "./server";
 import { TlsSetupError, loadTlsOptions, parseTlsObject, type TlsCredentials } from "./tls";
 import type * as tls from "node:tls";
 import pkg from "../package.json";
+
+/** strerror() wording of a Node system error (its `code`), else its message. */
+function systemErrorText(error: unknown): string {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  const text = typeof code === "string" ? errnoText(code) : undefined;
+  return text ?? (error instanceof Error ? error.message : String((error as { message?: unknown })?.message ?? error));
+}
 
 /** Set in the environment of the background child started by --fork. */
 const FORK_CHILD_ENV = "QNBD_FORK_CHILD";

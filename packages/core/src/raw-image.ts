@@ -53,6 +53,10 @@ export class RawImage implements BlockImage {
 
   async writeZeroes(guestOffset: number, byteLength: number, opts: ZeroOptions = {}): Promise<void> {
     this.check(guestOffset, byteLength, true);
+    if (opts.noFallback && !opts.unmap && !this.store.efficientZeroes) {
+      // NBD FAST_ZERO: only when zeroing is cheaper than writing zero bytes.
+      throw new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
+    }
     await this.store.writeZeroes(guestOffset, byteLength, opts.unmap ?? false);
     if (opts.fua) await this.store.flush();
   }

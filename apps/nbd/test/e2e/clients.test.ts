@@ -6,7 +6,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { MemoryDevice } from "../../src/memory-device";
-import { RawFileDevice } from "../../src/raw-device";
+import { openImage } from "@qcowkit/core/node";
+import type { BlockImage } from "../../src/device";
 import type { ExportSettings, NbdServerOptions } from "../../src/server";
 import { makeTempDir, patternBytes, run, runOk, startServer, startUnixServer, type RunningServer } from "../helpers";
 
@@ -154,7 +155,7 @@ describe("qemu-io and qemu-img", () => {
     fs.writeFileSync(local, patternBytes(4 * MiB, 9));
     const target = path.join(tmp.dir, "dst.raw");
     fs.writeFileSync(target, Buffer.alloc(4 * MiB));
-    const dev = await RawFileDevice.open(target);
+    const dev = await openImage(target, { format: "raw" });
     const s = await serve({ device: dev });
     await runOk("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", local, s.uri]);
     const cmp = await run("qemu-img", ["compare", "-f", "raw", "-F", "raw", local, s.uri]);
@@ -173,7 +174,7 @@ describe("nbdcopy", () => {
     fs.writeFileSync(source, data);
     const diskFile = path.join(tmp.dir, "copy-disk.raw");
     fs.writeFileSync(diskFile, Buffer.alloc(size, 0xee));
-    const dev = await RawFileDevice.open(diskFile);
+    const dev = await openImage(diskFile, { format: "raw" });
     const s = await serve({ device: dev }, { shared: 0 });
     let peak = 0;
     s.server.on("connect", () => (peak = Math.max(peak, s.server.connectionCount)));
@@ -188,11 +189,11 @@ describe("nbdcopy", () => {
 
 describe("fio nbd engine", () => {
   let s: RunningServer;
-  let dev: RawFileDevice;
+  let dev: BlockImage;
   beforeAll(async () => {
     const file = path.join(tmp.dir, "fio.raw");
     fs.writeFileSync(file, Buffer.alloc(32 * MiB));
-    dev = await RawFileDevice.open(file);
+    dev = await openImage(file, { format: "raw" });
   });
   afterAll(() => dev.close());
 
