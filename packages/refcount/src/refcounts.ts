@@ -293,6 +293,10 @@ export class Refcounts {
         await this.update(location, 1, -1);
         return existing;
       }
+      // The block's own refcount (in another block) must be on disk before the refcount table points to the
+      // block, as QEMU flushes its refcount cache here (found by the power-loss tests: a crash between the
+      // table entry and the next write-back left a referenced cluster with refcount 0).
+      await this.writeBack();
     }
     const hostOffset = location * this.clusterSize;
     await this.store.write(hostOffset, bytes);
