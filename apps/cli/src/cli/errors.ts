@@ -83,16 +83,32 @@ export function reportError(prog: string, error: unknown, io: Output): number {
   }
   if (error instanceof CliError) {
     io.err(error.bare ? `${oneLine(error.message)}\n` : `${prog}: ${oneLine(error.message)}\n`);
+    printHint(error, io);
     return error.exitCode;
   }
   if (isQcow2Error(error)) {
     io.err(`${prog}: ${oneLine(error.message)}\n`);
+    printHint(error, io);
     return EXIT.FAILURE;
   }
   const message = error instanceof Error ? error.message : String(error);
   io.err(`${prog}: internal error: ${oneLine(message)}\n`);
   if (process.env.QCOWKIT_DEBUG === "1" && error instanceof Error && error.stack) io.err(`${error.stack}\n`);
   return EXIT.FAILURE;
+}
+
+/**
+ * QEMU's hint line after an error (error_append_hint), such as `Is another process using the image [x]?`
+ * after a lock conflict: carried as `hint` by the error or by one of its causes.
+ */
+function printHint(error: unknown, io: Output): void {
+  for (let e: unknown = error, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    const hint = (e as { hint?: unknown }).hint;
+    if (typeof hint === "string") {
+      io.err(`${oneLine(hint)}\n`);
+      return;
+    }
+  }
 }
 
 /** The text of an error for embedding in another message ("Could not open 'x': <this>"). */

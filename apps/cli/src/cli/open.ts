@@ -26,7 +26,15 @@ export interface CliOpenOptions {
   errorPrefix?: string;
   /** Exit code when the open fails. */
   exitCode?: number;
+  /** Open for check/repair (qemu-img check): a corrupt image may be opened read-write, no dirty repair. */
+  checkMode?: boolean;
 }
+
+/**
+ * Settings of the whole invocation that apply to every image a command opens: `safe` is the shared --safe
+ * flag (untrusted images: see @qcowkit/core's README, "Safe mode"), set once by each program's main.
+ */
+export const cliOpenDefaults: { safe: boolean } = { safe: false };
 
 /** QEMU's warning when a raw image was probed and is opened for writing (3 lines, on stderr). */
 export function probedRawWarning(filename: string): string {
@@ -48,6 +56,8 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     ...(opts.backing !== undefined ? { backing: opts.backing } : {}),
     ...(opts.backingFormat !== undefined ? { backingFormat: opts.backingFormat } : {}),
     ...(opts.discard !== undefined ? { discard: opts.discard } : {}),
+    ...(opts.checkMode ? { checkMode: true } : {}),
+    ...(cliOpenDefaults.safe ? { safe: true } : {}),
   };
   let image: BlockImage;
   try {

@@ -3,6 +3,7 @@
  */
 import { getopt } from "../cli/getopt";
 import { reportError, UsageError, type Output } from "../cli/errors";
+import { cliOpenDefaults } from "../cli/open";
 import { amendCommand } from "./amend";
 import { checkCommand } from "./check";
 import { compareCommand } from "./compare";
@@ -47,8 +48,11 @@ export async function runQimg(args: string[], io: Output): Promise<number> {
         { name: "help", hasArg: false, key: "h" },
         { name: "version", hasArg: false, key: "V" },
         { name: "trace", hasArg: true, key: "T" },
+        { name: "safe", hasArg: false, key: "safe" },
       ],
     });
+    // --safe (untrusted images) is qimg's own: accepted before the command or among its options.
+    if (parsed.options.some((o) => o.key === "safe")) cliOpenDefaults.safe = true;
     for (const o of parsed.options) {
       if (o.key === "h") {
         io.out(helpText());
@@ -59,7 +63,10 @@ export async function runQimg(args: string[], io: Output): Promise<number> {
         return 0;
       }
     }
-    const [name, ...rest] = parsed.operands;
+    const [name, ...commandArgs] = parsed.operands;
+    const end = commandArgs.indexOf("--");
+    const rest = commandArgs.filter((a, i) => a !== "--safe" || (end >= 0 && i > end));
+    if (rest.length !== commandArgs.length) cliOpenDefaults.safe = true;
     if (name === undefined) throw new UsageError("Not enough arguments");
     const command = COMMANDS.find((c) => c.name === name);
     if (!command) {

@@ -4,7 +4,7 @@
  */
 import { CliError, UsageError, errorText, reportError, type Output } from "../cli/errors";
 import { getopt } from "../cli/getopt";
-import { closeQuietly } from "../cli/open";
+import { cliOpenDefaults, closeQuietly } from "../cli/open";
 import { VERSION } from "../cli/version";
 import { checkCacheMode, openForSession, runCommandLine, type Session } from "./commands";
 import { applyBlockOptions, parseDiscard, type OpenRequest } from "./open";
@@ -67,6 +67,7 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
         { name: "object", hasArg: true, key: "object" },
         { name: "image-opts", hasArg: false, key: "image-opts" },
         { name: "force-share", hasArg: false, key: "U" },
+        { name: "safe", hasArg: false, key: "safe" },
       ],
     });
   } catch (e) {
@@ -98,6 +99,10 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
           break;
         case "U":
           req.forceShare = true;
+          break;
+        case "safe":
+          // Untrusted image: see @qcowkit/core's README, "Safe mode".
+          cliOpenDefaults.safe = true;
           break;
         case "d":
           req.discard = parseDiscard(o.value!);
