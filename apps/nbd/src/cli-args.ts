@@ -11,7 +11,7 @@ type OptionKey =
   | "connect" | "disconnect" | "load-snapshot" | "cache" | "nocache" | "aio" | "discard" | "detect-zeroes"
   | "shared" | "format" | "persistent" | "verbose" | "object" | "export-name" | "description" | "tls-creds"
   | "tls-authz" | "image-opts" | "trace" | "fork" | "pid-file" | "selinux-label" | "list" | "allocation-depth"
-  | "handshake-limit" | "tls-cert" | "tls-key" | "tls-ca" | "tls-psk";
+  | "handshake-limit" | "tls-cert" | "tls-key" | "tls-ca" | "tls-psk" | "safe";
 
 interface OptionSpec {
   key: OptionKey;
@@ -59,6 +59,7 @@ const OPTIONS: readonly OptionSpec[] = [
   { key: "tls-key", takesArg: true },
   { key: "tls-ca", takesArg: true },
   { key: "tls-psk", takesArg: true },
+  { key: "safe", takesArg: false },
 ];
 
 /** qemu-nbd options qnbd knows but does not implement. */
@@ -71,6 +72,8 @@ export interface QnbdOptions {
   file: string;
   format?: string;
   readOnly: boolean;
+  /** --safe: untrusted image (see @qcowkit/core's README, "Safe mode"). */
+  safe?: boolean;
   exportName: string;
   description: string;
   /** Unix socket path; when set, TCP options are ignored (as qemu-nbd does). */
@@ -159,6 +162,9 @@ export function parseCommandLine(argv: readonly string[]): ParsedCommandLine {
         break;
       case "read-only":
         opts.readOnly = true;
+        break;
+      case "safe":
+        opts.safe = true;
         break;
       case "allocation-depth":
         opts.allocationDepth = true;
@@ -363,4 +369,6 @@ Block device options:
   -n, --nocache             same as --cache=none
       --cache=MODE          none, writeback (default), writethrough, directsync, unsafe
       --discard=MODE        ignore (default) or unmap
+      --safe                untrusted image: no format probing, no data/backing
+                            file outside the image's folder
 `;

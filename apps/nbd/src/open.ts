@@ -14,6 +14,8 @@ export interface OpenExportOptions {
   discard?: "ignore" | "unmap";
   /** Do not take the image lock (force-share). */
   shareRW?: boolean;
+  /** Untrusted image: no format probing, no data/backing file outside the image's folder. */
+  safe?: boolean;
 }
 
 /** Opens the image qnbd serves. Errors are Qcow2Errors with one-line QEMU-style messages. */
@@ -26,6 +28,7 @@ export async function openExport(file: string, opts: OpenExportOptions): Promise
     ...(opts.format !== undefined ? { format: opts.format } : {}),
     ...(opts.discard !== undefined ? { discard: opts.discard } : {}),
     ...(opts.shareRW ? { shareRW: true } : {}),
+    ...(opts.safe ? { safe: true } : {}),
   });
   return opts.format === undefined && image.format === "raw" ? new ProbedRawGuard(image) : image;
 }

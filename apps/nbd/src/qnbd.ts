@@ -117,6 +117,7 @@ async function serve(options: QnbdOptions): Promise<void> {
       readOnly: options.readOnly,
       ...(options.format ? { format: options.format } : {}),
       ...(options.discard ? { discard: options.discard } : {}),
+      ...(options.safe ? { safe: true } : {}),
     });
   } catch (error) {
     const message = isQcow2Error(error) || error instanceof Error ? error.message : String(error);
