@@ -19,6 +19,8 @@ import { measureCommand } from "./measure";
 import { rebaseCommand } from "./rebase";
 import { commitCommand } from "./commit";
 import { bitmapCommand } from "./bitmap";
+import { ddCommand } from "./dd";
+import { benchCommand } from "./bench";
 
 const COMMANDS: QimgCommand[] = [
   amendCommand,
@@ -34,6 +36,8 @@ const COMMANDS: QimgCommand[] = [
   rebaseCommand,
   measureCommand,
   bitmapCommand,
+  ddCommand,
+  benchCommand,
 ];
 
 /** Run qimg with `args` (argv without node and the script); returns the exit code. */
