@@ -908,37 +908,51 @@ export class Qcow2Image implements BlockImage {
       throw new Qcow2Error("INVALID_ARGUMENT", "Compressed writes must be cluster aligned", { errno: "EINVAL" });
     }
     const codec = await this.compression();
+    // Like QEMU's parallel cluster tasks, a cluster that cannot be written fails the request, but the other
+    // clusters of the request are still written.
+    let failure: unknown;
     for (let pos = guestOffset; pos < end; pos += cs) {
-      let chunk = data.subarray(pos - guestOffset, Math.min(end, pos + cs) - guestOffset);
-      if (chunk.byteLength < cs) {
-        const padded = new Uint8Array(cs);
-        padded.set(chunk);
-        chunk = padded;
+      try {
+        await this.writeCompressedCluster(codec, pos, data.subarray(pos - guestOffset, Math.min(end, pos + cs) - guestOffset));
+      } catch (e) {
+        failure ??= e;
       }
-      const compressed = await codec.compress(chunk, cs - 1);
-      if (!compressed) {
-        await this.writeUnlocked(pos, chunk.subarray(0, Math.min(cs, end - pos)));
-        continue;
-      }
-      const t = await this.l2ForWrite(pos);
-      const l2Index = this.map.l2Index(pos);
-      const [ohi, olo] = this.entryHalves(t, l2Index);
-      if ((ohi & 0x00ffffff) !== 0 || (olo & 0xfffffe00) !== 0 || (ohi & 0x40000000) !== 0) {
-        // Compression cannot overwrite anything (QEMU fails the request with EIO).
-        throw new Qcow2Error("IO_ERROR", "Input/output error", { errno: "EIO" });
-      }
-      const hostOffset = await this.allocateBytes(compressed.byteLength);
-      this.checkOverlap(hostOffset, compressed.byteLength);
-      await this.meta.write(hostOffset, compressed);
-      this.metaFileEnd = Math.max(this.metaFileEnd, hostOffset + compressed.byteLength);
-      this.dataDirty = true;
-      const { hi, lo } = encodeCompressedDescriptor(hostOffset, compressed.byteLength, this.clusterBits);
-      setL2Raw(t.view, l2Index, this.extendedL2, hi, lo);
-      if (this.extendedL2) setL2Bitmap(t.view, l2Index, 0, 0);
-      this.freeEntryCluster(ohi, olo, -1);
-      this.l2Cache.markDirty(t);
-      await this.maybeWriteback();
     }
+    if (failure !== undefined) throw failure;
+  }
+
+  private async writeCompressedCluster(codec: CompressionCodec, pos: number, piece: Uint8Array): Promise<void> {
+    const cs = this.clusterSize;
+    const end = pos + piece.byteLength;
+    let chunk = piece;
+    if (chunk.byteLength < cs) {
+      const padded = new Uint8Array(cs);
+      padded.set(chunk);
+      chunk = padded;
+    }
+    const compressed = await codec.compress(chunk, cs - 1);
+    if (!compressed) {
+      await this.writeUnlocked(pos, chunk.subarray(0, Math.min(cs, end - pos)));
+      return;
+    }
+    const t = await this.l2ForWrite(pos);
+    const l2Index = this.map.l2Index(pos);
+    const [ohi, olo] = this.entryHalves(t, l2Index);
+    if ((ohi & 0x00ffffff) !== 0 || (olo & 0xfffffe00) !== 0 || (ohi & 0x40000000) !== 0) {
+      // Compression cannot overwrite anything (QEMU fails the request with EIO).
+      throw new Qcow2Error("IO_ERROR", "Input/output error", { errno: "EIO" });
+    }
+    const hostOffset = await this.allocateBytes(compressed.byteLength);
+    this.checkOverlap(hostOffset, compressed.byteLength);
+    await this.meta.write(hostOffset, compressed);
+    this.metaFileEnd = Math.max(this.metaFileEnd, hostOffset + compressed.byteLength);
+    this.dataDirty = true;
+    const { hi, lo } = encodeCompressedDescriptor(hostOffset, compressed.byteLength, this.clusterBits);
+    setL2Raw(t.view, l2Index, this.extendedL2, hi, lo);
+    if (this.extendedL2) setL2Bitmap(t.view, l2Index, 0, 0);
+    this.freeEntryCluster(ohi, olo, -1);
+    this.l2Cache.markDirty(t);
+    await this.maybeWriteback();
   }
 
   /** Sub-cluster byte allocation for compressed data (QEMU's qcow2_alloc_bytes), packing into the last cluster. */
@@ -947,7 +961,12 @@ export class Qcow2Image implements BlockImage {
   private async allocateBytes(byteLength: number): Promise<number> {
     const cs = this.clusterSize;
     const tail = this.compressedTail;
-    if (tail && tail.offset % cs !== 0 && (tail.offset % cs) + byteLength <= cs) {
+    if (
+      tail &&
+      tail.offset % cs !== 0 &&
+      (tail.offset % cs) + byteLength <= cs &&
+      (await this.refcounts.get(tail.cluster)) < this.refcounts.maxValue
+    ) {
       // Share the partially used cluster: one more reference to it.
       const offset = tail.offset;
       await this.refcounts.update(tail.cluster, 1, 1);
