@@ -136,7 +136,13 @@ async function change(image: Qcow2Image, cluster: number, count: number, addend:
     image.refcounts.deferFree(cluster, count, true);
     return;
   }
-  await image.refcounts.update(cluster, count, 1);
+  try {
+    await image.refcounts.update(cluster, count, 1);
+  } catch (e) {
+    // QEMU's update_refcount answers EINVAL when a refcount would exceed the width.
+    if (e instanceof Qcow2Error && e.errno === "ERANGE") throw new Qcow2Error("INVALID_ARGUMENT", "Invalid argument", { errno: "EINVAL", cause: e });
+    throw e;
+  }
   applied.push([cluster, count]);
 }
 
