@@ -47,10 +47,24 @@ export class ChunkedBits {
 
   constructor(
     /** Number of bits. */
-    readonly length: number,
+    public length: number,
     readonly chunkBytes: number,
   ) {
     this.chunkBits = chunkBytes * 8;
+  }
+
+  /** Follow a resized image: bits past a new, smaller length are dropped. */
+  resize(length: number): void {
+    if (length < this.length) {
+      for (const i of [...this.chunks.keys()]) if (i * this.chunkBits >= length) this.chunks.delete(i);
+      const last = Math.floor(length / this.chunkBits);
+      const c = this.chunks.get(last);
+      if (c) {
+        for (let b = length - last * this.chunkBits; b < this.chunkBits; b++) c[b >> 3]! &= ~(1 << (b & 7));
+        this.setChunk(last, c);
+      }
+    }
+    this.length = length;
   }
 
   get chunkCount(): number {
@@ -236,6 +250,13 @@ async function storedClusters(image: Qcow2Image, e: BitmapDirectoryEntry): Promi
   return out;
 }
 
+/** Bitmaps follow the image size (QEMU resizes them with the image). */
+function followSize(image: Qcow2Image, b: LoadedBitmap): void {
+  if (b.inconsistent) return;
+  const n = bitCount(image, b.granularityBits);
+  if (n !== b.bits.length) b.bits.resize(n);
+}
+
 function describe(b: LoadedBitmap): BitmapInfo {
   const flags: string[] = [];
   if (b.inconsistent) flags.push("in-use");
@@ -283,6 +304,7 @@ async function ensureTracked(image: Qcow2Image): Promise<BitmapSet> {
     for (const b of set.bitmaps) {
       if (!b.enabled || b.inconsistent) continue;
       const g = 2 ** b.granularityBits;
+      followSize(image, b);
       b.bits.setRange(Math.floor(guestOffset / g), Math.ceil((guestOffset + byteLength) / g));
     }
   });
@@ -306,6 +328,7 @@ export async function storeBitmaps(image: Qcow2Image, inUse = false): Promise<vo
         entries.push(b.stored);
         continue;
       }
+      followSize(image, b);
       const tableSize = bitmapTableEntries(image.virtualSize, b.granularityBits, image.clusterBits);
       const table = new Uint8Array(tableSize * 8);
       const tv = viewOf(table);
@@ -514,6 +537,7 @@ export async function bitmapStatus(
   const set = tracked.get(image);
   if (set) {
     const b = find(set, name);
+    followSize(image, b);
     bits = b.bits;
     granularityBits = b.granularityBits;
   } else {

@@ -159,3 +159,18 @@ describe("persistent dirty bitmaps", () => {
     await img3.close();
   });
 });
+
+describe("bitmaps and resizing", () => {
+  it("a grown image's new area is tracked, a shrunk one's bits are dropped", async () => {
+    const path = tmp.path("resize.qcow2");
+    qemu("qemu-img", ["create", "-q", "-f", "qcow2", path, "1M"]);
+    const img = await qcow2(path);
+    await addBitmap(img, "b");
+    await img.write(960 * 1024, new Uint8Array(4096));
+    await img.resize(4 * 1024 * 1024);
+    await img.write(3 * 1024 * 1024, new Uint8Array(4096));
+    await img.close();
+    expect(qemuStatus("qemu-img", ["check", path]).status).toBe(0);
+    expect((await nbdMap(path, "b")).filter((r) => r.dirty).map((r) => r.offset)).toEqual([960 * 1024, 3 * 1024 * 1024]);
+  });
+});
