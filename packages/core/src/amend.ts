@@ -205,7 +205,6 @@ async function downgrade(image: Qcow2Image, status: (offset: number, work: numbe
   }
   h.version = 2;
   h.unknownHeaderFields = new Uint8Array(0);
-  delete image.hdr.extensions.bitmaps;
   await image.writeHeader();
 }
 

@@ -318,7 +318,8 @@ async function ensureTracked(image: Qcow2Image): Promise<BitmapSet> {
  */
 export async function storeBitmaps(image: Qcow2Image, inUse = false): Promise<void> {
   const set = tracked.get(image);
-  if (!set) return;
+  // A v2 image cannot hold bitmaps (after a downgrade QEMU leaves them as they are too).
+  if (!set || image.version < 3) return;
   await image.lock.write(async () => {
     const cs = image.clusterSize;
     const entries: BitmapDirectoryEntry[] = [];
