@@ -25,7 +25,7 @@ export type { Qcow2CreateOptions, CreateContext } from "./create";
 export { RawImage } from "./raw-image";
 export { imageInfo, qcow2SpecificInfo, readBitmapInfo } from "./info";
 export type { ImageInfo, ImageInfoOptions, ImageInfoSpecificQcow2, Qcow2BitmapInfo, SnapshotInfoQapi } from "./info";
-export { mapExtents, entryMergeable, chainLayers, detectMetadataPreallocation } from "./map";
+export { mapExtents, entryMergeable, chainLayers } from "./map";
 export type { MapEntry } from "./map";
 export {
   listSnapshots,
@@ -61,3 +61,7 @@ export {
   bitmapStatus,
 } from "./bitmaps";
 export type { AddBitmapOptions } from "./bitmaps";
+export { compareImages } from "./compare";
+export type { CompareEvent, CompareOptions, CompareResult } from "./compare";
+export { convertImages, ConvertFailure } from "./convert";
+export type { ConvertFailureKind, ConvertOptions } from "./convert";

@@ -1,9 +1,276 @@
-import { CliError } from "../cli/errors";
-import type { QimgCommand } from "./context";
+/**
+ * qimg convert [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]
+ *              [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-r rate_limit]
+ *              [-m num_coroutines] [-W] [--target-is-zero] filename [filename2 [...]] output_filename
+ *
+ * As qemu-img 7.2: checks in its order, sources opened, the target created by the format driver (unless -n)
+ * and opened, then @qcowkit/core's convertImages copies. -C, -m, -W, -r and the cache modes are checked and
+ * otherwise ignored (the copy always reads ahead and writes in order).
+ */
+import { ConvertFailure, convertImages, type BlockImage } from "@qcowkit/core/node";
+import { strerror } from "../cli/errno";
+import { CliError, UsageError, errorText } from "../cli/errors";
+import type { LongOption } from "../cli/getopt";
+import { closeQuietly, openCliImage } from "../cli/open";
+import { Progress } from "../cli/progress";
+import { QemuOpts, accumulateOptions, appendDescs, hasHelpOption } from "../cli/qemu-opts";
+import { sizeArgument } from "../cli/size";
+import { CACHE_MODES } from "./compare";
+import { FORCE_SHARE_OPTION, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, parseCommand, type CommandContext, type QimgCommand } from "./context";
+import { addBackingOptions, createWithDriver, optionHelp } from "./create";
+import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat } from "./create-options";
+
+/** MAX_BUF_SECTORS in bytes: the largest -S. */
+const MAX_SPARSE_BYTES = 16 * 1024 * 1024;
+const MAX_COROUTINES = 16;
+
+const LONG: LongOption[] = [
+  HELP_OPTION,
+  OBJECT_OPTION,
+  IMAGE_OPTS_OPTION,
+  FORCE_SHARE_OPTION,
+  { name: "target-image-opts", hasArg: false, key: "target-image-opts" },
+  { name: "salvage", hasArg: false, key: "salvage" },
+  { name: "target-is-zero", hasArg: false, key: "target-is-zero" },
+  { name: "bitmaps", hasArg: false, key: "bitmaps" },
+  { name: "skip-broken-bitmaps", hasArg: false, key: "skip-broken-bitmaps" },
+];
+
+interface ConvertArgs {
+  fmt?: string;
+  outFmt?: string;
+  backingFile?: string;
+  backingFmt?: string;
+  options?: string;
+  compressed: boolean;
+  copyRange: boolean;
+  sparseBytes: number;
+  explicitSparse: boolean;
+  progress: boolean;
+  quiet: boolean;
+  skipCreate: boolean;
+  targetIsZero: boolean;
+  forceShare: boolean;
+  cache: string;
+  srcCache: string;
+}
+
+function parseArgs(options: Array<{ key: string; value: string | undefined }>, ctx: CommandContext): ConvertArgs {
+  const a: ConvertArgs = {
+    compressed: false,
+    copyRange: false,
+    sparseBytes: 4096,
+    explicitSparse: false,
+    progress: false,
+    quiet: false,
+    skipCreate: false,
+    targetIsZero: false,
+    forceShare: false,
+    cache: "unsafe",
+    srcCache: "writeback",
+  };
+  for (const o of options) {
+    const v = o.value!;
+    switch (o.key) {
+      case "f":
+        a.fmt = v;
+        break;
+      case "O":
+        a.outFmt = v;
+        break;
+      case "B":
+        a.backingFile = v;
+        break;
+      case "F":
+        a.backingFmt = v;
+        break;
+      case "C":
+        a.copyRange = true;
+        break;
+      case "c":
+        a.compressed = true;
+        break;
+      case "o":
+        a.options = accumulateOptions(a.options, v);
+        break;
+      case "l":
+        throw new CliError("-l (converting from an internal snapshot) is not supported by qimg");
+      case "S": {
+        const bytes = sizeArgument("buffer size for sparse output", v, { onWarning: ctx.warn });
+        if (bytes % 512n !== 0n || bytes > BigInt(MAX_SPARSE_BYTES)) {
+          throw new CliError(
+            `Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to ${MAX_SPARSE_BYTES}. Select 0 to disable sparse detection (fully allocates output).`,
+          );
+        }
+        a.sparseBytes = Number(bytes);
+        a.explicitSparse = true;
+        break;
+      }
+      case "p":
+        a.progress = true;
+        break;
+      case "t":
+        a.cache = v;
+        break;
+      case "T":
+        a.srcCache = v;
+        break;
+      case "q":
+        a.quiet = true;
+        break;
+      case "n":
+        a.skipCreate = true;
+        break;
+      case "m": {
+        const n = /^[0-9]+$/.test(v) ? Number(v) : Number.NaN;
+        if (!(n >= 1 && n <= MAX_COROUTINES)) {
+          throw new CliError(`Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_COROUTINES}`);
+        }
+        break;
+      }
+      case "W":
+        break;
+      case "U":
+        a.forceShare = true;
+        break;
+      case "r":
+        sizeArgument("rate limit", v, { onWarning: ctx.warn });
+        break;
+      case "target-is-zero":
+        a.targetIsZero = true;
+        break;
+      case "target-image-opts":
+        throw new CliError("--target-image-opts is not supported by qimg");
+      case "salvage":
+        throw new CliError("--salvage is not supported by qimg");
+      case "bitmaps":
+      case "skip-broken-bitmaps":
+        throw new CliError("--bitmaps is not supported by qimg convert");
+    }
+  }
+  return a;
+}
 
 export const convertCommand: QimgCommand = {
   name: "convert",
-  async run() {
-    throw new CliError("convert: not implemented yet");
+  async run(args, ctx) {
+    const parsed = parseCommand(args, ctx, { short: ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:", argv0: "convert", long: LONG });
+    if (!parsed) return 0;
+    const a = parseArgs(parsed.options, ctx);
+    const outFmt = a.outFmt ?? "raw";
+    if (a.compressed && a.copyRange) throw new CliError("Cannot enable copy offloading when -c is used");
+    if (a.explicitSparse && a.copyRange) throw new CliError("Cannot enable copy offloading when -S is used");
+    if (a.skipCreate && a.options !== undefined) throw new CliError("-o has no effect when skipping image creation");
+    if (a.targetIsZero && !a.skipCreate) throw new CliError("--target-is-zero requires use of -n flag");
+    const operands = parsed.operands;
+    const outFilename = operands.length >= 2 ? operands[operands.length - 1] : undefined;
+    if (hasHelpOption(a.options)) {
+      if (!isKnownFormat(outFmt)) throw new CliError(`Unknown file format '${outFmt}'`);
+      ctx.io.out(optionHelp(outFmt, outFilename));
+      return 0;
+    }
+    if (operands.length < 2) throw new CliError("Must specify image file name");
+    if (!CACHE_MODES.includes(a.srcCache)) throw new CliError(`Invalid source cache option: ${a.srcCache}`);
+    const bar = new Progress(ctx.io, a.progress && !a.quiet, 1.0);
+    bar.print(0, 100);
+    const sources: BlockImage[] = [];
+    let target: BlockImage | undefined;
+    try {
+      for (const name of operands.slice(0, -1)) {
+        sources.push(
+          await openCliImage(name, {
+            readOnly: true,
+            forceShare: a.forceShare,
+            ...(a.fmt !== undefined ? { format: a.fmt } : {}),
+            onWarning: (w) => ctx.io.err(`${w}\n`),
+          }),
+        );
+      }
+      const prepared = await prepareTarget(outFilename!, outFmt, a, sources, ctx);
+      target = prepared.target;
+      await copy(sources, target, prepared.hasBacking, a, bar);
+      bar.print(100, 0);
+      const t = target;
+      target = undefined;
+      await t.close();
+      return 0;
+    } finally {
+      bar.end();
+      await closeQuietly(target);
+      for (const s of sources) await closeQuietly(s);
+    }
   },
 };
+
+/** Create (unless -n) and open the target; QEMU's checks on the way. */
+async function prepareTarget(
+  outFilename: string,
+  outFmt: string,
+  a: ConvertArgs,
+  sources: BlockImage[],
+  ctx: CommandContext,
+): Promise<{ target: BlockImage; hasBacking: boolean }> {
+  const totalBytes = sources.reduce((n, s) => n + s.virtualSize, 0);
+  let backingFile = a.backingFile;
+  if (!a.skipCreate) {
+    if (!isKnownFormat(outFmt)) throw new CliError(`Unknown file format '${outFmt}'`);
+    const opts = QemuOpts.parse(appendDescs(formatCreateOpts(outFmt), FILE_CREATE_OPTS), a.options, ctx.warn);
+    opts.set("size", String(totalBytes));
+    addBackingOptions(opts, outFmt, a.backingFile, a.backingFmt);
+    backingFile = opts.string("backing_file") ?? backingFile;
+    checkBacking(backingFile, sources.length, opts.string("backing_fmt") !== undefined);
+    if (a.compressed) {
+      if (outFmt !== "qcow2") throw new CliError("Compression not supported for this file format");
+      if (opts.bool("encryption") || opts.has("encrypt.format")) throw new CliError("Compression and encryption not supported at the same time");
+      const prealloc = opts.string("preallocation");
+      if (prealloc !== undefined && prealloc !== "off") throw new CliError("Compression and preallocation not supported at the same time");
+    }
+    try {
+      await createWithDriver(outFilename, outFmt, opts, BigInt(totalBytes));
+    } catch (e) {
+      throw new CliError(`${outFilename}: error while converting ${outFmt}: ${errorText(e)}`, { cause: e });
+    }
+  } else {
+    checkBacking(backingFile, sources.length, true);
+  }
+  if (!CACHE_MODES.includes(a.cache)) throw new CliError(`Invalid cache option: ${a.cache}`);
+  const target = await openCliImage(outFilename, {
+    readOnly: false,
+    format: outFmt,
+    onWarning: (w) => ctx.io.err(`${w}\n`),
+  });
+  try {
+    if (a.compressed && target.format !== "qcow2") throw new CliError("Compression not supported for this file format");
+    if (a.skipCreate && target.virtualSize < Math.ceil(totalBytes / 512) * 512) {
+      throw new CliError("output file is smaller than input file");
+    }
+  } catch (e) {
+    await closeQuietly(target);
+    throw e;
+  }
+  return { target, hasBacking: backingFile !== undefined };
+}
+
+function checkBacking(backingFile: string | undefined, sourceCount: number, hasFormat: boolean): void {
+  if (backingFile === undefined) return;
+  if (sourceCount > 1) throw new CliError("Having a backing file for the target makes no sense when concatenating multiple input images");
+  if (!hasFormat) throw new CliError("Use of backing file requires explicit backing format");
+}
+
+async function copy(sources: BlockImage[], target: BlockImage, targetHasBacking: boolean, a: ConvertArgs, bar: Progress): Promise<void> {
+  try {
+    await convertImages(sources, target, {
+      sparseBytes: a.sparseBytes,
+      compressed: a.compressed,
+      targetHasBacking,
+      // A new target without a backing file reads as zeros; with -n only when the user says so.
+      targetZeroInit: a.targetIsZero || (!a.skipCreate && a.sparseBytes !== 0 && !targetHasBacking),
+      onProgress: (percent) => bar.print(percent, 0),
+    });
+  } catch (e) {
+    if (!(e instanceof ConvertFailure)) throw e;
+    if (e.kind === "status") throw new CliError(`error while reading block status of sector ${e.offset}: ${strerror(e.cause)}`, { cause: e });
+    throw new CliError(`error while ${e.kind === "read" ? "reading" : "writing"} at byte ${e.offset}: ${strerror(e.cause)}`, { cause: e });
+  }
+}
+

@@ -112,6 +112,18 @@ export const createCommand: QimgCommand = {
   },
 };
 
+/** -b and -F (qemu-img's add_old_style_options): they override -o backing_file/backing_fmt. */
+export function addBackingOptions(opts: QemuOpts, format: ImageFormatName, backingFile: string | undefined, backingFormat: string | undefined): void {
+  if (backingFile !== undefined) {
+    if (format !== "qcow2") throw new CliError(`Backing file not supported for file format '${format}'`);
+    opts.set("backing_file", backingFile);
+  }
+  if (backingFormat !== undefined) {
+    if (format !== "qcow2") throw new CliError(`Backing file format not supported for file format '${format}'`);
+    opts.set("backing_fmt", backingFormat);
+  }
+}
+
 /** bdrv_img_create: everything after the command line is parsed. Throws messages without the file prefix. */
 export async function createFromOptions(req: CreateRequest, ctx: CommandContext): Promise<void> {
   const { filename, format } = req;
@@ -120,14 +132,7 @@ export async function createFromOptions(req: CreateRequest, ctx: CommandContext)
     if (opts.has("size")) throw new CliError("The image size must be specified only once");
     opts.set("size", String(req.size));
   }
-  if (req.backingFile !== undefined) {
-    if (format !== "qcow2") throw new CliError(`Backing file not supported for file format '${format}'`);
-    opts.set("backing_file", req.backingFile);
-  }
-  if (req.backingFormat !== undefined) {
-    if (format !== "qcow2") throw new CliError(`Backing file format not supported for file format '${format}'`);
-    opts.set("backing_fmt", req.backingFormat);
-  }
+  addBackingOptions(opts, format, req.backingFile, req.backingFormat);
   const backingFile = opts.string("backing_file");
   const backingFormat = opts.string("backing_fmt");
   if (backingFile !== undefined) {
@@ -146,6 +151,11 @@ export async function createFromOptions(req: CreateRequest, ctx: CommandContext)
   }
   if (size === undefined) throw new CliError("Image creation needs a size parameter");
   if (!req.quiet) ctx.io.out(`Formatting '${filename}', fmt=${format} ${opts.print()}\n`);
+  await createWithDriver(filename, format, opts, size);
+}
+
+/** bdrv_create: the format driver creates the image from parsed options (no "Formatting" line, no backing probe). */
+export async function createWithDriver(filename: string, format: ImageFormatName, opts: QemuOpts, size: bigint): Promise<void> {
   if (format === "raw") await createRaw(filename, opts, size);
   else await createQcow2File(filename, opts, size);
 }
