@@ -39,11 +39,12 @@ import {
   setL2Bitmap,
   setL2Raw,
   viewOf,
+  errnoText,
   type Errno,
 } from "@qcowkit/spec";
 import { metadataOverlap, OVERLAP_ACTIVE_L2, OVERLAP_INACTIVE_L2 } from "./metadata-overlap";
 import type { Qcow2Image } from "./qcow2-image";
-import type { SnapshotInfo } from "./snapshots";
+import { SequentialReader, type SnapshotInfo } from "./snapshots";
 
 /** QEMU's BDRV_FIX_LEAKS: lower refcounts that are too high. */
 export const FIX_LEAKS = 1;
@@ -71,7 +72,18 @@ export interface CheckReport {
   /** The refcount structures need a rebuild (only `-r all` can fix this). */
   rebuildNeeded: boolean;
   /** The check could not complete (QEMU's negative return): qemu-img prints "Check failed: <errno text>". */
-  failure?: Errno;
+  failure?: CheckFailure;
+}
+
+/**
+ * Why a check could not complete: an errno, or ENOMEDIUM when the image was marked corrupt during a repair
+ * (QEMU then makes the image unusable and the second checking pass fails with "No medium found").
+ */
+export type CheckFailure = Errno | "ENOMEDIUM";
+
+/** strerror() of a check failure. */
+export function checkFailureText(f: CheckFailure): string {
+  return f === "ENOMEDIUM" ? "No medium found" : errnoText[f];
 }
 
 export interface CheckOptions {
@@ -232,6 +244,12 @@ export function countReference(ctx: CheckContext, offset: number, size: number):
 
 /** Read from the qcow2 file, turning a failure into QEMU's check error. */
 async function readMeta(ctx: CheckContext, offset: number, into: Uint8Array, what: string): Promise<void> {
+  // Past the end of the file everything reads as zeros, as in QEMU, even where no store could address it
+  // (offsets of 2^53 and more, from damaged entries).
+  if (!Number.isSafeInteger(offset + into.byteLength) || offset >= ctx.fileLength) {
+    into.fill(0);
+    return;
+  }
   try {
     await ctx.image.meta.read(offset, into);
   } catch (e) {
@@ -763,12 +781,10 @@ async function readSnapshotsForCheck(ctx: CheckContext): Promise<void> {
     fail("ERROR snapshot table offset invalid", "EINVAL");
   }
   const snapshots: SnapshotInfo[] = [];
-  let pos = offset;
+  const reader = new SequentialReader(image.meta, offset);
   for (let i = 0; i < count; i++) {
-    pos = Math.ceil(pos / 8) * 8;
-    const head = new Uint8Array(SNAPSHOT_HEADER_BYTES);
-    await image.meta.read(pos, head);
-    const hv = viewOf(head);
+    reader.position = Math.ceil(reader.position / 8) * 8;
+    const hv = viewOf(await reader.peek(SNAPSHOT_HEADER_BYTES));
     const extraSize = hv.getUint32(36);
     if (extraSize > MAX_SNAPSHOT_EXTRA_DATA) {
       fail(
@@ -778,12 +794,9 @@ async function readSnapshotsForCheck(ctx: CheckContext): Promise<void> {
       );
     }
     const entryBytes = SNAPSHOT_HEADER_BYTES + extraSize + hv.getUint16(12) + hv.getUint16(14);
-    const bytes = new Uint8Array(entryBytes);
-    await image.meta.read(pos, bytes);
-    const { entry } = decodeSnapshotEntry(bytes, 0, i);
+    const { entry } = decodeSnapshotEntry(await reader.take(entryBytes), 0, i);
     if (entry.diskSize === undefined) entry.diskSize = image.virtualSize;
-    pos += entryBytes;
-    if (pos - offset > MAX_SNAPSHOT_TABLE_BYTES) {
+    if (reader.position - offset > MAX_SNAPSHOT_TABLE_BYTES) {
       fail(
         "ERROR failed to read the snapshot table: Snapshot table is too big",
         "EFBIG",
@@ -792,6 +805,7 @@ async function readSnapshotsForCheck(ctx: CheckContext): Promise<void> {
     }
     snapshots.push({ ...entry, entryBytes: Math.ceil(entryBytes / 8) * 8 });
   }
+  const pos = reader.position;
   ctx.snapshots = snapshots;
   ctx.snapshotsSize = count > 0 ? pos - offset : 0;
 }

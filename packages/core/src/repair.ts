@@ -18,6 +18,8 @@
 import { Qcow2Error, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, errnoText, setRefcount, setU64, viewOf, type Errno } from "@qcowkit/spec";
 import {
   CheckAbort,
+  checkFailureText,
+  emptyReport,
   FIX_ERRORS,
   FIX_LEAKS,
   newCheckContext,
@@ -89,11 +91,17 @@ export async function checkAndRepairImage(
   mode: RepairMode | undefined,
   opts: RepairOptions = {},
 ): Promise<CheckResult> {
+  const corruptionMarks = () => image.warnings.filter((w) => w.startsWith("qcow2: Marking image as corrupt")).length;
+  const marksBefore = corruptionMarks();
   let report = await checkWithFix(image, fixFlags(mode), opts);
   let fixRun: CheckReport | undefined;
   if (report.failure === undefined && (report.corruptionsFixed || report.leaksFixed)) {
     fixRun = report;
     opts.onFixed?.(fixRun);
+    if (corruptionMarks() > marksBefore) {
+      // QEMU makes an image unusable when it marks it corrupt: its second checking pass cannot run.
+      return { report: { ...emptyReport(), failure: "ENOMEDIUM" }, fixRun, exitCode: 1 };
+    }
     report = await checkWithFix(image, 0, opts);
     report.leaksFixed = fixRun.leaksFixed;
     report.corruptionsFixed = fixRun.corruptionsFixed;
@@ -117,8 +125,9 @@ export function dirtyImageRepair(opts: RepairOptions = {}): (image: Qcow2Image) 
   return async (image) => {
     const report = await checkWithFix(image, FIX_LEAKS | FIX_ERRORS, opts);
     if (report.failure !== undefined || report.checkErrors) {
-      const errno: Errno = report.failure ?? "EIO";
-      throw new Qcow2Error("CORRUPT", `Could not repair dirty image: ${errnoText[errno]}`, { errno });
+      const failure = report.failure ?? "EIO";
+      const errno: Errno = failure === "ENOMEDIUM" ? "EIO" : failure;
+      throw new Qcow2Error("CORRUPT", `Could not repair dirty image: ${checkFailureText(failure)}`, { errno });
     }
   };
 }

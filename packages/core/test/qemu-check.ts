@@ -3,7 +3,7 @@
  * sides in the same shape (stderr lines as qemu-img prints them, the JSON counters, the exit code).
  */
 import { copyFileSync, openSync, readFileSync, writeSync, closeSync } from "node:fs";
-import { errnoText } from "@qcowkit/spec";
+import { checkFailureText } from "../src/check";
 import { checkAndRepairImage, type RepairMode } from "../src/repair";
 import { openImage } from "../src/node";
 import type { Qcow2Image } from "../src/qcow2-image";
@@ -80,7 +80,7 @@ export async function ourCheck(path: string, mode?: RepairMode): Promise<CheckOu
   }
   const r = result.report;
   if (r.failure !== undefined) {
-    stderr.push(`qemu-img: Check failed: ${errnoText[r.failure]}`);
+    stderr.push(`qemu-img: Check failed: ${checkFailureText(r.failure)}`);
     return { stderr, counts: {}, exitCode: 1 };
   }
   if (r.checkErrors) stderr.push("qemu-img: Check failed");

@@ -39,7 +39,7 @@ export interface RefcountOptions {
 }
 
 /** C's "%#" PRIx64 as QEMU's messages print it: "0x" before non-zero values only. */
-const altHex = (n: number): string => (n === 0 ? "0" : `0x${n.toString(16)}`);
+const altHex = (n: number | bigint): string => (n === 0 || n === 0n ? "0" : `0x${n.toString(16)}`);
 
 /** Largest refcount table QEMU accepts. */
 const MAX_REFTABLE_BYTES = 8 * 1024 * 1024;
@@ -112,11 +112,11 @@ export class Refcounts {
     if (cached) return cached;
     const hostOffset = this.blockOffset(blockIndex);
     if (hostOffset === 0) return undefined;
-    if (hostOffset % this.clusterSize !== 0) {
-      throw new Qcow2Error(
-        "CORRUPT",
-        `Refblock offset ${altHex(hostOffset)} unaligned (reftable index: ${altHex(blockIndex)})`,
-      );
+    // Alignment from the exact low word: offsets of 2^53 and more are not exact as numbers.
+    const low = this.reftableView.getUint32(blockIndex * 8 + 4) & ~0x1ff;
+    if (hostOffset % this.clusterSize !== 0 || (low & (this.clusterSize - 1)) !== 0) {
+      const exact = (BigInt(this.reftableView.getUint32(blockIndex * 8)) << 32n) | BigInt(low >>> 0);
+      throw new Qcow2Error("CORRUPT", `Refblock offset ${altHex(exact)} unaligned (reftable index: ${altHex(blockIndex)})`);
     }
     const bytes = new Uint8Array(this.clusterSize);
     await this.store.read(hostOffset, bytes);

@@ -8,8 +8,7 @@
  * `-r leaks` when the refcount structures need a rebuild, open failures), 2 corruptions left, 3 only leaks
  * left, 63 the format has no consistency check (raw).
  */
-import { checkAndRepairImage, type CheckReport, type Qcow2Image, type RepairMode } from "@qcowkit/core/node";
-import { errnoText } from "@qcowkit/spec";
+import { checkAndRepairImage, checkFailureText, type CheckReport, type Qcow2Image, type RepairMode } from "@qcowkit/core/node";
 import { CliError, EXIT, UsageError } from "../cli/errors";
 import { getopt } from "../cli/getopt";
 import { closeQuietly, openCliImage } from "../cli/open";
@@ -107,7 +106,7 @@ export const checkCommand: QimgCommand = {
       });
       const report = result.report;
       if (report.failure !== undefined) {
-        throw new CliError(`Check failed: ${errnoText[report.failure]}`, { exitCode: EXIT.FAILURE });
+        throw new CliError(`Check failed: ${checkFailureText(report.failure)}`, { exitCode: EXIT.FAILURE });
       }
       out(mode === "json" ? `${toQemuJson(checkJson(filename, report))}\n` : humanCheck(report));
       if (report.checkErrors) throw new CliError("Check failed", { exitCode: EXIT.FAILURE });
