@@ -34,7 +34,7 @@ import {
   viewOf,
   type BitmapDirectoryEntry,
 } from "@qcowkit/spec";
-import type { BitmapInfo } from "./block-image";
+import type { BitmapInfo, BlockImage } from "./block-image";
 import type { Qcow2Image } from "./qcow2-image";
 
 const MIN_GRANULARITY_BITS = 9;
@@ -557,4 +557,15 @@ export async function bitmapStatus(
     if (stop > start) out.push({ offset: start, length: stop - start, dirty });
   }
   return out;
+}
+
+/**
+ * Give an open image the optional BlockImage bitmap methods (`listBitmaps`, `bitmapStatus`) backed by this
+ * module, so that frontends holding a BlockImage (the NBD server's qemu:dirty-bitmap:NAME) can use them.
+ */
+export function withBitmapMethods(image: Qcow2Image): Qcow2Image {
+  const b = image as BlockImage;
+  b.listBitmaps = () => listBitmaps(image);
+  b.bitmapStatus = (name, guestOffset, byteLength) => bitmapStatus(image, name, guestOffset, byteLength);
+  return image;
 }

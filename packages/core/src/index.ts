@@ -59,6 +59,7 @@ export {
   mergeBitmap,
   listBitmaps,
   bitmapStatus,
+  withBitmapMethods,
 } from "./bitmaps";
 export type { AddBitmapOptions } from "./bitmaps";
 export { compareImages } from "./compare";

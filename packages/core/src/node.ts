@@ -6,7 +6,7 @@ import { realpath } from "node:fs/promises";
 import { FileStore, checkSafeReference, resolveBackingFileName, resolveDataFileName } from "@qcowkit/datafile/node";
 import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
-import { trackBitmaps } from "./bitmaps";
+import { trackBitmaps, withBitmapMethods } from "./bitmaps";
 import { createQcow2, validateCreateOptions, type Qcow2CreateOptions } from "./create";
 import { assertRealPathInside, imageLockMode } from "./node/open-policy";
 import { Qcow2Image, type Qcow2OpenOptions } from "./qcow2-image";
@@ -166,7 +166,7 @@ export async function openImage(path: string, opts: OpenImageOptions = {}): Prom
       repairDirty: opts.repairDirty ?? dirtyImageRepair({ onMessage: (line) => opts.onWarning?.(line) }),
     };
     // Qcow2Image.open closes the store itself when it fails after taking it over.
-    return await Qcow2Image.open(store, qopts);
+    return withBitmapMethods(await Qcow2Image.open(store, qopts));
   } catch (e) {
     await store.close().catch(() => undefined);
     throw e;

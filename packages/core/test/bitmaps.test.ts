@@ -174,3 +174,20 @@ describe("bitmaps and resizing", () => {
     expect((await nbdMap(path, "b")).filter((r) => r.dirty).map((r) => r.offset)).toEqual([960 * 1024, 3 * 1024 * 1024]);
   });
 });
+
+describe("BlockImage bitmap methods", () => {
+  it("openImage's images answer listBitmaps and bitmapStatus (for the NBD server)", async () => {
+    const path = tmp.path("methods.qcow2");
+    qemu("qemu-img", ["create", "-q", "-f", "qcow2", path, "1M"]);
+    qemu("qemu-img", ["bitmap", "--add", "-g", "4k", path, "m"]);
+    qemu("qemu-io", ["-c", "write 8k 4k", path]);
+    const img = await openImage(path, { readOnly: true });
+    expect(await img.listBitmaps!()).toEqual([{ name: "m", granularity: 4096, flags: ["auto"] }]);
+    expect(await img.bitmapStatus!("m", 0, 16384)).toEqual([
+      { offset: 0, length: 8192, dirty: false },
+      { offset: 8192, length: 4096, dirty: true },
+      { offset: 12288, length: 4096, dirty: false },
+    ]);
+    await img.close();
+  });
+});
