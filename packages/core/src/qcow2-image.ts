@@ -50,6 +50,7 @@ import {
 } from "@qcowkit/spec";
 import {
   mergeExtents,
+  type BitmapInfo,
   type BlockImage,
   type BlockStatusExtent,
   type ResizeOptions,
@@ -57,6 +58,7 @@ import {
   type ZeroOptions,
 } from "./block-image";
 import { allocationRuns } from "./allocation";
+import { bitmapStatus, listBitmaps } from "./bitmaps";
 import { getCodec, type CompressionCodec } from "./compression";
 import { RwLock } from "./lock";
 import type { ImageResolver } from "./resolver";
@@ -1301,6 +1303,22 @@ export class Qcow2Image implements BlockImage {
     }
     this.preallocationDetected = detected;
     return detected;
+  }
+
+  // ---------------------------------------------------------------- persistent dirty bitmaps
+
+  /** Names, granularities and flags of the image's persistent dirty bitmaps. */
+  async listBitmaps(): Promise<BitmapInfo[]> {
+    this.assertOpen();
+    if (!this.hdr.extensions.bitmaps || !(this.hdr.header.autoclearFeatures & AUTOCLEAR_BITMAPS)) return [];
+    return listBitmaps(this);
+  }
+
+  /** Dirty and clean runs of bitmap `name` over [guestOffset, +byteLength) (NBD qemu:dirty-bitmap:NAME). */
+  async bitmapStatus(name: string, guestOffset: number, byteLength: number): Promise<{ offset: number; length: number; dirty: boolean }[]> {
+    this.assertOpen();
+    this.checkRange(guestOffset, byteLength);
+    return bitmapStatus(this, name, guestOffset, byteLength);
   }
 
   // ---------------------------------------------------------------- flush and write-back
