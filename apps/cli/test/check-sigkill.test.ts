@@ -82,7 +82,9 @@ describe("SIGKILL of a writing qio", () => {
         const ops = script(seed, size, 400);
         const killAfter = 5 + Math.floor(rng(seed)() * 300);
         const acknowledged = await runAndKill(file, ops, killAfter);
-        expect(acknowledged, "qio was killed while it was writing").toBe(killAfter);
+        // Lines already on their way count too: the kill lands a little after the killAfter-th write.
+        expect(acknowledged, "qio was killed while it was writing").toBeGreaterThanOrEqual(killAfter);
+        expect(acknowledged).toBeLessThan(400);
         // A flush completed when the write after it was acknowledged: the writes before the last such flush
         // are durable; later ones may or may not have reached the disk.
         let lastFlush = -1;
