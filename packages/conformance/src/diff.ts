@@ -28,10 +28,10 @@ function operations(a: string[], b: string[]): Op[] | undefined {
   while (i < am.length || j < bm.length) {
     if (i < am.length && j < bm.length && am[i] === bm[j]) {
       ops.push({ kind: " ", line: am[i], a: head + i++, b: head + j++ });
-    } else if (j < bm.length && (i === am.length || lcs[i * width + j + 1] >= lcs[(i + 1) * width + j])) {
-      ops.push({ kind: "+", line: bm[j], a: head + i, b: head + j++ });
-    } else {
+    } else if (i < am.length && (j === bm.length || lcs[(i + 1) * width + j] >= lcs[i * width + j + 1])) {
       ops.push({ kind: "-", line: am[i], a: head + i++, b: head + j });
+    } else {
+      ops.push({ kind: "+", line: bm[j], a: head + i, b: head + j++ });
     }
   }
   for (let k = 0; k < tail; k++) {
@@ -71,6 +71,6 @@ export function unifiedDiff(expected: string, actual: string, expectedName: stri
     out.push(`@@ -${aStart},${aCount} +${bStart},${bCount} @@`);
     for (const o of hunk) out.push(`${o.kind}${o.line}`);
   }
-  if (expected.endsWith("\n") !== actual.endsWith("\n")) out.push("\\ the outputs differ in their final newline");
+  if (expected && actual && expected.endsWith("\n") !== actual.endsWith("\n")) out.push("\\ the outputs differ in their final newline");
   return `${out.join("\n")}\n`;
 }

@@ -1,6 +1,6 @@
 import { accessSync, constants, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import type { CaseDefinition } from "./case-file";
 import { unifiedDiff } from "./diff";
 import type { Driver } from "./drivers";
@@ -67,7 +67,7 @@ async function judge(def: CaseDefinition, opts: SuiteOptions, workRoot: string):
   const skip = notRunReason(def, opts.driver);
   if (skip) return { ...base, status: "not run", reason: skip };
   const golden = goldenPath(opts.goldenDir, def, opts.driver.name);
-  const goldenName = golden.slice(golden.lastIndexOf("/golden/") + 1);
+  const goldenName = `golden/${basename(golden)}`;
   const difference = def.differences.get(opts.driver.name);
   if (opts.updateGolden && opts.driver.name !== "qemu" && !difference) {
     return { ...base, status: "fail", reason: `${goldenName} records QEMU's behaviour: update it with --impl qemu` };
@@ -108,7 +108,10 @@ export async function runSuite(opts: SuiteOptions): Promise<SuiteResult> {
     while (next < opts.cases.length) {
       const k = next++;
       results[k] = await judge(opts.cases[k], opts, workRoot);
-      while (reported < results.length && results[reported]) opts.onResult?.(results[reported++]!);
+      while (reported < results.length && results[reported]) {
+        const r = results[reported++]!;
+        opts.onResult?.(r);
+      }
     }
   };
   try {
@@ -143,7 +146,7 @@ export function selectCases(
 /** One line per case, then the diff of a failure. */
 export function formatResult(r: CaseResult): string {
   const head = `${r.id} ${r.status.padEnd(7)} ${r.title}${r.reason ? ` [${r.reason}]` : ""}`;
-  return r.diff ? `${head}\n${r.diff.replace(/^/gm, "    ")}` : `${head}\n`;
+  return r.diff ? `${head}\n${r.diff.replace(/^(?=.)/gm, "    ")}` : `${head}\n`;
 }
 
 export function formatSummary(s: SuiteResult): string {
