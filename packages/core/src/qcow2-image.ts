@@ -468,28 +468,38 @@ export class Qcow2Image implements BlockImage {
     const end = guestOffset + into.byteLength;
     const pending: Promise<void>[] = [];
     let pos = guestOffset;
-    while (pos < end) {
-      const run = await this.map.mapRun(pos, end - pos);
-      const dst = into.subarray(pos - guestOffset, pos - guestOffset + run.byteLength);
-      switch (run.type) {
-        case SubclusterType.NORMAL:
-          pending.push(this.data.read(run.hostOffset, dst));
-          break;
-        case SubclusterType.ZERO_PLAIN:
-        case SubclusterType.ZERO_ALLOC:
-          dst.fill(0);
-          break;
-        case SubclusterType.COMPRESSED: {
-          const cluster = await this.readCompressedCluster(run.compressed!);
-          const inCluster = pos % this.clusterSize;
-          dst.set(cluster.subarray(inCluster, inCluster + run.byteLength));
-          break;
+    // Engine edits by the fuzz owner: reads already started are awaited before an error propagates (they
+    // were left as unhandled rejections, which end a Node process with a stack trace), and host offsets no
+    // store can address (2^53 and more, from damaged L2 entries) read as zeros, as QEMU reads past the end
+    // of the file.
+    try {
+      while (pos < end) {
+        const run = await this.map.mapRun(pos, end - pos);
+        const dst = into.subarray(pos - guestOffset, pos - guestOffset + run.byteLength);
+        switch (run.type) {
+          case SubclusterType.NORMAL:
+            if (!Number.isSafeInteger(run.hostOffset + dst.byteLength)) dst.fill(0);
+            else pending.push(this.data.read(run.hostOffset, dst));
+            break;
+          case SubclusterType.ZERO_PLAIN:
+          case SubclusterType.ZERO_ALLOC:
+            dst.fill(0);
+            break;
+          case SubclusterType.COMPRESSED: {
+            const cluster = await this.readCompressedCluster(run.compressed!);
+            const inCluster = pos % this.clusterSize;
+            dst.set(cluster.subarray(inCluster, inCluster + run.byteLength));
+            break;
+          }
+          default:
+            pending.push(this.readBacking(pos, dst));
         }
-        default:
-          pending.push(this.readBacking(pos, dst));
+        pos += run.byteLength;
+        if (pending.length >= 64) await Promise.all(pending.splice(0));
       }
-      pos += run.byteLength;
-      if (pending.length >= 64) await Promise.all(pending.splice(0));
+    } catch (e) {
+      await Promise.allSettled(pending);
+      throw e;
     }
     await Promise.all(pending);
     this.l2Cache.trim();

@@ -39,6 +39,11 @@ describe("fuzzed images", () => {
     const corpus = buildCorpus(corpusDir);
     const results: CaseResult[] = [];
     let maxHeap = 0;
+    // A promise rejected with nobody listening ends a Node process with a stack trace: a crash of the case.
+    let currentSeed = 0;
+    const unhandled: string[] = [];
+    const onUnhandled = (e: unknown) => unhandled.push(`seed ${currentSeed}: ${e instanceof Error ? e.message : String(e)}`);
+    process.on("unhandledRejection", onUnhandled);
     for (let start = 0; start < CASES; start += BATCH) {
       const batch = Array.from({ length: Math.min(BATCH, CASES - start) }, (_, i) => {
         const seed = FIRST_SEED + start + i;
@@ -55,12 +60,16 @@ describe("fuzzed images", () => {
       const t1 = Date.now();
       if (process.env.QCOWKIT_FUZZ_TIMING) console.log(`batch ${start}: qemu ${t1 - t0} ms`);
       for (const [i, c] of batch.entries()) {
+        currentSeed = c.seed;
         const ours = await runOurs(c.path, join(corpusDir, `o-${c.name}`), c.repair);
         results.push({ seed: c.seed, seedImage: c.seedImage, description: c.description, ours, qemu: qemu[i]! });
         maxHeap = Math.max(maxHeap, process.memoryUsage().heapUsed);
       }
       if (process.env.QCOWKIT_FUZZ_TIMING) console.log(`batch ${start}: ours ${Date.now() - t1} ms`);
     }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    process.off("unhandledRejection", onUnhandled);
+    expect(unhandled).toEqual([]);
     const crashes = results.filter((r) => r.ours.crashes.length > 0);
     const slow = results.filter((r) => r.ours.slow.length > 0);
     const changed = results.filter((r) => r.ours.changed.length > 0);

@@ -43,6 +43,8 @@ class Image {
     return v;
   }
   set(offset: number, width: number, value: bigint): void {
+    // Writes far past the end are dropped (the image stays small); near the end they extend it.
+    if (offset + width > this.bytes.byteLength + 1024 * 1024) return;
     if (offset + width > this.bytes.byteLength) this.grow(offset + width);
     let v = BigInt.asUintN(width * 8, value);
     for (let i = width - 1; i >= 0; i--) {
