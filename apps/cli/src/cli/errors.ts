@@ -101,7 +101,7 @@ export function reportError(prog: string, error: unknown, io: Output): number {
  * QEMU's hint line after an error (error_append_hint), such as `Is another process using the image [x]?`
  * after a lock conflict: carried as `hint` by the error or by one of its causes.
  */
-function printHint(error: unknown, io: Output): void {
+export function printHint(error: unknown, io: Output): void {
   for (let e: unknown = error, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
     const hint = (e as { hint?: unknown }).hint;
     if (typeof hint === "string") {

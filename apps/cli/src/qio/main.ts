@@ -2,7 +2,7 @@
  * qio: qemu-io compatible front end. `qio [OPTIONS]... [-c STRING]... [file]`: the commands given with -c
  * run in order (or, without -c, the lines read from standard input); the exit code is 1 when any failed.
  */
-import { CliError, UsageError, errorText, reportError, type Output } from "../cli/errors";
+import { CliError, UsageError, errorText, reportError, type Output, printHint } from "../cli/errors";
 import { getopt } from "../cli/getopt";
 import { cliOpenDefaults, closeQuietly } from "../cli/open";
 import { VERSION } from "../cli/version";
@@ -151,6 +151,7 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
         await session.open(req);
       } catch (e) {
         io.err(`${PROG}: ${errorText(e)}\n`);
+        printHint(e, io);
         return 1;
       }
     }
