@@ -278,84 +278,106 @@ async function expandZeroClusters(image: Qcow2Image, status: (offset: number, wo
   });
 }
 
+/** Clusters with a non-zero refcount, in order: only the existing refcount blocks are read. */
+async function usedClusters(refcounts: Refcounts): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < refcounts.reftableEntries; i++) {
+    if (refcounts.blockOffset(i) === 0) continue;
+    for (let c = i * refcounts.blockEntries; c < (i + 1) * refcounts.blockEntries; c++) {
+      if ((await refcounts.get(c)) !== 0) out.push(c);
+    }
+  }
+  return out;
+}
+
 /**
- * Rewrite every refcount structure with entries of 2^`order` bits (qcow2_change_refcount_order): the new
- * blocks and table go after the end of the file, are written and made durable, then the header switches to
- * them in one write; the old structures are free in the new counts.
+ * Rewrite every refcount structure with entries of 2^`order` bits (QEMU's qcow2_change_refcount_order): the
+ * new refcount blocks and then the new table are allocated through the current structures (so they count
+ * themselves), until no further block is needed; the new blocks copy every refcount and are written with the
+ * table and made durable before the header switches to them in one write; the old table and blocks are then
+ * freed through the new structures.
  */
 async function changeRefcountOrder(image: Qcow2Image, order: number, status: (offset: number, work: number) => void): Promise<void> {
   await image.flush();
   const cs = image.clusterSize;
   const old = image.refcounts;
-  await old.writeBack();
-  const fileClusters = Math.ceil((await image.meta.size()) / cs);
-  // Highest cluster with a reference: everything above is free.
-  let used = fileClusters;
-  while (used > 0 && (await old.get(used - 1)) === 0) used--;
-  const counts = new Float64Array(used);
   const max = maxRefcount(order);
-  status(0, used);
-  for (let c = 0; c < used; c++) {
-    const n = await old.get(c);
-    if (n > max) {
-      throw fail(`Cannot decrease refcount entry width to ${2 ** order} bits: Cluster at offset 0x${(c * cs).toString(16)} has a refcount of ${n}`, "EINVAL");
-    }
-    counts[c] = n;
-  }
-  // The old structures are free once the header names the new ones.
-  for (let i = 0; i < old.reftableEntries; i++) {
-    const off = old.blockOffset(i);
-    if (off !== 0 && off / cs < used) counts[off / cs] = 0;
-  }
-  for (let c = 0; c < old.reftableClusters; c++) {
-    const idx = old.reftableOffset / cs + c;
-    if (idx < used) counts[idx] = 0;
-  }
-  // New blocks and table at the end: find the fixed point of their own size.
   const entries = refcountBlockEntries(image.clusterBits, order);
-  const start = used;
-  let blocks = 0;
+  const tableEntriesPerCluster = cs / 8;
+  const newBlocks = new Map<number, number>();
+  let tableOffset = 0;
   let tableClusters = 0;
+  let walks = 0;
   for (;;) {
-    const covered = start + blocks + tableClusters;
-    const nb = Math.ceil(covered / entries);
-    const nt = Math.max(1, Math.ceil((nb * 8) / cs));
-    if (nb === blocks && nt === tableClusters) break;
-    blocks = nb;
-    tableClusters = nt;
+    let allocated = false;
+    // Walk every cluster the old table covers, as QEMU's walk_over_reftable does.
+    status(walks, walks + 2);
+    for (const c of await usedClusters(old)) {
+      const n = await old.get(c);
+      if (n === 0) continue;
+      if (n > max) {
+        throw fail(`Cannot decrease refcount entry width to ${2 ** order} bits: Cluster at offset 0x${(c * cs).toString(16)} has a refcount of ${n}`);
+      }
+      const b = Math.floor(c / entries);
+      if (!newBlocks.has(b)) {
+        newBlocks.set(b, (await old.allocate(1)) * cs);
+        allocated = true;
+      }
+    }
+    walks++;
+    const blockCount = Math.max(0, ...newBlocks.keys()) + 1;
+    const wantClusters = Math.ceil(Math.ceil(blockCount / tableEntriesPerCluster) * tableEntriesPerCluster * 8 / cs);
+    if (allocated || wantClusters !== tableClusters) {
+      if (tableClusters > 0) await old.update(tableOffset / cs, tableClusters, -1);
+      tableClusters = wantClusters;
+      tableOffset = (await old.allocate(tableClusters)) * cs;
+      continue;
+    }
+    break;
   }
+  // Every refcount copied, the new structures included (they were allocated through the old ones).
   const table = new Uint8Array(tableClusters * cs);
   const tv = viewOf(table);
-  const tableStart = start + blocks;
-  for (let b = 0; b < blocks; b++) {
-    const block = new Uint8Array(cs);
-    for (let k = 0; k < entries; k++) {
-      const c = b * entries + k;
-      let n = 0;
-      if (c < used) n = counts[c]!;
-      else if (c >= start && c < tableStart + tableClusters) n = 1;
-      if (n) setRefcount(block, k, order, n);
-    }
-    const blockOffset = (start + b) * cs;
-    await image.meta.write(blockOffset, block);
-    setReftableEntry(tv, b, blockOffset);
-    status(Math.min(used, (b + 1) * entries), used);
+  const blocks = new Map<number, Uint8Array>();
+  for (const c of await usedClusters(old)) {
+    const b = Math.floor(c / entries);
+    let block = blocks.get(b);
+    if (!block) blocks.set(b, (block = new Uint8Array(cs)));
+    setRefcount(block, c % entries, order, await old.get(c));
   }
-  await image.meta.write(tableStart * cs, table);
+  for (const [b, offset] of [...newBlocks].sort((x, y) => x[0] - y[0])) {
+    const block = blocks.get(b) ?? new Uint8Array(cs);
+    await image.meta.write(offset, block);
+    setReftableEntry(tv, b, offset);
+  }
+  await image.meta.write(tableOffset, table);
+  await old.writeBack();
   await image.meta.flush();
   const h = image.header;
+  const oldTableOffset = old.reftableOffset;
+  const oldTableClusters = old.reftableClusters;
+  const oldBlocks: number[] = [];
+  for (let i = 0; i < old.reftableEntries; i++) {
+    const off = old.blockOffset(i);
+    if (off !== 0) oldBlocks.push(off);
+  }
   h.refcountOrder = order;
-  h.refcountTableOffset = tableStart * cs;
+  h.refcountTableOffset = tableOffset;
   h.refcountTableClusters = tableClusters;
   await image.writeHeader();
   image.refcounts = await Refcounts.load(image.meta, {
     clusterBits: image.clusterBits,
     refcountOrder: order,
-    reftableOffset: tableStart * cs,
+    reftableOffset: tableOffset,
     reftableClusters: tableClusters,
     readOnly: false,
     updateHeader: (offset, clusters) => image.writeReftableLocation(offset, clusters),
   });
   image.metadataChanged();
-  status(used, used);
+  // The old structures are no longer referenced: free them through the new ones.
+  await image.refcounts.update(oldTableOffset / cs, oldTableClusters, -1);
+  for (const off of oldBlocks) await image.refcounts.update(off / cs, 1, -1);
+  await image.refcounts.writeBack();
+  await image.meta.flush();
+  status(walks + 2, walks + 2);
 }
