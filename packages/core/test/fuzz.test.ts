@@ -8,7 +8,8 @@
  * CI: QCOWKIT_FUZZ_CASES (default 2000) cases from QCOWKIT_FUZZ_SEED (default 1). More on demand:
  * `pnpm fuzz --cases 20000` (packages/core/test/fuzz/run.mjs).
  */
-import { mkdirSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { buildCorpus } from "./fuzz/corpus";
@@ -112,4 +113,76 @@ describe("fuzzed images", () => {
     expect(maxHeap).toBeLessThan(MEMORY_LIMIT);
     expect(agreement).toBeGreaterThanOrEqual(0.9);
   });
+});
+
+describe("named hostile images", () => {
+  const t = tempDir("qcowkit-hostile-");
+  afterAll(() => t.cleanup());
+
+  /** A fresh QEMU image with `patch` applied to its bytes. */
+  function hostile(name: string, patch: (b: Buffer) => void, opts: string[] = ["-o", "cluster_size=4096"]): string {
+    const path = join(t.dir, name);
+    execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", ...opts, path, "1M"]);
+    execFileSync("qemu-io", ["-c", "write -P 7 0 16k", path]);
+    const b = readFileSync(path);
+    patch(b);
+    writeFileSync(path, b);
+    return path;
+  }
+  const setBackingName = (b: Buffer, name: string, size = name.length) => {
+    b.write(name, 2048, "latin1");
+    b.writeBigUInt64BE(2048n, 8);
+    b.writeUInt32BE(size, 16);
+  };
+
+  /**
+   * Third element: where we answer differently on purpose. QEMU 7.2 opens character devices (/dev/zero as a
+   * 0-byte raw backing file; a FIFO makes it hang); qcowkit's file backend accepts regular files only.
+   */
+  const cases: Array<[string, () => string, Partial<Verdicts>?]> = [
+    ["L1 size 2^31 - 1", () => hostile("l1-max.qcow2", (b) => b.writeUInt32BE(0x7fffffff, 36))],
+    ["L1 size 2^31", () => hostile("l1-2-31.qcow2", (b) => b.writeUInt32BE(0x80000000, 36))],
+    ["L1 size at QEMU's 32 MiB limit", () => hostile("l1-limit.qcow2", (b) => b.writeUInt32BE(4 * 1024 * 1024, 36))],
+    ["L1 size one past QEMU's limit", () => hostile("l1-over.qcow2", (b) => b.writeUInt32BE(4 * 1024 * 1024 + 1, 36))],
+    ["L1 table over the header", () => hostile("l1-header.qcow2", (b) => b.writeBigUInt64BE(0n, 40))],
+    ["L1 table past the end of the file", () => hostile("l1-eof.qcow2", (b) => b.writeBigUInt64BE(1n << 40n, 40))],
+    ["refcount table naming itself as a refcount block", () => hostile("rt-self.qcow2", (b) => b.writeBigUInt64BE(b.readBigUInt64BE(48), Number(b.readBigUInt64BE(48))))],
+    ["refcount block counting itself 0", () => hostile("rb-zero.qcow2", (b) => b.writeUInt16BE(0, Number(b.readBigUInt64BE(Number(b.readBigUInt64BE(48)))) + 2 * 2))],
+    ["refcount table over the header", () => hostile("rt-header.qcow2", (b) => b.writeBigUInt64BE(0n, 48))],
+    ["snapshot table of 2^32 - 1 entries", () => hostile("sn-max.qcow2", (b) => { b.writeUInt32BE(0xffffffff, 60); b.writeBigUInt64BE(4096n, 64); })],
+    ["snapshot table of 65536 entries", () => hostile("sn-65536.qcow2", (b) => { b.writeUInt32BE(65536, 60); b.writeBigUInt64BE(8192n, 64); })],
+    ["backing name of 1023 bytes", () => hostile("bk-1023.qcow2", (b) => setBackingName(b, "x".repeat(1023)))],
+    ["backing name of 1024 bytes", () => hostile("bk-1024.qcow2", (b) => setBackingName(b, "x".repeat(1024)))],
+    ["backing name size 2^32 - 1", () => hostile("bk-huge.qcow2", (b) => setBackingName(b, "x", 0xffffffff))],
+    ["backing file naming the image itself", () => hostile("bk-self.qcow2", (b) => setBackingName(b, "bk-self.qcow2"))],
+    [
+      "backing file naming /dev/zero",
+      () => hostile("bk-dev.qcow2", (b) => setBackingName(b, "/dev/zero")),
+      { check: "exit 1", read: "refused", repair: "exit 1" },
+    ],
+    ["backing chain a -> b -> a", () => {
+      hostile("loop-b.qcow2", (b) => setBackingName(b, "loop-a.qcow2"));
+      return hostile("loop-a.qcow2", (b) => setBackingName(b, "loop-b.qcow2"));
+    }],
+    ["header length over the cluster", () => hostile("hl.qcow2", (b) => b.writeUInt32BE(0x20000, 100))],
+    ["extension length 2^32 - 1", () => hostile("ext.qcow2", (b) => { b.writeUInt32BE(0x12345678, 112); b.writeUInt32BE(0xffffffff, 116); })],
+    ["virtual size 2^63 - 512", () => hostile("size.qcow2", (b) => b.writeBigUInt64BE((1n << 63n) - 512n, 24))],
+  ];
+
+  for (const [name, make, differences] of cases) {
+    it(name, async () => {
+      const path = make();
+      const file = path.split("/").pop()!;
+      const [ours, qemu] = [
+        await runOurs(path, join(t.dir, `o-${file}`), true),
+        await runQemu(file, `q-${file}`, true, t.dir),
+      ];
+      expect(ours.crashes).toEqual([]);
+      expect(ours.slow).toEqual([]);
+      expect(ours.changed).toEqual([]);
+      // Where QEMU answers (it hangs on backing loops), our verdicts are QEMU's.
+      const comparable = (v: Verdicts) => Object.fromEntries(Object.entries(v).filter(([k]) => qemu[k as keyof Verdicts] !== "hang"));
+      expect(comparable(ours.verdicts)).toEqual(comparable({ ...qemu, ...differences }));
+    });
+  }
 });

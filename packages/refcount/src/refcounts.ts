@@ -119,7 +119,9 @@ export class Refcounts {
       throw new Qcow2Error("CORRUPT", `Refblock offset ${altHex(exact)} unaligned (reftable index: ${altHex(blockIndex)})`);
     }
     const bytes = new Uint8Array(this.clusterSize);
-    await this.store.read(hostOffset, bytes);
+    // Past any addressable offset (2^53 and more) the block lies past the end of the file: zeros, as QEMU
+    // reads it.
+    if (Number.isSafeInteger(hostOffset + this.clusterSize)) await this.store.read(hostOffset, bytes);
     const block: CachedBlock = { blockIndex, hostOffset, bytes, dirty: false };
     this.cache.put(block);
     await this.trimCache();
