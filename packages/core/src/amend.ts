@@ -147,6 +147,7 @@ export async function amendQcow2(image: Qcow2Image, o: AmendOptions): Promise<vo
   }
 
   if (o.size !== undefined && o.size !== 0) {
+    if (o.size % 512 !== 0) throw fail("The new size must be a multiple of 512");
     await image.resize(o.size, { shrink: true });
   }
 

@@ -9,7 +9,7 @@ import { CliError, ExitStatus, UsageError, errorText } from "../cli/errors";
 import { getopt } from "../cli/getopt";
 import { closeQuietly, openCliImage } from "../cli/open";
 import { Progress } from "../cli/progress";
-import { QemuOpts, accumulateOptions, formatHelp, hasHelpOption } from "../cli/qemu-opts";
+import { QemuOpts, accumulateOptions, formatHelp, hasHelpOption, splitOptionList } from "../cli/qemu-opts";
 import type { CommandContext, QimgCommand } from "./context";
 import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS } from "./create-options";
 import { helpText } from "./help";
@@ -74,6 +74,7 @@ export const amendCommand: QimgCommand = {
     let optionText: string | undefined;
     let progress = false;
     let quiet = false;
+    let imageOpts = false;
     for (const o of options) {
       switch (o.key) {
         case "h":
@@ -94,17 +95,26 @@ export const amendCommand: QimgCommand = {
         case "object":
           throw new CliError("--object is not supported by qimg");
         case "image-opts":
-          throw new CliError("--image-opts is not supported by qimg; give the file name (and -f)");
+          imageOpts = true;
+          break;
       }
     }
     if (optionText === undefined) throw new UsageError("Must specify options (-o)");
     if (quiet) progress = false;
     if (format !== undefined && hasHelpOption(optionText)) return printAmendHelp(format, ctx);
     if (operands.length !== 1) throw new CliError("Expecting one image file name");
-    const filename = operands[0]!;
+    let filename = operands[0]!;
+    let dataFile: string | undefined;
+    if (imageOpts) {
+      const spec = parseImageOpts(filename);
+      filename = spec.filename;
+      format = spec.driver;
+      dataFile = spec.dataFile;
+    }
     const image = await openCliImage(filename, {
       readOnly: false,
       ...(format !== undefined ? { format } : {}),
+      ...(dataFile !== undefined ? { dataFile } : {}),
       onWarning: (w) => ctx.io.err(`${w}\n`),
     });
     const bar = new Progress(ctx.io, progress);
@@ -134,3 +144,23 @@ export const amendCommand: QimgCommand = {
     return 0;
   },
 };
+
+/**
+ * The --image-opts forms amend needs (QEMU's 061 and the reference's data-file renaming):
+ * driver=FMT,file.filename=IMAGE[,file.driver=file][,data-file.filename=DATA].
+ */
+function parseImageOpts(text: string): { filename: string; driver?: string; dataFile?: string } {
+  const out: { filename?: string; driver?: string; dataFile?: string } = {};
+  for (const element of splitOptionList(text)) {
+    const eq = element.indexOf("=");
+    const key = eq < 0 ? element : element.slice(0, eq);
+    const value = eq < 0 ? "" : element.slice(eq + 1);
+    if (key === "driver") out.driver = value;
+    else if (key === "file.filename" || key === "filename") out.filename = value;
+    else if (key === "data-file.filename") out.dataFile = value;
+    else if (key === "file.driver" && value === "file") continue;
+    else throw new CliError(`--image-opts: option '${key}' is not supported by qimg`);
+  }
+  if (out.filename === undefined) throw new CliError("A block device must be specified for \"file\"");
+  return { filename: out.filename, ...(out.driver !== undefined ? { driver: out.driver } : {}), ...(out.dataFile !== undefined ? { dataFile: out.dataFile } : {}) };
+}
