@@ -40,6 +40,8 @@ import {
   setL2Raw,
   viewOf,
   errnoText,
+  getRefcount,
+  isAllZero,
   type Errno,
 } from "@qcowkit/spec";
 import { metadataOverlap, OVERLAP_ACTIVE_L2, OVERLAP_INACTIVE_L2 } from "./metadata-overlap";
@@ -590,58 +592,64 @@ async function diskRefcount(ctx: CheckContext, cluster: number): Promise<number 
 
 /**
  * Compare the counted references with the image's refcounts, fixing what `fix` allows (QEMU's
- * compare_refcounts). Returns the highest cluster with a refcount or a reference (0 when none).
+ * compare_refcounts). Returns the highest cluster with a refcount or a reference (0 when none). Works a
+ * refcount block at a time: blocks that are missing or all zeros, over clusters without references, are
+ * skipped (a repair can grow a file to terabytes of holes).
  */
 export async function compareRefcounts(ctx: CheckContext, fix: number): Promise<number> {
   const image = ctx.image;
   const rc = image.refcounts;
+  const perBlock = rc.blockEntries;
+  const order = image.header.refcountOrder;
   let highest = 0;
   const freed: number[] = [];
-  for (let i = 0; i < ctx.refs.size; i++) {
-    // Whole refcount blocks that do not exist and hold no reference are skipped.
-    const blockIndex = Math.floor(i / rc.blockEntries);
-    if (i % rc.blockEntries === 0 && (blockIndex >= rc.reftableEntries || reftableRaw(ctx, blockIndex) === 0n)) {
-      const end = Math.min(ctx.refs.size, (blockIndex + 1) * rc.blockEntries);
-      if (ctx.refs.noneIn(i, end)) {
-        i = end - 1;
-        continue;
-      }
+  for (let start = 0; start < ctx.refs.size; start += perBlock) {
+    const blockIndex = start / perBlock;
+    const end = Math.min(ctx.refs.size, start + perBlock);
+    let bytes: Uint8Array | undefined;
+    let failure: Qcow2Error | undefined;
+    try {
+      bytes = await rc.blockBytes(blockIndex);
+    } catch (e) {
+      if (!(e instanceof Qcow2Error)) throw e;
+      if (e.code === "CORRUPT") await image.signalCorruption(e.message);
+      failure = e;
     }
-    const refcount1 = await diskRefcount(ctx, i);
-    if (refcount1 instanceof Qcow2Error) {
-      say(ctx, `Can't get refcount for cluster ${i}: ${errnoMessage(refcount1)}`);
-      ctx.report.checkErrors++;
+    if (failure) {
+      for (let i = start; i < end; i++) {
+        say(ctx, `Can't get refcount for cluster ${i}: ${errnoMessage(failure)}`);
+        ctx.report.checkErrors++;
+      }
       continue;
     }
-    const refcount2 = ctx.refs.get(i);
-    if (refcount1 > 0 || refcount2 > 0) highest = i;
-    if (refcount1 === refcount2) continue;
-    let fixes: "leaksFixed" | "corruptionsFixed" | undefined;
-    if (refcount1 === 0) ctx.rebuild = true;
-    else if (refcount1 > refcount2 && fix & FIX_LEAKS) fixes = "leaksFixed";
-    else if (refcount1 < refcount2 && fix & FIX_ERRORS) fixes = "corruptionsFixed";
-    const label = fixes ? "Repairing" : refcount1 < refcount2 ? "ERROR" : "Leaked";
-    say(ctx, `${label} cluster ${i} refcount=${refcount1} reference=${refcount2}`);
-    if (fixes) {
-      try {
-        await rc.update(i, 1, refcount2 - refcount1);
-        if (refcount2 === 0) freed.push(i);
-        ctx.report[fixes]++;
-        continue;
-      } catch (e) {
-        if (!(e instanceof Qcow2Error)) throw e;
+    if ((!bytes || isAllZero(bytes)) && ctx.refs.noneIn(start, end)) continue;
+    for (let i = start; i < end; i++) {
+      const refcount1 = bytes ? getRefcount(bytes, i - start, order) : 0;
+      const refcount2 = ctx.refs.get(i);
+      if (refcount1 > 0 || refcount2 > 0) highest = i;
+      if (refcount1 === refcount2) continue;
+      let fixes: "leaksFixed" | "corruptionsFixed" | undefined;
+      if (refcount1 === 0) ctx.rebuild = true;
+      else if (refcount1 > refcount2 && fix & FIX_LEAKS) fixes = "leaksFixed";
+      else if (refcount1 < refcount2 && fix & FIX_ERRORS) fixes = "corruptionsFixed";
+      const label = fixes ? "Repairing" : refcount1 < refcount2 ? "ERROR" : "Leaked";
+      say(ctx, `${label} cluster ${i} refcount=${refcount1} reference=${refcount2}`);
+      if (fixes) {
+        try {
+          await rc.update(i, 1, refcount2 - refcount1);
+          if (refcount2 === 0) freed.push(i);
+          ctx.report[fixes]++;
+          continue;
+        } catch (e) {
+          if (!(e instanceof Qcow2Error)) throw e;
+        }
       }
+      if (refcount1 < refcount2) ctx.report.corruptions++;
+      else ctx.report.leaks++;
     }
-    if (refcount1 < refcount2) ctx.report.corruptions++;
-    else ctx.report.leaks++;
   }
   if (freed.length > 0 || rc.hasDirty) await writeRefcounts(ctx, freed);
   return highest;
-}
-
-function reftableRaw(ctx: CheckContext, index: number): bigint {
-  const v = viewOf(ctx.image.refcounts.reftable);
-  return (BigInt(v.getUint32(index * 8)) << 32n) | BigInt(v.getUint32(index * 8 + 4));
 }
 
 /** Write back changed refcounts, then discard clusters whose refcount dropped to 0 (QEMU's DISCARD_ALWAYS). */

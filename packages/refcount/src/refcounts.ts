@@ -141,6 +141,14 @@ export class Refcounts {
     b.dirty = false;
   }
 
+  /**
+   * The bytes of refcount block `blockIndex` as cached (undefined when the block does not exist); the same
+   * errors as `get`. For whole-block scans (check): the bytes change with later updates.
+   */
+  async blockBytes(blockIndex: number): Promise<Uint8Array | undefined> {
+    return (await this.loadBlock(blockIndex))?.bytes;
+  }
+
   /** Refcount of cluster `clusterIndex` (0 for clusters no refcount block covers). */
   async get(clusterIndex: number): Promise<number> {
     const block = await this.loadBlock(Math.floor(clusterIndex / this.blockEntries));
