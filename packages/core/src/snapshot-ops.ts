@@ -254,12 +254,14 @@ export async function createSnapshot(image: Qcow2Image, name: string, opts: NewS
       if (l1Bytes > 0) {
         const clusters = Math.ceil(l1Bytes / cs);
         l1Offset = (await image.refcounts.allocate(clusters)) * cs;
-        applied.push([l1Offset / cs, clusters]);
         await image.meta.write(l1Offset, l1.bytes.slice(0, l1Bytes));
       }
       await referenceTree(image, l1.bytes, l1.size, 1, applied);
     } catch (e) {
+      // The references taken are dropped again; the L1 copy stays allocated (a leak, as QEMU leaves it).
       await rollback(image, applied);
+      await image.refcounts.writeBack();
+      await image.meta.flush();
       throw e;
     }
     await recomputeCopiedFlags(image);
