@@ -436,11 +436,9 @@ export async function signalOverlap(ctx: CheckContext, what: string): Promise<vo
   await ctx.image.signalCorruption(`Preventing invalid write on metadata (overlaps with ${what})`);
 }
 
+/** strerror() of a failure, as QEMU prints it after a colon. */
 export function errnoMessage(e: unknown): string {
-  if (e instanceof Qcow2Error) {
-    return { EINVAL: "Invalid argument", EIO: "Input/output error", ENOSPC: "No space left on device" }[e.errno as "EIO"] ?? e.message;
-  }
-  return "Input/output error";
+  return e instanceof Qcow2Error ? errnoText[e.errno] : "Input/output error";
 }
 
 /** Count the references QEMU's calculate_refcounts counts, in its order. */
@@ -502,14 +500,17 @@ async function checkRefblocks(ctx: CheckContext): Promise<void> {
       if (repair) {
         // The block is made to exist (zero-filled) by growing the file.
         let failure: string | undefined;
-        if (!Number.isSafeInteger(offset + cs) || offset + cs > Number.MAX_SAFE_INTEGER) {
+        if (offset > 2 ** 63 - 1 - cs) {
           failure = "Invalid argument";
         } else {
           try {
+            // No file grows to 2^53 bytes: the file system's "File too large", as QEMU gets it.
+            if (!Number.isSafeInteger(offset + cs)) throw new Qcow2Error("NO_SPACE", "File too large", { errno: "EFBIG" });
             await image.meta.resize(offset + cs);
             ctx.fileLength = await image.meta.size();
           } catch (e) {
-            failure = errnoMessage(e);
+            failure = e instanceof Qcow2Error && e.errno === "EFBIG" ? "File too large" : errnoMessage(e);
+            say(ctx, `Could not resize file: ${failure}`, "report");
           }
         }
         if (failure === undefined) {
