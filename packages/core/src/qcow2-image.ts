@@ -130,8 +130,6 @@ export class Qcow2Image implements BlockImage {
   private readonly opts: Qcow2OpenOptions;
   /** Guest data written since the last flush of its store. */
   private dataDirty = false;
-  /** Size of the qcow2 file as far as this process knows (clusters past it read as zeros). */
-  private metaFileEnd = 0;
   private corruptSignalled = false;
   private dirtyMarked = false;
   private closed = false;
@@ -195,7 +193,6 @@ export class Qcow2Image implements BlockImage {
       readOnly,
       updateHeader: (offset, clusters) => image.writeReftableLocation(offset, clusters),
     });
-    image.metaFileEnd = await meta.size();
     for (const w of validation.warnings) image.warn(`warning: ${w}`);
     for (const n of validation.notices) image.warn(n);
     try {
@@ -573,7 +570,6 @@ export class Qcow2Image implements BlockImage {
     if (!this.hasDataFile) this.checkOverlap(hostOffset, bytes.byteLength);
     await this.data.write(hostOffset, bytes);
     this.dataDirty = true;
-    if (this.data === this.meta) this.metaFileEnd = Math.max(this.metaFileEnd, hostOffset + bytes.byteLength);
   }
 
   /** Refuse a data write onto metadata (QEMU's "cached" overlap check). */
@@ -728,8 +724,7 @@ export class Qcow2Image implements BlockImage {
     if (this.hasDataFile) hostStart = clusterStart;
     else if (reuse) hostStart = oldHost;
     else hostStart = (await this.refcounts.allocate(count)) * cs;
-    const freshAtEnd = !this.hasDataFile && !reuse && hostStart >= this.metaFileEnd;
-    await this.writeAllocatedRun(t, clusterStart, count, hostStart, pos, data.subarray(0, runEnd - pos), freshAtEnd);
+    await this.writeAllocatedRun(t, clusterStart, count, hostStart, pos, data.subarray(0, runEnd - pos));
     return runEnd;
   }
 
@@ -745,7 +740,6 @@ export class Qcow2Image implements BlockImage {
     hostStart: number,
     pos: number,
     data: Uint8Array,
-    freshAtEnd: boolean,
   ): Promise<void> {
     const cs = this.clusterSize;
     const writeEnd = pos + data.byteLength;
@@ -763,7 +757,6 @@ export class Qcow2Image implements BlockImage {
       const host = hostStart + (guestCluster - clusterStart);
       // The whole cluster is written, zeros included, so the file holds no hole that block status would
       // report as zero (QEMU writes the copy-on-write regions explicitly too).
-      void freshAtEnd;
       await this.writeData(host, buf);
     };
     if ((headPartial || tailPartial) && this.data.efficientZeroes && (await this.cowIsZero(t, clusterStart, count, headPartial, tailPartial))) {
@@ -957,7 +950,6 @@ export class Qcow2Image implements BlockImage {
     const hostOffset = await this.allocateBytes(compressed.byteLength);
     this.checkOverlap(hostOffset, compressed.byteLength);
     await this.meta.write(hostOffset, compressed);
-    this.metaFileEnd = Math.max(this.metaFileEnd, hostOffset + compressed.byteLength);
     this.dataDirty = true;
     const { hi, lo } = encodeCompressedDescriptor(hostOffset, compressed.byteLength, this.clusterBits);
     setL2Raw(t.view, l2Index, this.extendedL2, hi, lo);
@@ -1491,7 +1483,6 @@ export class Qcow2Image implements BlockImage {
     const l1 = new L1Table(newOffset, minEntries, bytes);
     this.l1 = l1;
     this.map.l1 = l1;
-    this.metaFileEnd = Math.max(this.metaFileEnd, newOffset + bytes.byteLength);
     if (oldClusters > 0 && oldOffset !== 0) this.refcounts.deferFree(oldOffset / cs, oldClusters);
     await this.writeback();
   }
@@ -1518,7 +1509,6 @@ export class Qcow2Image implements BlockImage {
     const newEnd = (last + 1) * cs;
     if (newEnd < size) {
       await this.meta.resize(newEnd);
-      this.metaFileEnd = newEnd;
     }
   }
 
@@ -1569,7 +1559,6 @@ export class Qcow2Image implements BlockImage {
     if (this.hasDataFile) return; // the data file was sized by the caller
     if (lastHostEnd > fileEnd) {
       await store.resize(lastHostEnd, mode === "metadata" ? "off" : mode);
-      this.metaFileEnd = Math.max(this.metaFileEnd, lastHostEnd);
     }
   }
 
