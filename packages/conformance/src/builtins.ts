@@ -17,8 +17,10 @@ import {
   fileSize,
   getL1Entry,
   getL2Entry,
+  classifyL2Entry,
   getRefcount,
   readBigEndian,
+  readHeader,
   readBytes,
   setL1Entry,
   setL2Entry,
@@ -114,6 +116,19 @@ const BUILTINS: Record<string, Builtin> = {
     const { entry, bitmap } = getL2Entry(path(ctx, args[0]), parseNumber(args[1]));
     const guest = hex(parseNumber(args[1]));
     return `L2 entry for ${guest}: ${hex(entry)}${bitmap === undefined ? "" : ` bitmap ${hex(bitmap)}`}\n`;
+  },
+
+  /**
+   * l2_type FILE GUEST_OFFSET : how the spec classifies the cluster (standard L2 entries), without the
+   * compressed descriptor's size and offset, which depend on the compressor.
+   */
+  l2_type(args, ctx) {
+    arity(args, 2, 2, "l2_type FILE GUEST_OFFSET");
+    const file = path(ctx, args[0]);
+    const { entry, bitmap } = getL2Entry(file, parseNumber(args[1]));
+    const guest = hex(parseNumber(args[1]));
+    if (bitmap !== undefined) throw new BuiltinError("extended L2 entries: use l2_entry");
+    return `L2 entry for ${guest}: ${classifyL2Entry(entry, readHeader(file).incompatibleFeatures)}\n`;
   },
 
   set_l2_entry(args, ctx) {

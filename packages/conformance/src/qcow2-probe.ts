@@ -280,6 +280,17 @@ export function setL2Entry(path: string, guestOffset: number, entry: bigint, bit
   }
 }
 
+/** The cluster type a standard L2 entry describes, as the spec defines it. */
+export function classifyL2Entry(entry: bigint, incompatibleFeatures: bigint): string {
+  const copied = entry >> 63n === 1n ? ", COPIED" : "";
+  if ((entry >> 62n) & 1n) return "compressed";
+  const offset = entry & OFFSET_MASK;
+  const dataFile = (incompatibleFeatures & 4n) !== 0n;
+  if (entry & 1n) return offset ? `zero, allocated at ${hex(offset)}${copied}` : `zero${copied}`;
+  if (offset === 0n && !(dataFile && copied)) return "unallocated";
+  return `normal at ${hex(offset)}${copied}`;
+}
+
 /** Where the refcount of the host cluster at hostOffset lives: byte position and bit shift inside it. */
 function refcountPosition(path: string, hostOffset: number): { position: number; bits: number } {
   const g = geometry(path);
