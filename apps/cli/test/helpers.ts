@@ -80,18 +80,14 @@ export function subDir(parent: string, name: string): string {
 }
 
 /**
- * QEMU output made comparable with ours: program names, and QEMU's few multi-line messages in the one-line
- * form qimg prints them (see README "Differences").
+ * QEMU output made comparable with ours: program names, and the newline QEMU forgets after "Detected format
+ * of FMT." (see README "Differences").
  */
 export function normalizeQemu(text: string): string {
   return text
     .replace(/qemu-img: /g, "qimg: ")
     .replace(/qemu-io: /g, "qio: ")
-    .replace(/suffixes for\nqimg: kilobytes/g, "suffixes for kilobytes")
-    .replace(/below 2\^64\nOptional suffix/g, "below 2^64 Optional suffix")
-    .replace(/peta-\nand exabytes/g, "peta- and exabytes")
-    .replace(/ format\nDetected format of (\w+)\.(?!\n)/g, " format. Detected format of $1.\n")
-    .replace(/\nCould not open backing image\./g, ". Could not open backing image.")
+    .replace(/Detected format of (\w+)\.$/, "Detected format of $1.\n")
     .replace(/qemu-img/g, "qimg");
 }
 

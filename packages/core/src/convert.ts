@@ -187,6 +187,17 @@ function allocatedSectorsMin(words: Uint32Array, buf: Uint8Array, first: number,
   return { data: true, count: used };
 }
 
+/**
+ * qemu-img ends a compressed copy with an empty compressed write, on which qcow2 rounds the end of its file
+ * up to a whole sector (compressed clusters leave it anywhere).
+ */
+async function endCompressed(target: BlockImage): Promise<void> {
+  await target.flush();
+  if (!(target instanceof Qcow2Image)) return;
+  const length = await target.meta.size();
+  if (length % SECTOR !== 0) await target.meta.resize(Math.ceil(length / SECTOR) * SECTOR);
+}
+
 /** A chunk whose data is being read. */
 interface Pending {
   chunk: Chunk;
@@ -207,9 +218,9 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
   const plan = { compressed, targetHasBacking, clusterBytes, fullyAllocate: minSparse === 0 };
   const counts = (c: Chunk) => c.status === "data" || (minSparse === 0 && c.status === "zero");
 
-  // First pass (metadata only): how much will be copied, for the progress.
+  // First pass (metadata only, and only for a progress report): how much will be copied.
   let toCopy = 0;
-  for await (const c of planChunks(sources, plan)) if (counts(c)) toCopy += c.length;
+  if (opts.onProgress) for await (const c of planChunks(sources, plan)) if (counts(c)) toCopy += c.length;
   let copied = 0;
 
   const readAhead = Math.max(1, opts.readAhead ?? 4);
@@ -305,7 +316,7 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
       await refill;
     }
     for (const w of writing.splice(0)) await w;
-    if (compressed) await target.flush();
+    if (compressed) await endCompressed(target);
   } finally {
     // Let requests still in flight settle before the caller closes the images.
     await Promise.allSettled([...queue.map((p) => p.read), ...writing]);

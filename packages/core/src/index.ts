@@ -66,3 +66,5 @@ export { compareImages } from "./compare";
 export type { CompareEvent, CompareOptions, CompareResult } from "./compare";
 export { convertImages, ConvertFailure } from "./convert";
 export type { ConvertFailureKind, ConvertOptions } from "./convert";
+export { loadSnapshotReadOnly } from "./snapshot-view";
+export type { SnapshotSelector } from "./snapshot-view";

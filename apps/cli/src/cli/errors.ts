@@ -3,7 +3,8 @@
  *
  * - `UsageError`: bad command line (unknown option, missing argument, wrong operand count). Printed as
  *   "PROG: message" plus QEMU's "Try 'PROG --help' for more information" hint; exit 1.
- * - `CliError`: a refusal with a chosen exit code (default 1): one line "PROG: message".
+ * - `CliError`: a refusal with a chosen exit code (default 1): one line "PROG: message" (QEMU's few two-line
+ *   messages keep their two lines; hints QEMU appends without prefix follow the line).
  * - `Qcow2Error` from the engine: one line "PROG: message" (the command adds QEMU's context, such as
  *   "Could not open 'x': "); exit 1 unless the command maps it (compare: 2/3/4).
  * - anything else is a bug: one line "PROG: internal error: message", exit 1 (the stack only with
@@ -35,11 +36,17 @@ export class CliError extends Error {
   readonly exitCode: number;
   /** Print the message without the "PROG: " prefix. */
   readonly bare: boolean;
+  /**
+   * Text QEMU prints after the message without the program prefix (error_append_hint), such as "Could not
+   * open backing image." Kept separate so wrapping the message ("FILE: ...") keeps it after the line.
+   */
+  readonly hint: string | undefined;
 
-  constructor(message: string, opts: { exitCode?: number; bare?: boolean; cause?: unknown } = {}) {
+  constructor(message: string, opts: { exitCode?: number; bare?: boolean; cause?: unknown; hint?: string } = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.exitCode = opts.exitCode ?? EXIT.FAILURE;
     this.bare = opts.bare ?? false;
+    this.hint = opts.hint;
   }
 }
 
@@ -82,7 +89,8 @@ export function reportError(prog: string, error: unknown, io: Output): number {
     return error.exitCode;
   }
   if (error instanceof CliError) {
-    io.err(error.bare ? `${oneLine(error.message)}\n` : `${prog}: ${oneLine(error.message)}\n`);
+    // A message of several lines is several error_report() calls: each line gets the prefix.
+    for (const line of error.message.split("\n")) io.err(error.bare ? `${oneLine(line)}\n` : `${prog}: ${oneLine(line)}\n`);
     printHint(error, io);
     return error.exitCode;
   }
@@ -105,7 +113,8 @@ export function printHint(error: unknown, io: Output): void {
   for (let e: unknown = error, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
     const hint = (e as { hint?: unknown }).hint;
     if (typeof hint === "string") {
-      io.err(`${oneLine(hint)}\n`);
+      // Hints may span lines ("... peta-\nand exabytes, respectively.").
+      io.err(`${hint.replace(/\n$/, "").split("\n").map(oneLine).join("\n")}\n`);
       return;
     }
   }
@@ -117,8 +126,8 @@ export function errorText(error: unknown): string {
   return oneLine(String(error));
 }
 
-/** Wrap an engine error with QEMU's context prefix, keeping its kind. */
+/** Wrap an error with QEMU's context prefix ("FILE: "), keeping its hint. */
 export function withContext(prefix: string, error: unknown, exitCode: number = EXIT.FAILURE): CliError {
-  if (error instanceof CliError && !(error instanceof UsageError) && error.message.startsWith(prefix)) return error;
-  return new CliError(`${prefix}${errorText(error)}`, { exitCode, cause: error });
+  const hint = error instanceof CliError ? error.hint : undefined;
+  return new CliError(`${prefix}${errorText(error)}`, { exitCode, cause: error, ...(hint !== undefined ? { hint } : {}) });
 }

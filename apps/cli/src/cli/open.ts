@@ -4,6 +4,7 @@
  * them ("Could not open 'x': ..." for qemu-img, "can't open device x: ..." for qemu-io).
  */
 import { openImage, type BlockImage, type OpenImageOptions } from "@qcowkit/core/node";
+import { parseBlockOptions } from "./block-options";
 import { CliError, errorText } from "./errors";
 
 export interface CliOpenOptions {
@@ -22,6 +23,8 @@ export interface CliOpenOptions {
   discard?: "ignore" | "unmap";
   /** Receives warning lines (printed as they come). */
   onWarning: (line: string) => void;
+  /** Program name put before the engine's "warning: ..." lines (default "qimg"). */
+  program?: string;
   /** Text before the engine's message when the open fails (default "Could not open 'NAME': "). */
   errorPrefix?: string;
   /** Exit code when the open fails. */
@@ -48,7 +51,8 @@ export function probedRawWarning(filename: string): string {
 export async function openCliImage(filename: string, opts: CliOpenOptions): Promise<BlockImage> {
   const o: OpenImageOptions = {
     readOnly: opts.readOnly,
-    onWarning: (message) => opts.onWarning(message),
+    // "qcow2: ..." lines go out as they are; "warning: ..." ones get the program name, as QEMU's warn_report.
+    onWarning: (message) => opts.onWarning(message.startsWith("warning: ") ? `${opts.program ?? "qimg"}: ${message}` : message),
     ...(opts.format !== undefined ? { format: opts.format } : {}),
     ...(opts.forceShare ? { shareRW: true } : {}),
     ...(opts.noIo ? { noIo: true } : {}),
@@ -87,4 +91,47 @@ export async function usingImage<T>(image: BlockImage, fn: (image: BlockImage) =
   }
   await image.close();
   return result;
+}
+
+/**
+ * Open an image described by block driver options (--image-opts: "driver=qcow2,file.filename=x.qcow2,
+ * data-file.filename=x.raw"). Failures, the options' own included, read "Could not open 'OPTIONS': ...".
+ */
+export async function openImageOpts(
+  operand: string,
+  opts: Omit<CliOpenOptions, "format" | "dataFile" | "backing" | "backingFormat" | "errorPrefix">,
+): Promise<{ image: BlockImage; filename: string }> {
+  const errorPrefix = `Could not open '${operand}': `;
+  let o;
+  try {
+    o = parseBlockOptions(operand, { imageOpts: true, onWarning: opts.onWarning });
+  } catch (e) {
+    throw new CliError(`${errorPrefix}${errorText(e)}`, { ...(opts.exitCode !== undefined ? { exitCode: opts.exitCode } : {}), cause: e });
+  }
+  const filename = o.filename ?? "";
+  const image = await openCliImage(filename, {
+    ...opts,
+    ...(o.format !== undefined ? { format: o.format } : {}),
+    ...(o.dataFile !== undefined ? { dataFile: o.dataFile } : {}),
+    ...(o.backing !== undefined ? { backing: o.backing } : {}),
+    ...(o.backingFormat !== undefined ? { backingFormat: o.backingFormat } : {}),
+    ...(o.forceShare !== undefined ? { forceShare: o.forceShare } : {}),
+    ...(o.discard !== undefined ? { discard: o.discard } : {}),
+    errorPrefix,
+  });
+  return { image, filename };
+}
+
+/** Open a command's image operand: a file name, or block driver options with --image-opts. */
+export async function openOperand(
+  operand: string,
+  imageOpts: boolean,
+  opts: Omit<CliOpenOptions, "dataFile" | "backing" | "backingFormat" | "errorPrefix">,
+): Promise<{ image: BlockImage; filename: string }> {
+  if (!imageOpts) return { image: await openCliImage(operand, opts), filename: operand };
+  const { format, ...rest } = opts;
+  if (format !== undefined) {
+    throw new CliError("--image-opts and --format are mutually exclusive", { ...(opts.exitCode !== undefined ? { exitCode: opts.exitCode } : {}) });
+  }
+  return openImageOpts(operand, rest);
 }

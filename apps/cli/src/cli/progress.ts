@@ -10,7 +10,7 @@ export class Progress {
 
   constructor(
     private readonly io: Output,
-    private readonly enabled: boolean,
+    readonly enabled: boolean,
     private readonly minSkip = 1.0,
   ) {}
 

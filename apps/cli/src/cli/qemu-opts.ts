@@ -116,9 +116,9 @@ export function parseOptValue(desc: OptDesc, text: string, onWarning?: (w: strin
       const r = parseSize(text);
       if (!r.ok) {
         if (r.error === "ERANGE") throw new CliError(`Value '${text}' is out of range for parameter '${desc.name}'`);
-        throw new CliError(
-          `Parameter '${desc.name}' expects a non-negative number below 2^64 Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta- and exabytes, respectively.`,
-        );
+        throw new CliError(`Parameter '${desc.name}' expects a non-negative number below 2^64`, {
+          hint: "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.",
+        });
       }
       if (r.warning) onWarning?.(r.warning);
       return { name: desc.name, text, parsed: r.value };

@@ -130,7 +130,7 @@ export function sizeArgument(name: string, text: string, opts: { min?: bigint; m
   const r = parseSize(text);
   if (!r.ok && r.error === "EINVAL") {
     throw new CliError(
-      `Invalid ${name} specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`,
+      `Invalid ${name} specified. You may use k, M, G, T, P or E suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`,
     );
   }
   if (!r.ok || r.value > max || r.value < min) {

@@ -7,7 +7,7 @@
 import { compareImages, type BlockImage, type CompareResult } from "@qcowkit/core/node";
 import { strerror } from "../cli/errno";
 import { CliError, EXIT, UsageError } from "../cli/errors";
-import { openCliImage, usingImage } from "../cli/open";
+import { openOperand, usingImage } from "../cli/open";
 import { Progress } from "../cli/progress";
 import { FORCE_SHARE_OPTION, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, parseCommand, type CommandContext, type QimgCommand } from "./context";
 
@@ -29,6 +29,7 @@ export const compareCommand: QimgCommand = {
     let quiet = false;
     let strict = false;
     let forceShare = false;
+    let imageOpts = false;
     for (const o of parsed.options) {
       if (o.key === "f") fmt1 = o.value;
       else if (o.key === "F") fmt2 = o.value;
@@ -37,20 +38,23 @@ export const compareCommand: QimgCommand = {
       else if (o.key === "q") quiet = true;
       else if (o.key === "s") strict = true;
       else if (o.key === "U") forceShare = true;
+      else if (o.key === "image-opts") imageOpts = true;
     }
     const bar = new Progress(ctx.io, progress && !quiet, 2.0);
     if (parsed.operands.length !== 2) throw new UsageError("Expecting two image file names");
     const [name1, name2] = parsed.operands as [string, string];
     try {
       if (!CACHE_MODES.includes(cache)) throw new CliError(`Invalid source cache option: ${cache}`, { exitCode: EXIT.COMPARE_OPEN_FAILED });
-      const open = (name: string, format: string | undefined) =>
-        openCliImage(name, {
-          readOnly: true,
-          forceShare,
-          ...(format !== undefined ? { format } : {}),
-          onWarning: (w) => ctx.io.err(`${w}\n`),
-          exitCode: EXIT.COMPARE_OPEN_FAILED,
-        });
+      const open = async (name: string, format: string | undefined) =>
+        (
+          await openOperand(name, imageOpts, {
+            readOnly: true,
+            forceShare,
+            ...(format !== undefined ? { format } : {}),
+            onWarning: (w) => ctx.io.err(`${w}\n`),
+            exitCode: EXIT.COMPARE_OPEN_FAILED,
+          })
+        ).image;
       const image1 = await open(name1, fmt1);
       return await usingImage(image1, async () => {
         const image2 = await open(name2, fmt2);

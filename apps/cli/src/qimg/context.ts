@@ -29,7 +29,7 @@ export const FORCE_SHARE_OPTION: LongOption = { name: "force-share", hasArg: fal
 
 /**
  * getopt for a command, with the options qemu-img commands share handled: -h/--help prints the help (the
- * result is then undefined: the command returns 0), --object and --image-opts are refused.
+ * result is then undefined: the command returns 0), --object is refused. --image-opts is the command's.
  */
 export function parseCommand(args: readonly string[], ctx: CommandContext, spec: { argv0: string; short: string; long: LongOption[] }): GetoptResult | undefined {
   const parsed = getopt(args, spec);
@@ -39,7 +39,6 @@ export function parseCommand(args: readonly string[], ctx: CommandContext, spec:
       return undefined;
     }
     if (o.key === "object") throw new CliError("--object is not supported by qimg");
-    if (o.key === "image-opts") throw new CliError("--image-opts is not supported by qimg; give the file name (and -f)");
   }
   return parsed;
 }

@@ -7,18 +7,43 @@
  * and opened, then @qcowkit/core's convertImages copies. -C, -m, -W, -r and the cache modes are checked and
  * otherwise ignored (the copy always reads ahead and writes in order).
  */
-import { ConvertFailure, convertImages, type BlockImage } from "@qcowkit/core/node";
+import {
+  ConvertFailure,
+  Qcow2Image,
+  addBitmap,
+  convertImages,
+  listBitmaps,
+  loadSnapshotReadOnly,
+  mergeBitmap,
+  type BlockImage,
+  type SnapshotSelector,
+} from "@qcowkit/core/node";
 import { strerror } from "../cli/errno";
 import { CliError, UsageError, errorText } from "../cli/errors";
 import type { LongOption } from "../cli/getopt";
-import { closeQuietly, openCliImage } from "../cli/open";
+import { closeQuietly, openCliImage, openOperand } from "../cli/open";
 import { Progress } from "../cli/progress";
-import { QemuOpts, accumulateOptions, appendDescs, hasHelpOption } from "../cli/qemu-opts";
+import { QemuOpts, accumulateOptions, appendDescs, hasHelpOption, splitOptionList } from "../cli/qemu-opts";
 import { sizeArgument } from "../cli/size";
 import { CACHE_MODES } from "./compare";
 import { FORCE_SHARE_OPTION, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, parseCommand, type CommandContext, type QimgCommand } from "./context";
 import { addBackingOptions, createWithDriver, optionHelp } from "./create";
 import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat } from "./create-options";
+
+/** -l: "snapshot.id=ID,snapshot.name=NAME" or "ID_OR_NAME". */
+function parseSnapshotParam(text: string): SnapshotSelector {
+  if (!text.startsWith("snapshot.")) return { idOrName: text };
+  const out: { id?: string; name?: string } = {};
+  for (const element of splitOptionList(text)) {
+    const eq = element.indexOf("=");
+    const key = eq < 0 ? element : element.slice(0, eq);
+    const value = eq < 0 ? "on" : element.slice(eq + 1);
+    if (key === "snapshot.id") out.id = value;
+    else if (key === "snapshot.name") out.name = value;
+    else throw new CliError(`Invalid parameter '${key}'`, { hint: `Failed in parsing snapshot param '${text}'` });
+  }
+  return out;
+}
 
 /** MAX_BUF_SECTORS in bytes: the largest -S. */
 const MAX_SPARSE_BYTES = 16 * 1024 * 1024;
@@ -51,6 +76,11 @@ interface ConvertArgs {
   skipCreate: boolean;
   targetIsZero: boolean;
   forceShare: boolean;
+  imageOpts: boolean;
+  /** -l: a snapshot to read instead of the active image. */
+  snapshot?: SnapshotSelector;
+  bitmaps: boolean;
+  skipBrokenBitmaps: boolean;
   cache: string;
   srcCache: string;
 }
@@ -66,6 +96,9 @@ function parseArgs(options: Array<{ key: string; value: string | undefined }>, c
     skipCreate: false,
     targetIsZero: false,
     forceShare: false,
+    imageOpts: false,
+    bitmaps: false,
+    skipBrokenBitmaps: false,
     cache: "unsafe",
     srcCache: "writeback",
   };
@@ -94,7 +127,8 @@ function parseArgs(options: Array<{ key: string; value: string | undefined }>, c
         a.options = accumulateOptions(a.options, v);
         break;
       case "l":
-        throw new CliError("-l (converting from an internal snapshot) is not supported by qimg");
+        a.snapshot = parseSnapshotParam(v);
+        break;
       case "S": {
         const bytes = sizeArgument("buffer size for sparse output", v, { onWarning: ctx.warn });
         if (bytes % 512n !== 0n || bytes > BigInt(MAX_SPARSE_BYTES)) {
@@ -139,13 +173,19 @@ function parseArgs(options: Array<{ key: string; value: string | undefined }>, c
       case "target-is-zero":
         a.targetIsZero = true;
         break;
+      case "image-opts":
+        a.imageOpts = true;
+        break;
       case "target-image-opts":
         throw new CliError("--target-image-opts is not supported by qimg");
       case "salvage":
         throw new CliError("--salvage is not supported by qimg");
       case "bitmaps":
+        a.bitmaps = true;
+        break;
       case "skip-broken-bitmaps":
-        throw new CliError("--bitmaps is not supported by qimg convert");
+        a.skipBrokenBitmaps = true;
+        break;
     }
   }
   return a;
@@ -177,18 +217,27 @@ export const convertCommand: QimgCommand = {
     let target: BlockImage | undefined;
     try {
       for (const name of operands.slice(0, -1)) {
-        sources.push(
-          await openCliImage(name, {
-            readOnly: true,
-            forceShare: a.forceShare,
-            ...(a.fmt !== undefined ? { format: a.fmt } : {}),
-            onWarning: (w) => ctx.io.err(`${w}\n`),
-          }),
-        );
+        const opened = await openOperand(name, a.imageOpts, {
+          readOnly: true,
+          forceShare: a.forceShare,
+          ...(a.fmt !== undefined ? { format: a.fmt } : {}),
+          onWarning: (w) => ctx.io.err(`${w}\n`),
+        });
+        sources.push(opened.image);
       }
+      if (a.snapshot !== undefined) {
+        if (sources.length > 1) throw new CliError("No support for concatenating multiple snapshot");
+        try {
+          await loadSnapshotReadOnly(sources[0]!, a.snapshot);
+        } catch (e) {
+          throw new CliError(`Failed to load snapshot: ${errorText(e)}`, { cause: e });
+        }
+      }
+      if (a.bitmaps) await checkBitmaps(sources, a.skipBrokenBitmaps);
       const prepared = await prepareTarget(outFilename!, outFmt, a, sources, ctx);
       target = prepared.target;
       await copy(sources, target, prepared.hasBacking, a, bar);
+      if (a.bitmaps) await copyBitmaps(sources[0]!, target, ctx);
       bar.print(100, 0);
       const t = target;
       target = undefined;
@@ -265,7 +314,7 @@ async function copy(sources: BlockImage[], target: BlockImage, targetHasBacking:
       targetHasBacking,
       // A new target without a backing file reads as zeros; with -n only when the user says so.
       targetZeroInit: a.targetIsZero || (!a.skipCreate && a.sparseBytes !== 0 && !targetHasBacking),
-      onProgress: (percent) => bar.print(percent, 0),
+      ...(bar.enabled ? { onProgress: (percent: number) => bar.print(percent, 0) } : {}),
     });
   } catch (e) {
     if (!(e instanceof ConvertFailure)) throw e;
@@ -274,3 +323,31 @@ async function copy(sources: BlockImage[], target: BlockImage, targetHasBacking:
   }
 }
 
+
+/** --bitmaps: a single qcow2 source whose bitmaps are all consistent (unless they are to be skipped). */
+async function checkBitmaps(sources: BlockImage[], skipBroken: boolean): Promise<void> {
+  if (sources.length > 1) throw new CliError("Copying bitmaps only possible with single source");
+  const src = sources[0]!;
+  if (!(src instanceof Qcow2Image)) throw new CliError("Source lacks bitmap support");
+  if (skipBroken) return;
+  for (const bm of await listBitmaps(src)) {
+    if (bm.flags.includes("in-use")) {
+      throw new CliError(`Cannot copy inconsistent bitmap '${bm.name}'`, {
+        hint: "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it",
+      });
+    }
+  }
+}
+
+/** Copy the persistent bitmaps of `source` into `target` (same names, granularity and enabled state). */
+async function copyBitmaps(source: BlockImage, target: BlockImage, ctx: CommandContext): Promise<void> {
+  if (!(target instanceof Qcow2Image)) throw new CliError("Destination lacks bitmap support");
+  for (const bm of await listBitmaps(source as Qcow2Image)) {
+    if (bm.flags.includes("in-use")) {
+      ctx.warn(`Skipping inconsistent bitmap '${bm.name}'`);
+      continue;
+    }
+    await addBitmap(target, bm.name, { granularity: bm.granularity, disabled: !bm.flags.includes("auto") });
+    await mergeBitmap(target, bm.name, source as Qcow2Image, bm.name);
+  }
+}

@@ -10,7 +10,7 @@ import { rm } from "node:fs/promises";
 import { createImage, validateCreateOptions, type CreateImageOptions } from "@qcowkit/core/node";
 import { resolveBackingFileName } from "@qcowkit/datafile";
 import { FileStore } from "@qcowkit/datafile/node";
-import { CliError, UsageError, errorText } from "../cli/errors";
+import { CliError, UsageError, errorText, withContext } from "../cli/errors";
 import { closeQuietly, openCliImage } from "../cli/open";
 import { QemuOpts, accumulateOptions, appendDescs, formatHelp, hasHelpOption } from "../cli/qemu-opts";
 import { sizeArgument } from "../cli/size";
@@ -106,7 +106,7 @@ export const createCommand: QimgCommand = {
     } catch (e) {
       // Every failure of the creation itself is prefixed with the file name, as qemu-img does.
       if (e instanceof UsageError) throw e;
-      throw new CliError(`${filename}: ${errorText(e)}`, { cause: e });
+      throw withContext(`${filename}: `, e);
     }
     return 0;
   },
@@ -185,11 +185,11 @@ async function probeBacking(
       errorPrefix: "",
     });
   } catch (e) {
-    throw new CliError(`${errorText(e)}. Could not open backing image.`.replace(/\.\. Could/, ". Could"));
+    throw new CliError(errorText(e), { hint: "Could not open backing image." });
   }
   try {
     if (backingFormat === undefined) {
-      throw new CliError(`Backing file specified without backing format. Detected format of ${image.format}.`);
+      throw new CliError("Backing file specified without backing format", { hint: `Detected format of ${image.format}.` });
     }
     // QEMU sees raw files in whole sectors.
     return image.format === "raw" ? Math.ceil(image.virtualSize / 512) * 512 : image.virtualSize;

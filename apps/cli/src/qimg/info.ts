@@ -7,7 +7,7 @@
  */
 import { imageInfo, type ImageInfo } from "@qcowkit/core/node";
 import { CliError, UsageError } from "../cli/errors";
-import { openCliImage, usingImage } from "../cli/open";
+import { openOperand, usingImage } from "../cli/open";
 import { dumpHuman, toQemuJson, type JsonValue } from "../cli/qdict-json";
 import { sizeToStr } from "../cli/size";
 import { FORCE_SHARE_OPTION, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, parseCommand, type CommandContext, type QimgCommand } from "./context";
@@ -35,15 +35,17 @@ export const infoCommand: QimgCommand = {
     let output = "human";
     let chain = false;
     let forceShare = false;
+    let imageOpts = false;
     for (const o of options) {
       if (o.key === "f") format = o.value;
       else if (o.key === "output") output = o.value!;
       else if (o.key === "backing-chain") chain = true;
       else if (o.key === "U") forceShare = true;
+      else if (o.key === "image-opts") imageOpts = true;
     }
     if (operands.length !== 1) throw new UsageError("Expecting one image file name");
     const mode = outputFormat(output);
-    const infos = await collectInfo(operands[0]!, format, chain, forceShare, ctx);
+    const infos = await collectInfo(operands[0]!, format, imageOpts, chain, forceShare, ctx);
     if (mode === "json") {
       const value = chain ? infos : infos[0]!;
       ctx.io.out(`${toQemuJson(value as unknown as JsonValue)}\n`);
@@ -57,6 +59,7 @@ export const infoCommand: QimgCommand = {
 async function collectInfo(
   filename: string,
   format: string | undefined,
+  imageOpts: boolean,
   chain: boolean,
   forceShare: boolean,
   ctx: CommandContext,
@@ -68,14 +71,14 @@ async function collectInfo(
   while (name !== undefined) {
     if (seen.has(name)) throw new CliError(`Backing file '${name}' creates an infinite loop.`);
     seen.add(name);
-    const image = await openCliImage(name, {
+    // Only the first image can be given as options; its backing files are file names.
+    const { image, filename: opened } = await openOperand(name, imageOpts && infos.length === 0, {
       readOnly: true,
       noIo: true,
       forceShare,
       ...(fmt !== undefined ? { format: fmt } : {}),
       onWarning: (w) => ctx.io.err(`${w}\n`),
     });
-    const opened: string = name;
     const info: ImageInfo = await usingImage(image, (img) => imageInfo(img, { filename: opened }));
     infos.push(info);
     if (!chain) break;

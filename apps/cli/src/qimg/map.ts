@@ -7,7 +7,7 @@
  */
 import { entryMergeable, mapExtents, type MapEntry } from "@qcowkit/core/node";
 import { CliError, UsageError } from "../cli/errors";
-import { openCliImage, usingImage } from "../cli/open";
+import { openOperand, usingImage } from "../cli/open";
 import { sizeArgument } from "../cli/size";
 import { FORCE_SHARE_OPTION, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, parseCommand, type QimgCommand } from "./context";
 import { outputFormat, type OutputFormat } from "./output-format";
@@ -41,6 +41,7 @@ export const mapCommand: QimgCommand = {
     let format: string | undefined;
     let output = "human";
     let forceShare = false;
+    let imageOpts = false;
     let startOffset = 0;
     let maxLength: number | undefined;
     for (const o of options) {
@@ -54,6 +55,9 @@ export const mapCommand: QimgCommand = {
         case "U":
           forceShare = true;
           break;
+        case "image-opts":
+          imageOpts = true;
+          break;
         case "start-offset":
           startOffset = clampSafe(sizeArgument("start offset", o.value!, { onWarning: ctx.warn }));
           break;
@@ -64,8 +68,7 @@ export const mapCommand: QimgCommand = {
     }
     if (operands.length !== 1) throw new UsageError("Expecting one image file name");
     const mode = outputFormat(output);
-    const filename = operands[0]!;
-    const opened = await openCliImage(filename, {
+    const { image: opened } = await openOperand(operands[0]!, imageOpts, {
       readOnly: true,
       forceShare,
       ...(format !== undefined ? { format } : {}),

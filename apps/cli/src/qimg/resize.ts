@@ -6,7 +6,7 @@
  */
 import type { Preallocation } from "@qcowkit/core/node";
 import { CliError, UsageError } from "../cli/errors";
-import { openCliImage, usingImage } from "../cli/open";
+import { openOperand, usingImage } from "../cli/open";
 import { parseOptValue } from "../cli/qemu-opts";
 import { HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, parseCommand, type QimgCommand } from "./context";
 
@@ -34,6 +34,7 @@ export const resizeCommand: QimgCommand = {
     let quiet = false;
     let shrink = false;
     let preallocation: Preallocation = "off";
+    let imageOpts = false;
     for (const o of options) {
       switch (o.key) {
         case "f":
@@ -44,6 +45,9 @@ export const resizeCommand: QimgCommand = {
           break;
         case "shrink":
           shrink = true;
+          break;
+        case "image-opts":
+          imageOpts = true;
           break;
         case "preallocation":
           if (!PREALLOCATION_MODES.includes(o.value!)) throw new CliError(`Invalid preallocation mode '${o.value}'`);
@@ -58,7 +62,7 @@ export const resizeCommand: QimgCommand = {
     else if (sizeText.startsWith("-")) relative = -1;
     if (relative !== 0) sizeText = sizeText.slice(1);
     const n = BigInt.asIntN(64, parseOptValue({ name: "size", type: "size", help: "" }, sizeText, ctx.warn).parsed as bigint);
-    const opened = await openCliImage(filename, {
+    const { image: opened } = await openOperand(filename, imageOpts, {
       readOnly: false,
       ...(format !== undefined ? { format } : {}),
       onWarning: (w) => ctx.io.err(`${w}\n`),

@@ -512,7 +512,7 @@ const openCmd: Command = {
       return false;
     }
     if (operands[0] !== undefined) req.filename = operands[0];
-    if (blockOptions !== undefined) req = applyBlockOptions(req, blockOptions, false);
+    if (blockOptions !== undefined) req = applyBlockOptions(req, blockOptions, false, (w) => s.io.err(`qio: warning: ${w}\n`));
     await s.open(req);
     return true;
   },
@@ -695,6 +695,7 @@ export async function openForSession(s: Session, req: OpenRequest): Promise<void
     ...(req.backing !== undefined ? { backing: req.backing } : {}),
     ...(req.backingFormat !== undefined ? { backingFormat: req.backingFormat } : {}),
     discard: req.discard,
+    program: "qio",
     onWarning: (w) => s.io.err(`${w}\n`),
     errorPrefix: req.filename === "" ? "can't open: " : `can't open device ${req.filename}: `,
   });

@@ -1,0 +1,119 @@
+/**
+ * Block driver options as a string ("driver=qcow2,file.filename=x.qcow2,data-file.filename=x.raw"): what
+ * --image-opts takes in qimg and qio, and qio's `open -o`. The keys qcowkit understands are BLOCK_OPTION_KEYS;
+ * others are refused in QEMU's words.
+ */
+import { CliError } from "./errors";
+import { splitOptionList } from "./qemu-opts";
+
+export interface BlockOptions {
+  filename?: string;
+  format?: string;
+  dataFile?: string;
+  /** null: open without the backing file. */
+  backing?: string | null;
+  backingFormat?: string;
+  readOnly?: boolean;
+  forceShare?: boolean;
+  discard?: "ignore" | "unmap";
+}
+
+const BOOL: Record<string, boolean> = { on: true, yes: true, true: true, y: true, off: false, no: false, false: false, n: false };
+
+/** Keys understood (with --image-opts and `open -o`). */
+export const BLOCK_OPTION_KEYS = [
+  "driver",
+  "file",
+  "file.filename",
+  "file.driver",
+  "data-file",
+  "data-file.filename",
+  "data-file.driver",
+  "backing",
+  "backing.file.filename",
+  "backing.driver",
+  "read-only",
+  "force-share",
+  "discard",
+  "cache.direct",
+  "cache.no-flush",
+];
+
+export function parseDiscard(mode: string): "ignore" | "unmap" {
+  if (mode === "ignore" || mode === "off") return "ignore";
+  if (mode === "unmap" || mode === "on") return "unmap";
+  throw new CliError(`Invalid discard option: ${mode}`);
+}
+
+function parseBool(key: string, value: string): boolean {
+  const b = BOOL[value];
+  if (b === undefined) throw new CliError(`Parameter '${key}' expects 'on' or 'off'`);
+  return b;
+}
+
+/**
+ * Parse `text`. `imageOpts`: the string describes the whole image (--image-opts): a bare word is a node name
+ * (refused), and either driver or file must be given.
+ */
+export function parseBlockOptions(text: string, opts: { imageOpts: boolean; defaultFormat?: string; onWarning?: (w: string) => void }): BlockOptions {
+  const out: BlockOptions = {};
+  const options: Array<[string, string]> = [];
+  for (const element of splitOptionList(text)) {
+    if (element === "") continue;
+    const eq = element.indexOf("=");
+    if (eq < 0 && opts.imageOpts && options.length === 0) {
+      throw new CliError(`Cannot find device='${element}' nor node-name='${element}'`);
+    }
+    // A bare word is a short-form boolean ("x" means "x=on").
+    options.push(eq < 0 ? [element, "on"] : [element.slice(0, eq), element.slice(eq + 1)]);
+  }
+  let driver = opts.defaultFormat;
+  for (const [key, value] of options) if (key === "driver") driver = value;
+  for (const [key, value] of options) {
+    switch (key) {
+      case "driver":
+        out.format = value;
+        break;
+      case "file":
+      case "file.filename":
+        out.filename = value;
+        break;
+      case "data-file":
+      case "data-file.filename":
+        out.dataFile = value;
+        break;
+      case "backing":
+        if (value !== "" && value !== "null") throw new CliError("Only backing=null (or backing.file.filename=NAME) is supported");
+        if (value === "") opts.onWarning?.('Use of "backing": "" is deprecated; use "backing": null instead');
+        out.backing = null;
+        break;
+      case "backing.file.filename":
+        out.backing = value;
+        break;
+      case "backing.driver":
+        out.backingFormat = value;
+        break;
+      case "file.driver":
+      case "data-file.driver":
+        if (value !== "file") throw new CliError(`Unknown protocol '${value}' (only local files are supported)`);
+        break;
+      case "read-only":
+        out.readOnly = parseBool(key, value);
+        break;
+      case "force-share":
+        out.forceShare = parseBool(key, value);
+        break;
+      case "discard":
+        out.discard = parseDiscard(value);
+        break;
+      case "cache.direct":
+      case "cache.no-flush":
+        parseBool(key, value);
+        break;
+      default:
+        throw new CliError(`Block format '${driver ?? "qcow2"}' does not support the option '${key}'`);
+    }
+  }
+  if (opts.imageOpts && out.filename === undefined && driver === undefined) throw new CliError("Must specify either driver or file");
+  return out;
+}
