@@ -2,7 +2,7 @@
 
 type Op = { kind: " " | "-" | "+"; line: string; a: number; b: number };
 
-const MAX_CELLS = 16_000_000;
+const MAX_CELLS = 4_000_000;
 
 function operations(a: string[], b: string[]): Op[] | undefined {
   // Trim the common head and tail, then run a table LCS on the middle.

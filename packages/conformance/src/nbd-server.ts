@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, openSync, readFileSync } from "node:fs";
+import { closeSync, openSync } from "node:fs";
 import { connect } from "node:net";
-import { exitStatus } from "./process";
+import { exitStatus, readCapped } from "./process";
 
 /** An NBD server started by a case (`nbd_start`), stopped by `nbd_stop` or when the case ends. */
 export interface NbdServer {
@@ -89,7 +89,7 @@ export async function startNbdServer(
   const server: NbdServer = { child, logPath: opts.logPath, exited };
   const deadline = Date.now() + opts.timeoutMs;
   const failed = (): { error: string } => {
-    const log = readFileSync(opts.logPath, "utf8");
+    const log = readCapped(opts.logPath);
     return { error: `${spawnError ? `${argv[0]}: ${spawnError}\n` : ""}${log}server exited with status ${status}` };
   };
   for (;;) {
@@ -124,5 +124,5 @@ export async function stopNbdServer(server: NbdServer, timeoutMs: number): Promi
     status = await server.exited;
     note = `server did not exit within ${timeoutMs} ms of SIGTERM\n`;
   }
-  return { output: readFileSync(server.logPath, "utf8") + note, status };
+  return { output: readCapped(server.logPath) + note, status };
 }

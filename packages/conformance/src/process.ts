@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, openSync, readFileSync, rmSync } from "node:fs";
+import { closeSync, openSync, readSync, rmSync } from "node:fs";
 
 export interface ProcessResult {
   readonly stdout: string;
@@ -15,6 +15,27 @@ export interface RunOptions {
   readonly timeoutMs: number;
   /** Scratch file prefix for the captured output (outside the case directory). */
   readonly logPath: string;
+}
+
+/** At most this much of a stream is kept: a runaway tool must not exhaust the runner's memory. */
+export const MAX_STREAM_BYTES = 8 << 20;
+
+/** Reads a captured stream, keeping the first MAX_STREAM_BYTES and saying so when it cut. */
+export function readCapped(path: string): string {
+  const fd = openSync(path, "r");
+  try {
+    const buf = new Uint8Array(MAX_STREAM_BYTES + 1);
+    let length = 0;
+    while (length < buf.length) {
+      const n = readSync(fd, buf, length, buf.length - length, length);
+      if (n === 0) break;
+      length += n;
+    }
+    const text = new TextDecoder().decode(buf.subarray(0, Math.min(length, MAX_STREAM_BYTES)));
+    return length > MAX_STREAM_BYTES ? `${text}\n[output cut after ${MAX_STREAM_BYTES} bytes]\n` : text;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 const SIGNAL_NUMBERS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGABRT: 6, SIGKILL: 9, SIGSEGV: 11, SIGTERM: 15 };
@@ -40,8 +61,8 @@ export function runProcess(argv: readonly string[], opts: RunOptions): Promise<P
       clearTimeout(timer);
       closeSync(outFd);
       closeSync(errFd);
-      const stdout = readFileSync(outPath, "utf8");
-      const stderr = readFileSync(errPath, "utf8") + extra;
+      const stdout = readCapped(outPath);
+      const stderr = readCapped(errPath) + extra;
       rmSync(outPath, { force: true });
       rmSync(errPath, { force: true });
       resolve({ stdout, stderr, exitCode, timedOut });
