@@ -36,10 +36,21 @@ interface ImageState {
 
 function hashOf(file: string): string {
   if (!fs.existsSync(file)) return "missing";
-  const b = fs.readFileSync(file);
+  const fd = fs.openSync(file, "r");
+  const buf = Buffer.alloc(4 * 1024 * 1024);
   let h = 0x811c9dc5;
-  for (let i = 0; i < b.length; i += 7) h = Math.imul(h ^ b[i]!, 16777619) >>> 0;
-  return `${b.length}:${h.toString(16)}`;
+  let total = 0;
+  try {
+    for (;;) {
+      const n = fs.readSync(fd, buf, 0, buf.length, total);
+      if (n === 0) break;
+      for (let i = 0; i < n; i += 7) h = Math.imul(h ^ buf[i]!, 16777619) >>> 0;
+      total += n;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return `${total}:${h.toString(16)}`;
 }
 
 function stripInfo(v: unknown): unknown {
@@ -201,6 +212,29 @@ describe("qimg snapshot", () => {
     ["data file: list", dataFile, ["-l"]],
     ["v2 image", v2snap, ["-c", "s2"]],
     ["refcount_bits=1 cannot count a snapshot", [mk("img.qcow2", "1M", "-o", "refcount_bits=1"), io("img.qcow2", "write 0 64k")], ["-c", "s"]],
+    [
+      "apply takes the snapshot's smaller size",
+      [
+        mk("img.qcow2", "64M"),
+        io("img.qcow2", "write -P 1 0 1M", "write -P 2 63M 1M"),
+        ["img", "snapshot", "-c", "s1", "img.qcow2"],
+        ["img", "resize", "img.qcow2", "320M"],
+        io("img.qcow2", "write -P 3 256M 1M", "write -P 4 62M 2M"),
+        ["img", "snapshot", "-c", "s2", "img.qcow2"],
+      ],
+      ["-a", "s1"],
+    ],
+    [
+      "apply takes the snapshot's larger size",
+      [
+        mk("img.qcow2", "320M"),
+        io("img.qcow2", "write -P 1 0 1M", "write -P 2 256M 1M"),
+        ["img", "snapshot", "-c", "s1", "img.qcow2"],
+        ["img", "resize", "--shrink", "img.qcow2", "64M"],
+        io("img.qcow2", "write -P 3 0 64k"),
+      ],
+      ["-a", "s1"],
+    ],
   ];
   it.concurrent.each(cases)("%s", async (_name, steps, args) => {
     await differential(steps, ["snapshot", ...args, "img.qcow2"]);
