@@ -47,6 +47,11 @@ export interface OpenImageOptions {
   /** Open for check/repair. */
   checkMode?: boolean;
   discard?: "ignore" | "unmap";
+  /**
+   * File reads and writes of at most this many bytes are made synchronously (see FileStore): for tools
+   * that issue one request at a time (qimg, qio). Servers keep the default 0.
+   */
+  syncIoBytes?: number;
   onWarning?: (message: string) => void;
   repairDirty?: Qcow2OpenOptions["repairDirty"];
   /** Internal: images already open in this chain. */
@@ -80,7 +85,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
         ? checkSafeReference(ctx.imageName, name, "data-file", { cwd: process.cwd() })
         : resolveDataFileName(name).path!;
       if (opts.safe && stored) await assertRealPathInside(ctx.imageName, path, "data-file", name);
-      return FileStore.open(path, { readOnly: ctx.readOnly, name });
+      return FileStore.open(path, { readOnly: ctx.readOnly, name, syncIoBytes: opts.syncIoBytes ?? 0 });
     },
     async openBacking(name: string, format: string | undefined, ctx: ResolveContext): Promise<BlockImage> {
       try {
@@ -132,7 +137,11 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
 /** Open a qcow2 or raw image file. */
 export async function openImage(path: string, opts: OpenImageOptions = {}): Promise<BlockImage> {
   const readOnly = opts.readOnly ?? false;
-  const store = await FileStore.open(path, { readOnly, lock: imageLockMode(readOnly, opts.shareRW) });
+  const store = await FileStore.open(path, {
+    readOnly,
+    lock: imageLockMode(readOnly, opts.shareRW),
+    syncIoBytes: opts.syncIoBytes ?? 0,
+  });
   try {
     let format: ImageFormat;
     if (opts.format !== undefined) format = checkFormat(opts.format);

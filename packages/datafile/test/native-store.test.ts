@@ -316,6 +316,10 @@ describe("FileStore with the native addon turned off", () => {
           fallocateCalls++;
           return Promise.reject(Object.assign(new Error("Operation not supported"), { code: "EOPNOTSUPP", errno: 95 }));
         },
+        fallocateSync: (): void => {
+          fallocateCalls++;
+          throw Object.assign(new Error("Operation not supported"), { code: "EOPNOTSUPP", errno: 95 });
+        },
       };
       return { ...real, nativeFs: () => refusing };
     });

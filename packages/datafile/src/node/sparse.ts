@@ -100,11 +100,17 @@ export async function fallocateRange(
   assertPosition(name, offset + length);
   if (length === 0) return;
   try {
-    await native.fallocate(fd, mode, offset, length);
+    // Small ranges (a cluster's copy-on-write zeroing) are done in place: the call is quick, and a
+    // thread-pool round trip would cost more than the call itself.
+    if (length <= syncFallocateBytes) native.fallocateSync(fd, mode, offset, length);
+    else await native.fallocate(fd, mode, offset, length);
   } catch (error) {
     throw fromNativeError(error, prefix);
   }
 }
+
+/** fallocate calls up to this length run on the calling thread. */
+export const syncFallocateBytes = 2 * 1024 * 1024;
 
 function assertPosition(name: string, value: number): void {
   if (!Number.isSafeInteger(value) || value < 0) {
