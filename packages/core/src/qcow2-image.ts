@@ -1388,6 +1388,10 @@ export class Qcow2Image implements BlockImage {
   private async resizeUnlocked(newSize: number, opts: ResizeOptions): Promise<void> {
     const oldSize = this.virtualSize;
     const prealloc = opts.preallocation ?? "off";
+    if (this.snapshots.length > 0 && this.version < 3) {
+      // v2 snapshot entries cannot record the disk size (v3 ones can).
+      throw new Qcow2Error("NOT_SUPPORTED", "Can't resize a v2 image which has snapshots", { errno: "ENOTSUP" });
+    }
     if (newSize % 512 !== 0) newSize = Math.ceil(newSize / 512) * 512;
     if (newSize < oldSize) {
       if (!opts.shrink) {
@@ -1397,9 +1401,6 @@ export class Qcow2Image implements BlockImage {
         );
       }
       if (prealloc !== "off") throw new Qcow2Error("INVALID_ARGUMENT", "Preallocation can't be used for shrinking an image");
-      if (this.snapshots.length > 0) {
-        throw new Qcow2Error("NOT_SUPPORTED", "Can't resize an image which has snapshots", { errno: "ENOTSUP" });
-      }
       await this.discardUnlocked(newSize, oldSize - newSize, true);
       await this.setSize(newSize);
       await this.shrinkL1(newSize);
