@@ -189,6 +189,11 @@ export interface CheckContext {
   snapshots: SnapshotInfo[];
   /** Bytes of the snapshot table as read. */
   snapshotsSize: number;
+  /**
+   * L2 tables read by the check, by offset, least recently used first: damaged L1 tables name the same
+   * cluster many times. Fixes change the cached bytes as they change the disk.
+   */
+  l2Tables: Map<number, Uint8Array>;
   onMessage: ((line: string, kind: CheckMessageKind) => void) | undefined;
 }
 
@@ -285,6 +290,26 @@ export async function countL1(ctx: CheckContext, l1Offset: number, l1Size: numbe
   }
 }
 
+/** Bytes of L2 tables the check keeps (see CheckContext.l2Tables). */
+const L2_TABLE_CACHE_BYTES = 32 * 1024 * 1024;
+
+/** The L2 table at `l2Offset`, from the check's cache or the file. */
+async function readL2Table(ctx: CheckContext, l2Offset: number, what: string): Promise<Uint8Array> {
+  const cached = ctx.l2Tables.get(l2Offset);
+  if (cached) {
+    ctx.l2Tables.delete(l2Offset);
+    ctx.l2Tables.set(l2Offset, cached);
+    return cached;
+  }
+  const table = new Uint8Array(l2TableBytes(ctx.image));
+  await readMeta(ctx, l2Offset, table, what);
+  ctx.l2Tables.set(l2Offset, table);
+  if (ctx.l2Tables.size * table.byteLength > L2_TABLE_CACHE_BYTES) {
+    ctx.l2Tables.delete(ctx.l2Tables.keys().next().value!);
+  }
+  return table;
+}
+
 /** Bytes of one L2 table. */
 function l2TableBytes(image: Qcow2Image): number {
   return image.map.l2Entries * (image.extendedL2 ? 16 : 8);
@@ -297,8 +322,7 @@ async function countL2(ctx: CheckContext, l2Offset: number, active: boolean): Pr
   const ext = image.extendedL2;
   const dataFile = image.hasDataFile;
   const fmt = image.map.format;
-  const table = new Uint8Array(l2TableBytes(image));
-  await readMeta(ctx, l2Offset, table, "ERROR: I/O error in check_refcounts_l2");
+  const table = await readL2Table(ctx, l2Offset, "ERROR: I/O error in check_refcounts_l2");
   const v = viewOf(table);
   const entries = image.map.l2Entries;
   ctx.nextContiguous = 0; // contiguity is judged within one L2 table
@@ -580,17 +604,6 @@ async function countBitmaps(ctx: CheckContext): Promise<void> {
   }
 }
 
-/** The on-disk refcount of a cluster, or the failure QEMU's qcow2_get_refcount reports. */
-async function diskRefcount(ctx: CheckContext, cluster: number): Promise<number | Qcow2Error> {
-  try {
-    return await ctx.image.refcounts.get(cluster);
-  } catch (e) {
-    if (!(e instanceof Qcow2Error)) throw e;
-    if (e.code === "CORRUPT") await ctx.image.signalCorruption(e.message);
-    return e;
-  }
-}
-
 /**
  * Compare the counted references with the image's refcounts, fixing what `fix` allows (QEMU's
  * compare_refcounts). Returns the highest cluster with a refcount or a reference (0 when none). Works a
@@ -680,10 +693,31 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
   else if (fix & FIX_LEAKS) repair = report.checkErrors === 0 && report.corruptions === 0 && report.leaks === 0;
   else repair = false;
   const l1 = viewOf(image.l1.bytes);
+  // Refcount blocks as this pass reads them (it changes no refcount): one lookup per block, not per entry.
+  const blocks = new Map<number, Uint8Array | undefined | Qcow2Error>();
+  const perBlock = image.refcounts.blockEntries;
+  const order = image.header.refcountOrder;
+  const cached = (cluster: number): number | Qcow2Error | undefined => {
+    const index = Math.floor(cluster / perBlock);
+    const block = blocks.get(index);
+    if (block === undefined) return blocks.has(index) ? 0 : undefined;
+    return block instanceof Qcow2Error ? block : getRefcount(block, cluster % perBlock, order);
+  };
+  const refcounts = async (cluster: number): Promise<number | Qcow2Error> => {
+    const index = Math.floor(cluster / perBlock);
+    try {
+      blocks.set(index, await image.refcounts.blockBytes(index));
+    } catch (e) {
+      if (!(e instanceof Qcow2Error)) throw e;
+      if (e.code === "CORRUPT") await image.signalCorruption(e.message);
+      blocks.set(index, e);
+    }
+    return cached(cluster)!;
+  };
   for (let i = 0; i < image.l1.size; i++) {
     const l2Offset = l1EntryL2Offset(l1, i);
     if (l2Offset === 0) continue;
-    const refcount = await diskRefcount(ctx, Math.floor(l2Offset / cs));
+    const refcount = cached(Math.floor(l2Offset / cs)) ?? (await refcounts(Math.floor(l2Offset / cs)));
     if (refcount instanceof Qcow2Error) continue;
     if ((refcount === 1) !== l1EntryCopied(l1, i)) {
       report.corruptions++;
@@ -697,8 +731,7 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
         report.corruptionsFixed++;
       }
     }
-    const table = new Uint8Array(l2TableBytes(image));
-    await readMeta(ctx, l2Offset, table, "ERROR: Could not read L2 table: Input/output error");
+    const table = await readL2Table(ctx, l2Offset, "ERROR: Could not read L2 table: Input/output error");
     const v = viewOf(table);
     let dirty = 0;
     for (let j = 0; j < image.map.l2Entries; j++) {
@@ -710,7 +743,8 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
       let rc: number;
       if (image.hasDataFile) rc = 1;
       else {
-        const got = await diskRefcount(ctx, Math.floor(l2HostOffset(hi, lo) / cs));
+        const cluster = Math.floor(l2HostOffset(hi, lo) / cs);
+        const got = cached(cluster) ?? (await refcounts(cluster));
         if (got instanceof Qcow2Error) continue;
         rc = got;
       }
@@ -833,6 +867,7 @@ export async function newCheckContext(image: Qcow2Image, opts: CheckOptions): Pr
     nextContiguous: 0,
     snapshots: [],
     snapshotsSize: 0,
+    l2Tables: new Map(),
     onMessage: opts.onMessage,
   };
 }

@@ -66,7 +66,9 @@ describe("fuzzed images", () => {
         results.push({ seed: c.seed, seedImage: c.seedImage, description: c.description, ours, qemu: qemu[i]! });
         maxHeap = Math.max(maxHeap, process.memoryUsage().heapUsed);
       }
-      if (process.env.QCOWKIT_FUZZ_TIMING) console.log(`batch ${start}: ours ${Date.now() - t1} ms`);
+      if (process.env.QCOWKIT_FUZZ_TIMING) {
+        console.log(`batch ${start}: ours ${Date.now() - t1} ms, heap ${process.memoryUsage().heapUsed >> 20} MiB`);
+      }
     }
     await new Promise((resolve) => setTimeout(resolve, 100));
     process.off("unhandledRejection", onUnhandled);
