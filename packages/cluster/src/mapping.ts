@@ -41,7 +41,8 @@ export interface MappedRun {
   copied: boolean;
 }
 
-const hex = (n: number) => `0x${n.toString(16)}`;
+/** C's "%#x", which QEMU's messages use: no "0x" before 0 (fix by the repair owner: "L1 index: 0x0"). */
+const hex = (n: number) => (n === 0 ? "0" : `0x${n.toString(16)}`);
 
 export class ClusterMap {
   readonly clusterBits: number;
