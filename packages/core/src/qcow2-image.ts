@@ -1388,11 +1388,11 @@ export class Qcow2Image implements BlockImage {
   private async resizeUnlocked(newSize: number, opts: ResizeOptions): Promise<void> {
     const oldSize = this.virtualSize;
     const prealloc = opts.preallocation ?? "off";
+    if (newSize % 512 !== 0) throw new Qcow2Error("INVALID_ARGUMENT", "The new size must be a multiple of 512");
     if (this.snapshots.length > 0 && this.version < 3) {
       // v2 snapshot entries cannot record the disk size (v3 ones can).
       throw new Qcow2Error("NOT_SUPPORTED", "Can't resize a v2 image which has snapshots", { errno: "ENOTSUP" });
     }
-    if (newSize % 512 !== 0) newSize = Math.ceil(newSize / 512) * 512;
     if (newSize < oldSize) {
       if (!opts.shrink) {
         throw new Qcow2Error(
