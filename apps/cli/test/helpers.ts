@@ -20,9 +20,13 @@ export interface Run {
 }
 
 /** Run a program (no shell) in `cwd`; never rejects for a non-zero exit. */
-export function run(program: string, args: readonly string[], opts: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
+export function run(
+  program: string,
+  args: readonly string[],
+  opts: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv; input?: string } = {},
+): Promise<Run> {
   return new Promise((resolve, reject) => {
-    execFile(
+    const child = execFile(
       program,
       args,
       { cwd: opts.cwd, timeout: opts.timeoutMs ?? 120_000, maxBuffer: 256 * 1024 * 1024, encoding: "utf8", env: { ...process.env, ...opts.env } },
@@ -36,6 +40,9 @@ export function run(program: string, args: readonly string[], opts: { cwd?: stri
         resolve({ code, stdout, stderr });
       },
     );
+    // Standard input is given (or closed): qio reads commands from it when there is no -c.
+    child.stdin?.on("error", () => undefined);
+    child.stdin?.end(opts.input ?? "");
   });
 }
 
@@ -93,7 +100,9 @@ export function normalizeQemu(text: string): string {
 
 /** qemu-io's timing line, which differs from run to run. */
 export function filterTimings(text: string): string {
-  return text.replace(/(\d+ ops); [0-9:.]+(?: sec)? \([^()\n]*\/sec and [^()\n]* ops\/sec\)/g, "$1; TIME");
+  return text
+    .replace(/(\d+ ops); [0-9:.]+(?: sec)? \([^()\n]*\/sec and [^()\n]* ops\/sec\)/g, "$1; TIME")
+    .replace(/^(\d+,\d+),\d+:\d\d:\d\d\.\d\d,[0-9.]+,[0-9.]+$/gm, "$1,TIME");
 }
 
 /** qemu-img info --output=json with the fields that depend on the file system or the clock removed. */

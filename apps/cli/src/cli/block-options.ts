@@ -55,20 +55,34 @@ function parseBool(key: string, value: string): boolean {
  * Parse `text`. `imageOpts`: the string describes the whole image (--image-opts): a bare word is a node name
  * (refused), and either driver or file must be given.
  */
-export function parseBlockOptions(text: string, opts: { imageOpts: boolean; defaultFormat?: string; onWarning?: (w: string) => void }): BlockOptions {
+export function parseBlockOptions(
+  text: string,
+  opts: {
+    imageOpts: boolean;
+    /** A first word without "=" names a node (qemu-img), or is a short-form boolean (qemu-io, with a warning). */
+    bareWord?: "node-name" | "boolean";
+    defaultFormat?: string;
+    onWarning?: (w: string) => void;
+  },
+): BlockOptions {
   const out: BlockOptions = {};
   const options: Array<[string, string]> = [];
   for (const element of splitOptionList(text)) {
     if (element === "") continue;
     const eq = element.indexOf("=");
-    if (eq < 0 && opts.imageOpts && options.length === 0) {
+    if (eq < 0 && opts.imageOpts && options.length === 0 && opts.bareWord !== "boolean") {
       throw new CliError(`Cannot find device='${element}' nor node-name='${element}'`);
+    }
+    if (eq < 0 && opts.bareWord === "boolean") {
+      opts.onWarning?.(`short-form boolean option '${element}' deprecated\nPlease use ${element}=on instead`);
     }
     // A bare word is a short-form boolean ("x" means "x=on").
     options.push(eq < 0 ? [element, "on"] : [element.slice(0, eq), element.slice(eq + 1)]);
   }
   let driver = opts.defaultFormat;
   for (const [key, value] of options) if (key === "driver") driver = value;
+  const hasFile = options.some(([key]) => key === "file" || key === "file.filename");
+  if (opts.imageOpts && !hasFile && driver === undefined) throw new CliError("Must specify either driver or file");
   for (const [key, value] of options) {
     switch (key) {
       case "driver":
@@ -114,6 +128,5 @@ export function parseBlockOptions(text: string, opts: { imageOpts: boolean; defa
         throw new CliError(`Block format '${driver ?? "qcow2"}' does not support the option '${key}'`);
     }
   }
-  if (opts.imageOpts && out.filename === undefined && driver === undefined) throw new CliError("Must specify either driver or file");
   return out;
 }

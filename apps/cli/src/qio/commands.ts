@@ -5,6 +5,7 @@
 import { Qcow2Image, qcow2SpecificInfo, type BlockImage, type Preallocation } from "@qcowkit/core/node";
 import { isQcow2Error } from "@qcowkit/spec";
 import { readFile } from "node:fs/promises";
+import { systemErrorText } from "@qcowkit/datafile/node";
 import { strerror } from "../cli/errno";
 import { CliError, UsageError, errorText, type Output } from "../cli/errors";
 import { getopt, type ParsedOption } from "../cli/getopt";
@@ -38,6 +39,8 @@ interface Command {
   needsImage: boolean;
   /** Needs write permission. */
   writes?: boolean;
+  /** Extended help (`help NAME`), after the usage line and a blank line. */
+  help?: string;
   run(s: Session, argv: string[]): Promise<boolean>;
 }
 
@@ -86,6 +89,7 @@ function checkLength(s: Session, count: number, text: string): void {
 }
 
 const readCmd: Command = {
+  help: " Reads LEN bytes at offset OFF of the open image.\n  -C  print the statistics as one machine-readable line\n  -P  check that every byte read equals PATTERN (-s and -l narrow the check to a part)\n  -q  print nothing but errors\n  -v  hex dump of the data read\n",
   name: "read",
   args: "[-abCqv] [-P pattern [-s off] [-l len]] off len",
   oneline: "reads a number of bytes at a specified offset",
@@ -162,7 +166,9 @@ async function fillFromFile(s: Session, file: string, count: number): Promise<Ui
   try {
     content = new Uint8Array(await readFile(file));
   } catch (e) {
-    s.io.err(`${file}: ${errorText(e).replace(/^.*: /, "")}\n`);
+    // perror(): the file name and strerror().
+    const code = (e as { code?: unknown }).code;
+    s.io.err(`${file}: ${(typeof code === "string" && systemErrorText(code)) || errorText(e)}\n`);
     throw new CommandFailure();
   }
   if (content.byteLength === 0) {
@@ -175,6 +181,7 @@ async function fillFromFile(s: Session, file: string, count: number): Promise<Ui
 }
 
 const writeCmd: Command = {
+  help: " Writes LEN bytes at offset OFF of the open image, filled with 0xcd unless told otherwise.\n  -P  fill with PATTERN\n  -s  fill with the content of SOURCE_FILE (repeated)\n  -z  write zeros without data (-u: the range may be deallocated, -n: fail instead of writing zero bytes)\n  -c  write compressed clusters\n  -f  durable on return (FUA)\n  -C  print the statistics as one machine-readable line\n  -q  print nothing but errors\n",
   name: "write",
   args: "[-bcCfnquz] [-P pattern | -s source_file] off len",
   oneline: "writes a number of bytes at a specified offset",
@@ -304,6 +311,7 @@ function vectorCommand(base: Command, name: "readv" | "writev", args: string, sh
 }
 
 const discardCmd: Command = {
+  help: " Discards LEN bytes at offset OFF of the open image (whole clusters).\n  -C  print the statistics as one machine-readable line\n  -q  print nothing but errors\n",
   name: "discard",
   alias: "d",
   args: "[-Cq] off len",
@@ -484,6 +492,7 @@ const truncateCmd: Command = {
 };
 
 const openCmd: Command = {
+  help: " Opens an image (when none is open).\n  -r  read-only\n  -U  do not take the image lock\n  -d  discard mode: ignore or unmap\n  -t  cache mode (checked, ignored)\n  -o  block driver options, e.g. driver=qcow2,data-file.filename=DATA\n",
   name: "open",
   alias: "o",
   args: "[-rsCnkU] [-t cache] [-d discard] [-o options] [path]",
@@ -512,7 +521,13 @@ const openCmd: Command = {
       return false;
     }
     if (operands[0] !== undefined) req.filename = operands[0];
-    if (blockOptions !== undefined) req = applyBlockOptions(req, blockOptions, false, (w) => s.io.err(`qio: warning: ${w}\n`));
+    if (blockOptions !== undefined) {
+      try {
+        req = applyBlockOptions(req, blockOptions, false, (w) => s.io.err(`qio: warning: ${w}\n`));
+      } catch (e) {
+        throw new CliError(`can't open device ${req.filename}: ${errorText(e)}`, { cause: e });
+      }
+    }
     await s.open(req);
     return true;
   },
@@ -604,6 +619,7 @@ const helpCmd: Command = {
         return false;
       }
       s.io.out(usage(c));
+      if (c.help) s.io.out(`\n${c.help}\n`);
       return true;
     }
     for (const c of [...COMMANDS].sort((a, b) => (a.name < b.name ? -1 : 1))) s.io.out(usage(c));

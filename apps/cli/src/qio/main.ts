@@ -144,7 +144,11 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
       try {
         if (imageOpts) {
           if (req.format !== undefined) throw new CliError("--image-opts and -f are mutually exclusive");
-          req = applyBlockOptions(req, operand, true);
+          try {
+            req = applyBlockOptions(req, operand, true, (w) => io.err(`${PROG}: warning: ${w}\n`));
+          } catch (e) {
+            throw new CliError(`can't open: ${errorText(e)}`, { cause: e });
+          }
         } else {
           req.filename = operand;
         }

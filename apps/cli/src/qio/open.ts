@@ -19,7 +19,12 @@ export interface OpenRequest {
 
 /** Apply "key=value,..." to `req` (`imageOpts`: the string is the whole description, as with --image-opts). */
 export function applyBlockOptions(req: OpenRequest, text: string, imageOpts: boolean, onWarning?: (w: string) => void): OpenRequest {
-  const o = parseBlockOptions(text, { imageOpts, ...(req.format !== undefined ? { defaultFormat: req.format } : {}), ...(onWarning ? { onWarning } : {}) });
+  const o = parseBlockOptions(text, {
+    imageOpts,
+    bareWord: "boolean",
+    ...(req.format !== undefined ? { defaultFormat: req.format } : {}),
+    ...(onWarning ? { onWarning } : {}),
+  });
   const out: OpenRequest = { ...req };
   if (o.filename !== undefined) out.filename = o.filename;
   if (o.format !== undefined) out.format = o.format;
