@@ -22,6 +22,11 @@ export interface Session {
   io: Output;
   image: BlockImage | undefined;
   request: OpenRequest | undefined;
+  /**
+   * qemu-io's default cache mode is writethrough: every write is durable (data and metadata) before the
+   * command reports it, so a crash after it (sigraise 9) leaves what QEMU leaves.
+   */
+  writethrough: boolean;
   quit: boolean;
   /** Open `req` as the current image (errors prefixed "can't open device NAME: "). */
   open(req: OpenRequest): Promise<void>;
@@ -275,8 +280,9 @@ const writeCmd: Command = {
     if (!zero) buf = source !== undefined ? await fillFromFile(s, source, count) : new Uint8Array(count).fill(pat);
     const start = process.hrtime.bigint();
     try {
-      if (zero) await s.image!.writeZeroes(offset, count, { unmap, noFallback, fua });
-      else await s.image!.write(offset, buf!, { fua, compressed });
+      const durable = fua || s.writethrough;
+      if (zero) await s.image!.writeZeroes(offset, count, { unmap, noFallback, fua: durable });
+      else await s.image!.write(offset, buf!, { fua: durable, compressed });
     } catch (e) {
       s.io.out(`write failed: ${requestError(e)}\n`);
       return false;
@@ -512,7 +518,8 @@ const openCmd: Command = {
       if (o.key === "r") req.readOnly = true;
       else if (o.key === "U") req.forceShare = true;
       else if (o.key === "d") req.discard = parseDiscard(o.value!);
-      else if (o.key === "t") checkCacheMode(o.value!);
+      else if (o.key === "t") s.writethrough = checkCacheMode(o.value!);
+      else if (o.key === "n") s.writethrough = false;
       else if (o.key === "s") throw new CliError("snapshot mode (-s) is not supported by qio");
       else if (o.key === "o") blockOptions = blockOptions === undefined ? o.value! : `${blockOptions},${o.value}`;
     }
@@ -628,10 +635,12 @@ const helpCmd: Command = {
   },
 };
 
-export function checkCacheMode(mode: string): void {
+/** Check a cache mode; returns whether it is writethrough (writethrough, directsync) or not. */
+export function checkCacheMode(mode: string): boolean {
   if (!["none", "off", "writeback", "writethrough", "directsync", "unsafe"].includes(mode)) {
     throw new CliError(`Invalid cache option: ${mode}`);
   }
+  return mode === "writethrough" || mode === "directsync";
 }
 
 const COMMANDS: Command[] = [

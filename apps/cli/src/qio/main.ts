@@ -79,6 +79,7 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
   const commands: string[] = [];
   let req: OpenRequest = { filename: "", readOnly: false, forceShare: false, discard: "unmap" };
   let imageOpts = false;
+  let writethrough = true;
   try {
     for (const o of parsed.options) {
       switch (o.key) {
@@ -108,7 +109,10 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
           req.discard = parseDiscard(o.value!);
           break;
         case "t":
-          checkCacheMode(o.value!);
+          writethrough = checkCacheMode(o.value!);
+          break;
+        case "n":
+          writethrough = false;
           break;
         case "i":
           if (!["threads", "native", "io_uring"].includes(o.value!)) throw new CliError(`Invalid aio option: ${o.value}`);
@@ -134,6 +138,7 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
     io,
     image: undefined,
     request: undefined,
+    writethrough,
     quit: false,
     open: (r) => openForSession(session, r),
   };
