@@ -216,9 +216,19 @@ export function emptyReport(): CheckReport {
 
 /** Print one message line (QEMU's fprintf to stderr, or error_report with `kind` "report"). */
 export function say(ctx: CheckContext, line: string, kind: CheckMessageKind = "plain"): void {
-  ctx.report.messages.push(line);
+  // Hostile images can make a check find billions of problems: the report keeps the first lines only
+  // (every line still reaches onMessage).
+  if (ctx.report.messages.length < MAX_REPORT_MESSAGES) ctx.report.messages.push(line);
   ctx.onMessage?.(line, kind);
 }
+
+/** Lines a CheckReport keeps. */
+export const MAX_REPORT_MESSAGES = 100_000;
+/**
+ * "Can't get refcount" lines printed per check (QEMU prints one per cluster of each unreadable refcount
+ * block, which for a file grown to terabytes by a repair is billions); the errors are counted all the same.
+ */
+const MAX_REFCOUNT_FAILURE_LINES = 10_000;
 
 /** Count a reference to every cluster of [offset, offset+size) (QEMU's qcow2_inc_refcounts_imrt). */
 export function countReference(ctx: CheckContext, offset: number, size: number): void {
@@ -528,8 +538,11 @@ async function checkRefblocks(ctx: CheckContext): Promise<void> {
           failure = "Invalid argument";
         } else {
           try {
-            // No file grows to 2^53 bytes: the file system's "File too large", as QEMU gets it.
-            if (!Number.isSafeInteger(offset + cs)) throw new Qcow2Error("NO_SPACE", "File too large", { errno: "EFBIG" });
+            // The file system's "File too large" where QEMU would get it (2^53 bytes and more), and also past
+            // 2^31 clusters: a file grown that far makes the check itself unbounded (QEMU runs out of memory).
+            if (!Number.isSafeInteger(offset + cs) || (offset + cs) / cs > 2 ** 31 - 1) {
+              throw new Qcow2Error("NO_SPACE", "File too large", { errno: "EFBIG" });
+            }
             await image.meta.resize(offset + cs);
             ctx.fileLength = await image.meta.size();
           } catch (e) {
@@ -616,7 +629,8 @@ export async function compareRefcounts(ctx: CheckContext, fix: number): Promise<
   const perBlock = rc.blockEntries;
   const order = image.header.refcountOrder;
   let highest = 0;
-  const freed: number[] = [];
+  let refcountFailureLines = 0;
+  const freed: Array<[start: number, count: number]> = [];
   for (let start = 0; start < ctx.refs.size; start += perBlock) {
     const blockIndex = start / perBlock;
     const end = Math.min(ctx.refs.size, start + perBlock);
@@ -630,10 +644,10 @@ export async function compareRefcounts(ctx: CheckContext, fix: number): Promise<
       failure = e;
     }
     if (failure) {
-      for (let i = start; i < end; i++) {
+      for (let i = start; i < end && refcountFailureLines < MAX_REFCOUNT_FAILURE_LINES; i++, refcountFailureLines++) {
         say(ctx, `Can't get refcount for cluster ${i}: ${errnoMessage(failure)}`);
-        ctx.report.checkErrors++;
       }
+      ctx.report.checkErrors += end - start;
       continue;
     }
     if ((!bytes || isAllZero(bytes)) && ctx.refs.noneIn(start, end)) continue;
@@ -651,7 +665,7 @@ export async function compareRefcounts(ctx: CheckContext, fix: number): Promise<
       if (fixes) {
         try {
           await rc.update(i, 1, refcount2 - refcount1);
-          if (refcount2 === 0) freed.push(i);
+          if (refcount2 === 0) addRun(freed, i);
           ctx.report[fixes]++;
           continue;
         } catch (e) {
@@ -666,19 +680,23 @@ export async function compareRefcounts(ctx: CheckContext, fix: number): Promise<
   return highest;
 }
 
+/** Add cluster `c` to a list of runs of clusters (ascending). */
+function addRun(runs: Array<[number, number]>, c: number): void {
+  const last = runs[runs.length - 1];
+  if (last && last[0] + last[1] === c) last[1]++;
+  else runs.push([c, 1]);
+}
+
 /** Write back changed refcounts, then discard clusters whose refcount dropped to 0 (QEMU's DISCARD_ALWAYS). */
-async function writeRefcounts(ctx: CheckContext, freed: number[]): Promise<void> {
+async function writeRefcounts(ctx: CheckContext, freed: Array<[number, number]>): Promise<void> {
   const image = ctx.image;
   const cs = image.clusterSize;
   await image.refcounts.writeBack();
   await image.meta.flush();
-  for (let k = 0; k < freed.length; ) {
-    let n = 1;
-    while (k + n < freed.length && freed[k + n] === freed[k]! + n) n++;
-    const start = freed[k]! * cs;
-    const end = Math.min((freed[k]! + n) * cs, ctx.fileLength);
+  for (const [first, count] of freed) {
+    const start = first * cs;
+    const end = Math.min((first + count) * cs, ctx.fileLength);
     if (end > start) await image.meta.discard(start, end - start).catch(() => undefined);
-    k += n;
   }
 }
 
