@@ -47,7 +47,7 @@ export interface ConvertOptions {
   targetZeroInit?: boolean;
   /** Chunks read ahead of the write in progress. Default 2. */
   readAhead?: number;
-  /** Writes in flight at once (issued in order). Default 1 for qcow2 targets, 2 for raw ones. */
+  /** Writes in flight at once (issued in order). Default 1. */
   writesInFlight?: number;
   /** qemu_progress_print(percent, 0): the percentage of the data to copy that is done. */
   onProgress?: (percent: number) => void;
@@ -297,9 +297,9 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
       queue.push(startRead(next.value));
     }
   };
-  // A qcow2 target allocates in the order writes arrive: one at a time keeps QEMU's layout (its allocating
-  // writes are serialised anyway); a raw target takes two at once.
-  const maxWrites = Math.max(1, opts.writesInFlight ?? (target instanceof Qcow2Image ? 1 : 2));
+  // One write at a time, in order: a qcow2 target then allocates as QEMU's in-order copy does (two at once
+  // measured no faster on tmpfs, even for raw targets).
+  const maxWrites = Math.max(1, opts.writesInFlight ?? 1);
   const writing: Promise<void>[] = [];
   try {
     await fill();
