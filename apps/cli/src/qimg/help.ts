@@ -4,8 +4,6 @@ import { VERSION } from "../cli/version";
 /** The program name in messages. */
 export const PROG = "qimg";
 
-/** qemu-img commands qimg does not implement (refused with a clear message instead of "not found"). */
-export const NOT_IMPLEMENTED = ["bench", "bitmap", "commit", "dd", "measure", "rebase", "snapshot"];
 
 export function versionText(): string {
   return `${PROG} version ${VERSION} (qcowkit), compatible with qemu-img 7.2\n`;
@@ -20,14 +18,21 @@ QEMU disk image utility (qcowkit implementation, qcow2 and raw only)
     '-T', '--trace'      accepted for compatibility and ignored
 
 Command syntax:
-  amend [-p] [-q] [-f fmt] [--force] -o options filename
-  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] filename
-  compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2
-  convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-m num_coroutines] [-W] [--target-is-zero] filename [filename2 [...]] output_filename
+  amend [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename
+  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename
+  bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--image-opts | -f fmt] filename bitmap
+  check [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename
+  commit [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename
+  compare [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
+  convert [--image-opts] [--target-is-zero] [--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] filename [filename2 [...]] output_filename
   create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]
-  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
-  map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename
-  resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
+  dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output
+  info [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
+  map [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename
+  measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--image-opts] [-f fmt] [-l snapshot_param] filename]
+  snapshot [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename
+  rebase [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename
+  resize [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
 
 Command parameters:
   'filename' is a disk image filename
@@ -64,7 +69,7 @@ Parameters to compare subcommand:
 
 Supported formats: qcow2 raw
 
-Not implemented: ${NOT_IMPLEMENTED.join(" ")}; --image-opts, --object.
+Not supported: --object, encryption, protocols other than local files and NBD.
 `;
 }
 

@@ -10,7 +10,7 @@ import { compareCommand } from "./compare";
 import { PROG, makeContext, type QimgCommand } from "./context";
 import { convertCommand } from "./convert";
 import { createCommand } from "./create";
-import { NOT_IMPLEMENTED, helpText, versionText } from "./help";
+import { helpText, versionText } from "./help";
 import { infoCommand } from "./info";
 import { mapCommand } from "./map";
 import { resizeCommand } from "./resize";
@@ -73,10 +73,7 @@ export async function runQimg(args: string[], io: Output): Promise<number> {
     if (rest.length !== commandArgs.length) cliOpenDefaults.safe = true;
     if (name === undefined) throw new UsageError("Not enough arguments");
     const command = COMMANDS.find((c) => c.name === name);
-    if (!command) {
-      if (NOT_IMPLEMENTED.includes(name)) throw new UsageError(`Command not implemented by ${PROG}: ${name}`);
-      throw new UsageError(`Command not found: ${name}`);
-    }
+    if (!command) throw new UsageError(`Command not found: ${name}`);
     return await command.run(rest, ctx);
   } catch (error) {
     return reportError(PROG, error, io);
