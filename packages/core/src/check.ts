@@ -320,6 +320,20 @@ async function readL2Table(ctx: CheckContext, l2Offset: number, what: string): P
   return table;
 }
 
+/** L2 tables known to be all zeros (damaged L1 tables name the same empty cluster many times). */
+const zeroTables = new WeakMap<Uint8Array, boolean>();
+
+function isZeroTable(table: Uint8Array): boolean {
+  let zero = zeroTables.get(table);
+  if (zero === undefined) zeroTables.set(table, (zero = isAllZero(table)));
+  return zero;
+}
+
+/** The table's bytes were changed: forget what was known about them. */
+function tableChanged(table: Uint8Array): void {
+  zeroTables.delete(table);
+}
+
 /** Bytes of one L2 table. */
 function l2TableBytes(image: Qcow2Image): number {
   return image.map.l2Entries * (image.extendedL2 ? 16 : 8);
@@ -336,6 +350,7 @@ async function countL2(ctx: CheckContext, l2Offset: number, active: boolean): Pr
   const v = viewOf(table);
   const entries = image.map.l2Entries;
   ctx.nextContiguous = 0; // contiguity is judged within one L2 table
+  if (isZeroTable(table)) return; // nothing allocated, nothing to count
   for (let i = 0; i < entries; i++) {
     const at = l2EntryPosition(i, ext);
     let hi = v.getUint32(at);
@@ -441,6 +456,7 @@ async function fixL2EntryByZero(
   } else {
     setL2Raw(v, index, false, 0, 1);
   }
+  tableChanged(table);
   const entryBytes = ext ? 16 : 8;
   const at = l2EntryPosition(index, ext);
   const entryOffset = l2Offset + index * entryBytes;
@@ -750,6 +766,7 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
       }
     }
     const table = await readL2Table(ctx, l2Offset, "ERROR: Could not read L2 table: Input/output error");
+    if (isZeroTable(table)) continue;
     const v = viewOf(table);
     let dirty = 0;
     for (let j = 0; j < image.map.l2Entries; j++) {
@@ -771,6 +788,7 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
         say(ctx, `${repair ? "Repairing" : "ERROR"} OFLAG_COPIED data cluster: l2_entry=${hex(l2EntryRaw(v, j, ext))} refcount=${rc}`);
         if (repair) {
           v.setUint32(at, (rc === 1 ? hi | 0x80000000 : hi & 0x7fffffff) >>> 0);
+          tableChanged(table);
           dirty++;
         }
       }
