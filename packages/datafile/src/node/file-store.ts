@@ -237,6 +237,11 @@ export class FileStore implements ByteStore {
     if (size < oldSize && preallocation !== "off") throw shrinkPreallocationError();
     if (preallocation === "off" || size <= oldSize) {
       await this.truncate(size);
+      if (oldSize === 0 && size > 0 && preallocation === "off") {
+        // As QEMU's file driver does when a file grows from empty: the first block is written (zeros), so it
+        // is allocated (visible in qemu-img map of a new raw image).
+        await this.writeAll(0, new Uint8Array(size < 4096 ? 512 : 4096).subarray(0, Math.min(size, 4096)));
+      }
       return;
     }
     if (preallocation === "falloc" && (await this.tryReserve(oldSize, size))) return;
