@@ -45,7 +45,7 @@ describe("qnbd command line", () => {
     expect(error(["a", "-x"])).toBe("option requires an argument -- 'x'");
     expect(error(["a", "--bitmap"])).toBe("option '--bitmap' requires an argument");
     expect(error(["--persistent=1", "a"])).toBe("option '--persistent' doesn't allow an argument");
-    expect(error(["--s=1", "a"])).toBe("option '--s=1' is ambiguous; possibilities: '--socket' '--snapshot' '--shared' '--selinux-label'");
+    expect(error(["--s=1", "a"])).toBe("option '--s=1' is ambiguous; possibilities: '--socket' '--snapshot' '--shared' '--selinux-label' '--safe'");
   });
 
   it("reports qemu-nbd's value errors", () => {
