@@ -11,6 +11,10 @@ import { createQcow2, validateCreateOptions, type Qcow2CreateOptions } from "./c
 import { assertRealPathInside, imageLockMode } from "./node/open-policy";
 import { Qcow2Image, type Qcow2OpenOptions } from "./qcow2-image";
 import { dirtyImageRepair } from "./repair";
+import { NbdImage } from "./nbd/nbd-image";
+import { NbdStore } from "./nbd/nbd-store";
+import { isNbdFilename } from "./nbd/uri";
+import { connectNbd } from "./node/nbd-socket";
 import { RawImage } from "./raw-image";
 import type { ImageResolver, ResolveContext } from "./resolver";
 
@@ -56,6 +60,11 @@ export interface OpenImageOptions {
   repairDirty?: Qcow2OpenOptions["repairDirty"];
   /** Internal: images already open in this chain. */
   chain?: string[];
+  /**
+   * NBD names (`nbd://`, `nbd+unix://`, `nbd:`): milliseconds a silent server is waited for before the open
+   * or a request fails (default 60 000; 0: forever).
+   */
+  nbdTimeoutMs?: number;
 }
 
 const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
@@ -136,6 +145,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
 
 /** Open a qcow2 or raw image file. */
 export async function openImage(path: string, opts: OpenImageOptions = {}): Promise<BlockImage> {
+  if (isNbdFilename(path)) return openNbdImage(path, opts);
   const readOnly = opts.readOnly ?? false;
   const store = await FileStore.open(path, {
     readOnly,
@@ -156,30 +166,34 @@ export async function openImage(path: string, opts: OpenImageOptions = {}): Prom
         chain = [];
       }
     }
-    const qopts: Qcow2OpenOptions = {
-      readOnly,
-      resolver: fileResolver(opts),
-      filename: path,
-      chain,
-      ...(opts.dataFile !== undefined ? { dataFile: opts.dataFile } : {}),
-      ...(opts.backing !== undefined ? { backing: opts.backing } : {}),
-      ...(opts.backingFormat !== undefined ? { backingFormat: opts.backingFormat } : {}),
-      ...(opts.cacheSize !== undefined ? { cacheBytes: opts.cacheSize } : {}),
-      ...(opts.noIo ? { noIo: true } : {}),
-      ...(opts.checkMode ? { checkMode: true } : {}),
-      ...(opts.discard ? { discard: opts.discard } : {}),
-      ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
-      // Writable opens keep persistent dirty bitmaps up to date (in_use while open, stored at close).
-      bitmaps: trackBitmaps,
-      // A dirty image (lazy refcounts, not closed cleanly) opened read-write is repaired, as QEMU does.
-      repairDirty: opts.repairDirty ?? dirtyImageRepair({ onMessage: (line) => opts.onWarning?.(line) }),
-    };
     // Qcow2Image.open closes the store itself when it fails after taking it over.
-    return withBitmapMethods(await Qcow2Image.open(store, qopts));
+    return withBitmapMethods(await Qcow2Image.open(store, qcow2OpenOptions(path, opts, readOnly, chain)));
   } catch (e) {
     await store.close().catch(() => undefined);
     throw e;
   }
+}
+
+/** How openImage opens a qcow2 image named `path` (a file or an NBD export). */
+function qcow2OpenOptions(path: string, opts: OpenImageOptions, readOnly: boolean, chain: string[]): Qcow2OpenOptions {
+  return {
+    readOnly,
+    resolver: fileResolver(opts),
+    filename: path,
+    chain,
+    ...(opts.dataFile !== undefined ? { dataFile: opts.dataFile } : {}),
+    ...(opts.backing !== undefined ? { backing: opts.backing } : {}),
+    ...(opts.backingFormat !== undefined ? { backingFormat: opts.backingFormat } : {}),
+    ...(opts.cacheSize !== undefined ? { cacheBytes: opts.cacheSize } : {}),
+    ...(opts.noIo ? { noIo: true } : {}),
+    ...(opts.checkMode ? { checkMode: true } : {}),
+    ...(opts.discard ? { discard: opts.discard } : {}),
+    ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
+    // Writable opens keep persistent dirty bitmaps up to date (in_use while open, stored at close).
+    bitmaps: trackBitmaps,
+    // A dirty image (lazy refcounts, not closed cleanly) opened read-write is repaired, as QEMU does.
+    repairDirty: opts.repairDirty ?? dirtyImageRepair({ onMessage: (line) => opts.onWarning?.(line) }),
+  };
 }
 
 export interface CreateImageOptions extends Qcow2CreateOptions {
@@ -192,6 +206,7 @@ export interface CreateImageOptions extends Qcow2CreateOptions {
  */
 export async function createImage(path: string, opts: CreateImageOptions): Promise<void> {
   const format = opts.format ?? "qcow2";
+  if (isNbdFilename(path)) return createOnNbd(path, format, opts);
   if (format === "raw") {
     const store = await FileStore.open(path, { create: true, truncate: true });
     try {
@@ -218,4 +233,59 @@ export async function createImage(path: string, opts: CreateImageOptions): Promi
   }
 }
 
+/**
+ * An NBD export named as QEMU names it: probed (qcow2 magic, else raw) unless the format is given, like a
+ * file. A raw export is an NbdImage; a qcow2 image stored on the export opens over an NbdStore. No lock is
+ * taken (the server owns the image).
+ */
+async function openNbdImage(name: string, opts: OpenImageOptions): Promise<BlockImage> {
+  const readOnly = opts.readOnly ?? false;
+  imageLockMode(readOnly, opts.shareRW);
+  let format: ImageFormat | undefined;
+  if (opts.format !== undefined) format = checkFormat(opts.format);
+  else if (opts.safe) throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the image format in safe mode; give the format", { errno: "EPERM" });
+  const { client, location } = await connectNbd(name, {
+    ...(opts.nbdTimeoutMs !== undefined ? { timeoutMs: opts.nbdTimeoutMs } : {}),
+  });
+  const filename = location.displayName;
+  try {
+    if (!readOnly && client.readOnly) {
+      throw new Qcow2Error("READ_ONLY", "Could not open image: Permission denied", { errno: "EACCES" });
+    }
+    const store = new NbdStore(client, filename, readOnly);
+    format ??= await probeFormat(store);
+    if (format === "raw") return await NbdImage.open(client, { filename, readOnly });
+    return withBitmapMethods(await Qcow2Image.open(store, qcow2OpenOptions(filename, opts, readOnly, [])));
+  } catch (e) {
+    await client.close().catch(() => undefined);
+    throw e;
+  }
+}
+
+/**
+ * qemu-img create on an NBD export (QEMU's generic create for protocols without one): the export must be
+ * large enough and cannot be preallocated; a raw image gets its first sector zeroed, a qcow2 image is
+ * written over the export's start.
+ */
+async function createOnNbd(name: string, format: ImageFormat, opts: CreateImageOptions): Promise<void> {
+  if (format === "qcow2") validateCreateOptions(opts);
+  const { client, location } = await connectNbd(name);
+  const store = new NbdStore(client, location.displayName, false);
+  try {
+    if (client.readOnly) throw new Qcow2Error("READ_ONLY", "Could not open image: Permission denied", { errno: "EACCES" });
+    if (format === "raw") {
+      const prealloc = opts.preallocation ?? "off";
+      await store.resize(opts.size, prealloc === "metadata" ? "off" : prealloc);
+      if (opts.size > 0) await store.writeZeroes(0, Math.min(512, client.size), true);
+      await store.flush();
+    } else {
+      await createQcow2(store, opts);
+    }
+  } finally {
+    await store.close().catch(() => undefined);
+  }
+}
+
 export { FileStore };
+export { connectNbd, connectNbdSocket } from "./node/nbd-socket";
+export type { OpenNbdOptions } from "./node/nbd-socket";

@@ -3,17 +3,8 @@
  * opened for writing, engine warnings passed through, open failures prefixed the way the tool prefixes
  * them ("Could not open 'x': ..." for qemu-img, "can't open device x: ..." for qemu-io).
  */
-import {
-  Qcow2Image,
-  RawImage,
-  fileResolver,
-  openImage,
-  probeFormat,
-  type BlockImage,
-  type OpenImageOptions,
-} from "@qcowkit/core/node";
+import { openImage, type BlockImage, type OpenImageOptions } from "@qcowkit/core/node";
 import { parseBlockOptions } from "./block-options";
-import { NbdStore, parseNbdName, type NbdAddress } from "./nbd-store";
 import { CliError, errorText } from "./errors";
 
 export interface CliOpenOptions {
@@ -76,8 +67,8 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
   };
   let image: BlockImage;
   try {
-    const nbd = parseNbdName(filename);
-    image = nbd ? await openNbdImage(filename, nbd, o) : await openImage(filename, o);
+    // NBD names (nbd://, nbd+unix://, nbd:) are opened by the core's NBD client.
+    image = await openImage(filename, o);
   } catch (e) {
     const prefix = opts.errorPrefix ?? `Could not open '${filename}': `;
     throw new CliError(`${prefix}${errorText(e)}`, { exitCode: opts.exitCode ?? 1, cause: e });
@@ -146,25 +137,4 @@ export async function openOperand(
     throw new CliError("--image-opts and --format are mutually exclusive", { ...(opts.exitCode !== undefined ? { exitCode: opts.exitCode } : {}) });
   }
   return openImageOpts(operand, rest);
-}
-
-/** An image on an NBD export (raw, or qcow2 over the export's bytes). */
-async function openNbdImage(name: string, address: NbdAddress, o: OpenImageOptions): Promise<BlockImage> {
-  const store = await NbdStore.connect(name, address, { readOnly: o.readOnly ?? false });
-  try {
-    const format = o.format ?? (await probeFormat(store));
-    if (format === "raw") return await RawImage.open(store);
-    if (format !== "qcow2") throw new CliError(`Unknown driver '${format}'`);
-    return await Qcow2Image.open(store, {
-      readOnly: store.readOnly,
-      filename: name,
-      resolver: fileResolver(o),
-      ...(o.dataFile !== undefined ? { dataFile: o.dataFile } : {}),
-      ...(o.backing !== undefined ? { backing: o.backing } : {}),
-      ...(o.onWarning ? { onWarning: o.onWarning } : {}),
-    });
-  } catch (e) {
-    await store.close().catch(() => undefined);
-    throw e;
-  }
 }
