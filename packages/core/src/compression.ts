@@ -4,7 +4,13 @@
  * at the end of the stream.
  */
 import { Qcow2Error, type CompressionType } from "@qcowkit/spec";
-import { deflateSync, inflateSync } from "fflate";
+
+/** fflate is loaded on first use: most runs never touch a compressed cluster. */
+let fflate: typeof import("fflate") | undefined;
+async function loadFflate(): Promise<typeof import("fflate")> {
+  fflate ??= await import("fflate");
+  return fflate;
+}
 
 export interface CompressionCodec {
   /** Compress one cluster; return undefined when the result would not be smaller than `maxBytes`. */
@@ -15,10 +21,12 @@ export interface CompressionCodec {
 
 export const zlibCodec: CompressionCodec = {
   async compress(data, maxBytes) {
+    const { deflateSync } = await loadFflate();
     const out = deflateSync(data, { level: 6 });
     return out.byteLength < maxBytes ? out : undefined;
   },
   async decompress(compressed, outLength) {
+    const { inflateSync } = await loadFflate();
     const out = new Uint8Array(outLength);
     try {
       const result = inflateSync(compressed, { out });

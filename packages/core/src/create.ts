@@ -20,6 +20,7 @@ import {
   type ImageHeader,
 } from "@qcowkit/spec";
 import type { BlockImage, Preallocation } from "./block-image";
+import { requireKeySecret, setUpImageEncryption, validateEncryptionCreateOptions, type EncryptionCreateOptions } from "./crypto/create-encryption";
 import { Qcow2Image } from "./qcow2-image";
 
 export interface Qcow2CreateOptions {
@@ -40,6 +41,8 @@ export interface Qcow2CreateOptions {
   dataFileRaw?: boolean;
   backingFile?: string;
   backingFormat?: string;
+  /** Encrypt the image (encrypt.format aes or luks, with the key secret's bytes). */
+  encrypt?: EncryptionCreateOptions;
 }
 
 export interface CreateContext {
@@ -53,7 +56,7 @@ const MAX_CLUSTER = 2 * 1024 * 1024;
 const isPowerOfTwo = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 
 /** QEMU's create-time checks, in QEMU's order. Returns the options with defaults filled in. */
-export function validateCreateOptions(o: Qcow2CreateOptions): Required<Omit<Qcow2CreateOptions, "dataFile" | "backingFile" | "backingFormat">> & Qcow2CreateOptions {
+export function validateCreateOptions(o: Qcow2CreateOptions): Required<Omit<Qcow2CreateOptions, "dataFile" | "backingFile" | "backingFormat" | "encrypt">> & Qcow2CreateOptions {
   const fail = (msg: string) => new Qcow2Error("INVALID_ARGUMENT", msg);
   if (!Number.isSafeInteger(o.size) || o.size < 0) throw fail("Invalid image size specified. You may use k, M, G, T, P or E suffixes for");
   if (o.size % 512 !== 0) throw fail("Image size must be a multiple of 512 bytes");
@@ -112,6 +115,7 @@ export function validateCreateOptions(o: Qcow2CreateOptions): Required<Omit<Qcow
   if (l1Entries * 8 > 32 * 1024 * 1024) {
     throw fail("The image size is too large for file format 'qcow2' (try using a larger cluster size)");
   }
+  if (o.encrypt) validateEncryptionCreateOptions(o.encrypt);
   return { ...o, version, clusterSize, extendedL2, preallocation, lazyRefcounts, refcountBits, dataFileRaw, compressionType };
 }
 
@@ -124,6 +128,7 @@ export async function createQcow2(meta: ByteStore, options: Qcow2CreateOptions, 
   if (o.dataFile !== undefined && !ctx.dataStore) {
     throw new Qcow2Error("INTERNAL", "createQcow2: the data file store is missing");
   }
+  if (o.encrypt) requireKeySecret(o.encrypt);
   const cs = o.clusterSize;
   const clusterBits = Math.log2(cs);
   const refcountOrder = Math.log2(o.refcountBits);
@@ -178,6 +183,7 @@ export async function createQcow2(meta: ByteStore, options: Qcow2CreateOptions, 
       if (o.backingFormat !== undefined) image.hdr.extensions.backingFormat = o.backingFormat;
       await image.writeHeader();
     }
+    if (o.encrypt) await setUpImageEncryption(image, o.encrypt);
     await image.flush();
   } finally {
     // The data file store belongs to the caller only until here: the image closes it.

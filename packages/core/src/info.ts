@@ -12,6 +12,7 @@ import {
   type ByteStore,
 } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
+import type { EncryptionInfo } from "./crypto/image-encryption";
 import { Qcow2Image } from "./qcow2-image";
 import { RawImage } from "./raw-image";
 
@@ -32,6 +33,8 @@ export interface ImageInfoSpecificQcow2 {
   "lazy-refcounts"?: boolean;
   corrupt?: boolean;
   "refcount-bits": number;
+  /** Encrypted images: the format, and for LUKS the volume's details. */
+  encrypt?: EncryptionInfo;
   bitmaps?: Qcow2BitmapInfo[];
   "compression-type"?: "zlib" | "zstd";
 }
@@ -115,7 +118,12 @@ function snapshotInfo(image: Qcow2Image): SnapshotInfoQapi[] | undefined {
 /** The format-specific part of a qcow2 image's info. */
 export async function qcow2SpecificInfo(image: Qcow2Image): Promise<ImageInfoSpecificQcow2> {
   const refcountBits = 2 ** image.header.refcountOrder;
-  if (image.version === 2) return { compat: "0.10", "refcount-bits": refcountBits, "compression-type": image.compressionType };
+  if (image.version === 2) {
+    const v2: ImageInfoSpecificQcow2 = { compat: "0.10", "refcount-bits": refcountBits };
+    if (image.encryption) v2.encrypt = image.encryption.info();
+    v2["compression-type"] = image.compressionType;
+    return v2;
+  }
   const data = { compat: "1.1" } as ImageInfoSpecificQcow2;
   if (image.hdr.extensions.dataFile !== undefined) data["data-file"] = image.hdr.extensions.dataFile;
   if (image.hasDataFile) data["data-file-raw"] = image.dataFileRaw;
@@ -123,6 +131,7 @@ export async function qcow2SpecificInfo(image: Qcow2Image): Promise<ImageInfoSpe
   data["lazy-refcounts"] = image.lazyRefcounts;
   data.corrupt = image.isCorrupt;
   data["refcount-bits"] = refcountBits;
+  if (image.encryption) data.encrypt = image.encryption.info();
   const bitmaps = await readBitmapInfo(image);
   if (bitmaps) data.bitmaps = bitmaps;
   data["compression-type"] = image.compressionType;
@@ -139,6 +148,7 @@ export async function imageInfo(image: BlockImage, opts: ImageInfoOptions = {}):
     if (actual !== undefined) info["actual-size"] = actual;
     info["virtual-size"] = image.virtualSize;
     info["cluster-size"] = image.clusterSize;
+    if (image.encryption) info.encrypted = true;
     const backing = image.hdr.backingFile;
     if (backing !== undefined && backing !== "") {
       info["backing-filename"] = backing;

@@ -60,6 +60,9 @@ import {
 import { allocationRuns } from "./allocation";
 import { bitmapStatus, listBitmaps } from "./bitmaps";
 import { getCodec, type CompressionCodec } from "./compression";
+// encryption: guest data encryption (crypto/image-encryption.ts)
+import { openImageEncryption, withoutHostOffsets, type EncryptionOpenOptions, type ImageEncryption } from "./crypto/image-encryption";
+import { isSectorAligned } from "./crypto/sector-alignment";
 import { RwLock } from "./lock";
 import type { ImageResolver } from "./resolver";
 import { dirtyImageRepair } from "./repair";
@@ -98,6 +101,8 @@ export interface Qcow2OpenOptions {
    * bit 0 cleared) before anything is written, as the spec requires of programs that do not track them.
    */
   bitmaps?: (image: Qcow2Image) => Promise<boolean>;
+  /** encryption: QEMU's encrypt.* options (the key secret, the expected format). */
+  encrypt?: EncryptionOpenOptions;
 }
 
 const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
@@ -138,6 +143,8 @@ export class Qcow2Image implements BlockImage {
   /** Cluster indices of L2 tables and refcount blocks, for the overlap check on data writes. */
   private metadataClusters: Set<number> | undefined;
   readonly warnings: string[] = [];
+  /** encryption: the image's encryption (undefined when unencrypted); no cipher when opened without I/O. */
+  encryption: ImageEncryption | undefined;
 
   private constructor(meta: ByteStore, hdr: ImageHeader, l1: L1Table, refcounts: Refcounts, opts: Qcow2OpenOptions) {
     this.meta = meta;
@@ -207,6 +214,8 @@ export class Qcow2Image implements BlockImage {
   private async openRest(ignoreBitmaps: boolean): Promise<void> {
     const opts = this.opts;
     const h = this.hdr.header;
+    // encryption: the encrypt.* options and the key, before anything else is opened or changed (as QEMU)
+    this.encryption = await openImageEncryption(this.hdr, this.meta, opts.encrypt, opts.noIo ?? false);
     if (!opts.checkMode && h.nbSnapshots > 0) {
       this.snapshots = await readSnapshotTable(this.meta, h.snapshotsOffset, h.nbSnapshots);
     }
@@ -452,7 +461,7 @@ export class Qcow2Image implements BlockImage {
   private readFast(guestOffset: number, into: Uint8Array): Promise<void> | undefined {
     const run = this.map.mapRunCached(guestOffset, into.byteLength);
     if (!run || run.byteLength !== into.byteLength) return undefined;
-    if (run.type === SubclusterType.NORMAL) return this.data.read(run.hostOffset, into);
+    if (run.type === SubclusterType.NORMAL) return this.readData(run.hostOffset, guestOffset, into);
     if (run.type === SubclusterType.ZERO_PLAIN || run.type === SubclusterType.ZERO_ALLOC) {
       into.fill(0);
       return Promise.resolve();
@@ -476,7 +485,7 @@ export class Qcow2Image implements BlockImage {
         switch (run.type) {
           case SubclusterType.NORMAL:
             if (!Number.isSafeInteger(run.hostOffset + dst.byteLength)) dst.fill(0);
-            else pending.push(this.data.read(run.hostOffset, dst));
+            else pending.push(this.readData(run.hostOffset, pos, dst));
             break;
           case SubclusterType.ZERO_PLAIN:
           case SubclusterType.ZERO_ALLOC:
@@ -500,6 +509,12 @@ export class Qcow2Image implements BlockImage {
     }
     await Promise.all(pending);
     this.l2Cache.trim();
+  }
+
+  /** encryption: guest data read from the data store is decrypted (whole sectors are read for it). */
+  private readData(hostOffset: number, guestOffset: number, dst: Uint8Array): Promise<void> {
+    if (this.encryption) return this.encryption.read(this.data, hostOffset, guestOffset, dst);
+    return this.data.read(hostOffset, dst);
   }
 
   private async readBacking(guestOffset: number, dst: Uint8Array): Promise<void> {
@@ -538,7 +553,9 @@ export class Qcow2Image implements BlockImage {
     if (opts.compressed) {
       await this.lock.write(() => this.guard(() => this.writeCompressedUnlocked(guestOffset, data)));
     } else {
-      const done = await this.lock.read(() => this.guard(() => this.tryWriteInPlace(guestOffset, data)));
+      // encryption: partial sectors are read, completed and rewritten: never concurrently (exclusive lock)
+      const rmw = this.encryption !== undefined && !isSectorAligned(guestOffset, data.byteLength, this.virtualSize);
+      const done = !rmw && (await this.lock.read(() => this.guard(() => this.tryWriteInPlace(guestOffset, data))));
       if (!done) await this.lock.write(() => this.guard(() => this.writeUnlocked(guestOffset, data)));
     }
     if (opts.fua) await this.flush();
@@ -549,7 +566,7 @@ export class Qcow2Image implements BlockImage {
     const single = this.map.mapRunCached(guestOffset, data.byteLength);
     if (single && single.byteLength === data.byteLength) {
       if (single.type !== SubclusterType.NORMAL || !single.copied) return false;
-      await this.writeData(single.hostOffset, data);
+      await this.writeData(single.hostOffset, data, guestOffset);
       return true;
     }
     const end = guestOffset + data.byteLength;
@@ -561,12 +578,14 @@ export class Qcow2Image implements BlockImage {
       runs.push([run.hostOffset, pos - guestOffset, pos - guestOffset + run.byteLength]);
       pos += run.byteLength;
     }
-    await Promise.all(runs.map(([host, from, to]) => this.writeData(host, data.subarray(from, to))));
+    await Promise.all(runs.map(([host, from, to]) => this.writeData(host, data.subarray(from, to), guestOffset + from)));
     return true;
   }
 
   /** Write guest data at a host offset of the data store, with QEMU's overlap check for the qcow2 file. */
-  private async writeData(hostOffset: number, bytes: Uint8Array): Promise<void> {
+  private async writeData(hostOffset: number, bytes: Uint8Array, guestOffset: number): Promise<void> {
+    // encryption: what is stored is an encrypted copy in whole sectors (the caller's buffer stays as it is)
+    if (this.encryption) ({ hostOffset, bytes } = await this.encryption.seal(this.data, hostOffset, guestOffset, bytes));
     if (!this.hasDataFile) this.checkOverlap(hostOffset, bytes.byteLength);
     await this.data.write(hostOffset, bytes);
     this.dataDirty = true;
@@ -629,6 +648,10 @@ export class Qcow2Image implements BlockImage {
     const old = this.map.l2TableOffset(l1Index);
     if (old !== 0 && this.l1.copied(l1Index)) return this.l2Cache.get(old);
     const newOffset = (await this.allocateMetadata(1, "L2 table")) * this.clusterSize;
+    // Like QEMU's l2_allocate: the refcounts (the new table's included) reach disk before the table is used,
+    // even with lazy refcounts.
+    await this.refcounts.writeBack();
+    await this.meta.flush();
     const bytes = new Uint8Array(this.clusterSize);
     if (old !== 0) bytes.set((await this.l2Cache.get(old)).bytes);
     const table = this.l2Cache.create(newOffset, bytes);
@@ -697,7 +720,7 @@ export class Qcow2Image implements BlockImage {
         if (l2HostOffset(nhi, nlo) !== oldHost + (runEnd - clusterStart)) break;
         runEnd = Math.min(tableEnd, runEnd + cs);
       }
-      await this.writeData(oldHost + (pos - clusterStart), data.subarray(0, runEnd - pos));
+      await this.writeData(oldHost + (pos - clusterStart), data.subarray(0, runEnd - pos), pos);
       return runEnd;
     }
     const reuse = this.hasDataFile || (kind === "zero-alloc" && copied);
@@ -757,12 +780,13 @@ export class Qcow2Image implements BlockImage {
       const host = hostStart + (guestCluster - clusterStart);
       // The whole cluster is written, zeros included, so the file holds no hole that block status would
       // report as zero (QEMU writes the copy-on-write regions explicitly too).
-      await this.writeData(host, buf);
+      await this.writeData(host, buf, guestCluster);
     };
-    if ((headPartial || tailPartial) && this.data.efficientZeroes && (await this.cowIsZero(t, clusterStart, count, headPartial, tailPartial))) {
+    // encryption: zeroed host clusters would not read as zeros, so encrypted images always fill
+    if ((headPartial || tailPartial) && this.data.efficientZeroes && !this.encryption && (await this.cowIsZero(t, clusterStart, count, headPartial, tailPartial))) {
       // Zero the new clusters without writing zero bytes, then write only the data (QEMU's handle_alloc_space).
       await this.data.writeZeroes(hostStart, count * cs, false);
-      await this.writeData(hostStart + (pos - clusterStart), data);
+      await this.writeData(hostStart + (pos - clusterStart), data, pos);
     } else if (count === 1 && (headPartial || tailPartial)) {
       await fillCluster(clusterStart);
     } else {
@@ -778,7 +802,7 @@ export class Qcow2Image implements BlockImage {
         midTo = lastCluster;
       }
       if (midTo > midFrom) {
-        writes.push(this.writeData(hostStart + (midFrom - clusterStart), data.subarray(midFrom - pos, midTo - pos)));
+        writes.push(this.writeData(hostStart + (midFrom - clusterStart), data.subarray(midFrom - pos, midTo - pos), midFrom));
       }
       await Promise.all(writes);
     }
@@ -875,17 +899,18 @@ export class Qcow2Image implements BlockImage {
     newZero = (newZero & ~touched) >>> 0;
     const movesData = !reuse && (kind === "normal" || kind === "compressed");
     if (movesData) {
-      await this.writeData(host, buf);
+      await this.writeData(host, buf, clusterStart);
     } else {
       // Only the written subclusters (plus the filled parts of partial ones) are written.
       const spanStart = filled.has(firstSc) ? firstSc * scSize : from;
       const spanEnd = filled.has(lastSc) ? (lastSc + 1) * scSize : to;
       const fillIsZero = filled.size > 0 && (await this.subclustersReadZero(clusterStart, filled, scSize));
-      if (fillIsZero && this.data.efficientZeroes) {
+      // encryption: no zeroing of host bytes for encrypted images (see writeAllocatedRun)
+      if (fillIsZero && this.data.efficientZeroes && !this.encryption) {
         await this.data.writeZeroes(host + spanStart, spanEnd - spanStart, false);
-        await this.writeData(host + from, data);
+        await this.writeData(host + from, data, pos);
       } else {
-        await this.writeData(host + spanStart, buf.subarray(spanStart, spanEnd));
+        await this.writeData(host + spanStart, buf.subarray(spanStart, spanEnd), clusterStart + spanStart);
       }
     }
     setL2Entry(t.view, l2Index, true, host, { copied: true });
@@ -908,6 +933,8 @@ export class Qcow2Image implements BlockImage {
   private async writeCompressedUnlocked(guestOffset: number, data: Uint8Array): Promise<void> {
     const cs = this.clusterSize;
     if (this.hasDataFile) throw new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
+    // encryption: compressed clusters would be stored in plain text (QEMU 7.2 does that; refused here)
+    if (this.encryption) throw new Qcow2Error("NOT_SUPPORTED", "Compression and encryption not supported at the same time", { errno: "ENOTSUP" });
     const end = guestOffset + data.byteLength;
     if (guestOffset % cs !== 0 || (data.byteLength % cs !== 0 && end !== this.virtualSize)) {
       throw new Qcow2Error("INVALID_ARGUMENT", "Compressed writes must be cluster aligned", { errno: "EINVAL" });
@@ -1243,7 +1270,8 @@ export class Qcow2Image implements BlockImage {
       const base = { offset: pos, length: run.byteLength, depth: 0 };
       switch (run.type) {
         case SubclusterType.NORMAL:
-          if (!this.hasDataFile && (await this.metadataPreallocated())) {
+          // encryption: host holes say nothing about encrypted data (QEMU gives no host offset to look at)
+          if (!this.hasDataFile && !this.encryption && (await this.metadataPreallocated())) {
             // Preallocated clusters never written are holes of the qcow2 file: they read as zeros.
             for (const r of (await allocationRuns(this.meta, run.hostOffset, run.byteLength))!) {
               const guest = pos + (r.offset - run.hostOffset);
@@ -1279,7 +1307,8 @@ export class Qcow2Image implements BlockImage {
       }
       pos += run.byteLength;
     }
-    return mergeExtents(out);
+    // encryption: no host offsets for encrypted images (QEMU's map omits "offset")
+    return mergeExtents(this.encryption ? withoutHostOffsets(out) : out);
   }
 
   private preallocationDetected: boolean | undefined;
