@@ -81,3 +81,6 @@ export { parseNbdFilename, isNbdFilename, displayName as nbdDisplayName } from "
 export type { NbdAddress, NbdLocation } from "./nbd/uri";
 export * as NbdProtocol from "./nbd/constants";
 export { ReceiveBuffer } from "./nbd/receive-buffer";
+export type { EncryptionOpenOptions, EncryptionFormat, EncryptionInfo } from "./crypto/image-encryption";
+export type { EncryptionCreateOptions } from "./crypto/create-encryption";
+export type { LuksInfo, LuksSlotInfo, LuksCreateOptions } from "./crypto/luks";

@@ -10,6 +10,7 @@ import { trackBitmaps, withBitmapMethods } from "./bitmaps";
 import { createQcow2, validateCreateOptions, type Qcow2CreateOptions } from "./create";
 import { assertRealPathInside, imageLockMode } from "./node/open-policy";
 import { Qcow2Image, type Qcow2OpenOptions } from "./qcow2-image";
+import type { EncryptionOpenOptions } from "./crypto/image-encryption";
 import { dirtyImageRepair } from "./repair";
 import { NbdImage } from "./nbd/nbd-image";
 import { NbdStore } from "./nbd/nbd-store";
@@ -60,6 +61,8 @@ export interface OpenImageOptions {
   repairDirty?: Qcow2OpenOptions["repairDirty"];
   /** Internal: images already open in this chain. */
   chain?: string[];
+  /** Encrypted qcow2 images: QEMU's encrypt.* options (the key secret). Not passed on to backing files. */
+  encrypt?: EncryptionOpenOptions;
   /**
    * NBD names (`nbd://`, `nbd+unix://`, `nbd:`): milliseconds a silent server is waited for before the open
    * or a request fails (default 60 000; 0: forever).
@@ -131,6 +134,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
           readOnly: true,
           backing: undefined,
           dataFile: undefined,
+          encrypt: undefined,
           chain: [...ctx.chain, ...(real !== undefined ? [real] : [])],
         } as OpenImageOptions);
       } catch (e) {
@@ -189,6 +193,7 @@ function qcow2OpenOptions(path: string, opts: OpenImageOptions, readOnly: boolea
     ...(opts.checkMode ? { checkMode: true } : {}),
     ...(opts.discard ? { discard: opts.discard } : {}),
     ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
+    ...(opts.encrypt ? { encrypt: opts.encrypt } : {}),
     // Writable opens keep persistent dirty bitmaps up to date (in_use while open, stored at close).
     bitmaps: trackBitmaps,
     // A dirty image (lazy refcounts, not closed cleanly) opened read-write is repaired, as QEMU does.
