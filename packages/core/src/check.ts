@@ -189,6 +189,8 @@ export interface CheckContext {
   snapshots: SnapshotInfo[];
   /** Bytes of the snapshot table as read. */
   snapshotsSize: number;
+  /** Problems of the snapshot table itself (incomplete entries), fixed by rewriting the table. */
+  snapshotCorruptions: number;
   /**
    * L2 tables read by the check, by offset, least recently used first: damaged L1 tables name the same
    * cluster many times. Fixes change the cached bytes as they change the disk.
@@ -860,6 +862,7 @@ async function readSnapshotsForCheck(ctx: CheckContext): Promise<void> {
     fail("ERROR snapshot table offset invalid", "EINVAL");
   }
   const snapshots: SnapshotInfo[] = [];
+  const incomplete: number[] = [];
   const reader = new SequentialReader(image.meta, offset);
   for (let i = 0; i < count; i++) {
     reader.position = Math.ceil(reader.position / 8) * 8;
@@ -883,10 +886,18 @@ async function readSnapshotsForCheck(ctx: CheckContext): Promise<void> {
       );
     }
     snapshots.push({ ...entry, entryBytes: Math.ceil(entryBytes / 8) * 8 });
+    if (extraSize < 16) incomplete.push(i);
   }
   const pos = reader.position;
   ctx.snapshots = snapshots;
   ctx.snapshotsSize = count > 0 ? pos - offset : 0;
+  // Version 3 entries carry at least the 64-bit VM state size and the disk size as extra data.
+  if (image.version >= 3) {
+    for (const i of incomplete) {
+      say(ctx, `${ctx.fix & FIX_ERRORS ? "Repairing" : "ERROR"} snapshot table entry ${i} is incomplete`);
+      ctx.snapshotCorruptions++;
+    }
+  }
 }
 
 /** Set up a check of `image`. */
@@ -903,16 +914,22 @@ export async function newCheckContext(image: Qcow2Image, opts: CheckOptions): Pr
     nextContiguous: 0,
     snapshots: [],
     snapshotsSize: 0,
+    snapshotCorruptions: 0,
     l2Tables: new Map(),
     onMessage: opts.onMessage,
   };
 }
 
-/** Rebuilds the refcount structures from `ctx.refs` (repair.ts); needed for FIX_ERRORS. */
-export type RebuildRefcounts = (ctx: CheckContext) => Promise<void>;
+/** What FIX_ERRORS needs from repair.ts. */
+export interface RepairSteps {
+  /** Rebuild the refcount structures from `ctx.refs`. */
+  rebuildRefcounts(ctx: CheckContext): Promise<void>;
+  /** Rewrite the snapshot table as read (QEMU's qcow2_check_fix_snapshot_table). */
+  rewriteSnapshotTable(ctx: CheckContext): Promise<void>;
+}
 
 /** QEMU's qcow2_check_refcounts: count, compare (and fix), rebuild when needed and allowed, COPIED flags. */
-export async function checkRefcounts(ctx: CheckContext, rebuildRefcounts?: RebuildRefcounts): Promise<void> {
+export async function checkRefcounts(ctx: CheckContext, repair?: RepairSteps): Promise<void> {
   const image = ctx.image;
   const report = ctx.report;
   const fix = ctx.fix;
@@ -927,10 +944,10 @@ export async function checkRefcounts(ctx: CheckContext, rebuildRefcounts?: Rebui
   const before = { ...report, messages: [] };
   let highest = await compareRefcounts(ctx, 0);
   if (ctx.rebuild && fix & FIX_ERRORS) {
-    if (!rebuildRefcounts) throw new Qcow2Error("INTERNAL", "FIX_ERRORS needs the rebuild from repair.ts");
+    if (!repair) throw new Qcow2Error("INTERNAL", "FIX_ERRORS needs the rebuild from repair.ts");
     const old = { corruptions: report.corruptions, leaks: report.leaks };
     say(ctx, "Rebuilding refcount structure");
-    await rebuildRefcounts(ctx);
+    await repair.rebuildRefcounts(ctx);
     report.corruptions = 0;
     report.leaks = 0;
     // The old structures were exchanged: count everything again.
@@ -979,10 +996,18 @@ export async function checkImage(image: Qcow2Image, opts: Omit<CheckOptions, "fi
 }
 
 /** Snapshot table, then refcounts; a failure ends up in `report.failure`. */
-export async function runCheck(ctx: CheckContext, rebuildRefcounts?: RebuildRefcounts): Promise<void> {
+export async function runCheck(ctx: CheckContext, repair?: RepairSteps): Promise<void> {
   try {
     await readSnapshotsForCheck(ctx);
-    await checkRefcounts(ctx, rebuildRefcounts);
+    await checkRefcounts(ctx, repair);
+    if (ctx.snapshotCorruptions) {
+      if (ctx.fix & FIX_ERRORS && repair) {
+        await repair.rewriteSnapshotTable(ctx);
+        ctx.report.corruptionsFixed += ctx.snapshotCorruptions;
+      } else {
+        ctx.report.corruptions += ctx.snapshotCorruptions;
+      }
+    }
     ctx.report.rebuildNeeded = ctx.rebuild;
   } catch (e) {
     ctx.report.rebuildNeeded = ctx.rebuild;

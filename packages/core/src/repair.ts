@@ -31,6 +31,7 @@ import {
   type CheckReport,
 } from "./check";
 import { metadataOverlap } from "./metadata-overlap";
+import { writeSnapshotTable } from "./snapshot-ops";
 import type { Qcow2Image } from "./qcow2-image";
 
 export type RepairMode = "leaks" | "all";
@@ -61,7 +62,7 @@ async function checkWithFix(image: Qcow2Image, fix: number, opts: RepairOptions)
   if (fix && image.readOnly) throw new Qcow2Error("READ_ONLY", "Image is read-only", { errno: "EPERM" });
   if (!image.readOnly) await image.flush();
   const ctx = await newCheckContext(image, { fix, ...(opts.onMessage ? { onMessage: opts.onMessage } : {}) });
-  await runCheck(ctx, rebuildRefcountStructure);
+  await runCheck(ctx, { rebuildRefcounts: rebuildRefcountStructure, rewriteSnapshotTable });
   const report = ctx.report;
   if (fix && report.failure === undefined && report.checkErrors === 0 && report.corruptions === 0) {
     const h = image.hdr.header;
@@ -284,4 +285,21 @@ export async function rebuildRefcountStructure(ctx: CheckContext): Promise<void>
   rc.adoptTable(reftableOffset, reftableClusters, bytes);
   image.metadataChanged();
   ctx.fileLength = await image.meta.size(); // the new structures may lie past the old end
+}
+
+/**
+ * QEMU's qcow2_check_fix_snapshot_table: write the snapshot table as the check read it (incomplete entries
+ * get the extra data version 3 requires), through a newly allocated table; the old one is freed.
+ */
+async function rewriteSnapshotTable(ctx: CheckContext): Promise<void> {
+  const image = ctx.image;
+  image.snapshots = ctx.snapshots;
+  try {
+    await writeSnapshotTable(image, ctx.snapshots);
+  } catch (e) {
+    const errno: Errno = e instanceof Qcow2Error ? e.errno : "EIO";
+    say(ctx, `ERROR failed to update snapshot table: ${errnoText[errno]}`);
+    ctx.report.checkErrors++;
+    throw new CheckAbort(errno);
+  }
 }

@@ -271,6 +271,18 @@ const scenarios: Scenario[] = [
     modes: [undefined, "all"],
   },
   {
+    name: "incomplete snapshot table entries (the count raised over zeros)",
+    build: () => {
+      const p = create("cluster_size=4096", "1M", ["write -P 0x11 0 16k"]);
+      qemu("qemu-img", ["snapshot", "-c", "s1", p]);
+      qemu("qemu-io", ["-c", "write -P 0x12 4k 4k", p]);
+      qemu("qemu-img", ["snapshot", "-c", "s2", p]);
+      poke(p, 60, 4, 5);
+      return p;
+    },
+    modes: [undefined, "leaks", "all"],
+  },
+  {
     name: "v2 image: a leak",
     build: () => {
       const p = create("compat=0.10", "4M", ["write -P 1 0 200k"]);
