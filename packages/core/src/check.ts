@@ -868,15 +868,31 @@ async function readSnapshotsForCheck(ctx: CheckContext): Promise<void> {
     reader.position = Math.ceil(reader.position / 8) * 8;
     const hv = viewOf(await reader.peek(SNAPSHOT_HEADER_BYTES));
     const extraSize = hv.getUint32(36);
+    const namesBytes = hv.getUint16(12) + hv.getUint16(14);
+    const entryBytes = SNAPSHOT_HEADER_BYTES + extraSize + namesBytes;
+    let raw: Uint8Array;
     if (extraSize > MAX_SNAPSHOT_EXTRA_DATA) {
-      fail(
-        `ERROR failed to read the snapshot table: Too much extra metadata in snapshot table entry ${i}`,
-        "EFBIG",
-        "You can force-remove this extra metadata with qemu-img check -r all",
-      );
+      if (!(ctx.fix & FIX_ERRORS)) {
+        fail(
+          `ERROR failed to read the snapshot table: Too much extra metadata in snapshot table entry ${i}`,
+          "EFBIG",
+          "You can force-remove this extra metadata with qemu-img check -r all",
+        );
+      }
+      // Keep the first 1024 bytes of extra data; the table is rewritten without the rest.
+      say(ctx, `Discarding too much extra metadata in snapshot table entry ${i} (${extraSize} > ${MAX_SNAPSHOT_EXTRA_DATA})`);
+      ctx.snapshotCorruptions++;
+      const kept = await reader.take(SNAPSHOT_HEADER_BYTES + MAX_SNAPSHOT_EXTRA_DATA);
+      viewOf(kept).setUint32(36, MAX_SNAPSHOT_EXTRA_DATA);
+      reader.position += extraSize - MAX_SNAPSHOT_EXTRA_DATA;
+      const names = await reader.take(namesBytes);
+      raw = new Uint8Array(kept.byteLength + names.byteLength);
+      raw.set(kept);
+      raw.set(names, kept.byteLength);
+    } else {
+      raw = await reader.take(entryBytes);
     }
-    const entryBytes = SNAPSHOT_HEADER_BYTES + extraSize + hv.getUint16(12) + hv.getUint16(14);
-    const { entry } = decodeSnapshotEntry(await reader.take(entryBytes), 0, i);
+    const { entry } = decodeSnapshotEntry(raw, 0, i);
     if (entry.diskSize === undefined) entry.diskSize = image.virtualSize;
     if (reader.position - offset > MAX_SNAPSHOT_TABLE_BYTES) {
       fail(
