@@ -13,6 +13,8 @@ import {
 } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
 import type { EncryptionInfo } from "./crypto/image-encryption";
+import { NbdImage } from "./nbd/nbd-image";
+import { isNbdFilename } from "./nbd/uri";
 import { Qcow2Image } from "./qcow2-image";
 import { RawImage } from "./raw-image";
 
@@ -140,7 +142,8 @@ export async function qcow2SpecificInfo(image: Qcow2Image): Promise<ImageInfoSpe
 
 /** QEMU's ImageInfo of one image (the backing chain is the caller's: see `backing-image`). */
 export async function imageInfo(image: BlockImage, opts: ImageInfoOptions = {}): Promise<ImageInfo> {
-  const filename = opts.filename ?? image.filename;
+  // An NBD export is shown by QEMU's canonical name, however it was given.
+  const filename = opts.filename !== undefined && !isNbdFilename(opts.filename) ? opts.filename : image.filename;
   const info: ImageInfo = { filename, format: image.format } as ImageInfo;
   if (image instanceof Qcow2Image) {
     info["dirty-flag"] = image.isDirty;
@@ -168,7 +171,8 @@ export async function imageInfo(image: BlockImage, opts: ImageInfoOptions = {}):
     info["format-specific"] = { type: "qcow2", data: await qcow2SpecificInfo(image) };
     return info;
   }
-  info["dirty-flag"] = false;
+  // QEMU reports no dirty flag for an NBD export (the protocol has none to give).
+  if (!(image instanceof NbdImage)) info["dirty-flag"] = false;
   if (image instanceof RawImage) {
     const actual = await allocatedBytes(image.store);
     if (actual !== undefined) info["actual-size"] = actual;

@@ -73,7 +73,8 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     const prefix = opts.errorPrefix ?? `Could not open '${filename}': `;
     throw new CliError(`${prefix}${errorText(e)}`, { exitCode: opts.exitCode ?? 1, cause: e });
   }
-  if (opts.format === undefined && image.format === "raw" && !opts.readOnly) opts.onWarning(probedRawWarning(filename));
+  // QEMU names the image by its canonical name here (an NBD export's, however it was given).
+  if (opts.format === undefined && image.format === "raw" && !opts.readOnly) opts.onWarning(probedRawWarning(image.filename));
   return image;
 }
 

@@ -9,6 +9,7 @@
  */
 import {
   ConvertFailure,
+  NbdImage,
   Qcow2Image,
   addBitmap,
   convertImages,
@@ -313,7 +314,8 @@ async function copy(sources: BlockImage[], target: BlockImage, targetHasBacking:
       compressed: a.compressed,
       targetHasBacking,
       // A new target without a backing file reads as zeros; with -n only when the user says so.
-      targetZeroInit: a.targetIsZero || (!a.skipCreate && a.sparseBytes !== 0 && !targetHasBacking),
+      // An NBD export keeps its old contents when "created" (QEMU: no zero init), so zeros are written there.
+      targetZeroInit: a.targetIsZero || (!a.skipCreate && a.sparseBytes !== 0 && !targetHasBacking && !(target instanceof NbdImage)),
       ...(bar.enabled ? { onProgress: (percent: number) => bar.print(percent, 0) } : {}),
     });
   } catch (e) {

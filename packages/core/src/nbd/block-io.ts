@@ -39,6 +39,9 @@ export class NbdBlockIo {
   private readonly effectChunk: number;
   /** Read-modify-write cycles run one at a time. */
   private rmwTail: Promise<void> = Promise.resolve();
+  /** Writes completed, and how many of them the last successful flush covered (QEMU skips needless flushes). */
+  private writeGeneration = 0;
+  private flushedGeneration = 0;
 
   constructor(readonly client: NbdClient) {
     const info = client.info;
@@ -97,7 +100,7 @@ export class NbdBlockIo {
       const piece = data.subarray(done, Math.min(data.byteLength, done + this.ioChunk));
       parts.push(this.client.write(offset + done, piece, { fua: fua && this.client.canFua }));
     }
-    await settleAll(parts);
+    await this.counted(settleAll(parts));
   }
 
   /** Make completed writes durable: FLUSH when the server takes it. */
@@ -149,7 +152,7 @@ export class NbdBlockIo {
         }),
       );
     }
-    await settleAll(parts);
+    await this.counted(settleAll(parts));
     if (opts.fua && !client.canFua) await this.durable();
   }
 
@@ -169,11 +172,24 @@ export class NbdBlockIo {
     const stop = end === this.size ? end : floorTo(end, this.alignment);
     const parts: Promise<void>[] = [];
     for (let at = start; at < stop; at += this.effectChunk) parts.push(this.client.trim(at, Math.min(this.effectChunk, stop - at)));
-    await settleAll(parts);
+    await this.counted(settleAll(parts));
   }
 
+  /** FLUSH, when anything was written since the last one. */
   async flush(): Promise<void> {
+    const generation = this.writeGeneration;
+    if (generation === this.flushedGeneration) return;
     await this.client.flush();
+    this.flushedGeneration = Math.max(this.flushedGeneration, generation);
+  }
+
+  /** Count a completed write (after it completed, so a flush started before it does not cover it). */
+  private async counted(work: Promise<void>): Promise<void> {
+    try {
+      await work;
+    } finally {
+      this.writeGeneration++;
+    }
   }
 
   /**

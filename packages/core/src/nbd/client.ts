@@ -120,7 +120,7 @@ export class NbdClient {
         v.setBigUint64(0, NBD_OPTS_MAGIC);
         v.setUint32(8, NBD_OPT_ABORT);
         wire.send(abort);
-        wire.end();
+        await wire.end();
       }
       throw e;
     }
@@ -179,10 +179,7 @@ export class NbdClient {
 
   /** NBD_CMD_FLUSH; nothing to do when the server does not take flushes. */
   async flush(): Promise<void> {
-    if (!this.canFlush) {
-      this.checkOpen();
-      return;
-    }
+    if (!this.canFlush) return;
     await this.request(NBD_CMD_FLUSH, 0, 0, 0);
   }
 
@@ -240,7 +237,7 @@ export class NbdClient {
       this.wire.send(this.header(NBD_CMD_DISC, 0, 0, 0, 0));
     }
     this.failure ??= new Error("Connection closed");
-    this.wire.end();
+    await this.wire.end();
     // Anyone still waiting for a slot gives up now.
     for (const w of this.slotWaiters.splice(0)) w();
   }
@@ -381,7 +378,12 @@ export class NbdClient {
     const v = viewOf(input.take(SIMPLE_REPLY_BYTES - 4));
     const error = v.getUint32(0);
     const p = this.findPending(v.getUint32(4), v.getUint32(8));
-    if (p.type === NBD_CMD_READ && this.info.structuredReplies) throw this.protocolError("Simple reply to a READ after structured replies were negotiated");
+    if (p.type === NBD_CMD_READ && this.info.structuredReplies) {
+      // That read fails with EINVAL (as in QEMU); the stream cannot be trusted after it.
+      this.take(p);
+      p.reject(new Qcow2Error("INVALID_ARGUMENT", "NBD protocol error: simple reply to a READ after structured replies were negotiated", { errno: "EINVAL" }));
+      throw this.protocolError("Simple reply to a READ after structured replies were negotiated");
+    }
     if (p.type === NBD_CMD_BLOCK_STATUS && error === 0) throw this.protocolError("Simple reply to BLOCK_STATUS without an error");
     if (error === 0 && p.type === NBD_CMD_READ && p.length > 0) {
       await input.need(p.length);

@@ -1,6 +1,6 @@
 /**
  * An NBD export as a ByteStore, so a qcow2 image stored on an export opens like one in a file (QEMU probes
- * and opens formats over NBD the same way). The export cannot grow: writes past its end fail with ENOSPC,
+ * and opens formats over NBD the same way). The export cannot grow: writes past its end fail with EINVAL (as in QEMU),
  * and a resize may only keep or lower the size (which leaves the export as it is, as QEMU's non-exact
  * truncate of an NBD node does).
  */
@@ -30,7 +30,7 @@ export class NbdStore implements ByteStore {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
       throw new Qcow2Error("OUT_OF_BOUNDS", "Request out of bounds", { errno: "EINVAL" });
     }
-    if (write && offset + length > this.client.size) throw new Qcow2Error("NO_SPACE", "Cannot grow NBD nodes", { errno: "ENOSPC" });
+    if (write && offset + length > this.client.size) throw new Qcow2Error("OUT_OF_BOUNDS", "Cannot grow NBD nodes", { errno: "EINVAL" });
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {

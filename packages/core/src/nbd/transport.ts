@@ -17,8 +17,8 @@ export interface NbdTransport {
   drained?(): Promise<void>;
   /** Start delivering what arrives to `receiver` (called once, right after connecting). */
   start(receiver: NbdReceiver): void;
-  /** Send what is queued, then close. */
-  end(): void;
+  /** Send what is queued, then close; resolves once the connection is closed. */
+  end(): Promise<void> | void;
   /** Close at once; nothing more is delivered. */
   destroy(): void;
 }

@@ -75,14 +75,14 @@ export class NbdWire {
     }
   }
 
-  /** Close after sending what is queued (no error for waiters beyond the end of the stream). */
-  end(): void {
+  /** Close after sending what is queued; resolves once the transport is closed. */
+  async end(): Promise<void> {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     if (!this.ended) {
       this.ended = true;
       this.input.fail(new Error("Connection closed"));
-      this.transport.end();
+      await this.transport.end();
     }
   }
 

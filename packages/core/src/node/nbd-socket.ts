@@ -68,10 +68,13 @@ class SocketTransport implements NbdTransport {
     this.socket.on("close", () => receiver.end(failure));
   }
 
-  end(): void {
-    if (this.socket.destroyed) return;
-    // Hang up once what is queued (NBD_CMD_DISC) has gone out.
-    this.socket.end(() => this.socket.destroy());
+  end(): Promise<void> {
+    if (this.socket.destroyed) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.socket.once("close", () => resolve());
+      // Hang up once what is queued (NBD_CMD_DISC) has gone out.
+      this.socket.end(() => this.socket.destroy());
+    });
   }
 
   destroy(): void {
