@@ -109,6 +109,9 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
         if (opts.safe && stored) {
           path = checkSafeReference(ctx.imageName, name, "backing");
           await assertRealPathInside(ctx.imageName, path, "backing", name);
+        } else if (isNbdFilename(name)) {
+          // A backing file on an NBD export (QEMU follows such names too).
+          return await openNbdImage(name, { ...(format !== undefined ? { format } : {}), readOnly: true, ...(opts.nbdTimeoutMs !== undefined ? { nbdTimeoutMs: opts.nbdTimeoutMs } : {}) });
         } else {
           const resolved = resolveBackingFileName(ctx.imageName, name);
           if (!resolved || resolved.path === undefined) {

@@ -327,6 +327,26 @@ describe("against qemu-nbd only", () => {
     expect(presentRuns(extents.map((e) => ({ start: e.offset, length: e.length, present: e.present, depth: e.depth })))).toEqual(presentRuns(map));
   });
 
+  it("a qcow2 overlay reads through a backing file on an NBD export", async () => {
+    const img = sampleImage();
+    const { url } = await serve("qemu-nbd", img, ["-f", "qcow2", "-r"]);
+    const overlay = t.path(`o${++counter}.qcow2`);
+    qemu("qemu-img", ["create", "-q", "-f", "qcow2", "-b", url, "-F", "raw", overlay]);
+    const image = await openImage(overlay);
+    try {
+      await image.write(0, new Uint8Array(4096).fill(0x44));
+      const buf = new Uint8Array(1 << 20);
+      await image.read(0, buf);
+      expectBytes(buf.subarray(0, 4096), 0x44);
+      expectBytes(buf.subarray(4096), 0x11);
+      const extents = await image.blockStatus(2 << 20, 65536);
+      expect(extents).toMatchObject([{ depth: 1, present: true, data: true }]);
+    } finally {
+      await image.close();
+    }
+    qemu("qemu-io", ["-c", "read -P 0x44 0 4k", "-c", "read -P 0x22 2M 64k", overlay]);
+  });
+
   it("create and convert write over an export as qemu-img does (no zero init: stale data is overwritten)", async () => {
     const target = t.path(`c${++counter}.raw`);
     qemu("qemu-img", ["create", "-q", "-f", "raw", target, "4M"]);
