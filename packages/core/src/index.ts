@@ -84,3 +84,4 @@ export { ReceiveBuffer } from "./nbd/receive-buffer";
 export type { EncryptionOpenOptions, EncryptionFormat, EncryptionInfo } from "./crypto/image-encryption";
 export type { EncryptionCreateOptions } from "./crypto/create-encryption";
 export type { LuksInfo, LuksSlotInfo, LuksCreateOptions } from "./crypto/luks";
+export { validateEncryptionCreateOptions } from "./crypto/create-encryption";

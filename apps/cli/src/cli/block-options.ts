@@ -16,6 +16,14 @@ export interface BlockOptions {
   readOnly?: boolean;
   forceShare?: boolean;
   discard?: "ignore" | "unmap";
+  /** encrypt.*: the key secret's id, the format, and the names (after "encrypt.") of any other encrypt option. */
+  encrypt?: EncryptOptions;
+}
+
+export interface EncryptOptions {
+  keySecret?: string;
+  format?: string;
+  unexpected: string[];
 }
 
 const BOOL: Record<string, boolean> = { on: true, yes: true, true: true, y: true, off: false, no: false, false: false, n: false };
@@ -37,6 +45,8 @@ export const BLOCK_OPTION_KEYS = [
   "discard",
   "cache.direct",
   "cache.no-flush",
+  "encrypt.key-secret",
+  "encrypt.format",
 ];
 
 export function parseDiscard(mode: string): "ignore" | "unmap" {
@@ -124,8 +134,18 @@ export function parseBlockOptions(
       case "cache.no-flush":
         parseBool(key, value);
         break;
-      default:
+      default: {
+        if (key.startsWith("encrypt.")) {
+          // Checked against the image when it is opened (only encrypted images look at them).
+          const e = (out.encrypt ??= { unexpected: [] });
+          const name = key.slice("encrypt.".length);
+          if (name === "key-secret") e.keySecret = value;
+          else if (name === "format") e.format = value;
+          else e.unexpected.push(name);
+          break;
+        }
         throw new CliError(`Block format '${driver ?? "qcow2"}' does not support the option '${key}'`);
+      }
     }
   }
   return out;

@@ -4,7 +4,8 @@
  * them ("Could not open 'x': ..." for qemu-img, "can't open device x: ..." for qemu-io).
  */
 import { openImage, type BlockImage, type OpenImageOptions } from "@qcowkit/core/node";
-import { parseBlockOptions } from "./block-options";
+import { parseBlockOptions, type EncryptOptions } from "./block-options";
+import { encryptOpenOptions } from "./secrets";
 import { CliError, errorText } from "./errors";
 
 export interface CliOpenOptions {
@@ -31,6 +32,8 @@ export interface CliOpenOptions {
   exitCode?: number;
   /** Open for check/repair (qemu-img check): a corrupt image may be opened read-write, no dirty repair. */
   checkMode?: boolean;
+  /** encrypt.* options (the key secret's id is looked up among the --object secrets). */
+  encrypt?: EncryptOptions;
 }
 
 /**
@@ -62,6 +65,7 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     ...(opts.discard !== undefined ? { discard: opts.discard } : {}),
     ...(opts.checkMode ? { checkMode: true } : {}),
     ...(cliOpenDefaults.safe ? { safe: true } : {}),
+    ...(opts.encrypt ? { encrypt: encryptOpenOptions(opts.encrypt) } : {}),
     // One request at a time: small file I/O is cheaper done synchronously than through the thread pool.
     syncIoBytes: 64 * 1024,
   };
@@ -121,6 +125,7 @@ export async function openImageOpts(
     ...(o.backingFormat !== undefined ? { backingFormat: o.backingFormat } : {}),
     ...(o.forceShare !== undefined ? { forceShare: o.forceShare } : {}),
     ...(o.discard !== undefined ? { discard: o.discard } : {}),
+    ...(o.encrypt !== undefined ? { encrypt: o.encrypt } : {}),
     errorPrefix,
   });
   return { image, filename };

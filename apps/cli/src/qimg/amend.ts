@@ -10,6 +10,7 @@ import { getopt } from "../cli/getopt";
 import { closeQuietly, openCliImage } from "../cli/open";
 import { Progress } from "../cli/progress";
 import { QemuOpts, accumulateOptions, formatHelp, hasHelpOption, splitOptionList } from "../cli/qemu-opts";
+import { defineObject } from "../cli/secrets";
 import type { CommandContext, QimgCommand } from "./context";
 import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS } from "./create-options";
 import { helpText } from "./help";
@@ -93,7 +94,8 @@ export const amendCommand: QimgCommand = {
           quiet = true;
           break;
         case "object":
-          throw new CliError("--object is not supported by qimg");
+          defineObject(o.value!);
+          break;
         case "image-opts":
           imageOpts = true;
           break;

@@ -19,6 +19,7 @@ import { CliError, errorText } from "../cli/errors";
 import { getopt } from "../cli/getopt";
 import { closeQuietly, openCliImage } from "../cli/open";
 import { sizeArgument } from "../cli/size";
+import { defineObject } from "../cli/secrets";
 import type { QimgCommand } from "./context";
 import { helpText } from "./help";
 
@@ -78,7 +79,8 @@ export const bitmapCommand: QimgCommand = {
           actions.push({ op: "merge", source: o.value! });
           break;
         case "object":
-          throw new CliError("--object is not supported by qimg");
+          defineObject(o.value!);
+          break;
         case "image-opts":
           throw new CliError("--image-opts is not supported by qimg; give the file name (and -f)");
       }

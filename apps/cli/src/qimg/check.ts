@@ -1,5 +1,5 @@
 /**
- * qimg check [-q] [-f fmt] [--output=human|json] [-r leaks|all] [-T cache] [-U] filename
+ * qimg check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=human|json] [-r leaks|all] [-T cache] [-U] filename
  *
  * As qemu-img 7.2: the image is opened in check mode, read-only (read-write with -r); findings go to stderr
  * as they are made, the summary to stdout (human, or QAPI ImageCheck JSON). With -r, when something was
@@ -11,9 +11,10 @@
 import { checkAndRepairImage, checkFailureText, type CheckReport, type Qcow2Image, type RepairMode } from "@qcowkit/core/node";
 import { CliError, EXIT, UsageError } from "../cli/errors";
 import { getopt } from "../cli/getopt";
-import { closeQuietly, openCliImage } from "../cli/open";
+import { closeQuietly, openOperand } from "../cli/open";
 import { printfFixed2 } from "../cli/progress";
 import { toQemuJson, type JsonValue } from "../cli/qdict-json";
+import { defineObject } from "../cli/secrets";
 import { PROG, type QimgCommand } from "./context";
 import { helpText } from "./help";
 import { outputFormat } from "./output-format";
@@ -42,6 +43,7 @@ export const checkCommand: QimgCommand = {
     let cache: string | undefined;
     let quiet = false;
     let forceShare = false;
+    let imageOpts = false;
     for (const o of options) {
       switch (o.key) {
         case "h":
@@ -69,19 +71,21 @@ export const checkCommand: QimgCommand = {
           forceShare = true;
           break;
         case "object":
-          throw new CliError("--object is not supported by qimg");
+          defineObject(o.value!);
+          break;
         case "image-opts":
-          throw new CliError("--image-opts is not supported by qimg; give the file name (and -f)");
+          imageOpts = true;
+          break;
       }
     }
     if (operands.length !== 1) throw new UsageError("Expecting one image file name");
-    const filename = operands[0]!;
+    const operand = operands[0]!;
     const mode = outputFormat(output);
     if (cache !== undefined && !CACHE_MODES.includes(cache)) throw new CliError(`Invalid source cache option: ${cache}`);
     const out = (text: string) => {
       if (!quiet) ctx.io.out(text);
     };
-    const image = await openCliImage(filename, {
+    const { image, filename } = await openOperand(operand, imageOpts, {
       readOnly: repair === undefined,
       checkMode: true,
       forceShare,

@@ -11,6 +11,7 @@ import { CliError, UsageError, errorText } from "../cli/errors";
 import { getopt } from "../cli/getopt";
 import { closeQuietly, openCliImage } from "../cli/open";
 import { Progress } from "../cli/progress";
+import { defineObject } from "../cli/secrets";
 import type { QimgCommand } from "./context";
 import { helpText } from "./help";
 
@@ -53,7 +54,8 @@ export const commitCommand: QimgCommand = {
           quiet = true;
           break;
         case "object":
-          throw new CliError("--object is not supported by qimg");
+          defineObject(o.value!);
+          break;
         case "image-opts":
           throw new CliError("--image-opts is not supported by qimg; give the file name (and -f)");
       }

@@ -1,6 +1,7 @@
 /** What every qimg command gets: where to print and how to warn. */
 import { CliError, type Output } from "../cli/errors";
 import { getopt, type GetoptResult, type LongOption } from "../cli/getopt";
+import { defineObject } from "../cli/secrets";
 import { PROG, helpText } from "./help";
 
 export { PROG } from "./help";
@@ -29,7 +30,7 @@ export const FORCE_SHARE_OPTION: LongOption = { name: "force-share", hasArg: fal
 
 /**
  * getopt for a command, with the options qemu-img commands share handled: -h/--help prints the help (the
- * result is then undefined: the command returns 0), --object is refused. --image-opts is the command's.
+ * result is then undefined: the command returns 0), --object defines a secret. --image-opts is the command's.
  */
 export function parseCommand(args: readonly string[], ctx: CommandContext, spec: { argv0: string; short: string; long: LongOption[] }): GetoptResult | undefined {
   const parsed = getopt(args, spec);
@@ -38,7 +39,7 @@ export function parseCommand(args: readonly string[], ctx: CommandContext, spec:
       ctx.io.out(helpText());
       return undefined;
     }
-    if (o.key === "object") throw new CliError("--object is not supported by qimg");
+    if (o.key === "object") defineObject(o.value!);
   }
   return parsed;
 }

@@ -262,6 +262,8 @@ async function prepareTarget(
 ): Promise<{ target: BlockImage; hasBacking: boolean }> {
   const totalBytes = sources.reduce((n, s) => n + s.virtualSize, 0);
   let backingFile = a.backingFile;
+  // QEMU opens the new target with the key secret its creation options name (img_add_key_secrets).
+  let keySecret: string | undefined;
   if (!a.skipCreate) {
     if (!isKnownFormat(outFmt)) throw new CliError(`Unknown file format '${outFmt}'`);
     const opts = QemuOpts.parse(appendDescs(formatCreateOpts(outFmt), FILE_CREATE_OPTS), a.options, ctx.warn);
@@ -269,6 +271,7 @@ async function prepareTarget(
     addBackingOptions(opts, outFmt, a.backingFile, a.backingFmt);
     backingFile = opts.string("backing_file") ?? backingFile;
     checkBacking(backingFile, sources.length, opts.string("backing_fmt") !== undefined);
+    keySecret = opts.string("encrypt.key-secret");
     if (a.compressed) {
       if (outFmt !== "qcow2") throw new CliError("Compression not supported for this file format");
       if (opts.bool("encryption") || opts.has("encrypt.format")) throw new CliError("Compression and encryption not supported at the same time");
@@ -287,6 +290,7 @@ async function prepareTarget(
   const target = await openCliImage(outFilename, {
     readOnly: false,
     format: outFmt,
+    ...(keySecret !== undefined ? { encrypt: { keySecret, unexpected: [] } } : {}),
     onWarning: (w) => ctx.io.err(`${w}\n`),
   });
   try {

@@ -16,6 +16,7 @@ import { QemuOpts, accumulateOptions, appendDescs, formatHelp, hasHelpOption } f
 import { sizeArgument } from "../cli/size";
 import { HELP_OPTION, OBJECT_OPTION, parseCommand, type CommandContext, type QimgCommand } from "./context";
 import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat, type ImageFormatName } from "./create-options";
+import { checkEncryptionAlias, encryptionCreateOptions, withKeySecret } from "./create-encryption";
 
 /** Block drivers QEMU 7.2 knows (the values `backing_fmt` accepts at creation). */
 const QEMU_DRIVERS = new Set(
@@ -241,6 +242,7 @@ async function createQcow2File(filename: string, opts: QemuOpts, size: bigint): 
       await truncateFile(dataFile);
       created.push(dataFile);
     }
+    checkEncryptionAlias(opts);
     // QAPI's checks of the values, in BlockdevCreateOptionsQcow2 member order.
     const compat = opts.string("compat");
     const version = enumValue(compat === "0.10" ? "v2" : compat === "1.1" ? "v3" : compat, ["v2", "v3"] as const, "version");
@@ -248,10 +250,9 @@ async function createQcow2File(filename: string, opts: QemuOpts, size: bigint): 
     if (backingFormat !== undefined && !QEMU_DRIVERS.has(backingFormat)) {
       throw new CliError(`Parameter 'backing-fmt' does not accept value '${backingFormat}'`);
     }
-    const encryption = opts.bool("encryption") === true || opts.has("encrypt.format");
+    const encrypt = encryptionCreateOptions(opts);
     const preallocation = enumValue(opts.string("preallocation"), ["off", "metadata", "falloc", "full"] as const, "preallocation");
     const compressionType = enumValue(opts.string("compression_type"), ["zlib", "zstd"] as const, "compression-type");
-    if (encryption) throw new CliError("Encryption is not supported by qimg");
     const clusterSize = opts.integer("cluster_size") ?? 65536n;
     const extendedL2 = opts.bool("extended_l2") ?? false;
     if (size > INT64_MAX) throw new CliError("Could not resize image: Image size cannot be negative");
@@ -271,12 +272,18 @@ async function createQcow2File(filename: string, opts: QemuOpts, size: bigint): 
       ...(opts.bool("data_file_raw") !== undefined ? { dataFileRaw: opts.bool("data_file_raw")! } : {}),
       ...(opts.string("backing_file") !== undefined ? { backingFile: opts.string("backing_file")! } : {}),
       ...(backingFormat !== undefined ? { backingFormat } : {}),
+      ...(encrypt ? { encrypt } : {}),
     };
     if (huge) {
       // Beyond what the engine takes: its other checks first (on a stand-in size), then QEMU's size limit.
       validateCreateOptions(request);
       checkL1Size(rounded, clusterSize, extendedL2);
       throw new CliError("Image sizes above 2^53 bytes are not supported by qimg");
+    }
+    if (request.encrypt) {
+      // The key secret is looked up once the image options passed the engine's checks (as QEMU does).
+      validateCreateOptions(request);
+      request.encrypt = withKeySecret(request.encrypt, opts);
     }
     await createImage(filename, request);
   } catch (e) {

@@ -10,6 +10,7 @@ import { CliError, errorText } from "../cli/errors";
 import { getopt } from "../cli/getopt";
 import { closeQuietly, openCliImage } from "../cli/open";
 import { sizeArgument } from "../cli/size";
+import { defineObject } from "../cli/secrets";
 import type { QimgCommand } from "./context";
 import { helpText } from "./help";
 
@@ -46,7 +47,8 @@ export const ddCommand: QimgCommand = {
           forceShare = true;
           break;
         case "object":
-          throw new CliError("--object is not supported by qimg");
+          defineObject(o.value!);
+          break;
         case "image-opts":
           throw new CliError("--image-opts is not supported by qimg; give the file name (and -f)");
       }

@@ -69,7 +69,7 @@ Parameters to compare subcommand:
 
 Supported formats: qcow2 raw
 
-Not supported: --object, encryption, protocols other than local files and NBD.
+Not supported: object types other than secret, protocols other than local files and NBD.
 `;
 }
 

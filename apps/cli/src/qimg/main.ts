@@ -4,6 +4,7 @@
 import { getopt } from "../cli/getopt";
 import { reportError, UsageError, type Output } from "../cli/errors";
 import { cliOpenDefaults } from "../cli/open";
+import { resetSecrets } from "../cli/secrets";
 import { amendCommand } from "./amend";
 import { checkCommand } from "./check";
 import { compareCommand } from "./compare";
@@ -43,6 +44,7 @@ const COMMANDS: QimgCommand[] = [
 /** Run qimg with `args` (argv without node and the script); returns the exit code. */
 export async function runQimg(args: string[], io: Output): Promise<number> {
   const ctx = makeContext(io);
+  resetSecrets();
   try {
     const parsed = getopt(args, {
       short: "+:hVT:",

@@ -11,6 +11,7 @@ import { openCliImage, usingImage } from "../cli/open";
 import { QemuOpts, accumulateOptions, appendDescs } from "../cli/qemu-opts";
 import { toQemuJson } from "../cli/qdict-json";
 import { sizeArgument } from "../cli/size";
+import { defineObject } from "../cli/secrets";
 import type { CommandContext, QimgCommand } from "./context";
 import { FILE_CREATE_OPTS, QCOW2_CREATE_OPTS, RAW_CREATE_OPTS } from "./create-options";
 import { helpText } from "./help";
@@ -99,7 +100,8 @@ export const measureCommand: QimgCommand = {
         case "l":
           throw new CliError("-l (snapshot parameters) is not supported by qimg measure");
         case "object":
-          throw new CliError("--object is not supported by qimg");
+          defineObject(o.value!);
+          break;
         case "image-opts":
           throw new CliError("--image-opts is not supported by qimg; give the file name (and -f)");
       }

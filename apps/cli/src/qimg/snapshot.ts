@@ -9,6 +9,7 @@ import { errnoNumber, errnoOf, strerror } from "../cli/errno";
 import { CliError, UsageError, errorText } from "../cli/errors";
 import { getopt } from "../cli/getopt";
 import { openCliImage, usingImage } from "../cli/open";
+import { defineObject } from "../cli/secrets";
 import type { QimgCommand } from "./context";
 import { helpText } from "./help";
 import { snapshotLine } from "./info";
@@ -48,7 +49,8 @@ export const snapshotCommand: QimgCommand = {
           forceShare = true;
           break;
         case "object":
-          throw new CliError("--object is not supported by qimg");
+          defineObject(o.value!);
+          break;
         case "image-opts":
           throw new CliError("--image-opts is not supported by qimg; give the file name (and -f)");
       }

@@ -720,9 +720,10 @@ export async function openForSession(s: Session, req: OpenRequest): Promise<void
     ...(req.backing !== undefined ? { backing: req.backing } : {}),
     ...(req.backingFormat !== undefined ? { backingFormat: req.backingFormat } : {}),
     discard: req.discard,
+    ...(req.encrypt ? { encrypt: req.encrypt } : {}),
     program: "qio",
     onWarning: (w) => s.io.err(`${w}\n`),
-    errorPrefix: req.filename === "" ? "can't open: " : `can't open device ${req.filename}: `,
+    errorPrefix: req.filename === "" || req.imageOpts ? "can't open: " : `can't open device ${req.filename}: `,
   });
   s.request = req;
 }

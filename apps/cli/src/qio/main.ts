@@ -4,6 +4,7 @@
  */
 import { CliError, UsageError, errorText, reportError, type Output, printHint } from "../cli/errors";
 import { getopt } from "../cli/getopt";
+import { defineObject, resetSecrets } from "../cli/secrets";
 import { cliOpenDefaults, closeQuietly } from "../cli/open";
 import { VERSION } from "../cli/version";
 import { checkCacheMode, openForSession, runCommandLine, type Session } from "./commands";
@@ -15,10 +16,11 @@ export function qioUsage(): string {
   return `Usage: ${PROG} [OPTIONS]... [-c STRING]... [file]
 QEMU Disk exerciser (qcowkit implementation, qcow2 and raw only)
 
-  --object OBJECTDEF   not supported by qio
+  --object OBJECTDEF   define a secret: secret,id=ID,data=TEXT|file=PATH[,format=raw|base64]
   --image-opts         treat file as option string: driver=qcow2,file.filename=IMG,
                        data-file.filename=DATA (data file override), backing.file.filename=B,
-                       backing=null, read-only=on|off, discard=ignore|unmap
+                       backing=null, read-only=on|off, discard=ignore|unmap,
+                       encrypt.key-secret=ID, encrypt.format=aes|luks
   -c, --cmd STRING     execute command with its arguments
                        from the given string
   -f, --format FMT     specifies the block driver to use (qcow2 or raw)
@@ -76,6 +78,7 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
     io.out(qioUsage());
     return 1;
   }
+  resetSecrets();
   const commands: string[] = [];
   let req: OpenRequest = { filename: "", readOnly: false, forceShare: false, discard: "unmap" };
   let imageOpts = false;
@@ -120,7 +123,8 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
         case "s":
           throw new CliError("snapshot mode (-s) is not supported by qio");
         case "object":
-          throw new CliError("--object is not supported by qio");
+          defineObject(o.value!);
+          break;
         case "image-opts":
           imageOpts = true;
           break;

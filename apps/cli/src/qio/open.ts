@@ -2,7 +2,7 @@
  * What qio opens: a file name, or block driver options given to --image-opts or to the open command's -o
  * (see cli/block-options.ts).
  */
-import { parseBlockOptions } from "../cli/block-options";
+import { parseBlockOptions, type EncryptOptions } from "../cli/block-options";
 
 export { parseDiscard } from "../cli/block-options";
 
@@ -15,6 +15,10 @@ export interface OpenRequest {
   dataFile?: string;
   backing?: string | null;
   backingFormat?: string;
+  /** encrypt.* options (key secret id, format). */
+  encrypt?: EncryptOptions;
+  /** Described by --image-opts: QEMU names no device when the open fails ("can't open: ..."). */
+  imageOpts?: boolean;
 }
 
 /** Apply "key=value,..." to `req` (`imageOpts`: the string is the whole description, as with --image-opts). */
@@ -34,5 +38,7 @@ export function applyBlockOptions(req: OpenRequest, text: string, imageOpts: boo
   if (o.readOnly !== undefined) out.readOnly = o.readOnly;
   if (o.forceShare !== undefined) out.forceShare = o.forceShare;
   if (o.discard !== undefined) out.discard = o.discard;
+  if (o.encrypt !== undefined) out.encrypt = o.encrypt;
+  if (imageOpts) out.imageOpts = true;
   return out;
 }
