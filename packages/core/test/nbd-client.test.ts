@@ -426,6 +426,10 @@ class ScriptedServer implements NbdTransport {
     private readonly script: {
       size?: number;
       greeting?: Buffer;
+      /** Refuse NBD_OPT_GO with this reply type and message. */
+      goError?: [number, string];
+      /** Milliseconds before each reply goes out. */
+      delayMs?: number;
       /** Reply to one request; undefined: stay silent. */
       onRequest?: (req: { type: number; flags: number; cookie: Buffer; offset: number; length: number }) => Buffer | undefined;
     },
@@ -452,7 +456,11 @@ class ScriptedServer implements NbdTransport {
   }
 
   private reply(b: Buffer): void {
-    setImmediate(() => this.receiver!.data(new Uint8Array(b)));
+    const deliver = () => {
+      if (!this.ended) this.receiver!.data(new Uint8Array(b));
+    };
+    if (this.script.delayMs) setTimeout(deliver, this.script.delayMs);
+    else setImmediate(deliver);
   }
 
   private optionReply(option: number, type: number, data = Buffer.alloc(0)): Buffer {
@@ -480,6 +488,8 @@ class ScriptedServer implements NbdTransport {
         else if (option === 10) {
           const ctx = Buffer.concat([Buffer.from([0, 0, 0, 7]), Buffer.from("base:allocation")]);
           this.reply(Buffer.concat([this.optionReply(10, 4, ctx), this.optionReply(10, 1)]));
+        } else if (option === 7 && this.script.goError) {
+          this.reply(this.optionReply(7, this.script.goError[0], Buffer.from(this.script.goError[1])));
         } else if (option === 7) {
           const info = Buffer.alloc(12);
           info.writeUInt16BE(0, 0);
@@ -599,6 +609,27 @@ describe("misbehaving servers: a one-line error, never a hang", () => {
     expect(e).toMatchObject({ errno: expect.stringMatching(/^(EIO|EINVAL)$/) });
     expect(client.closed).toBe(true);
     await client.close();
+  });
+
+  it("a refused export ends with NBD_OPT_ABORT and QEMU's message, the server's text on the next line", async () => {
+    const server = new ScriptedServer({ goError: [0x80000006, "no such\nexport"] });
+    const e = await failureOf(NbdClient.connect(server, { exportName: "x" }));
+    expect(e.message).toBe("Requested export not available");
+    expect((e as { hint?: string }).hint).toBe("server reported: no such export");
+    const last = server.sentByClient.at(-1)!;
+    expect(last.readUInt32BE(8)).toBe(2);
+    expect(server.ended).toBe(true);
+  });
+
+  it("close waits for the requests in flight and refuses the queued ones", async () => {
+    const server = new ScriptedServer({ delayMs: 20, onRequest: (r) => (r.type === 0 ? dataChunk(r.cookie, r.offset, Buffer.alloc(r.length, 9)) : undefined) });
+    const client = await NbdClient.connect(server, { exportName: "", maxInFlight: 2 });
+    const reads = Array.from({ length: 6 }, (_, i) => client.read(i * 512, new Uint8Array(512)).then(() => "read", (e: Error) => e.message));
+    await client.close();
+    const results = await Promise.all(reads);
+    expect(results.slice(0, 2)).toEqual(["read", "read"]);
+    expect(results.slice(2).every((r) => r === "The NBD connection is closed")).toBe(true);
+    expect(server.sentByClient.at(-1)!.readUInt16BE(6)).toBe(2);
   });
 
   it("an error chunk fails only its request, with the server's errno and message", async () => {

@@ -45,7 +45,7 @@ import {
   STRUCTURED_HEADER_BYTES,
 } from "./constants";
 import { negotiate, type NbdExportInfo, type NbdHandshakeOptions } from "./handshake";
-import { codeOfErrno, errnoOfNbdError, nbdError, oneLine } from "./messages";
+import { codeOfErrno, errnoOfNbdError, nbdError, oneLine, type NbdError } from "./messages";
 import type { NbdTransport } from "./transport";
 import { NbdWire } from "./wire";
 
@@ -93,6 +93,8 @@ export class NbdClient {
   private closing: Promise<void> | undefined;
   private inFlight = 0;
   private readonly slotWaiters: (() => void)[] = [];
+  /** Waiting for the last request in flight to finish (close). */
+  private readonly idleWaiters: (() => void)[] = [];
   private readonly maxInFlight: number;
   private readonly contextNames = new Map<number, string>();
 
@@ -113,15 +115,15 @@ export class NbdClient {
     try {
       info = await negotiate(wire, opts);
     } catch (e) {
-      if (!wire.closed) {
-        // A soft disconnect where the server is still talking to us.
+      if (!wire.closed && (e as NbdError).optionRefused) {
+        // A soft disconnect: the server refused an option and is still talking to us.
         const abort = new Uint8Array(16);
         const v = viewOf(abort);
         v.setBigUint64(0, NBD_OPTS_MAGIC);
         v.setUint32(8, NBD_OPT_ABORT);
         wire.send(abort);
-        await wire.end();
       }
+      await wire.end();
       throw e;
     }
     return new NbdClient(wire, info, opts);
@@ -231,15 +233,13 @@ export class NbdClient {
 
   private async disconnect(): Promise<void> {
     while (this.inFlight > 0 && this.failure === undefined) {
-      await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
+      await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     }
     if (this.failure === undefined && !this.wire.closed) {
       this.wire.send(this.header(NBD_CMD_DISC, 0, 0, 0, 0));
     }
     this.failure ??= new Error("Connection closed");
     await this.wire.end();
-    // Anyone still waiting for a slot gives up now.
-    for (const w of this.slotWaiters.splice(0)) w();
   }
 
   private fuaFlag(fua: boolean | undefined): number {
@@ -304,7 +304,11 @@ export class NbdClient {
     this.checkOpen();
     while (this.inFlight >= this.maxInFlight) {
       await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
-      this.checkOpen();
+      if (this.closed) {
+        // Pass the freed slot on before giving up, so no other waiter is left behind.
+        this.slotWaiters.shift()?.();
+        this.checkOpen();
+      }
     }
     this.inFlight++;
     try {
@@ -335,6 +339,7 @@ export class NbdClient {
     } finally {
       this.inFlight--;
       this.slotWaiters.shift()?.();
+      if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     }
   }
 
@@ -359,6 +364,7 @@ export class NbdClient {
         this.pending.clear();
       }
       for (const w of this.slotWaiters.splice(0)) w();
+      for (const w of this.idleWaiters.splice(0)) w();
     }
   }
 

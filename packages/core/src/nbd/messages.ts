@@ -19,8 +19,11 @@ import {
   NBD_REP_SERVER,
 } from "./constants";
 
-/** A Qcow2Error with QEMU's follow-up line (printed by frontends after the message, without a prefix). */
-export type NbdError = Qcow2Error & { readonly hint?: string };
+/**
+ * A Qcow2Error with QEMU's follow-up line (printed by frontends after the message, without a prefix);
+ * `optionRefused` when the server refused an option (the client then ends with NBD_OPT_ABORT).
+ */
+export type NbdError = Qcow2Error & { readonly hint?: string; readonly optionRefused?: boolean };
 
 export function nbdError(code: Qcow2ErrorCode, message: string, opts: { errno?: Errno; hint?: string; cause?: unknown } = {}): NbdError {
   const e = new Qcow2Error(code, message, {
@@ -115,10 +118,11 @@ export function optionRefusal(option: number, replyType: number, serverText: str
       message = `Unknown error code when asking for option ${label}`;
   }
   const lines = [...(extra !== undefined ? [extra] : []), ...(serverText !== "" ? [`server reported: ${oneLine(serverText)}`] : [])];
-  return nbdError(errno === "ENOENT" ? "NOT_FOUND" : "IO_ERROR", message, {
+  const e = nbdError(errno === "ENOENT" ? "NOT_FOUND" : "IO_ERROR", message, {
     errno,
     ...(lines.length > 0 ? { hint: lines.join("\n") } : {}),
   });
+  return Object.assign(e, { optionRefused: true });
 }
 
 /** Control characters of server-provided text become spaces (messages stay one line each). */
