@@ -451,6 +451,36 @@ describe("qimg dd", () => {
   });
 });
 
+describe("qimg resize", () => {
+  // Every qcow2 file must come out byte for byte as qemu-img leaves it (same layout, same metadata).
+  const cases: Array<[string, Step[], string[]]> = [
+    ["full after data", [mk("img.qcow2", "4M"), io("img.qcow2", "write -P 1 0 1M")], ["--preallocation=full", "img.qcow2", "12M"]],
+    ["falloc after data", [mk("img.qcow2", "4M"), io("img.qcow2", "write -P 1 0 1M")], ["--preallocation=falloc", "img.qcow2", "+5M"]],
+    ["metadata after data", [mk("img.qcow2", "4M"), io("img.qcow2", "write -P 1 0 1M")], ["--preallocation=metadata", "img.qcow2", "8M"]],
+    ["full from an unaligned size", [mk("img.qcow2", "1000k"), io("img.qcow2", "write -P 1 0 64k")], ["--preallocation=full", "img.qcow2", "3000k"]],
+    ["full growing the L1 and refcount tables", [mk("img.qcow2", "1M", "-o", "cluster_size=512")], ["--preallocation=full", "img.qcow2", "40M"]],
+    ["falloc with 4k clusters and refcount_bits=1", [mk("img.qcow2", "1M", "-o", "cluster_size=4k,refcount_bits=1"), io("img.qcow2", "write -P 2 0 512k")], ["--preallocation=falloc", "img.qcow2", "64M"]],
+    ["full with extended L2", [mk("img.qcow2", "2M", "-o", "extended_l2=on"), io("img.qcow2", "write -P 3 4k 4k")], ["--preallocation=full", "img.qcow2", "6M"]],
+    ["full on a data-file image", [mk("img.qcow2", "2M", "-o", "data_file=img.raw"), io("img.qcow2", "write -P 4 0 64k")], ["--preallocation=full", "img.qcow2", "6M"]],
+    ["plain growth", [mk("img.qcow2", "2M"), io("img.qcow2", "write -P 5 1M 64k")], ["img.qcow2", "3G"]],
+  ];
+  it.concurrent.each(cases)("%s", async (_name, steps, args) => {
+    await differential(steps, ["resize", ...args]);
+  });
+  it.concurrent.each(cases)("%s: the same bytes and map as qemu-img", async (_name, steps, args) => {
+    const base = subDir(root, `rz${++caseNo}`);
+    const q = subDir(base, "q");
+    const o = subDir(base, "o");
+    await setup(q, steps);
+    await setup(o, steps);
+    expect((await qemuImg(["resize", ...args], q)).code).toBe(0);
+    expect((await qimg(["resize", ...args], o)).code).toBe(0);
+    const map = async (dir: string) => (await qemuImg(["map", "--output=json", "img.qcow2"], dir)).stdout;
+    expect(await map(o)).toBe(await map(q));
+    expect(hashOf(path.join(o, "img.qcow2"))).toBe(hashOf(path.join(q, "img.qcow2")));
+  });
+});
+
 describe("qimg bench", () => {
   const img: Step[] = [mk("a.qcow2", "1M")];
   const errors: string[][] = [

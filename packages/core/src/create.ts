@@ -21,6 +21,7 @@ import {
 } from "@qcowkit/spec";
 import type { BlockImage, Preallocation } from "./block-image";
 import { requireKeySecret, setUpImageEncryption, validateEncryptionCreateOptions, type EncryptionCreateOptions } from "./crypto/create-encryption";
+import { preallocateHostSpace } from "./preallocate-host";
 import { Qcow2Image } from "./qcow2-image";
 
 export interface Qcow2CreateOptions {
@@ -207,26 +208,7 @@ async function growToSize(image: Qcow2Image, size: number, preallocation: Preall
     await image.preallocate(0, size, "metadata");
     return;
   }
-  await preallocateHostSpace(image, size, preallocation);
-}
-
-/**
- * falloc/full without a data file (QEMU's truncate path): refcount structures for the whole new area are
- * built first at the end of the file, the data clusters follow them and are reserved in one piece, then
- * the L2 tables are allocated and linked.
- */
-async function preallocateHostSpace(image: Qcow2Image, size: number, mode: "falloc" | "full"): Promise<void> {
-  const cs = image.clusterSize;
-  const refcounts: Refcounts = image.refcounts;
-  await image.writeback();
-  const oldFileSize = Math.ceil((await image.meta.size()) / cs);
-  const dataClusters = Math.ceil(size / cs);
-  const l2Entries = image.map.l2Entries;
-  const l2Tables = Math.ceil(dataClusters / l2Entries) + 1;
-  const allocationStart = await refcounts.refcountArea(oldFileSize, dataClusters + l2Tables, true);
-  await image.meta.resize(Math.max(await image.meta.size(), (allocationStart + dataClusters) * cs), mode);
-  await refcounts.allocateAt(allocationStart, dataClusters);
-  await image.linkPreallocated(0, size, allocationStart * cs);
+  await preallocateHostSpace(image, 0, size, preallocation);
 }
 
 export type { BlockImage };

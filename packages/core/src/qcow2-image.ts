@@ -66,6 +66,7 @@ import { isSectorAligned } from "./crypto/sector-alignment";
 import { RwLock } from "./lock";
 import type { ImageResolver } from "./resolver";
 import { dirtyImageRepair } from "./repair";
+import { preallocateHostSpace } from "./preallocate-host";
 import { readSnapshotTable, type SnapshotInfo } from "./snapshots";
 
 export interface Qcow2OpenOptions {
@@ -1451,7 +1452,11 @@ export class Qcow2Image implements BlockImage {
     await this.setSize(newSize);
     let mode = prealloc;
     if (this.dataFileRaw && mode === "off") mode = "metadata";
-    if (mode !== "off") await this.preallocate(oldSize, newSize, mode);
+    if ((mode === "falloc" || mode === "full") && !this.hasDataFile && !this.encryption) {
+      await preallocateHostSpace(this, oldSize, newSize, mode);
+    } else if (mode !== "off") {
+      await this.preallocate(oldSize, newSize, mode);
+    }
     await this.flushUnlocked();
   }
 

@@ -1,0 +1,37 @@
+/**
+ * falloc/full preallocation of a qcow2 image without a data file, as QEMU's truncate path does it (used by
+ * create and by resize): refcount structures able to cover the whole new area are built first at the end of
+ * the used part of the file (a new refcount table is always written), the data clusters follow them and are
+ * reserved in one piece, then L2 tables are allocated and the new clusters linked.
+ */
+import type { Refcounts } from "@qcowkit/refcount";
+import type { Qcow2Image } from "./qcow2-image";
+
+export async function preallocateHostSpace(
+  image: Qcow2Image,
+  fromGuestOffset: number,
+  toGuestOffset: number,
+  mode: "falloc" | "full",
+): Promise<void> {
+  const cs = image.clusterSize;
+  const refcounts: Refcounts = image.refcounts;
+  await image.writeback();
+  await refcounts.writeBack();
+  // QEMU's qcow2_get_last_cluster: the used part of the file ends after the last cluster with a reference.
+  const fileClusters = Math.ceil((await image.meta.size()) / cs);
+  let lastCluster = fileClusters - 1;
+  while (lastCluster >= 0 && (await refcounts.get(lastCluster)) === 0) lastCluster--;
+  const usedClusters = lastCluster >= 0 ? lastCluster + 1 : fileClusters;
+  const firstGuestCluster = Math.floor(fromGuestOffset / cs);
+  const dataClusters = Math.ceil(toGuestOffset / cs) - firstGuestCluster;
+  if (dataClusters <= 0) return;
+  // An overestimate: the L2 tables only need to be covered, and the range may straddle one more table.
+  const l2Tables = Math.ceil(dataClusters / image.map.l2Entries) + 1;
+  const allocationStart = await refcounts.refcountArea(usedClusters, dataClusters + l2Tables, true);
+  await refcounts.allocateAt(allocationStart, dataClusters);
+  await refcounts.writeBack();
+  await image.meta.flush();
+  const newFileSize = (allocationStart + dataClusters) * cs;
+  await image.meta.resize(Math.max(await image.meta.size(), newFileSize), mode);
+  await image.linkPreallocated(firstGuestCluster * cs, toGuestOffset, allocationStart * cs);
+}
