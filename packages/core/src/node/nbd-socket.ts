@@ -3,8 +3,7 @@
  * '/run/x.sock': No such file or directory", "address resolution failed for h:10809: Name or service not
  * known"), a connect timeout, and the transport the runtime-agnostic client runs on.
  */
-import { lookup } from "node:dns/promises";
-import * as net from "node:net";
+import type * as net from "node:net";
 import { Qcow2Error } from "@qcowkit/spec";
 import { NbdClient, type NbdClientOptions } from "../nbd/client";
 import type { NbdReceiver, NbdTransport } from "../nbd/transport";
@@ -92,6 +91,7 @@ export async function connectNbdSocket(address: NbdAddress, opts: { timeoutMs?: 
   }
   let addresses: string[];
   try {
+    const { lookup } = await import("node:dns/promises");
     addresses = (await lookup(address.host, { all: true })).map((a) => a.address);
   } catch (e) {
     throw new Qcow2Error("IO_ERROR", `address resolution failed for ${where}: ${errorText(e)}`, { errno: "EIO", cause: e });
@@ -109,7 +109,9 @@ export async function connectNbdSocket(address: NbdAddress, opts: { timeoutMs?: 
 }
 
 async function connectSocket(options: net.NetConnectOpts, where: string, timeoutMs: number): Promise<net.Socket> {
-  const socket = net.connect(options);
+  // node:net and node:dns are loaded on the first NBD connection, not by every program that links the core.
+  const { connect } = await import("node:net");
+  const socket = connect(options);
   try {
     await new Promise<void>((resolve, reject) => {
       const timer = timeoutMs > 0 ? setTimeout(() => reject(Object.assign(new Error("timeout"), { code: "ETIMEDOUT" })), timeoutMs) : undefined;
