@@ -57,6 +57,11 @@ export interface OpenImageOptions {
    * that issue one request at a time (qimg, qio). Servers keep the default 0.
    */
   syncIoBytes?: number;
+  /**
+   * Like `syncIoBytes`, for files in memory only (tmpfs, ramfs: see FileStore's `inMemorySyncIoBytes`).
+   * Servers (qnbd) set it; elsewhere their reads and writes stay on the thread pool.
+   */
+  inMemorySyncIoBytes?: number;
   onWarning?: (message: string) => void;
   repairDirty?: Qcow2OpenOptions["repairDirty"];
   /** Internal: images already open in this chain. */
@@ -97,7 +102,12 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
         ? checkSafeReference(ctx.imageName, name, "data-file", { cwd: process.cwd() })
         : resolveDataFileName(name).path!;
       if (opts.safe && stored) await assertRealPathInside(ctx.imageName, path, "data-file", name);
-      return FileStore.open(path, { readOnly: ctx.readOnly, name, syncIoBytes: opts.syncIoBytes ?? 0 });
+      return FileStore.open(path, {
+        readOnly: ctx.readOnly,
+        name,
+        syncIoBytes: opts.syncIoBytes ?? 0,
+        inMemorySyncIoBytes: opts.inMemorySyncIoBytes ?? 0,
+      });
     },
     async openBacking(name: string, format: string | undefined, ctx: ResolveContext): Promise<BlockImage> {
       try {
@@ -158,6 +168,7 @@ export async function openImage(path: string, opts: OpenImageOptions = {}): Prom
     readOnly,
     lock: imageLockMode(readOnly, opts.shareRW),
     syncIoBytes: opts.syncIoBytes ?? 0,
+    inMemorySyncIoBytes: opts.inMemorySyncIoBytes ?? 0,
   });
   try {
     let format: ImageFormat;

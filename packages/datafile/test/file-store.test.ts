@@ -1,5 +1,7 @@
 import { execFileSync, spawnSync } from "node:child_process";
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { createHook } from "node:async_hooks";
+import { existsSync, readFileSync } from "node:fs";
+import { mkdir, mkdtemp, readFile, rm, stat, statfs, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -226,6 +228,69 @@ class ShortHandle implements FileHandleLike {
     this.bytes = next;
   }
 }
+
+const TMPFS_MAGIC = 0x01021994;
+
+describe("FileStore inMemorySyncIoBytes", () => {
+  /**
+   * Writes and reads `length` bytes and reports, for each, whether it went to the thread pool (an fs request
+   * with a callback was made) or was done synchronously.
+   */
+  async function threadPoolUse(path: string, length: number, options: { inMemorySyncIoBytes?: number }) {
+    await writeFile(path, new Uint8Array(length));
+    const store = await FileStore.open(path, options);
+    let requests = 0;
+    const hook = createHook({ init: (_id, type) => void (type === "FSREQCALLBACK" && requests++) });
+    try {
+      const data = pattern(length, 9);
+      hook.enable();
+      const writing = store.write(0, data);
+      hook.disable();
+      const wroteOnPool = requests > 0;
+      await writing;
+      expectBytes(readFileSync(path), data);
+      const into = new Uint8Array(length);
+      requests = 0;
+      hook.enable();
+      const reading = store.read(0, into);
+      hook.disable();
+      const readOnPool = requests > 0;
+      if (!readOnPool) expectBytes(into, data); // done before the call returned
+      await reading;
+      expectBytes(into, data);
+      return { wroteOnPool, readOnPool };
+    } finally {
+      hook.disable();
+      await store.close();
+    }
+  }
+
+  it.skipIf(process.platform !== "linux" || !existsSync("/dev/shm"))(
+    "on tmpfs, reads and writes up to the limit are done synchronously, larger ones on the thread pool",
+    async () => {
+      const shm = await mkdtemp("/dev/shm/qcowkit-filestore-");
+      try {
+        expect((await statfs(shm)).type).toBe(TMPFS_MAGIC);
+        const path = join(shm, "f.raw");
+        expect(await threadPoolUse(path, 4 * KiB, { inMemorySyncIoBytes: 64 * KiB })).toEqual({ wroteOnPool: false, readOnPool: false });
+        expect(await threadPoolUse(path, 128 * KiB, { inMemorySyncIoBytes: 64 * KiB })).toEqual({ wroteOnPool: true, readOnPool: true });
+        expect(await threadPoolUse(path, 4 * KiB, {})).toEqual({ wroteOnPool: true, readOnPool: true });
+      } finally {
+        await rm(shm, { recursive: true, force: true });
+      }
+    },
+  );
+
+  it("on a file system on a device, reads and writes stay on the thread pool", async () => {
+    const here = join(import.meta.dirname, `.filestore-${process.pid}.raw`);
+    if ((await statfs(import.meta.dirname)).type === TMPFS_MAGIC) return; // the checkout itself is in memory
+    try {
+      expect(await threadPoolUse(here, 4 * KiB, { inMemorySyncIoBytes: 64 * KiB })).toEqual({ wroteOnPool: true, readOnPool: true });
+    } finally {
+      await rm(here, { force: true });
+    }
+  });
+});
 
 describe("FileStore short reads and writes", () => {
   it("continues short reads and writes until done, at the right positions", async () => {

@@ -1,5 +1,5 @@
 import { read as fdRead, readSync, write as fdWrite, writeSync } from "node:fs";
-import { constants, open } from "node:fs/promises";
+import { constants, open, statfs } from "node:fs/promises";
 import { Qcow2Error, type ByteStore, type StorePreallocation } from "@qcowkit/spec";
 import { printableName } from "../printable-name";
 import {
@@ -54,6 +54,14 @@ export interface FileStoreOpenOptions {
    * costs more than the copy itself; servers with many requests in flight keep the default.
    */
   syncIoBytes?: number;
+  /**
+   * Like `syncIoBytes`, but only when the file lives in memory (Linux tmpfs or ramfs, seen by statfs at open),
+   * where a read or write is a copy that never waits for a device. Servers with many requests in flight set
+   * it: a thread-pool round trip costs several times the copy there, while on other file systems their
+   * requests stay on the thread pool, where slow ones do not hold up the others. The larger of the two
+   * applies.
+   */
+  inMemorySyncIoBytes?: number;
 }
 
 export type FileStoreLockMode = "read" | "write" | "shared" | "none";
@@ -172,6 +180,8 @@ export class FileStore implements ByteStore {
     }
     const store = new FileStore(handle, name, readOnly, options.native ?? true);
     store.syncIoBytes = options.syncIoBytes ?? 0;
+    const inMemory = options.inMemorySyncIoBytes ?? 0;
+    if (inMemory > store.syncIoBytes && (await isInMemoryFile(path))) store.syncIoBytes = inMemory;
     if (lock !== "none" && store.native) {
       try {
         store.heldLock = lockImage(handle.fd, { write: lock === "write", shareWrite: lock === "shared", name });
@@ -492,6 +502,19 @@ export class FileStore implements ByteStore {
   private assertWritable(): void {
     this.assertOpen();
     if (this.readOnly) throw readOnlyError();
+  }
+}
+
+/** statfs f_type of the Linux file systems whose files are memory: tmpfs (also /dev/shm) and ramfs. */
+const memoryFileSystems = new Set([0x01021994, 0x858458f6]);
+
+/** True when `path` is on a memory file system (Linux only; false when statfs fails). */
+async function isInMemoryFile(path: string): Promise<boolean> {
+  if (process.platform !== "linux") return false;
+  try {
+    return memoryFileSystems.has((await statfs(path)).type);
+  } catch {
+    return false;
   }
 }
 
