@@ -5,6 +5,7 @@
 //   fio 4 KiB randread and randwrite at iodepth 32 through fio's nbd engine (RUNTIME seconds each).
 // Prints MB/s or IOPS for both servers, the ratio qnbd/qemu-nbd, and qnbd's peak RSS.
 // Usage: node apps/nbd/bench/bench.mjs [--format qcow2|raw|datafile] [--size-mib N] [--runtime S] [--repeat N]
+//        [--only WORD] (run only the workloads whose name contains WORD, e.g. randread; repeatable)
 // (after npm run setup)
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
@@ -22,6 +23,7 @@ const opt = (name, fallback) => {
 const sizeMiB = opt("--size-mib", 256);
 const runtime = opt("--runtime", 10);
 const repeat = opt("--repeat", 2);
+const only = args.flatMap((a, i) => (a === "--only" ? [args[i + 1]] : []));
 const formatArg = args.includes("--format") ? args[args.indexOf("--format") + 1] : "qcow2";
 const size = sizeMiB * 1024 * 1024;
 
@@ -167,7 +169,7 @@ await run("nbdcopy", ["--flush", source, servers.qnbd.uri]);
 console.log(`qnbd peak RSS after filling: ${peakRssMiB(servers.qnbd.child.pid).toFixed(0)} MiB`);
 
 const rows = [];
-for (const w of workloads) {
+for (const w of workloads.filter((w) => only.length === 0 || only.some((o) => w.name.includes(o)))) {
   const best = { "qemu-nbd": 0, qnbd: 0 };
   for (let i = 0; i < repeat; i++) {
     for (const kind of ["qemu-nbd", "qnbd"]) best[kind] = Math.max(best[kind], await w.run(servers[kind]));

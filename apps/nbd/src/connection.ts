@@ -589,7 +589,15 @@ export class NbdConnection {
       return;
     }
     const sparse = (req.flags & NBD_CMD_FLAG_DF) === 0 && length >= this.limits.sparseReadMinimum;
-    const runs = sparse ? readRuns(await dev.blockStatus(offset, length), offset, length) : [{ offset, length, zero: false }];
+    if (!sparse) {
+      // One OFFSET_DATA chunk (the common small read): no run lists on the hot path.
+      await dev.read(offset, data);
+      const h = Buffer.allocUnsafe(OFFSET_DATA_PREFIX_LENGTH);
+      writeOffsetDataPrefix(h, 0, req, offset, length, true);
+      this.send([h, data], cost, recycle);
+      return;
+    }
+    const runs = readRuns(await dev.blockStatus(offset, length), offset, length);
     const reads = await Promise.allSettled(
       runs.filter((r) => !r.zero).map((r) => dev.read(r.offset, data.subarray(r.offset - offset, r.offset - offset + r.length))),
     );

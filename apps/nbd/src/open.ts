@@ -18,6 +18,9 @@ export interface OpenExportOptions {
   safe?: boolean;
 }
 
+/** Largest read or write made synchronously on an image file in memory. */
+export const IN_MEMORY_SYNC_IO_BYTES = 64 * 1024;
+
 /** Opens the image qnbd serves. Errors are Qcow2Errors with one-line QEMU-style messages. */
 export async function openExport(file: string, opts: OpenExportOptions): Promise<BlockImage> {
   if (opts.format !== undefined && opts.format !== "raw" && opts.format !== "qcow2") {
@@ -29,6 +32,9 @@ export async function openExport(file: string, opts: OpenExportOptions): Promise
     ...(opts.discard !== undefined ? { discard: opts.discard } : {}),
     ...(opts.shareRW ? { shareRW: true } : {}),
     ...(opts.safe ? { safe: true } : {}),
+    // Images in memory (tmpfs): small reads and writes skip the thread pool, whose round trip costs several
+    // times the copy; elsewhere they stay on it, so a slow device read does not hold up the other requests.
+    inMemorySyncIoBytes: IN_MEMORY_SYNC_IO_BYTES,
   });
   return opts.format === undefined && image.format === "raw" ? new ProbedRawGuard(image) : image;
 }
