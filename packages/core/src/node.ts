@@ -62,6 +62,11 @@ export interface OpenImageOptions {
    * Servers (qnbd) set it; elsewhere their reads and writes stay on the thread pool.
    */
   inMemorySyncIoBytes?: number;
+  /**
+   * Reads up to this size are first tried from the page cache on the calling thread (see FileStore's
+   * `cachedReadBytes`; native addon, Linux). Servers (qnbd) set it.
+   */
+  cachedReadBytes?: number;
   onWarning?: (message: string) => void;
   repairDirty?: Qcow2OpenOptions["repairDirty"];
   /** Internal: images already open in this chain. */
@@ -107,6 +112,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
         name,
         syncIoBytes: opts.syncIoBytes ?? 0,
         inMemorySyncIoBytes: opts.inMemorySyncIoBytes ?? 0,
+        cachedReadBytes: opts.cachedReadBytes ?? 0,
       });
     },
     async openBacking(name: string, format: string | undefined, ctx: ResolveContext): Promise<BlockImage> {
@@ -169,6 +175,7 @@ export async function openImage(path: string, opts: OpenImageOptions = {}): Prom
     lock: imageLockMode(readOnly, opts.shareRW),
     syncIoBytes: opts.syncIoBytes ?? 0,
     inMemorySyncIoBytes: opts.inMemorySyncIoBytes ?? 0,
+    cachedReadBytes: opts.cachedReadBytes ?? 0,
   });
   try {
     let format: ImageFormat;

@@ -6,6 +6,9 @@
  *   setLock(fd, type, start, length)              fcntl(F_OFD_SETLK); false when another holder conflicts
  *   getLock(fd, type, start, length)              fcntl(F_OFD_GETLK); null or the conflicting lock
  *   fsBlockSize(fd)                               fstatfs(): { blockSize, fragmentSize }
+ *   readCached(fd, buffer, at, length, position)  preadv2(RWF_NOWAIT) on the calling thread: bytes read from
+ *                                                 the page cache, -1 if that would wait for the device, -2
+ *                                                 if this file system cannot tell
  *   features                                      which of the above this build supports
  *
  * Every fd must be a non-negative int32 and every offset or length a safe non-negative integer
@@ -31,6 +34,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #if defined(__linux__)
@@ -61,8 +65,14 @@
 #define QK_HAVE_OFD_LOCKS 0
 #endif
 
+#if defined(__linux__) && defined(RWF_NOWAIT)
+#define QK_HAVE_CACHED_READ 1
+#else
+#define QK_HAVE_CACHED_READ 0
+#endif
+
 /* Bumped whenever the exported functions change; the loader refuses a stale build. */
-#define QK_ABI_VERSION 2
+#define QK_ABI_VERSION 3
 
 /* 2^53 - 1: the largest integer a JavaScript number holds exactly. */
 #define QK_MAX_SAFE 9007199254740991.0
@@ -483,6 +493,56 @@ static napi_value fs_block_size(napi_env env, napi_callback_info info) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Reads from the page cache only                                                              */
+
+/* readCached(fd, buffer, at, length, position): preadv2(fd, buffer[at, at + length), position, RWF_NOWAIT)
+ * on the calling thread. Returns the bytes read (0 at end of file; fewer than `length` when only a first
+ * part is cached), -1 when no byte can be had without waiting for the device (EAGAIN), -2 when this file
+ * or kernel cannot read that way (EOPNOTSUPP, ENOSYS, EINVAL: tmpfs, for one). Other errors throw. A
+ * server answers cached reads this way without a thread-pool round trip, and sends the rest to the pool. */
+static napi_value read_cached(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  int fd;
+  int64_t at, length, position;
+  if (!get_args(env, info, 5, argv) || !get_fd(env, argv[0], &fd)) return NULL;
+  bool is_typed_array = false;
+  napi_is_typedarray(env, argv[1], &is_typed_array);
+  napi_typedarray_type type;
+  size_t elements = 0, byte_offset = 0;
+  void *data = NULL;
+  if (!is_typed_array ||
+      napi_get_typedarray_info(env, argv[1], &type, &elements, &data, NULL, &byte_offset) != napi_ok ||
+      type != napi_uint8_array) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG", "buffer must be a Uint8Array");
+    return NULL;
+  }
+  if (!get_byte_count(env, argv[2], "at", &at) || !get_byte_range(env, argv[4], argv[3], &position, &length)) {
+    return NULL;
+  }
+  if ((uint64_t)at + (uint64_t)length > (uint64_t)elements) {
+    napi_throw_range_error(env, "ERR_INVALID_ARG", "at + length must lie inside the buffer");
+    return NULL;
+  }
+  if (length > 0x7ffff000) length = 0x7ffff000; /* what one read(2) transfers at most */
+#if QK_HAVE_CACHED_READ
+  struct iovec piece = {.iov_base = (uint8_t *)data + at, .iov_len = (size_t)length};
+  ssize_t n;
+  do {
+    n = preadv2(fd, &piece, 1, (off_t)position, RWF_NOWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n >= 0) return number_value(env, (double)n);
+  if (errno == EAGAIN) return number_value(env, -1);
+  if (errno == EOPNOTSUPP || errno == ENOTSUP || errno == ENOSYS || errno == EINVAL) return number_value(env, -2);
+  return throw_system_error(env, errno, "preadv2");
+#else
+  (void)fd;
+  (void)data;
+  (void)position;
+  return number_value(env, -2);
+#endif
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Module                                                                                      */
 
 static void set_flag(napi_env env, napi_value object, const char *name, bool value) {
@@ -500,6 +560,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"setLock", NULL, set_lock, NULL, NULL, NULL, napi_enumerable, NULL},
       {"getLock", NULL, get_lock, NULL, NULL, NULL, napi_enumerable, NULL},
       {"fsBlockSize", NULL, fs_block_size, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"readCached", NULL, read_cached, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions) != napi_ok) {
     return NULL;
@@ -510,6 +571,7 @@ static napi_value init(napi_env env, napi_value exports) {
   set_flag(env, features, "fallocate", QK_HAVE_FALLOCATE);
   set_flag(env, features, "ofdLocks", QK_HAVE_OFD_LOCKS);
   set_flag(env, features, "statfs", QK_HAVE_STATFS);
+  set_flag(env, features, "cachedRead", QK_HAVE_CACHED_READ);
   napi_object_freeze(env, features);
   napi_set_named_property(env, exports, "features", features);
   napi_create_int32(env, QK_ABI_VERSION, &abi);

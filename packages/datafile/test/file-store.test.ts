@@ -1,12 +1,12 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHook } from "node:async_hooks";
-import { existsSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, stat, statfs, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isQcow2Error } from "@qcowkit/spec";
-import { FileStore, fromSystemError, removeFile, zeroBufferBytes, type FileHandleLike } from "../src/node";
+import { FileStore, fromSystemError, nativeFs, removeFile, zeroBufferBytes, type FileHandleLike } from "../src/node";
 import { expectBytes, pattern } from "./contract";
 
 const KiB = 1024;
@@ -288,6 +288,70 @@ describe("FileStore inMemorySyncIoBytes", () => {
       expect(await threadPoolUse(here, 4 * KiB, { inMemorySyncIoBytes: 64 * KiB })).toEqual({ wroteOnPool: true, readOnPool: true });
     } finally {
       await rm(here, { force: true });
+    }
+  });
+});
+
+describe.skipIf(process.env.QCOWKIT_NATIVE === "0" || process.platform !== "linux")("FileStore cachedReadBytes", () => {
+  /** Reads `length` bytes at `position`; reports whether the read went to the thread pool. */
+  async function readOnPool(store: FileStore, position: number, length: number, expected: Uint8Array): Promise<boolean> {
+    let requests = 0;
+    const hook = createHook({ init: (_id, type) => void (type === "FSREQCALLBACK" && requests++) });
+    const into = new Uint8Array(length);
+    hook.enable();
+    const reading = store.read(position, into);
+    hook.disable();
+    if (requests === 0) expectBytes(into, expected); // done before the call returned
+    await reading;
+    expectBytes(into, expected);
+    return requests > 0;
+  }
+
+  it("reads in the page cache are made on the calling thread, others and larger ones on the thread pool", async () => {
+    const path = join(directory, "cached.raw");
+    const data = pattern(256 * KiB, 12);
+    await writeFile(path, data);
+    const probe = openSync(path, "r");
+    const canTell = nativeFs()!.readCached(probe, new Uint8Array(1), 0, 1, 0) !== -2;
+    closeSync(probe);
+    if (!canTell) return; // the temporary folder's file system cannot tell (tmpfs): see the next test
+    const store = await FileStore.open(path, { cachedReadBytes: 64 * KiB });
+    try {
+      expect(store.usesNative).toBe(true);
+      expect(await readOnPool(store, 4096, 4096, data.subarray(4096, 8192))).toBe(false);
+      expect(await readOnPool(store, 0, 64 * KiB, data.subarray(0, 64 * KiB))).toBe(false);
+      expect(await readOnPool(store, 0, 128 * KiB, data.subarray(0, 128 * KiB))).toBe(true);
+      execFileSync("sync", [path]);
+      execFileSync("dd", [`if=${path}`, "iflag=nocache", "count=0", "status=none"]); // evict the file's pages
+      expect(await readOnPool(store, 192 * KiB, 4096, data.subarray(192 * KiB, 196 * KiB))).toBe(true);
+      expect(await readOnPool(store, 192 * KiB, 4096, data.subarray(192 * KiB, 196 * KiB))).toBe(false);
+    } finally {
+      await store.close();
+    }
+    const plain = await FileStore.open(path);
+    try {
+      expect(await readOnPool(plain, 4096, 4096, data.subarray(4096, 8192))).toBe(true);
+    } finally {
+      await plain.close();
+    }
+  });
+
+  it.skipIf(!existsSync("/dev/shm"))("on tmpfs, which cannot tell, reads go to the thread pool", async () => {
+    const shm = await mkdtemp("/dev/shm/qcowkit-filestore-");
+    try {
+      const path = join(shm, "f.raw");
+      const data = pattern(16 * KiB, 13);
+      await writeFile(path, data);
+      const store = await FileStore.open(path, { cachedReadBytes: 64 * KiB });
+      try {
+        // Either the kernel answers from tmpfs's pages (newer kernels may) or every read goes to the pool.
+        const first = await readOnPool(store, 0, 4096, data.subarray(0, 4096));
+        expect(await readOnPool(store, 4096, 4096, data.subarray(4096, 8192))).toBe(first);
+      } finally {
+        await store.close();
+      }
+    } finally {
+      await rm(shm, { recursive: true, force: true });
     }
   });
 });

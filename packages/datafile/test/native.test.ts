@@ -270,10 +270,75 @@ describe.skipIf(nativeTurnedOff)("native addon", () => {
     }
   });
 
+  describe("readCached", () => {
+    const onDisk = scratchDirectory("native-cached", tmpdir());
+
+    /** Drops a file's clean pages from the page cache (posix_fadvise DONTNEED, through dd). */
+    function evict(path: string): void {
+      execFileSync("dd", [`if=${path}`, "iflag=nocache", "count=0", "status=none"]);
+    }
+
+    it("reads cached bytes on the calling thread, -1 for bytes not in the page cache, 0 at end of file", async () => {
+      const native = requireNative();
+      const path = join(onDisk(), "cached.raw");
+      const data = new Uint8Array(64 * KiB).map((_, i) => (i * 7 + 3) & 0xff);
+      writeFileSync(path, data);
+      const handle = await open(path, "r+");
+      try {
+        await handle.sync();
+        const into = new Uint8Array(8 * KiB).fill(0xee);
+        const first = native.readCached(handle.fd, into, 100, 4 * KiB, 5000);
+        if (first === -2) return; // this file system cannot tell (tmpfs as the temporary folder)
+        expect(first).toBe(4 * KiB);
+        expect(into.subarray(100, 100 + 4 * KiB)).toEqual(data.subarray(5000, 5000 + 4 * KiB));
+        expect(into[99]).toBe(0xee);
+        expect(into[100 + 4 * KiB]).toBe(0xee);
+        expect(native.readCached(handle.fd, into, 0, 4 * KiB, 64 * KiB)).toBe(0);
+        expect(native.readCached(handle.fd, into, 0, 4 * KiB, 64 * KiB - 10)).toBe(10);
+        evict(path);
+        expect(native.readCached(handle.fd, into, 0, 4 * KiB, 32 * KiB)).toBe(-1);
+        await handle.read(new Uint8Array(4 * KiB), 0, 4 * KiB, 32 * KiB); // brings the page back
+        expect(native.readCached(handle.fd, into, 0, 4 * KiB, 32 * KiB)).toBe(4 * KiB);
+        expect(into.subarray(0, 4 * KiB)).toEqual(data.subarray(32 * KiB, 36 * KiB));
+      } finally {
+        await handle.close();
+      }
+    });
+
+    it("says -2 where the file system cannot tell, or else reads correctly (tmpfs)", async () => {
+      const native = requireNative();
+      const { handle } = await sparseFile(16 * KiB, [[4096, 4096]]);
+      try {
+        const into = new Uint8Array(4096);
+        const n = native.readCached(handle.fd, into, 0, 4096, 4096);
+        expect([-2, 4096]).toContain(n);
+        if (n === 4096) expect(into.every((b) => b === 0x5a)).toBe(true);
+      } finally {
+        await handle.close();
+      }
+    });
+
+    it("checks its arguments", async () => {
+      const native = requireNative();
+      const { handle } = await sparseFile(4096);
+      try {
+        const into = new Uint8Array(4096);
+        expect(() => native.readCached(handle.fd, into, 1, 4096, 0)).toThrow(/inside the buffer/);
+        expect(() => native.readCached(handle.fd, into, 0, 0, 0)).toThrow(/at least 1/);
+        expect(() => native.readCached(handle.fd, into, 0, 10, -1)).toThrow(RangeError);
+        expect(() => native.readCached(handle.fd, new DataView(into.buffer) as unknown as Uint8Array, 0, 10, 0)).toThrow(TypeError);
+        expect(() => native.readCached(handle.fd, new Uint16Array(8) as unknown as Uint8Array, 0, 10, 0)).toThrow(TypeError);
+        expect(() => native.readCached(unusedFd, into, 0, 10, 0)).toThrow(/Bad file descriptor/);
+      } finally {
+        await handle.close();
+      }
+    });
+  });
+
   it("declares its ABI version and the features of this platform", () => {
     const native = requireNative();
-    expect(native.abiVersion).toBe(2);
-    expect(native.features).toEqual({ seekHole: true, fallocate: true, ofdLocks: true, statfs: true });
+    expect(native.abiVersion).toBe(3);
+    expect(native.features).toEqual({ seekHole: true, fallocate: true, ofdLocks: true, statfs: true, cachedRead: true });
     expect(Object.isFrozen(native.features)).toBe(true);
   });
 });
@@ -304,7 +369,7 @@ describe("native/build.mjs", () => {
       expect(first.status).toBe(0);
       expect(first.stdout).toMatch(/built native\/build\/qcowkit_fs\.node/);
       const addon = createRequire(import.meta.url)(join(dir, "build", "qcowkit_fs.node")) as { abiVersion: number };
-      expect(addon.abiVersion).toBe(2);
+      expect(addon.abiVersion).toBe(3);
       expect(build(dir, { QCOWKIT_NATIVE: undefined, CC: undefined }).stdout).toMatch(/up to date/);
     } finally {
       await rm(dir, { recursive: true, force: true });
@@ -376,7 +441,7 @@ describe("loader", () => {
       loader.setNativeEnabled(true);
     }
     expect(loader.nativeAvailable).toBe(true);
-    expect(loader.nativeFs()?.abiVersion).toBe(2);
+    expect(loader.nativeFs()?.abiVersion).toBe(3);
     expect(loader.nativeUnavailableReason).toBeUndefined();
   });
 });

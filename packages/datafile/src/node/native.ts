@@ -8,8 +8,9 @@ import { fromSystemError, systemErrorText } from "./system-error";
 /**
  * Loader of the optional native addon `native/build/qcowkit_fs.node` (source native/qcowkit_fs.c,
  * built by native/build.mjs during `pnpm install` and `pnpm build`). It gives FileStore what
- * Node's fs lacks: lseek SEEK_DATA/SEEK_HOLE, fallocate (allocate, punch hole, zero range) and
- * open file description locks for QEMU-compatible image locking.
+ * Node's fs lacks: lseek SEEK_DATA/SEEK_HOLE, fallocate (allocate, punch hole, zero range),
+ * open file description locks for QEMU-compatible image locking, and reads from the page cache
+ * only (preadv2 RWF_NOWAIT).
  *
  * When the addon is missing (no C compiler at install time, Windows), fails to load, is a stale
  * build, or `QCOWKIT_NATIVE=0` is set, `nativeAvailable` is false, `nativeUnavailableReason` says
@@ -33,6 +34,12 @@ export interface NativeFs {
   getLock(fd: number, type: "read" | "write", start: number, length: number): NativeLockInfo | null;
   /** fstatfs(): the file system's block size (f_bsize) and fragment size (f_frsize). */
   fsBlockSize(fd: number): { blockSize: number; fragmentSize: number };
+  /**
+   * preadv2(RWF_NOWAIT) of `length` (>= 1) bytes at `position` into `buffer[at…]`, on the calling thread:
+   * the bytes read from the page cache (0 at end of file, fewer than asked when only a first part is
+   * cached), -1 when that would wait for the device, -2 when the file system or kernel cannot tell (tmpfs).
+   */
+  readCached(fd: number, buffer: Uint8Array, at: number, length: number, position: number): number;
   /** What this build of the addon supports on this platform. */
   readonly features: NativeFeatures;
   readonly abiVersion: number;
@@ -50,6 +57,8 @@ export interface NativeFeatures {
   readonly fallocate: boolean;
   readonly ofdLocks: boolean;
   readonly statfs: boolean;
+  /** readCached can answer (Linux with preadv2 and RWF_NOWAIT); else it always returns -2. */
+  readonly cachedRead: boolean;
 }
 
 /** A lock reported by F_OFD_GETLK. `length` 0 means "to end of file"; `pid` is -1 for OFD locks. */
@@ -61,7 +70,7 @@ export interface NativeLockInfo {
 }
 
 /** The ABI version native/qcowkit_fs.c declares; a build reporting another one is stale. */
-const expectedAbiVersion = 2;
+const expectedAbiVersion = 3;
 const addonFile = "native/build/qcowkit_fs.node";
 
 /** True when the native addon is loaded and in use. */
