@@ -6,6 +6,7 @@
 // Prints MB/s or IOPS for both servers, the ratio qnbd/qemu-nbd, and qnbd's peak RSS.
 // Usage: node apps/nbd/bench/bench.mjs [--format qcow2|raw|datafile] [--size-mib N] [--runtime S] [--repeat N]
 //        [--only WORD] (run only the workloads whose name contains WORD, e.g. randread; repeatable)
+//        [--dir DIR] (where the images go; default /dev/shm, tmpfs)
 // (after npm run setup)
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
@@ -32,7 +33,8 @@ if (!fs.existsSync(path.join(appDir, "dist", "qnbd.js"))) {
   process.exit(1);
 }
 
-const dir = fs.mkdtempSync("/dev/shm/qnbd-bench-");
+const baseDir = args.includes("--dir") ? args[args.indexOf("--dir") + 1] : "/dev/shm";
+const dir = fs.mkdtempSync(path.join(baseDir, "qnbd-bench-"));
 const children = new Set();
 const cleanup = () => {
   for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");

@@ -35,6 +35,8 @@ export async function openExport(file: string, opts: OpenExportOptions): Promise
     // Images in memory (tmpfs): small reads and writes skip the thread pool, whose round trip costs several
     // times the copy; elsewhere they stay on it, so a slow device read does not hold up the other requests.
     inMemorySyncIoBytes: IN_MEMORY_SYNC_IO_BYTES,
+    // Elsewhere, reads the page cache can answer at once are made on this thread too (native addon, Linux).
+    cachedReadBytes: IN_MEMORY_SYNC_IO_BYTES,
   });
   return opts.format === undefined && image.format === "raw" ? new ProbedRawGuard(image) : image;
 }
