@@ -242,47 +242,51 @@ export async function createSnapshot(image: Qcow2Image, name: string, opts: NewS
   refuseDataFile(image);
   return image.lock.write(async () => {
     await image.flushUnlocked();
-    const id = newSnapshotId(image);
-    if (image.snapshots.some((s) => s.id === id)) throw new Qcow2Error("INVALID_ARGUMENT", "File exists", { errno: "EEXIST" });
-    const cs = image.clusterSize;
-    const now = Date.now();
-    const l1 = image.l1;
-    const l1Bytes = l1.size * 8;
-    let l1Offset = 0;
-    const applied: Array<[number, number]> = [];
-    try {
-      if (l1Bytes > 0) {
-        const clusters = Math.ceil(l1Bytes / cs);
-        l1Offset = (await image.refcounts.allocate(clusters)) * cs;
-        await image.meta.write(l1Offset, l1.bytes.slice(0, l1Bytes));
-      }
-      await referenceTree(image, l1.bytes, l1.size, 1, applied);
-    } catch (e) {
-      // The references taken are dropped again; the L1 copy stays allocated (a leak, as QEMU leaves it).
-      await rollback(image, applied);
-      await image.refcounts.writeBack();
-      await image.meta.flush();
-      throw e;
-    }
-    await recomputeCopiedFlags(image);
-    await persist(image);
-    const entry: SnapshotEntry = {
-      l1TableOffset: l1Offset,
-      l1Size: l1.size,
-      id,
-      name,
-      dateSeconds: opts.dateSeconds ?? Math.floor(now / 1000),
-      dateNanoseconds: opts.dateNanoseconds ?? (now % 1000) * 1_000_000,
-      vmClockNanoseconds: opts.vmClockNanoseconds ?? 0,
-      vmStateSize: 0,
-      diskSize: image.virtualSize,
-      icount: opts.icount ?? 0n,
-      unknownExtraData: new Uint8Array(0),
-    };
-    await writeSnapshotTable(image, [...image.snapshots, entry]);
-    image.metadataChanged();
-    return image.snapshots[image.snapshots.length - 1]!;
+    return image.withDirtyBit(() => createSnapshotUnlocked(image, name, opts));
   });
+}
+
+async function createSnapshotUnlocked(image: Qcow2Image, name: string, opts: NewSnapshotOptions): Promise<SnapshotInfo> {
+  const id = newSnapshotId(image);
+  if (image.snapshots.some((s) => s.id === id)) throw new Qcow2Error("INVALID_ARGUMENT", "File exists", { errno: "EEXIST" });
+  const cs = image.clusterSize;
+  const now = Date.now();
+  const l1 = image.l1;
+  const l1Bytes = l1.size * 8;
+  let l1Offset = 0;
+  const applied: Array<[number, number]> = [];
+  try {
+    if (l1Bytes > 0) {
+      const clusters = Math.ceil(l1Bytes / cs);
+      l1Offset = (await image.refcounts.allocate(clusters)) * cs;
+      await image.meta.write(l1Offset, l1.bytes.slice(0, l1Bytes));
+    }
+    await referenceTree(image, l1.bytes, l1.size, 1, applied);
+  } catch (e) {
+    // The references taken are dropped again; the L1 copy stays allocated (a leak, as QEMU leaves it).
+    await rollback(image, applied);
+    await image.refcounts.writeBack();
+    await image.meta.flush();
+    throw e;
+  }
+  await recomputeCopiedFlags(image);
+  await persist(image);
+  const entry: SnapshotEntry = {
+    l1TableOffset: l1Offset,
+    l1Size: l1.size,
+    id,
+    name,
+    dateSeconds: opts.dateSeconds ?? Math.floor(now / 1000),
+    dateNanoseconds: opts.dateNanoseconds ?? (now % 1000) * 1_000_000,
+    vmClockNanoseconds: opts.vmClockNanoseconds ?? 0,
+    vmStateSize: 0,
+    diskSize: image.virtualSize,
+    icount: opts.icount ?? 0n,
+    unknownExtraData: new Uint8Array(0),
+  };
+  await writeSnapshotTable(image, [...image.snapshots, entry]);
+  image.metadataChanged();
+  return image.snapshots[image.snapshots.length - 1]!;
 }
 
 /**
@@ -307,36 +311,41 @@ export async function applySnapshot(image: Qcow2Image, idOrName: string): Promis
   }
   await image.lock.write(async () => {
     await image.flushUnlocked();
-    if (sn.l1Size > image.l1.size) await image.growL1(sn.l1Size);
-    const cur = image.l1;
-    const newBytes = await readL1(image, sn.l1TableOffset, sn.l1Size, cur.size);
-    const applied: Array<[number, number]> = [];
-    try {
-      await referenceTree(image, newBytes, sn.l1Size, 1, applied);
-    } catch (e) {
-      await rollback(image, applied);
-      throw e;
-    }
-    await image.refcounts.writeBack();
-    await image.meta.flush();
-    // The new active table is durable before the old tables lose their reference.
-    await image.meta.write(cur.hostOffset, newBytes);
-    await image.meta.flush();
-    const old = cur.bytes.slice();
-    const next = new L1Table(cur.hostOffset, cur.size, newBytes);
-    image.l1 = next;
-    image.map.l1 = next;
-    image.metadataChanged();
-    await referenceTree(image, old, cur.size, -1, []);
-    await image.writeback();
-    for (let i = 0; i < cur.size; i++) {
-      const off = l1EntryL2Offset(viewOf(old), i);
-      if (off !== 0 && (await image.refcounts.get(off / image.clusterSize)) === 0) image.l2Cache.delete(off);
-    }
-    await recomputeCopiedFlags(image);
-    await persist(image);
-    image.metadataChanged();
+    await image.withDirtyBit(() => applySnapshotTables(image, sn));
   });
+}
+
+/** The table switch of applySnapshot (exclusive lock held). */
+async function applySnapshotTables(image: Qcow2Image, sn: SnapshotEntry): Promise<void> {
+  if (sn.l1Size > image.l1.size) await image.growL1(sn.l1Size);
+  const cur = image.l1;
+  const newBytes = await readL1(image, sn.l1TableOffset, sn.l1Size, cur.size);
+  const applied: Array<[number, number]> = [];
+  try {
+    await referenceTree(image, newBytes, sn.l1Size, 1, applied);
+  } catch (e) {
+    await rollback(image, applied);
+    throw e;
+  }
+  await image.refcounts.writeBack();
+  await image.meta.flush();
+  // The new active table is durable before the old tables lose their reference.
+  await image.meta.write(cur.hostOffset, newBytes);
+  await image.meta.flush();
+  const old = cur.bytes.slice();
+  const next = new L1Table(cur.hostOffset, cur.size, newBytes);
+  image.l1 = next;
+  image.map.l1 = next;
+  image.metadataChanged();
+  await referenceTree(image, old, cur.size, -1, []);
+  await image.writeback();
+  for (let i = 0; i < cur.size; i++) {
+    const off = l1EntryL2Offset(viewOf(old), i);
+    if (off !== 0 && (await image.refcounts.get(off / image.clusterSize)) === 0) image.l2Cache.delete(off);
+  }
+  await recomputeCopiedFlags(image);
+  await persist(image);
+  image.metadataChanged();
 }
 
 /** Delete the first snapshot matching `id` and `name` (either may be omitted). */
@@ -348,19 +357,24 @@ export async function deleteSnapshot(image: Qcow2Image, which: { id?: string; na
     if (index < 0) throw new Qcow2Error("NOT_FOUND", "Can't find the snapshot", { errno: "ENOENT" });
     const sn = image.snapshots[index]!;
     validateSnapshotL1(image, sn);
-    const rest = image.snapshots.filter((_, i) => i !== index);
-    await writeSnapshotTable(image, rest);
-    const l1 = await readL1(image, sn.l1TableOffset, sn.l1Size);
-    await referenceTree(image, l1, sn.l1Size, -1, []);
-    if (sn.l1Size > 0) image.refcounts.deferFree(sn.l1TableOffset / image.clusterSize, Math.ceil((sn.l1Size * 8) / image.clusterSize), true);
-    await image.writeback();
-    const v = viewOf(l1);
-    for (let i = 0; i < sn.l1Size; i++) {
-      const off = l1EntryL2Offset(v, i);
-      if (off !== 0 && (await image.refcounts.get(off / image.clusterSize)) === 0) image.l2Cache.delete(off);
-    }
-    await recomputeCopiedFlags(image);
-    await persist(image);
-    image.metadataChanged();
+    await image.withDirtyBit(() => deleteSnapshotTables(image, index, sn));
   });
+}
+
+/** The table changes of deleteSnapshot (exclusive lock held). */
+async function deleteSnapshotTables(image: Qcow2Image, index: number, sn: SnapshotEntry): Promise<void> {
+  const rest = image.snapshots.filter((_, i) => i !== index);
+  await writeSnapshotTable(image, rest);
+  const l1 = await readL1(image, sn.l1TableOffset, sn.l1Size);
+  await referenceTree(image, l1, sn.l1Size, -1, []);
+  if (sn.l1Size > 0) image.refcounts.deferFree(sn.l1TableOffset / image.clusterSize, Math.ceil((sn.l1Size * 8) / image.clusterSize), true);
+  await image.writeback();
+  const v = viewOf(l1);
+  for (let i = 0; i < sn.l1Size; i++) {
+    const off = l1EntryL2Offset(v, i);
+    if (off !== 0 && (await image.refcounts.get(off / image.clusterSize)) === 0) image.l2Cache.delete(off);
+  }
+  await recomputeCopiedFlags(image);
+  await persist(image);
+  image.metadataChanged();
 }

@@ -15,7 +15,7 @@ import { amendQcow2, type AmendOptions } from "../../src/amend";
 import { checkImage, type CheckReport } from "../../src/check";
 import { createQcow2, type Qcow2CreateOptions } from "../../src/create";
 import { Qcow2Image } from "../../src/qcow2-image";
-import { createSnapshot, deleteSnapshot } from "../../src/snapshot-ops";
+import { applySnapshot, createSnapshot, deleteSnapshot } from "../../src/snapshot-ops";
 
 export type Step =
   | { op: "write"; offset: number; length: number; pattern: number; compressed?: boolean }
@@ -25,6 +25,7 @@ export type Step =
   | { op: "resize"; size: number }
   | { op: "snapshot"; name: string }
   | { op: "delete-snapshot"; name: string }
+  | { op: "apply-snapshot"; name: string }
   | { op: "amend"; options: AmendOptions };
 
 export interface Workload {
@@ -105,6 +106,8 @@ export class PowerDomain {
 
 /** A guest-content model: what reads must return. */
 class Model {
+  /** Guest content of each internal snapshot, by name. */
+  readonly snapshots = new Map<string, Uint8Array>();
   constructor(public bytes: Uint8Array) {}
 }
 
@@ -280,6 +283,8 @@ async function runStep(image: Qcow2Image, step: Step): Promise<void> {
       return;
     case "delete-snapshot":
       return deleteSnapshot(image, { name: step.name });
+    case "apply-snapshot":
+      return applySnapshot(image, step.name);
     case "amend":
       return amendQcow2(image, step.options);
   }
@@ -307,6 +312,15 @@ function applyToModel(model: Model, step: Step, backingModel: (o: number) => num
       void backingModel;
       return;
     }
+    case "snapshot":
+      model.snapshots.set(step.name, model.bytes.slice());
+      return;
+    case "delete-snapshot":
+      model.snapshots.delete(step.name);
+      return;
+    case "apply-snapshot":
+      model.bytes = model.snapshots.get(step.name)!.slice();
+      return;
     default:
       return;
   }
@@ -328,6 +342,11 @@ function allowance(step: Step, model: Model, backingModel: (o: number) => number
         return [{ offset: step.size, length: model.bytes.byteLength - step.size, bytes: undefined }];
       }
       return [];
+    case "apply-snapshot": {
+      // Until the apply is flushed, the disk may read as before or as the snapshot (same size here).
+      const snap = model.snapshots.get(step.name)!;
+      return [{ offset: 0, length: snap.byteLength, bytes: snap }];
+    }
     default:
       return [];
   }
