@@ -22,7 +22,12 @@ function mul(a: number, b: number): number {
 
 const rotr8 = (w: number) => ((w >>> 8) | (w << 24)) >>> 0;
 
-(function buildTables() {
+/** The tables are built on the first key (not at import: every program that links the core would pay). */
+let tablesBuilt = false;
+
+function buildTables(): void {
+  if (tablesBuilt) return;
+  tablesBuilt = true;
   // Powers and logarithms of the generator 0x03.
   const exp = new Uint8Array(255);
   const log = new Uint8Array(256);
@@ -48,7 +53,7 @@ const rotr8 = (w: number) => ((w >>> 8) | (w << 24)) >>> 0;
       DEC[t][i] = dw;
     }
   }
-})();
+}
 
 const RCON = [0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0x1b, 0x36];
 
@@ -73,6 +78,7 @@ export class Aes {
 
   /** `key`: 16, 24 or 32 bytes. */
   constructor(key: Uint8Array) {
+    buildTables();
     const nk = key.byteLength / 4;
     if (nk !== 4 && nk !== 6 && nk !== 8) {
       throw new Qcow2Error("INVALID_ARGUMENT", `Invalid AES key length ${key.byteLength}`);
