@@ -666,8 +666,9 @@ export class Qcow2Image implements BlockImage {
       const off = this.l1.l2Offset(i);
       if (off) set.add(Math.floor(off / this.clusterSize));
     }
+    const reftable = viewOf(this.refcounts.reftable);
     for (let i = 0; i < this.refcounts.reftableEntries; i++) {
-      const off = getU64(viewOf(this.refcounts.reftable), i * 8) - (viewOf(this.refcounts.reftable).getUint32(i * 8 + 4) & 0x1ff);
+      const off = getU64(reftable, i * 8) - (reftable.getUint32(i * 8 + 4) & 0x1ff);
       if (off) set.add(Math.floor(off / this.clusterSize));
     }
     this.metadataClusters = set;
