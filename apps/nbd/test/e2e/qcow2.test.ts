@@ -85,6 +85,60 @@ describe("serving qcow2 images", () => {
     });
   }
 
+  it("data-file image: nbdcopy, fio and qemu-img read-write over TCP, then every client read-only over a Unix socket", async () => {
+    const img = p("dfall.qcow2");
+    const data = p("dfall.raw");
+    const src = p("dfall-src.raw");
+    fs.writeFileSync(src, Buffer.concat([patternBytes(6 * MiB, 7), Buffer.alloc(4 * MiB), patternBytes(6 * MiB, 9)]));
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", "-o", `data_file=${data},data_file_raw=on`, img, "32M"]);
+    // Read-write over TCP: nbdcopy writes the first half, fio writes and verifies the second half.
+    const port = await freePort();
+    const rw = await qnbd(["-b", "127.0.0.1", "-p", String(port), "-f", "qcow2", "-e", "4", "-t", img]);
+    const tcp = `nbd://127.0.0.1:${port}/`;
+    await runOk("nbdcopy", ["--connections=4", "--flush", src, tcp]);
+    const fio = await run("fio", [
+      "--name=v", "--ioengine=nbd", `--uri=${tcp}`, "--rw=randwrite", "--bs=4k", "--iodepth=32", "--offset=16M",
+      "--size=16M", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--output-format=json",
+    ]);
+    expect(fio.code, fio.stderr).toBe(0);
+    expect(JSON.parse(fio.stdout.slice(fio.stdout.indexOf("{"))).jobs[0].error).toBe(0);
+    const viaNbd = p("dfall-nbd.raw");
+    await runOk("qemu-img", ["convert", "-f", "raw", "-O", "raw", tcp, viaNbd]);
+    rw.child.kill("SIGTERM");
+    expect(await rw.exited).toBe(0);
+    // The image holds exactly what the clients wrote, and its data file is that same disk, raw.
+    expect((await run("qemu-img", ["check", img])).code).toBe(0);
+    expect((await run("qemu-img", ["compare", "-f", "raw", "-F", "qcow2", viaNbd, img])).stdout).toContain("Images are identical.");
+    expect((await run("qemu-img", ["compare", "-f", "raw", "-F", "qcow2", data, img])).stdout).toContain("Images are identical.");
+    expect(Buffer.compare(fs.readFileSync(viaNbd).subarray(0, 16 * MiB), fs.readFileSync(src))).toBe(0);
+    const before = fs.readFileSync(data);
+
+    // Read-only over a Unix socket: every client reads, no write gets through.
+    const sock = p("dfall.sock");
+    const ro = await qnbd(["-k", sock, "-r", "-f", "qcow2", "-e", "4", "-t", img]);
+    const unix = `nbd+unix:///?socket=${sock}`;
+    expect((await run("nbdinfo", ["--can", "write", unix])).code).not.toBe(0);
+    const back = p("dfall-back.raw");
+    await runOk("nbdcopy", ["--connections=4", unix, back]);
+    expect(Buffer.compare(fs.readFileSync(back), fs.readFileSync(viaNbd))).toBe(0);
+    const reads = await run("qemu-io", ["-r", "-f", "raw", "-c", "read -P 0 6M 4M", unix]);
+    expect(reads.stdout).toContain("read 4194304/4194304 bytes at offset 6291456");
+    expect(reads.stdout).not.toContain("Pattern verification failed");
+    const write = await run("qemu-io", ["-f", "raw", "-c", "write -P 0x55 0 64k", unix]);
+    expect(write.code).not.toBe(0);
+    const fioRead = await run("fio", [
+      "--name=r", "--ioengine=nbd", `--uri=${unix}`, "--rw=randread", "--bs=4k", "--iodepth=32", "--size=32M",
+      "--readonly", "--output-format=json",
+    ]);
+    expect(fioRead.code, fioRead.stderr).toBe(0);
+    expect(JSON.parse(fioRead.stdout.slice(fioRead.stdout.indexOf("{"))).jobs[0].error).toBe(0);
+    expect((await run("qemu-img", ["compare", "-f", "raw", "-F", "raw", viaNbd, unix])).stdout).toContain("Images are identical.");
+    ro.child.kill("SIGTERM");
+    expect(await ro.exited).toBe(0);
+    expect(Buffer.compare(fs.readFileSync(data), before)).toBe(0);
+    expect((await run("qemu-img", ["check", img])).code).toBe(0);
+  });
+
   it("nbdcopy over 4 connections into a fresh qcow2 image, then back out; qemu-img compare agrees", async () => {
     const img = p("copy.qcow2");
     const src = p("copy-src.raw");
