@@ -17,10 +17,9 @@ export async function preallocateHostSpace(
   const refcounts: Refcounts = image.refcounts;
   await image.writeback();
   await refcounts.writeBack();
-  // QEMU's qcow2_get_last_cluster: the used part of the file ends after the last cluster with a reference.
+  // The used part of the file ends after the last cluster with a reference.
   const fileClusters = Math.ceil((await image.meta.size()) / cs);
-  let lastCluster = fileClusters - 1;
-  while (lastCluster >= 0 && (await refcounts.get(lastCluster)) === 0) lastCluster--;
+  const lastCluster = await refcounts.lastReferenced(fileClusters);
   const usedClusters = lastCluster >= 0 ? lastCluster + 1 : fileClusters;
   const firstGuestCluster = Math.floor(fromGuestOffset / cs);
   const dataClusters = Math.ceil(toGuestOffset / cs) - firstGuestCluster;

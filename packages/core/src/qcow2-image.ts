@@ -396,15 +396,14 @@ export class Qcow2Image implements BlockImage {
    * Run `update`, which changes refcounts and then COPIED flags in separate steps (snapshot create, apply and
    * delete), with the dirty bit set on a clean v3 image: a power loss in between leaves a dirty image, which
    * the next read-write open repairs, instead of COPIED flags that disagree with the refcounts. Everything is
-   * on disk before the bit is cleared. A refusal that `update` rolled back clears it too; if writing back
-   * fails, the bit stays and the next read-write open repairs the image.
-   * (QEMU 7.2 leaves that window open; the final image is the same byte for byte.)
+   * on disk before the bit is cleared (refcounts included: with the bit set, writeback treats a
+   * lazy-refcount image as dirty and leaves them cached). A refusal that `update` rolled back clears it too;
+   * if writing back fails, the bit stays and the next read-write open repairs the image. Callers flush before
+   * (their consistent cached state may reach disk under the bit). (QEMU 7.2 leaves that window open; the
+   * final image is the same byte for byte.)
    */
   async withDirtyBit<T>(update: () => Promise<T>): Promise<T> {
     if (this.version < 3 || this.isDirty || this.readOnly) return update();
-    await this.writeback();
-    await this.refcounts.writeBack();
-    await this.meta.flush();
     this.hdr.header.incompatibleFeatures |= INCOMPAT_DIRTY;
     await this.writeIncompatibleFeatures();
     const settle = async () => {
@@ -1573,8 +1572,8 @@ export class Qcow2Image implements BlockImage {
   private async truncateMetaTail(): Promise<void> {
     const cs = this.clusterSize;
     const size = await this.meta.size();
-    let last = Math.ceil(size / cs) - 1;
-    while (last > 0 && (await this.refcounts.get(last)) === 0) last--;
+    // Cluster 0 (the header) always stays.
+    const last = Math.max(0, await this.refcounts.lastReferenced(Math.ceil(size / cs)));
     const newEnd = (last + 1) * cs;
     if (newEnd < size) {
       await this.meta.resize(newEnd);

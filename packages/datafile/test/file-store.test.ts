@@ -231,6 +231,18 @@ class ShortHandle implements FileHandleLike {
 
 const TMPFS_MAGIC = 0x01021994;
 
+/** Calls `start` and counts the fs requests with a callback (thread-pool work) it made before returning. */
+function poolRequestsOf<T>(start: () => T): { result: T; requests: number } {
+  let requests = 0;
+  const hook = createHook({ init: (_id, type) => void (type === "FSREQCALLBACK" && requests++) });
+  hook.enable();
+  try {
+    return { result: start(), requests };
+  } finally {
+    hook.disable();
+  }
+}
+
 describe("FileStore inMemorySyncIoBytes", () => {
   /**
    * Writes and reads `length` bytes and reports, for each, whether it went to the thread pool (an fs request
@@ -239,28 +251,20 @@ describe("FileStore inMemorySyncIoBytes", () => {
   async function threadPoolUse(path: string, length: number, options: { inMemorySyncIoBytes?: number }) {
     await writeFile(path, new Uint8Array(length));
     const store = await FileStore.open(path, options);
-    let requests = 0;
-    const hook = createHook({ init: (_id, type) => void (type === "FSREQCALLBACK" && requests++) });
     try {
       const data = pattern(length, 9);
-      hook.enable();
-      const writing = store.write(0, data);
-      hook.disable();
-      const wroteOnPool = requests > 0;
-      await writing;
+      const writing = poolRequestsOf(() => store.write(0, data));
+      const wroteOnPool = writing.requests > 0;
+      await writing.result;
       expectBytes(readFileSync(path), data);
       const into = new Uint8Array(length);
-      requests = 0;
-      hook.enable();
-      const reading = store.read(0, into);
-      hook.disable();
-      const readOnPool = requests > 0;
+      const reading = poolRequestsOf(() => store.read(0, into));
+      const readOnPool = reading.requests > 0;
       if (!readOnPool) expectBytes(into, data); // done before the call returned
-      await reading;
+      await reading.result;
       expectBytes(into, data);
       return { wroteOnPool, readOnPool };
     } finally {
-      hook.disable();
       await store.close();
     }
   }
@@ -295,16 +299,12 @@ describe("FileStore inMemorySyncIoBytes", () => {
 describe.skipIf(process.env.QCOWKIT_NATIVE === "0" || process.platform !== "linux")("FileStore cachedReadBytes", () => {
   /** Reads `length` bytes at `position`; reports whether the read went to the thread pool. */
   async function readOnPool(store: FileStore, position: number, length: number, expected: Uint8Array): Promise<boolean> {
-    let requests = 0;
-    const hook = createHook({ init: (_id, type) => void (type === "FSREQCALLBACK" && requests++) });
     const into = new Uint8Array(length);
-    hook.enable();
-    const reading = store.read(position, into);
-    hook.disable();
-    if (requests === 0) expectBytes(into, expected); // done before the call returned
-    await reading;
+    const reading = poolRequestsOf(() => store.read(position, into));
+    if (reading.requests === 0) expectBytes(into, expected); // done before the call returned
+    await reading.result;
     expectBytes(into, expected);
-    return requests > 0;
+    return reading.requests > 0;
   }
 
   it("reads in the page cache are made on the calling thread, others and larger ones on the thread pool", async () => {

@@ -157,6 +157,16 @@ export class Refcounts {
   }
 
   /**
+   * The highest cluster below `clusterCount` with a non-zero refcount, or -1 when there is none (QEMU's
+   * qcow2_get_last_cluster, given the file's size in clusters).
+   */
+  async lastReferenced(clusterCount: number): Promise<number> {
+    let last = clusterCount - 1;
+    while (last >= 0 && (await this.get(last)) === 0) last--;
+    return last;
+  }
+
+  /**
    * Add `delta` to the refcounts of clusters [clusterIndex, clusterIndex + count). Creates refcount blocks
    * (and grows the table) as needed. Throws ERANGE on overflow and CORRUPT below zero; nothing is changed
    * when it throws for a cluster of the range.
