@@ -1,4 +1,5 @@
 /** The guest-facing surface shared by every image kind (docs/core-api.md). */
+import type { StoreRun, StoreSlice } from "./store-slice";
 
 /** One run of guest bytes with the same allocation status. */
 export interface BlockStatusExtent {
@@ -67,6 +68,16 @@ export interface BlockImage {
   resize(newVirtualSize: number, opts?: ResizeOptions): Promise<void>;
   listBitmaps?(): Promise<BitmapInfo[]>;
   bitmapStatus?(name: string, guestOffset: number, byteLength: number): Promise<{ offset: number; length: number; dirty: boolean }[]>;
+  /**
+   * Where the guest bytes of a range are stored as they are, in guest order (a raw file; plain clusters of
+   * an unencrypted qcow2 image), or undefined when some of them are not (zeros, compressed, backing, encrypted).
+   */
+  storeRuns?(guestOffset: number, byteLength: number): Promise<StoreRun[] | undefined>;
+  /**
+   * Write guest data held in byte stores, copied store to store without passing through memory; false,
+   * with nothing written, when this image cannot (the caller then reads the bytes and writes them).
+   */
+  writeFromStores?(guestOffset: number, data: StoreSlice): Promise<boolean>;
   close(): Promise<void>;
 }
 

@@ -15,6 +15,8 @@
 import { isAllZero } from "@qcowkit/spec";
 import type { BlockImage, BlockStatusExtent } from "./block-image";
 import { Qcow2Image } from "./qcow2-image";
+import { RawImage } from "./raw-image";
+import { StoreSlice, type StoreRun } from "./store-slice";
 
 const SECTOR = 512;
 /** qemu-img's IO_BUF_SIZE. */
@@ -150,12 +152,15 @@ function sectorIsZero(words: Uint32Array, buf: Uint8Array, sector: number): bool
   return true;
 }
 
+/** Whether sector `s` (counted from the start of the chunk) reads as zeros. */
+type ZeroAt = (s: number) => boolean;
+
 /** is_allocated_sectors: is the first sector data, and how many sectors share that state (aligned). */
-function allocatedSectors(words: Uint32Array, buf: Uint8Array, first: number, n: number, sectorNum: number, alignment: number): { data: boolean; count: number } {
+function allocatedSectors(zeroAt: ZeroAt, first: number, n: number, sectorNum: number, alignment: number): { data: boolean; count: number } {
   if (n <= 0) return { data: false, count: 0 };
-  let isZero = sectorIsZero(words, buf, first);
+  let isZero = zeroAt(first);
   let i = 1;
-  while (i < n && sectorIsZero(words, buf, first + i) === isZero) i++;
+  while (i < n && zeroAt(first + i) === isZero) i++;
   if (i === n) return { data: !isZero, count: i };
   const tail = (sectorNum + i) & (alignment - 1);
   if (tail) {
@@ -167,9 +172,9 @@ function allocatedSectors(words: Uint32Array, buf: Uint8Array, first: number, n:
 }
 
 /** is_allocated_sectors_min: data runs absorb zero runs shorter than `min` sectors. */
-function allocatedSectorsMin(words: Uint32Array, buf: Uint8Array, first: number, n: number, min: number, sectorNum: number, alignment: number): { data: boolean; count: number } {
+function allocatedSectorsMin(zeroAt: ZeroAt, first: number, n: number, min: number, sectorNum: number, alignment: number): { data: boolean; count: number } {
   if (n < min) min = n;
-  const r = allocatedSectors(words, buf, first, n, sectorNum, alignment);
+  const r = allocatedSectors(zeroAt, first, n, sectorNum, alignment);
   if (!r.data) return r;
   let used = r.count;
   let checked = used;
@@ -177,7 +182,7 @@ function allocatedSectorsMin(words: Uint32Array, buf: Uint8Array, first: number,
   let at = first + used;
   let sec = sectorNum + used;
   while (left > 0) {
-    const s = allocatedSectors(words, buf, at, left, sec, alignment);
+    const s = allocatedSectors(zeroAt, at, left, sec, alignment);
     at += s.count;
     left -= s.count;
     sec += s.count;
@@ -206,6 +211,41 @@ interface Pending {
   read: Promise<void>;
 }
 
+/** Consecutive data chunks of one source copied store to store together (see copyFromStores). */
+const BATCH_BYTES = 64 * 1024 * 1024;
+
+/** A data or zero segment of a chunk, in bytes from the chunk's start. */
+interface Segment {
+  from: number;
+  to: number;
+  data: boolean;
+}
+
+/**
+ * The chunks again, consecutive data chunks of one source grouped in arrays of at most BATCH_BYTES (the
+ * units copied store to store); other chunks one by one.
+ */
+async function* batchesOf(chunks: AsyncGenerator<Chunk>): AsyncGenerator<Chunk[] | Chunk> {
+  let batch: Chunk[] = [];
+  let bytes = 0;
+  for await (const c of chunks) {
+    const last = batch[batch.length - 1];
+    const joins = c.status === "data" && last !== undefined && last.source === c.source && last.sourceOffset + last.length === c.sourceOffset && bytes + c.length <= BATCH_BYTES;
+    if (!joins && batch.length > 0) {
+      yield batch;
+      batch = [];
+      bytes = 0;
+    }
+    if (c.status === "data") {
+      batch.push(c);
+      bytes += c.length;
+    } else {
+      yield c;
+    }
+  }
+  if (batch.length > 0) yield batch;
+}
+
 /** Copy `sources` (concatenated) into `target`, which must be at least as large. */
 export async function convertImages(sources: BlockImage[], target: BlockImage, opts: ConvertOptions = {}): Promise<void> {
   const sparseBytes = opts.sparseBytes ?? 4096;
@@ -223,20 +263,10 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
   let toCopy = 0;
   if (opts.onProgress) for await (const c of planChunks(sources, plan)) if (counts(c)) toCopy += c.length;
   let copied = 0;
-
-  // Buffers stay at QEMU's 2 MiB: the data read is still in the CPU caches when it is written (larger
-  // buffers measured slower on tmpfs).
-  const readAhead = Math.max(1, opts.readAhead ?? 2);
-  const free: Uint8Array[] = [];
-  const startRead = (chunk: Chunk): Pending => {
-    if (chunk.status !== "data") return { chunk, buf: undefined, read: Promise.resolve() };
-    const buf = (free.pop() ?? new Uint8Array(IO_BUFFER_BYTES)).subarray(0, chunk.length);
-    const read = chunk.source.read(chunk.sourceOffset, buf).catch((e: unknown) => {
-      throw new ConvertFailure("read", chunk.offset, e);
-    });
-    // Handled when its turn comes; never an unhandled rejection meanwhile.
-    read.catch(() => undefined);
-    return { chunk, buf, read };
+  const chunkDone = (c: Chunk) => {
+    if (!counts(c)) return;
+    copied += c.length;
+    opts.onProgress?.(toCopy > 0 ? (100 * copied) / toCopy : 100);
   };
 
   const zeroTarget = async (offset: number, length: number) => {
@@ -245,21 +275,20 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
   };
 
   /** Data runs of a chunk (written) and zero runs of at least -S sectors (holes), as QEMU splits a chunk. */
-  const segments = (chunk: Chunk, buf: Uint8Array): Array<{ from: number; to: number; data: boolean }> => {
-    if (minSparse === 0) return [{ from: 0, to: buf.byteLength, data: true }];
-    const out: Array<{ from: number; to: number; data: boolean }> = [];
-    const words = wordsOf(buf.subarray(0, buf.byteLength & ~3));
-    const sectors = Math.ceil(buf.byteLength / SECTOR);
+  const segments = (chunk: Chunk, zeroAt: ZeroAt): Segment[] => {
+    if (minSparse === 0) return [{ from: 0, to: chunk.length, data: true }];
+    const out: Segment[] = [];
+    const sectors = Math.ceil(chunk.length / SECTOR);
     for (let s = 0; s < sectors; ) {
-      const r = allocatedSectorsMin(words, buf, s, sectors - s, minSparse, chunk.offset / SECTOR + s, alignment);
-      out.push({ from: s * SECTOR, to: Math.min(buf.byteLength, (s + r.count) * SECTOR), data: r.data });
+      const r = allocatedSectorsMin(zeroAt, s, sectors - s, minSparse, chunk.offset / SECTOR + s, alignment);
+      out.push({ from: s * SECTOR, to: Math.min(chunk.length, (s + r.count) * SECTOR), data: r.data });
       s += r.count;
     }
     return out;
   };
 
-  const writeChunk = async (p: Pending) => {
-    const { chunk } = p;
+  /** Write one chunk whose data (if any) is in `buf`. */
+  const writeChunk = async (chunk: Chunk, buf: Uint8Array | undefined) => {
     let at = chunk.offset;
     try {
       if (chunk.status === "backing") return;
@@ -267,15 +296,15 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
         await zeroTarget(chunk.offset, chunk.length);
         return;
       }
-      const buf = p.buf!;
       if (compressed) {
-        if (minSparse !== 0 && isAllZero(buf)) await zeroTarget(chunk.offset, chunk.length);
-        else await target.write(chunk.offset, buf, { compressed: true });
+        if (minSparse !== 0 && isAllZero(buf!)) await zeroTarget(chunk.offset, chunk.length);
+        else await target.write(chunk.offset, buf!, { compressed: true });
         return;
       }
-      for (const seg of segments(chunk, buf)) {
+      const words = wordsOf(buf!.subarray(0, buf!.byteLength & ~3));
+      for (const seg of segments(chunk, (s) => sectorIsZero(words, buf!, s))) {
         at = chunk.offset + seg.from;
-        if (seg.data) await target.write(at, buf.subarray(seg.from, seg.to));
+        if (seg.data) await target.write(at, buf!.subarray(seg.from, seg.to));
         else await zeroTarget(at, seg.to - seg.from);
       }
     } catch (e) {
@@ -284,46 +313,265 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
     }
   };
 
-  const queue: Pending[] = [];
-  const chunks = planChunks(sources, plan);
-  let done = false;
-  const fill = async () => {
-    while (!done && queue.length < readAhead) {
-      const next = await chunks.next();
-      if (next.done) {
-        done = true;
-        break;
+  /**
+   * Copy chunks through memory: reads run ahead of the writes, which are issued in order (so a qcow2 target
+   * allocates as QEMU's in-order copy does). Buffers stay at QEMU's 2 MiB: the data read is still in the CPU
+   * caches when it is written (larger buffers measured slower on tmpfs).
+   */
+  const copyThroughMemory = async (chunks: AsyncIterator<Chunk> | Iterator<Chunk>) => {
+    const readAhead = Math.max(1, opts.readAhead ?? 2);
+    const free: Uint8Array[] = [];
+    const startRead = (chunk: Chunk): Pending => {
+      if (chunk.status !== "data") return { chunk, buf: undefined, read: Promise.resolve() };
+      const buf = (free.pop() ?? new Uint8Array(IO_BUFFER_BYTES)).subarray(0, chunk.length);
+      const read = chunk.source.read(chunk.sourceOffset, buf).catch((e: unknown) => {
+        throw new ConvertFailure("read", chunk.offset, e);
+      });
+      // Handled when its turn comes; never an unhandled rejection meanwhile.
+      read.catch(() => undefined);
+      return { chunk, buf, read };
+    };
+    const queue: Pending[] = [];
+    let done = false;
+    const fill = async () => {
+      while (!done && queue.length < readAhead) {
+        const next = await chunks.next();
+        if (next.done) {
+          done = true;
+          break;
+        }
+        queue.push(startRead(next.value));
       }
-      queue.push(startRead(next.value));
+    };
+    // One write at a time, in order (two at once measured no faster on tmpfs, even for raw targets).
+    const maxWrites = Math.max(1, opts.writesInFlight ?? 1);
+    const writing: Promise<void>[] = [];
+    try {
+      await fill();
+      while (queue.length > 0) {
+        const p = queue.shift()!;
+        await p.read;
+        // Start the next read before writing this chunk: reading and writing overlap.
+        const refill = fill();
+        const w = writeChunk(p.chunk, p.buf).then(() => {
+          if (p.buf) free.push(new Uint8Array(p.buf.buffer, p.buf.byteOffset, IO_BUFFER_BYTES));
+          chunkDone(p.chunk);
+        });
+        writing.push(w);
+        w.catch(() => undefined);
+        if (writing.length >= maxWrites) await writing.shift();
+        await refill;
+      }
+      for (const w of writing.splice(0)) await w;
+    } finally {
+      // Let requests still in flight settle before the caller closes the images.
+      await Promise.allSettled([...queue.map((p) => p.read), ...writing]);
     }
   };
-  // One write at a time, in order: a qcow2 target then allocates as QEMU's in-order copy does (two at once
-  // measured no faster on tmpfs, even for raw targets).
-  const maxWrites = Math.max(1, opts.writesInFlight ?? 1);
-  const writing: Promise<void>[] = [];
-  try {
-    await fill();
-    while (queue.length > 0) {
-      const p = queue.shift()!;
-      await p.read;
-      // Start the next read before writing this chunk: reading and writing overlap.
-      const refill = fill();
-      const w = writeChunk(p).then(() => {
-        if (p.buf) free.push(new Uint8Array(p.buf.buffer, p.buf.byteOffset, IO_BUFFER_BYTES));
-        if (counts(p.chunk)) {
-          copied += p.chunk.length;
-          opts.onProgress?.(toCopy > 0 ? (100 * copied) / toCopy : 100);
-        }
-      });
-      writing.push(w);
-      w.catch(() => undefined);
-      if (writing.length >= maxWrites) await writing.shift();
-      await refill;
+
+  /** Write guest bytes [at, at + length) of the input, read from `chunk`'s source, through memory. */
+  const writeThroughMemory = async (chunk: Chunk, at: number, length: number) => {
+    const buf = new Uint8Array(Math.min(IO_BUFFER_BYTES, length));
+    for (let done = 0; done < length; done += buf.byteLength) {
+      const piece = buf.subarray(0, Math.min(buf.byteLength, length - done));
+      const pos = at + done;
+      try {
+        await chunk.source.read(chunk.sourceOffset + (pos - chunk.offset), piece);
+      } catch (e) {
+        throw new ConvertFailure("read", pos, e);
+      }
+      try {
+        await target.write(pos, piece);
+      } catch (e) {
+        throw new ConvertFailure("write", pos, e);
+      }
     }
-    for (const w of writing.splice(0)) await w;
+  };
+
+  /**
+   * Copy a batch of consecutive data chunks of one source store to store: the source's zero sectors are
+   * found where the data lies (ByteStore.zeroSectors), the chunks are split as QEMU splits them, and the data
+   * segments, merged where they touch, are copied by the target's data store (ByteStore.copyFrom) without
+   * passing through memory here. False, with nothing done, when the source or target cannot.
+   */
+  let targetRefuses = false;
+  // Raw targets put every byte at its guest offset whatever the data: the copy itself finds the zero sectors.
+  const scanWhileCopying = target instanceof RawImage;
+  /** Where a batch's data is and which of its sectors are zero; undefined when it cannot go store to store. */
+  const prepareStores = async (batch: Chunk[]): Promise<{ batch: Chunk[]; slice: StoreSlice; flags: Uint8Array | undefined } | undefined> => {
+    if (targetRefuses) return undefined;
+    const first = batch[0]!;
+    const length = batch.reduce((n, c) => n + c.length, 0);
+    let runs: StoreRun[] | undefined;
+    try {
+      runs = await first.source.storeRuns?.(first.sourceOffset, length);
+    } catch {
+      runs = undefined; // The read path reports the problem in its own words.
+    }
+    if (!runs || runs.some((r) => r.length % SECTOR !== 0 || (minSparse !== 0 && !scanWhileCopying && !r.store.zeroSectors))) return undefined;
+    let flags: Uint8Array | undefined;
+    if (minSparse !== 0 && !scanWhileCopying) {
+      flags = new Uint8Array(length / SECTOR);
+      let at = 0;
+      for (const r of runs) {
+        try {
+          flags.set(await r.store.zeroSectors!(r.offset, r.length), at);
+        } catch (e) {
+          throw new ConvertFailure("read", first.offset + at * SECTOR, e);
+        }
+        at += r.length / SECTOR;
+      }
+    }
+    return { batch, slice: new StoreSlice(runs), flags };
+  };
+  const copyFromStores = async (prepared: { batch: Chunk[]; slice: StoreSlice; flags: Uint8Array | undefined }): Promise<void> => {
+    const { batch, slice } = prepared;
+    let flags = prepared.flags;
+    const first = batch[0]!;
+    if (scanWhileCopying) {
+      // A raw target: the whole batch is copied to its place, zeros included, the zero sectors marked on the
+      // way; then the zero segments QEMU leaves unwritten are deallocated again (holes, as QEMU's).
+      const scan = minSparse !== 0 ? new Uint8Array(slice.byteLength / SECTOR) : undefined;
+      let done = false;
+      try {
+        done = await (target as RawImage).writeFromStores(first.offset, slice, scan);
+      } catch {
+        done = false; // Done again through memory, which says whether reading or writing failed, and where.
+      }
+      if (!done) {
+        await copyThroughMemory(batch[Symbol.iterator]());
+        return;
+      }
+      let base = 0;
+      for (const chunk of batch) {
+        const chunkScan = scan?.subarray(base / SECTOR, base / SECTOR + Math.ceil(chunk.length / SECTOR));
+        if (chunkScan && chunkScan.indexOf(1) >= 0) {
+          for (const seg of segments(chunk, (s) => chunkScan[s] === 1)) {
+            if (seg.data) continue;
+            const at = chunk.offset + seg.from;
+            try {
+              await target.writeZeroes(at, seg.to - seg.from, { unmap: true });
+            } catch (e) {
+              throw new ConvertFailure("write", at, e);
+            }
+          }
+        }
+        base += chunk.length;
+        chunkDone(chunk);
+      }
+      return;
+    }
+    // Data segments are merged across chunk boundaries while they touch: one copy instead of many.
+    let pendingFrom = -1;
+    let pendingTo = -1;
+    const writePending = async () => {
+      if (pendingFrom < 0) return;
+      const at = first.offset + pendingFrom;
+      const len = pendingTo - pendingFrom;
+      pendingFrom = pendingTo = -1;
+      let done = false;
+      try {
+        done = (await target.writeFromStores!(at, slice.subarray(at - first.offset, at - first.offset + len))) === true;
+        // The target cannot (encrypted, extended L2, no store-to-store copy): later batches go through memory.
+        if (!done) targetRefuses = true;
+      } catch {
+        // Done again through memory, which says whether reading or writing failed, and where.
+        done = false;
+      }
+      if (!done) await writeThroughMemory(first, at, len);
+    };
+    let base = 0;
+    for (const chunk of batch) {
+      const flagBase = base / SECTOR;
+      const chunkFlags = flags?.subarray(flagBase, flagBase + Math.ceil(chunk.length / SECTOR));
+      // No zero sector at all (the usual case for data): one data segment, without the sector-by-sector walk.
+      const segs =
+        !chunkFlags || chunkFlags.indexOf(1) < 0
+          ? [{ from: 0, to: chunk.length, data: true }]
+          : segments(chunk, (s) => chunkFlags[s] === 1);
+      for (const seg of segs) {
+        const from = base + seg.from;
+        const to = base + seg.to;
+        if (seg.data) {
+          if (pendingTo === from) pendingTo = to;
+          else {
+            await writePending();
+            pendingFrom = from;
+            pendingTo = to;
+          }
+        } else {
+          await writePending();
+          try {
+            await zeroTarget(first.offset + from, to - from);
+          } catch (e) {
+            throw new ConvertFailure("write", first.offset + from, e);
+          }
+        }
+      }
+      base += chunk.length;
+    }
+    await writePending();
+    for (const chunk of batch) chunkDone(chunk);
+  };
+
+  /**
+   * A batch of data chunks: store to store when all of it can; else chunk by chunk, the chunks that cannot
+   * (compressed clusters, zeros read for -S 0, a backing layer) going through memory, in order.
+   */
+  type Prepared = Awaited<ReturnType<typeof prepareStores>>;
+  const copyBatch = async (batch: Chunk[], ahead?: Promise<Prepared>) => {
+    const whole = await (ahead ?? prepareStores(batch));
+    if (whole) return copyFromStores(whole);
+    if (batch.length === 1 || targetRefuses) return copyThroughMemory(batch[Symbol.iterator]());
+    let viaMemory: Chunk[] = [];
+    for (const chunk of batch) {
+      const one = await prepareStores([chunk]);
+      if (!one) {
+        viaMemory.push(chunk);
+        continue;
+      }
+      if (viaMemory.length > 0) await copyThroughMemory(viaMemory[Symbol.iterator]());
+      viaMemory = [];
+      await copyFromStores(one);
+    }
+    if (viaMemory.length > 0) await copyThroughMemory(viaMemory[Symbol.iterator]());
+  };
+
+  const chunks = planChunks(sources, plan);
+  try {
+    if (compressed || typeof target.writeFromStores !== "function" || sources.some((s) => typeof s.storeRuns !== "function")) {
+      await copyThroughMemory(chunks);
+    } else {
+      // Batches of consecutive data chunks of one source go store to store; what cannot, and the zero and
+      // backing chunks between them, go through memory. The next batch's zero sectors are looked up while
+      // the current one is copied.
+      const items = batchesOf(chunks);
+      let current = await items.next();
+      let ahead: Promise<Prepared> | undefined;
+      try {
+        while (!current.done) {
+          const item = current.value;
+          const next = await items.next();
+          if (Array.isArray(item)) {
+            const mine = ahead;
+            ahead = undefined;
+            if (!next.done && Array.isArray(next.value) && !targetRefuses) {
+              ahead = prepareStores(next.value);
+              ahead.catch(() => undefined); // Awaited in its turn.
+            }
+            await copyBatch(item, mine);
+          } else {
+            await writeChunk(item, undefined);
+            chunkDone(item);
+          }
+          current = next;
+        }
+      } finally {
+        if (ahead) await Promise.allSettled([ahead]);
+      }
+    }
     if (compressed) await endCompressed(target);
   } finally {
-    // Let requests still in flight settle before the caller closes the images.
-    await Promise.allSettled([...queue.map((p) => p.read), ...writing]);
+    await chunks.return?.(undefined);
   }
 }

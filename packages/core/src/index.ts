@@ -1,6 +1,7 @@
 export { Qcow2Image } from "./qcow2-image";
 export type { Qcow2OpenOptions } from "./qcow2-image";
 export { mergeExtents } from "./block-image";
+export { StoreSlice, type StoreRun, type Payload } from "./store-slice";
 export type {
   BlockImage,
   BlockStatusExtent,

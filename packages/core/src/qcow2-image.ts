@@ -58,6 +58,7 @@ import {
   type ZeroOptions,
 } from "./block-image";
 import { allocationRuns } from "./allocation";
+import { StoreSlice, type Payload, type StoreRun } from "./store-slice";
 import { bitmapStatus, listBitmaps } from "./bitmaps";
 import { getCodec, type CompressionCodec } from "./compression";
 // encryption: guest data encryption (crypto/image-encryption.ts)
@@ -579,12 +580,53 @@ export class Qcow2Image implements BlockImage {
   // ---------------------------------------------------------------- write
 
   async write(guestOffset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
+    await this.writePayload(guestOffset, data, opts);
+  }
+
+  /**
+   * Write guest data that lives in byte stores (see StoreSlice): the data store copies it store to store.
+   * False, with nothing written, where this image cannot (encryption, extended L2 entries, a data store
+   * without copyFrom): the caller then reads the bytes and writes them.
+   */
+  async writeFromStores(guestOffset: number, data: StoreSlice): Promise<boolean> {
+    if (this.encryption || this.extendedL2 || !StoreSlice.canCopyInto(this.data)) return false;
+    await this.writePayload(guestOffset, data, {});
+    return true;
+  }
+
+  /**
+   * Where the guest bytes of a range are stored as they are (plain allocated clusters of an unencrypted
+   * image), in guest order; undefined when some of it is not (zeros, compressed, unallocated, encrypted).
+   */
+  async storeRuns(guestOffset: number, byteLength: number): Promise<StoreRun[] | undefined> {
+    this.assertOpen();
+    this.checkRange(guestOffset, byteLength);
+    if (this.encryption) return undefined;
+    return this.lock.read(() =>
+      this.guard(async () => {
+        const runs: StoreRun[] = [];
+        const end = guestOffset + byteLength;
+        for (let pos = guestOffset; pos < end; ) {
+          const run = await this.map.mapRun(pos, end - pos);
+          if (run.type !== SubclusterType.NORMAL || !Number.isSafeInteger(run.hostOffset + run.byteLength)) return undefined;
+          const last = runs[runs.length - 1];
+          if (last && last.offset + last.length === run.hostOffset) runs[runs.length - 1] = { ...last, length: last.length + run.byteLength };
+          else runs.push({ store: this.data, offset: run.hostOffset, length: run.byteLength });
+          pos += run.byteLength;
+        }
+        return runs;
+      }),
+    );
+  }
+
+  private async writePayload(guestOffset: number, data: Payload, opts: WriteOptions): Promise<void> {
     this.assertWritable();
     this.checkRange(guestOffset, data.byteLength);
     if (data.byteLength === 0) return;
     this.observe(guestOffset, data.byteLength);
     if (opts.compressed) {
-      await this.lock.write(() => this.guard(() => this.writeCompressedUnlocked(guestOffset, data)));
+      const bytes = data instanceof StoreSlice ? await data.bytes() : data;
+      await this.lock.write(() => this.guard(() => this.writeCompressedUnlocked(guestOffset, bytes)));
     } else {
       // encryption: partial sectors are read, completed and rewritten: never concurrently (exclusive lock)
       const rmw = this.encryption !== undefined && !isSectorAligned(guestOffset, data.byteLength, this.virtualSize);
@@ -595,7 +637,7 @@ export class Qcow2Image implements BlockImage {
   }
 
   /** Write when every byte lands in an allocated, COPIED (sub)cluster: no metadata change. */
-  private async tryWriteInPlace(guestOffset: number, data: Uint8Array): Promise<boolean> {
+  private async tryWriteInPlace(guestOffset: number, data: Payload): Promise<boolean> {
     const single = this.map.mapRunCached(guestOffset, data.byteLength);
     if (single && single.byteLength === data.byteLength) {
       if (single.type !== SubclusterType.NORMAL || !single.copied) return false;
@@ -616,7 +658,14 @@ export class Qcow2Image implements BlockImage {
   }
 
   /** Write guest data at a host offset of the data store, with QEMU's overlap check for the qcow2 file. */
-  private async writeData(hostOffset: number, bytes: Uint8Array, guestOffset: number): Promise<void> {
+  private async writeData(hostOffset: number, bytes: Payload, guestOffset: number): Promise<void> {
+    if (bytes instanceof StoreSlice) {
+      // Never encrypted (writeFromStores refuses): copied store to store.
+      if (!this.hasDataFile) this.checkOverlap(hostOffset, bytes.byteLength);
+      await bytes.copyTo(this.data, hostOffset);
+      this.dataDirty = true;
+      return;
+    }
     // encryption: what is stored is an encrypted copy in whole sectors (the caller's buffer stays as it is)
     if (this.encryption) ({ hostOffset, bytes } = await this.encryption.seal(this.data, hostOffset, guestOffset, bytes));
     if (!this.hasDataFile) this.checkOverlap(hostOffset, bytes.byteLength);
@@ -705,7 +754,7 @@ export class Qcow2Image implements BlockImage {
   }
 
   /** The allocating write path (exclusive lock held). */
-  async writeUnlocked(guestOffset: number, data: Uint8Array): Promise<void> {
+  async writeUnlocked(guestOffset: number, data: Payload): Promise<void> {
     const end = guestOffset + data.byteLength;
     const cs = this.clusterSize;
     let pos = guestOffset;
@@ -715,7 +764,8 @@ export class Qcow2Image implements BlockImage {
       while (pos < tableEnd) {
         if (this.extendedL2) {
           const clusterEnd = Math.min(tableEnd, (Math.floor(pos / cs) + 1) * cs);
-          await this.writeClusterExtended(t, pos, data.subarray(pos - guestOffset, clusterEnd - guestOffset));
+          const piece = data.subarray(pos - guestOffset, clusterEnd - guestOffset);
+          await this.writeClusterExtended(t, pos, piece instanceof StoreSlice ? await piece.bytes() : piece);
           pos = clusterEnd;
         } else {
           pos = await this.writeRunStandard(t, pos, tableEnd, data.subarray(pos - guestOffset, tableEnd - guestOffset));
@@ -736,7 +786,7 @@ export class Qcow2Image implements BlockImage {
    * contiguous allocation, or one reused cluster) and return where the next step starts. `data` holds the
    * guest bytes of [pos, tableEnd).
    */
-  private async writeRunStandard(t: L2Table, pos: number, tableEnd: number, data: Uint8Array): Promise<number> {
+  private async writeRunStandard(t: L2Table, pos: number, tableEnd: number, data: Payload): Promise<number> {
     const cs = this.clusterSize;
     const fmt = this.map.format;
     const clusterStart = Math.floor(pos / cs) * cs;
@@ -796,7 +846,7 @@ export class Qcow2Image implements BlockImage {
     count: number,
     hostStart: number,
     pos: number,
-    data: Uint8Array,
+    data: Payload,
   ): Promise<void> {
     const cs = this.clusterSize;
     const writeEnd = pos + data.byteLength;
@@ -810,7 +860,8 @@ export class Qcow2Image implements BlockImage {
       if (!oldIsZero) await this.readUnlocked(guestCluster, buf);
       const from = Math.max(pos, guestCluster);
       const to = Math.min(writeEnd, guestCluster + cs);
-      buf.set(data.subarray(from - pos, to - pos), from - guestCluster);
+      const part = data.subarray(from - pos, to - pos);
+      buf.set(part instanceof StoreSlice ? await part.bytes() : part, from - guestCluster);
       const host = hostStart + (guestCluster - clusterStart);
       // The whole cluster is written, zeros included, so the file holds no hole that block status would
       // report as zero (QEMU writes the copy-on-write regions explicitly too).

@@ -1,6 +1,7 @@
 /** A raw image: guest offset == file offset, every byte present. */
 import { Qcow2Error, type ByteStore } from "@qcowkit/spec";
 import { allocationRuns } from "./allocation";
+import { StoreSlice, type StoreRun } from "./store-slice";
 import { mergeExtents, type BlockImage, type BlockStatusExtent, type ResizeOptions, type WriteOptions, type ZeroOptions } from "./block-image";
 
 export class RawImage implements BlockImage {
@@ -49,6 +50,23 @@ export class RawImage implements BlockImage {
     if (opts.compressed) throw new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
     await this.store.write(guestOffset, data);
     if (opts.fua) await this.store.flush();
+  }
+
+  /**
+   * Write guest data that lives in byte stores, copied store to store (see StoreSlice); with `scan`, its zero
+   * sectors are marked as the copy goes (see StoreSlice.copyTo).
+   */
+  async writeFromStores(guestOffset: number, data: StoreSlice, scan?: Uint8Array): Promise<boolean> {
+    this.check(guestOffset, data.byteLength, true);
+    if (!StoreSlice.canCopyInto(this.store)) return false;
+    await data.copyTo(this.store, guestOffset, scan);
+    return true;
+  }
+
+  /** A raw image's guest bytes are its file's bytes (past the end of the file: zeros, as the store reads them). */
+  async storeRuns(guestOffset: number, byteLength: number): Promise<StoreRun[] | undefined> {
+    this.check(guestOffset, byteLength);
+    return byteLength === 0 ? [] : [{ store: this.store, offset: guestOffset, length: byteLength }];
   }
 
   async writeZeroes(guestOffset: number, byteLength: number, opts: ZeroOptions = {}): Promise<void> {

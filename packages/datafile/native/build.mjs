@@ -57,7 +57,7 @@ function compilers() {
 
 function compile(include) {
   const temporary = `${output}.${process.pid}.tmp`;
-  const args = ["-shared", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", `-I${include}`, source, "-o", temporary];
+  const args = ["-shared", "-fPIC", "-pthread", "-O2", "-std=c11", "-Wall", "-Wextra", `-I${include}`, source, "-o", temporary];
   if (process.platform === "darwin") args.unshift("-undefined", "dynamic_lookup");
   let lastProblem = "no C compiler found";
   for (const compiler of compilers()) {

@@ -8,6 +8,7 @@ import {
   readOnlyError,
   shrinkPreallocationError,
 } from "./store-checks";
+import { assertScanFlags, copyThroughBuffer, zeroSectorsByReading } from "./store-copy";
 
 export interface MemoryStoreOptions {
   /** Initial contents (copied). */
@@ -160,6 +161,29 @@ export class MemoryStore implements ByteStore {
     if (end > this.byteSize && length > 0) this.byteSize = end;
   }
 
+  /**
+   * Copy `length` bytes of `source` at `sourceOffset` to `offset`, growing this store like a write: read into a
+   * buffer of at most 2 MiB, then written (zero pieces allocate no chunks). Bytes past the source's end are
+   * zeros. Overlapping ranges of this store are copied as memmove does.
+   */
+  async copyFrom(source: ByteStore, sourceOffset: number, offset: number, length: number, scan?: Uint8Array): Promise<void> {
+    this.assertWritable();
+    assertByteRange(source.name, sourceOffset, length);
+    assertByteRange(this.name, offset, length);
+    assertScanFlags(this.name, scan, length);
+    await copyThroughBuffer(source, sourceOffset, this, offset, length, scan);
+  }
+
+  /**
+   * One byte per 512-byte sector of `[offset, offset + length)` (the last may be partial): 1 when it reads as
+   * all zeros, else 0. Ranges this store holds no chunk for (and no base shows through) are not read.
+   */
+  async zeroSectors(offset: number, length: number): Promise<Uint8Array> {
+    this.assertOpen();
+    assertByteRange(this.name, offset, length);
+    return zeroSectorsByReading(this, offset, length, (start, end) => this.isHole(start, end));
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     this.chunks.clear();
@@ -173,6 +197,17 @@ export class MemoryStore implements ByteStore {
   /** Number of chunks currently held. */
   get chunkCount(): number {
     return this.chunks.size;
+  }
+
+  /** True when `[start, end)` reads as zeros because no chunk is held there and no base shows through. */
+  private isHole(start: number, end: number): boolean {
+    const storedEnd = Math.min(end, this.byteSize);
+    if (storedEnd <= start) return true;
+    if (this.base && start < this.baseLimit) return false;
+    for (let index = this.chunkIndex(start); index * this.chunkSize < storedEnd; index++) {
+      if (this.chunks.has(index)) return false;
+    }
+    return true;
   }
 
   private chunkIndex(offset: number): number {

@@ -337,7 +337,7 @@ describe.skipIf(nativeTurnedOff)("native addon", () => {
 
   it("declares its ABI version and the features of this platform", () => {
     const native = requireNative();
-    expect(native.abiVersion).toBe(3);
+    expect(native.abiVersion).toBe(4);
     expect(native.features).toEqual({ seekHole: true, fallocate: true, ofdLocks: true, statfs: true, cachedRead: true });
     expect(Object.isFrozen(native.features)).toBe(true);
   });
@@ -369,7 +369,7 @@ describe("native/build.mjs", () => {
       expect(first.status).toBe(0);
       expect(first.stdout).toMatch(/built native\/build\/qcowkit_fs\.node/);
       const addon = createRequire(import.meta.url)(join(dir, "build", "qcowkit_fs.node")) as { abiVersion: number };
-      expect(addon.abiVersion).toBe(3);
+      expect(addon.abiVersion).toBe(4);
       expect(build(dir, { QCOWKIT_NATIVE: undefined, CC: undefined }).stdout).toMatch(/up to date/);
     } finally {
       await rm(dir, { recursive: true, force: true });
@@ -441,7 +441,7 @@ describe("loader", () => {
       loader.setNativeEnabled(true);
     }
     expect(loader.nativeAvailable).toBe(true);
-    expect(loader.nativeFs()?.abiVersion).toBe(3);
+    expect(loader.nativeFs()?.abiVersion).toBe(4);
     expect(loader.nativeUnavailableReason).toBeUndefined();
   });
 });

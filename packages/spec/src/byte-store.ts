@@ -46,6 +46,20 @@ export interface ByteStore {
    * can skip them.
    */
   allocationStatus?(offset: number, length: number): Promise<{ offset: number; length: number; data: boolean }[]>;
+  /**
+   * Copy `length` bytes at `sourceOffset` of `source` to `offset` of this store, growing it like a write; the
+   * bytes need not pass through the caller (a file store copies file to file on its own threads). Bytes past
+   * the end of the source read as zeros, as in `read`. With `scan` (one byte per 512-byte sector of the
+   * range), the copy also fills it as `zeroSectors` would, from the bytes it copied: a copy that must learn
+   * where its source is sparse then reads it once. Optional: callers without it read and write.
+   */
+  copyFrom?(source: ByteStore, sourceOffset: number, offset: number, length: number, scan?: Uint8Array): Promise<void>;
+  /**
+   * Which 512-byte sectors of `[offset, offset + length)` read as all zeros: one byte per sector (the last
+   * one may be partial), 1 for all zeros, else 0. Bytes past the end of the store count as zeros. Lets a
+   * copy find its sparse regions without bringing the data to the caller. Optional.
+   */
+  zeroSectors?(offset: number, length: number): Promise<Uint8Array>;
 }
 
 export type StorePreallocation = "off" | "falloc" | "full";

@@ -9,8 +9,8 @@ import { fromSystemError, systemErrorText } from "./system-error";
  * Loader of the optional native addon `native/build/qcowkit_fs.node` (source native/qcowkit_fs.c,
  * built by native/build.mjs during `pnpm install` and `pnpm build`). It gives FileStore what
  * Node's fs lacks: lseek SEEK_DATA/SEEK_HOLE, fallocate (allocate, punch hole, zero range),
- * open file description locks for QEMU-compatible image locking, and reads from the page cache
- * only (preadv2 RWF_NOWAIT).
+ * open file description locks for QEMU-compatible image locking, reads from the page cache
+ * only (preadv2 RWF_NOWAIT), and file-to-file copies and zero scans on their own threads.
  *
  * When the addon is missing (no C compiler at install time, Windows), fails to load, is a stale
  * build, or `QCOWKIT_NATIVE=0` is set, `nativeAvailable` is false, `nativeUnavailableReason` says
@@ -40,6 +40,22 @@ export interface NativeFs {
    * cached), -1 when that would wait for the device, -2 when the file system or kernel cannot tell (tmpfs).
    */
   readCached(fd: number, buffer: Uint8Array, at: number, length: number, position: number): number;
+  /**
+   * Copy `length` bytes of the file `srcFd` at `srcPosition` to the file `dstFd` at `dstPosition`, growing it like
+   * a write; bytes past the source's end are written as zeros. Two threads (the thread pool's and one more) each
+   * pread a 2 MiB piece and pwrite it while it is in their core's cache. Overlapping ranges of one file are
+   * copied as memmove does. Length 0 resolves at once. Rejects with the first failed call as a system error
+   * whose `syscall` is "pread" (`position` a byte of the source) or "pwrite" (a byte of the destination).
+   * With `flags` (ceil(length / 512) bytes), each piece is also scanned between its read and its write, as
+   * `scanZeroSectors` does.
+   */
+  copyRange(srcFd: number, srcPosition: number, dstFd: number, dstPosition: number, length: number, flags?: Uint8Array): Promise<void>;
+  /**
+   * Fill `flags` (exactly ceil(length / 512) bytes, else a RangeError) with 1 for each 512-byte sector of
+   * `[position, position + length)` that reads as all zeros (past end of file counts as zeros), else 0; the
+   * last sector may be partial. Reads on two threads in 256 KiB pieces. Rejects like `copyRange` ("pread").
+   */
+  scanZeroSectors(fd: number, position: number, length: number, flags: Uint8Array): Promise<void>;
   /** What this build of the addon supports on this platform. */
   readonly features: NativeFeatures;
   readonly abiVersion: number;
@@ -70,7 +86,7 @@ export interface NativeLockInfo {
 }
 
 /** The ABI version native/qcowkit_fs.c declares; a build reporting another one is stale. */
-const expectedAbiVersion = 3;
+const expectedAbiVersion = 4;
 const addonFile = "native/build/qcowkit_fs.node";
 
 /** True when the native addon is loaded and in use. */

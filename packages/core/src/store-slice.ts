@@ -1,0 +1,84 @@
+/**
+ * Guest data that stays where it is stored: runs of bytes in byte stores, in guest order. A write given a
+ * StoreSlice copies store to store (ByteStore.copyFrom, which a file store does on its own threads) instead
+ * of receiving the bytes in memory; convert uses it so that 1 GiB of data never passes through JavaScript.
+ */
+import type { ByteStore } from "@qcowkit/spec";
+
+/** `length` bytes at `offset` of `store`. */
+export interface StoreRun {
+  readonly store: ByteStore;
+  readonly offset: number;
+  readonly length: number;
+}
+
+/** Bytes of a large copy held in memory at once when a slice must be read (2 MiB, qemu-img's buffer). */
+const pieceBytes = 2 * 1024 * 1024;
+
+export class StoreSlice {
+  readonly byteLength: number;
+
+  constructor(readonly runs: readonly StoreRun[]) {
+    this.byteLength = runs.reduce((n, r) => n + r.length, 0);
+  }
+
+  /** The bytes `[from, to)` of this slice (clamped like Uint8Array.subarray for in-range arguments). */
+  subarray(from: number, to: number = this.byteLength): StoreSlice {
+    from = Math.max(0, Math.min(from, this.byteLength));
+    to = Math.max(from, Math.min(to, this.byteLength));
+    const out: StoreRun[] = [];
+    let at = 0;
+    for (const r of this.runs) {
+      const start = Math.max(from, at);
+      const end = Math.min(to, at + r.length);
+      if (end > start) out.push({ store: r.store, offset: r.offset + (start - at), length: end - start });
+      at += r.length;
+      if (at >= to) break;
+    }
+    return new StoreSlice(out);
+  }
+
+  /** Read the slice into memory (for the few places that need the bytes: partial clusters). */
+  async bytes(): Promise<Uint8Array> {
+    const out = new Uint8Array(this.byteLength);
+    let at = 0;
+    for (const r of this.runs) {
+      await r.store.read(r.offset, out.subarray(at, at + r.length));
+      at += r.length;
+    }
+    return out;
+  }
+
+  /** Whether `target` can take this slice without the bytes passing through memory here. */
+  static canCopyInto(target: ByteStore): boolean {
+    return typeof target.copyFrom === "function";
+  }
+
+  /**
+   * Write the slice at `offset` of `target`: store to store where it can, else through a 2 MiB buffer. With
+   * `scan` (one byte per 512-byte sector of the slice; its runs must then be whole sectors), the zero sectors
+   * of what was copied are marked in it as ByteStore.zeroSectors marks them.
+   */
+  async copyTo(target: ByteStore, offset: number, scan?: Uint8Array): Promise<void> {
+    let at = offset;
+    for (const r of this.runs) {
+      const sector = (at - offset) / 512;
+      const runScan = scan?.subarray(sector, sector + Math.ceil(r.length / 512));
+      if (target.copyFrom) {
+        await target.copyFrom(r.store, r.offset, at, r.length, runScan);
+      } else {
+        const buf = new Uint8Array(Math.min(pieceBytes, r.length));
+        for (let done = 0; done < r.length; done += buf.byteLength) {
+          const piece = buf.subarray(0, Math.min(buf.byteLength, r.length - done));
+          await r.store.read(r.offset + done, piece);
+          if (runScan) for (let s = 0; s < piece.byteLength; s += 512) runScan[(done + s) / 512] = piece.subarray(s, s + 512).every((b) => b === 0) ? 1 : 0;
+          await target.write(at + done, piece);
+        }
+      }
+      at += r.length;
+    }
+  }
+}
+
+/** What a write carries: bytes in memory, or a slice of stores. */
+export type Payload = Uint8Array | StoreSlice;
