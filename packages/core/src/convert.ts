@@ -51,6 +51,11 @@ export interface ConvertOptions {
   readAhead?: number;
   /** Writes in flight at once (issued in order). Default 1. */
   writesInFlight?: number;
+  /**
+   * Most bytes of consecutive data chunks copied store to store as one batch (batches start at multiples of
+   * it). Default 128 MiB; at most one L2 table's reach for a qcow2 target that places its own data.
+   */
+  batchBytes?: number;
   /** qemu_progress_print(percent, 0): the percentage of the data to copy that is done. */
   onProgress?: (percent: number) => void;
 }
@@ -212,7 +217,7 @@ interface Pending {
 }
 
 /** Consecutive data chunks of one source copied store to store together (see copyFromStores). */
-const BATCH_BYTES = 64 * 1024 * 1024;
+const BATCH_BYTES = 128 * 1024 * 1024;
 
 /** A data or zero segment of a chunk, in bytes from the chunk's start. */
 interface Segment {
@@ -225,12 +230,18 @@ interface Segment {
  * The chunks again, consecutive data chunks of one source grouped in arrays of at most BATCH_BYTES (the
  * units copied store to store); other chunks one by one.
  */
-async function* batchesOf(chunks: AsyncGenerator<Chunk>): AsyncGenerator<Chunk[] | Chunk> {
+async function* batchesOf(chunks: AsyncGenerator<Chunk>, batchBytes: number): AsyncGenerator<Chunk[] | Chunk> {
   let batch: Chunk[] = [];
   let bytes = 0;
   for await (const c of chunks) {
     const last = batch[batch.length - 1];
-    const joins = c.status === "data" && last !== undefined && last.source === c.source && last.sourceOffset + last.length === c.sourceOffset && bytes + c.length <= BATCH_BYTES;
+    const joins =
+      c.status === "data" &&
+      last !== undefined &&
+      last.source === c.source &&
+      last.sourceOffset + last.length === c.sourceOffset &&
+      bytes + c.length <= batchBytes &&
+      Math.floor(c.offset / batchBytes) === Math.floor(batch[0]!.offset / batchBytes);
     if (!joins && batch.length > 0) {
       yield batch;
       batch = [];
@@ -397,6 +408,9 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
   let targetRefuses = false;
   // Raw targets put every byte at its guest offset whatever the data: the copy itself finds the zero sectors.
   const scanWhileCopying = target instanceof RawImage;
+  // Qcow2 targets place data by what is zero: they guess, and copy again only when the guess was wrong.
+  const guessing = target instanceof Qcow2Image;
+  const mergeWrites = !(target instanceof Qcow2Image) || target.hasDataFile;
   /** Where a batch's data is and which of its sectors are zero; undefined when it cannot go store to store. */
   const prepareStores = async (batch: Chunk[]): Promise<{ batch: Chunk[]; slice: StoreSlice; flags: Uint8Array | undefined } | undefined> => {
     if (targetRefuses) return undefined;
@@ -409,25 +423,59 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
       runs = undefined; // The read path reports the problem in its own words.
     }
     if (!runs || runs.some((r) => r.length % SECTOR !== 0 || (minSparse !== 0 && !scanWhileCopying && !r.store.zeroSectors))) return undefined;
-    let flags: Uint8Array | undefined;
-    if (minSparse !== 0 && !scanWhileCopying) {
-      flags = new Uint8Array(length / SECTOR);
-      let at = 0;
-      for (const r of runs) {
-        try {
-          flags.set(await r.store.zeroSectors!(r.offset, r.length), at);
-        } catch (e) {
-          throw new ConvertFailure("read", first.offset + at * SECTOR, e);
-        }
-        at += r.length / SECTOR;
-      }
-    }
+    // (Guessing targets learn the zero sectors from their copy; the others from a scan of the source first.)
+    const flags = minSparse !== 0 && !scanWhileCopying && !guessing ? await scanRuns(first, runs, length) : undefined;
     return { batch, slice: new StoreSlice(runs), flags };
+  };
+  /** The zero sectors of a batch's data, read where it lies. */
+  const scanRuns = async (first: Chunk, runs: StoreRun[], length: number): Promise<Uint8Array> => {
+    const flags = new Uint8Array(length / SECTOR);
+    let at = 0;
+    for (const r of runs) {
+      try {
+        flags.set(await r.store.zeroSectors!(r.offset, r.length), at);
+      } catch (e) {
+        throw new ConvertFailure("read", first.offset + at * SECTOR, e);
+      }
+      at += r.length / SECTOR;
+    }
+    return flags;
+  };
+  /** Whether each chunk of `batch` is one data segment by QEMU's rules, given its zero sectors. */
+  const allData = (batch: Chunk[], scan: Uint8Array): boolean => {
+    let base = 0;
+    for (const chunk of batch) {
+      const chunkScan = scan.subarray(base / SECTOR, base / SECTOR + Math.ceil(chunk.length / SECTOR));
+      base += chunk.length;
+      if (chunkScan.indexOf(1) < 0) continue;
+      const segs = segments(chunk, (s) => chunkScan[s] === 1);
+      if (segs.length !== 1 || !segs[0]!.data) return false;
+    }
+    return true;
   };
   const copyFromStores = async (prepared: { batch: Chunk[]; slice: StoreSlice; flags: Uint8Array | undefined }): Promise<void> => {
     const { batch, slice } = prepared;
     let flags = prepared.flags;
     const first = batch[0]!;
+    if (guessing && minSparse !== 0 && !flags) {
+      // A fresh qcow2 target: the data is copied once, to where it goes if it holds no zero run QEMU would
+      // leave out; the target keeps that copy when it holds none (the usual case for data).
+      const scan = new Uint8Array(slice.byteLength / SECTOR);
+      let outcome: "written" | "declined" | "unsupported";
+      try {
+        outcome = await (target as Qcow2Image).writeFromStoresGuessing(first.offset, slice, scan, (sc) => allData(batch, sc));
+      } catch {
+        // Done again through memory, which says whether reading or writing failed, and where.
+        await copyThroughMemory(batch[Symbol.iterator]());
+        return;
+      }
+      if (outcome === "written") {
+        for (const chunk of batch) chunkDone(chunk);
+        return;
+      }
+      if (outcome === "declined") flags = scan;
+    }
+    if (minSparse !== 0 && !flags && !scanWhileCopying) flags = await scanRuns(first, [...slice.runs], slice.byteLength);
     if (scanWhileCopying) {
       // A raw target: the whole batch is copied to its place, zeros included, the zero sectors marked on the
       // way; then the zero segments QEMU leaves unwritten are deallocated again (holes, as QEMU's).
@@ -461,7 +509,9 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
       }
       return;
     }
-    // Data segments are merged across chunk boundaries while they touch: one copy instead of many.
+    // Data segments are merged across chunk boundaries while they touch, one copy instead of many, where
+    // that cannot move anything: a qcow2 image allocating its own data clusters may make a refcount block in
+    // the middle of a long write, which then lands elsewhere than between QEMU's separate writes.
     let pendingFrom = -1;
     let pendingTo = -1;
     const writePending = async () => {
@@ -493,7 +543,7 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
         const from = base + seg.from;
         const to = base + seg.to;
         if (seg.data) {
-          if (pendingTo === from) pendingTo = to;
+          if (pendingTo === from && mergeWrites) pendingTo = to;
           else {
             await writePending();
             pendingFrom = from;
@@ -545,7 +595,10 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
       // Batches of consecutive data chunks of one source go store to store; what cannot, and the zero and
       // backing chunks between them, go through memory. The next batch's zero sectors are looked up while
       // the current one is copied.
-      const items = batchesOf(chunks);
+      // A qcow2 target guessing its data's place needs the batch under one L2 table.
+      let batchBytes = Math.max(1, opts.batchBytes ?? BATCH_BYTES);
+      if (guessing && !target.hasDataFile && target.map.l2Coverage >= IO_BUFFER_BYTES) batchBytes = Math.min(batchBytes, target.map.l2Coverage);
+      const items = batchesOf(chunks, batchBytes);
       let current = await items.next();
       let ahead: Promise<Prepared> | undefined;
       try {

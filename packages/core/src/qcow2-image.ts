@@ -595,6 +595,77 @@ export class Qcow2Image implements BlockImage {
   }
 
   /**
+   * A store-to-store write for a copy that learns where its data is zero only by reading it (convert into a
+   * fresh image), in one pass over the data. The data's place is guessed first: the clusters `allocate` would
+   * give right now (after the L2 table the write makes first, when there is none yet), when the range is whole
+   * unallocated clusters (no copy-on-write) under one L2 table, the image has no external data file, and no
+   * refcount block has to be made. The slice is copied there (free clusters: nothing refers to them) while its zero
+   * sectors are marked in `scan`, and then `keep(scan)` decides:
+   * - true: the write is made as `writeFromStores` makes it (allocation, L2 entries), and since nothing ran in
+   *   between, the data is where it was copied, so it is not copied again ("written");
+   * - false: the copied bytes are zeroed and the file shrunk back to its size before ("declined", `scan`
+   *   filled): the caller writes the parts it wants.
+   * "unsupported" when no guess can be made; nothing was done and `scan` is untouched.
+   */
+  async writeFromStoresGuessing(
+    guestOffset: number,
+    data: StoreSlice,
+    scan: Uint8Array,
+    keep: (scan: Uint8Array) => boolean,
+  ): Promise<"written" | "declined" | "unsupported"> {
+    this.assertWritable();
+    this.checkRange(guestOffset, data.byteLength);
+    if (this.encryption || this.extendedL2 || this.hasDataFile || !StoreSlice.canCopyInto(this.data)) return "unsupported";
+    const cs = this.clusterSize;
+    const end = guestOffset + data.byteLength;
+    // Whole clusters only: a partial last cluster would be zeroed before its data is written (copy-on-write).
+    if (data.byteLength === 0 || guestOffset % cs !== 0 || end % cs !== 0) return "unsupported";
+    if (scan.length !== Math.ceil(data.byteLength / 512)) throw new Qcow2Error("INTERNAL", "writeFromStoresGuessing: scan has the wrong size");
+    return this.lock.write(() =>
+      this.guard(async () => {
+        const l1Index = this.map.l1Index(guestOffset);
+        if (this.map.l1Index(end - 1) !== l1Index || l1Index >= this.l1.size) return "unsupported";
+        const tableOffset = this.map.l2TableOffset(l1Index);
+        const count = Math.ceil(data.byteLength / cs);
+        let first: number | undefined;
+        if (tableOffset === 0) {
+          // The write will make the L2 table first (at the next free cluster), then the data after it.
+          const table = await this.refcounts.nextAllocation(1);
+          if (table === undefined || table === 0) return "unsupported";
+          first = await this.refcounts.nextAllocation(count, table + 1);
+        } else {
+          if (!this.l1.copied(l1Index)) return "unsupported";
+          const t = await this.l2Cache.get(tableOffset);
+          for (let pos = guestOffset; pos < end; pos += cs) {
+            const [hi, lo] = this.entryHalves(t, this.map.l2Index(pos));
+            if (hi !== 0 || lo !== 0) return "unsupported";
+          }
+          first = await this.refcounts.nextAllocation(count);
+        }
+        if (first === undefined || first === 0) return "unsupported";
+        const host = first * cs;
+        this.checkOverlap(host, count * cs);
+        const sizeBefore = await this.data.size();
+        let kept = false;
+        try {
+          await data.copyTo(this.data, host, scan);
+          kept = keep(scan);
+        } finally {
+          if (!kept) {
+            // Back to how the free clusters were: zeros inside the old end, nothing past it.
+            if (host < sizeBefore) await this.data.writeZeroes(host, Math.min(count * cs, sizeBefore - host), true);
+            if ((await this.data.size()) > sizeBefore) await this.data.resize(sizeBefore);
+          }
+        }
+        if (!kept) return "declined";
+        this.observe(guestOffset, data.byteLength);
+        await this.writeUnlocked(guestOffset, new StoreSlice(data.runs, { store: this.data, offset: host }));
+        return "written";
+      }),
+    );
+  }
+
+  /**
    * Where the guest bytes of a range are stored as they are (plain allocated clusters of an unencrypted
    * image), in guest order; undefined when some of it is not (zeros, compressed, unallocated, encrypted).
    */
@@ -692,7 +763,12 @@ export class Qcow2Image implements BlockImage {
     if (inRange(h.refcountTableOffset, h.refcountTableClusters * cs)) hit("refcount table");
     if (h.nbSnapshots > 0 && inRange(h.snapshotsOffset, this.snapshotTableBytes())) hit("snapshot table");
     const meta = this.metadataClusterSet();
-    for (let c = first; c <= last; c++) if (meta.has(c)) hit("active L2 table or refcount block");
+    // Whichever is shorter: the clusters of the write, or the metadata clusters.
+    if (last - first + 1 <= meta.size) {
+      for (let c = first; c <= last; c++) if (meta.has(c)) hit("active L2 table or refcount block");
+    } else {
+      for (const c of meta) if (c >= first && c <= last) hit("active L2 table or refcount block");
+    }
   }
 
   private snapshotTableBytes(): number {

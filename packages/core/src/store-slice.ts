@@ -18,7 +18,14 @@ const pieceBytes = 2 * 1024 * 1024;
 export class StoreSlice {
   readonly byteLength: number;
 
-  constructor(readonly runs: readonly StoreRun[]) {
+  /**
+   * @param placed where these bytes were already copied, when they were (see Qcow2Image
+   *   writeFromStoresGuessing): a copy to exactly that place is skipped.
+   */
+  constructor(
+    readonly runs: readonly StoreRun[],
+    readonly placed?: { readonly store: ByteStore; readonly offset: number },
+  ) {
     this.byteLength = runs.reduce((n, r) => n + r.length, 0);
   }
 
@@ -35,7 +42,7 @@ export class StoreSlice {
       at += r.length;
       if (at >= to) break;
     }
-    return new StoreSlice(out);
+    return new StoreSlice(out, this.placed && { store: this.placed.store, offset: this.placed.offset + from });
   }
 
   /** Read the slice into memory (for the few places that need the bytes: partial clusters). */
@@ -60,6 +67,7 @@ export class StoreSlice {
    * of what was copied are marked in it as ByteStore.zeroSectors marks them.
    */
   async copyTo(target: ByteStore, offset: number, scan?: Uint8Array): Promise<void> {
+    if (!scan && this.placed && this.placed.store === target && this.placed.offset === offset) return;
     let at = offset;
     for (const r of this.runs) {
       const sector = (at - offset) / 512;

@@ -173,16 +173,21 @@ export class Refcounts {
    */
   async update(clusterIndex: number, count: number, delta: number): Promise<void> {
     if (this.readOnly) throw new Qcow2Error("READ_ONLY", "Refcount update on a read-only image");
-    // Validate first so that a failing update leaves no partial change.
-    for (let i = 0; i < count; i++) {
-      const value = (await this.get(clusterIndex + i)) + delta;
-      if (value < 0) {
-        throw new Qcow2Error("CORRUPT", `Refcount of cluster ${clusterIndex + i} would drop below zero`);
-      }
-      if (value > this.maxValue) {
-        throw new Qcow2Error("INVALID_ARGUMENT", `Refcount of cluster ${clusterIndex + i} would overflow`, {
-          errno: "ERANGE",
-        });
+    // Validate first so that a failing update leaves no partial change (block by block: one lookup each).
+    for (let i = 0; i < count; ) {
+      const blockIndex = Math.floor((clusterIndex + i) / this.blockEntries);
+      const end = Math.min(count, (blockIndex + 1) * this.blockEntries - clusterIndex);
+      const block = await this.loadBlock(blockIndex);
+      for (; i < end; i++) {
+        const value = (block ? getRefcount(block.bytes, (clusterIndex + i) % this.blockEntries, this.refcountOrder) : 0) + delta;
+        if (value < 0) {
+          throw new Qcow2Error("CORRUPT", `Refcount of cluster ${clusterIndex + i} would drop below zero`);
+        }
+        if (value > this.maxValue) {
+          throw new Qcow2Error("INVALID_ARGUMENT", `Refcount of cluster ${clusterIndex + i} would overflow`, {
+            errno: "ERANGE",
+          });
+        }
       }
     }
     let i = 0;
@@ -278,6 +283,18 @@ export class Refcounts {
       await this.createBlock(missing, Math.max(start, missing * this.blockEntries), start, count);
     }
     await this.update(start, count, 1);
+  }
+
+  /**
+   * Where `allocate(count)` would place `count` clusters now, when it would need no new refcount block (the
+   * clusters then follow each other with nothing between them); undefined otherwise. Changes nothing. With
+   * `after`, where it would place them after an allocation that ended at cluster `after` (exclusive).
+   */
+  async nextAllocation(count: number, after?: number): Promise<number | undefined> {
+    if (this.readOnly || count <= 0) return undefined;
+    const start = await this.findFree(count, after ?? this.freeHint);
+    if (start + count > Number.MAX_SAFE_INTEGER / this.clusterSize) return undefined;
+    return this.firstMissingBlock(start, count) < 0 ? start : undefined;
   }
 
   /** Index of the first refcount block covering [start, start+count) that does not exist, or -1. */
