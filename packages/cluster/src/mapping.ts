@@ -182,6 +182,7 @@ export class ClusterMap {
       end = Math.min(limit, (Math.floor(guestOffset / cs) + 1) * cs);
       return { ...first, byteLength: end - guestOffset };
     }
+    if (!this.extendedL2 && end < limit) end = this.sameRunEnd(t, guestOffset, first.type, end, limit);
     while (end < limit) {
       const next = this.describe(t, end);
       if (next.type !== first.type || next.copied !== first.copied) break;
@@ -189,6 +190,45 @@ export class ClusterMap {
       end = Math.min(limit, end + (this.extendedL2 ? scSize : cs));
     }
     return { ...first, byteLength: end - guestOffset };
+  }
+
+  /**
+   * Standard L2 entries only: from cluster boundary `end`, skip the entries that are exactly what continues
+   * the run starting at `guestOffset`: the same flag bits and the next host cluster (or all zero after an
+   * all-zero entry). Such an entry has the first one's type and passes the same checks, so comparing the raw
+   * words is enough, without decoding each entry (runs of thousands of clusters in large copies). Returns
+   * where the first other entry starts; the caller decodes from there.
+   */
+  private sameRunEnd(t: L2Table, guestOffset: number, type: SubclusterType, end: number, limit: number): number {
+    const cs = this.clusterSize;
+    const view = t.view;
+    const at0 = l2EntryPosition(this.l2Index(guestOffset), false);
+    const hi0 = view.getUint32(at0);
+    const lo0 = view.getUint32(at0 + 4);
+    let at = l2EntryPosition(this.l2Index(end), false);
+    if (type === SubclusterType.UNALLOCATED_PLAIN) {
+      if (hi0 !== 0 || lo0 !== 0) return end;
+      while (end < limit && view.getUint32(at) === 0 && view.getUint32(at + 4) === 0) {
+        end = Math.min(limit, end + cs);
+        at += 8;
+      }
+      return end;
+    }
+    // Only plain allocated entries (no zero flag, not compressed, no reserved bits) continue by address.
+    if (type !== SubclusterType.NORMAL || (lo0 & 0x1ff) !== 0 || (hi0 & 0x7f000000) !== 0) return end;
+    const flagsHi = hi0 & 0x80000000;
+    const base = l2HostOffset(hi0, lo0);
+    if (base % cs !== 0) return end;
+    let host = base + (end - (Math.floor(guestOffset / cs) * cs));
+    while (end < limit) {
+      const highWord = Math.floor(host / 4294967296);
+      if (highWord > 0x00ffffff) break;
+      if (view.getUint32(at) !== ((flagsHi | highWord) >>> 0) || view.getUint32(at + 4) !== host % 4294967296) break;
+      end = Math.min(limit, end + cs);
+      host += cs;
+      at += 8;
+    }
+    return end;
   }
 
   /** End of the (sub)cluster containing `guestOffset`. */

@@ -1488,9 +1488,7 @@ export class Qcow2Image implements BlockImage {
         const realClusters = Math.floor(allocated / this.clusterSize);
         const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
         const endCluster = Math.ceil((await this.meta.size()) / this.clusterSize);
-        let count = 0;
-        for (let i = 0; i < endCluster && count < threshold; i++) if ((await this.refcounts.get(i)) !== 0) count++;
-        detected = count >= threshold;
+        detected = (await this.refcounts.countReferenced(endCluster, threshold)) >= threshold;
       }
     }
     this.preallocationDetected = detected;

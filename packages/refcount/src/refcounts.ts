@@ -157,6 +157,21 @@ export class Refcounts {
   }
 
   /**
+   * How many clusters below `clusterCount` have a non-zero refcount, counting no further than `stopAt`
+   * (the same answer as calling `get` for each, block by block).
+   */
+  async countReferenced(clusterCount: number, stopAt = Number.POSITIVE_INFINITY): Promise<number> {
+    let count = 0;
+    for (let first = 0; first < clusterCount && count < stopAt; first += this.blockEntries) {
+      const block = await this.loadBlock(Math.floor(first / this.blockEntries));
+      if (!block) continue;
+      const end = Math.min(this.blockEntries, clusterCount - first);
+      for (let i = 0; i < end && count < stopAt; i++) if (getRefcount(block.bytes, i, this.refcountOrder) !== 0) count++;
+    }
+    return count;
+  }
+
+  /**
    * The highest cluster below `clusterCount` with a non-zero refcount, or -1 when there is none (QEMU's
    * qcow2_get_last_cluster, given the file's size in clusters).
    */
