@@ -3,7 +3,7 @@
  * StoreSlice copies store to store (ByteStore.copyFrom, which a file store does on its own threads) instead
  * of receiving the bytes in memory; convert uses it so that 1 GiB of data never passes through JavaScript.
  */
-import type { ByteStore } from "@qcowkit/spec";
+import { Qcow2Error, type ByteStore } from "@qcowkit/spec";
 
 /** `length` bytes at `offset` of `store`. */
 export interface StoreRun {
@@ -12,8 +12,6 @@ export interface StoreRun {
   readonly length: number;
 }
 
-/** Bytes of a large copy held in memory at once when a slice must be read (2 MiB, qemu-img's buffer). */
-const pieceBytes = 2 * 1024 * 1024;
 
 export class StoreSlice {
   readonly byteLength: number;
@@ -62,27 +60,19 @@ export class StoreSlice {
   }
 
   /**
-   * Write the slice at `offset` of `target`: store to store where it can, else through a 2 MiB buffer. With
+   * Write the slice at `offset` of `target`, store to store (`target` must have copyFrom: see canCopyInto). With
    * `scan` (one byte per 512-byte sector of the slice; its runs must then be whole sectors), the zero sectors
    * of what was copied are marked in it as ByteStore.zeroSectors marks them.
    */
   async copyTo(target: ByteStore, offset: number, scan?: Uint8Array): Promise<void> {
+    // Callers check canCopyInto first (writes fall back to bytes in memory where it is false).
+    if (!target.copyFrom) throw new Qcow2Error("INTERNAL", `${target.name}: store cannot copy from other stores`);
     if (!scan && this.placed && this.placed.store === target && this.placed.offset === offset) return;
     let at = offset;
     for (const r of this.runs) {
       const sector = (at - offset) / 512;
       const runScan = scan?.subarray(sector, sector + Math.ceil(r.length / 512));
-      if (target.copyFrom) {
-        await target.copyFrom(r.store, r.offset, at, r.length, runScan);
-      } else {
-        const buf = new Uint8Array(Math.min(pieceBytes, r.length));
-        for (let done = 0; done < r.length; done += buf.byteLength) {
-          const piece = buf.subarray(0, Math.min(buf.byteLength, r.length - done));
-          await r.store.read(r.offset + done, piece);
-          if (runScan) for (let s = 0; s < piece.byteLength; s += 512) runScan[(done + s) / 512] = piece.subarray(s, s + 512).every((b) => b === 0) ? 1 : 0;
-          await target.write(at + done, piece);
-        }
-      }
+      await target.copyFrom(r.store, r.offset, at, r.length, runScan);
       at += r.length;
     }
   }
