@@ -34,6 +34,7 @@ import {
   encodeImageHeader,
   getU64,
   isAllZero,
+  firstNonZeroByte,
   l1EntriesForSize,
   l2BitmapAlloc,
   l2BitmapZero,
@@ -112,6 +113,8 @@ const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
 const MAX_DEFERRED_RANGES = 4096;
 
 const hex = (n: number) => `0x${n.toString(16)}`;
+/** Flags of a data cluster the active L1/L2 tables own alone. */
+const COPIED = { copied: true } as const;
 
 export class Qcow2Image implements BlockImage {
   readonly format = "qcow2" as const;
@@ -636,10 +639,8 @@ export class Qcow2Image implements BlockImage {
         } else {
           if (!this.l1.copied(l1Index)) return "unsupported";
           const t = await this.l2Cache.get(tableOffset);
-          for (let pos = guestOffset; pos < end; pos += cs) {
-            const [hi, lo] = this.entryHalves(t, this.map.l2Index(pos));
-            if (hi !== 0 || lo !== 0) return "unsupported";
-          }
+          const firstIndex = this.map.l2Index(guestOffset);
+          if (this.nextUsedEntry(t, firstIndex, firstIndex + Math.ceil(data.byteLength / cs)) >= 0) return "unsupported";
           first = await this.refcounts.nextAllocation(count);
         }
         if (first === undefined || first === 0) return "unsupported";
@@ -852,6 +853,15 @@ export class Qcow2Image implements BlockImage {
     }
   }
 
+  /**
+   * Index of the first standard L2 entry of `[from, to)` that is not all zeros (unallocated, no flags), or -1:
+   * the entries of a fresh table are skimmed in bulk instead of decoded one by one.
+   */
+  private nextUsedEntry(t: L2Table, from: number, to: number): number {
+    const at = firstNonZeroByte(t.bytes, from * 8, to * 8);
+    return at < 0 ? -1 : at >>> 3;
+  }
+
   private entryHalves(t: L2Table, l2Index: number): [number, number] {
     const at = l2EntryPosition(l2Index, this.extendedL2);
     return [t.view.getUint32(at), t.view.getUint32(at + 4)];
@@ -888,7 +898,19 @@ export class Qcow2Image implements BlockImage {
     let runEnd = Math.min(tableEnd, clusterStart + cs);
     if (!reuse) {
       while (runEnd < tableEnd) {
-        const [nhi, nlo] = this.entryHalves(t, this.map.l2Index(runEnd));
+        // Unallocated entries (all zeros) join the run: skipped in bulk up to the next entry that is not.
+        const index = this.map.l2Index(runEnd);
+        const used = this.nextUsedEntry(t, index, index + Math.ceil((tableEnd - runEnd) / cs));
+        if (used < 0) {
+          runEnd = tableEnd;
+          break;
+        }
+        runEnd += (used - index) * cs;
+        if (runEnd >= tableEnd) {
+          runEnd = tableEnd;
+          break;
+        }
+        const [nhi, nlo] = this.entryHalves(t, used);
         const nkind = classifyCluster(nhi, nlo, fmt);
         if ((nkind === "normal" || nkind === "zero-alloc") && l2IsCopied(nhi)) break;
         runEnd = Math.min(tableEnd, runEnd + cs);
@@ -968,13 +990,19 @@ export class Qcow2Image implements BlockImage {
       await Promise.all(writes);
     }
     // Link: new entries first, then the old clusters are freed (after the new entries are durable).
+    const firstIndex = this.map.l2Index(clusterStart);
+    // Entries that were unallocated (all zeros) release nothing.
+    const freesNothing = this.hasDataFile || this.nextUsedEntry(t, firstIndex, firstIndex + count) < 0;
     for (let i = 0; i < count; i++) {
-      const guest = clusterStart + i * cs;
-      const l2Index = this.map.l2Index(guest);
-      const [hi, lo] = this.entryHalves(t, l2Index);
+      const l2Index = firstIndex + i;
       const host = hostStart + i * cs;
-      setL2Entry(t.view, l2Index, false, host, { copied: true });
-      if (!this.hasDataFile) this.freeEntryCluster(hi, lo, host);
+      if (freesNothing) {
+        setL2Entry(t.view, l2Index, false, host, COPIED);
+        continue;
+      }
+      const [hi, lo] = this.entryHalves(t, l2Index);
+      setL2Entry(t.view, l2Index, false, host, COPIED);
+      this.freeEntryCluster(hi, lo, host);
     }
     this.l2Cache.markDirty(t);
   }

@@ -14,6 +14,8 @@
 import {
   Qcow2Error,
   getRefcount,
+  firstUsedRefcount,
+  fillRefcounts,
   maxRefcount,
   refcountBlockEntries,
   reftableEntryOffset,
@@ -193,6 +195,14 @@ export class Refcounts {
       const blockIndex = Math.floor((clusterIndex + i) / this.blockEntries);
       const end = Math.min(count, (blockIndex + 1) * this.blockEntries - clusterIndex);
       const block = await this.loadBlock(blockIndex);
+      // Free clusters taking a reference (every fresh allocation): one bulk check for the whole part.
+      const base = blockIndex * this.blockEntries;
+      if (delta > 0 && delta <= this.maxValue) {
+        if (!block || firstUsedRefcount(block.bytes, clusterIndex + i - base, clusterIndex + end - base, this.refcountOrder) < 0) {
+          i = end;
+          continue;
+        }
+      }
       for (; i < end; i++) {
         const value = (block ? getRefcount(block.bytes, (clusterIndex + i) % this.blockEntries, this.refcountOrder) : 0) + delta;
         if (value < 0) {
@@ -213,6 +223,14 @@ export class Refcounts {
         (await this.loadBlock(blockIndex)) ??
         (await this.createBlock(blockIndex, Math.max(clusterIndex, blockIndex * this.blockEntries), clusterIndex, count));
       const end = Math.min(count, (blockIndex + 1) * this.blockEntries - clusterIndex);
+      const base = blockIndex * this.blockEntries;
+      if (delta > 0 && firstUsedRefcount(block.bytes, clusterIndex + i - base, clusterIndex + end - base, this.refcountOrder) < 0) {
+        // All free before: all `delta` now (no refcount reaches zero, so the free hint stays).
+        fillRefcounts(block.bytes, clusterIndex + i - base, clusterIndex + end - base, this.refcountOrder, delta);
+        i = end;
+        block.dirty = true;
+        continue;
+      }
       for (; i < end; i++) {
         const idx = (clusterIndex + i) % this.blockEntries;
         const value = getRefcount(block.bytes, idx, this.refcountOrder) + delta;
@@ -250,12 +268,24 @@ export class Refcounts {
         if (runLength >= count) return runStart;
         continue;
       }
-      for (; ci < blockEnd; ci++) {
-        if (getRefcount(block.bytes, ci % this.blockEntries, this.refcountOrder) === 0) {
-          if (runLength === 0) runStart = ci;
-          if (++runLength >= count) return runStart;
+      const base = blockIndex * this.blockEntries;
+      while (ci < blockEnd) {
+        if (getRefcount(block.bytes, ci - base, this.refcountOrder) !== 0) {
+          runLength = 0;
+          ci++;
+          continue;
+        }
+        // A free cluster: the rest of the run it may start is checked in bulk.
+        if (runLength === 0) runStart = ci;
+        const windowEnd = Math.min(blockEnd, ci + (count - runLength));
+        const used = firstUsedRefcount(block.bytes, ci - base, windowEnd - base, this.refcountOrder);
+        if (used < 0) {
+          runLength += windowEnd - ci;
+          ci = windowEnd;
+          if (runLength >= count) return runStart;
         } else {
           runLength = 0;
+          ci = base + used + 1;
         }
       }
     }

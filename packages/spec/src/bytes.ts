@@ -68,6 +68,33 @@ export function isAligned(value: number, alignment: number): boolean {
   return value % alignment === 0;
 }
 
+/**
+ * Index of the first non-zero byte of `bytes[from, to)`, or -1 when they are all zero. Scans 4 bytes at a
+ * time where the alignment allows (metadata tables are mostly zeros: this is how they are skimmed in bulk).
+ */
+export function firstNonZeroByte(bytes: Uint8Array, from = 0, to: number = bytes.byteLength): number {
+  let i = Math.max(0, from);
+  const end = Math.min(to, bytes.byteLength);
+  if (end <= i) return -1;
+  // Single bytes up to a 4-byte boundary of the underlying buffer, then words, then the tail.
+  while (i < end && ((bytes.byteOffset + i) & 3) !== 0) {
+    if (bytes[i] !== 0) return i;
+    i++;
+  }
+  const words = (end - i) >>> 2;
+  if (words > 0) {
+    const u32 = new Uint32Array(bytes.buffer, bytes.byteOffset + i, words);
+    for (let w = 0; w < words; w++) {
+      if (u32[w] !== 0) {
+        for (let b = i + w * 4; ; b++) if (bytes[b] !== 0) return b;
+      }
+    }
+    i += words << 2;
+  }
+  for (; i < end; i++) if (bytes[i] !== 0) return i;
+  return -1;
+}
+
 /** True when every byte of `bytes` is zero. */
 export function isAllZero(bytes: Uint8Array): boolean {
   const len = bytes.byteLength;

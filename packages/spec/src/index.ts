@@ -1,7 +1,7 @@
 export { Qcow2Error, isQcow2Error, errnoText } from "./errors";
 export type { Qcow2ErrorCode, Errno, Qcow2ErrorOptions } from "./errors";
 export type { ByteStore, StorePreallocation } from "./byte-store";
-export { viewOf, getU64, setU64, encodeText, decodeText, alignUp, isAligned, isAllZero } from "./bytes";
+export { viewOf, getU64, setU64, encodeText, decodeText, alignUp, isAligned, isAllZero, firstNonZeroByte } from "./bytes";
 export * from "./constants";
 export { decodeHeader, encodeHeader, encodedHeaderLength, HEADER_PROBE_BYTES } from "./header";
 export type { Qcow2Header } from "./header";
@@ -84,6 +84,8 @@ export {
   setReftableEntry,
   getRefcount,
   setRefcount,
+  firstUsedRefcount,
+  fillRefcounts,
 } from "./refcount-entry";
 export {
   SNAPSHOT_HEADER_BYTES,

@@ -5,6 +5,7 @@
  * Refcount block: one cluster of entries, each `2^refcount_order` bits wide. Entries narrower than a byte
  * are packed from the least significant bit of each byte; 16-, 32- and 64-bit entries are big endian.
  */
+import { firstNonZeroByte } from "./bytes";
 import { REFT_RESERVED_MASK_LO } from "./constants";
 
 const TWO_32 = 4294967296;
@@ -106,4 +107,58 @@ export function setRefcount(block: Uint8Array, index: number, refcountOrder: num
       block[at + 7] = lo & 0xff;
     }
   }
+}
+
+/**
+ * Index of the first entry of `[from, to)` whose refcount is not zero, or -1 when they are all free. Reads
+ * the block in bulk (see firstNonZeroByte): a search for free clusters skims a mostly empty block quickly.
+ */
+export function firstUsedRefcount(block: Uint8Array, from: number, to: number, refcountOrder: number): number {
+  if (from >= to) return -1;
+  if (refcountOrder >= 3) {
+    const width = 1 << (refcountOrder - 3);
+    const at = firstNonZeroByte(block, from * width, to * width);
+    return at < 0 ? -1 : Math.floor(at / width);
+  }
+  // Entries narrower than a byte: the partial bytes at both ends entry by entry, whole bytes in bulk.
+  const perByte = 8 >> refcountOrder;
+  let i = from;
+  for (; i < to && i % perByte !== 0; i++) if (getRefcount(block, i, refcountOrder) !== 0) return i;
+  const wholeEnd = to - (to % perByte);
+  if (i < wholeEnd) {
+    const at = firstNonZeroByte(block, i / perByte, wholeEnd / perByte);
+    if (at >= 0) {
+      for (let j = at * perByte; ; j++) if (getRefcount(block, j, refcountOrder) !== 0) return j;
+    }
+    i = Math.max(i, wholeEnd);
+  }
+  for (; i < to; i++) if (getRefcount(block, i, refcountOrder) !== 0) return i;
+  return -1;
+}
+
+/** Set entries `[from, to)` of a refcount block to `value` (which must fit the entry width). */
+export function fillRefcounts(block: Uint8Array, from: number, to: number, refcountOrder: number, value: number): void {
+  if (from >= to) return;
+  if (refcountOrder >= 3) {
+    const width = 1 << (refcountOrder - 3);
+    const start = from * width;
+    const end = to * width;
+    setRefcount(block, from, refcountOrder, value);
+    // Double the filled part until the range is covered.
+    for (let filled = width; start + filled < end; filled *= 2) {
+      block.copyWithin(start + filled, start, Math.min(start + filled, end - filled));
+    }
+    return;
+  }
+  const perByte = 8 >> refcountOrder;
+  let i = from;
+  for (; i < to && i % perByte !== 0; i++) setRefcount(block, i, refcountOrder, value);
+  const wholeEnd = to - (to % perByte);
+  if (i < wholeEnd) {
+    // The value repeated in every entry of a byte: 1-bit 0b11111111, 2-bit 0b01010101 * v, 4-bit 0x11 * v.
+    const pattern = refcountOrder === 0 ? (value & 1) * 0xff : refcountOrder === 1 ? (value & 3) * 0x55 : (value & 15) * 0x11;
+    block.fill(pattern, i / perByte, wholeEnd / perByte);
+    i = wholeEnd;
+  }
+  for (; i < to; i++) setRefcount(block, i, refcountOrder, value);
 }
