@@ -640,7 +640,7 @@ export class Qcow2Image implements BlockImage {
           if (!this.l1.copied(l1Index)) return "unsupported";
           const t = await this.l2Cache.get(tableOffset);
           const firstIndex = this.map.l2Index(guestOffset);
-          if (this.nextUsedEntry(t, firstIndex, firstIndex + Math.ceil(data.byteLength / cs)) >= 0) return "unsupported";
+          if (this.nextUsedEntry(t, firstIndex, firstIndex + count) >= 0) return "unsupported";
           first = await this.refcounts.nextAllocation(count);
         }
         if (first === undefined || first === 0) return "unsupported";
@@ -906,10 +906,6 @@ export class Qcow2Image implements BlockImage {
           break;
         }
         runEnd += (used - index) * cs;
-        if (runEnd >= tableEnd) {
-          runEnd = tableEnd;
-          break;
-        }
         const [nhi, nlo] = this.entryHalves(t, used);
         const nkind = classifyCluster(nhi, nlo, fmt);
         if ((nkind === "normal" || nkind === "zero-alloc") && l2IsCopied(nhi)) break;
@@ -996,13 +992,9 @@ export class Qcow2Image implements BlockImage {
     for (let i = 0; i < count; i++) {
       const l2Index = firstIndex + i;
       const host = hostStart + i * cs;
-      if (freesNothing) {
-        setL2Entry(t.view, l2Index, false, host, COPIED);
-        continue;
-      }
-      const [hi, lo] = this.entryHalves(t, l2Index);
+      const old = freesNothing ? undefined : this.entryHalves(t, l2Index);
       setL2Entry(t.view, l2Index, false, host, COPIED);
-      this.freeEntryCluster(hi, lo, host);
+      if (old) this.freeEntryCluster(old[0], old[1], host);
     }
     this.l2Cache.markDirty(t);
   }

@@ -97,14 +97,5 @@ export function firstNonZeroByte(bytes: Uint8Array, from = 0, to: number = bytes
 
 /** True when every byte of `bytes` is zero. */
 export function isAllZero(bytes: Uint8Array): boolean {
-  const len = bytes.byteLength;
-  let i = 0;
-  if (bytes.byteOffset % 4 === 0) {
-    const words = len >>> 2;
-    const u32 = new Uint32Array(bytes.buffer, bytes.byteOffset, words);
-    for (let w = 0; w < words; w++) if (u32[w] !== 0) return false;
-    i = words << 2;
-  }
-  for (; i < len; i++) if (bytes[i] !== 0) return false;
-  return true;
+  return firstNonZeroByte(bytes) < 0;
 }
