@@ -150,15 +150,28 @@ export function toSafeNumber(v: bigint, name = "size"): number {
 function exactRatio(v: number): { num: bigint; den: bigint } {
   let k = 0;
   let scaled = v;
+  // Doubling is exact; 2 ** k itself would overflow for subnormal v (k reaches 1074).
   while (!Number.isInteger(scaled)) {
     k++;
-    scaled = v * 2 ** k;
+    scaled *= 2;
   }
   return { num: BigInt(scaled), den: 1n << BigInt(k) };
 }
 
+/**
+ * Whether `Number.prototype.toFixed(decimals)` prints v as C's printf does. Both round the exact binary value;
+ * they differ only on an exact tie (toFixed rounds it up, printf to even). v * 10^decimals ends in exactly .5
+ * when, and only when, v is an odd multiple of 2^-(decimals + 1): multiplying by powers of two is exact.
+ */
+function toFixedMatchesPrintf(v: number, decimals: number): boolean {
+  if (decimals < 0 || decimals > 100 || !(v < 1e21)) return false;
+  const half = v * 2 ** (decimals + 1);
+  return !(Number.isInteger(half) && !Number.isInteger(half / 2));
+}
+
 /** round(v * 10^decimals) with C's round-half-to-even on exact ties (decimals may be negative). */
 function roundScaled(v: number, decimals: number): bigint {
+  if (toFixedMatchesPrintf(v, decimals)) return BigInt(v.toFixed(decimals).replace(".", ""));
   const { num, den } = exactRatio(v);
   const n = decimals >= 0 ? num * 10n ** BigInt(decimals) : num;
   const d = decimals >= 0 ? den : den * 10n ** BigInt(-decimals);
@@ -170,6 +183,7 @@ function roundScaled(v: number, decimals: number): bigint {
 
 /** printf("%.*f", decimals, v) for finite v >= 0. */
 export function formatFixed(v: number, decimals: number): string {
+  if (toFixedMatchesPrintf(v, decimals)) return v.toFixed(decimals);
   const q = roundScaled(v, decimals).toString();
   if (decimals === 0) return q;
   const padded = q.padStart(decimals + 1, "0");
