@@ -296,6 +296,48 @@ describe("FileStore inMemorySyncIoBytes", () => {
   });
 });
 
+describe("FileStore flush", () => {
+  /** Whether a flush of a fresh writable file at `path` went to the thread pool (callback or promise request). */
+  async function flushOnPool(path: string): Promise<boolean> {
+    await writeFile(path, new Uint8Array(4 * KiB));
+    const store = await FileStore.open(path);
+    try {
+      let requests = 0;
+      const hook = createHook({ init: (_id, type) => void ((type === "FSREQCALLBACK" || type === "FSREQPROMISE") && requests++) });
+      hook.enable();
+      let flushing: Promise<void>;
+      try {
+        flushing = store.flush();
+      } finally {
+        hook.disable();
+      }
+      await flushing;
+      return requests > 0;
+    } finally {
+      await store.close();
+    }
+  }
+
+  it.skipIf(process.platform !== "linux" || !existsSync("/dev/shm"))("on tmpfs, fdatasync is done on the calling thread", async () => {
+    const shm = await mkdtemp("/dev/shm/qcowkit-filestore-");
+    try {
+      expect(await flushOnPool(join(shm, "f.raw"))).toBe(false);
+    } finally {
+      await rm(shm, { recursive: true, force: true });
+    }
+  });
+
+  it("on a file system on a device, fdatasync goes to the thread pool", async () => {
+    if ((await statfs(import.meta.dirname)).type === TMPFS_MAGIC) return; // the checkout itself is in memory
+    const here = join(import.meta.dirname, `.filestore-flush-${process.pid}.raw`);
+    try {
+      expect(await flushOnPool(here)).toBe(true);
+    } finally {
+      await rm(here, { force: true });
+    }
+  });
+});
+
 describe.skipIf(process.env.QCOWKIT_NATIVE === "0" || process.platform !== "linux")("FileStore cachedReadBytes", () => {
   /** Reads `length` bytes at `position`; reports whether the read went to the thread pool. */
   async function readOnPool(store: FileStore, position: number, length: number, expected: Uint8Array): Promise<boolean> {

@@ -1,4 +1,4 @@
-import { read as fdRead, readSync, write as fdWrite, writeSync } from "node:fs";
+import { fdatasyncSync, read as fdRead, readSync, write as fdWrite, writeSync } from "node:fs";
 import { constants, open, statfs } from "node:fs/promises";
 import { Qcow2Error, type ByteStore, type StorePreallocation } from "@qcowkit/spec";
 import { printableName } from "../printable-name";
@@ -191,8 +191,9 @@ export class FileStore implements ByteStore {
     }
     const store = new FileStore(handle, name, readOnly, options.native ?? true);
     store.syncIoBytes = options.syncIoBytes ?? 0;
+    store.inMemory = !readOnly && (await isInMemoryFile(path));
     const inMemory = options.inMemorySyncIoBytes ?? 0;
-    if (inMemory > store.syncIoBytes && (await isInMemoryFile(path))) store.syncIoBytes = inMemory;
+    if (inMemory > store.syncIoBytes && store.inMemory) store.syncIoBytes = inMemory;
     if (store.native?.features.cachedRead) store.cachedReadBytes = options.cachedReadBytes ?? 0;
     if (lock !== "none" && store.native) {
       try {
@@ -240,7 +241,10 @@ export class FileStore implements ByteStore {
   async flush(): Promise<void> {
     this.assertOpen();
     try {
-      await this.handle.datasync();
+      // In memory, fdatasync waits for no device: on this thread it is ~2 µs, a thread-pool round trip ~30.
+      const fd = this.handle.fd;
+      if (this.inMemory && typeof fd === "number") fdatasyncSync(fd);
+      else await this.handle.datasync();
     } catch (error) {
       throw fromSystemError(error, `Could not flush '${printableName(this.name)}'`);
     }
@@ -499,6 +503,8 @@ export class FileStore implements ByteStore {
    * small requests (one less promise layer inside Node), so it is used whenever the handle has a descriptor.
    */
   private syncIoBytes = 0;
+  /** A writable file on a memory file system (tmpfs, ramfs), seen by statfs at open. */
+  private inMemory = false;
   /** Reads up to this size try the page cache on this thread first (0 once the file system cannot tell). */
   private cachedReadBytes = 0;
 
