@@ -25,7 +25,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const argv = process.argv.slice(2);
 const opt = (name, fallback) => (argv.includes(name) ? Number(argv[argv.indexOf(name) + 1]) : fallback);
 const sizeMiB = opt("--size-mib", 1024);
-const rounds = opt("--rounds", 9);
+const rounds = opt("--rounds", 11);
 const writes = opt("--writes", 5000);
 const binFile = (name) => join(root, "apps", "cli", "bin", `${name}.js`);
 for (const b of ["qimg", "qio"]) {
