@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { cpSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildWithDependencies } from "../../../scripts/build-for-tests.mjs";
 import { pnpmCommand } from "../../../scripts/pnpm.mjs";
 import { qemu, tempDir } from "./helpers";
@@ -29,6 +29,7 @@ const probe: Record<string, string> = {
   core: "Qcow2Image",
 };
 const t = tempDir("qcowkit-pack-");
+afterAll(() => t.cleanup());
 const tarballs: Record<string, string> = {};
 
 function npm(args: string[], cwd: string): string {
