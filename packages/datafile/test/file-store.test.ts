@@ -1,6 +1,6 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHook } from "node:async_hooks";
-import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, statfsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, stat, statfs, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -231,10 +231,10 @@ class ShortHandle implements FileHandleLike {
 
 const TMPFS_MAGIC = 0x01021994;
 
-/** Calls `start` and counts the fs requests with a callback (thread-pool work) it made before returning. */
+/** Calls `start` and counts the fs requests (thread-pool work, callback or promise) it made before returning. */
 function poolRequestsOf<T>(start: () => T): { result: T; requests: number } {
   let requests = 0;
-  const hook = createHook({ init: (_id, type) => void (type === "FSREQCALLBACK" && requests++) });
+  const hook = createHook({ init: (_id, type) => void ((type === "FSREQCALLBACK" || type === "FSREQPROMISE") && requests++) });
   hook.enable();
   try {
     return { result: start(), requests };
@@ -279,6 +279,17 @@ describe("FileStore inMemorySyncIoBytes", () => {
         expect(await threadPoolUse(path, 4 * KiB, { inMemorySyncIoBytes: 64 * KiB })).toEqual({ wroteOnPool: false, readOnPool: false });
         expect(await threadPoolUse(path, 128 * KiB, { inMemorySyncIoBytes: 64 * KiB })).toEqual({ wroteOnPool: true, readOnPool: true });
         expect(await threadPoolUse(path, 4 * KiB, {})).toEqual({ wroteOnPool: true, readOnPool: true });
+        // A read-only store (a read-only export) is in memory too.
+        const readOnly = await FileStore.open(path, { readOnly: true, inMemorySyncIoBytes: 64 * KiB });
+        try {
+          const into = new Uint8Array(4 * KiB);
+          const reading = poolRequestsOf(() => readOnly.read(0, into));
+          expect(reading.requests).toBe(0);
+          await reading.result;
+          expectBytes(into, pattern(4 * KiB, 9));
+        } finally {
+          await readOnly.close();
+        }
       } finally {
         await rm(shm, { recursive: true, force: true });
       }
@@ -302,17 +313,9 @@ describe("FileStore flush", () => {
     await writeFile(path, new Uint8Array(4 * KiB));
     const store = await FileStore.open(path);
     try {
-      let requests = 0;
-      const hook = createHook({ init: (_id, type) => void ((type === "FSREQCALLBACK" || type === "FSREQPROMISE") && requests++) });
-      hook.enable();
-      let flushing: Promise<void>;
-      try {
-        flushing = store.flush();
-      } finally {
-        hook.disable();
-      }
-      await flushing;
-      return requests > 0;
+      const flushing = poolRequestsOf(() => store.flush());
+      await flushing.result;
+      return flushing.requests > 0;
     } finally {
       await store.close();
     }
@@ -327,8 +330,8 @@ describe("FileStore flush", () => {
     }
   });
 
-  it("on a file system on a device, fdatasync goes to the thread pool", async () => {
-    if ((await statfs(import.meta.dirname)).type === TMPFS_MAGIC) return; // the checkout itself is in memory
+  // Skipped only when the checkout itself is in memory (never in CI, whose clone is on disk).
+  it.skipIf(statfsSync(import.meta.dirname).type === TMPFS_MAGIC)("on a file system on a device, fdatasync goes to the thread pool", async () => {
     const here = join(import.meta.dirname, `.filestore-flush-${process.pid}.raw`);
     try {
       expect(await flushOnPool(here)).toBe(true);

@@ -191,7 +191,7 @@ export class FileStore implements ByteStore {
     }
     const store = new FileStore(handle, name, readOnly, options.native ?? true);
     store.syncIoBytes = options.syncIoBytes ?? 0;
-    store.inMemory = !readOnly && (await isInMemoryFile(path));
+    store.inMemory = await isInMemoryFile(path);
     const inMemory = options.inMemorySyncIoBytes ?? 0;
     if (inMemory > store.syncIoBytes && store.inMemory) store.syncIoBytes = inMemory;
     if (store.native?.features.cachedRead) store.cachedReadBytes = options.cachedReadBytes ?? 0;
@@ -503,7 +503,7 @@ export class FileStore implements ByteStore {
    * small requests (one less promise layer inside Node), so it is used whenever the handle has a descriptor.
    */
   private syncIoBytes = 0;
-  /** A writable file on a memory file system (tmpfs, ramfs), seen by statfs at open. */
+  /** The file is on a memory file system (tmpfs, ramfs), seen by statfs at open. */
   private inMemory = false;
   /** Reads up to this size try the page cache on this thread first (0 once the file system cannot tell). */
   private cachedReadBytes = 0;
