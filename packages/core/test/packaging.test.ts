@@ -28,6 +28,7 @@ const probe: Record<string, string> = {
   datafile: "MemoryStore",
   core: "Qcow2Image",
 };
+const license = readFileSync(join(root, "LICENSE"), "utf8");
 const t = tempDir("qcowkit-pack-");
 afterAll(() => t.cleanup());
 const tarballs: Record<string, string> = {};
@@ -53,6 +54,20 @@ beforeAll(() => {
   }
 }, 300_000);
 
+describe("licence", () => {
+  it("every package and app carries the root LICENSE and lists it in its files", () => {
+    for (const group of ["packages", "apps"]) {
+      for (const name of readdirSync(join(root, group))) {
+        const dir = join(root, group, name);
+        const pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8"));
+        expect(pkg.license, `${group}/${name}`).toBe("MIT");
+        expect(pkg.files ?? [], `${group}/${name}`).toContain("LICENSE");
+        expect(readFileSync(join(dir, "LICENSE"), "utf8"), `${group}/${name}`).toBe(license);
+      }
+    }
+  });
+});
+
 describe("packed libraries", () => {
   for (const [name, deps] of Object.entries(libs)) {
     it(`@qcowkit/${name} installs alone and loads`, () => {
@@ -62,6 +77,7 @@ describe("packed libraries", () => {
       npm(["install", "--no-audit", "--no-fund", ...[...deps, name].map((d) => tarballs[d]!)], dir);
       const pkg = JSON.parse(readFileSync(join(dir, "node_modules", "@qcowkit", name, "package.json"), "utf8"));
       expect(pkg.files).toContain("dist");
+      expect(readFileSync(join(dir, "node_modules", "@qcowkit", name, "LICENSE"), "utf8")).toBe(license);
       const exported = execFileSync(
         "node",
         ["--input-type=module", "-e", `import * as m from "@qcowkit/${name}"; console.log(typeof m["${probe[name]}"])`],
