@@ -3,8 +3,8 @@
  * apps), and everything below the Node file backend is runtime-agnostic (no node: imports, no Buffer,
  * no process), so the same core runs in a browser.
  */
-import { readFileSync, readdirSync, statSync } from "node:fs";
-import { dirname, join, relative } from "node:path";
+import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 
@@ -19,6 +19,39 @@ function files(dir: string): string[] {
 
 function stripComments(text: string): string {
   return text.replace(/\/\*[\s\S]*?\*\//g, "").replace(/^\s*\/\/.*$/gm, "");
+}
+
+/**
+ * The import cycles among a package's source files, each as "a.ts -> b.ts -> a.ts". Type-only imports
+ * (`import type`) are left out: they vanish from the JavaScript and cannot change evaluation order.
+ */
+function importCycles(src: string): string[] {
+  const graph = new Map<string, string[]>();
+  for (const f of files(src)) {
+    const deps: string[] = [];
+    for (const m of stripComments(readFileSync(f, "utf8")).matchAll(/^\s*(?:import|export)\s+(type\s+)?[^;]*?from\s+"(\.[^"]+)"/gms)) {
+      if (m[1]) continue;
+      const base = resolve(dirname(f), m[2]!);
+      const hit = [`${base}.ts`, join(base, "index.ts"), base.replace(/\.js$/, ".ts")].find((c) => existsSync(c) && statSync(c).isFile());
+      if (hit) deps.push(hit);
+    }
+    graph.set(f, deps);
+  }
+  const state = new Map<string, "open" | "done">();
+  const stack: string[] = [];
+  const cycles: string[] = [];
+  const visit = (node: string): void => {
+    state.set(node, "open");
+    stack.push(node);
+    for (const dep of graph.get(node) ?? []) {
+      if (state.get(dep) === "open") cycles.push([...stack.slice(stack.indexOf(dep)), dep].map((p) => relative(src, p)).join(" -> "));
+      else if (!state.has(dep)) visit(dep);
+    }
+    stack.pop();
+    state.set(node, "done");
+  };
+  for (const node of graph.keys()) if (!state.has(node)) visit(node);
+  return cycles;
 }
 
 const allowed: Record<string, string[]> = {
@@ -65,6 +98,12 @@ describe("monorepo shape", () => {
         const text = stripComments(readFileSync(f, "utf8"));
         expect(text, `${name}/src/${rel}`).not.toMatch(/from "node:|require\(|\bBuffer\b|\bprocess\./);
       }
+    });
+  }
+
+  for (const name of ["spec", "cluster", "refcount", "datafile", "core"]) {
+    it(`@qcowkit/${name} has no import cycles between its source files`, () => {
+      expect(importCycles(join(root, "packages", name, "src"))).toEqual([]);
     });
   }
 });
