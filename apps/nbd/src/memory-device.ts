@@ -141,6 +141,10 @@ export class MemoryDevice implements BlockImage {
     return out;
   }
 
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   async close(): Promise<void> {
     this.closed = true;
   }

@@ -73,5 +73,6 @@ export class ProbedRawGuard implements BlockImage {
   blockStatus(o: number, n: number) { return this.inner.blockStatus(o, n); }
   resize(n: number, opts?: { shrink?: boolean; preallocation?: "off" | "metadata" | "falloc" | "full" }) { return this.inner.resize(n, opts); }
   close() { return this.inner.close(); }
+  [Symbol.asyncDispose]() { return this.close(); }
 }
 

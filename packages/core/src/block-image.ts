@@ -79,6 +79,8 @@ export interface BlockImage {
    */
   writeFromStores?(guestOffset: number, data: StoreSlice): Promise<boolean>;
   close(): Promise<void>;
+  /** `close()`, so that `await using image = await openImage(...)` closes the image at the end of its block. */
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 /** Merge adjacent extents with equal status and contiguous host offsets (as qemu-img map merges). */

@@ -1777,6 +1777,10 @@ export class Qcow2Image implements BlockImage {
 
   // ---------------------------------------------------------------- close
 
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     try {

@@ -112,6 +112,10 @@ export class RawImage implements BlockImage {
     this.size = newVirtualSize;
   }
 
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

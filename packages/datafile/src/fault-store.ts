@@ -139,6 +139,10 @@ export class FaultInjectingStore implements ByteStore {
    * shutdown would leave them) and the inner store is closed. After a crash the inner store is left
    * open, because crash images read from it: close it yourself when done with them.
    */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   close(): Promise<void> {
     return this.serialize(async () => {
       if (this.closed) return;

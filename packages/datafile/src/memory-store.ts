@@ -184,6 +184,10 @@ export class MemoryStore implements ByteStore {
     return zeroSectorsByReading(this, offset, length, (start, end) => this.isHole(start, end));
   }
 
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     this.chunks.clear();

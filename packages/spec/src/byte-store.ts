@@ -30,6 +30,11 @@ export interface ByteStore {
   /** Release the store; further calls fail. */
   close(): Promise<void>;
   /**
+   * `close()`, so that `await using store = ...` releases the store at the end of its block. Every store class
+   * in `@qcowkit/datafile` has it; ad-hoc stores may leave it out.
+   */
+  [Symbol.asyncDispose]?(): Promise<void>;
+  /**
    * True when `writeZeroes` without unmap costs no zero-byte writes (fallocate zero-range or punch + allocate,
    * or memory): callers then prefer it to writing zero buffers, as QEMU does for copy-on-write regions.
    */

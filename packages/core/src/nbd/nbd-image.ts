@@ -113,6 +113,10 @@ export class NbdImage implements BlockImage {
     throw new Qcow2Error("NOT_SUPPORTED", "Cannot resize NBD nodes", { errno: "ENOTSUP" });
   }
 
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

@@ -72,6 +72,10 @@ export class NbdStore implements ByteStore {
     await this.io.zero(offset, length, { unmap });
   }
 
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

@@ -376,6 +376,10 @@ export class FileStore implements ByteStore {
     return typeof fd === "number" ? fd : undefined;
   }
 
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     // Release the lock bytes while the descriptor is still ours (closing would drop them too).
