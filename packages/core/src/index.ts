@@ -1,3 +1,6 @@
+/**
+ * @module @qcowkit/core
+ */
 export { Qcow2Image } from "./qcow2-image";
 export type { Qcow2OpenOptions } from "./qcow2-image";
 export { mergeExtents } from "./block-image";

@@ -1,6 +1,8 @@
 /**
- * @qcowkit/core/node: open and create images on the local file system. Everything of "@qcowkit/core" is
+ * Open and create images on the local file system. Everything of "@qcowkit/core" is
  * re-exported, plus `openImage`, `createImage` and the file-system resolver.
+ *
+ * @module @qcowkit/core/node
  */
 import { realpath } from "node:fs/promises";
 import { FileStore, checkSafeReference, resolveBackingFileName, resolveDataFileName } from "@qcowkit/datafile/node";

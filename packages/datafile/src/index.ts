@@ -1,6 +1,8 @@
 /**
- * @qcowkit/datafile: byte stores and external data file handling, runtime-agnostic.
+ * Byte stores and external data file handling, runtime-agnostic.
  * The Node file backend is in "@qcowkit/datafile/node".
+ *
+ * @module @qcowkit/datafile
  */
 export { MemoryStore, isAllZero, type MemoryStoreOptions } from "./memory-store";
 export {

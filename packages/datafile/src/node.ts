@@ -1,5 +1,7 @@
 /**
- * @qcowkit/datafile/node: everything from "@qcowkit/datafile" plus the Node file backend.
+ * Everything from "@qcowkit/datafile" plus the Node file backend.
+ *
+ * @module @qcowkit/datafile/node
  */
 export * from "./index";
 export {

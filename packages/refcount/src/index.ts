@@ -1,3 +1,6 @@
+/**
+ * @module @qcowkit/refcount
+ */
 export { Refcounts } from "./refcounts";
 export type { RefcountOptions } from "./refcounts";
 export { BlockCache } from "./block-cache";

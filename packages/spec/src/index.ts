@@ -1,3 +1,6 @@
+/**
+ * @module @qcowkit/spec
+ */
 export { Qcow2Error, isQcow2Error, errnoText } from "./errors";
 export type { Qcow2ErrorCode, Errno, Qcow2ErrorOptions } from "./errors";
 export type { ByteStore, StorePreallocation } from "./byte-store";
