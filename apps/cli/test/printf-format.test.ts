@@ -5,7 +5,7 @@
  * ways) are generated on purpose.
  */
 import { execFileSync } from "node:child_process";
-import { seededRandom } from "@qcowkit/datafile";
+import { seededRandom } from "@qcowkit/datafile/testing";
 import { describe, expect, it } from "vitest";
 import { cvtstr, formatFixed, formatG } from "../src/cli/size";
 

@@ -5,7 +5,7 @@
  * and human) on both images.
  */
 import * as path from "node:path";
-import { seededRandom } from "@qcowkit/datafile";
+import { seededRandom } from "@qcowkit/datafile/testing";
 import { describe, expect, it } from "vitest";
 import { filterTimings, firstDifference, normalizeQemu, ok, pool, qemuImg, qemuIo, qimg, qio, subDir, tempDir } from "./helpers";
 

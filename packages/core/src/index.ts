@@ -19,17 +19,16 @@ export { getCodec, registerCodec, registerCodecLoader, zlibCodec } from "./compr
 export type { CompressionCodec } from "./compression";
 export { readSnapshotTable } from "./snapshots";
 export type { SnapshotInfo } from "./snapshots";
-export { RwLock } from "./lock";
-export { checkImage, checkFailureText, countReference, countL1, emptyReport, ReferenceCounts, FIX_LEAKS, FIX_ERRORS } from "./check";
-export type { CheckReport, CheckContext, CheckOptions, CheckMessageKind, CheckFailure } from "./check";
-export { checkAndRepairImage, checkExitCode, dirtyImageRepair, repairImage } from "./repair";
+export { checkImage, checkFailureText } from "./check";
+export type { CheckReport, CheckOptions, CheckMessageKind, CheckFailure } from "./check";
+export { checkAndRepairImage, checkExitCode, repairImage } from "./repair";
 export type { CheckResult, RepairMode, RepairOptions } from "./repair";
 export { createQcow2, validateCreateOptions } from "./create";
 export type { Qcow2CreateOptions, CreateContext } from "./create";
 export { RawImage } from "./raw-image";
 export { imageInfo, qcow2SpecificInfo, readBitmapInfo } from "./info";
 export type { ImageInfo, ImageInfoOptions, ImageInfoSpecificQcow2, Qcow2BitmapInfo, SnapshotInfoQapi } from "./info";
-export { mapExtents, entryMergeable, chainLayers } from "./map";
+export { mapExtents, entryMergeable } from "./map";
 export type { MapEntry } from "./map";
 export {
   listSnapshots,
@@ -38,8 +37,6 @@ export {
   createSnapshot,
   applySnapshot,
   deleteSnapshot,
-  recomputeCopiedFlags,
-  writeSnapshotTable,
 } from "./snapshot-ops";
 export type { NewSnapshotOptions } from "./snapshot-ops";
 export { amendQcow2, AMEND_BACKING_HINT } from "./amend";
@@ -51,10 +48,6 @@ export type { RebaseOptions } from "./rebase";
 export { measureImage, qcow2PreallocatedSize, persistentBitmapsSize } from "./measure";
 export type { MeasureTarget, MeasureResult } from "./measure";
 export {
-  ChunkedBits,
-  readBitmapDirectory,
-  trackBitmaps,
-  storeBitmaps,
   addBitmap,
   removeBitmap,
   clearBitmap,
@@ -63,7 +56,6 @@ export {
   mergeBitmap,
   listBitmaps,
   bitmapStatus,
-  withBitmapMethods,
 } from "./bitmaps";
 export type { AddBitmapOptions } from "./bitmaps";
 export { compareImages } from "./compare";
@@ -79,12 +71,8 @@ export type { NbdTransport, NbdReceiver } from "./nbd/transport";
 export { NbdImage } from "./nbd/nbd-image";
 export type { NbdImageOptions } from "./nbd/nbd-image";
 export { NbdStore } from "./nbd/nbd-store";
-export { NbdBlockIo } from "./nbd/block-io";
-export type { NbdExtent } from "./nbd/block-io";
 export { parseNbdFilename, isNbdFilename, displayName as nbdDisplayName } from "./nbd/uri";
 export type { NbdAddress, NbdLocation } from "./nbd/uri";
-export * as NbdProtocol from "./nbd/constants";
-export { ReceiveBuffer } from "./nbd/receive-buffer";
 export type { EncryptionOpenOptions, EncryptionFormat, EncryptionInfo } from "./crypto/image-encryption";
 export type { EncryptionCreateOptions } from "./crypto/create-encryption";
 export type { LuksInfo, LuksSlotInfo, LuksCreateOptions } from "./crypto/luks";

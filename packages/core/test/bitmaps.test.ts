@@ -7,7 +7,8 @@
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { afterAll, describe, expect, it } from "vitest";
-import { ChunkedBits, Qcow2Image, addBitmap, bitmapStatus, listBitmaps, removeBitmap } from "../src/index";
+import { ChunkedBits } from "../src/bitmaps";
+import { Qcow2Image, addBitmap, bitmapStatus, listBitmaps, removeBitmap } from "../src/index";
 import { openImage } from "../src/node";
 import { qemu, qemuStatus, tempDir } from "./helpers";
 

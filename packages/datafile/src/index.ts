@@ -1,16 +1,11 @@
 /**
  * Byte stores and external data file handling, runtime-agnostic.
- * The Node file backend is in "@qcowkit/datafile/node".
+ * The Node file backend is in "@qcowkit/datafile/node"; test helpers (a fault-injecting store, a seeded
+ * random generator) are in "@qcowkit/datafile/testing".
  *
  * @module @qcowkit/datafile
  */
 export { MemoryStore, isAllZero, type MemoryStoreOptions } from "./memory-store";
-export {
-  FaultInjectingStore,
-  type CountedOperation,
-  type FaultInjectingStoreOptions,
-  type UnflushedKeepOptions,
-} from "./fault-store";
 export {
   backingProtocol,
   checkSafeReference,
@@ -20,12 +15,5 @@ export {
   type ResolvedReference,
   type SafeReferenceOptions,
 } from "./resolve";
-export {
-  absolutePosixPath,
-  directoryPrefix,
-  isAbsolutePosixPath,
-  normalizePosixPath,
-} from "./posix-path";
-export { assertByteRange, assertByteSize } from "./store-checks";
-export { seededRandom } from "./seeded-random";
+export { directoryPrefix } from "./posix-path";
 export type { ByteStore, StorePreallocation } from "@qcowkit/spec";

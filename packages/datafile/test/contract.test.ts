@@ -2,7 +2,8 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll } from "vitest";
-import { FaultInjectingStore, MemoryStore } from "../src/index";
+import { MemoryStore } from "../src/index";
+import { FaultInjectingStore } from "../src/testing";
 import { FileStore } from "../src/node";
 import { describeByteStoreContract } from "./contract";
 

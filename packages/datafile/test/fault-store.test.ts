@@ -3,7 +3,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isQcow2Error } from "@qcowkit/spec";
-import { FaultInjectingStore, MemoryStore } from "../src/index";
+import { MemoryStore } from "../src/index";
+import { FaultInjectingStore } from "../src/testing";
 import { FileStore } from "../src/node";
 import { expectBytes, pattern, readBytes } from "./contract";
 

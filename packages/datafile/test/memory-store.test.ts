@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { isQcow2Error } from "@qcowkit/spec";
-import { MemoryStore, isAllZero, seededRandom } from "../src/index";
+import { MemoryStore, isAllZero } from "../src/index";
+import { seededRandom } from "../src/testing";
 import { ExtentSet } from "../src/extent-set";
 import { expectBytes, pattern, readBytes } from "./contract";
 

@@ -5,15 +5,14 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isQcow2Error } from "@qcowkit/spec";
 import {
-  absolutePosixPath,
   backingProtocol,
   checkSafeReference,
   directoryPrefix,
-  normalizePosixPath,
   resolveBackingFileName,
   resolveDataFileName,
   type ReferenceKind,
 } from "../src/index";
+import { absolutePosixPath, normalizePosixPath } from "../src/posix-path";
 
 function thrown(run: () => unknown): { code: string; errno: string; message: string } {
   try {

@@ -8,7 +8,8 @@
  * finds no corruption (leaks allowed), and every guest byte acknowledged before the last completed flush reads
  * back. Bytes touched after that flush may read as their old value or as any value written since.
  */
-import { FaultInjectingStore, MemoryStore } from "@qcowkit/datafile";
+import { MemoryStore } from "@qcowkit/datafile";
+import { FaultInjectingStore } from "@qcowkit/datafile/testing";
 import { Qcow2Error, type ByteStore } from "@qcowkit/spec";
 import type { BlockImage } from "../../src/block-image";
 import { amendQcow2, type AmendOptions } from "../../src/amend";
