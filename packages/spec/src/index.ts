@@ -83,6 +83,7 @@ export {
   reftableEntryHasReservedBits,
   setReftableEntry,
   getRefcount,
+  refcountDecimal,
   setRefcount,
   firstUsedRefcount,
   fillRefcounts,
