@@ -309,32 +309,44 @@ async function changeRefcountOrder(image: Qcow2Image, order: number, status: (of
   let tableOffset = 0;
   let tableClusters = 0;
   let walks = 0;
-  for (;;) {
-    let allocated = false;
-    // Walk every cluster the old table covers, as QEMU's walk_over_reftable does.
-    status(walks, walks + 2);
-    for (const c of await usedClusters(old)) {
-      const n = await old.get(c);
-      if (n === 0) continue;
-      if (n > max) {
-        throw fail(`Cannot decrease refcount entry width to ${2 ** order} bits: Cluster at offset 0x${(c * cs).toString(16)} has a refcount of ${n}`);
+  try {
+    await walkAndAllocate();
+  } catch (e) {
+    // QEMU's failure path: the new blocks and table allocated so far are freed again.
+    for (const offset of newBlocks.values()) await old.update(offset / cs, 1, -1);
+    if (tableClusters > 0) await old.update(tableOffset / cs, tableClusters, -1);
+    await old.writeBack();
+    await image.meta.flush();
+    throw e;
+  }
+  async function walkAndAllocate(): Promise<void> {
+    for (;;) {
+      let allocated = false;
+      // Walk every cluster the old table covers, as QEMU's walk_over_reftable does.
+      status(walks, walks + 2);
+      for (const c of await usedClusters(old)) {
+        const n = await old.get(c);
+        if (n === 0) continue;
+        if (n > max) {
+          throw fail(`Cannot decrease refcount entry width to ${2 ** order} bits: Cluster at offset 0x${(c * cs).toString(16)} has a refcount of ${n}`);
+        }
+        const b = Math.floor(c / entries);
+        if (!newBlocks.has(b)) {
+          newBlocks.set(b, (await old.allocate(1)) * cs);
+          allocated = true;
+        }
       }
-      const b = Math.floor(c / entries);
-      if (!newBlocks.has(b)) {
-        newBlocks.set(b, (await old.allocate(1)) * cs);
-        allocated = true;
+      walks++;
+      const blockCount = Math.max(0, ...newBlocks.keys()) + 1;
+      const wantClusters = Math.ceil(Math.ceil(blockCount / tableEntriesPerCluster) * tableEntriesPerCluster * 8 / cs);
+      if (allocated || wantClusters !== tableClusters) {
+        if (tableClusters > 0) await old.update(tableOffset / cs, tableClusters, -1);
+        tableClusters = wantClusters;
+        tableOffset = (await old.allocate(tableClusters)) * cs;
+        continue;
       }
+      break;
     }
-    walks++;
-    const blockCount = Math.max(0, ...newBlocks.keys()) + 1;
-    const wantClusters = Math.ceil(Math.ceil(blockCount / tableEntriesPerCluster) * tableEntriesPerCluster * 8 / cs);
-    if (allocated || wantClusters !== tableClusters) {
-      if (tableClusters > 0) await old.update(tableOffset / cs, tableClusters, -1);
-      tableClusters = wantClusters;
-      tableOffset = (await old.allocate(tableClusters)) * cs;
-      continue;
-    }
-    break;
   }
   // Every refcount copied, the new structures included (they were allocated through the old ones).
   const table = new Uint8Array(tableClusters * cs);

@@ -41,6 +41,7 @@ import {
   viewOf,
   errnoText,
   getRefcount,
+  refcountDecimal,
   isAllZero,
   type Errno,
 } from "@qcowkit/spec";
@@ -679,7 +680,7 @@ export async function compareRefcounts(ctx: CheckContext, fix: number): Promise<
       else if (refcount1 > refcount2 && fix & FIX_LEAKS) fixes = "leaksFixed";
       else if (refcount1 < refcount2 && fix & FIX_ERRORS) fixes = "corruptionsFixed";
       const label = fixes ? "Repairing" : refcount1 < refcount2 ? "ERROR" : "Leaked";
-      say(ctx, `${label} cluster ${i} refcount=${refcount1} reference=${refcount2}`);
+      say(ctx, `${label} cluster ${i} refcount=${bytes ? refcountDecimal(bytes, i - start, order) : 0} reference=${refcount2}`);
       if (fixes) {
         try {
           await rc.update(i, 1, refcount2 - refcount1);
@@ -750,6 +751,12 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
     }
     return cached(cluster)!;
   };
+  /** The refcount in decimal, exact above 2^53 (read from the block the value came from). */
+  const exactRefcount = async (cluster: number, value: number): Promise<string> => {
+    const block = blocks.get(Math.floor(cluster / perBlock));
+    if (value < 2 ** 53 || !(block instanceof Uint8Array)) return String(value);
+    return refcountDecimal(block, cluster % perBlock, order);
+  };
   for (let i = 0; i < image.l1.size; i++) {
     const l2Offset = l1EntryL2Offset(l1, i);
     if (l2Offset === 0) continue;
@@ -758,7 +765,7 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
     if ((refcount === 1) !== l1EntryCopied(l1, i)) {
       report.corruptions++;
       const raw = l1EntryRaw(l1, i);
-      say(ctx, `${repair ? "Repairing" : "ERROR"} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex(raw)} refcount=${refcount}`);
+      say(ctx, `${repair ? "Repairing" : "ERROR"} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex(raw)} refcount=${await exactRefcount(Math.floor(l2Offset / cs), refcount)}`);
       if (repair) {
         const hi = l1.getUint32(i * 8);
         l1.setUint32(i * 8, (refcount === 1 ? hi | 0x80000000 : hi & 0x7fffffff) >>> 0);
@@ -787,7 +794,8 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
       }
       if ((rc === 1) !== l2IsCopied(hi)) {
         report.corruptions++;
-        say(ctx, `${repair ? "Repairing" : "ERROR"} OFLAG_COPIED data cluster: l2_entry=${hex(l2EntryRaw(v, j, ext))} refcount=${rc}`);
+        const exact = image.hasDataFile ? rc : await exactRefcount(Math.floor(l2HostOffset(hi, lo) / cs), rc);
+        say(ctx, `${repair ? "Repairing" : "ERROR"} OFLAG_COPIED data cluster: l2_entry=${hex(l2EntryRaw(v, j, ext))} refcount=${exact}`);
         if (repair) {
           v.setUint32(at, (rc === 1 ? hi | 0x80000000 : hi & 0x7fffffff) >>> 0);
           tableChanged(table);

@@ -47,6 +47,11 @@ export interface ConvertOptions {
   targetHasBacking?: boolean;
   /** The target reads as zeros where nothing is written (a freshly created target; not with -n). */
   targetZeroInit?: boolean;
+  /**
+   * The target was just created (not -n): with a backing file, zero regions past the end of that backing file
+   * need no write (they read as zeros there already).
+   */
+  targetIsNew?: boolean;
   /** Chunks read ahead of the write in progress. Default 2. */
   readAhead?: number;
   /** Writes in flight at once (issued in order). Default 1. */
@@ -90,14 +95,17 @@ function pow2floor(n: number): number {
  */
 async function* planChunks(
   sources: BlockImage[],
-  o: Required<Pick<ConvertOptions, "compressed" | "targetHasBacking">> & { clusterBytes: number; fullyAllocate: boolean },
+  o: Required<Pick<ConvertOptions, "compressed" | "targetHasBacking">> & { clusterBytes: number; fullyAllocate: boolean; targetBackingEnd: number },
 ): AsyncGenerator<Chunk> {
   const total = sources.reduce((n, s) => n + s.virtualSize, 0);
   let base = 0;
+  // Bytes at the start of the next sources already covered by a compressed chunk that crossed into them.
+  let covered = 0;
   for (const source of sources) {
     const size = source.virtualSize;
     const srcAlign = Math.max(1, infoClusterSize(source) / SECTOR);
-    let pos = 0;
+    let pos = Math.min(covered, size);
+    covered -= pos;
     let statusEnd = 0;
     let status: Status = "data";
     let extents: BlockStatusExtent[] = [];
@@ -123,8 +131,14 @@ async function* planChunks(
         const tail = (pos / SECTOR + sectors) % srcAlign;
         if (sectors > tail) sectors -= tail;
         count = Math.min(sectors * SECTOR, size - pos);
+        // Zeros past the end of a new target's backing file are already there; requests split at that end.
+        let pastBackingEnd = false;
+        if (o.targetBackingEnd >= 0) {
+          if (base + pos >= o.targetBackingEnd) pastBackingEnd = true;
+          else count = Math.min(count, o.targetBackingEnd - (base + pos));
+        }
         if (belowBase) status = "backing";
-        else if (e.zero) status = o.fullyAllocate ? "data" : "zero";
+        else if (e.zero) status = pastBackingEnd ? "backing" : o.fullyAllocate ? "data" : "zero";
         else if (e.data) status = "data";
         else status = o.targetHasBacking ? "backing" : "data";
         statusEnd = pos + count;
@@ -134,7 +148,8 @@ async function* planChunks(
       if (status === "data") n = Math.min(n, o.compressed ? o.clusterBytes : IO_BUFFER_BYTES);
       if (o.compressed) {
         if (n < o.clusterBytes) {
-          n = Math.min(o.clusterBytes, size - pos);
+          // A short piece is widened to a whole cluster of the target, into the next sources if need be.
+          n = Math.min(o.clusterBytes, total - (base + pos));
           status = "data";
         } else {
           n = Math.floor(n / o.clusterBytes) * o.clusterBytes;
@@ -143,7 +158,23 @@ async function* planChunks(
       yield { offset: base + pos, length: n, status, source, sourceOffset: pos };
       pos += n;
     }
+    if (pos > size) covered += pos - size;
     base += size;
+  }
+}
+
+/** Read a chunk's bytes: a compressed chunk may run past the end of its source into the next ones. */
+async function readInput(sources: BlockImage[], chunk: Chunk, buf: Uint8Array): Promise<void> {
+  let i = sources.indexOf(chunk.source);
+  let at = chunk.sourceOffset;
+  let done = 0;
+  while (done < buf.byteLength) {
+    const source = sources[i]!;
+    const n = Math.min(buf.byteLength - done, source.virtualSize - at);
+    if (n > 0) await source.read(at, buf.subarray(done, done + n));
+    done += Math.max(0, n);
+    i++;
+    at = 0;
   }
 }
 
@@ -271,7 +302,9 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
   const clusterBytes = Math.max(SECTOR, infoClusterSize(target));
   const alignment = Math.max(pow2floor(minSparse), 1);
   // -S 0: zero regions are written as data (the target ends up fully allocated).
-  const plan = { compressed, targetHasBacking, clusterBytes, fullyAllocate: minSparse === 0 };
+  const targetBackingEnd =
+    opts.targetIsNew && targetHasBacking && target instanceof Qcow2Image && target.backing ? target.backing.virtualSize : -1;
+  const plan = { compressed, targetHasBacking, clusterBytes, fullyAllocate: minSparse === 0, targetBackingEnd };
   const counts = (c: Chunk) => c.status === "data" || (minSparse === 0 && c.status === "zero");
 
   // First pass (metadata only, and only for a progress report): how much will be copied.
@@ -339,7 +372,7 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
     const startRead = (chunk: Chunk): Pending => {
       if (chunk.status !== "data") return { chunk, buf: undefined, read: Promise.resolve() };
       const buf = (free.pop() ?? new Uint8Array(IO_BUFFER_BYTES)).subarray(0, chunk.length);
-      const read = chunk.source.read(chunk.sourceOffset, buf).catch((e: unknown) => {
+      const read = readInput(sources, chunk, buf).catch((e: unknown) => {
         throw new ConvertFailure("read", chunk.offset, e);
       });
       // Handled when its turn comes; never an unhandled rejection meanwhile.

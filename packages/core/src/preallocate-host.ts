@@ -12,6 +12,8 @@ export async function preallocateHostSpace(
   fromGuestOffset: number,
   toGuestOffset: number,
   mode: "falloc" | "full",
+  /** Extended L2: mark every subcluster of the new clusters allocated (when the new area must hide a backing file). */
+  allocateSubclusters = false,
 ): Promise<void> {
   const cs = image.clusterSize;
   const refcounts: Refcounts = image.refcounts;
@@ -32,5 +34,5 @@ export async function preallocateHostSpace(
   await image.meta.flush();
   const newFileSize = (allocationStart + dataClusters) * cs;
   await image.meta.resize(Math.max(await image.meta.size(), newFileSize), mode);
-  await image.linkPreallocated(firstGuestCluster * cs, toGuestOffset, allocationStart * cs);
+  await image.linkPreallocated(fromGuestOffset, toGuestOffset, allocationStart * cs, allocateSubclusters);
 }

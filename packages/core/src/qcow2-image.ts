@@ -44,6 +44,7 @@ import {
   setL2Bitmap,
   setL2Entry,
   setL2Raw,
+  subclusterMask,
   viewOf,
   type ByteStore,
   type CompressionType,
@@ -1383,7 +1384,8 @@ export class Qcow2Image implements BlockImage {
     let end = Math.floor((guestOffset + byteLength) / cs) * cs;
     if (guestOffset + byteLength === this.virtualSize && this.virtualSize % cs !== 0) end = guestOffset + byteLength;
     if (full) {
-      start = Math.floor(guestOffset / cs) * cs;
+      // A partial first cluster keeps its data: it still holds guest bytes below guestOffset (QEMU's shrink
+      // discards from the next cluster boundary).
       end = guestOffset + byteLength;
     }
     if (start >= end) return;
@@ -1621,6 +1623,15 @@ export class Qcow2Image implements BlockImage {
       return;
     }
     if (newSize === oldSize) return;
+    // Growing over a longer backing file: the new area must read as zeros, not as the backing file's data
+    // (QEMU's truncate with BDRV_REQ_ZERO_WRITE). Zero units from the first whole one, explicit zeros before.
+    const backingSize = this.backing?.virtualSize ?? 0;
+    const zeroStart = Math.ceil(oldSize / this.zeroUnit) * this.zeroUnit;
+    const hideBacking = backingSize > oldSize;
+    if (hideBacking && newSize > zeroStart && this.version < 3) {
+      // v2 has no zero flag: QEMU fails after growing the L1 table and before the new size is written.
+      throw new Qcow2Error("NOT_SUPPORTED", "Failed to zero out new clusters: Operation not supported", { errno: "ENOTSUP" });
+    }
     const needed = l1EntriesForSize(newSize, this.clusterBits, this.extendedL2);
     if (needed > this.l1.size) await this.growL1(needed);
     if (this.hasDataFile) {
@@ -1631,9 +1642,17 @@ export class Qcow2Image implements BlockImage {
     let mode = prealloc;
     if (this.dataFileRaw && mode === "off") mode = "metadata";
     if ((mode === "falloc" || mode === "full") && !this.hasDataFile && !this.encryption) {
-      await preallocateHostSpace(this, oldSize, newSize, mode);
+      await preallocateHostSpace(this, oldSize, newSize, mode, hideBacking);
     } else if (mode !== "off") {
       await this.preallocate(oldSize, newSize, mode);
+    }
+    if (hideBacking) {
+      // falloc/full preallocation already gave the new clusters zeroed host space (QEMU then skips this).
+      const preallocated = (mode === "falloc" || mode === "full") && !this.encryption;
+      if (newSize > zeroStart && !preallocated && !(await this.zeroize(zeroStart, newSize - zeroStart, false))) {
+        throw new Qcow2Error("NOT_SUPPORTED", "Failed to zero out new clusters: Operation not supported", { errno: "ENOTSUP" });
+      }
+      if (zeroStart > oldSize) await this.writeUnlocked(oldSize, new Uint8Array(Math.min(zeroStart, newSize) - oldSize));
     }
     await this.flushUnlocked();
   }
@@ -1647,15 +1666,30 @@ export class Qcow2Image implements BlockImage {
    * Map guest clusters [from, to) to the host clusters starting at `hostStart`, which the caller has already
    * counted (falloc/full preallocation); L2 tables are allocated as needed.
    */
-  async linkPreallocated(from: number, to: number, hostStart: number): Promise<void> {
+  async linkPreallocated(from: number, to: number, hostStart: number, allocateSubclusters = false): Promise<void> {
     const cs = this.clusterSize;
     let pos = Math.floor(from / cs) * cs;
+    // A partial first cluster keeps its guest bytes below `from` (QEMU's copy-on-write of the link).
+    const head = from - pos > 0 ? new Uint8Array(from - pos) : undefined;
+    if (head) await this.readUnlocked(pos, head);
     let host = hostStart;
     while (pos < to) {
       const tableEnd = Math.min(to, (this.map.l1Index(pos) + 1) * this.map.l2Coverage);
       const t = await this.l2ForWrite(pos);
       for (; pos < tableEnd; pos += cs, host += cs) {
-        setL2Entry(t.view, this.map.l2Index(pos), this.extendedL2, host, { copied: true });
+        const l2Index = this.map.l2Index(pos);
+        const [ohi, olo] = this.entryHalves(t, l2Index);
+        if (head && host === hostStart) {
+          await this.writeData(host, head, pos);
+          this.freeEntryCluster(ohi, olo, host);
+        }
+        setL2Entry(t.view, l2Index, this.extendedL2, host, { copied: true });
+        if (this.extendedL2 && allocateSubclusters) {
+          setL2Bitmap(t.view, l2Index, 0xffffffff, 0);
+        } else if (this.extendedL2 && head && host === hostStart) {
+          const bits = subclusterMask(0, Math.ceil(head.byteLength / (cs / 32)));
+          setL2Bitmap(t.view, l2Index, bits, (l2BitmapZero(t.view, l2Index) & ~bits) >>> 0);
+        }
       }
       this.l2Cache.markDirty(t);
       await this.maybeWriteback();
@@ -1733,6 +1767,14 @@ export class Qcow2Image implements BlockImage {
     const cs = this.clusterSize;
     let pos = Math.floor(from / cs) * cs;
     let lastHostEnd = 0;
+    // An unallocated partial first cluster over a backing file: its new host cluster gets the bytes below
+    // `from` (QEMU's copy-on-write when linking; with extended L2 the subclusters stay unallocated).
+    const headStart = pos;
+    let head: Uint8Array | undefined;
+    if (from > pos && this.backing && !this.extendedL2 && (await this.map.mapRun(pos, 1)).type === SubclusterType.UNALLOCATED_PLAIN) {
+      head = new Uint8Array(from - pos);
+      await this.readUnlocked(pos, head);
+    }
     while (pos < to) {
       const tableEnd = Math.min(to, (this.map.l1Index(pos) + 1) * this.map.l2Coverage);
       const t = await this.l2ForWrite(pos);
@@ -1759,6 +1801,7 @@ export class Qcow2Image implements BlockImage {
           const [ohi, olo] = this.entryHalves(t, li);
           const zero = classifyCluster(ohi, olo, this.map.format) === "zero-plain";
           setL2Entry(t.view, li, this.extendedL2, host + i * cs, { copied: true, zero: zero && !this.extendedL2 });
+          if (head && pos + i * cs === headStart) await this.writeData(host + i * cs, head, headStart);
         }
         lastHostEnd = Math.max(lastHostEnd, host + count * cs);
         pos += count * cs;

@@ -96,7 +96,9 @@ export async function copyBackingDifferences(
       offset += n;
       continue;
     }
-    if (opts.prefixDepth !== undefined) {
+    // Past the old backing file's end the guest read zeros, whatever the images below it hold: never skipped.
+    if (opts.prefixDepth !== undefined && offset < oldSize) {
+      n = Math.min(n, oldSize - offset);
       const above = (e: (typeof extents)[number]) => e.present && e.depth < opts.prefixDepth!;
       const skip = !above(extents[0]!);
       let m = 0;

@@ -21,6 +21,8 @@ import {
   l2EntryPosition,
   l2HostOffset,
   l2IsCopied,
+  MAX_SNAPSHOTS,
+  MAX_SNAPSHOT_TABLE_BYTES,
   snapshotEntryBytes,
   setU64,
   viewOf,
@@ -201,7 +203,9 @@ export async function writeSnapshotTable(image: Qcow2Image, entries: SnapshotEnt
   const cs = image.clusterSize;
   const h = image.header;
   const normalized = entries.map((e) => ({ ...e, diskSize: e.diskSize ?? image.virtualSize, icount: e.icount ?? -1n }));
+  if (normalized.length > MAX_SNAPSHOTS) throw tooLarge();
   const bytes = encodeSnapshotTable(normalized);
+  if (bytes.byteLength > MAX_SNAPSHOT_TABLE_BYTES) throw tooLarge();
   let offset = 0;
   if (normalized.length > 0) {
     offset = (await image.refcounts.allocate(Math.ceil(bytes.byteLength / cs))) * cs;
@@ -237,6 +241,24 @@ function newSnapshotId(image: Qcow2Image): string {
   return String(max + 1);
 }
 
+const tooLarge = () => new Qcow2Error("INVALID_ARGUMENT", "File too large", { errno: "EFBIG" });
+
+function newEntry(image: Qcow2Image, id: string, name: string, l1Offset: number, opts: NewSnapshotOptions, now: number): SnapshotEntry {
+  return {
+    l1TableOffset: l1Offset,
+    l1Size: image.l1.size,
+    id,
+    name,
+    dateSeconds: opts.dateSeconds ?? Math.floor(now / 1000),
+    dateNanoseconds: opts.dateNanoseconds ?? (now % 1000) * 1_000_000,
+    vmClockNanoseconds: opts.vmClockNanoseconds ?? 0,
+    vmStateSize: 0,
+    diskSize: image.virtualSize,
+    icount: opts.icount ?? 0n,
+    unknownExtraData: new Uint8Array(0),
+  };
+}
+
 /** Take an internal snapshot named `name` of the image's current state. */
 export async function createSnapshot(image: Qcow2Image, name: string, opts: NewSnapshotOptions = {}): Promise<SnapshotInfo> {
   refuseDataFile(image);
@@ -254,6 +276,10 @@ async function createSnapshotUnlocked(image: Qcow2Image, name: string, opts: New
   const l1 = image.l1;
   const l1Bytes = l1.size * 8;
   let l1Offset = 0;
+  // QEMU's limits are checked before anything is written: the number of snapshots, then the table's size.
+  if (image.snapshots.length >= MAX_SNAPSHOTS) throw tooLarge();
+  const newEntryBytes = snapshotEntryBytes({ ...newEntry(image, id, name, 0, opts, now) });
+  if (image.snapshots.reduce((n, s) => n + s.entryBytes, newEntryBytes) > MAX_SNAPSHOT_TABLE_BYTES) throw tooLarge();
   const applied: Array<[number, number]> = [];
   try {
     if (l1Bytes > 0) {
@@ -271,20 +297,7 @@ async function createSnapshotUnlocked(image: Qcow2Image, name: string, opts: New
   }
   await recomputeCopiedFlags(image);
   await persist(image);
-  const entry: SnapshotEntry = {
-    l1TableOffset: l1Offset,
-    l1Size: l1.size,
-    id,
-    name,
-    dateSeconds: opts.dateSeconds ?? Math.floor(now / 1000),
-    dateNanoseconds: opts.dateNanoseconds ?? (now % 1000) * 1_000_000,
-    vmClockNanoseconds: opts.vmClockNanoseconds ?? 0,
-    vmStateSize: 0,
-    diskSize: image.virtualSize,
-    icount: opts.icount ?? 0n,
-    unknownExtraData: new Uint8Array(0),
-  };
-  await writeSnapshotTable(image, [...image.snapshots, entry]);
+  await writeSnapshotTable(image, [...image.snapshots, newEntry(image, id, name, l1Offset, opts, now)]);
   image.metadataChanged();
   return image.snapshots[image.snapshots.length - 1]!;
 }

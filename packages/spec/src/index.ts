@@ -86,6 +86,7 @@ export {
   reftableEntryHasReservedBits,
   setReftableEntry,
   getRefcount,
+  refcountDecimal,
   setRefcount,
   firstUsedRefcount,
   fillRefcounts,

@@ -57,6 +57,12 @@ export function getRefcount(block: Uint8Array, index: number, refcountOrder: num
   }
 }
 
+/** Entry `index` of a refcount block in decimal, exact for every width (64-bit entries above 2^53 included). */
+export function refcountDecimal(block: Uint8Array, index: number, refcountOrder: number): string {
+  if (refcountOrder < 6) return String(getRefcount(block, index, refcountOrder));
+  return new DataView(block.buffer, block.byteOffset, block.byteLength).getBigUint64(index * 8).toString();
+}
+
 /** Write entry `index` of a refcount block; `value` must fit the entry width. */
 export function setRefcount(block: Uint8Array, index: number, refcountOrder: number, value: number): void {
   switch (refcountOrder) {

@@ -317,6 +317,7 @@ async function copy(sources: BlockImage[], target: BlockImage, targetHasBacking:
       sparseBytes: a.sparseBytes,
       compressed: a.compressed,
       targetHasBacking,
+      targetIsNew: !a.skipCreate,
       // A new target without a backing file reads as zeros; with -n only when the user says so.
       // An NBD export keeps its old contents when "created" (QEMU: no zero init), so zeros are written there.
       targetZeroInit: a.targetIsZero || (!a.skipCreate && a.sparseBytes !== 0 && !targetHasBacking && !(target instanceof NbdImage)),

@@ -1,0 +1,212 @@
+/**
+ * Issue 19: cases QEMU 7.2's own iotests found where qimg/qio gave other guest data (or damaged an image).
+ * Each test runs the same steps with QEMU's tools and ours and compares guest content (qemu-img compare),
+ * allocation (qemu-img map) and consistency (qemu-img check), or QEMU's exact answer.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { describe, expect, it } from "vitest";
+import { normalizeQemu, ok, qemuImg, qemuIo, qimg, subDir, tempDir } from "./helpers";
+
+const root = tempDir("qimg-iotests-regr-");
+
+/** Build the same files twice (q = QEMU, o = ours): `setup` gets the directory and uses QEMU's tools only. */
+async function twin(name: string, setup: (dir: string) => Promise<void>): Promise<{ q: string; o: string }> {
+  const q = subDir(root, `${name}-q`);
+  const o = subDir(root, `${name}-o`);
+  await setup(q);
+  await setup(o);
+  return { q, o };
+}
+
+const mapOf = async (dir: string, file: string) => JSON.parse(await ok(qemuImg(["map", "--output=json", file], dir))) as Array<Record<string, unknown>>;
+/** map without host offsets (allocation order may legitimately differ). */
+const layout = async (dir: string, file: string) => (await mapOf(dir, file)).map(({ offset: _o, ...rest }) => rest);
+
+/** Guest content equal (compared by QEMU), same map layout, both images clean. */
+async function sameImage(dirs: { q: string; o: string }, file: string): Promise<void> {
+  const cmp = await qemuImg(["compare", "-f", "qcow2", "-F", "qcow2", path.join(dirs.q, file), path.join(dirs.o, file)]);
+  expect(cmp.stdout + cmp.stderr).toBe("Images are identical.\n");
+  expect(await layout(dirs.o, file)).toEqual(await layout(dirs.q, file));
+  const check = await qemuImg(["check", file], dirs.o);
+  expect(check.stdout + check.stderr).toContain("No errors were found on the image.");
+}
+
+const io = (dir: string, file: string, ...cmds: string[]) => ok(qemuIo([...cmds.flatMap((c) => ["-c", c]), file], dir));
+const img = (dir: string, ...args: string[]) => ok(qemuImg(args, dir));
+
+describe("issue 19 item 1: resize --shrink into a cluster keeps the kept part of that cluster (iotest 292)", () => {
+  for (const backing of [false, true]) {
+    it(backing ? "with a backing file" : "without a backing file", async () => {
+      const dirs = await twin(`shrink-${backing}`, async (d) => {
+        if (backing) {
+          await img(d, "create", "-q", "-f", "qcow2", "base.qcow2", "1M");
+          await io(d, "base.qcow2", "write -P 0x11 0 1M");
+          await img(d, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "t.qcow2", "1M");
+        } else {
+          await img(d, "create", "-q", "-f", "qcow2", "t.qcow2", "1M");
+        }
+        await io(d, "t.qcow2", "write -P 0x22 0 1M");
+      });
+      await img(dirs.q, "resize", "-q", "--shrink", "t.qcow2", "520K");
+      await ok(qimg(["resize", "-q", "--shrink", "t.qcow2", "520K"], dirs.o));
+      expect(await io(dirs.o, "t.qcow2", "read -P 0x22 512K 8K")).not.toContain("failed");
+      await sameImage(dirs, "t.qcow2");
+    });
+  }
+});
+
+describe("issue 19 item 2: growing an overlay over a longer backing file reads zeros in the new area (iotests 292, 271)", () => {
+  for (const prealloc of ["off", "metadata", "falloc", "full"]) {
+    for (const extl2 of [false, true]) {
+      it(`preallocation=${prealloc}${extl2 ? ", extended_l2" : ""}`, async () => {
+        const dirs = await twin(`grow-${prealloc}-${extl2}`, async (d) => {
+          await img(d, "create", "-q", "-f", "qcow2", "base.qcow2", "2M");
+          await io(d, "base.qcow2", "write -P 0x11 0 2M");
+          const o = extl2 ? ["-o", "extended_l2=on"] : [];
+          await img(d, "create", "-q", "-f", "qcow2", ...o, "-b", "base.qcow2", "-F", "qcow2", "t.qcow2", "1000K");
+          await io(d, "t.qcow2", "write -P 0x22 900K 50K");
+        });
+        await img(dirs.q, "resize", "-q", `--preallocation=${prealloc}`, "t.qcow2", "1800K");
+        await ok(qimg(["resize", "-q", `--preallocation=${prealloc}`, "t.qcow2", "1800K"], dirs.o));
+        expect(await io(dirs.o, "t.qcow2", "read -P 0 1000K 800K")).not.toContain("failed");
+        await sameImage(dirs, "t.qcow2");
+      });
+    }
+  }
+
+  it("compat=0.10 cannot zero the new area: QEMU's error, size unchanged", async () => {
+    const dirs = await twin("grow-v2", async (d) => {
+      await img(d, "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "base.qcow2", "2M");
+      await img(d, "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "-b", "base.qcow2", "-F", "qcow2", "t.qcow2", "1M");
+    });
+    const q = await qemuImg(["resize", "t.qcow2", "2M"], dirs.q);
+    const o = await qimg(["resize", "t.qcow2", "2M"], dirs.o);
+    expect(q.stderr).toContain("Failed to zero out new clusters: Operation not supported");
+    expect([o.code, o.stdout, o.stderr]).toEqual([q.code, q.stdout, normalizeQemu(q.stderr)]);
+    const size = async (d: string) => JSON.parse(await img(d, "info", "--output=json", "t.qcow2"))["virtual-size"];
+    expect(await size(dirs.o)).toBe(await size(dirs.q));
+  });
+});
+
+describe("issue 19 item 3: safe rebase within the chain keeps zeros past the old backing file's end (iotest 024)", () => {
+  it("base_new (320K) <- base_old (256K) <- overlay (320K), rebase -b base_new", async () => {
+    const dirs = await twin("rebase-chain", async (d) => {
+      await img(d, "create", "-q", "-f", "qcow2", "base_new.qcow2", "320K");
+      await io(d, "base_new.qcow2", "write -P 0x11 0 320K");
+      await img(d, "create", "-q", "-f", "qcow2", "-b", "base_new.qcow2", "-F", "qcow2", "base_old.qcow2", "256K");
+      await io(d, "base_old.qcow2", "write -P 0x22 0 256K");
+      await img(d, "create", "-q", "-f", "qcow2", "-b", "base_old.qcow2", "-F", "qcow2", "t.qcow2", "320K");
+    });
+    await img(dirs.q, "rebase", "-b", "base_new.qcow2", "-F", "qcow2", "t.qcow2");
+    await ok(qimg(["rebase", "-b", "base_new.qcow2", "-F", "qcow2", "t.qcow2"], dirs.o));
+    expect(await io(dirs.o, "t.qcow2", "read -P 0x22 0 256K", "read -P 0 256K 64K")).not.toContain("failed");
+    await sameImage(dirs, "t.qcow2");
+  });
+});
+
+describe("issue 19 item 5: convert -c of several odd-sized sources, convert -B past the backing file's end (iotest 122)", () => {
+  for (const [fmt, size] of [["raw", "300K"], ["qcow2", "1000K"], ["qcow2", "33K"]] as const) {
+    it(`convert -c of three ${size} ${fmt} sources`, async () => {
+      const dirs = await twin(`multi-c-${fmt}-${size}`, async (d) => {
+        for (const i of [1, 2, 3]) {
+          await img(d, "create", "-q", "-f", fmt, `s${i}.img`, size);
+          await ok(qemuIo(["-f", fmt, "-c", `write -P ${i} 0 ${size}`, `s${i}.img`], d));
+        }
+      });
+      const args = ["convert", "-c", "-f", fmt, "-O", "qcow2", "s1.img", "s2.img", "s3.img", "t.qcow2"];
+      await img(dirs.q, ...args);
+      await ok(qimg(args, dirs.o));
+      await sameImage(dirs, "t.qcow2");
+    });
+  }
+
+  it("convert -B to a target longer than its backing file writes nothing past the backing file's end", async () => {
+    const dirs = await twin("convert-B", async (d) => {
+      await img(d, "create", "-q", "-f", "qcow2", "base.qcow2", "256M");
+      await img(d, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "src.qcow2", "1G");
+      await io(d, "src.qcow2", "write -P 42 0 64k");
+    });
+    const args = ["convert", "-O", "qcow2", "-B", "base.qcow2", "-F", "qcow2", "src.qcow2", "t.qcow2"];
+    await img(dirs.q, ...args);
+    await ok(qimg(args, dirs.o));
+    expect(await mapOf(dirs.o, "t.qcow2")).toEqual(await mapOf(dirs.q, "t.qcow2"));
+    await sameImage(dirs, "t.qcow2");
+  });
+});
+
+
+/** Replace the snapshot table of `file` by `count` copies of its first entry (written at the end of the file). */
+function multiplySnapshots(dir: string, file: string, count: number): void {
+  const p = path.join(dir, file);
+  const bytes = fs.readFileSync(p);
+  const h = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const tableOffset = Number(h.getBigUint64(64));
+  const t = new DataView(bytes.buffer, bytes.byteOffset + tableOffset);
+  const entryBytes = (40 + t.getUint32(36) + t.getUint16(12) + t.getUint16(14) + 7) & ~7;
+  const entry = bytes.subarray(tableOffset, tableOffset + entryBytes);
+  const table = new Uint8Array(entryBytes * count);
+  for (let i = 0; i < count; i++) table.set(entry, i * entryBytes);
+  const at = Math.ceil(bytes.byteLength / 65536) * 65536;
+  const fd = fs.openSync(p, "r+");
+  fs.writeSync(fd, table, 0, table.byteLength, at);
+  const field = new DataView(new ArrayBuffer(12));
+  field.setUint32(0, count);
+  field.setBigUint64(4, BigInt(at));
+  fs.writeSync(fd, new Uint8Array(field.buffer), 0, 12, 60);
+  fs.closeSync(fd);
+}
+
+describe("issue 19 item 4: snapshot -c at the 65536-snapshot limit fails before writing anything (iotest 080)", () => {
+  it("EFBIG, and the file is unchanged", async () => {
+    const dirs = await twin("snap-limit", async (d) => {
+      await img(d, "create", "-q", "-f", "qcow2", "t.qcow2", "1M");
+      await img(d, "snapshot", "-c", "s", "t.qcow2");
+      multiplySnapshots(d, "t.qcow2", 65536);
+    });
+    const before = fs.readFileSync(path.join(dirs.o, "t.qcow2"));
+    const q = await qemuImg(["snapshot", "-c", "new", "t.qcow2"], dirs.q);
+    const o = await qimg(["snapshot", "-c", "new", "t.qcow2"], dirs.o);
+    expect(q.stderr).toContain("File too large");
+    expect([o.code, o.stdout, o.stderr]).toEqual([q.code, q.stdout, normalizeQemu(q.stderr)]);
+    expect(fs.readFileSync(path.join(dirs.o, "t.qcow2")).equals(before)).toBe(true);
+    // QEMU still opens it.
+    await img(dirs.o, "info", "t.qcow2");
+  });
+});
+
+describe("issue 19 item 7: 64-bit refcounts (iotest 112)", () => {
+  it("check prints a refcount of 2^64-1 exactly", async () => {
+    const dirs = await twin("rc64", async (d) => {
+      await img(d, "create", "-q", "-f", "qcow2", "-o", "refcount_bits=64", "t.qcow2", "64M");
+      await io(d, "t.qcow2", "write 0 512");
+      const fd = fs.openSync(path.join(d, "t.qcow2"), "r+");
+      // The data cluster's refblock entry at its maximum; the L2 entry without COPIED.
+      fs.writeSync(fd, new Uint8Array(8).fill(0xff), 0, 8, 0x20028);
+      fs.writeSync(fd, new Uint8Array([0, 0, 0, 0, 0, 5, 0, 0]), 0, 8, 0x40000);
+      fs.closeSync(fd);
+    });
+    const q = await qemuImg(["check", "t.qcow2"], dirs.q);
+    const o = await qimg(["check", "t.qcow2"], dirs.o);
+    expect(q.stderr).toContain("refcount=18446744073709551615");
+    expect([o.code, o.stdout, o.stderr]).toEqual([q.code, q.stdout, normalizeQemu(q.stderr)]);
+  });
+
+  it("a snapshot, then refcount_bits=1 (refused) and 2: as clean as QEMU leaves it", async () => {
+    const dirs = await twin("rc-widths", async (d) => {
+      await img(d, "create", "-q", "-f", "qcow2", "t.qcow2", "4M");
+      await io(d, "t.qcow2", "write 1M 2M");
+    });
+    for (const d of [dirs.q, dirs.o]) await ok((d === dirs.q ? qemuImg : qimg)(["snapshot", "-c", "foo", "t.qcow2"], d));
+    for (const d of [dirs.q, dirs.o]) await io(d, "t.qcow2", "write 0 1M");
+    for (const bits of ["1", "2"]) {
+      const q = await qemuImg(["amend", "-o", `refcount_bits=${bits}`, "t.qcow2"], dirs.q);
+      const o = await qimg(["amend", "-o", `refcount_bits=${bits}`, "t.qcow2"], dirs.o);
+      expect([o.code, o.stderr]).toEqual([q.code, normalizeQemu(q.stderr)]);
+      const qc = await qemuImg(["check", "t.qcow2"], dirs.q);
+      const oc = await qemuImg(["check", "t.qcow2"], dirs.o);
+      expect(oc.stdout.replace(/Image end offset: \d+/, "")).toBe(qc.stdout.replace(/Image end offset: \d+/, ""));
+    }
+    await sameImage(dirs, "t.qcow2");
+  });
+});
