@@ -16,6 +16,7 @@ import { NbdImage } from "./nbd/nbd-image";
 import { NbdStore } from "./nbd/nbd-store";
 import { isNbdFilename } from "./nbd/uri";
 import { connectNbd } from "./node/nbd-socket";
+import { PROBE_BYTES, probeFormatName } from "./probe";
 import { RawImage } from "./raw-image";
 import type { ImageResolver, ResolveContext } from "./resolver";
 
@@ -80,16 +81,21 @@ export interface OpenImageOptions {
   nbdTimeoutMs?: number;
 }
 
-const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
 const MAX_CHAIN_DEPTH = 64;
 
-/** Decide the format of an open store: qcow2 when it starts with the qcow2 magic and version >= 2, raw otherwise. */
-export async function probeFormat(store: ByteStore): Promise<ImageFormat> {
-  const head = new Uint8Array(8);
+/**
+ * Decide the format of an open store as QEMU 7.2 probes it (see probe.ts): qcow2 or raw, which qcowkit reads.
+ * A file another format claims (vmdk, vhdx, vpc, vdi, qed, parallels, dmg, bochs, cloop, luks, qcow) is refused
+ * with QEMU's message for a driver it does not have, instead of being read as a raw disk.
+ */
+export async function probeFormat(store: ByteStore, filename: string = store.name): Promise<ImageFormat> {
+  const size = await store.size();
+  if (size === 0) return "raw";
+  const head = new Uint8Array(Math.min(PROBE_BYTES, size));
   await store.read(0, head);
-  // QEMU's qcow2 probe wants the magic and a version of at least 2.
-  const version = ((head[4]! << 24) | (head[5]! << 16) | (head[6]! << 8) | head[7]!) >>> 0;
-  return QCOW2_MAGIC.every((b, i) => head[i] === b) && version >= 2 ? "qcow2" : "raw";
+  const format = probeFormatName(head, filename);
+  if (format === "qcow2" || format === "raw") return format;
+  throw new Qcow2Error("NOT_SUPPORTED", `Unknown driver '${format}'`, { errno: "ENOTSUP" });
 }
 
 function checkFormat(format: string): ImageFormat {
@@ -181,7 +187,7 @@ export async function openImage(path: string, opts: OpenImageOptions = {}): Prom
     let format: ImageFormat;
     if (opts.format !== undefined) format = checkFormat(opts.format);
     else if (opts.safe) throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the image format in safe mode; give the format", { errno: "EPERM" });
-    else format = await probeFormat(store);
+    else format = await probeFormat(store, path);
     if (format === "raw") return await RawImage.open(store);
     let chain = opts.chain;
     if (chain === undefined) {
@@ -279,7 +285,7 @@ async function openNbdImage(name: string, opts: OpenImageOptions): Promise<Block
       throw new Qcow2Error("READ_ONLY", "Could not open image: Permission denied", { errno: "EACCES" });
     }
     const store = new NbdStore(client, filename, readOnly);
-    format ??= await probeFormat(store);
+    format ??= await probeFormat(store, filename);
     if (format === "raw") return await NbdImage.open(client, { filename, readOnly });
     return withBitmapMethods(await Qcow2Image.open(store, qcow2OpenOptions(filename, opts, readOnly, [])));
   } catch (e) {
