@@ -7,7 +7,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { ok, pool, qemuImg, qimg, qio, tempDir } from "./helpers";
+import { ok, pool, qemuImg, qemuIo, qimg, qio, tempDir } from "./helpers";
 
 const dir = tempDir("qimg-probe-");
 const FORMATS = ["qcow2", "raw", "bochs", "cloop", "dmg", "luks", "parallels", "qcow", "qed", "vdi", "vhdx", "vmdk", "vpc"];
@@ -110,5 +110,26 @@ describe("probing", () => {
     const o = await qio(["-c", "write -P 1 0 4k", "fixed.vpc"], dir);
     expect(o.code).toBe(0);
     expect(o.stderr).toMatch(/^WARNING: Image format was not specified for 'fixed.vpc' and probing guessed raw\./);
+  });
+
+  it("a probed raw image cannot be given another format's first sector: EPERM, as qemu-io says", async () => {
+    write("qcow2-head.bin", header([[0, [0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]]], 512));
+    write("vmdk-head.bin", "# Disk DescriptorFile\nversion=1\n", 512);
+    write("plain-head.bin", "just data\n", 512);
+    const results: string[] = [];
+    for (const tool of ["qemu-io", "qio"]) {
+      for (const [src, at] of [["qcow2-head.bin", 0], ["vmdk-head.bin", 0], ["plain-head.bin", 0]] as const) {
+        const disk = `${tool}-${src}.img`;
+        write(disk, new Uint8Array(64 * 1024));
+        const args = ["-c", `write -s ${src} ${at} 512`, disk];
+        const r = tool === "qio" ? await qio(args, dir) : await qemuIo(args, dir);
+        const head = fs.readFileSync(path.join(dir, disk)).subarray(0, 4);
+        results.push(`${tool} ${src}: ${r.stdout.split("\n")[0]} / first bytes ${head.toString("hex")}`);
+      }
+    }
+    const [theirs, ours] = [results.slice(0, 3), results.slice(3)];
+    expect(ours).toEqual(theirs.map((l) => l.replace(/^qemu-io/, "qio")));
+    expect(theirs[0]).toContain("write failed: Operation not permitted / first bytes 00000000");
+    expect(theirs[2]).toContain("wrote 512/512 bytes");
   });
 });

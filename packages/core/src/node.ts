@@ -3,7 +3,7 @@
  * re-exported, plus `openImage`, `createImage` and the file-system resolver.
  */
 import { realpath } from "node:fs/promises";
-import { FileStore, checkSafeReference, resolveBackingFileName, resolveDataFileName } from "@qcowkit/datafile/node";
+import { FileStore, checkSafeReference, printableName, referenceLeavingFolder, resolveBackingFileName, resolveDataFileName } from "@qcowkit/datafile/node";
 import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
 import { trackBitmaps, withBitmapMethods } from "./bitmaps";
@@ -69,6 +69,12 @@ export interface OpenImageOptions {
    */
   cachedReadBytes?: number;
   onWarning?: (message: string) => void;
+  /**
+   * Stored data file and backing file names that are absolute or have ".." and lead out of the image's folder
+   * are followed with a warning through `onWarning` (default true). False for an image the caller has just
+   * created, whose names are the caller's own.
+   */
+  warnOutsideReferences?: boolean;
   repairDirty?: Qcow2OpenOptions["repairDirty"];
   /** Internal: images already open in this chain. */
   chain?: string[];
@@ -103,6 +109,19 @@ function checkFormat(format: string): ImageFormat {
   throw new Qcow2Error("NOT_SUPPORTED", `Unknown driver '${format}'`, { errno: "EINVAL" });
 }
 
+/**
+ * Outside safe mode stored names are followed wherever they lead, as QEMU follows them; one that is absolute
+ * or has ".." and leads out of the image's folder is followed with a warning (through `onWarning`).
+ */
+function warnLeavingReference(opts: OpenImageOptions, imageName: string, name: string, kind: "data-file" | "backing"): void {
+  if (!opts.onWarning || opts.warnOutsideReferences === false) return;
+  const why = referenceLeavingFolder(imageName, name, kind, process.cwd());
+  if (why === undefined) return;
+  const label = kind === "data-file" ? "data file" : "backing file";
+  const reason = why === "absolute" ? "an absolute name" : "a name with '..'";
+  opts.onWarning(`warning: '${printableName(imageName)}' names ${label} '${printableName(name)}' (${reason}) outside its folder; following it`);
+}
+
 /** A resolver that opens referenced files on the local file system, as QEMU 7.2 resolves their names. */
 export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
   return {
@@ -113,6 +132,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
         ? checkSafeReference(ctx.imageName, name, "data-file", { cwd: process.cwd() })
         : resolveDataFileName(name).path!;
       if (opts.safe && stored) await assertRealPathInside(ctx.imageName, path, "data-file", name);
+      else if (stored) warnLeavingReference(opts, ctx.imageName, name, "data-file");
       return FileStore.open(path, {
         readOnly: ctx.readOnly,
         name,
@@ -135,6 +155,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
           // A backing file on an NBD export (QEMU follows such names too).
           return await openNbdImage(name, { ...(format !== undefined ? { format } : {}), readOnly: true, ...(opts.nbdTimeoutMs !== undefined ? { nbdTimeoutMs: opts.nbdTimeoutMs } : {}) });
         } else {
+          if (stored) warnLeavingReference(opts, ctx.imageName, name, "backing");
           const resolved = resolveBackingFileName(ctx.imageName, name);
           if (!resolved || resolved.path === undefined) {
             throw new Qcow2Error("NOT_SUPPORTED", `Unknown protocol '${resolved?.protocol ?? ""}'`, { errno: "ENOTSUP" });
@@ -188,7 +209,7 @@ export async function openImage(path: string, opts: OpenImageOptions = {}): Prom
     if (opts.format !== undefined) format = checkFormat(opts.format);
     else if (opts.safe) throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the image format in safe mode; give the format", { errno: "EPERM" });
     else format = await probeFormat(store, path);
-    if (format === "raw") return await RawImage.open(store);
+    if (format === "raw") return await RawImage.open(store, { probed: opts.format === undefined });
     let chain = opts.chain;
     if (chain === undefined) {
       try {

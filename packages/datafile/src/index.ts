@@ -12,6 +12,7 @@ export {
 export {
   backingProtocol,
   checkSafeReference,
+  referenceLeavingFolder,
   resolveBackingFileName,
   resolveDataFileName,
   type ReferenceKind,
@@ -25,5 +26,6 @@ export {
   normalizePosixPath,
 } from "./posix-path";
 export { assertByteRange, assertByteSize } from "./store-checks";
+export { printableName } from "./printable-name";
 export { seededRandom } from "./seeded-random";
 export type { ByteStore, StorePreallocation } from "@qcowkit/spec";
