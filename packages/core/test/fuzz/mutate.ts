@@ -359,6 +359,17 @@ const compressedPayload: Mutator = (r, img, notes) => {
 
 const TOTAL_WEIGHT = MUTATORS.reduce((n, [w]) => n + w, 0);
 
+/** Only the compressed payload mutation, 1 to 3 times (for `pnpm fuzz --compressed`); undefined without compressed clusters. */
+export function mutateCompressed(bytes: Uint8Array, seed: number): Mutation | undefined {
+  const r = rng(seed);
+  const img = new Image(bytes.slice());
+  if (img.compressedEntries().length === 0) return undefined;
+  const notes: string[] = [];
+  const state = { self: false, selfName: "" };
+  for (let k = 1 + Math.floor(r() * 3); k > 0; k--) compressedPayload(r, img, notes, state);
+  return { bytes: img.bytes, description: notes, selfReference: false };
+}
+
 /** Apply 1 to 3 mutations chosen by `seed` to a copy of `bytes`; `selfName` is the file name it is stored as. */
 export function mutate(bytes: Uint8Array, seed: number, selfName: string): Mutation {
   const r = rng(seed);
