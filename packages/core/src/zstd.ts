@@ -52,6 +52,8 @@ export function zstdFrameAt(data: Uint8Array, at: number): ZstdFrame | undefined
   const singleSegment = (fhd >>> 5) & 1;
   const checksum = (fhd >>> 2) & 1;
   const didFlag = fhd & 3;
+  // The reserved bit: zstd refuses the frame (and the library would be handed a size it cannot allocate).
+  if (fhd & 0x08) return undefined;
   at += 5;
   let windowTooLarge = false;
   let wideWindowAt = -1;

@@ -129,6 +129,10 @@ describe("bounded decompression", () => {
     for (const declared of [2 ** 30, 65537, 2 ** 32 + 65536, 2 ** 63]) {
       expect(() => decompressZstdFrames(zstdRleFrame(65536, { declared }), 65536, decode)).toThrow(/declares \d+ bytes, more than the cluster/);
     }
+    // The reserved header bit (zstd refuses such a frame; its content size would read as an error value).
+    const reserved = zstdRleFrame(65536);
+    reserved[4] = reserved[4]! | 0x08;
+    expect(() => decompressZstdFrames(reserved, 65536, decode)).toThrow(/corrupt zstd frame/);
     expect(frames).toEqual([]);
     // An undeclared size gets room for the cluster and no more.
     decompressZstdFrames(zstdRleFrame(65536, { declared: undefined }), 65536, decode);
