@@ -93,69 +93,171 @@ const OUT_OF_INPUT = Symbol("out of input");
 /** Thrown inside the decoder on corrupt data. */
 const CORRUPT = Symbol("corrupt");
 
+/** The input and its bit buffer (least significant bit first); header reads throw at the end of the input. */
+class BitReader {
+  ip = 0;
+  /** Bits not consumed yet, in the low `have` bits. */
+  hold = 0;
+  have = 0;
+  /** Why `inflateCodes` stopped before the end of its block. */
+  stop: "full" | "corrupt" | "input" | undefined;
+  constructor(readonly src: Uint8Array) {}
+
+  take(n: number): number {
+    while (this.have < n) {
+      if (this.ip >= this.src.length) throw OUT_OF_INPUT;
+      this.hold |= this.src[this.ip++]! << this.have;
+      this.have += 8;
+    }
+    const v = this.hold & ((1 << n) - 1);
+    this.hold >>>= n;
+    this.have -= n;
+    return v;
+  }
+
+  /** A code is taken once its length is within the loaded bits; bits above those read as zero meanwhile. */
+  decode(t: Table): number {
+    for (;;) {
+      const entry = t.entries[this.hold & t.mask]!;
+      const len = entry & 15;
+      if (len <= this.have) {
+        this.hold >>>= len;
+        this.have -= len;
+        if (entry & INVALID) throw CORRUPT;
+        return entry >> 5;
+      }
+      if (this.ip >= this.src.length) throw OUT_OF_INPUT;
+      this.hold |= this.src[this.ip++]! << this.have;
+      this.have += 8;
+    }
+  }
+}
+
+/**
+ * Decode the literal/length and distance codes of one block into `out` from `op` (the hot loop, on local
+ * copies of the bit buffer). Returns the new output position; `r.stop` says why it stopped when that was not
+ * the end of the block.
+ */
+function inflateCodes(r: BitReader, lit: Table, dist: Table, out: Uint8Array, op: number): number {
+  const src = r.src;
+  const srcEnd = src.length;
+  const end = out.length;
+  const le = lit.entries;
+  const lm = lit.mask;
+  const de = dist.entries;
+  const dm = dist.mask;
+  let ip = r.ip;
+  let hold = r.hold;
+  let have = r.have;
+  let stop: BitReader["stop"];
+  for (;;) {
+    // Up to 32 bits: a literal/length code and its extra bits (20 at most) fit, as do a distance code and its (28).
+    while (have <= 24 && ip < srcEnd) {
+      hold |= src[ip++]! << have;
+      have += 8;
+    }
+    let entry = le[hold & lm]!;
+    let len = entry & 15;
+    if (len > have) {
+      stop = "input";
+      break;
+    }
+    hold >>>= len;
+    have -= len;
+    if (entry & INVALID) {
+      stop = "corrupt";
+      break;
+    }
+    const sym = entry >> 5;
+    if (sym < 256) {
+      if (op === end) {
+        stop = "full";
+        break;
+      }
+      out[op++] = sym;
+      continue;
+    }
+    if (sym === 256) break;
+    const li = sym - 257;
+    const lx = LENGTH_EXTRA[li]!;
+    if (lx > have) {
+      stop = "input";
+      break;
+    }
+    const length = LENGTH_BASE[li]! + (hold & ((1 << lx) - 1));
+    hold >>>= lx;
+    have -= lx;
+    while (have <= 24 && ip < srcEnd) {
+      hold |= src[ip++]! << have;
+      have += 8;
+    }
+    entry = de[hold & dm]!;
+    len = entry & 15;
+    if (len > have) {
+      stop = "input";
+      break;
+    }
+    hold >>>= len;
+    have -= len;
+    if (entry & INVALID) {
+      stop = "corrupt";
+      break;
+    }
+    const ds = entry >> 5;
+    const dx = DIST_EXTRA[ds]!;
+    if (dx > have) {
+      stop = "input";
+      break;
+    }
+    const distance = DIST_BASE[ds]! + (hold & ((1 << dx) - 1));
+    hold >>>= dx;
+    have -= dx;
+    if (op === end) {
+      stop = "full";
+      break;
+    }
+    if (distance > op) {
+      stop = "corrupt";
+      break;
+    }
+    const last = Math.min(end, op + length);
+    for (let from = op - distance; op < last; ) out[op++] = out[from++]!;
+  }
+  r.ip = ip;
+  r.hold = hold;
+  r.have = have;
+  r.stop = stop;
+  return op;
+}
+
 /**
  * Inflate the raw deflate stream in `src` into `out`, stopping when `out` is full. Never writes past `out`,
  * never allocates more than its decoding tables.
  */
 export function inflateRawInto(src: Uint8Array, out: Uint8Array): InflateResult {
   const end = out.length;
+  const r = new BitReader(src);
   let op = 0;
-  let ip = 0;
-  let hold = 0; // bit buffer
-  let have = 0; // bits in hold
-
-  const need = (n: number): void => {
-    while (have < n) {
-      if (ip >= src.length) throw OUT_OF_INPUT;
-      hold |= src[ip++]! << have;
-      have += 8;
-    }
-  };
-  const take = (n: number): number => {
-    need(n);
-    const v = hold & ((1 << n) - 1);
-    hold >>>= n;
-    have -= n;
-    return v;
-  };
-  const decode = (t: Table): number => {
-    // A code is taken once its length is within the loaded bits; bits above those read as zero meanwhile.
-    for (;;) {
-      const entry = t.entries[hold & t.mask]!;
-      const len = entry & 15;
-      if (len <= have) {
-        hold >>>= len;
-        have -= len;
-        if (entry & INVALID) throw CORRUPT;
-        return entry >> 5;
-      }
-      if (ip >= src.length) throw OUT_OF_INPUT;
-      hold |= src[ip++]! << have;
-      have += 8;
-    }
-  };
-
   try {
     for (;;) {
-      const final = take(1);
-      const type = take(2);
+      const final = r.take(1);
+      const type = r.take(2);
       if (type === 0) {
         // Stored block: skip to a byte boundary, LEN and its complement.
-        hold >>>= have & 7;
-        have -= have & 7;
-        const len = take(16);
-        const nlen = take(16);
+        r.take(r.have & 7);
+        const len = r.take(16);
+        const nlen = r.take(16);
         if ((len ^ 0xffff) !== nlen) return "corrupt";
         if (len > 0) {
           if (op === end) return "full";
           // The bit buffer holds whole bytes now: give them back to the input and copy bytes.
-          ip -= have >>> 3;
-          hold = 0;
-          have = 0;
-          const n = Math.min(len, end - op, src.length - ip);
-          out.set(src.subarray(ip, ip + n), op);
+          r.ip -= r.have >>> 3;
+          r.hold = 0;
+          r.have = 0;
+          const n = Math.min(len, end - op, src.length - r.ip);
+          out.set(src.subarray(r.ip, r.ip + n), op);
           op += n;
-          ip += n;
+          r.ip += n;
           if (n < len) return op === end ? "full" : "short";
         }
       } else if (type === 3) {
@@ -166,17 +268,17 @@ export function inflateRawInto(src: Uint8Array, out: Uint8Array): InflateResult 
         if (type === 1) {
           [lit, dist] = fixedTables();
         } else {
-          const nlen = take(5) + 257;
-          const ndist = take(5) + 1;
-          const ncode = take(4) + 4;
+          const nlen = r.take(5) + 257;
+          const ndist = r.take(5) + 1;
+          const ncode = r.take(4) + 4;
           if (nlen > 286 || ndist > 30) return "corrupt";
           const clens = new Uint8Array(19);
-          for (let i = 0; i < ncode; i++) clens[CLEN_ORDER[i]!] = take(3);
+          for (let i = 0; i < ncode; i++) clens[CLEN_ORDER[i]!] = r.take(3);
           const ct = buildTable(clens, "codes", 19);
           if (ct === TABLE_BAD) return "corrupt";
           const lens = new Uint8Array(nlen + ndist);
           for (let i = 0; i < nlen + ndist; ) {
-            const sym = decode(ct);
+            const sym = r.decode(ct);
             if (sym < 16) {
               lens[i++] = sym;
               continue;
@@ -186,11 +288,11 @@ export function inflateRawInto(src: Uint8Array, out: Uint8Array): InflateResult 
             if (sym === 16) {
               if (i === 0) return "corrupt";
               value = lens[i - 1]!;
-              repeat = 3 + take(2);
+              repeat = 3 + r.take(2);
             } else if (sym === 17) {
-              repeat = 3 + take(3);
+              repeat = 3 + r.take(3);
             } else {
-              repeat = 11 + take(7);
+              repeat = 11 + r.take(7);
             }
             if (i + repeat > nlen + ndist) return "corrupt";
             lens.fill(value, i, i + repeat);
@@ -204,24 +306,9 @@ export function inflateRawInto(src: Uint8Array, out: Uint8Array): InflateResult 
           lit = lt;
           dist = dt;
         }
-        for (;;) {
-          const sym = decode(lit);
-          if (sym < 256) {
-            if (op === end) return "full";
-            out[op++] = sym;
-          } else if (sym === 256) {
-            break;
-          } else {
-            const li = sym - 257;
-            const length = LENGTH_BASE[li]! + take(LENGTH_EXTRA[li]!);
-            const ds = decode(dist);
-            const distance = DIST_BASE[ds]! + take(DIST_EXTRA[ds]!);
-            if (op === end) return "full";
-            if (distance > op) return "corrupt";
-            const stop = Math.min(end, op + length);
-            for (let from = op - distance; op < stop; ) out[op++] = out[from++]!;
-          }
-        }
+        op = inflateCodes(r, lit, dist, out, op);
+        if (r.stop === "full" || r.stop === "corrupt") return r.stop;
+        if (r.stop === "input") return op === end ? "full" : "short";
       }
       if (final) return op === end ? "full" : "short";
     }
