@@ -150,14 +150,16 @@ function inflateCodes(r: BitReader, lit: Table, dist: Table, out: Uint8Array, op
   let hold = r.hold;
   let have = r.have;
   let stop: BitReader["stop"];
+  // One code per turn: a literal/length code, or (after a length) the distance code that completes the match.
+  let length = 0;
   for (;;) {
-    // Up to 32 bits: a literal/length code and its extra bits (20 at most) fit, as do a distance code and its (28).
+    // Up to 32 bits: a code (15 bits at most) and its extra bits (13 at most) fit.
     while (have <= 24 && ip < srcEnd) {
       hold |= src[ip++]! << have;
       have += 8;
     }
-    let entry = le[hold & lm]!;
-    let len = entry & 15;
+    const entry = length === 0 ? le[hold & lm]! : de[hold & dm]!;
+    const len = entry & 15;
     if (len > have) {
       stop = "input";
       break;
@@ -169,7 +171,7 @@ function inflateCodes(r: BitReader, lit: Table, dist: Table, out: Uint8Array, op
       break;
     }
     const sym = entry >> 5;
-    if (sym < 256) {
+    if (length === 0 && sym < 256) {
       if (op === end) {
         stop = "full";
         break;
@@ -177,41 +179,20 @@ function inflateCodes(r: BitReader, lit: Table, dist: Table, out: Uint8Array, op
       out[op++] = sym;
       continue;
     }
-    if (sym === 256) break;
-    const li = sym - 257;
-    const lx = LENGTH_EXTRA[li]!;
-    if (lx > have) {
+    if (length === 0 && sym === 256) break;
+    const extra = length === 0 ? LENGTH_EXTRA[sym - 257]! : DIST_EXTRA[sym]!;
+    if (extra > have) {
       stop = "input";
       break;
     }
-    const length = LENGTH_BASE[li]! + (hold & ((1 << lx) - 1));
-    hold >>>= lx;
-    have -= lx;
-    while (have <= 24 && ip < srcEnd) {
-      hold |= src[ip++]! << have;
-      have += 8;
+    const value = (length === 0 ? LENGTH_BASE[sym - 257]! : DIST_BASE[sym]!) + (hold & ((1 << extra) - 1));
+    hold >>>= extra;
+    have -= extra;
+    if (length === 0) {
+      length = value;
+      continue;
     }
-    entry = de[hold & dm]!;
-    len = entry & 15;
-    if (len > have) {
-      stop = "input";
-      break;
-    }
-    hold >>>= len;
-    have -= len;
-    if (entry & INVALID) {
-      stop = "corrupt";
-      break;
-    }
-    const ds = entry >> 5;
-    const dx = DIST_EXTRA[ds]!;
-    if (dx > have) {
-      stop = "input";
-      break;
-    }
-    const distance = DIST_BASE[ds]! + (hold & ((1 << dx) - 1));
-    hold >>>= dx;
-    have -= dx;
+    const distance = value;
     if (op === end) {
       stop = "full";
       break;
@@ -222,6 +203,7 @@ function inflateCodes(r: BitReader, lit: Table, dist: Table, out: Uint8Array, op
     }
     const last = Math.min(end, op + length);
     for (let from = op - distance; op < last; ) out[op++] = out[from++]!;
+    length = 0;
   }
   r.ip = ip;
   r.hold = hold;
