@@ -5,7 +5,7 @@
  * @module @qcowkit/core/node
  */
 import { realpath } from "node:fs/promises";
-import { FileStore, checkSafeReference, resolveBackingFileName, resolveDataFileName } from "@qcowkit/datafile/node";
+import { FileStore, checkSafeReference, printableName, referenceLeavingFolder, resolveBackingFileName, resolveDataFileName } from "@qcowkit/datafile/node";
 import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
 import { trackBitmaps, withBitmapMethods } from "./bitmaps";
@@ -18,6 +18,7 @@ import { NbdImage } from "./nbd/nbd-image";
 import { NbdStore } from "./nbd/nbd-store";
 import { isNbdFilename } from "./nbd/uri";
 import { connectNbd } from "./node/nbd-socket";
+import { PROBE_BYTES, probeFormatName } from "./probe";
 import { RawImage } from "./raw-image";
 import type { ImageResolver, ResolveContext } from "./resolver";
 
@@ -70,6 +71,12 @@ export interface OpenImageOptions {
    */
   cachedReadBytes?: number;
   onWarning?: (message: string) => void;
+  /**
+   * Stored data file and backing file names that are absolute or have ".." and lead out of the image's folder
+   * are followed with a warning through `onWarning` (default true). False for an image the caller has just
+   * created, whose names are the caller's own.
+   */
+  warnOutsideReferences?: boolean;
   repairDirty?: Qcow2OpenOptions["repairDirty"];
   /** Internal: images already open in this chain. */
   chain?: string[];
@@ -82,21 +89,39 @@ export interface OpenImageOptions {
   nbdTimeoutMs?: number;
 }
 
-const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
 const MAX_CHAIN_DEPTH = 64;
 
-/** Decide the format of an open store: qcow2 when it starts with the qcow2 magic and version >= 2, raw otherwise. */
-export async function probeFormat(store: ByteStore): Promise<ImageFormat> {
-  const head = new Uint8Array(8);
+/**
+ * Decide the format of an open store as QEMU 7.2 probes it (see probe.ts): qcow2 or raw, which qcowkit reads.
+ * A file another format claims (vmdk, vhdx, vpc, vdi, qed, parallels, dmg, bochs, cloop, luks, qcow) is refused
+ * with QEMU's message for a driver it does not have, instead of being read as a raw disk.
+ */
+export async function probeFormat(store: ByteStore, filename: string = store.name): Promise<ImageFormat> {
+  const size = await store.size();
+  if (size === 0) return "raw";
+  const head = new Uint8Array(Math.min(PROBE_BYTES, size));
   await store.read(0, head);
-  // QEMU's qcow2 probe wants the magic and a version of at least 2.
-  const version = ((head[4]! << 24) | (head[5]! << 16) | (head[6]! << 8) | head[7]!) >>> 0;
-  return QCOW2_MAGIC.every((b, i) => head[i] === b) && version >= 2 ? "qcow2" : "raw";
+  const format = probeFormatName(head, filename);
+  if (format === "qcow2" || format === "raw") return format;
+  throw new Qcow2Error("NOT_SUPPORTED", `Unknown driver '${format}'`, { errno: "ENOTSUP" });
 }
 
 function checkFormat(format: string): ImageFormat {
   if (format === "qcow2" || format === "raw") return format;
   throw new Qcow2Error("NOT_SUPPORTED", `Unknown driver '${format}'`, { errno: "EINVAL" });
+}
+
+/**
+ * Outside safe mode stored names are followed wherever they lead, as QEMU follows them; one that is absolute
+ * or has ".." and leads out of the image's folder is followed with a warning (through `onWarning`).
+ */
+function warnLeavingReference(opts: OpenImageOptions, imageName: string, name: string, kind: "data-file" | "backing"): void {
+  if (!opts.onWarning || opts.warnOutsideReferences === false) return;
+  const why = referenceLeavingFolder(imageName, name, kind, process.cwd());
+  if (why === undefined) return;
+  const label = kind === "data-file" ? "data file" : "backing file";
+  const reason = why === "absolute" ? "an absolute name" : "a name with '..'";
+  opts.onWarning(`warning: '${printableName(imageName)}' names ${label} '${printableName(name)}' (${reason}) outside its folder; following it`);
 }
 
 /** A resolver that opens referenced files on the local file system, as QEMU 7.2 resolves their names. */
@@ -109,6 +134,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
         ? checkSafeReference(ctx.imageName, name, "data-file", { cwd: process.cwd() })
         : resolveDataFileName(name).path!;
       if (opts.safe && stored) await assertRealPathInside(ctx.imageName, path, "data-file", name);
+      else if (stored) warnLeavingReference(opts, ctx.imageName, name, "data-file");
       return FileStore.open(path, {
         readOnly: ctx.readOnly,
         name,
@@ -131,6 +157,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
           // A backing file on an NBD export (QEMU follows such names too).
           return await openNbdImage(name, { ...(format !== undefined ? { format } : {}), readOnly: true, ...(opts.nbdTimeoutMs !== undefined ? { nbdTimeoutMs: opts.nbdTimeoutMs } : {}) });
         } else {
+          if (stored) warnLeavingReference(opts, ctx.imageName, name, "backing");
           const resolved = resolveBackingFileName(ctx.imageName, name);
           if (!resolved || resolved.path === undefined) {
             throw new Qcow2Error("NOT_SUPPORTED", `Unknown protocol '${resolved?.protocol ?? ""}'`, { errno: "ENOTSUP" });
@@ -183,8 +210,8 @@ export async function openImage(path: string, opts: OpenImageOptions = {}): Prom
     let format: ImageFormat;
     if (opts.format !== undefined) format = checkFormat(opts.format);
     else if (opts.safe) throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the image format in safe mode; give the format", { errno: "EPERM" });
-    else format = await probeFormat(store);
-    if (format === "raw") return await RawImage.open(store);
+    else format = await probeFormat(store, path);
+    if (format === "raw") return await RawImage.open(store, { probed: opts.format === undefined });
     let chain = opts.chain;
     if (chain === undefined) {
       try {
@@ -281,7 +308,7 @@ async function openNbdImage(name: string, opts: OpenImageOptions): Promise<Block
       throw new Qcow2Error("READ_ONLY", "Could not open image: Permission denied", { errno: "EACCES" });
     }
     const store = new NbdStore(client, filename, readOnly);
-    format ??= await probeFormat(store);
+    format ??= await probeFormat(store, filename);
     if (format === "raw") return await NbdImage.open(client, { filename, readOnly });
     return withBitmapMethods(await Qcow2Image.open(store, qcow2OpenOptions(filename, opts, readOnly, [])));
   } catch (e) {

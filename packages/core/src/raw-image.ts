@@ -2,6 +2,7 @@
 import { Qcow2Error, type ByteStore } from "@qcowkit/spec";
 import { allocationRuns } from "./allocation";
 import { StoreSlice, type StoreRun } from "./store-slice";
+import { PROBE_BYTES, probeFormatName } from "./probe";
 import { mergeExtents, type BlockImage, type BlockStatusExtent, type ResizeOptions, type WriteOptions, type ZeroOptions } from "./block-image";
 
 export class RawImage implements BlockImage {
@@ -14,14 +15,28 @@ export class RawImage implements BlockImage {
   private constructor(
     readonly store: ByteStore,
     size: number,
+    private readonly probed: boolean,
   ) {
     this.size = size;
     this.filename = store.name;
   }
 
-  /** A raw image is whole 512-byte sectors: a file of 1000 bytes is a 1024-byte disk whose tail reads zeros. */
-  static async open(store: ByteStore): Promise<RawImage> {
-    return new RawImage(store, Math.ceil((await store.size()) / 512) * 512);
+  /**
+   * A raw image is whole 512-byte sectors: a file of 1000 bytes is a 1024-byte disk whose tail reads zeros.
+   * `probed`: the format was guessed, so (as in QEMU) a write that would make the first sector probe as
+   * another format fails with EPERM: a guest cannot turn its disk into an image that names host files.
+   */
+  static async open(store: ByteStore, opts: { probed?: boolean } = {}): Promise<RawImage> {
+    return new RawImage(store, Math.ceil((await store.size()) / 512) * 512, opts.probed ?? false);
+  }
+
+  /** For a probed image: refuse a write at `guestOffset` that would make the first sector probe as another format. */
+  private async checkProbedWrite(guestOffset: number, data: Uint8Array): Promise<void> {
+    if (!this.probed || guestOffset >= PROBE_BYTES || data.byteLength === 0) return;
+    const head = new Uint8Array(PROBE_BYTES);
+    await this.store.read(0, head);
+    head.set(data.subarray(0, PROBE_BYTES - guestOffset), guestOffset);
+    if (probeFormatName(head, "") !== "raw") throw new Qcow2Error("READ_ONLY", "Operation not permitted", { errno: "EPERM" });
   }
 
   get virtualSize(): number {
@@ -48,6 +63,7 @@ export class RawImage implements BlockImage {
   async write(guestOffset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
     this.check(guestOffset, data.byteLength, true);
     if (opts.compressed) throw new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
+    await this.checkProbedWrite(guestOffset, data);
     await this.store.write(guestOffset, data);
     if (opts.fua) await this.store.flush();
   }
@@ -58,7 +74,8 @@ export class RawImage implements BlockImage {
    */
   async writeFromStores(guestOffset: number, data: StoreSlice, scan?: Uint8Array): Promise<boolean> {
     this.check(guestOffset, data.byteLength, true);
-    if (!StoreSlice.canCopyInto(this.store)) return false;
+    // The first sector of a probed image is checked by `write`, which needs the bytes.
+    if (!StoreSlice.canCopyInto(this.store) || (this.probed && guestOffset < PROBE_BYTES)) return false;
     await data.copyTo(this.store, guestOffset, scan);
     return true;
   }

@@ -21,6 +21,8 @@ const CASES = Number(process.env.QCOWKIT_FUZZ_CASES ?? 2000);
 const FIRST_SEED = Number(process.env.QCOWKIT_FUZZ_SEED ?? 1);
 const BATCH = 64;
 const MEMORY_LIMIT = 1.5 * 1024 * 1024 * 1024;
+/** Resident memory of the whole test process (JavaScript heap, WebAssembly memory, buffers). */
+const RSS_LIMIT = 1024 * 1024 * 1024;
 
 interface CaseResult {
   seed: number;
@@ -40,6 +42,7 @@ describe("fuzzed images", () => {
     const corpus = buildCorpus(corpusDir);
     const results: CaseResult[] = [];
     let maxHeap = 0;
+    let maxRss = 0;
     // A promise rejected with nobody listening ends a Node process with a stack trace: a crash of the case.
     let currentSeed = 0;
     const unhandled: string[] = [];
@@ -65,6 +68,7 @@ describe("fuzzed images", () => {
         const ours = await runOurs(c.path, join(corpusDir, `o-${c.name}`), c.repair);
         results.push({ seed: c.seed, seedImage: c.seedImage, description: c.description, ours, qemu: qemu[i]! });
         maxHeap = Math.max(maxHeap, process.memoryUsage().heapUsed);
+        maxRss = Math.max(maxRss, process.memoryUsage().rss);
       }
       if (process.env.QCOWKIT_FUZZ_TIMING) {
         console.log(`batch ${start}: ours ${Date.now() - t1} ms, heap ${process.memoryUsage().heapUsed >> 20} MiB`);
@@ -98,9 +102,12 @@ describe("fuzzed images", () => {
       }
     }
     const agreement = agreed / compared;
+    const compressedCases = results.filter((r) => r.description.some((d) => /compressed payload|zstd frame|bomb/.test(d)));
     const summary = [
       `${results.length} cases, ${compared} verdicts, ${(agreement * 100).toFixed(2)}% agree with QEMU ` +
-        `(${qemuHangs} where QEMU hung not compared); max heap ${(maxHeap / 2 ** 20).toFixed(0)} MiB`,
+        `(${qemuHangs} where QEMU hung not compared); max heap ${(maxHeap / 2 ** 20).toFixed(0)} MiB, max RSS ${(maxRss / 2 ** 20).toFixed(0)} MiB`,
+      `${compressedCases.length} cases with damaged or hostile compressed payloads: read verdicts agree with QEMU on ` +
+        `${compressedCases.filter((r) => r.qemu.read === "hang" || r.qemu.read === r.ours.verdicts.read).length}`,
       ...[...disagreements.entries()]
         .sort((a, b) => b[1].length - a[1].length)
         .slice(0, 12)
@@ -113,6 +120,7 @@ describe("fuzzed images", () => {
     expect(show(slow, (r) => r.ours.slow)).toEqual([]);
     expect(show(changed, (r) => r.ours.changed)).toEqual([]);
     expect(maxHeap).toBeLessThan(MEMORY_LIMIT);
+    expect(maxRss).toBeLessThan(RSS_LIMIT);
     expect(agreement).toBeGreaterThanOrEqual(0.9);
   });
 });

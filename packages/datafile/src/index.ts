@@ -9,6 +9,7 @@ export { MemoryStore, isAllZero, type MemoryStoreOptions } from "./memory-store"
 export {
   backingProtocol,
   checkSafeReference,
+  referenceLeavingFolder,
   resolveBackingFileName,
   resolveDataFileName,
   type ReferenceKind,
@@ -16,4 +17,5 @@ export {
   type SafeReferenceOptions,
 } from "./resolve";
 export { directoryPrefix } from "./posix-path";
+export { printableName } from "./printable-name";
 export type { ByteStore, StorePreallocation } from "@qcowkit/spec";

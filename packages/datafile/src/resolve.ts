@@ -160,3 +160,30 @@ function placeholderCwd(imagePath: string): string | undefined {
   const depth = imagePath.split("/").length + 1;
   return `/${Array.from({ length: depth }, (_, i) => `cwd${i}`).join("/")}`;
 }
+
+/**
+ * For qemu-img/qemu-io-style tools, which follow every stored name as QEMU does but say so: the reason a
+ * stored data file or backing file name deserves a warning, or undefined. A name deserves one when it is
+ * absolute ("absolute") or has a ".." component ("parent") and the file it names, resolved as QEMU resolves
+ * it and against `cwd`, lies outside the folder of `imagePath` (lexically: symbolic links are not followed).
+ * Names with a protocol prefix other than `file:` are not file names and get undefined.
+ */
+export function referenceLeavingFolder(
+  imagePath: string,
+  storedName: string,
+  kind: ReferenceKind,
+  cwd: string,
+): "absolute" | "parent" | undefined {
+  let path: string | undefined;
+  try {
+    path = kind === "data-file" ? resolveDataFileName(storedName).path : resolveBackingFileName(imagePath, storedName)?.path;
+  } catch {
+    return undefined;
+  }
+  if (path === undefined) return undefined;
+  const name = kind === "backing" && backingProtocol(storedName) === "file" ? storedName.slice("file:".length) : storedName;
+  const why = isAbsolutePosixPath(name) ? "absolute" : hasParentComponent(name) ? "parent" : undefined;
+  if (why === undefined) return undefined;
+  const folder = absolutePosixPath(cwd, directoryPrefix(imagePath) || ".");
+  return isStrictlyInside(folder, absolutePosixPath(cwd, path)) ? undefined : why;
+}

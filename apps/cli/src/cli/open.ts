@@ -34,6 +34,8 @@ export interface CliOpenOptions {
   checkMode?: boolean;
   /** encrypt.* options (the key secret's id is looked up among the --object secrets). */
   encrypt?: EncryptOptions;
+  /** False for an image this command has just created: no warnings about the names it stores (see core). */
+  warnOutsideReferences?: boolean;
 }
 
 /**
@@ -64,6 +66,7 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     ...(opts.backingFormat !== undefined ? { backingFormat: opts.backingFormat } : {}),
     ...(opts.discard !== undefined ? { discard: opts.discard } : {}),
     ...(opts.checkMode ? { checkMode: true } : {}),
+    ...(opts.warnOutsideReferences === false ? { warnOutsideReferences: false } : {}),
     ...(cliOpenDefaults.safe ? { safe: true } : {}),
     ...(opts.encrypt ? { encrypt: encryptOpenOptions(opts.encrypt) } : {}),
     // One request at a time: small file I/O is cheaper done synchronously than through the thread pool.

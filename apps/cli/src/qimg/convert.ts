@@ -292,6 +292,8 @@ async function prepareTarget(
     format: outFmt,
     ...(keySecret !== undefined ? { encrypt: { keySecret, unexpected: [] } } : {}),
     onWarning: (w) => ctx.io.err(`${w}\n`),
+    // A target made by this command names the backing file given with -B / -o backing_file.
+    ...(a.skipCreate ? {} : { warnOutsideReferences: false }),
   });
   try {
     if (a.compressed && target.format !== "qcow2") throw new CliError("Compression not supported for this file format");

@@ -5,6 +5,7 @@
  * extensions with bad lengths, huge backing file names, backing files that loop back, snapshot tables of up to
  * 2^32 - 1 entries, truncation and random overwrites.
  */
+import { deflateZeros, deflateZerosFitting, zstdRleFrame } from "../../../../scripts/attack/images.mjs";
 import { rng } from "../helpers";
 
 /** A header field: offset and width in bytes. */
@@ -76,6 +77,36 @@ class Image {
       if (e !== 0n && e < BigInt(this.bytes.byteLength)) out.push(Number(e));
     }
     return out;
+  }
+  /** Compressed clusters the L2 tables name: where the entry is, where the payload is and its length. */
+  compressedEntries(): Array<{ at: number; host: number; length: number }> {
+    const bits = Math.log2(this.clusterSize);
+    const offsetBits = BigInt(62 - (bits - 8));
+    const ext = (this.field("incompatibleFeatures") & 16n) !== 0n;
+    const out: Array<{ at: number; host: number; length: number }> = [];
+    for (const t of this.l2Tables()) {
+      for (let i = 0; i < Math.min(this.clusterSize / (ext ? 16 : 8), 4096); i++) {
+        const at = t + i * (ext ? 16 : 8);
+        const e = this.get(at, 8);
+        if (((e >> 62n) & 1n) === 0n) continue;
+        const host = Number(e & ((1n << offsetBits) - 1n));
+        const sectors = Number((e >> offsetBits) & ((1n << BigInt(bits - 8)) - 1n)) + 1;
+        const length = sectors * 512 - (host % 512);
+        if (host + length <= this.bytes.byteLength) out.push({ at, host, length });
+      }
+    }
+    return out;
+  }
+  /** Point the compressed L2 entry at `at` to `payload`, appended to the file (cut to what a descriptor holds). */
+  appendCompressed(at: number, payload: Uint8Array): number {
+    const bits = Math.log2(this.clusterSize);
+    const end = Math.ceil(this.bytes.byteLength / 512) * 512;
+    const bytes = payload.subarray(0, Math.min(payload.byteLength, 2 ** (bits - 8) * 512));
+    const sectors = Math.ceil(bytes.byteLength / 512);
+    this.grow(end + sectors * 512);
+    this.bytes.set(bytes, end);
+    this.set(at, 8, (1n << 62n) | (BigInt(sectors - 1) << BigInt(62 - (bits - 8))) | BigInt(end));
+    return bytes.byteLength;
   }
   refblocks(): number[] {
     const out: number[] = [];
@@ -279,7 +310,65 @@ const MUTATORS: Array<[weight: number, mutate: Mutator]> = [
   ],
 ];
 
+// Compressed payloads (images that have some get this first, most of the time): damaged in place (bit flips, a cut, a zstd frame's declared size) or replaced by a
+// decompression bomb appended to the file.
+const compressedPayload: Mutator = (r, img, notes) => {
+    const entries = img.compressedEntries();
+    if (entries.length === 0) return;
+    const e = pick(r, entries);
+    const zstd = Number(img.field("headerLength")) > 104 && img.field("compressionType") === 1n;
+    const cs = img.clusterSize;
+    const kind = Math.floor(r() * 6);
+    const payload = img.bytes.subarray(e.host, e.host + e.length);
+    if (kind === 0 || kind === 1) {
+      // Bit flips anywhere, or in the first bytes (frame header, block headers, deflate code lengths).
+      const n = 1 + Math.floor(r() * 4);
+      for (let k = 0; k < n; k++) {
+        const bit = Math.floor(r() * Math.min(kind === 0 ? e.length : 24, e.length) * 8);
+        payload[bit >> 3] = payload[bit >> 3]! ^ (1 << (bit & 7));
+      }
+      notes.push(`compressed payload at 0x${e.host.toString(16)}: ${n} bit flips${kind === 1 ? " in its head" : ""}`);
+    } else if (kind === 2) {
+      const cut = Math.floor(r() * e.length);
+      payload.fill(0, cut);
+      notes.push(`compressed payload at 0x${e.host.toString(16)} cut at ${cut}`);
+    } else if (kind === 3 && zstd && payload[0] === 0x28 && payload[1] === 0xb5) {
+      // The frame's declared content size set to another value where the header has room for one.
+      const fcsFlag = payload[4]! >> 6;
+      const at = 5 + ((payload[4]! >> 5) & 1 ? 0 : 1) + [0, 1, 2, 4][payload[4]! & 3]!;
+      const width = [(payload[4]! >> 5) & 1 ? 1 : 0, 2, 4, 8][fcsFlag]!;
+      const v = pick(r, [0n, 1n, BigInt(cs - 1), BigInt(cs + 1), 1n << 30n, (1n << 32n) + BigInt(cs), (1n << 64n) - 1n]);
+      for (let i = 0; i < width; i++) payload[at + i] = Number((v >> BigInt(8 * i)) & 0xffn);
+      notes.push(`zstd frame at 0x${e.host.toString(16)} declares ${v} (${width} bytes)`);
+    } else {
+      // A bomb as large as the descriptor can hold.
+      const room = 2 ** (Math.log2(cs) - 8) * 512;
+      let bomb: Uint8Array;
+      if (zstd) {
+        const total = Math.max(1, Math.floor((room - 14) / 4)) * 128 * 1024;
+        const declared = pick(r, [total, undefined, 2 ** 30, 2 ** 32 + cs, cs + 1]);
+        bomb = zstdRleFrame(total, { declared });
+        notes.push(`zstd bomb of ${total} bytes declaring ${declared ?? "nothing"}`);
+      } else {
+        bomb = deflateZeros(deflateZerosFitting(room));
+        notes.push(`deflate bomb of ${deflateZerosFitting(room)} bytes`);
+      }
+      img.appendCompressed(e.at, bomb);
+    }
+};
+
 const TOTAL_WEIGHT = MUTATORS.reduce((n, [w]) => n + w, 0);
+
+/** Only the compressed payload mutation, 1 to 3 times (for `pnpm fuzz --compressed`); undefined without compressed clusters. */
+export function mutateCompressed(bytes: Uint8Array, seed: number): Mutation | undefined {
+  const r = rng(seed);
+  const img = new Image(bytes.slice());
+  if (img.compressedEntries().length === 0) return undefined;
+  const notes: string[] = [];
+  const state = { self: false, selfName: "" };
+  for (let k = 1 + Math.floor(r() * 3); k > 0; k--) compressedPayload(r, img, notes, state);
+  return { bytes: img.bytes, description: notes, selfReference: false };
+}
 
 /** Apply 1 to 3 mutations chosen by `seed` to a copy of `bytes`; `selfName` is the file name it is stored as. */
 export function mutate(bytes: Uint8Array, seed: number, selfName: string): Mutation {
@@ -287,7 +376,8 @@ export function mutate(bytes: Uint8Array, seed: number, selfName: string): Mutat
   const img = new Image(bytes.slice());
   const notes: string[] = [];
   const state = { self: false, selfName };
-  const count = 1 + Math.floor(r() * 3);
+  if (r() < 0.6) compressedPayload(r, img, notes, state);
+  const count = (notes.length > 0 && r() < 0.5 ? 0 : 1) + Math.floor(r() * 3);
   for (let k = 0; k < count; k++) {
     let x = r() * TOTAL_WEIGHT;
     for (const [w, m] of MUTATORS) {

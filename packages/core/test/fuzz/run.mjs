@@ -5,6 +5,9 @@
  *   pnpm fuzz [--cases N] [--seed S] [--chunk C]   N cases from seed S (default 20000 from 1), run as chunks of
  *                                                  C cases (default 2000), each in its own vitest process with
  *                                                  a time limit, so that a hang names its chunk
+ *   pnpm fuzz --compressed [--cases N] [--seed S]  N mutations of compressed payloads only (zlib and zstd
+ *                                                  bombs, flips, cuts, declared sizes), read in one process:
+ *                                                  no crash, no slow case, peak RSS (see fuzz/compressed.ts)
  *   pnpm fuzz --show SEED [SEED...]                reproduce single cases: the mutation, both sides' verdicts
  *                                                  and messages, the files left in a temporary directory
  *
@@ -21,6 +24,15 @@ const option = (name, fallback) => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 && args[i + 1] !== undefined ? Number(args[i + 1]) : fallback;
 };
+
+if (args[0] === "--compressed") {
+  const r = spawnSync(
+    process.execPath,
+    ["--conditions=@qcowkit/source", "--import", "tsx", "test/fuzz/compressed.ts", String(option("cases", 10000)), String(option("seed", 1))],
+    { cwd: coreDir, stdio: "inherit" },
+  );
+  process.exit(r.status ?? 1);
+}
 
 if (args[0] === "--show") {
   const r = spawnSync(process.execPath, ["--conditions=@qcowkit/source", "--import", "tsx", "test/fuzz/show.ts", ...args.slice(1)], {
