@@ -8,7 +8,7 @@ import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
 import { trackBitmaps, withBitmapMethods } from "./bitmaps";
 import { createQcow2, validateCreateOptions, type Qcow2CreateOptions } from "./create";
-import { assertRealPathInside, imageLockMode } from "./node/open-policy";
+import { assertRealPathInside, imageLockMode, lockWarning, type LockingMode } from "./node/open-policy";
 import { Qcow2Image, type Qcow2OpenOptions } from "./qcow2-image";
 import type { EncryptionOpenOptions } from "./crypto/image-encryption";
 import { dirtyImageRepair } from "./repair";
@@ -40,6 +40,12 @@ export interface OpenImageOptions {
    * Qcow2Error LOCKED `Failed to get "write" lock` (QEMU's hint line in `error.hint`).
    */
   shareRW?: boolean;
+  /**
+   * QEMU's file.locking. "on" (default): lock as described above; when locks cannot be taken (the native
+   * addon of @qcowkit/datafile did not load), a read-write open fails with Qcow2Error NOT_SUPPORTED and a
+   * read-only one goes ahead with a warning. "off": no lock at all (the caller answers for concurrent use).
+   */
+  locking?: LockingMode;
   /**
    * Untrusted image (see the README's "Safe mode"): the format must be given (no probing), a backing file
    * must have a backing format, and the data file and backing file names stored in the image must be
@@ -172,11 +178,13 @@ export async function openImage(path: string, opts: OpenImageOptions = {}): Prom
   const readOnly = opts.readOnly ?? false;
   const store = await FileStore.open(path, {
     readOnly,
-    lock: imageLockMode(readOnly, opts.shareRW),
+    lock: imageLockMode(readOnly, opts.shareRW, opts.locking),
     syncIoBytes: opts.syncIoBytes ?? 0,
     inMemorySyncIoBytes: opts.inMemorySyncIoBytes ?? 0,
     cachedReadBytes: opts.cachedReadBytes ?? 0,
   });
+  const unlocked = lockWarning(store, path);
+  if (unlocked !== undefined) opts.onWarning?.(unlocked);
   try {
     let format: ImageFormat;
     if (opts.format !== undefined) format = checkFormat(opts.format);
@@ -266,7 +274,7 @@ export async function createImage(path: string, opts: CreateImageOptions): Promi
  */
 async function openNbdImage(name: string, opts: OpenImageOptions): Promise<BlockImage> {
   const readOnly = opts.readOnly ?? false;
-  imageLockMode(readOnly, opts.shareRW);
+  imageLockMode(readOnly, opts.shareRW, opts.locking);
   let format: ImageFormat | undefined;
   if (opts.format !== undefined) format = checkFormat(opts.format);
   else if (opts.safe) throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the image format in safe mode; give the format", { errno: "EPERM" });
@@ -313,5 +321,6 @@ async function createOnNbd(name: string, format: ImageFormat, opts: CreateImageO
 }
 
 export { FileStore };
+export type { LockingMode } from "./node/open-policy";
 export { connectNbd, connectNbdSocket } from "./node/nbd-socket";
 export type { OpenNbdOptions } from "./node/nbd-socket";

@@ -26,6 +26,8 @@ export {
   probeImageLocks,
   imagePermissions,
   lockConflictHint,
+  lockingUnavailableReason,
+  lockingUnavailableError,
   blockPermission,
   allBlockPermissions,
   lockPermissionBase,

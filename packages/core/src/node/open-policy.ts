@@ -10,19 +10,37 @@
  * External data files are not locked (QEMU 7.2 does not lock them either).
  */
 import { realpath } from "node:fs/promises";
-import type { FileStoreLockMode } from "@qcowkit/datafile/node";
+import { lockingUnavailableReason, type FileStore, type FileStoreLockMode } from "@qcowkit/datafile/node";
 import { directoryPrefix, type ReferenceKind } from "@qcowkit/datafile";
 import { Qcow2Error } from "@qcowkit/spec";
 
-/** The lock an image open takes. */
-export function imageLockMode(readOnly: boolean, shareRW: boolean | undefined): FileStoreLockMode {
+/** QEMU's file.locking: "on" (default) takes the lock, "off" takes none. */
+export type LockingMode = "on" | "off";
+
+/**
+ * The lock an image open takes. With locking on, a read-write open that cannot lock (no native addon) fails
+ * in FileStore.open; a read-only one goes ahead with an inactive lock (see `lockWarning`).
+ */
+export function imageLockMode(readOnly: boolean, shareRW: boolean | undefined, locking: LockingMode = "on"): FileStoreLockMode {
+  if (locking !== "on" && locking !== "off") {
+    throw new Qcow2Error("INVALID_ARGUMENT", `Invalid locking option '${String(locking)}' (on or off)`);
+  }
   if (shareRW) {
     if (!readOnly) {
       throw new Qcow2Error("INVALID_ARGUMENT", "force-share=on can only be used with read-only images");
     }
     return "shared";
   }
+  if (locking === "off") return "none";
   return readOnly ? "read" : "write";
+}
+
+/** The warning for a read-only open whose lock could not be taken, or undefined when it is held (or not wanted). */
+export function lockWarning(store: FileStore, name: string): string | undefined {
+  const lock = store.imageLock;
+  if (!lock || lock.active) return undefined;
+  const reason = lockingUnavailableReason(store.usesNative) ?? "locks are not available";
+  return `warning: '${name.replace(/[\u0000-\u001f\u007f]/g, "?")}' is opened read-only without a lock (${reason}); a writer elsewhere is not stopped`;
 }
 
 /**
