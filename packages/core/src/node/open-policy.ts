@@ -39,7 +39,7 @@ export function imageLockMode(readOnly: boolean, shareRW: boolean | undefined, l
 export function lockWarning(store: FileStore, name: string): string | undefined {
   const lock = store.imageLock;
   if (!lock || lock.active) return undefined;
-  const reason = lockingUnavailableReason(store.usesNative) ?? "locks are not available";
+  const reason = lockingUnavailableReason() ?? lockingUnavailableReason(store.usesNative) ?? "locks are not available";
   return `warning: '${name.replace(/[\u0000-\u001f\u007f]/g, "?")}' is opened read-only without a lock (${reason}); a writer elsewhere is not stopped`;
 }
 
