@@ -3,12 +3,12 @@
  * re-exported, plus `openImage`, `createImage` and the file-system resolver.
  */
 import { realpath } from "node:fs/promises";
-import { FileStore, checkSafeReference, resolveBackingFileName, resolveDataFileName } from "@qcowkit/datafile/node";
+import { FileStore, checkSafeReference, resolveBackingFileName, resolveDataFileName, type ReferenceKind } from "@qcowkit/datafile/node";
 import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
 import { trackBitmaps, withBitmapMethods } from "./bitmaps";
 import { createQcow2, validateCreateOptions, type Qcow2CreateOptions } from "./create";
-import { assertRealPathInside, imageLockMode, lockWarning, type LockingMode } from "./node/open-policy";
+import { assertOpenedInside, imageLockMode, lockWarning, shownName, type ConfinedReference, type LockingMode } from "./node/open-policy";
 import { Qcow2Image, type Qcow2OpenOptions } from "./qcow2-image";
 import type { EncryptionOpenOptions } from "./crypto/image-encryption";
 import { dirtyImageRepair } from "./repair";
@@ -53,6 +53,14 @@ export interface OpenImageOptions {
    * options (`dataFile`, `backing`) are the caller's and are not restricted.
    */
   safe?: boolean;
+  /**
+   * Data file and backing file names stored in the image must lead to a regular file inside the image's
+   * folder (each image of a chain its own folder); NBD backing names are refused. Unlike safe mode, names may
+   * be absolute or contain "..", as long as the file actually opened lies inside: its real path is taken from
+   * the open descriptor (/proc/self/fd), so a symbolic link swapped in after a check cannot lead elsewhere.
+   * Safe mode implies it. qnbd turns it on by default. Refusals are Qcow2Error NOT_SUPPORTED, errno EPERM.
+   */
+  confineReferences?: boolean;
   /** Open only metadata (qemu-img info). */
   noIo?: boolean;
   /** Open for check/repair. */
@@ -77,6 +85,8 @@ export interface OpenImageOptions {
   repairDirty?: Qcow2OpenOptions["repairDirty"];
   /** Internal: images already open in this chain. */
   chain?: string[];
+  /** Internal: this image is a confined backing file; the file opened must lie inside the named image's folder. */
+  openedInside?: ConfinedReference;
   /** Encrypted qcow2 images: QEMU's encrypt.* options (the key secret). Not passed on to backing files. */
   encrypt?: EncryptionOpenOptions;
   /**
@@ -112,14 +122,22 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
       const path = opts.safe && stored
         ? checkSafeReference(ctx.imageName, name, "data-file", { cwd: process.cwd() })
         : resolveDataFileName(name).path!;
-      if (opts.safe && stored) await assertRealPathInside(ctx.imageName, path, "data-file", name);
-      return FileStore.open(path, {
+      const store = await FileStore.open(path, {
         readOnly: ctx.readOnly,
         name,
         syncIoBytes: opts.syncIoBytes ?? 0,
         inMemorySyncIoBytes: opts.inMemorySyncIoBytes ?? 0,
         cachedReadBytes: opts.cachedReadBytes ?? 0,
       });
+      if (stored && confines(opts)) {
+        try {
+          await assertOpenedInside(store.fd, path, confinedReference(ctx.imageName, "data-file", name, opts));
+        } catch (e) {
+          await store.close().catch(() => undefined);
+          throw e;
+        }
+      }
+      return store;
     },
     async openBacking(name: string, format: string | undefined, ctx: ResolveContext): Promise<BlockImage> {
       try {
@@ -128,10 +146,13 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
         if (opts.safe && format === undefined) {
           throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the backing file format in safe mode", { errno: "EPERM" });
         }
+        const confined = stored && confines(opts);
         if (opts.safe && stored) {
           path = checkSafeReference(ctx.imageName, name, "backing");
-          await assertRealPathInside(ctx.imageName, path, "backing", name);
         } else if (isNbdFilename(name)) {
+          if (confined) {
+            throw new Qcow2Error("NOT_SUPPORTED", `Refusing backing file '${shownName(name)}' in confined mode: it is not a file in the image's folder`, { errno: "EPERM" });
+          }
           // A backing file on an NBD export (QEMU follows such names too).
           return await openNbdImage(name, { ...(format !== undefined ? { format } : {}), readOnly: true, ...(opts.nbdTimeoutMs !== undefined ? { nbdTimeoutMs: opts.nbdTimeoutMs } : {}) });
         } else {
@@ -161,6 +182,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
           dataFile: undefined,
           encrypt: undefined,
           chain: [...ctx.chain, ...(real !== undefined ? [real] : [])],
+          openedInside: confined ? confinedReference(ctx.imageName, "backing", name, opts) : undefined,
         } as OpenImageOptions);
       } catch (e) {
         if (isQcow2Error(e)) {
@@ -170,6 +192,14 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
       }
     },
   };
+}
+
+function confines(opts: OpenImageOptions): boolean {
+  return (opts.safe ?? false) || (opts.confineReferences ?? false);
+}
+
+function confinedReference(imagePath: string, kind: ReferenceKind, storedName: string, opts: OpenImageOptions): ConfinedReference {
+  return { imagePath, kind, storedName, mode: opts.safe ? "safe mode" : "confined mode" };
 }
 
 /** Open a qcow2 or raw image file. */
@@ -186,6 +216,7 @@ export async function openImage(path: string, opts: OpenImageOptions = {}): Prom
   const unlocked = lockWarning(store, path);
   if (unlocked !== undefined) opts.onWarning?.(unlocked);
   try {
+    if (opts.openedInside) await assertOpenedInside(store.fd, path, opts.openedInside);
     let format: ImageFormat;
     if (opts.format !== undefined) format = checkFormat(opts.format);
     else if (opts.safe) throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the image format in safe mode; give the format", { errno: "EPERM" });

@@ -2,12 +2,14 @@
  * Hostile clients (issue 13): a handshake flood that never reads its replies, many connections each asking
  * for a large request at once, a burst of Unix-socket connects. Each must leave the server bounded.
  */
+import { spawn } from "node:child_process";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { MemoryDevice } from "../../src/memory-device";
 import type { ExportSettings, NbdServerOptions } from "../../src/server";
-import { makeTempDir, startServer, startUnixServer, waitFor } from "../helpers";
+import { QNBD_BIN, makeTempDir, run, runOk, startServer, startUnixServer, waitFor } from "../helpers";
 import { RawClient } from "../raw-client";
 
 const MiB = 1024 * 1024;
@@ -153,4 +155,44 @@ describe("Unix socket accept", () => {
     const failed = results.filter((r) => r !== "greeted");
     expect(failed.length, `first failures: ${failed.slice(0, 3).join(", ")}`).toBe(0);
   }, 30_000);
+});
+
+describe("qnbd: references stored in the image", () => {
+  /** Serves `args` with qnbd on a fresh Unix socket, reads the first 4 KiB with qemu-io; qnbd exits after it. */
+  async function serveAndRead(args: string[], socketPath: string, pattern: number, env?: NodeJS.ProcessEnv): Promise<string> {
+    const child = spawn(process.execPath, [QNBD_BIN, "-k", socketPath, ...args], { stdio: "ignore", env: env ?? process.env });
+    cleanups.push(() => void child.kill("SIGKILL"));
+    await waitFor(() => existsSync(socketPath), 10_000, "qnbd to listen");
+    return runOk("qemu-io", ["-r", "-f", "raw", "-c", `read -P ${pattern} 0 4k`, `nbd+unix:///?socket=${socketPath}`]);
+  }
+
+  it("refuses a data file outside the image's folder by default; --trust-references follows it", async () => {
+    const tmp = makeTempDir("qnbd-refs-");
+    cleanups.push(tmp.cleanup);
+    const imageDir = path.join(tmp.dir, "images");
+    mkdirSync(imageDir);
+    const secret = path.join(tmp.dir, "secret.raw");
+    writeFileSync(secret, Buffer.alloc(MiB, 0x5e));
+    const img = path.join(imageDir, "d.qcow2");
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", "-o", `data_file=${path.join(imageDir, "d.raw")},data_file_raw=on`, img, "1M"]);
+    await runOk("qemu-img", ["amend", "-f", "qcow2", "-o", `data_file=${secret}`, img]);
+    const refused = await run(process.execPath, [QNBD_BIN, "-f", "qcow2", "-r", "-k", path.join(tmp.dir, "a.sock"), img]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toBe(
+      `qnbd: Failed to blk_new_open '${img}': Refusing data file '${secret}' in confined mode: the file opened lies outside the image's folder\n`,
+    );
+    expect(await serveAndRead(["-f", "qcow2", "-r", "--trust-references", img], path.join(tmp.dir, "b.sock"), 0x5e)).toMatch(/read 4096\/4096/);
+  });
+
+  it("without the native addon a writable export is refused; --locking=off serves it", async () => {
+    const tmp = makeTempDir("qnbd-lock-");
+    cleanups.push(tmp.cleanup);
+    const img = path.join(tmp.dir, "l.qcow2");
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", img, "1M"]);
+    const env = { ...process.env, QCOWKIT_NATIVE: "0" };
+    const refused = await run(process.execPath, [QNBD_BIN, "-f", "qcow2", "-k", path.join(tmp.dir, "a.sock"), img], { env });
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/^qnbd: Failed to blk_new_open '.*': Cannot lock '.*l\.qcow2' for writing \(the native addon is not loaded: disabled by QCOWKIT_NATIVE=0\); to open it without a lock, turn locking off/);
+    expect(await serveAndRead(["-f", "qcow2", "--locking=off", img], path.join(tmp.dir, "b.sock"), 0, env)).toMatch(/read 4096\/4096/);
+  });
 });
