@@ -7,6 +7,7 @@
  *                                                  a time limit, so that a hang names its chunk
  *   pnpm fuzz --show SEED [SEED...]                reproduce single cases: the mutation, both sides' verdicts
  *                                                  and messages, the files left in a temporary directory
+ *   pnpm fuzz --nbd-handshake [--cases N] [--seed S]   mutated NBD handshakes against qnbd (nbd-handshake.mjs)
  *
  * Each chunk is test/fuzz.test.ts with QCOWKIT_FUZZ_CASES / QCOWKIT_FUZZ_SEED set; it fails on any crash,
  * hang, unexpected write, memory bound or an agreement with QEMU below 90%.
@@ -21,6 +22,11 @@ const option = (name, fallback) => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 && args[i + 1] !== undefined ? Number(args[i + 1]) : fallback;
 };
+
+if (args[0] === "--nbd-handshake") {
+  const r = spawnSync(process.execPath, [join(coreDir, "test", "fuzz", "nbd-handshake.mjs"), ...args.slice(1)], { stdio: "inherit" });
+  process.exit(r.status ?? 1);
+}
 
 if (args[0] === "--show") {
   const r = spawnSync(process.execPath, ["--conditions=@qcowkit/source", "--import", "tsx", "test/fuzz/show.ts", ...args.slice(1)], {
