@@ -12,14 +12,11 @@
  * (/proc/PID/status). Prints the figures; exits 1 on any crash or hang, or when a server grows past 300 MB.
  * Cases run 16 at a time; `--show SEED` prints one case's bytes.
  */
-import { execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import * as net from "node:net";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "..");
-const qnbdBin = join(root, "apps", "nbd", "bin", "qnbd.js");
+import { join } from "node:path";
+import { memoryMb, nbdConnect, nbdOption, nbdRequest, startQnbd, str, u16, u32 } from "../../../../scripts/attack/nbd-client.mjs";
 const args = process.argv.slice(2);
 const option = (name, fallback) => {
   const i = args.indexOf(`--${name}`);
@@ -43,20 +40,8 @@ function rng(seed) {
   return { next, int: (n) => Math.floor(next() * n), pick: (list) => list[Math.floor(next() * list.length)] };
 }
 
-const u32 = (n) => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n >>> 0);
-  return b;
-};
-const u16 = (n) => {
-  const b = Buffer.alloc(2);
-  b.writeUInt16BE(n & 0xffff);
-  return b;
-};
-const str = (s) => Buffer.concat([u32(Buffer.byteLength(s)), Buffer.from(s)]);
-const option_ = (type, data = Buffer.alloc(0)) => Buffer.concat([Buffer.from("IHAVEOPT"), u32(type), u32(data.length), data]);
-const request = (type, offset, length, flags = 0, payload) =>
-  Buffer.concat([u32(0x25609513), u16(flags), u16(type), Buffer.alloc(8, 7), Buffer.from(BigInt(offset).toString(16).padStart(16, "0"), "hex"), u32(length), ...(payload ? [payload] : [])]);
+const option_ = nbdOption;
+const request = nbdRequest;
 
 /** A well-formed client stream for case `seed`, before mutation. */
 function clientStream(r) {
@@ -157,67 +142,28 @@ function runCase(socketPath, seed) {
 }
 
 /** A healthy client: handshake with GO, then a 4 KiB read; true when done within 2 s. */
-function healthy(socketPath) {
-  return new Promise((resolve) => {
-    const s = net.connect(socketPath);
-    let got = Buffer.alloc(0);
-    let stage = 0;
-    const timer = setTimeout(() => done(false), 2000);
-    const done = (ok) => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(ok);
-    };
-    s.on("error", () => done(false));
-    s.on("data", (d) => {
-      got = Buffer.concat([got, d]);
-      if (stage === 0 && got.length >= 18) {
-        got = got.subarray(18);
-        stage = 1;
-        s.write(Buffer.concat([u32(3), option_(7, Buffer.concat([str(""), u16(0)]))]));
+async function healthy(socketPath) {
+  const deadline = new Promise((resolve) => setTimeout(() => resolve(false), 2000));
+  const attempt = nbdConnect(socketPath, 2000).then(
+    async (c) => {
+      try {
+        return (await c.read(0, 4096)).length === 4096;
+      } finally {
+        c.close();
       }
-      if (stage === 1) {
-        // Option replies until NBD_REP_ACK (type 1) for GO.
-        while (got.length >= 20) {
-          const len = got.readUInt32BE(16);
-          if (got.length < 20 + len) return;
-          const type = got.readUInt32BE(12);
-          got = got.subarray(20 + len);
-          if (type === 1) {
-            stage = 2;
-            s.write(request(0, 0, 4096));
-            break;
-          }
-          if (type >= 0x80000000) return done(false);
-        }
-      }
-      if (stage === 2 && got.length >= 16 + 4096) done(got.readUInt32BE(4) === 0);
-    });
-  });
+    },
+    () => false,
+  );
+  return Promise.race([attempt, deadline]);
 }
 
-function rssMb(pid) {
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-    return m ? Number(m[1]) / 1024 : NaN;
-  } catch {
-    return NaN;
-  }
-}
+const rssMb = (pid) => memoryMb(pid).rss;
 
 async function startServer(dir, name, extra) {
   const socketPath = join(dir, `${name}.sock`);
-  const child = spawn(process.execPath, [qnbdBin, "-t", "-e", "0", "-f", "qcow2", "-k", socketPath, ...extra, join(dir, `${name}.qcow2`)], {
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  let stderr = "";
-  child.stderr.on("data", (d) => (stderr += d));
-  const deadline = Date.now() + 15_000;
-  while (!existsSync(socketPath)) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`qnbd (${name}) did not start: ${stderr}`);
-    await new Promise((w) => setTimeout(w, 50));
-  }
-  return { child, socketPath, name, stderr: () => stderr, peak: rssMb(child.pid), start: rssMb(child.pid) };
+  const server = await startQnbd(["-t", "-e", "0", "-f", "qcow2", "-k", socketPath, ...extra, join(dir, `${name}.qcow2`)], socketPath);
+  const pid = server.child.pid;
+  return { child: server.child, socketPath, name, stderr: server.stderr, peak: rssMb(pid), start: rssMb(pid) };
 }
 
 if (args[0] === "--show") {
@@ -225,10 +171,6 @@ if (args[0] === "--show") {
   process.exit(0);
 }
 
-if (!existsSync(join(root, "apps", "nbd", "dist", "qnbd.js"))) {
-  console.error("nbd-handshake fuzz: build qnbd first (pnpm exec turbo run build --filter=@qcowkit/nbd...)");
-  process.exit(1);
-}
 const dir = mkdtempSync(join(existsSync("/dev/shm") ? "/dev/shm" : "/tmp", "qcowkit-fuzz-nbd-"));
 let exitCode = 0;
 try {
