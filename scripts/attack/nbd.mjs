@@ -47,6 +47,21 @@ async function withServer(dir, name, args, fn) {
   }
 }
 
+/** Resolves on "drain" or "close", or after 100 ms, leaving no listener behind. */
+function writable(s) {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      s.off("drain", done);
+      s.off("close", done);
+      resolve();
+    };
+    const timer = setTimeout(done, 100);
+    s.once("drain", done);
+    s.once("close", done);
+  });
+}
+
 /**
  * Clients sending options as fast as the socket takes them, never reading a reply; a client the server drops
  * (the option cap) connects again at once.
@@ -66,7 +81,7 @@ async function flood(socketPath, clients = 4) {
         if (connected) {
           s.write(Buffer.from([0, 0, 0, 3]));
           while (Date.now() < end && !s.destroyed && !s.writableEnded) {
-            if (!s.write(burst)) await Promise.race([new Promise((r) => s.once("drain", r)), new Promise((r) => s.once("close", r)), sleep(100)]);
+            if (!s.write(burst)) await writable(s);
           }
         }
         s.destroy();
