@@ -65,6 +65,27 @@ describe("handshake flood", () => {
     await waitFor(() => s.server.memoryInUse === 0, 2000, "the handshake replies to be released");
   });
 
+  it("applies before STARTTLS on a TLS-only server too", async () => {
+    let handled = 0;
+    const log = (m: string) => {
+      if (m.includes("option LIST")) handled++;
+    };
+    // No certificate is needed: nothing gets past STARTTLS here; every option is answered TLS_REQD (~60 bytes).
+    const s = await unixServer({}, { log, tls: {}, limits: { maxOptions: 1_000_000 } });
+    const c = await connect(s.socketPath);
+    await c.greet();
+    c.socket.pause();
+    const count = 40_000;
+    for (let i = 0; i < count; i += 1000) {
+      c.write(Buffer.concat(Array.from({ length: 1000 }, () => Buffer.from([0x49, 0x48, 0x41, 0x56, 0x45, 0x4f, 0x50, 0x54, 0, 0, 0, NBD_OPT_LIST, 0, 0, 0, 0]))));
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+    // Without backpressure all 40000 are answered (2.4 MB queued); the kernel's socket buffers hold far fewer.
+    expect(handled).toBeLessThan(count / 2);
+    expect(s.server.memoryInUse).toBeGreaterThan(0);
+    expect(s.server.memoryInUse).toBeLessThanOrEqual(64 * 1024 + 200);
+  });
+
   it("closes a handshake that sends more options than the limit", async () => {
     const s = await startServer({ device: new MemoryDevice({ size: MiB }) });
     cleanups.push(() => s.close());
