@@ -77,6 +77,12 @@ export interface ConnectionLimits {
   maxOptions: number;
   /** Bytes of handshake replies not yet handed to the kernel, before reading options pauses. */
   maxHandshakeReplyBytes: number;
+  /**
+   * A connection holding nothing may take one request costing at most this much even when the server-wide
+   * budget is spent, so that clients pinning the budget (large writes whose payload never comes) cannot stall
+   * everyone else's small requests. The server's ceiling is therefore the budget plus this per connection.
+   */
+  idleRequestBytes: number;
   /** Reads at least this long are answered sparsely (hole chunks) when structured replies are on. */
   sparseReadMinimum: number;
 }
@@ -88,6 +94,7 @@ export const defaultConnectionLimits: ConnectionLimits = {
   handshakeTimeoutMs: 10_000,
   maxOptions: 256,
   maxHandshakeReplyBytes: 64 * 1024,
+  idleRequestBytes: 64 * 1024,
   sparseReadMinimum: 64 * 1024,
 };
 
@@ -312,11 +319,12 @@ export class NbdConnection {
 
   /**
    * Whether `req` must wait: its cost would take the connection past its own limit or the server past its
-   * budget. The budget is a hard ceiling; only a request larger than the whole limit may go, and then only
-   * while nothing else is held (so it cannot wait forever).
+   * budget. The budget is a ceiling for everything but one small request per idle connection (see
+   * `idleRequestBytes`); a request larger than the whole budget may go only while nothing else is held.
    */
   private requestBlocked(req: NbdRequest): boolean {
     const cost = this.costOf(req);
+    if (this.charged === 0 && cost <= this.limits.idleRequestBytes) return false;
     if (this.charged > 0 && this.charged + cost > this.limits.maxConnectionBytes) return true;
     return !this.budget.fits(cost);
   }

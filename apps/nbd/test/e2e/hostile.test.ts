@@ -155,6 +155,28 @@ describe("memory budget", () => {
   });
 });
 
+describe("memory budget pinned by a hostile client", () => {
+  it("large writes whose payload never comes do not stall another client's small reads", async () => {
+    const budget = 4 * MiB;
+    const s = await startServer({ device: new MemoryDevice({ size: 64 * MiB }) }, { memoryBudget: budget });
+    cleanups.push(() => s.close());
+    const pin = await connect(s.port);
+    await pin.handshake();
+    pin.sendRequest(WRITE, 0, 4 * MiB, { cookie: 1n, payload: Buffer.alloc(4096) });
+    await waitFor(() => s.server.memoryInUse >= 4 * MiB, 2000, "the budget to be pinned");
+    const other = await connect(s.port);
+    await other.handshake();
+    other.sendRequest(READ, 8 * MiB, 4096, { cookie: 2n });
+    expect((await other.readSimpleReply(4096, 2000)).errno).toBe(0);
+    // A large request still waits for room.
+    other.sendRequest(READ, 8 * MiB, MiB, { cookie: 3n });
+    await new Promise((r) => setTimeout(r, 300));
+    expect(s.server.memoryInUse).toBeLessThanOrEqual(budget + 64 * 1024 + 64);
+    pin.destroy();
+    expect((await other.readSimpleReply(MiB, 5000)).cookie).toBe(3n);
+  });
+});
+
 describe("Unix socket accept", () => {
   it("accepts 1000 simultaneous connects (the listen backlog covers them)", async () => {
     const s = await unixServer({});
