@@ -1,6 +1,7 @@
 /**
- * A byte budget shared by all connections of a server: request payloads being held and reply bytes not yet
- * handed to the kernel are charged to it, and connections stop reading new requests while it is spent.
+ * A byte budget shared by all connections of a server: request payloads being held, reply bytes not yet
+ * handed to the kernel and handshake replies not yet sent are charged to it. It is a hard ceiling: a request
+ * is taken only when its whole cost fits (`fits`); connections stop reading while it does not.
  */
 export class MemoryBudget {
   /** Bytes currently charged. */
@@ -14,6 +15,14 @@ export class MemoryBudget {
 
   get exhausted(): boolean {
     return this.used >= this.limit;
+  }
+
+  /**
+   * Whether `bytes` more may be charged without passing the limit. When nothing is charged anything fits,
+   * so that a request larger than the whole limit is not refused for ever.
+   */
+  fits(bytes: number): boolean {
+    return this.used === 0 || this.used + bytes <= this.limit;
   }
 
   charge(bytes: number): void {

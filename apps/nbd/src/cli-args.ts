@@ -11,7 +11,7 @@ type OptionKey =
   | "connect" | "disconnect" | "load-snapshot" | "cache" | "nocache" | "aio" | "discard" | "detect-zeroes"
   | "shared" | "format" | "persistent" | "verbose" | "object" | "export-name" | "description" | "tls-creds"
   | "tls-authz" | "image-opts" | "trace" | "fork" | "pid-file" | "selinux-label" | "list" | "allocation-depth"
-  | "handshake-limit" | "tls-cert" | "tls-key" | "tls-ca" | "tls-psk" | "safe";
+  | "handshake-limit" | "tls-cert" | "tls-key" | "tls-ca" | "tls-psk" | "safe" | "trust-references" | "locking";
 
 interface OptionSpec {
   key: OptionKey;
@@ -60,6 +60,8 @@ const OPTIONS: readonly OptionSpec[] = [
   { key: "tls-ca", takesArg: true },
   { key: "tls-psk", takesArg: true },
   { key: "safe", takesArg: false },
+  { key: "trust-references", takesArg: false },
+  { key: "locking", takesArg: true },
 ];
 
 /** qemu-nbd options qnbd knows but does not implement. */
@@ -74,6 +76,13 @@ export interface QnbdOptions {
   readOnly: boolean;
   /** --safe: untrusted image (see @qcowkit/core's README, "Safe mode"). */
   safe?: boolean;
+  /**
+   * --trust-references: follow data file and backing file names stored in the image wherever they lead
+   * (qemu-nbd's behaviour). By default they must stay inside the image's folder.
+   */
+  trustReferences?: boolean;
+  /** --locking=off: no image lock (QEMU's file.locking=off). */
+  locking?: "on" | "off";
   exportName: string;
   description: string;
   /** Unix socket path; when set, TCP options are ignored (as qemu-nbd does). */
@@ -165,6 +174,13 @@ export function parseCommandLine(argv: readonly string[]): ParsedCommandLine {
         break;
       case "safe":
         opts.safe = true;
+        break;
+      case "trust-references":
+        opts.trustReferences = true;
+        break;
+      case "locking":
+        if (value !== "on" && value !== "off") return { kind: "error", message: `Invalid locking mode \`${value}'` };
+        opts.locking = value;
         break;
       case "allocation-depth":
         opts.allocationDepth = true;
@@ -369,6 +385,9 @@ Block device options:
   -n, --nocache             same as --cache=none
       --cache=MODE          none, writeback (default), writethrough, directsync, unsafe
       --discard=MODE        ignore (default) or unmap
-      --safe                untrusted image: no format probing, no data/backing
-                            file outside the image's folder
+      --safe                untrusted image: no format probing, and data/backing
+                            file names must be relative, without '..'
+      --trust-references    follow data/backing file names stored in the image
+                            anywhere (by default the files must lie in its folder)
+      --locking=on|off      image locking (default on; off = QEMU's file.locking=off)
 `;

@@ -73,6 +73,16 @@ export interface ConnectionLimits {
   maxConnectionBytes: number;
   /** Milliseconds from accept to the end of the handshake (0 = no limit). */
   handshakeTimeoutMs: number;
+  /** Options accepted in one handshake; one more closes the connection. */
+  maxOptions: number;
+  /** Bytes of handshake replies not yet handed to the kernel, before reading options pauses. */
+  maxHandshakeReplyBytes: number;
+  /**
+   * A connection holding nothing may take one request costing at most this much even when the server-wide
+   * budget is spent, so that clients pinning the budget (large writes whose payload never comes) cannot stall
+   * everyone else's small requests. The server's ceiling is therefore the budget plus this per connection.
+   */
+  idleRequestBytes: number;
   /** Reads at least this long are answered sparsely (hole chunks) when structured replies are on. */
   sparseReadMinimum: number;
 }
@@ -82,6 +92,9 @@ export const defaultConnectionLimits: ConnectionLimits = {
   maxOutstanding: 128,
   maxConnectionBytes: 16 * 1024 * 1024,
   handshakeTimeoutMs: 10_000,
+  maxOptions: 256,
+  maxHandshakeReplyBytes: 64 * 1024,
+  idleRequestBytes: 64 * 1024,
   sparseReadMinimum: 64 * 1024,
 };
 
@@ -130,6 +143,9 @@ export class NbdConnection {
   private optionType = 0;
   private optionLength = 0;
   private pending: NbdRequest | undefined;
+  /** A request header read but not yet accepted: its cost did not fit the budgets. */
+  private held: NbdRequest | undefined;
+  private options = 0;
   private drainLeft = 0;
   private outstanding = 0;
   private charged = 0;
@@ -289,16 +305,41 @@ export class NbdConnection {
     else if (this.throttled && !this.mustThrottle()) this.wake();
   }
 
+  /** Whether reading must stay paused in the current state. */
   private mustThrottle(): boolean {
+    if (this.state === "option") return this.handshakeBlocked();
     if (this.outstanding >= this.limits.maxOutstanding) return true;
-    // A connection holding nothing may always take one request, so it cannot starve.
-    return this.charged > 0 && (this.charged >= this.limits.maxConnectionBytes || this.budget.exhausted);
+    return this.held !== undefined && this.requestBlocked(this.held);
+  }
+
+  /** Unsent option replies pause the handshake: a client that never reads them cannot grow the server. */
+  private handshakeBlocked(): boolean {
+    return this.charged > 0 && (this.charged >= this.limits.maxHandshakeReplyBytes || this.budget.exhausted);
+  }
+
+  /**
+   * Whether `req` must wait: its cost would take the connection past its own limit or the server past its
+   * budget. The budget is a ceiling for everything but one small request per idle connection (see
+   * `idleRequestBytes`); a request larger than the whole budget may go only while nothing else is held.
+   */
+  private requestBlocked(req: NbdRequest): boolean {
+    const cost = this.costOf(req);
+    if (this.charged === 0 && cost <= this.limits.idleRequestBytes) return false;
+    if (this.charged > 0 && this.charged + cost > this.limits.maxConnectionBytes) return true;
+    return !this.budget.fits(cost);
+  }
+
+  /** Bytes a request is charged from its header until its reply is out (a refused one holds no payload). */
+  private costOf(req: NbdRequest): number {
+    if (req.type === NBD_CMD_DISC) return 0;
+    if (checkRequest(req, this.requestLimits!) !== null) return REQUEST_OVERHEAD;
+    return REQUEST_OVERHEAD + (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0);
   }
 
   private readonly wake = (): void => {
     if (!this.throttled || this.state === "closed" || this.state === "closing") return;
     if (this.mustThrottle()) {
-      if (this.budget.exhausted) this.budget.waitForRoom(this.wake);
+      if (this.budgetBlocked()) this.budget.waitForRoom(this.wake);
       return;
     }
     this.throttled = false;
@@ -309,7 +350,14 @@ export class NbdConnection {
   private throttle(): void {
     this.throttled = true;
     this.sock.pause();
-    if (this.budget.exhausted) this.budget.waitForRoom(this.wake);
+    // Woken by our own replies going out (settle, uncharge) or by room in the server-wide budget.
+    if (this.budgetBlocked()) this.budget.waitForRoom(this.wake);
+  }
+
+  /** Whether the server-wide budget (not only this connection's own limits) keeps reading paused. */
+  private budgetBlocked(): boolean {
+    if (this.state === "option") return this.charged > 0 && this.budget.exhausted;
+    return this.held !== undefined && !this.budget.fits(this.costOf(this.held));
   }
 
   // ---- input state machine --------------------------------------------------------------------------
@@ -326,7 +374,10 @@ export class NbdConnection {
           break;
         }
         case "option": {
+          if (this.throttled) return;
+          if (this.handshakeBlocked()) return this.throttle();
           if (this.input.length < OPTION_HEADER_LENGTH) return;
+          if (++this.options > this.limits.maxOptions) return this.abort(`more than ${this.limits.maxOptions} options`);
           const header = decodeOptionHeader(this.input.take(OPTION_HEADER_LENGTH));
           if (header === null) return this.abort("bad option magic");
           if (header.length > this.limits.maxOptionData) {
@@ -344,10 +395,20 @@ export class NbdConnection {
         }
         case "request": {
           if (this.throttled) return;
-          if (this.mustThrottle()) return this.throttle();
-          if (this.input.length < REQUEST_HEADER_LENGTH) return;
-          const req = decodeRequestHeader(this.input.take(REQUEST_HEADER_LENGTH));
-          if (req === null) return this.abort("bad request magic");
+          if (this.outstanding >= this.limits.maxOutstanding) return this.throttle();
+          let req = this.held;
+          if (req === undefined) {
+            if (this.input.length < REQUEST_HEADER_LENGTH) return;
+            const decoded = decodeRequestHeader(this.input.take(REQUEST_HEADER_LENGTH));
+            if (decoded === null) return this.abort("bad request magic");
+            req = decoded;
+          }
+          // The header is read first so that the request's whole cost is known before anything is held for it.
+          if (this.requestBlocked(req)) {
+            this.held = req;
+            return this.throttle();
+          }
+          this.held = undefined;
           this.acceptRequest(req);
           break;
         }
@@ -402,11 +463,28 @@ export class NbdConnection {
     }
   }
 
+  /** Writes handshake replies; their bytes are charged until the kernel has them. */
   private writeAll(parts: readonly Uint8Array[], done?: () => void): void {
     const s = this.sock;
+    const bytes = parts.reduce((sum, p) => sum + p.byteLength, 0);
+    this.charged += bytes;
+    this.budget.charge(bytes);
     s.cork();
-    parts.forEach((p, i) => s.write(p, i === parts.length - 1 ? done : undefined));
+    parts.forEach((p, i) =>
+      s.write(p, i === parts.length - 1 ? () => {
+        this.uncharge(bytes);
+        done?.();
+      } : undefined),
+    );
     s.uncork();
+  }
+
+  /** Handshake reply bytes are out: release them and maybe resume reading options. */
+  private uncharge(bytes: number): void {
+    if (this.state === "closed") return;
+    this.charged -= bytes;
+    this.budget.release(bytes);
+    if (this.throttled && !this.mustThrottle()) this.wake();
   }
 
   private startTls(): void {

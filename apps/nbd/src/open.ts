@@ -16,6 +16,10 @@ export interface OpenExportOptions {
   shareRW?: boolean;
   /** Untrusted image: no format probing, no data/backing file outside the image's folder. */
   safe?: boolean;
+  /** Follow stored data/backing file names anywhere; by default they must lead inside the image's folder. */
+  trustReferences?: boolean;
+  /** "off": take no image lock. */
+  locking?: "on" | "off";
 }
 
 /** Largest read or write made synchronously on an image file in memory. */
@@ -32,6 +36,9 @@ export async function openExport(file: string, opts: OpenExportOptions): Promise
     ...(opts.discard !== undefined ? { discard: opts.discard } : {}),
     ...(opts.shareRW ? { shareRW: true } : {}),
     ...(opts.safe ? { safe: true } : {}),
+    // A server reads on behalf of its clients: names stored in the image may not lead out of its folder.
+    confineReferences: !opts.trustReferences,
+    ...(opts.locking !== undefined ? { locking: opts.locking } : {}),
     // Images in memory (tmpfs): small reads and writes skip the thread pool, whose round trip costs several
     // times the copy; elsewhere they stay on it, so a slow device read does not hold up the other requests.
     inMemorySyncIoBytes: IN_MEMORY_SYNC_IO_BYTES,

@@ -118,6 +118,8 @@ async function serve(options: QnbdOptions): Promise<void> {
       ...(options.format ? { format: options.format } : {}),
       ...(options.discard ? { discard: options.discard } : {}),
       ...(options.safe ? { safe: true } : {}),
+      ...(options.trustReferences ? { trustReferences: true } : {}),
+      ...(options.locking !== undefined ? { locking: options.locking } : {}),
     });
   } catch (error) {
     const message = isQcow2Error(error) || error instanceof Error ? error.message : String(error);

@@ -71,6 +71,11 @@ export interface NbdServerOptions {
 
 /** Clients waiting for a slot beyond `shared`; more are turned away. */
 const MAX_WAITING = 16;
+/**
+ * Listen backlog with no connection limit: Linux's SOMAXCONN since 5.4 (the kernel caps any larger value at
+ * net.core.somaxconn). Node's default, 511, turns away the rest of a burst of Unix-socket connects with EAGAIN.
+ */
+const MAX_BACKLOG = 4096;
 /** Milliseconds a graceful close waits for clients to finish before dropping them. */
 const SHUTDOWN_GRACE_MS = 10_000;
 
@@ -113,7 +118,7 @@ export class NbdServer extends EventEmitter {
 
   /** Listens on TCP; resolves with the bound address (port 0 picks a free port). */
   listenTcp(host: string, port: number): Promise<net.AddressInfo> {
-    return this.listen({ host, port, exclusive: true }).then(() => this.server.address() as net.AddressInfo);
+    return this.listen({ host, port, exclusive: true, backlog: this.backlog }).then(() => this.server.address() as net.AddressInfo);
   }
 
   /** Listens on a Unix socket. A stale socket file at `path` is replaced; any other file is an error. */
@@ -125,8 +130,14 @@ export class NbdServer extends EventEmitter {
       stat = undefined;
     }
     if (stat?.isSocket()) fs.unlinkSync(path);
-    await this.listen({ path, exclusive: true });
+    await this.listen({ path, exclusive: true, backlog: this.backlog });
     this.unixPath = path;
+  }
+
+  /** Connects the kernel queues before we accept them: every client we could serve or keep waiting. */
+  private get backlog(): number {
+    if (this.shared === 0) return MAX_BACKLOG;
+    return Math.min(MAX_BACKLOG, Math.max(511, this.shared + MAX_WAITING));
   }
 
   private listen(options: net.ListenOptions): Promise<void> {

@@ -5,12 +5,12 @@
  * @module @qcowkit/core/node
  */
 import { realpath } from "node:fs/promises";
-import { FileStore, checkSafeReference, printableName, referenceLeavingFolder, resolveBackingFileName, resolveDataFileName } from "@qcowkit/datafile/node";
+import { FileStore, checkSafeReference, printableName, referenceLeavingFolder, resolveBackingFileName, resolveDataFileName, type ReferenceKind } from "@qcowkit/datafile/node";
 import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
 import { trackBitmaps, withBitmapMethods } from "./bitmaps";
 import { createQcow2, validateCreateOptions, type Qcow2CreateOptions } from "./create";
-import { assertRealPathInside, imageLockMode } from "./node/open-policy";
+import { assertOpenedInside, imageLockMode, lockWarning, shownName, type ConfinedReference, type LockingMode } from "./node/open-policy";
 import { Qcow2Image, type Qcow2OpenOptions } from "./qcow2-image";
 import type { EncryptionOpenOptions } from "./crypto/image-encryption";
 import { dirtyImageRepair } from "./repair";
@@ -44,12 +44,26 @@ export interface OpenImageOptions {
    */
   shareRW?: boolean;
   /**
+   * QEMU's file.locking. "on" (default): lock as described above; when locks cannot be taken (the native
+   * addon of @qcowkit/datafile did not load), a read-write open fails with Qcow2Error NOT_SUPPORTED and a
+   * read-only one goes ahead with a warning. "off": no lock at all (the caller answers for concurrent use).
+   */
+  locking?: LockingMode;
+  /**
    * Untrusted image (see the README's "Safe mode"): the format must be given (no probing), a backing file
    * must have a backing format, and the data file and backing file names stored in the image must be
    * relative, without "..", and inside the image's folder with symbolic links followed. Names given as
    * options (`dataFile`, `backing`) are the caller's and are not restricted.
    */
   safe?: boolean;
+  /**
+   * Data file and backing file names stored in the image must lead to a regular file inside the image's
+   * folder (each image of a chain its own folder); NBD backing names are refused. Unlike safe mode, names may
+   * be absolute or contain "..", as long as the file actually opened lies inside: its real path is taken from
+   * the open descriptor (/proc/self/fd), so a symbolic link swapped in after a check cannot lead elsewhere.
+   * Safe mode implies it. qnbd turns it on by default. Refusals are Qcow2Error NOT_SUPPORTED, errno EPERM.
+   */
+  confineReferences?: boolean;
   /** Open only metadata (qemu-img info). */
   noIo?: boolean;
   /** Open for check/repair. */
@@ -80,6 +94,8 @@ export interface OpenImageOptions {
   repairDirty?: Qcow2OpenOptions["repairDirty"];
   /** Internal: images already open in this chain. */
   chain?: string[];
+  /** Internal: this image is a confined backing file; the file opened must lie inside the named image's folder. */
+  openedInside?: ConfinedReference;
   /** Encrypted qcow2 images: QEMU's encrypt.* options (the key secret). Not passed on to backing files. */
   encrypt?: EncryptionOpenOptions;
   /**
@@ -133,15 +149,23 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
       const path = opts.safe && stored
         ? checkSafeReference(ctx.imageName, name, "data-file", { cwd: process.cwd() })
         : resolveDataFileName(name).path!;
-      if (opts.safe && stored) await assertRealPathInside(ctx.imageName, path, "data-file", name);
-      else if (stored) warnLeavingReference(opts, ctx.imageName, name, "data-file");
-      return FileStore.open(path, {
+      if (stored && !opts.safe) warnLeavingReference(opts, ctx.imageName, name, "data-file");
+      const store = await FileStore.open(path, {
         readOnly: ctx.readOnly,
         name,
         syncIoBytes: opts.syncIoBytes ?? 0,
         inMemorySyncIoBytes: opts.inMemorySyncIoBytes ?? 0,
         cachedReadBytes: opts.cachedReadBytes ?? 0,
       });
+      if (stored && confines(opts)) {
+        try {
+          await assertOpenedInside(store.fd, path, confinedReference(ctx.imageName, "data-file", name, opts));
+        } catch (e) {
+          await store.close().catch(() => undefined);
+          throw e;
+        }
+      }
+      return store;
     },
     async openBacking(name: string, format: string | undefined, ctx: ResolveContext): Promise<BlockImage> {
       try {
@@ -150,10 +174,13 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
         if (opts.safe && format === undefined) {
           throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the backing file format in safe mode", { errno: "EPERM" });
         }
+        const confined = stored && confines(opts);
         if (opts.safe && stored) {
           path = checkSafeReference(ctx.imageName, name, "backing");
-          await assertRealPathInside(ctx.imageName, path, "backing", name);
         } else if (isNbdFilename(name)) {
+          if (confined) {
+            throw new Qcow2Error("NOT_SUPPORTED", `Refusing backing file '${shownName(name)}' in confined mode: it is not a file in the image's folder`, { errno: "EPERM" });
+          }
           // A backing file on an NBD export (QEMU follows such names too).
           return await openNbdImage(name, { ...(format !== undefined ? { format } : {}), readOnly: true, ...(opts.nbdTimeoutMs !== undefined ? { nbdTimeoutMs: opts.nbdTimeoutMs } : {}) });
         } else {
@@ -184,6 +211,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
           dataFile: undefined,
           encrypt: undefined,
           chain: [...ctx.chain, ...(real !== undefined ? [real] : [])],
+          openedInside: confined ? confinedReference(ctx.imageName, "backing", name, opts) : undefined,
         } as OpenImageOptions);
       } catch (e) {
         if (isQcow2Error(e)) {
@@ -195,18 +223,29 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
   };
 }
 
+function confines(opts: OpenImageOptions): boolean {
+  return (opts.safe ?? false) || (opts.confineReferences ?? false);
+}
+
+function confinedReference(imagePath: string, kind: ReferenceKind, storedName: string, opts: OpenImageOptions): ConfinedReference {
+  return { imagePath, kind, storedName, mode: opts.safe ? "safe mode" : "confined mode" };
+}
+
 /** Open a qcow2 or raw image file. */
 export async function openImage(path: string, opts: OpenImageOptions = {}): Promise<BlockImage> {
   if (isNbdFilename(path)) return openNbdImage(path, opts);
   const readOnly = opts.readOnly ?? false;
   const store = await FileStore.open(path, {
     readOnly,
-    lock: imageLockMode(readOnly, opts.shareRW),
+    lock: imageLockMode(readOnly, opts.shareRW, opts.locking),
     syncIoBytes: opts.syncIoBytes ?? 0,
     inMemorySyncIoBytes: opts.inMemorySyncIoBytes ?? 0,
     cachedReadBytes: opts.cachedReadBytes ?? 0,
   });
+  const unlocked = lockWarning(store, path);
+  if (unlocked !== undefined) opts.onWarning?.(unlocked);
   try {
+    if (opts.openedInside) await assertOpenedInside(store.fd, path, opts.openedInside);
     let format: ImageFormat;
     if (opts.format !== undefined) format = checkFormat(opts.format);
     else if (opts.safe) throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the image format in safe mode; give the format", { errno: "EPERM" });
@@ -295,7 +334,7 @@ export async function createImage(path: string, opts: CreateImageOptions): Promi
  */
 async function openNbdImage(name: string, opts: OpenImageOptions): Promise<BlockImage> {
   const readOnly = opts.readOnly ?? false;
-  imageLockMode(readOnly, opts.shareRW);
+  imageLockMode(readOnly, opts.shareRW, opts.locking);
   let format: ImageFormat | undefined;
   if (opts.format !== undefined) format = checkFormat(opts.format);
   else if (opts.safe) throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the image format in safe mode; give the format", { errno: "EPERM" });
@@ -342,5 +381,6 @@ async function createOnNbd(name: string, format: ImageFormat, opts: CreateImageO
 }
 
 export { FileStore };
+export type { LockingMode } from "./node/open-policy";
 export { connectNbd, connectNbdSocket } from "./node/nbd-socket";
 export type { OpenNbdOptions } from "./node/nbd-socket";

@@ -9,11 +9,16 @@
  * or the compile fails, it prints one line saying so and exits 0, and FileStore runs on pure
  * JavaScript (`nativeAvailable` is false).
  *
+ * At `npm install` time (npm_lifecycle_event "install") nothing is compiled when the package carries a
+ * prebuilt addon for this platform and architecture in prebuilds/ (made by prebuild.mjs); the loader
+ * prefers a local build when one exists, so `--force` still builds one.
+ *
  * Environment: CC (compiler, default cc, then gcc, clang), QCOWKIT_NATIVE=0 (skip the build),
  * QCOWKIT_NODE_INCLUDE (the directory holding node_api.h).
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, realpathSync, renameSync, rmSync, statSync } from "node:fs";
+import { createRequire } from "node:module";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -41,7 +46,7 @@ function includeDirs() {
   return candidates;
 }
 
-function findInclude() {
+export function findInclude() {
   return includeDirs().find((dir) => existsSync(join(dir, "node_api.h")));
 }
 
@@ -55,12 +60,16 @@ function compilers() {
   return process.env.CC ? [process.env.CC] : ["cc", "gcc", "clang"];
 }
 
-function compile(include) {
-  const temporary = `${output}.${process.pid}.tmp`;
-  const args = ["-shared", "-fPIC", "-pthread", "-O2", "-std=c11", "-Wall", "-Wextra", `-I${include}`, source, "-o", temporary];
+/**
+ * Compile qcowkit_fs.c into `target` with the first of `candidates` that exists (native/prebuild.mjs uses it
+ * with cross compilers). `extra` goes after the usual flags.
+ */
+export function compile(include, target = output, candidates = compilers(), extra = []) {
+  const temporary = `${target}.${process.pid}.tmp`;
+  const args = ["-shared", "-fPIC", "-pthread", "-O2", "-std=c11", "-Wall", "-Wextra", ...extra, `-I${include}`, source, "-o", temporary];
   if (process.platform === "darwin") args.unshift("-undefined", "dynamic_lookup");
   let lastProblem = "no C compiler found";
-  for (const compiler of compilers()) {
+  for (const compiler of candidates) {
     // A CC such as "ccache gcc" is split on spaces, as make does.
     const [command, ...prefixArgs] = compiler.trim().split(/\s+/);
     const result = spawnSync(command, [...prefixArgs, ...args], { encoding: "utf8", timeout: 120_000 });
@@ -69,7 +78,7 @@ function compile(include) {
       continue;
     }
     if (result.status === 0) {
-      renameSync(temporary, output);
+      renameSync(temporary, target);
       return { ok: true, compiler: command, warnings: result.stderr.trim() };
     }
     rmSync(temporary, { force: true });
@@ -79,6 +88,16 @@ function compile(include) {
   return { ok: false, problem: lastProblem };
 }
 
+/** Whether the prebuilt addon at `file` loads here (right architecture, a new enough glibc). */
+function prebuiltLoads(file) {
+  if (!existsSync(file)) return false;
+  try {
+    return typeof createRequire(import.meta.url)(file).abiVersion === "number";
+  } catch {
+    return false;
+  }
+}
+
 function main() {
   if (process.env.QCOWKIT_NATIVE === "0" || process.env.QCOWKIT_NATIVE === "off") {
     say("skipped (QCOWKIT_NATIVE=0); FileStore uses the pure JavaScript fallback");
@@ -86,6 +105,12 @@ function main() {
   }
   if (process.platform === "win32") {
     say("not built on Windows; FileStore uses the pure JavaScript fallback");
+    return;
+  }
+  const prebuilt = join(nativeDir, "..", "prebuilds", `${process.platform}-${process.arch}`, "node.napi.glibc.node");
+  if (process.env.npm_lifecycle_event === "install" && !force && prebuiltLoads(prebuilt)) {
+    // An install from the registry: the package carries an addon built for this platform (see prebuild.mjs).
+    say(`using the prebuilt addon in prebuilds/${process.platform}-${process.arch}`);
     return;
   }
   if (upToDate()) {
@@ -107,8 +132,10 @@ function main() {
   say(`built ${join("native", "build", "qcowkit_fs.node")} with ${result.compiler}`);
 }
 
-try {
-  main();
-} catch (error) {
-  say(`not built (${error instanceof Error ? error.message : String(error)}); using the pure JavaScript fallback`);
+if (process.argv[1] !== undefined && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  try {
+    main();
+  } catch (error) {
+    say(`not built (${error instanceof Error ? error.message : String(error)}); using the pure JavaScript fallback`);
+  }
 }

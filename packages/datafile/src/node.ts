@@ -28,6 +28,8 @@ export {
   probeImageLocks,
   imagePermissions,
   lockConflictHint,
+  lockingUnavailableReason,
+  lockingUnavailableError,
   blockPermission,
   allBlockPermissions,
   lockPermissionBase,

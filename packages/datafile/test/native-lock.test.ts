@@ -336,13 +336,18 @@ describe.skipIf(nativeTurnedOff)("image locking", () => {
 });
 
 describe("image locking without the native addon", () => {
-  it("locks nothing: the handle is inactive and QEMU writers are not stopped", async () => {
+  it("refuses a write lock naming the opt-out; readers get an inactive lock and QEMU writers are not stopped", async () => {
     setNativeEnabled(false);
     try {
       const path = newImage();
-      const first = await openStore(path, { lock: "write" });
-      const second = await openStore(path, { lock: "write" });
-      expect(first.imageLock).toBeUndefined();
+      await expect(openStore(path, { lock: "write" })).rejects.toMatchObject({
+        code: "NOT_SUPPORTED",
+        message: expect.stringMatching(/^Cannot lock '.*' for writing \(the native addon is not loaded: disabled by setNativeEnabled\(false\)\); to open it without a lock, turn locking off: locking: "off" in the API, file\.locking=off on the command line$/),
+      });
+      const first = await openStore(path, { lock: "read", readOnly: true });
+      const second = await openStore(path, { lock: "none" });
+      expect(first.imageLock).toMatchObject({ active: false, permissions: consistentRead });
+      expect(second.imageLock).toBeUndefined();
       expect(second.usesNative).toBe(false);
       const handle = await open(path, "r");
       try {

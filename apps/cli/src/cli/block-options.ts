@@ -15,6 +15,8 @@ export interface BlockOptions {
   backingFormat?: string;
   readOnly?: boolean;
   forceShare?: boolean;
+  /** file.locking: off opens without QEMU's image lock. */
+  locking?: "on" | "off";
   discard?: "ignore" | "unmap";
   /** encrypt.*: the key secret's id, the format, and the names (after "encrypt.") of any other encrypt option. */
   encrypt?: EncryptOptions;
@@ -34,6 +36,7 @@ export const BLOCK_OPTION_KEYS = [
   "file",
   "file.filename",
   "file.driver",
+  "file.locking",
   "data-file",
   "data-file.filename",
   "data-file.driver",
@@ -123,6 +126,11 @@ export function parseBlockOptions(
         break;
       case "read-only":
         out.readOnly = parseBool(key, value);
+        break;
+      case "file.locking":
+        // QEMU's "auto" locks where the host can; so do we (a read-write open then fails without the addon).
+        if (value === "auto") out.locking = "on";
+        else out.locking = parseBool(key, value) ? "on" : "off";
         break;
       case "force-share":
         out.forceShare = parseBool(key, value);

@@ -13,6 +13,8 @@ export interface CliOpenOptions {
   readOnly: boolean;
   /** -U: do not take the image lock. */
   forceShare?: boolean;
+  /** file.locking: "off" takes no image lock. */
+  locking?: "on" | "off";
   /** Metadata only (qemu-img info): neither the data file nor the backing chain are opened. */
   noIo?: boolean;
   /** Use this external data file instead of the stored name. */
@@ -60,6 +62,7 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     onWarning: (message) => opts.onWarning(message.startsWith("warning: ") ? `${opts.program ?? "qimg"}: ${message}` : message),
     ...(opts.format !== undefined ? { format: opts.format } : {}),
     ...(opts.forceShare ? { shareRW: true } : {}),
+    ...(opts.locking !== undefined ? { locking: opts.locking } : {}),
     ...(opts.noIo ? { noIo: true } : {}),
     ...(opts.dataFile !== undefined ? { dataFile: opts.dataFile } : {}),
     ...(opts.backing !== undefined ? { backing: opts.backing } : {}),
@@ -127,6 +130,7 @@ export async function openImageOpts(
     ...(o.backing !== undefined ? { backing: o.backing } : {}),
     ...(o.backingFormat !== undefined ? { backingFormat: o.backingFormat } : {}),
     ...(o.forceShare !== undefined ? { forceShare: o.forceShare } : {}),
+    ...(o.locking !== undefined ? { locking: o.locking } : {}),
     ...(o.discard !== undefined ? { discard: o.discard } : {}),
     ...(o.encrypt !== undefined ? { encrypt: o.encrypt } : {}),
     errorPrefix,

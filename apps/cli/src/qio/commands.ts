@@ -715,6 +715,7 @@ export async function openForSession(s: Session, req: OpenRequest): Promise<void
   s.image = await openCliImage(req.filename, {
     readOnly: req.readOnly,
     forceShare: req.forceShare,
+    ...(req.locking !== undefined ? { locking: req.locking } : {}),
     ...(req.format !== undefined ? { format: req.format } : {}),
     ...(req.dataFile !== undefined ? { dataFile: req.dataFile } : {}),
     ...(req.backing !== undefined ? { backing: req.backing } : {}),

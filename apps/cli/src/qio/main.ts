@@ -19,7 +19,7 @@ QEMU Disk exerciser (qcowkit implementation, qcow2 and raw only)
   --object OBJECTDEF   define a secret: secret,id=ID,data=TEXT|file=PATH[,format=raw|base64]
   --image-opts         treat file as option string: driver=qcow2,file.filename=IMG,
                        data-file.filename=DATA (data file override), backing.file.filename=B,
-                       backing=null, read-only=on|off, discard=ignore|unmap,
+                       backing=null, read-only=on|off, discard=ignore|unmap, file.locking=on|off,
                        encrypt.key-secret=ID, encrypt.format=aes|luks
   -c, --cmd STRING     execute command with its arguments
                        from the given string

@@ -11,6 +11,7 @@ export interface OpenRequest {
   format?: string;
   readOnly: boolean;
   forceShare: boolean;
+  locking?: "on" | "off";
   discard: "ignore" | "unmap";
   dataFile?: string;
   backing?: string | null;
@@ -37,6 +38,7 @@ export function applyBlockOptions(req: OpenRequest, text: string, imageOpts: boo
   if (o.backingFormat !== undefined) out.backingFormat = o.backingFormat;
   if (o.readOnly !== undefined) out.readOnly = o.readOnly;
   if (o.forceShare !== undefined) out.forceShare = o.forceShare;
+  if (o.locking !== undefined) out.locking = o.locking;
   if (o.discard !== undefined) out.discard = o.discard;
   if (o.encrypt !== undefined) out.encrypt = o.encrypt;
   if (imageOpts) out.imageOpts = true;

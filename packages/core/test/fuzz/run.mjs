@@ -10,6 +10,7 @@
  *                                                  no crash, no slow case, peak RSS (see fuzz/compressed.ts)
  *   pnpm fuzz --show SEED [SEED...]                reproduce single cases: the mutation, both sides' verdicts
  *                                                  and messages, the files left in a temporary directory
+ *   pnpm fuzz --nbd-handshake [--cases N] [--seed S]   mutated NBD handshakes against qnbd (nbd-handshake.mjs)
  *
  * Each chunk is test/fuzz.test.ts with QCOWKIT_FUZZ_CASES / QCOWKIT_FUZZ_SEED set; it fails on any crash,
  * hang, unexpected write, memory bound or an agreement with QEMU below 90%.
@@ -31,6 +32,11 @@ if (args[0] === "--compressed") {
     ["--conditions=@qcowkit/source", "--import", "tsx", "test/fuzz/compressed.ts", String(option("cases", 10000)), String(option("seed", 1))],
     { cwd: coreDir, stdio: "inherit" },
   );
+  process.exit(r.status ?? 1);
+}
+
+if (args[0] === "--nbd-handshake") {
+  const r = spawnSync(process.execPath, [join(coreDir, "test", "fuzz", "nbd-handshake.mjs"), ...args.slice(1)], { stdio: "inherit" });
   process.exit(r.status ?? 1);
 }
 

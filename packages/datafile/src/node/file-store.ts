@@ -12,7 +12,7 @@ import {
 } from "../store-checks";
 import { assertScanFlags, copyThroughBuffer, zeroSectorFlags, zeroSectorsByReading } from "../store-copy";
 import { couldNotCreate, couldNotOpen, fromSystemError } from "./system-error";
-import { lockImage, type ImageLock } from "./lock";
+import { imagePermissions, inactiveLock, lockImage, lockingUnavailableError, lockingUnavailableReason, type ImageLock } from "./lock";
 import { fromNativeError, isUnsupportedError, nativeFs, type FallocateMode, type NativeFs } from "./native";
 import { allocationExtents, fallocateRange, type AllocationExtent } from "./sparse";
 
@@ -44,7 +44,8 @@ export interface FileStoreOpenOptions {
    * (needs a writable store), "read" as a read-only one, "shared" as QEMU's force-share `-U`
    * (read-only stores only), "none" (default) takes no lock. A conflict fails the open with
    * Qcow2Error LOCKED `Failed to get "write" lock` (hint line in `error.hint`). Without the
-   * native addon no lock is taken.
+   * native addon (or with `native: false`) no lock can be taken: "write" then fails the open with
+   * Qcow2Error NOT_SUPPORTED naming the opt-out, and "read"/"shared" open with an inactive lock.
    */
   lock?: FileStoreLockMode;
   /** Use the native addon when it is available (default true); false forces the JavaScript paths. */
@@ -189,15 +190,24 @@ export class FileStore implements ByteStore {
       await handle.close().catch(() => undefined);
       throw fromSystemError(error, prefix);
     }
+    const unavailable = lock === "write" ? lockingUnavailableReason(options.native ?? true) : undefined;
+    if (unavailable !== undefined) {
+      await handle.close().catch(() => undefined);
+      throw lockingUnavailableError(name, unavailable);
+    }
     const store = new FileStore(handle, name, readOnly, options.native ?? true);
     store.syncIoBytes = options.syncIoBytes ?? 0;
     store.inMemory = await isInMemoryFile(path);
     const inMemory = options.inMemorySyncIoBytes ?? 0;
     if (inMemory > store.syncIoBytes && store.inMemory) store.syncIoBytes = inMemory;
     if (store.native?.features.cachedRead) store.cachedReadBytes = options.cachedReadBytes ?? 0;
-    if (lock !== "none" && store.native) {
+    if (lock !== "none") {
       try {
-        store.heldLock = lockImage(handle.fd, { write: lock === "write", shareWrite: lock === "shared", name });
+        // Without the addon (a reader only, see above) this is an inactive lock the caller can warn about.
+        const sets = imagePermissions({ write: lock === "write", shareWrite: lock === "shared" });
+        store.heldLock = store.native
+          ? lockImage(handle.fd, { write: lock === "write", shareWrite: lock === "shared", name })
+          : inactiveLock(sets.permissions, sets.sharedPermissions);
       } catch (error) {
         await handle.close().catch(() => undefined);
         throw error;

@@ -1,6 +1,6 @@
 import { Qcow2Error } from "@qcowkit/spec";
 import { printableName } from "../printable-name";
-import { fromNativeError, nativeFs, type NativeFs } from "./native";
+import { fromNativeError, nativeFs, nativeUnavailableReason, type NativeFs } from "./native";
 
 /**
  * QEMU-compatible image locking, as QEMU 7.2's file driver (block/file-posix.c) does it, so that
@@ -25,7 +25,8 @@ import { fromNativeError, nativeFs, type NativeFs } from "./native";
  * Locks belong to the open file description, so they conflict with other opens of the file in this
  * process too (as in QEMU) and are released when the file is closed. Without the native addon (or
  * on a platform without OFD locks) nothing is locked: `lockImage` returns a handle whose `active`
- * is false.
+ * is false, and FileStore.open refuses a "write" lock (`lockingUnavailableError`) rather than open an
+ * image read-write unlocked.
  */
 
 /** QEMU's block permission bits. */
@@ -142,6 +143,30 @@ export function lockPermissions(
   };
 }
 
+/**
+ * Why QEMU-compatible image locks cannot be taken in this process (`native` false: by a store opened
+ * without the addon), or undefined when they can.
+ */
+export function lockingUnavailableReason(native = true): string | undefined {
+  if (!native) return "the store was opened without the native addon";
+  const addon = nativeFs();
+  if (!addon) return `the native addon is not loaded: ${nativeUnavailableReason ?? "unknown reason"}`;
+  if (!addon.features.ofdLocks) return "this platform has no open file description locks";
+  return undefined;
+}
+
+/**
+ * The error for a read-write open that needs a lock it cannot take: never a silent open that QEMU could be
+ * writing to at the same time. It names the opt-out in the API and on the command line.
+ */
+export function lockingUnavailableError(name: string, reason: string): Qcow2Error {
+  return new Qcow2Error(
+    "NOT_SUPPORTED",
+    `Cannot lock '${printableName(name)}' for writing (${reason}); to open it without a lock, turn locking off: locking: "off" in the API, file.locking=off on the command line`,
+    { errno: "ENOTSUP" },
+  );
+}
+
 /** Which permissions other open files hold, and which they refuse to share, as seen from `target`. */
 export function probeImageLocks(target: LockTarget): { permissions: number; unsharedPermissions: number } | undefined {
   const { fd, label } = resolveTarget(target, undefined);
@@ -229,6 +254,7 @@ function withHint(error: Qcow2Error, label: string): ImageLockError {
   return Object.assign(error, { hint: lockConflictHint(label) });
 }
 
-function inactiveLock(permissions: number, sharedPermissions: number): ImageLock {
+/** A lock that holds nothing (no addon, no OFD locks). */
+export function inactiveLock(permissions: number, sharedPermissions: number): ImageLock {
   return { active: false, permissions, sharedPermissions, unlock: () => undefined };
 }

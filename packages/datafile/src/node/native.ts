@@ -6,16 +6,18 @@ import { printableName } from "../printable-name";
 import { fromSystemError, systemErrorText } from "./system-error";
 
 /**
- * Loader of the optional native addon `native/build/qcowkit_fs.node` (source native/qcowkit_fs.c,
- * built by native/build.mjs during `pnpm install` and `pnpm build`). It gives FileStore what
+ * Loader of the native addon (source native/qcowkit_fs.c): a local build `native/build/qcowkit_fs.node`
+ * (made by native/build.mjs during `pnpm build`, or at install time where no prebuilt addon loads), else
+ * the prebuilt one shipped in the package, `prebuilds/<platform>-<arch>/node.napi.glibc.node` (prebuildify's
+ * layout, made by native/prebuild.mjs for linux-x64 and linux-arm64). It gives FileStore what
  * Node's fs lacks: lseek SEEK_DATA/SEEK_HOLE, fallocate (allocate, punch hole, zero range),
  * open file description locks for QEMU-compatible image locking, reads from the page cache
  * only (preadv2 RWF_NOWAIT), and file-to-file copies and zero scans on their own threads.
  *
  * When the addon is missing (no C compiler at install time, Windows), fails to load, is a stale
  * build, or `QCOWKIT_NATIVE=0` is set, `nativeAvailable` is false, `nativeUnavailableReason` says
- * why, and FileStore keeps its pure JavaScript behaviour (no holes punched, falloc writes zeros,
- * no image locking).
+ * why, and FileStore keeps its pure JavaScript behaviour (no holes punched, falloc writes zeros),
+ * except that it refuses to open a file read-write with a "write" lock it cannot take.
  */
 
 /** The functions the addon exports (see native/qcowkit_fs.c for their exact contracts). */
@@ -119,10 +121,30 @@ export function setNativeEnabled(enabled: boolean): void {
   }
 }
 
-function candidatePaths(): string[] {
+/** The prebuilt addon for this platform, in prebuildify's layout (made by native/prebuild.mjs). */
+const prebuiltFile = `prebuilds/${process.platform}-${process.arch}/node.napi.glibc.node`;
+
+/** Package-relative addon files to try, in order: a local build (made here, so the best fit), then the prebuilt one. */
+const addonFiles = [addonFile, prebuiltFile];
+
+function candidatePaths(file: string): string[] {
   // Source layout: src/node/native.ts; bundled layout: dist/node.js. Both sit below the package root.
-  const paths = [new URL(`../../${addonFile}`, import.meta.url), new URL(`../${addonFile}`, import.meta.url)];
+  const paths = [new URL(`../../${file}`, import.meta.url), new URL(`../${file}`, import.meta.url)];
   return paths.filter((url) => url.protocol === "file:").map((url) => fileURLToPath(url));
+}
+
+/** Loads one addon file: the addon, or why it cannot be used. */
+function loadFile(file: string, path: string): NativeFs | string {
+  let addon: NativeFs;
+  try {
+    addon = createRequire(import.meta.url)(path) as NativeFs;
+  } catch (error) {
+    return `${file} failed to load: ${error instanceof Error ? error.message.split("\n")[0] : String(error)}`;
+  }
+  if (addon.abiVersion !== expectedAbiVersion) {
+    return `${file} is a stale build (ABI ${String(addon.abiVersion)}, expected ${expectedAbiVersion}); run pnpm build`;
+  }
+  return addon;
 }
 
 function load(): void {
@@ -131,25 +153,24 @@ function load(): void {
     nativeUnavailableReason = "disabled by QCOWKIT_NATIVE=0";
     return;
   }
-  const path = candidatePaths().find((candidate) => existsSync(candidate));
-  if (!path) {
-    nativeUnavailableReason = `${addonFile} was not built (no C compiler or Node headers at install time)`;
+  const problems: string[] = [];
+  for (const file of addonFiles) {
+    const path = candidatePaths(file).find((candidate) => existsSync(candidate));
+    if (!path) continue;
+    const addon = loadFile(file, path);
+    if (typeof addon === "string") {
+      problems.push(addon);
+      continue;
+    }
+    loaded = addon;
+    loadedFrom = addon;
+    nativeAvailable = true;
     return;
   }
-  let addon: NativeFs;
-  try {
-    addon = createRequire(import.meta.url)(path) as NativeFs;
-  } catch (error) {
-    nativeUnavailableReason = `${addonFile} failed to load: ${error instanceof Error ? error.message.split("\n")[0] : String(error)}`;
-    return;
-  }
-  if (addon.abiVersion !== expectedAbiVersion) {
-    nativeUnavailableReason = `${addonFile} is a stale build (ABI ${String(addon.abiVersion)}, expected ${expectedAbiVersion}); run pnpm build`;
-    return;
-  }
-  loaded = addon;
-  loadedFrom = addon;
-  nativeAvailable = true;
+  nativeUnavailableReason =
+    problems.length > 0
+      ? problems.join("; ")
+      : `no addon for ${process.platform}-${process.arch}: ${prebuiltFile} is not shipped and ${addonFile} was not built (no C compiler or Node headers at install time)`;
 }
 
 load();
