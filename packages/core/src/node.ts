@@ -16,10 +16,14 @@ import { NbdImage } from "./nbd/nbd-image";
 import { NbdStore } from "./nbd/nbd-store";
 import { isNbdFilename } from "./nbd/uri";
 import { connectNbd } from "./node/nbd-socket";
+import { installNodeCodecs } from "./node/codecs";
 import { RawImage } from "./raw-image";
 import type { ImageResolver, ResolveContext } from "./resolver";
 
 export * from "./index";
+
+// Compression on libuv's thread pool (node:zlib, native zstd) for every image opened through this entry.
+installNodeCodecs();
 
 export type ImageFormat = "qcow2" | "raw";
 

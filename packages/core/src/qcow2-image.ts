@@ -1167,30 +1167,37 @@ export class Qcow2Image implements BlockImage {
     await this.maybeWriteback();
   }
 
-  /** Sub-cluster byte allocation for compressed data (QEMU's qcow2_alloc_bytes), packing into the last cluster. */
-  private compressedTail: { offset: number; cluster: number } | undefined;
+  /**
+   * Byte offset where the next compressed cluster may start (QEMU's free_byte_offset): inside a host cluster
+   * that earlier compressed data partly fills; 0 when there is none.
+   */
+  private compressedTail = 0;
 
+  /**
+   * Sub-cluster byte allocation for compressed data, as QEMU's qcow2_alloc_bytes packs it: the data follows
+   * the previous compressed cluster byte after byte, and runs on into the next host cluster when that one is
+   * the next free cluster of the file (otherwise it starts a fresh host cluster). Every host cluster the
+   * bytes touch takes one reference; a partly used cluster whose refcount is at its maximum is left, and so
+   * is one that has been freed since (QEMU would still fill it, though it may have been reused meanwhile).
+   */
   private async allocateBytes(byteLength: number): Promise<number> {
     const cs = this.clusterSize;
-    const tail = this.compressedTail;
-    if (
-      tail &&
-      tail.offset % cs !== 0 &&
-      (tail.offset % cs) + byteLength <= cs &&
-      (await this.refcounts.get(tail.cluster)) < this.refcounts.maxValue
-    ) {
-      // Share the partially used cluster: one more reference to it.
-      const offset = tail.offset;
-      await this.refcounts.update(tail.cluster, 1, 1);
-      tail.offset += byteLength;
-      return offset;
+    let offset = this.refcounts.watchedFreed ? 0 : this.compressedTail;
+    if (offset !== 0 && (await this.refcounts.get(Math.floor(offset / cs))) >= this.refcounts.maxValue) offset = 0;
+    if (offset !== 0 && cs - (offset % cs) >= byteLength) {
+      // Fits in the partly used cluster: one more reference to it.
+      await this.refcounts.update(Math.floor(offset / cs), 1, 1);
+    } else {
+      // The new cluster takes its reference here; the partly used one before it one more when the data
+      // starts there and runs on into the new one.
+      const fresh = (await this.allocateMetadata(1, "compressed cluster")) * cs;
+      if (offset !== 0 && Math.ceil(offset / cs) * cs === fresh) await this.refcounts.update(Math.floor(offset / cs), 1, 1);
+      else offset = fresh;
     }
-    const clusters = Math.ceil(byteLength / cs);
-    const first = await this.allocateMetadata(clusters, "compressed cluster");
-    const offset = first * cs;
-    const endOffset = offset + byteLength;
-    this.compressedTail = { offset: endOffset, cluster: Math.floor((endOffset - 1) / cs) };
-    if (endOffset % cs === 0) this.compressedTail = undefined;
+    const end = offset + byteLength;
+    this.compressedTail = end % cs === 0 ? 0 : end;
+    this.refcounts.watched = this.compressedTail === 0 ? -1 : Math.floor(end / cs);
+    this.refcounts.watchedFreed = false;
     return offset;
   }
 
