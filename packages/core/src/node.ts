@@ -17,6 +17,9 @@ import { NbdStore } from "./nbd/nbd-store";
 import { isNbdFilename } from "./nbd/uri";
 import { connectNbd } from "./node/nbd-socket";
 import { installNodeCodecs } from "./node/codecs";
+import { nodeAesEngine, nodeDigest } from "./node/crypto";
+import { registerAesEngine } from "./crypto/aes-engine";
+import { registerSyncDigest } from "./crypto/hash";
 import { RawImage } from "./raw-image";
 import type { ImageResolver, ResolveContext } from "./resolver";
 
@@ -24,6 +27,9 @@ export * from "./index";
 
 // Compression on libuv's thread pool (node:zlib, native zstd) for every image opened through this entry.
 installNodeCodecs();
+// Encrypted images: AES and hashes through node:crypto.
+registerAesEngine(nodeAesEngine);
+registerSyncDigest(nodeDigest);
 
 export type ImageFormat = "qcow2" | "raw";
 
