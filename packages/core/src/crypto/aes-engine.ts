@@ -6,10 +6,14 @@
  */
 import { Aes } from "./aes";
 
-/** One AES key over whole blocks: `data.byteLength` is a multiple of 16; the bytes are replaced in place. */
+/**
+ * One AES key over whole blocks (`data.byteLength` is a multiple of 16). The result is `data` itself,
+ * changed in place, or a new array (native engines): callers use what is returned, and `data` may be
+ * changed either way.
+ */
 export interface AesBlocks {
-  encrypt(data: Uint8Array): void;
-  decrypt(data: Uint8Array): void;
+  encrypt(data: Uint8Array): Uint8Array;
+  decrypt(data: Uint8Array): Uint8Array;
 }
 
 /** Makes the AesBlocks of a 16, 24 or 32-byte key. */
@@ -21,9 +25,11 @@ export const tableAesEngine: AesEngine = (key) => {
   return {
     encrypt(data) {
       for (let at = 0; at < data.byteLength; at += 16) aes.encryptBlock(data, at, data, at);
+      return data;
     },
     decrypt(data) {
       for (let at = 0; at < data.byteLength; at += 16) aes.decryptBlock(data, at, data, at);
+      return data;
     },
   };
 };

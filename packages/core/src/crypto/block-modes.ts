@@ -23,69 +23,77 @@ function checkBlocks(data: Uint8Array): void {
 
 const LITTLE_ENDIAN = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1;
 
-/** 32-bit words over `b` when it is aligned for them on a little-endian machine. */
+/** 32-bit words over `b` when it is aligned for them on a little-endian machine (lengths are whole blocks). */
 function wordsOf(b: Uint8Array): Uint32Array | undefined {
   return LITTLE_ENDIAN && b.byteOffset % 4 === 0 ? new Uint32Array(b.buffer, b.byteOffset, b.byteLength >>> 2) : undefined;
 }
 
-/** dst ^= src (same length, a multiple of 16). */
-function xorInto(dst: Uint8Array, src: Uint8Array): void {
+/** dst = a ^ b (all of the same length, a multiple of 16; `a` may be `dst`). */
+function xorTo(dst: Uint8Array, a: Uint8Array, b: Uint8Array): void {
   const d = wordsOf(dst);
-  const s = wordsOf(src);
-  if (d && s) {
-    for (let i = 0; i < d.length; i++) d[i]! ^= s[i]!;
+  const x = wordsOf(a);
+  const y = wordsOf(b);
+  if (d && x && y) {
+    for (let i = 0; i < d.length; i++) d[i] = x[i]! ^ y[i]!;
   } else {
-    for (let i = 0; i < dst.byteLength; i++) dst[i]! ^= src[i]!;
+    for (let i = 0; i < dst.byteLength; i++) dst[i] = a[i]! ^ b[i]!;
   }
 }
 
 /**
- * The tweak of every block of `byteLength` bytes of units: unit k starts with `first[16k..16k+16]`, each
- * next block's tweak is the previous one times x.
+ * dst = src ^ (the tweak of each block): unit k's first tweak is `first[16k..16k+16]`, each next block's is
+ * the previous one times x. The tweaks are made again on each pass rather than stored (cheaper than memory).
  */
-function expandTweaks(first: Uint8Array, byteLength: number, unit: number): Uint8Array {
-  const out = new Uint8Array(byteLength);
-  const w = wordsOf(out);
-  for (let at = 0, k = 0; at < byteLength; at += unit, k++) {
-    out.set(first.subarray(k * BLOCK_BYTES, (k + 1) * BLOCK_BYTES), at);
-    const end = Math.min(byteLength, at + unit);
-    if (w) {
-      for (let p = (at >>> 2) + 4; p < end >>> 2; p += 4) {
-        const a = w[p - 4]!;
-        const b = w[p - 3]!;
-        const c = w[p - 2]!;
-        const d = w[p - 1]!;
-        w[p] = (a << 1) ^ (d >>> 31 ? 0x87 : 0);
-        w[p + 1] = (b << 1) | (a >>> 31);
-        w[p + 2] = (c << 1) | (b >>> 31);
-        w[p + 3] = (d << 1) | (c >>> 31);
-      }
-    } else {
-      for (let b = at + BLOCK_BYTES; b < end; b += BLOCK_BYTES) {
-        const carry = out[b - 1]! >>> 7;
-        for (let i = 15; i > 0; i--) out[b + i] = ((out[b - 16 + i]! << 1) | (out[b - 17 + i]! >>> 7)) & 0xff;
-        out[b] = ((out[b - 16]! << 1) & 0xff) ^ (carry ? 0x87 : 0);
+function xorTweaks(first: Uint8Array, dst: Uint8Array, src: Uint8Array, unit: number): void {
+  const f = wordsOf(first);
+  const w = wordsOf(dst);
+  const v = wordsOf(src);
+  if (f && w && v) {
+    for (let at = 0, k = 0; at < dst.byteLength; at += unit, k++) {
+      let a = f[4 * k]! | 0;
+      let b = f[4 * k + 1]! | 0;
+      let c = f[4 * k + 2]! | 0;
+      let d = f[4 * k + 3]! | 0;
+      const end = Math.min(dst.byteLength, at + unit) >>> 2;
+      for (let p = at >>> 2; p < end; p += 4) {
+        w[p] = v[p]! ^ a;
+        w[p + 1] = v[p + 1]! ^ b;
+        w[p + 2] = v[p + 2]! ^ c;
+        w[p + 3] = v[p + 3]! ^ d;
+        const carry = d >>> 31;
+        d = (d << 1) | (c >>> 31);
+        c = (c << 1) | (b >>> 31);
+        b = (b << 1) | (a >>> 31);
+        a = (a << 1) ^ (carry * 0x87);
       }
     }
+    return;
   }
-  return out;
+  const t = new Uint8Array(BLOCK_BYTES);
+  for (let at = 0, k = 0; at < dst.byteLength; at += unit, k++) {
+    t.set(first.subarray(k * BLOCK_BYTES, (k + 1) * BLOCK_BYTES));
+    const end = Math.min(dst.byteLength, at + unit);
+    for (let blk = at; blk < end; blk += BLOCK_BYTES) {
+      for (let i = 0; i < BLOCK_BYTES; i++) dst[blk + i] = src[blk + i]! ^ t[i]!;
+      const carry = t[15]! >>> 7;
+      for (let i = 15; i > 0; i--) t[i] = ((t[i]! << 1) | (t[i - 1]! >>> 7)) & 0xff;
+      t[0] = ((t[0]! << 1) & 0xff) ^ (carry ? 0x87 : 0);
+    }
+  }
 }
 
 /**
- * XTS over the units of `data` (`unit` bytes each, the last possibly shorter); `ivs` holds one 16-byte IV
- * per unit and is overwritten (with the first tweaks).
+ * XTS over the units of `data` (`unit` bytes each, the last possibly shorter), in place; `ivs` holds one
+ * 16-byte IV per unit (and may be changed).
  */
 export function xtsUnits(dataKey: AesBlocks, tweakKey: AesBlocks, ivs: Uint8Array, data: Uint8Array, unit: number, decrypt: boolean): void {
   checkBlocks(data);
-  tweakKey.encrypt(ivs);
-  const tweaks = expandTweaks(ivs, data.byteLength, unit);
-  xorInto(data, tweaks);
-  if (decrypt) dataKey.decrypt(data);
-  else dataKey.encrypt(data);
-  xorInto(data, tweaks);
+  const first = tweakKey.encrypt(ivs);
+  xorTweaks(first, data, data, unit);
+  xorTweaks(first, data, decrypt ? dataKey.decrypt(data) : dataKey.encrypt(data), unit);
 }
 
-/** CBC decryption of the units of `data`, one IV per unit in `ivs`. */
+/** CBC decryption of the units of `data`, in place, one IV per unit in `ivs`. */
 export function cbcDecryptUnits(aes: AesBlocks, ivs: Uint8Array, data: Uint8Array, unit: number): void {
   checkBlocks(data);
   // What each block is XORed with after decryption: its unit's IV, or the ciphertext block before it.
@@ -95,11 +103,10 @@ export function cbcDecryptUnits(aes: AesBlocks, ivs: Uint8Array, data: Uint8Arra
     chain.set(ivs.subarray(k * BLOCK_BYTES, (k + 1) * BLOCK_BYTES), at);
     chain.set(data.subarray(at, end - BLOCK_BYTES), at + BLOCK_BYTES);
   }
-  aes.decrypt(data);
-  xorInto(data, chain);
+  xorTo(data, aes.decrypt(data), chain);
 }
 
-/** CBC encryption of the units of `data`, one IV per unit in `ivs`. */
+/** CBC encryption of the units of `data`, in place, one IV per unit in `ivs`. */
 export function cbcEncryptUnits(aes: AesBlocks, ivs: Uint8Array, data: Uint8Array, unit: number): void {
   checkBlocks(data);
   const units = Math.ceil(data.byteLength / unit);
@@ -113,7 +120,7 @@ export function cbcEncryptUnits(aes: AesBlocks, ivs: Uint8Array, data: Uint8Arra
       for (let i = 0; i < BLOCK_BYTES; i++) column[n * BLOCK_BYTES + i] = data[src + i]! ^ prev[i]!;
     }
     if (n === 0) break;
-    aes.encrypt(column.subarray(0, n * BLOCK_BYTES));
-    for (let k = 0; k < n; k++) data.set(column.subarray(k * BLOCK_BYTES, (k + 1) * BLOCK_BYTES), k * unit + pos);
+    const out = aes.encrypt(column.subarray(0, n * BLOCK_BYTES));
+    for (let k = 0; k < n; k++) data.set(out.subarray(k * BLOCK_BYTES, (k + 1) * BLOCK_BYTES), k * unit + pos);
   }
 }

@@ -129,7 +129,6 @@ export class SectorCipher {
         ivs[at + 7] = high >>> 24;
       }
     }
-    if (this.essivKey) this.essivKey.encrypt(ivs);
-    return ivs;
+    return this.essivKey ? this.essivKey.encrypt(ivs) : ivs;
   }
 }

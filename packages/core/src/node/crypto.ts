@@ -2,7 +2,7 @@
  * AES and hashes through node:crypto (OpenSSL, with the CPU's AES instructions where it has them) for the
  * Node entry.
  * ECB is stateless, so one cipher and one decipher per key serve every call; with padding off, each
- * `update` returns exactly the blocks it was given.
+ * `update` returns exactly the blocks it was given, in a new Buffer (handed back as it is: no copy).
  */
 import { createCipheriv, createDecipheriv, createHash } from "node:crypto";
 import { Qcow2Error } from "@qcowkit/spec";
@@ -22,10 +22,10 @@ export const nodeAesEngine: AesEngine = (key) => {
   const name = `aes-${key.byteLength * 8}-ecb`;
   const enc = createCipheriv(name, key, null).setAutoPadding(false);
   const dec = createDecipheriv(name, key, null).setAutoPadding(false);
-  const run = (c: typeof enc | typeof dec, data: Uint8Array): void => {
+  const run = (c: typeof enc | typeof dec, data: Uint8Array): Uint8Array => {
     const out = c.update(data);
     if (out.byteLength !== data.byteLength) throw new Qcow2Error("INTERNAL", "AES returned a different number of bytes");
-    data.set(out);
+    return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
   };
   const blocks: AesBlocks = {
     encrypt: (data) => run(enc, data),
