@@ -113,6 +113,17 @@ const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
 const MAX_DEFERRED_RANGES = 4096;
 
 const hex = (n: number) => `0x${n.toString(16)}`;
+
+/** Clusters of one compressed write compressed at the same time (QEMU runs up to 8 cluster tasks at once). */
+const COMPRESS_WINDOW = 8;
+
+/** A cluster's bytes for the compressor: the image's short last cluster padded with zeros, as QEMU pads it. */
+function padToCluster(piece: Uint8Array, clusterSize: number): Uint8Array {
+  if (piece.byteLength === clusterSize) return piece;
+  const padded = new Uint8Array(clusterSize);
+  padded.set(piece);
+  return padded;
+}
 /** Flags of a data cluster the active L1/L2 tables own alone. */
 const COPIED = { copied: true } as const;
 
@@ -1122,30 +1133,35 @@ export class Qcow2Image implements BlockImage {
     }
     const codec = await this.compression();
     // Like QEMU's parallel cluster tasks, a cluster that cannot be written fails the request, but the other
-    // clusters of the request are still written.
+    // clusters of the request are still written. The clusters of a window are compressed at once (native
+    // codecs run on the thread pool), then placed in guest order.
     let failure: unknown;
-    for (let pos = guestOffset; pos < end; pos += cs) {
-      try {
-        await this.writeCompressedCluster(codec, pos, data.subarray(pos - guestOffset, Math.min(end, pos + cs) - guestOffset));
-      } catch (e) {
-        failure ??= e;
+    const window = COMPRESS_WINDOW * cs;
+    for (let base = guestOffset; base < end; base += window) {
+      const pieces: Uint8Array[] = [];
+      for (let pos = base; pos < Math.min(end, base + window); pos += cs) {
+        pieces.push(data.subarray(pos - guestOffset, Math.min(end, pos + cs) - guestOffset));
+      }
+      const compressed = await Promise.allSettled(pieces.map((piece) => codec.compress(padToCluster(piece, cs), cs - 1)));
+      for (const [i, result] of compressed.entries()) {
+        try {
+          if (result.status === "rejected") throw result.reason;
+          await this.placeCompressedCluster(base + i * cs, pieces[i]!, result.value);
+        } catch (e) {
+          failure ??= e;
+        }
       }
     }
     if (failure !== undefined) throw failure;
   }
 
-  private async writeCompressedCluster(codec: CompressionCodec, pos: number, piece: Uint8Array): Promise<void> {
-    const cs = this.clusterSize;
-    const end = pos + piece.byteLength;
-    let chunk = piece;
-    if (chunk.byteLength < cs) {
-      const padded = new Uint8Array(cs);
-      padded.set(chunk);
-      chunk = padded;
-    }
-    const compressed = await codec.compress(chunk, cs - 1);
+  /**
+   * Store one cluster of a compressed write: `compressed` (undefined when compression did not make it
+   * smaller) for the guest cluster at `pos`, whose bytes are `piece` (the image's last cluster may be short).
+   */
+  private async placeCompressedCluster(pos: number, piece: Uint8Array, compressed: Uint8Array | undefined): Promise<void> {
     if (!compressed) {
-      await this.writeUnlocked(pos, chunk.subarray(0, Math.min(cs, end - pos)));
+      await this.writeUnlocked(pos, piece);
       return;
     }
     const t = await this.l2ForWrite(pos);
