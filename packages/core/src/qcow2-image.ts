@@ -708,8 +708,18 @@ export class Qcow2Image implements BlockImage {
     if (data.byteLength === 0) return;
     this.observe(guestOffset, data.byteLength);
     if (opts.compressed) {
-      const bytes = data instanceof StoreSlice ? await data.bytes() : data;
-      await this.lock.write(() => this.guard(() => this.writeCompressedUnlocked(guestOffset, bytes)));
+      // Compressed writes are compressed as they come (several at once when several are in flight) and
+      // placed one after the other in the order they were issued, so the file does not depend on timing.
+      const ticket = this.compressedIssued++;
+      try {
+        this.checkCompressedWrite(guestOffset, data.byteLength);
+        const bytes = data instanceof StoreSlice ? await data.bytes() : data;
+        const compressed = await this.compressClusters(bytes);
+        await this.compressedTurn(ticket);
+        await this.lock.write(() => this.guard(() => this.placeCompressedClusters(guestOffset, bytes, compressed)));
+      } finally {
+        this.endCompressedTurn(ticket);
+      }
     } else {
       // encryption: partial sectors are read, completed and rewritten: never concurrently (exclusive lock)
       const rmw = this.encryption !== undefined && !isSectorAligned(guestOffset, data.byteLength, this.virtualSize);
@@ -1121,35 +1131,79 @@ export class Qcow2Image implements BlockImage {
     return true;
   }
 
-  /** Compressed write of whole clusters (qemu-io write -c, convert -c). */
-  private async writeCompressedUnlocked(guestOffset: number, data: Uint8Array): Promise<void> {
+  /** Compressed writes issued so far, and the next one whose turn it is to be placed. */
+  private compressedIssued = 0;
+  private compressedPlaced = 0;
+  private readonly compressedWaiting = new Map<number, () => void>();
+
+  /** Wait until every compressed write issued before `ticket` has been placed (or has failed). */
+  private compressedTurn(ticket: number): Promise<void> {
+    if (ticket === this.compressedPlaced) return Promise.resolve();
+    return new Promise((resolve) => this.compressedWaiting.set(ticket, resolve));
+  }
+
+  private endCompressedTurn(ticket: number): void {
+    // A write that failed before its turn still waits for it, so turns end in order.
+    if (ticket !== this.compressedPlaced) {
+      const previous = this.compressedWaiting.get(ticket);
+      this.compressedWaiting.set(ticket, () => {
+        previous?.();
+        this.endCompressedTurn(ticket);
+      });
+      return;
+    }
+    this.compressedPlaced++;
+    const next = this.compressedWaiting.get(this.compressedPlaced);
+    if (next) {
+      this.compressedWaiting.delete(this.compressedPlaced);
+      next();
+    }
+  }
+
+  /** What QEMU refuses before compressing anything (qemu-io write -c, convert -c). */
+  private checkCompressedWrite(guestOffset: number, byteLength: number): void {
     const cs = this.clusterSize;
     if (this.hasDataFile) throw new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
     // encryption: compressed clusters would be stored in plain text (QEMU 7.2 does that; refused here)
     if (this.encryption) throw new Qcow2Error("NOT_SUPPORTED", "Compression and encryption not supported at the same time", { errno: "ENOTSUP" });
-    const end = guestOffset + data.byteLength;
-    if (guestOffset % cs !== 0 || (data.byteLength % cs !== 0 && end !== this.virtualSize)) {
+    const end = guestOffset + byteLength;
+    if (guestOffset % cs !== 0 || (byteLength % cs !== 0 && end !== this.virtualSize)) {
       throw new Qcow2Error("INVALID_ARGUMENT", "Compressed writes must be cluster aligned", { errno: "EINVAL" });
     }
+  }
+
+  /**
+   * Compress each cluster of `data` (a window of clusters at once: native codecs run on the thread pool):
+   * the compressed bytes, undefined where compression does not make a cluster smaller, or what the codec threw.
+   */
+  private async compressClusters(data: Uint8Array): Promise<Array<PromiseSettledResult<Uint8Array | undefined>>> {
+    const cs = this.clusterSize;
     const codec = await this.compression();
-    // Like QEMU's parallel cluster tasks, a cluster that cannot be written fails the request, but the other
-    // clusters of the request are still written. The clusters of a window are compressed at once (native
-    // codecs run on the thread pool), then placed in guest order.
-    let failure: unknown;
-    const window = COMPRESS_WINDOW * cs;
-    for (let base = guestOffset; base < end; base += window) {
-      const pieces: Uint8Array[] = [];
-      for (let pos = base; pos < Math.min(end, base + window); pos += cs) {
-        pieces.push(data.subarray(pos - guestOffset, Math.min(end, pos + cs) - guestOffset));
+    const out: Array<PromiseSettledResult<Uint8Array | undefined>> = [];
+    for (let base = 0; base < data.byteLength; base += COMPRESS_WINDOW * cs) {
+      const window: Array<Promise<Uint8Array | undefined>> = [];
+      for (let at = base; at < Math.min(data.byteLength, base + COMPRESS_WINDOW * cs); at += cs) {
+        window.push(codec.compress(padToCluster(data.subarray(at, Math.min(data.byteLength, at + cs)), cs), cs - 1));
       }
-      const compressed = await Promise.allSettled(pieces.map((piece) => codec.compress(padToCluster(piece, cs), cs - 1)));
-      for (const [i, result] of compressed.entries()) {
-        try {
-          if (result.status === "rejected") throw result.reason;
-          await this.placeCompressedCluster(base + i * cs, pieces[i]!, result.value);
-        } catch (e) {
-          failure ??= e;
-        }
+      out.push(...(await Promise.allSettled(window)));
+    }
+    return out;
+  }
+
+  /**
+   * Place the compressed clusters of a write, in guest order (exclusive lock held). Like QEMU's parallel
+   * cluster tasks, a cluster that cannot be written fails the request, but the other clusters of the request
+   * are still written.
+   */
+  private async placeCompressedClusters(guestOffset: number, data: Uint8Array, compressed: Array<PromiseSettledResult<Uint8Array | undefined>>): Promise<void> {
+    const cs = this.clusterSize;
+    let failure: unknown;
+    for (const [i, result] of compressed.entries()) {
+      try {
+        if (result.status === "rejected") throw result.reason;
+        await this.placeCompressedCluster(guestOffset + i * cs, data.subarray(i * cs, Math.min(data.byteLength, (i + 1) * cs)), result.value);
+      } catch (e) {
+        failure ??= e;
       }
     }
     if (failure !== undefined) throw failure;

@@ -171,6 +171,38 @@ describe("packed compressed clusters", () => {
     }
   });
 
+  it("compressed writes in flight together are placed in the order they were issued: the same file as one by one", async () => {
+    const t = tempDir();
+    try {
+      const data = textData(32 * 65536, 5);
+      const files: string[] = [];
+      for (const together of [false, true]) {
+        const path = t.path(`${together}.qcow2`);
+        qemu("qemu-img", ["create", "-q", "-f", "qcow2", path, "4M"]);
+        const image = await openImage(path);
+        const writes: Array<() => Promise<void>> = [];
+        for (let i = 0; i < 32; i += 2) writes.push(() => image.write(i * 65536, data.subarray(i * 65536, (i + 2) * 65536), { compressed: true }));
+        // Refused before any compression (misaligned): it must not hold up the writes issued after it.
+        writes.splice(3, 0, () => image.write(100, data.subarray(0, 65536), { compressed: true }));
+        const results = together
+          ? await Promise.allSettled(writes.map((w) => w()))
+          : await (async () => {
+              const out: PromiseSettledResult<void>[] = [];
+              for (const w of writes) out.push(...(await Promise.allSettled([w()])));
+              return out;
+            })();
+        expect(results.map((r) => r.status)).toEqual(writes.map((_, i) => (i === 3 ? "rejected" : "fulfilled")));
+        await image.close();
+        expect(qemuStatus("qemu-img", ["check", path]).stdout).toContain("No errors were found on the image.");
+        files.push(path);
+      }
+      expect(Buffer.compare(readFileSync(files[0]!), readFileSync(files[1]!))).toBe(0);
+      expect(compressedEntries(files[1]!).length).toBe(32);
+    } finally {
+      t.cleanup();
+    }
+  });
+
   /**
    * Apply a seeded mix of single-cluster compressed writes, normal writes (partial clusters included) and,
    * with `frees`, discards and zero writes, to a fresh image of ours and (through qemu-io) to QEMU's.
