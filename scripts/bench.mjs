@@ -2,7 +2,8 @@
 // Benchmarks, side by side in one run on tmpfs (never asserted in tests):
 //   qimg convert vs qemu-img convert: raw -> qcow2 and qcow2 -> raw of 1 GiB of random data;
 //   qio vs qemu-io: 4 KiB random writes into a new image;
-//   and, for reference, a bare Node fs copy (scripts/bench/node-copy.mjs) vs qemu-img's raw->raw copy.
+//   and, for reference, a bare Node fs copy (scripts/bench/node-copy.mjs) vs qemu-img's raw->raw copy;
+//   convert -c (zlib, zstd) and qio writes on LUKS: scripts/bench/compressed-encrypted.mjs (--compress-mib N).
 // Each measurement alternates the two tools over several rounds and reports the median time, the speed
 // ratio (qemu time / qcowkit time: >= 1 means qcowkit is at least as fast) and qcowkit's peak RSS.
 // How the figures are kept fair and steady (this VM's timings have outliers of 2-3x):
@@ -159,6 +160,10 @@ const qio = await compare(
 // The watched run's preparation made both images afresh and wrote only ours: write qemu-io's again.
 spawnSync("qemu-io", ["-f", "qcow2", ...cmds, p("w.qcow2")]);
 const same = spawnSync("qemu-img", ["compare", p("w.qcow2"), p("v.qcow2")], { encoding: "utf8" });
+// Compressed and encrypted images: at least 7 paired rounds, with min-max and QEMU's own noise band.
+console.log("");
+const { benchCompressedEncrypted } = await import("./bench/compressed-encrypted.mjs");
+await benchCompressedEncrypted({ dir, rounds: Math.max(rounds, 7), run, ours, median, mib: opt("--compress-mib", 128) });
 console.log(`\nqio and qemu-io images identical: ${same.status === 0 ? "yes" : "NO: " + same.stdout.trim()}`);
 console.log(`bare Node fs copy ${floor.ratio.toFixed(2)}x qemu-img's raw copy (reference: Node's start-up and its fs module, no format logic; qimg copies through the native addon)`);
 if (strippedCa) console.log("NODE_EXTRA_CA_CERTS was removed from the tools' environment (see the comment at the top of this script)");

@@ -78,3 +78,5 @@ export type { EncryptionOpenOptions, EncryptionFormat, EncryptionInfo } from "./
 export type { EncryptionCreateOptions } from "./crypto/create-encryption";
 export type { LuksInfo, LuksSlotInfo, LuksCreateOptions } from "./crypto/luks";
 export { validateEncryptionCreateOptions } from "./crypto/create-encryption";
+export { registerAesEngine, tableAesEngine } from "./crypto/aes-engine";
+export type { AesBlocks, AesEngine } from "./crypto/aes-engine";

@@ -18,11 +18,21 @@ import { NbdImage } from "./nbd/nbd-image";
 import { NbdStore } from "./nbd/nbd-store";
 import { isNbdFilename } from "./nbd/uri";
 import { connectNbd } from "./node/nbd-socket";
+import { installNodeCodecs } from "./node/codecs";
+import { nodeAesEngine, nodeDigest } from "./node/crypto";
+import { registerAesEngine } from "./crypto/aes-engine";
+import { registerSyncDigest } from "./crypto/hash";
 import { PROBE_BYTES, probeFormatName } from "./probe";
 import { RawImage } from "./raw-image";
 import type { ImageResolver, ResolveContext } from "./resolver";
 
 export * from "./index";
+
+// Compression on libuv's thread pool (node:zlib, native zstd) for every image opened through this entry.
+installNodeCodecs();
+// Encrypted images: AES and hashes through node:crypto.
+registerAesEngine(nodeAesEngine);
+registerSyncDigest(nodeDigest);
 
 export type ImageFormat = "qcow2" | "raw";
 

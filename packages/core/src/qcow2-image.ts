@@ -114,6 +114,17 @@ const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
 const MAX_DEFERRED_RANGES = 4096;
 
 const hex = (n: number) => `0x${n.toString(16)}`;
+
+/** Clusters of one compressed write compressed at the same time (QEMU runs up to 8 cluster tasks at once). */
+const COMPRESS_WINDOW = 8;
+
+/** A cluster's bytes for the compressor: the image's short last cluster padded with zeros, as QEMU pads it. */
+function padToCluster(piece: Uint8Array, clusterSize: number): Uint8Array {
+  if (piece.byteLength === clusterSize) return piece;
+  const padded = new Uint8Array(clusterSize);
+  padded.set(piece);
+  return padded;
+}
 /** Flags of a data cluster the active L1/L2 tables own alone. */
 const COPIED = { copied: true } as const;
 
@@ -698,8 +709,18 @@ export class Qcow2Image implements BlockImage {
     if (data.byteLength === 0) return;
     this.observe(guestOffset, data.byteLength);
     if (opts.compressed) {
-      const bytes = data instanceof StoreSlice ? await data.bytes() : data;
-      await this.lock.write(() => this.guard(() => this.writeCompressedUnlocked(guestOffset, bytes)));
+      // Compressed writes are compressed as they come (several at once when several are in flight) and
+      // placed one after the other in the order they were issued, so the file does not depend on timing.
+      const ticket = this.compressedIssued++;
+      try {
+        this.checkCompressedWrite(guestOffset, data.byteLength);
+        const bytes = data instanceof StoreSlice ? await data.bytes() : data;
+        const compressed = await this.compressClusters(bytes);
+        await this.compressedTurn(ticket);
+        await this.lock.write(() => this.guard(() => this.placeCompressedClusters(guestOffset, bytes, compressed)));
+      } finally {
+        this.endCompressedTurn(ticket);
+      }
     } else {
       // encryption: partial sectors are read, completed and rewritten: never concurrently (exclusive lock)
       const rmw = this.encryption !== undefined && !isSectorAligned(guestOffset, data.byteLength, this.virtualSize);
@@ -1111,23 +1132,77 @@ export class Qcow2Image implements BlockImage {
     return true;
   }
 
-  /** Compressed write of whole clusters (qemu-io write -c, convert -c). */
-  private async writeCompressedUnlocked(guestOffset: number, data: Uint8Array): Promise<void> {
+  /** Compressed writes issued so far, and the next one whose turn it is to be placed. */
+  private compressedIssued = 0;
+  private compressedPlaced = 0;
+  private readonly compressedWaiting = new Map<number, () => void>();
+
+  /** Wait until every compressed write issued before `ticket` has been placed (or has failed). */
+  private compressedTurn(ticket: number): Promise<void> {
+    if (ticket === this.compressedPlaced) return Promise.resolve();
+    return new Promise((resolve) => this.compressedWaiting.set(ticket, resolve));
+  }
+
+  private endCompressedTurn(ticket: number): void {
+    // A write that failed before its turn still waits for it, so turns end in order.
+    if (ticket !== this.compressedPlaced) {
+      const previous = this.compressedWaiting.get(ticket);
+      this.compressedWaiting.set(ticket, () => {
+        previous?.();
+        this.endCompressedTurn(ticket);
+      });
+      return;
+    }
+    this.compressedPlaced++;
+    const next = this.compressedWaiting.get(this.compressedPlaced);
+    if (next) {
+      this.compressedWaiting.delete(this.compressedPlaced);
+      next();
+    }
+  }
+
+  /** What QEMU refuses before compressing anything (qemu-io write -c, convert -c). */
+  private checkCompressedWrite(guestOffset: number, byteLength: number): void {
     const cs = this.clusterSize;
     if (this.hasDataFile) throw new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
     // encryption: compressed clusters would be stored in plain text (QEMU 7.2 does that; refused here)
     if (this.encryption) throw new Qcow2Error("NOT_SUPPORTED", "Compression and encryption not supported at the same time", { errno: "ENOTSUP" });
-    const end = guestOffset + data.byteLength;
-    if (guestOffset % cs !== 0 || (data.byteLength % cs !== 0 && end !== this.virtualSize)) {
+    const end = guestOffset + byteLength;
+    if (guestOffset % cs !== 0 || (byteLength % cs !== 0 && end !== this.virtualSize)) {
       throw new Qcow2Error("INVALID_ARGUMENT", "Compressed writes must be cluster aligned", { errno: "EINVAL" });
     }
+  }
+
+  /**
+   * Compress each cluster of `data` (a window of clusters at once: native codecs run on the thread pool):
+   * the compressed bytes, undefined where compression does not make a cluster smaller, or what the codec threw.
+   */
+  private async compressClusters(data: Uint8Array): Promise<Array<PromiseSettledResult<Uint8Array | undefined>>> {
+    const cs = this.clusterSize;
     const codec = await this.compression();
-    // Like QEMU's parallel cluster tasks, a cluster that cannot be written fails the request, but the other
-    // clusters of the request are still written.
+    const out: Array<PromiseSettledResult<Uint8Array | undefined>> = [];
+    for (let base = 0; base < data.byteLength; base += COMPRESS_WINDOW * cs) {
+      const window: Array<Promise<Uint8Array | undefined>> = [];
+      for (let at = base; at < Math.min(data.byteLength, base + COMPRESS_WINDOW * cs); at += cs) {
+        window.push(codec.compress(padToCluster(data.subarray(at, Math.min(data.byteLength, at + cs)), cs), cs - 1));
+      }
+      out.push(...(await Promise.allSettled(window)));
+    }
+    return out;
+  }
+
+  /**
+   * Place the compressed clusters of a write, in guest order (exclusive lock held). Like QEMU's parallel
+   * cluster tasks, a cluster that cannot be written fails the request, but the other clusters of the request
+   * are still written.
+   */
+  private async placeCompressedClusters(guestOffset: number, data: Uint8Array, compressed: Array<PromiseSettledResult<Uint8Array | undefined>>): Promise<void> {
+    const cs = this.clusterSize;
     let failure: unknown;
-    for (let pos = guestOffset; pos < end; pos += cs) {
+    for (const [i, result] of compressed.entries()) {
       try {
-        await this.writeCompressedCluster(codec, pos, data.subarray(pos - guestOffset, Math.min(end, pos + cs) - guestOffset));
+        if (result.status === "rejected") throw result.reason;
+        await this.placeCompressedCluster(guestOffset + i * cs, data.subarray(i * cs, Math.min(data.byteLength, (i + 1) * cs)), result.value);
       } catch (e) {
         failure ??= e;
       }
@@ -1135,18 +1210,13 @@ export class Qcow2Image implements BlockImage {
     if (failure !== undefined) throw failure;
   }
 
-  private async writeCompressedCluster(codec: CompressionCodec, pos: number, piece: Uint8Array): Promise<void> {
-    const cs = this.clusterSize;
-    const end = pos + piece.byteLength;
-    let chunk = piece;
-    if (chunk.byteLength < cs) {
-      const padded = new Uint8Array(cs);
-      padded.set(chunk);
-      chunk = padded;
-    }
-    const compressed = await codec.compress(chunk, cs - 1);
+  /**
+   * Store one cluster of a compressed write: `compressed` (undefined when compression did not make it
+   * smaller) for the guest cluster at `pos`, whose bytes are `piece` (the image's last cluster may be short).
+   */
+  private async placeCompressedCluster(pos: number, piece: Uint8Array, compressed: Uint8Array | undefined): Promise<void> {
     if (!compressed) {
-      await this.writeUnlocked(pos, chunk.subarray(0, Math.min(cs, end - pos)));
+      await this.writeUnlocked(pos, piece);
       return;
     }
     const t = await this.l2ForWrite(pos);
@@ -1168,30 +1238,37 @@ export class Qcow2Image implements BlockImage {
     await this.maybeWriteback();
   }
 
-  /** Sub-cluster byte allocation for compressed data (QEMU's qcow2_alloc_bytes), packing into the last cluster. */
-  private compressedTail: { offset: number; cluster: number } | undefined;
+  /**
+   * Byte offset where the next compressed cluster may start (QEMU's free_byte_offset): inside a host cluster
+   * that earlier compressed data partly fills; 0 when there is none.
+   */
+  private compressedTail = 0;
 
+  /**
+   * Sub-cluster byte allocation for compressed data, as QEMU's qcow2_alloc_bytes packs it: the data follows
+   * the previous compressed cluster byte after byte, and runs on into the next host cluster when that one is
+   * the next free cluster of the file (otherwise it starts a fresh host cluster). Every host cluster the
+   * bytes touch takes one reference; a partly used cluster whose refcount is at its maximum is left, and so
+   * is one that has been freed since (QEMU would still fill it, though it may have been reused meanwhile).
+   */
   private async allocateBytes(byteLength: number): Promise<number> {
     const cs = this.clusterSize;
-    const tail = this.compressedTail;
-    if (
-      tail &&
-      tail.offset % cs !== 0 &&
-      (tail.offset % cs) + byteLength <= cs &&
-      (await this.refcounts.get(tail.cluster)) < this.refcounts.maxValue
-    ) {
-      // Share the partially used cluster: one more reference to it.
-      const offset = tail.offset;
-      await this.refcounts.update(tail.cluster, 1, 1);
-      tail.offset += byteLength;
-      return offset;
+    let offset = this.refcounts.watchedFreed ? 0 : this.compressedTail;
+    if (offset !== 0 && (await this.refcounts.get(Math.floor(offset / cs))) >= this.refcounts.maxValue) offset = 0;
+    if (offset !== 0 && cs - (offset % cs) >= byteLength) {
+      // Fits in the partly used cluster: one more reference to it.
+      await this.refcounts.update(Math.floor(offset / cs), 1, 1);
+    } else {
+      // The new cluster takes its reference here; the partly used one before it one more when the data
+      // starts there and runs on into the new one.
+      const fresh = (await this.allocateMetadata(1, "compressed cluster")) * cs;
+      if (offset !== 0 && Math.ceil(offset / cs) * cs === fresh) await this.refcounts.update(Math.floor(offset / cs), 1, 1);
+      else offset = fresh;
     }
-    const clusters = Math.ceil(byteLength / cs);
-    const first = await this.allocateMetadata(clusters, "compressed cluster");
-    const offset = first * cs;
-    const endOffset = offset + byteLength;
-    this.compressedTail = { offset: endOffset, cluster: Math.floor((endOffset - 1) / cs) };
-    if (endOffset % cs === 0) this.compressedTail = undefined;
+    const end = offset + byteLength;
+    this.compressedTail = end % cs === 0 ? 0 : end;
+    this.refcounts.watched = this.compressedTail === 0 ? -1 : Math.floor(end / cs);
+    this.refcounts.watchedFreed = false;
     return offset;
   }
 

@@ -61,6 +61,12 @@ export class Refcounts {
   private readonly cache: BlockCache;
   /** Lowest cluster index that may be free (QEMU's free_cluster_index). */
   private freeHint = 0;
+  /**
+   * One cluster whose refcount dropping to zero sets `watchedFreed` (the engine watches the host cluster that
+   * its next compressed cluster may share: once freed, it may be reused for anything). -1: none.
+   */
+  watched = -1;
+  watchedFreed = false;
   private readonly deferred = new RangeList();
   private readonly updateHeader?: (offset: number, clusters: number) => Promise<void>;
   private readonly readOnly: boolean;
@@ -235,7 +241,10 @@ export class Refcounts {
         const idx = (clusterIndex + i) % this.blockEntries;
         const value = getRefcount(block.bytes, idx, this.refcountOrder) + delta;
         setRefcount(block.bytes, idx, this.refcountOrder, value);
-        if (value === 0 && clusterIndex + i < this.freeHint) this.freeHint = clusterIndex + i;
+        if (value === 0) {
+          if (clusterIndex + i === this.watched) this.watchedFreed = true;
+          if (clusterIndex + i < this.freeHint) this.freeHint = clusterIndex + i;
+        }
       }
       block.dirty = true;
     }

@@ -36,7 +36,20 @@ export function hashAlg(name: string): HashAlg {
   throw new Qcow2Error("NOT_SUPPORTED", `Unsupported hash algorithm '${name}'`, { errno: "ENOTSUP" });
 }
 
+/** A digest computed on the calling thread, where the runtime has one (the Node entry installs node:crypto's). */
+export type SyncDigest = (alg: HashAlg, data: Uint8Array) => Uint8Array;
+let syncDigest: SyncDigest | undefined;
+
+/**
+ * Use `f` for digests from now on. LUKS's key splitter hashes thousands of small pieces, where one
+ * asynchronous Web Crypto call per piece costs more than the hashing.
+ */
+export function registerSyncDigest(f: SyncDigest): void {
+  syncDigest = f;
+}
+
 export async function digest(alg: HashAlg, data: Uint8Array): Promise<Uint8Array> {
+  if (syncDigest) return syncDigest(alg, data);
   return new Uint8Array(await webCrypto().subtle.digest(WEB_NAME[alg], data));
 }
 

@@ -7,8 +7,8 @@
  * Supported ciphers: AES-128/192/256 in CBC or XTS mode (XTS keys are twice as long: data key, then tweak key).
  */
 import { Qcow2Error } from "@qcowkit/spec";
-import { Aes } from "./aes";
-import { BLOCK_BYTES, cbcDecrypt, cbcEncrypt, xtsCrypt } from "./block-modes";
+import { aesBlocks, type AesBlocks } from "./aes-engine";
+import { BLOCK_BYTES, cbcDecryptUnits, cbcEncryptUnits, xtsUnits } from "./block-modes";
 import { HASH_BYTES, digest, type HashAlg } from "./hash";
 
 export const SECTOR_BYTES = 512;
@@ -66,29 +66,27 @@ function essivKeyCheck(hash: HashAlg): void {
 }
 
 export class SectorCipher {
-  private readonly iv = new Uint8Array(BLOCK_BYTES);
-
   private constructor(
     readonly spec: CipherSpec,
-    private readonly dataKey: Aes,
-    private readonly tweakKey: Aes | undefined,
-    private readonly essivKey: Aes | undefined,
+    private readonly dataKey: AesBlocks,
+    private readonly tweakKey: AesBlocks | undefined,
+    private readonly essivKey: AesBlocks | undefined,
   ) {}
 
-  /** `key`: cipherKeyBytes(spec) bytes. */
+  /** `key`: cipherKeyBytes(spec) bytes. The AES runs on the engine installed now (see aes-engine.ts). */
   static async create(spec: CipherSpec, key: Uint8Array): Promise<SectorCipher> {
     const expected = cipherKeyBytes(spec);
     if (key.byteLength !== expected) {
       throw new Qcow2Error("INVALID_ARGUMENT", `Cipher key length ${key.byteLength} does not match ${spec.alg}-${spec.mode} (${expected} bytes)`);
     }
     const half = AES_KEY_BYTES[spec.alg];
-    const dataKey = new Aes(key.subarray(0, half));
-    const tweakKey = spec.mode === "xts" ? new Aes(key.subarray(half)) : undefined;
-    let essivKey: Aes | undefined;
+    const dataKey = aesBlocks(key.subarray(0, half));
+    const tweakKey = spec.mode === "xts" ? aesBlocks(key.subarray(half)) : undefined;
+    let essivKey: AesBlocks | undefined;
     if (spec.ivgen === "essiv") {
       const hash = spec.ivgenHash ?? "sha256";
       essivKeyCheck(hash);
-      essivKey = new Aes(await digest(hash, key));
+      essivKey = aesBlocks(await digest(hash, key));
     }
     return new SectorCipher(spec, dataKey, tweakKey, essivKey);
   }
@@ -103,33 +101,34 @@ export class SectorCipher {
     this.run(firstSector, data, true);
   }
 
-  /** Sector by sector; a last partial sector (LUKS key material) is one shorter unit of whole blocks. */
+  /** All sectors at once; a last partial sector (LUKS key material) is one shorter unit of whole blocks. */
   private run(firstSector: number, data: Uint8Array, decrypt: boolean): void {
-    for (let at = 0, sector = firstSector; at < data.byteLength; at += SECTOR_BYTES, sector++) {
-      const iv = this.ivFor(sector);
-      const unit = data.subarray(at, Math.min(data.byteLength, at + SECTOR_BYTES));
-      if (this.tweakKey) xtsCrypt(this.dataKey, this.tweakKey, iv, unit, decrypt);
-      else if (decrypt) cbcDecrypt(this.dataKey, iv, unit);
-      else cbcEncrypt(this.dataKey, iv, unit);
-    }
+    if (data.byteLength === 0) return;
+    const ivs = this.ivsFor(firstSector, Math.ceil(data.byteLength / SECTOR_BYTES));
+    if (this.tweakKey) xtsUnits(this.dataKey, this.tweakKey, ivs, data, SECTOR_BYTES, decrypt);
+    else if (decrypt) cbcDecryptUnits(this.dataKey, ivs, data, SECTOR_BYTES);
+    else cbcEncryptUnits(this.dataKey, ivs, data, SECTOR_BYTES);
   }
 
-  private ivFor(sector: number): Uint8Array {
-    const iv = this.iv;
-    iv.fill(0);
-    const low = sector >>> 0;
-    iv[0] = low;
-    iv[1] = low >>> 8;
-    iv[2] = low >>> 16;
-    iv[3] = low >>> 24;
-    if (this.spec.ivgen !== "plain") {
-      const high = Math.floor(sector / 2 ** 32) >>> 0;
-      iv[4] = high;
-      iv[5] = high >>> 8;
-      iv[6] = high >>> 16;
-      iv[7] = high >>> 24;
+  /** The IVs of `count` sectors from `firstSector`, 16 bytes each. */
+  private ivsFor(firstSector: number, count: number): Uint8Array {
+    const ivs = new Uint8Array(count * BLOCK_BYTES);
+    for (let k = 0; k < count; k++) {
+      const sector = firstSector + k;
+      const at = k * BLOCK_BYTES;
+      const low = sector >>> 0;
+      ivs[at] = low;
+      ivs[at + 1] = low >>> 8;
+      ivs[at + 2] = low >>> 16;
+      ivs[at + 3] = low >>> 24;
+      if (this.spec.ivgen !== "plain") {
+        const high = Math.floor(sector / 2 ** 32) >>> 0;
+        ivs[at + 4] = high;
+        ivs[at + 5] = high >>> 8;
+        ivs[at + 6] = high >>> 16;
+        ivs[at + 7] = high >>> 24;
+      }
     }
-    if (this.essivKey) this.essivKey.encryptBlock(iv, 0, iv, 0);
-    return iv;
+    return this.essivKey ? this.essivKey.encrypt(ivs) : ivs;
   }
 }
