@@ -86,3 +86,7 @@ export type { EncryptionOpenOptions, EncryptionFormat, EncryptionInfo } from "./
 export type { EncryptionCreateOptions } from "./crypto/create-encryption";
 export type { LuksInfo, LuksSlotInfo, LuksCreateOptions } from "./crypto/luks";
 export { validateEncryptionCreateOptions } from "./crypto/create-encryption";
+export { imageToStream } from "./stream-out";
+export type { ImageToStreamOptions } from "./stream-out";
+export { streamToImage, readQcow2StreamHeader, StreamBytes } from "./stream-in";
+export type { StreamToImageOptions, StreamToImageResult } from "./stream-in";
