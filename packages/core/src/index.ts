@@ -88,5 +88,5 @@ export type { LuksInfo, LuksSlotInfo, LuksCreateOptions } from "./crypto/luks";
 export { validateEncryptionCreateOptions } from "./crypto/create-encryption";
 export { imageToStream } from "./stream-out";
 export type { ImageToStreamOptions } from "./stream-out";
-export { streamToImage, readQcow2StreamHeader, StreamBytes } from "./stream-in";
+export { streamToImage, readQcow2StreamHeader, probeStream, StreamBytes } from "./stream-in";
 export type { StreamToImageOptions, StreamToImageResult } from "./stream-in";

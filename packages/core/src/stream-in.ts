@@ -44,6 +44,9 @@ import { getCodec, type CompressionCodec } from "./compression";
 export interface StreamToImageOptions {
   /** Default: probed from the first bytes (qcow2 magic, else raw). */
   format?: "raw" | "qcow2";
+  /** Raw streams, whose size is known at their end only: grow the target as bytes come, then size it exactly
+   *  (rounded up to 512 bytes). Otherwise the stream must fit in the target. */
+  growTarget?: boolean;
   /** The target reads as zeros already: zero runs and zero clusters are not written. */
   targetZeroInit?: boolean;
   /** Where bytes that cannot be placed yet are kept, created on first need (default: in memory). */
@@ -67,6 +70,8 @@ export interface StreamToImageResult {
 }
 
 const MIB = 1024 * 1024;
+/** Raw streams into a growing target: it is resized in steps of this size. */
+const GROW_STEP = 1024 * MIB;
 
 const truncated = (at: number) => new Qcow2Error("INVALID_IMAGE", `Truncated stream: it ends at byte ${at}`);
 
@@ -175,7 +180,7 @@ export async function streamToImage(
 }
 
 async function rawIn(bytes: StreamBytes, head: Uint8Array, target: BlockImage, o: StreamToImageOptions): Promise<StreamToImageResult> {
-  const size = target.virtualSize;
+  let size = target.virtualSize;
   const piece = Math.max(4096, Math.min(target.clusterSize, 2 * MIB));
   const block = 2 * MIB - ((2 * MIB) % piece);
   const buf = new Uint8Array(block);
@@ -183,6 +188,10 @@ async function rawIn(bytes: StreamBytes, head: Uint8Array, target: BlockImage, o
   let fill = head.byteLength;
   let at = 0;
   const flush = async (n: number) => {
+    if (at + n > size && o.growTarget) {
+      size = Math.ceil((at + n) / GROW_STEP) * GROW_STEP;
+      await target.resize(size);
+    }
     if (at + n > size) throw new Qcow2Error("OUT_OF_BOUNDS", `The stream is larger than the target (${size} bytes)`);
     // Piece by piece: zero pieces become holes (or zero writes), runs of data one write.
     let p = 0;
@@ -209,6 +218,10 @@ async function rawIn(bytes: StreamBytes, head: Uint8Array, target: BlockImage, o
     }
   }
   if (fill > 0) await flush(fill);
+  if (o.growTarget) {
+    const exact = Math.ceil(at / 512) * 512;
+    if (exact !== target.virtualSize) await target.resize(exact, { shrink: true });
+  }
   return { format: "raw", virtualSize: at, bytesRead: bytes.position, spilled: false };
 }
 
@@ -470,4 +483,52 @@ async function zeroSubclusters(target: BlockImage, guest: number, len: number, z
 
 function memoryScratch(): ByteStore {
   return new MemoryStore({ name: "stream scratch" });
+}
+
+/**
+ * Look at the start of a stream without losing it: its format (qcow2 magic, else raw) and, for qcow2, its
+ * decoded header (needed to create a target of the right size). `stream` gives every byte again.
+ */
+export async function probeStream(input: ReadableStream<Uint8Array>): Promise<{ format: "raw" | "qcow2"; header?: ImageHeader; stream: ReadableStream<Uint8Array> }> {
+  const bytes = new StreamBytes(input);
+  let head = (await bytes.read(HEADER_PROBE_BYTES)).bytes;
+  let header: ImageHeader | undefined;
+  const isQcow2 = head.byteLength >= 4 && viewOf(head).getUint32(0) === QCOW2_MAGIC;
+  if (isQcow2) {
+    if (head.byteLength < HEADER_PROBE_BYTES) throw truncated(bytes.position);
+    const cs = 2 ** decodeHeader(head).clusterBits;
+    const rest = await bytes.read(cs - head.byteLength);
+    if (rest.partial) throw truncated(bytes.position);
+    const cluster0 = new Uint8Array(cs);
+    cluster0.set(head);
+    cluster0.set(rest.bytes, head.byteLength);
+    head = cluster0;
+    header = readQcow2StreamHeader(cluster0);
+  }
+  let prefix: Uint8Array | undefined = head;
+  const stream = new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        if (prefix) {
+          const p = prefix;
+          prefix = undefined;
+          if (p.byteLength > 0) {
+            controller.enqueue(p);
+            return;
+          }
+        }
+        const next = await bytes.some(4 * MIB);
+        if (next) controller.enqueue(next.slice());
+        else {
+          bytes.release();
+          controller.close();
+        }
+      },
+      async cancel(reason) {
+        await bytes.cancel(reason);
+      },
+    },
+    { highWaterMark: 0 },
+  );
+  return { format: isQcow2 ? "qcow2" : "raw", ...(header ? { header } : {}), stream };
 }
