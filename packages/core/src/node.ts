@@ -315,4 +315,4 @@ async function createOnNbd(name: string, format: ImageFormat, opts: CreateImageO
 export { FileStore };
 export { connectNbd, connectNbdSocket } from "./node/nbd-socket";
 export type { OpenNbdOptions } from "./node/nbd-socket";
-export { readableFromFd, writeStreamToFd, webStreamFromNode, nodeReadableFromWeb, pipeWebStreamTo } from "./node/streams";
+export { readableFromFd, writeStreamToFd, writeAllToFd, webStreamFromNode, nodeReadableFromWeb, pipeWebStreamTo } from "./node/streams";

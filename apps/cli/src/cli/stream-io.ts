@@ -145,3 +145,20 @@ export function lazyScratch(what: string, err: (text: string) => void): { make()
     },
   };
 }
+
+/**
+ * Run `use` on an input operand that may be a stream: a stream is spooled to a temporary file first (said once
+ * on stderr) and `use` gets that file's name; the file is removed afterwards.
+ */
+export async function withSpooledInput<T>(operand: string, err: (text: string) => void, use: (path: string, spooled: boolean) => Promise<T>): Promise<T> {
+  if (!isStreamOperand(operand, "in")) return use(operand, false);
+  const input = openStreamOperand(operand, "in");
+  let spool: { path: string; remove(): void } | undefined;
+  try {
+    spool = await spoolStream(readStream(input), operand, err);
+    return await use(spool.path, true);
+  } finally {
+    spool?.remove();
+    input.close();
+  }
+}

@@ -48,6 +48,19 @@ export function readableFromFd(fd: number, chunkBytes = CHUNK): ReadableStream<U
   );
 }
 
+/** Write all of `bytes` to an open file descriptor at its current position (waiting out EAGAIN). */
+export async function writeAllToFd(fd: number, bytes: Uint8Array): Promise<void> {
+  let chunk = bytes;
+  while (chunk.byteLength > 0) {
+    try {
+      chunk = chunk.subarray(await fdWrite(fd, chunk));
+    } catch (e) {
+      if (!isAgain(e)) throw e;
+      await sleep(2);
+    }
+  }
+}
+
 /** Write a stream to an open file descriptor in order (each chunk written fully before the next is pulled). */
 export async function writeStreamToFd(stream: ReadableStream<Uint8Array>, fd: number): Promise<number> {
   let total = 0;
@@ -56,20 +69,8 @@ export async function writeStreamToFd(stream: ReadableStream<Uint8Array>, fd: nu
     for (;;) {
       const r = await reader.read();
       if (r.done) return total;
-      let chunk = r.value;
-      while (chunk.byteLength > 0) {
-        try {
-          const n = await fdWrite(fd, chunk);
-          chunk = chunk.subarray(n);
-          total += n;
-        } catch (e) {
-          if (isAgain(e)) {
-            await sleep(2);
-            continue;
-          }
-          throw e;
-        }
-      }
+      await writeAllToFd(fd, r.value);
+      total += r.value.byteLength;
     }
   } catch (e) {
     await reader.cancel(e).catch(() => undefined);
