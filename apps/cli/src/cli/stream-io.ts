@@ -79,13 +79,12 @@ function installHandlers(): void {
     temps.clear();
   };
   process.on("exit", clean);
-  for (const [signal, code] of [
-    ["SIGINT", 130],
-    ["SIGTERM", 143],
-  ] as const) {
-    process.on(signal, () => {
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.once(signal, () => {
       clean();
-      process.exit(code);
+      // Die of the signal itself (the shell sees 128 + its number). process.exit() could wait for a read
+      // blocked on the input pipe.
+      process.kill(process.pid, signal);
     });
   }
 }
