@@ -5,28 +5,13 @@
 import { writeFileSync, readFileSync, statSync } from "node:fs";
 import { afterAll, describe, expect, it } from "vitest";
 import { createImage, imageToStream, openImage, streamToImage, type BlockImage, type ImageToStreamOptions } from "../src/node";
+import { collect } from "./browser/stream-consumer";
 import { qemu, qemuStatus, rng, tempDir } from "./helpers";
 
 const t = tempDir("qcowkit-streams-");
 afterAll(() => t.cleanup());
 let n = 0;
 const name = (ext: string) => t.path(`f${n++}.${ext}`);
-
-async function collect(stream: ReadableStream<Uint8Array>): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  let total = 0;
-  for await (const p of stream as unknown as AsyncIterable<Uint8Array>) {
-    parts.push(p.slice());
-    total += p.byteLength;
-  }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
-  return out;
-}
 
 function streamOf(bytes: Uint8Array, piece = 65536): ReadableStream<Uint8Array> {
   let at = 0;

@@ -14,7 +14,8 @@ async function newImage(size: number): Promise<Qcow2Image> {
   return Qcow2Image.open(store, { readOnly: false });
 }
 
-async function collect(stream: ReadableStream<Uint8Array>): Promise<Uint8Array> {
+/** Every chunk of a stream, joined. */
+export async function collect(stream: ReadableStream<Uint8Array>): Promise<Uint8Array> {
   const reader = stream.getReader();
   const parts: Uint8Array[] = [];
   let total = 0;
