@@ -374,7 +374,7 @@ async function qcow2In(bytes: StreamBytes, head: Uint8Array, target: BlockImage,
     queue.push(item);
   };
   while (pendingWork > 0) {
-    const item = queue.pop()!;
+    let item = queue.pop()!;
     if (item.kind === "skip") {
       // Bytes known not to be needed (refcount blocks): read past them without keeping them.
       if (item.offset >= bytes.position) await bytes.skip(item.offset - bytes.position, spill);
@@ -383,6 +383,19 @@ async function qcow2In(bytes: StreamBytes, head: Uint8Array, target: BlockImage,
       continue;
     }
     pendingWork--;
+    if (item.kind === "data" && item.alloc === 0xffffffff) {
+      // Clusters that follow each other in the stream and in the guest: one read, one write.
+      let length = item.length;
+      for (;;) {
+        const next = queue.peek();
+        if (length >= 2 * MIB || !next || next.kind !== "data" || next.alloc !== 0xffffffff) break;
+        if (next.offset !== item.offset + length || next.guest !== item.guest + length) break;
+        queue.pop();
+        pendingWork--;
+        length += next.length;
+      }
+      item = { ...item, length };
+    }
     const data = await fetch(item, item.kind === "compressed" && pendingWork === 0);
     switch (item.kind) {
       case "l1": {
@@ -436,7 +449,7 @@ async function qcow2In(bytes: StreamBytes, head: Uint8Array, target: BlockImage,
         break;
       }
       case "data": {
-        const len = Math.min(cs, size - item.guest);
+        const len = Math.min(item.length, size - item.guest);
         if (item.alloc === 0xffffffff) {
           await target.write(item.guest, data.subarray(0, len));
         } else {

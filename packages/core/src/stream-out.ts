@@ -84,7 +84,7 @@ export function imageToStream(image: BlockImage, options: ImageToStreamOptions =
       if (options[k] !== undefined && options[k] !== false) throw new Qcow2Error("INVALID_ARGUMENT", `Option '${k}' needs a qcow2 stream`);
     }
   }
-  const chunks = format === "raw" ? rawChunks(image, options) : qcow2Chunks(image, options);
+  const chunks = format === "raw" ? rawChunks(image, options) : coalesce(qcow2Chunks(image, options), Math.max(512, options.chunkBytes ?? DEFAULT_CHUNK));
   return fromAsyncIterator(chunks, options.signal);
 }
 
@@ -113,6 +113,34 @@ export function fromAsyncIterator(it: AsyncGenerator<Uint8Array>, signal?: Abort
     },
     { highWaterMark: 1 },
   );
+}
+
+/** Join small chunks (tables, single clusters, compressed payloads) into chunks of `size` bytes. */
+async function* coalesce(source: AsyncGenerator<Uint8Array>, size: number): AsyncGenerator<Uint8Array> {
+  let buf = new Uint8Array(size);
+  let fill = 0;
+  try {
+    for await (const chunk of source) {
+      if (fill === 0 && chunk.byteLength >= size) {
+        yield chunk;
+        continue;
+      }
+      for (let off = 0; off < chunk.byteLength; ) {
+        const n = Math.min(size - fill, chunk.byteLength - off);
+        buf.set(chunk.subarray(off, off + n), fill);
+        fill += n;
+        off += n;
+        if (fill === size) {
+          yield buf;
+          buf = new Uint8Array(size);
+          fill = 0;
+        }
+      }
+    }
+    if (fill > 0) yield buf.subarray(0, fill);
+  } finally {
+    await source.return(undefined);
+  }
 }
 
 function throwIfAborted(signal: AbortSignal | undefined): void {

@@ -34,7 +34,7 @@ describe("stream API in a browser bundle", () => {
       TextEncoder,
       TextDecoder,
       AbortController,
-      WebAssembly,
+      WebAssembly: (globalThis as Record<string, unknown>).WebAssembly,
       console,
       setTimeout,
       clearTimeout,
