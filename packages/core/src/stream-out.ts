@@ -535,12 +535,6 @@ class ClusterReader {
     return this.win.bytes.slice(off, off + cs);
   }
 
-  private async zeroMap(img: BlockImage, from: number, to: number): Promise<BlockStatusExtent[]> {
-    const end = Math.min(to, img.virtualSize);
-    if (from >= end) return [];
-    return img.blockStatus(from, end - from);
-  }
-
   async *clusters(signal: AbortSignal | undefined, progress: (done: number) => void): AsyncGenerator<PlannedCluster> {
     const cs = this.g.clusterSize;
     const window = Math.floor(this.window / cs) * cs;
@@ -553,10 +547,8 @@ class ClusterReader {
       if (next >= this.size) break;
       from = Math.max(from, Math.floor(next / cs) * cs);
       const to = Math.min(this.size, from + window);
-      const srcExtents = await this.zeroMap(this.image, from, to);
-      const baseExtents = this.base ? await this.zeroMap(this.base, from, to) : [];
-      const srcData = srcExtents.some((e) => !e.zero);
-      const baseData = this.base !== undefined && baseExtents.some((e) => !e.zero);
+      const srcData = (await srcNext.from(from)) < to;
+      const baseData = baseNext !== undefined && (await baseNext.from(from)) < to;
       if (!srcData && !baseData) {
         progress(to);
         continue;
