@@ -23,15 +23,20 @@ const isAgain = (e: unknown) => (e as NodeJS.ErrnoException)?.code === "EAGAIN";
 
 /** The bytes of an open file descriptor, read in order until its end (pull-driven: no read-ahead). */
 export function readableFromFd(fd: number, chunkBytes = CHUNK): ReadableStream<Uint8Array> {
+  // One buffer is read into; a full one is handed over (and replaced), a partial read is copied out (pipes
+  // give at most their capacity, 64 KiB, per read).
+  let buf = new Uint8Array(chunkBytes);
   return new ReadableStream<Uint8Array>(
     {
       async pull(controller) {
-        const buf = new Uint8Array(chunkBytes);
         for (;;) {
           try {
             const n = await fdRead(fd, buf);
             if (n === 0) controller.close();
-            else controller.enqueue(n === buf.byteLength ? buf : buf.subarray(0, n));
+            else if (n === buf.byteLength) {
+              controller.enqueue(buf);
+              buf = new Uint8Array(chunkBytes);
+            } else controller.enqueue(buf.slice(0, n));
             return;
           } catch (e) {
             // A non-blocking descriptor (a pipe a parent left in O_NONBLOCK): wait for data.
