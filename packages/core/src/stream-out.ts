@@ -57,7 +57,8 @@ export interface ImageToStreamOptions {
   /** qcow2: the backing file name stored in the stream. */
   backingFile?: string;
   backingFormat?: string;
-  /** qcow2 incremental stream: only clusters whose content differs from `base` are carried. */
+  /** qcow2 incremental stream: only clusters whose content differs from `base` are carried (give `backingFile`
+   *  too: the name the stream stores for it). */
   base?: BlockImage;
   /** Payload bytes the plan keeps so that the emitting pass does not read them again (default 64 MiB). */
   bufferBytes?: number;
@@ -84,7 +85,7 @@ export function imageToStream(image: BlockImage, options: ImageToStreamOptions =
       if (options[k] !== undefined && options[k] !== false) throw new Qcow2Error("INVALID_ARGUMENT", `Option '${k}' needs a qcow2 stream`);
     }
   }
-  const chunks = format === "raw" ? rawChunks(image, options) : coalesce(qcow2Chunks(image, options), Math.max(512, options.chunkBytes ?? DEFAULT_CHUNK));
+  const chunks = format === "raw" ? rawChunks(image, options) : coalesce(qcow2Chunks(image, options, qcow2Settings(image, options)), Math.max(512, options.chunkBytes ?? DEFAULT_CHUNK));
   return fromAsyncIterator(chunks, options.signal);
 }
 
@@ -191,7 +192,8 @@ interface Geometry {
 /** The plan: per L2 table index, the plan value of each of its clusters (only tables with something in them). */
 type Plan = Map<number, Int32Array>;
 
-async function* qcow2Chunks(image: BlockImage, o: ImageToStreamOptions): AsyncGenerator<Uint8Array> {
+/** The stream's qcow2 settings, checked as qemu-img create checks them (eagerly: before the first pull). */
+function qcow2Settings(image: BlockImage, o: ImageToStreamOptions): { size: number; v: ReturnType<typeof validateCreateOptions>; g: Geometry } {
   const size = Math.ceil(image.virtualSize / 512) * 512;
   const v = validateCreateOptions({
     size,
@@ -203,8 +205,10 @@ async function* qcow2Chunks(image: BlockImage, o: ImageToStreamOptions): AsyncGe
     ...(o.backingFile !== undefined ? { backingFile: o.backingFile } : {}),
     ...(o.backingFormat !== undefined ? { backingFormat: o.backingFormat } : {}),
   });
-  if (o.base && o.base.virtualSize < image.virtualSize && o.backingFile === undefined) {
-    // A shorter base reads as zeros past its end, as QEMU's backing files do: nothing to refuse.
+  if ((o.base === undefined) !== (o.backingFile === undefined)) {
+    // The stream leaves clusters equal to the base unallocated: they must read from a backing file that the
+    // stream names, and a named backing file must be compared against.
+    throw new Qcow2Error("INVALID_ARGUMENT", "An incremental stream needs both 'base' (the image) and 'backingFile' (its name)");
   }
   const g: Geometry = {
     clusterSize: v.clusterSize,
@@ -216,8 +220,13 @@ async function* qcow2Chunks(image: BlockImage, o: ImageToStreamOptions): AsyncGe
     l2Reach: 0,
   };
   g.l2Reach = g.l2Entries * g.clusterSize;
+  return { size, v, g };
+}
+
+async function* qcow2Chunks(image: BlockImage, o: ImageToStreamOptions, settings: ReturnType<typeof qcow2Settings>): AsyncGenerator<Uint8Array> {
+  const { size, v, g } = settings;
   const codec = o.compress ? await getCodec(v.compressionType) : undefined;
-  const hasBacking = o.backingFile !== undefined || o.base !== undefined;
+  const hasBacking = o.base !== undefined;
   const cache = new PayloadCache(o.bufferBytes ?? DEFAULT_BUFFER);
   const progress = (done: number) => o.onProgress?.(done, 2 * size);
 

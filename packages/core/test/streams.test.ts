@@ -196,6 +196,21 @@ describe("imageToStream: qcow2 laid out for one forward write", () => {
   });
 });
 
+describe("imageToStream: refusals", () => {
+  it("checks the create options before the first read, with qemu-img's messages", async () => {
+    const src = makeSource("1M", 71);
+    const img = await openImage(src, { readOnly: true });
+    try {
+      expect(() => imageToStream(img, { clusterSize: 3000 })).toThrow("Cluster size must be a power of two between 512 and 2048k");
+      expect(() => imageToStream(img, { extendedL2: true, version: 2 })).toThrow(/Extended L2 entries are only supported with compatibility level 1.1/);
+      expect(() => imageToStream(img, { base: img })).toThrow("An incremental stream needs both 'base' (the image) and 'backingFile' (its name)");
+      expect(() => imageToStream(img, { format: "raw", compress: true })).toThrow("Option 'compress' needs a qcow2 stream");
+    } finally {
+      await img.close();
+    }
+  });
+});
+
 describe("streamToImage", () => {
   it("converts a QEMU image whose L1 table moved behind the data (spilled to scratch)", async () => {
     const src = makeSource("4M", 21);
