@@ -107,6 +107,15 @@ describe("qimg convert to a stream", () => {
     await same(p("diff.qcow2"), p("today.raw"), "qcow2", "raw");
     // Applied over a copy of the base with qemu-img commit, it gives the new disk.
     expectOk(sh(`cp disk.raw applied.raw && cp diff.qcow2 applied.qcow2 && qemu-img rebase -q -u -b applied.raw -F raw applied.qcow2 && qemu-img commit -q applied.qcow2 && cmp applied.raw today.raw`));
+    // Read from a pipe, the diff becomes a qcow2 over the same base.
+    expectOk(sh(`cat diff.qcow2 | $Q convert -O qcow2 - received.qcow2`));
+    const received = JSON.parse((await qemuImg(["info", "--output=json", p("received.qcow2")])).stdout);
+    expect(received["backing-filename"]).toBe("disk.raw");
+    await checkClean(p("received.qcow2"));
+    await same(p("received.qcow2"), p("today.raw"), "qcow2", "raw");
+    const toRaw = sh(`cat diff.qcow2 | $Q convert -O raw - flat.raw`);
+    expect(toRaw.stderr).toBe("qimg: The stream has a backing file (disk.raw): convert it to qcow2, or give -B\n");
+    expect(toRaw.code).toBe(1);
   });
 
   it("a 1 TiB sparse image streams small and comes back through a pipe with bounded memory", async () => {
