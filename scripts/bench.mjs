@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // Benchmarks, side by side in one run on tmpfs (never asserted in tests):
 //   qimg convert vs qemu-img convert: raw -> qcow2 and qcow2 -> raw of 1 GiB of random data;
+//   streams: raw -> qcow2 written to a pipe (qimg, one pass) vs qemu-img convert to a file plus cat, and a
+//   qcow2 on stdin -> raw (qimg) vs cat to a file plus qemu-img convert;
 //   qio vs qemu-io: 4 KiB random writes into a new image;
 //   and, for reference, a bare Node fs copy (scripts/bench/node-copy.mjs) vs qemu-img's raw->raw copy;
 //   convert -c (zlib, zstd) and qio writes on LUKS: scripts/bench/compressed-encrypted.mjs (--compress-mib N).
@@ -73,7 +75,7 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
  * Time `qemuCmd` against `oursCmd` (each `[cmd, args]`); `prepare` runs before every run of either (deletes
  * the output). One uncounted warm-up round, then `rounds` alternating rounds, then one watched run of ours.
  */
-async function compare(title, prepare, qemuCmd, oursCmd, unitBytes) {
+async function compare(title, prepare, qemuCmd, oursCmd, unitBytes, measurePeak) {
   const q = [];
   const o = [];
   const once = async (cmd, watch) => {
@@ -87,11 +89,15 @@ async function compare(title, prepare, qemuCmd, oursCmd, unitBytes) {
     const order = r % 2 === 0 ? [[q, qemuCmd], [o, oursCmd]] : [[o, oursCmd], [q, qemuCmd]];
     for (const [times, cmd] of order) times.push((await once(cmd, false)).ms);
   }
-  const { peak } = await once(oursCmd, true);
+  let { peak } = await once(oursCmd, !measurePeak);
+  if (measurePeak) {
+    await prepare();
+    peak = measurePeak();
+  }
   const qm = median(q);
   const om = median(o);
   const rate = (ms) => (unitBytes ? `${(unitBytes / 1048576 / (ms / 1000)).toFixed(0)} MiB/s` : `${((writes / ms) * 1000).toFixed(0)} IOPS`);
-  const line = `${title.padEnd(34)} qemu ${rate(qm).padStart(11)}   qcowkit ${rate(om).padStart(11)}   ratio ${(qm / om).toFixed(2)}x   qcowkit peak RSS ${peak.toFixed(0)} MiB`;
+  const line = `${title.padEnd(40)} qemu ${rate(qm).padStart(11)}   qcowkit ${rate(om).padStart(11)}   ratio ${(qm / om).toFixed(2)}x   qcowkit peak RSS ${peak.toFixed(0)} MiB`;
   console.log(line);
   return { title, qemuMs: qm, oursMs: om, ratio: qm / om, peakMiB: peak };
 }
@@ -131,7 +137,34 @@ results.push(
     bytes,
   ),
 );
-rmAll("q.raw", "o.raw", "src.qcow2")();
+// Streams: qimg writes a qcow2 to a pipe in one pass; qemu-img cannot, so its side is the two-step
+// convert to a file plus cat. And a qcow2 arriving on stdin: qemu-img needs it in a file first.
+const sh = (script) => ["sh", ["-c", script]];
+const qimgCmd = `${JSON.stringify(process.execPath)} ${JSON.stringify(binFile("qimg"))}`;
+/** Peak RSS (MiB) of the qimg process inside a pipeline: /usr/bin/time -f %M around it. */
+function pipelinePeak(script) {
+  const r = spawnSync("sh", ["-c", script.replace(qimgCmd, `/usr/bin/time -f 'rss=%M' ${qimgCmd}`)], { encoding: "utf8", env: childEnv });
+  const m = /rss=(\d+)/.exec(r.stderr);
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+for (const [title, prepare, qemuScript, oursScript] of [
+  [
+    `stream raw -> qcow2 | cat (${sizeMiB} MiB)`,
+    rmAll("q.qcow2", "q.out", "o.out"),
+    `qemu-img convert -f raw -O qcow2 ${src} ${p("q.qcow2")} && cat ${p("q.qcow2")} > ${p("q.out")}`,
+    `${qimgCmd} convert -f raw -O qcow2 ${src} - | cat > ${p("o.out")}`,
+  ],
+  [
+    `stream stdin qcow2 -> raw (${sizeMiB} MiB)`,
+    rmAll("q.in", "q.raw", "o.raw"),
+    `cat ${qcow2Src} > ${p("q.in")} && qemu-img convert -f qcow2 -O raw ${p("q.in")} ${p("q.raw")}`,
+    `cat ${qcow2Src} | ${qimgCmd} convert -f qcow2 -O raw - ${p("o.raw")}`,
+  ],
+]) {
+  const r = await compare(title, prepare, sh(qemuScript), sh(oursScript), bytes, () => pipelinePeak(oursScript));
+  results.push(r);
+}
+rmAll("q.raw", "o.raw", "src.qcow2", "q.qcow2", "q.out", "o.out", "q.in")();
 // The floor: a bare Node copy (no format logic) against qemu-img's raw copy, for reading the ratios above.
 const floor = await compare(
   `floor: bare Node copy vs raw->raw`,

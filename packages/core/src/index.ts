@@ -80,3 +80,7 @@ export type { LuksInfo, LuksSlotInfo, LuksCreateOptions } from "./crypto/luks";
 export { validateEncryptionCreateOptions } from "./crypto/create-encryption";
 export { registerAesEngine, tableAesEngine } from "./crypto/aes-engine";
 export type { AesBlocks, AesEngine } from "./crypto/aes-engine";
+export { imageToStream } from "./stream-out";
+export type { ImageToStreamOptions } from "./stream-out";
+export { streamToImage, readQcow2StreamHeader, probeStream, StreamBytes } from "./stream-in";
+export type { StreamToImageOptions, StreamToImageResult } from "./stream-in";

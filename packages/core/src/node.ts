@@ -394,3 +394,4 @@ export { FileStore };
 export type { LockingMode } from "./node/open-policy";
 export { connectNbd, connectNbdSocket } from "./node/nbd-socket";
 export type { OpenNbdOptions } from "./node/nbd-socket";
+export { readableFromFd, writeStreamToFd, writeAllToFd, webStreamFromNode, nodeReadableFromWeb, pipeWebStreamTo } from "./node/streams";

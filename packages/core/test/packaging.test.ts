@@ -1,6 +1,6 @@
 /**
  * The libraries install alone from their packed tarballs (each with only the @qcowkit packages it depends
- * on), and examples/custom-frontend.mjs works on the packed core.
+ * on), and examples/custom-frontend.mjs and examples/stream-to-stdout.mjs work on the packed core.
  */
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -95,5 +95,15 @@ describe("packed libraries", () => {
     const out = JSON.parse(execFileSync("node", ["custom-frontend.mjs", "disk.qcow2"], { cwd: dir, encoding: "utf8" }));
     const expected = createHash("sha256").update(readFileSync(join(dir, "disk.raw"))).digest("hex");
     expect(out).toEqual({ virtualSize: 8 * 1024 * 1024, sha256: expected });
+  }, 60_000);
+
+  it("examples/stream-to-stdout.mjs streams a qcow2 through a pipe that qemu-img checks and compares", () => {
+    const dir = join(t.dir, "install-core");
+    cpSync(join(root, "examples", "stream-to-stdout.mjs"), join(dir, "stream-to-stdout.mjs"));
+    qemu("qemu-img", ["create", "-q", "-f", "qcow2", join(dir, "src.qcow2"), "8M"]);
+    qemu("qemu-io", ["-c", "write -P 0x42 1M 3M", join(dir, "src.qcow2")]);
+    execFileSync("bash", ["-o", "pipefail", "-c", "node stream-to-stdout.mjs --compress src.qcow2 2>/dev/null | cat > out.qcow2"], { cwd: dir });
+    expect(qemu("qemu-img", ["check", join(dir, "out.qcow2")])).toContain("No errors were found on the image.");
+    expect(qemu("qemu-img", ["compare", join(dir, "src.qcow2"), join(dir, "out.qcow2")])).toContain("Images are identical.");
   }, 60_000);
 });

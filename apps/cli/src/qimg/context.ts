@@ -43,3 +43,18 @@ export function parseCommand(args: readonly string[], ctx: CommandContext, spec:
   }
   return parsed;
 }
+
+/**
+ * A command whose image operand (the last argument) may be a stream: the stream is spooled to a temporary
+ * file (said once on stderr, removed afterwards) and the command runs on that file.
+ */
+export function acceptingStreamInput(command: QimgCommand, isStream: (arg: string) => boolean, spool: (operand: string, ctx: CommandContext, use: (path: string) => Promise<number>) => Promise<number>): QimgCommand {
+  return {
+    name: command.name,
+    run(args, ctx) {
+      const last = args.at(-1);
+      if (last === undefined || args.length < 1 || !isStream(last) || (args.length >= 2 && /^-[a-zA-Z]*[fTro]$/.test(args.at(-2)!))) return command.run(args, ctx);
+      return spool(last, ctx, (path) => command.run([...args.slice(0, -1), path], ctx));
+    },
+  };
+}

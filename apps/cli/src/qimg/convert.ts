@@ -30,6 +30,7 @@ import { CACHE_MODES } from "./compare";
 import { FORCE_SHARE_OPTION, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, parseCommand, type CommandContext, type QimgCommand } from "./context";
 import { addBackingOptions, createWithDriver, optionHelp } from "./create";
 import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat } from "./create-options";
+import { convertWithStreams, involvesStreams } from "./convert-stream";
 
 /** -l: "snapshot.id=ID,snapshot.name=NAME" or "ID_OR_NAME". */
 function parseSnapshotParam(text: string): SnapshotSelector {
@@ -212,6 +213,9 @@ export const convertCommand: QimgCommand = {
     }
     if (operands.length < 2) throw new CliError("Must specify image file name");
     if (!CACHE_MODES.includes(a.srcCache)) throw new CliError(`Invalid source cache option: ${a.srcCache}`);
+    if (involvesStreams(operands.slice(0, -1), outFilename!)) {
+      return convertWithStreams(operands.slice(0, -1), outFilename!, { ...a, outFmt, hasSnapshot: a.snapshot !== undefined }, ctx);
+    }
     const bar = new Progress(ctx.io, a.progress && !a.quiet, 1.0);
     bar.print(0, 100);
     const sources: BlockImage[] = [];

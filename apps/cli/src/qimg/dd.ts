@@ -13,6 +13,22 @@ import { sizeArgument } from "../cli/size";
 import { defineObject } from "../cli/secrets";
 import type { QimgCommand } from "./context";
 import { helpText } from "./help";
+import { isStreamOperand, openStreamOperand, withSpooledInput, type StreamEndpoint } from "../cli/stream-io";
+import { writeAllToFd } from "@qcowkit/core/node";
+
+/** dd's output when it is a stream: the blocks are written in order as they come. */
+class StreamSink {
+  constructor(
+    private readonly endpoint: StreamEndpoint,
+    readonly size: number,
+  ) {}
+  async write(_offset: number, data: Uint8Array): Promise<void> {
+    await writeAllToFd(this.endpoint.fd, data);
+  }
+  async close(): Promise<void> {
+    this.endpoint.close();
+  }
+}
 
 const INT_MAX = 2147483647n;
 
@@ -85,13 +101,22 @@ export const ddCommand: QimgCommand = {
       }
     }
     if (input === undefined || output === undefined) throw new CliError("Must specify both input and output files");
+    if (isStreamOperand(input, "in")) {
+      // A stream input is spooled (dd's skip and count need its size); the command runs on the copy.
+      const operand = input;
+      return withSpooledInput(operand, (t) => ctx.io.err(t), (path) =>
+        ddCommand.run(args.map((arg) => (arg === `if=${operand}` ? `if=${path}` : arg)), ctx),
+      );
+    }
+    const toStream = isStreamOperand(output, "out");
+    if (toStream && outFormat !== "raw") throw new CliError("A stream output of dd must be raw (use convert for qcow2 streams)");
     const src = await openCliImage(input, {
       readOnly: true,
       forceShare,
       ...(format !== undefined ? { format } : {}),
       onWarning: (w) => ctx.io.err(`${w}\n`),
     });
-    let dst: BlockImage | undefined;
+    let dst: Pick<BlockImage, "write" | "close"> | undefined;
     try {
       if (outFormat !== "raw" && outFormat !== "qcow2") throw new CliError("Unknown file format");
       let size = BigInt(src.virtualSize);
@@ -99,15 +124,19 @@ export const ddCommand: QimgCommand = {
       if (count !== undefined && count * bsz < size) size = count * bsz;
       const skipBeyond = skip !== undefined && size < bsz * skip;
       const outSize = skipBeyond ? 0n : size - bsz * (skip ?? 0n);
-      try {
-        await createImage(output, { format: outFormat, size: Number(outSize) });
-      } catch (e) {
-        throw new CliError(`${output}: error while creating output image: ${errorText(e)}`, { cause: e });
-      }
-      try {
-        dst = await openImage(output, { format: outFormat, readOnly: false });
-      } catch (e) {
-        throw new CliError(`Could not open '${output}': ${errorText(e)}`, { cause: e });
+      if (toStream) {
+        dst = new StreamSink(openStreamOperand(output, "out"), Number(outSize));
+      } else {
+        try {
+          await createImage(output, { format: outFormat, size: Number(outSize) });
+        } catch (e) {
+          throw new CliError(`${output}: error while creating output image: ${errorText(e)}`, { cause: e });
+        }
+        try {
+          dst = await openImage(output, { format: outFormat, readOnly: false });
+        } catch (e) {
+          throw new CliError(`Could not open '${output}': ${errorText(e)}`, { cause: e });
+        }
       }
       let inPos: number;
       if (skipBeyond) {
@@ -135,7 +164,7 @@ export const ddCommand: QimgCommand = {
         outPos += n;
       }
     } catch (e) {
-      await closeQuietly(dst);
+      await dst?.close().catch(() => undefined);
       await closeQuietly(src);
       throw e;
     }

@@ -21,16 +21,24 @@ import { rebaseCommand } from "./rebase";
 import { commitCommand } from "./commit";
 import { bitmapCommand } from "./bitmap";
 import { ddCommand } from "./dd";
+import { acceptingStreamInput, type CommandContext } from "./context";
+import { isStreamOperand, withSpooledInput } from "../cli/stream-io";
 import { benchCommand } from "./bench";
+
+
+/** info, check and map on a stream: the stream is spooled to a temporary file. */
+function streamable(command: QimgCommand): QimgCommand {
+  return acceptingStreamInput(command, (arg) => isStreamOperand(arg, "in"), (operand, ctx: CommandContext, use) => withSpooledInput(operand, (t) => ctx.io.err(t), use));
+}
 
 const COMMANDS: QimgCommand[] = [
   amendCommand,
-  checkCommand,
+  streamable(checkCommand),
   compareCommand,
   convertCommand,
   createCommand,
-  infoCommand,
-  mapCommand,
+  streamable(infoCommand),
+  streamable(mapCommand),
   resizeCommand,
   snapshotCommand,
   commitCommand,

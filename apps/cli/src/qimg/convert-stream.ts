@@ -1,0 +1,225 @@
+/**
+ * qimg convert with stream operands (see docs/streams.md): a thin frontend over @qcowkit/core's
+ * imageToStream and streamToImage.
+ *
+ * - stream target: the single source goes out as raw (every byte) or as a qcow2 laid out for one forward
+ *   write; -c, -o cluster_size/compat/refcount_bits/extended_l2/compression_type and -B/-F (incremental)
+ *   carry over; options that need a seekable target are refused in one line;
+ * - stream source: a qcow2 stream is converted in one pass (bytes it refers back to are spooled), a raw one
+ *   is read in order into a target that grows with it;
+ * - both: raw to raw is copied through; otherwise the source is spooled to a temporary file first.
+ */
+import {
+  imageToStream,
+  probeStream,
+  streamToImage,
+  type BlockImage,
+  type ImageToStreamOptions,
+} from "@qcowkit/core/node";
+import { CliError, errorText } from "../cli/errors";
+import { closeQuietly, openCliImage, openOperand } from "../cli/open";
+import { Progress } from "../cli/progress";
+import { QemuOpts, appendDescs } from "../cli/qemu-opts";
+import { isStreamOperand, lazyScratch, openStreamOperand, readStream, spoolStream, writeStream, type StreamEndpoint } from "../cli/stream-io";
+import type { CommandContext } from "./context";
+import { addBackingOptions, createWithDriver } from "./create";
+import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat } from "./create-options";
+
+export interface StreamConvertArgs {
+  fmt?: string;
+  outFmt: string;
+  backingFile?: string;
+  backingFmt?: string;
+  options?: string;
+  compressed: boolean;
+  progress: boolean;
+  quiet: boolean;
+  skipCreate: boolean;
+  forceShare: boolean;
+  imageOpts: boolean;
+  bitmaps: boolean;
+  targetIsZero: boolean;
+  hasSnapshot: boolean;
+}
+
+/** Whether convert's operands involve a stream (then `convertWithStreams` does the work). */
+export function involvesStreams(sources: string[], target: string): boolean {
+  return isStreamOperand(target, "out") || sources.some((s) => isStreamOperand(s, "in"));
+}
+
+const refuse = (what: string) => new CliError(`${what} cannot be used when the target is a stream`);
+
+/** Create options a forward-written stream cannot honour. */
+function checkStreamableOptions(opts: QemuOpts, a: StreamConvertArgs): void {
+  if (a.skipCreate) throw refuse("-n");
+  if (a.bitmaps) throw refuse("--bitmaps");
+  if (a.targetIsZero) throw refuse("--target-is-zero");
+  const prealloc = opts.string("preallocation");
+  if (prealloc !== undefined && prealloc !== "off") throw refuse("Option 'preallocation'");
+  for (const key of ["data_file", "data_file_raw", "encrypt.format", "encryption"]) {
+    if (opts.has(key)) throw refuse(`Option '${key}'`);
+  }
+  if (opts.bool("lazy_refcounts")) throw refuse("Option 'lazy_refcounts'");
+}
+
+function progressOnStderr(ctx: CommandContext, a: StreamConvertArgs): Progress {
+  return new Progress({ out: (t) => ctx.io.err(t), err: (t) => ctx.io.err(t) }, a.progress && !a.quiet, 1.0);
+}
+
+export async function convertWithStreams(sources: string[], target: string, a: StreamConvertArgs, ctx: CommandContext): Promise<number> {
+  if (!isKnownFormat(a.outFmt)) throw new CliError(`Unknown file format '${a.outFmt}'`);
+  if (sources.length > 1) throw new CliError("Concatenating several images is not supported with streams");
+  const source = sources[0]!;
+  const toStream = isStreamOperand(target, "out");
+  const fromStream = isStreamOperand(source, "in");
+  const bar = progressOnStderr(ctx, a);
+  bar.print(0, 100);
+  try {
+    if (fromStream && toStream) {
+      const input = openStreamOperand(source, "in");
+      const probed = await probeStream(readStream(input));
+      const format = a.fmt ?? probed.format;
+      if (format === "raw" && a.outFmt === "raw" && !a.compressed && a.options === undefined && a.backingFile === undefined) {
+        await writeStream(probed.stream, openStreamOperand(target, "out"));
+        bar.print(100, 0);
+        return 0;
+      }
+      const spool = await spoolStream(probed.stream, source, (t) => ctx.io.err(t));
+      try {
+        await toStreamTarget(spool.path, format, target, a, ctx, bar);
+      } finally {
+        spool.remove();
+      }
+    } else if (toStream) {
+      await toStreamTarget(source, a.fmt, target, a, ctx, bar);
+    } else {
+      await fromStreamSource(source, target, a, ctx, bar);
+    }
+    bar.print(100, 0);
+    return 0;
+  } finally {
+    bar.end();
+  }
+}
+
+/** Parse -o for the output format; -B/-F go in as backing_file/backing_fmt. */
+function createOpts(a: StreamConvertArgs, ctx: CommandContext): QemuOpts {
+  const opts = QemuOpts.parse(appendDescs(formatCreateOpts(a.outFmt as "raw" | "qcow2"), FILE_CREATE_OPTS), a.options, ctx.warn);
+  addBackingOptions(opts, a.outFmt as "raw" | "qcow2", a.backingFile, a.backingFmt);
+  return opts;
+}
+
+async function toStreamTarget(source: string, fmt: string | undefined, target: string, a: StreamConvertArgs, ctx: CommandContext, bar: Progress): Promise<void> {
+  const opts = createOpts(a, ctx);
+  checkStreamableOptions(opts, a);
+  if (a.compressed && a.outFmt !== "qcow2") throw new CliError("Compression not supported for this file format");
+  const backingFile = opts.string("backing_file");
+  const backingFmt = opts.string("backing_fmt");
+  if (backingFile !== undefined && backingFmt === undefined) throw new CliError("Use of backing file requires explicit backing format");
+  const images: BlockImage[] = [];
+  let endpoint: StreamEndpoint | undefined;
+  try {
+    const src = (
+      await openOperand(source, a.imageOpts, {
+        readOnly: true,
+        forceShare: a.forceShare,
+        ...(fmt !== undefined ? { format: fmt } : {}),
+        onWarning: (w) => ctx.io.err(`${w}\n`),
+      })
+    ).image;
+    images.push(src);
+    let base: BlockImage | undefined;
+    if (backingFile !== undefined) {
+      // The stream has no folder: the backing file name is taken as given, from the current directory.
+      base = await openCliImage(backingFile, { readOnly: true, forceShare: true, format: backingFmt!, onWarning: (w) => ctx.io.err(`${w}\n`) });
+      images.push(base);
+    }
+    const compat = opts.string("compat");
+    if (compat !== undefined && !["0.10", "1.1", "v2", "v3"].includes(compat)) throw new CliError(`Parameter 'version' does not accept value '${compat}'`);
+    const compressionType = opts.string("compression_type");
+    if (compressionType !== undefined && compressionType !== "zlib" && compressionType !== "zstd") {
+      throw new CliError(`Parameter 'compression-type' does not accept value '${compressionType}'`);
+    }
+    const streamOpts: ImageToStreamOptions = {
+      format: a.outFmt as "raw" | "qcow2",
+      ...(a.outFmt === "qcow2"
+        ? {
+            compress: a.compressed,
+            ...(opts.integer("cluster_size") !== undefined ? { clusterSize: Number(opts.integer("cluster_size")) } : {}),
+            ...(opts.integer("refcount_bits") !== undefined ? { refcountBits: Number(opts.integer("refcount_bits")) } : {}),
+            ...(opts.bool("extended_l2") !== undefined ? { extendedL2: opts.bool("extended_l2")! } : {}),
+            ...(compat !== undefined ? { version: compat === "0.10" || compat === "v2" ? (2 as const) : (3 as const) } : {}),
+            ...(compressionType !== undefined ? { compressionType } : {}),
+            ...(backingFile !== undefined ? { backingFile, backingFormat: backingFmt!, base: base! } : {}),
+          }
+        : {}),
+      ...(bar.enabled ? { onProgress: (done: number, total: number) => bar.status(done, total) } : {}),
+    };
+    let stream: ReadableStream<Uint8Array>;
+    try {
+      stream = imageToStream(src, streamOpts);
+    } catch (e) {
+      throw new CliError(`${target}: error while converting ${a.outFmt}: ${errorText(e)}`, { cause: e });
+    }
+    endpoint = openStreamOperand(target, "out");
+    try {
+      await writeStream(stream, endpoint);
+    } catch (e) {
+      if (e instanceof CliError) throw e;
+      throw new CliError(`${target}: error while converting ${a.outFmt}: ${errorText(e)}`, { cause: e });
+    }
+  } finally {
+    endpoint?.close();
+    for (const img of images) await closeQuietly(img);
+  }
+}
+
+async function fromStreamSource(source: string, target: string, a: StreamConvertArgs, ctx: CommandContext, bar: Progress): Promise<void> {
+  if (a.hasSnapshot) throw new CliError("-l cannot be used with a stream source");
+  if (a.bitmaps) throw new CliError("--bitmaps cannot be used with a stream source");
+  const input = openStreamOperand(source, "in");
+  const probed = await probeStream(readStream(input)).catch((e) => {
+    throw new CliError(`Could not open '${source}': ${errorText(e)}`, { cause: e });
+  });
+  const format = a.fmt ?? probed.format;
+  if (format !== "raw" && format !== "qcow2") throw new CliError(`Streams of format '${format}' are not supported`);
+  if (format === "qcow2" && probed.format !== "qcow2") throw new CliError(`Could not open '${source}': Image is not in qcow2 format`);
+  const streamBacking = probed.header?.backingFile;
+  const opts = createOpts(a, ctx);
+  let backingFile = opts.string("backing_file");
+  if (streamBacking !== undefined && backingFile === undefined) {
+    if (a.outFmt !== "qcow2") throw new CliError(`The stream has a backing file (${streamBacking}): convert it to qcow2, or give -B`);
+    // The target keeps the stream's backing file: its unallocated clusters read from there.
+    backingFile = streamBacking;
+    opts.set("backing_file", streamBacking);
+    const fmt = probed.header?.extensions.backingFormat;
+    if (fmt !== undefined) opts.set("backing_fmt", fmt);
+  }
+  if (a.compressed) throw new CliError("-c cannot be used with a stream source");
+  const size = format === "qcow2" ? probed.header!.header.size : 0;
+  if (!a.skipCreate) {
+    try {
+      await createWithDriver(target, a.outFmt as "raw" | "qcow2", opts, BigInt(size));
+    } catch (e) {
+      throw new CliError(`${target}: error while converting ${a.outFmt}: ${errorText(e)}`, { cause: e });
+    }
+  }
+  const image = await openCliImage(target, { readOnly: false, format: a.outFmt, onWarning: (w) => ctx.io.err(`${w}\n`) });
+  const scratch = lazyScratch(source, (t) => ctx.io.err(t));
+  try {
+    await streamToImage(probed.stream, image, {
+      format,
+      targetZeroInit: !a.skipCreate && backingFile === undefined,
+      growTarget: format === "raw",
+      scratch: () => scratch.make(),
+      ...(bar.enabled ? { onProgress: (done: number, total: number) => bar.status(done, total) } : {}),
+    });
+    await image.flush();
+  } catch (e) {
+    throw new CliError(`error while converting '${source}': ${errorText(e)}`, { cause: e });
+  } finally {
+    await scratch.remove();
+    await closeQuietly(image);
+    input.close();
+  }
+}

@@ -1,0 +1,218 @@
+/**
+ * qimg with stream operands, through real pipes and FIFOs (bash): convert to and from `-`, /dev/stdout and
+ * FIFOs, incremental streams, info/check/dd on stdin, progress on stderr only, refusals and broken streams.
+ * Every qcow2 that comes out is checked with qemu-img check and compared with qemu-img compare.
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import * as path from "node:path";
+import { describe, expect, it } from "vitest";
+import { QIMG, qemuImg, tempDir } from "./helpers";
+
+const dir = tempDir("qimg-streams-");
+const p = (name: string) => path.join(dir, name);
+
+/** Run a bash pipeline in the test folder; `$Q` is qimg. */
+function sh(script: string, env: Record<string, string> = {}): { code: number; stdout: Buffer; stderr: string } {
+  const r = spawnSync("bash", ["-o", "pipefail", "-c", `Q() { "$NODE_BIN" "$QIMG_JS" "$@"; }\n${script.replace(/\$Q(?![A-Z_])/g, "Q")}`], { cwd: dir, env: { ...process.env, NODE_BIN: process.execPath, QIMG_JS: QIMG, ...env }, maxBuffer: 512 * 1024 * 1024, timeout: 120_000 });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr.toString() };
+}
+
+function expectOk(r: { code: number; stderr: string }): void {
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+}
+
+async function checkClean(file: string): Promise<void> {
+  const r = await qemuImg(["check", file]);
+  expect(r.stdout).toContain("No errors were found on the image.");
+  expect(r.code).toBe(0);
+}
+
+async function same(a: string, b: string, fa = "qcow2", fb = "qcow2"): Promise<void> {
+  const r = await qemuImg(["compare", "-f", fa, "-F", fb, a, b]);
+  expect(r.stdout).toContain("Images are identical.");
+}
+
+/** A raw disk with data, zeros and holes, and its qcow2 copy made by qemu-img. */
+function makeDisk(name: string, mib: number, seed: number): void {
+  let x = seed;
+  const bytes = new Uint8Array(mib * 1024 * 1024);
+  for (let at = 0; at < bytes.length; at += 65536 * 3) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    const len = 512 * (1 + (x % 200));
+    for (let i = 0; i < len && at + i < bytes.length; i++) bytes[at + i] = (x >>> (i % 24)) & 0xff;
+  }
+  writeFileSync(p(`${name}.raw`), bytes);
+  spawnSync("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", p(`${name}.raw`), p(`${name}.qcow2`)]);
+}
+
+makeDisk("disk", 6, 1);
+
+describe("qimg convert to a stream", () => {
+  const cases: Array<[string, string]> = [
+    ["defaults", ""],
+    ["512 B clusters", "-o cluster_size=512"],
+    ["2 MiB clusters", "-o cluster_size=2M"],
+    ["extended L2", "-o extended_l2=on,cluster_size=64k"],
+    ["compat 0.10, refcount default", "-o compat=0.10"],
+    ["-c zlib", "-c"],
+    ["-c zstd, 4 KiB clusters, refcount_bits=8", "-c -o compression_type=zstd,cluster_size=4k,refcount_bits=8"],
+  ];
+  for (const [label, opts] of cases) {
+    it(`${label}: pipe to a file, checked and compared; back through a pipe to raw, byte-exact`, async () => {
+      const out = `out-${label.replace(/\W+/g, "_")}.qcow2`;
+      expectOk(sh(`$Q convert -O qcow2 ${opts} disk.qcow2 - | cat > ${out}`));
+      await checkClean(p(out));
+      await same(p("disk.qcow2"), p(out));
+      const back = sh(`cat ${out} | $Q convert -f qcow2 -O raw - - | cmp - disk.raw`);
+      expect(back.stderr).toMatch(/^(qimg: -: spooling the stream to .*\n)?$/);
+      expect(back.code).toBe(0);
+    });
+  }
+
+  it("is at most qimg convert's file size plus a cluster per GiB", async () => {
+    expectOk(sh(`$Q convert -O qcow2 disk.raw - > piped.qcow2 && $Q convert -O qcow2 disk.raw file.qcow2`));
+    expect(statSync(p("piped.qcow2")).size).toBeLessThanOrEqual(statSync(p("file.qcow2")).size + 65536);
+  });
+
+  it("raw: every byte in order, to /dev/stdout and into a FIFO", () => {
+    expectOk(sh(`$Q convert -O raw disk.qcow2 /dev/stdout | cmp - disk.raw`));
+    expectOk(sh(`rm -f fifo1 && mkfifo fifo1 && { cmp fifo1 disk.raw & } && $Q convert -O raw disk.qcow2 fifo1 && wait $!`));
+  });
+
+  it("-p prints progress on stderr only; stdout carries exactly the image", async () => {
+    const r = sh(`$Q convert -p -O qcow2 disk.qcow2 - > prog.qcow2`);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/^ {4}\(0\.00\/100%\)\r.*\(100\.00\/100%\)\r\n$/s);
+    await checkClean(p("prog.qcow2"));
+    await same(p("disk.qcow2"), p("prog.qcow2"));
+  });
+
+  it("incremental: -B base -F raw carries only the changed clusters and reads as the new disk over the base", async () => {
+    const today = new Uint8Array(readFileSync(p("disk.raw")));
+    today.fill(0xee, 65536 * 7, 65536 * 7 + 3000);
+    today.fill(0, 65536 * 20, 65536 * 22);
+    writeFileSync(p("today.raw"), today);
+    expectOk(sh(`$Q convert -O qcow2 -B disk.raw -F raw today.raw - | cat > diff.qcow2`));
+    await checkClean(p("diff.qcow2"));
+    const info = JSON.parse((await qemuImg(["info", "--output=json", p("diff.qcow2")])).stdout);
+    expect(info["backing-filename"]).toBe("disk.raw");
+    expect(info["backing-filename-format"]).toBe("raw");
+    const map = JSON.parse((await qemuImg(["map", "--output=json", p("diff.qcow2")])).stdout) as Array<{ depth: number; data: boolean; zero: boolean; length: number }>;
+    const own = map.filter((e) => e.depth === 0);
+    expect(own.filter((e) => e.data).reduce((s, e) => s + e.length, 0)).toBe(65536);
+    // Cluster 20 was zero in the base already: only cluster 21 changes to zeros.
+    expect(own.filter((e) => !e.data && e.zero).reduce((s, e) => s + e.length, 0)).toBe(65536);
+    await same(p("diff.qcow2"), p("today.raw"), "qcow2", "raw");
+    // Applied over a copy of the base with qemu-img commit, it gives the new disk.
+    expectOk(sh(`cp disk.raw applied.raw && cp diff.qcow2 applied.qcow2 && qemu-img rebase -q -u -b applied.raw -F raw applied.qcow2 && qemu-img commit -q applied.qcow2 && cmp applied.raw today.raw`));
+    // Read from a pipe, the diff becomes a qcow2 over the same base.
+    expectOk(sh(`cat diff.qcow2 | $Q convert -O qcow2 - received.qcow2`));
+    const received = JSON.parse((await qemuImg(["info", "--output=json", p("received.qcow2")])).stdout);
+    expect(received["backing-filename"]).toBe("disk.raw");
+    await checkClean(p("received.qcow2"));
+    await same(p("received.qcow2"), p("today.raw"), "qcow2", "raw");
+    const toRaw = sh(`cat diff.qcow2 | $Q convert -O raw - flat.raw`);
+    expect(toRaw.stderr).toBe("qimg: The stream has a backing file (disk.raw): convert it to qcow2, or give -B\n");
+    expect(toRaw.code).toBe(1);
+  });
+
+  it("a 1 TiB sparse image streams small and comes back through a pipe with bounded memory", async () => {
+    expectOk(sh(`qemu-img create -q -f qcow2 big.qcow2 1T && qemu-io -f qcow2 -c 'write -P 1 0 1M' -c 'write -P 2 700G 2M' big.qcow2 > /dev/null`));
+    const r = sh(`rm -f big2.qcow2; $Q convert -O qcow2 big.qcow2 - | /usr/bin/time -f 'rss=%M' "$NODE_BIN" "$QIMG_JS" convert -f qcow2 -O qcow2 - big2.qcow2`);
+    expect(r.code, r.stderr).toBe(0);
+    const rss = Number(/rss=(\d+)/.exec(r.stderr)![1]);
+    expect(rss).toBeLessThan(300 * 1024); // KiB
+    expect(sh(`$Q convert -O qcow2 big.qcow2 - | wc -c`).stdout.toString().trim()).toMatch(/^\d+$/);
+    expect(Number(sh(`$Q convert -O qcow2 big.qcow2 - | wc -c`).stdout.toString())).toBeLessThan(4 * 1024 * 1024);
+    await checkClean(p("big2.qcow2"));
+    await same(p("big.qcow2"), p("big2.qcow2"));
+  });
+
+  it("refuses options a stream cannot honour, in one line, writing nothing", () => {
+    for (const [opts, what] of [
+      ["-o preallocation=full", "Option 'preallocation'"],
+      ["-o data_file=x.data", "Option 'data_file'"],
+      ["-o lazy_refcounts=on", "Option 'lazy_refcounts'"],
+      ["-n", "-n"],
+    ] as const) {
+      const r = sh(`$Q convert -O qcow2 ${opts} disk.qcow2 - | wc -c`);
+      expect(r.stderr).toBe(`qimg: ${what} cannot be used when the target is a stream\n`);
+      expect(r.code).toBe(1);
+      expect(r.stdout.toString().trim()).toBe("0");
+    }
+    const c = sh(`$Q convert -c -O raw disk.qcow2 - | wc -c`);
+    expect(c.stderr).toBe("qimg: Compression not supported for this file format\n");
+  });
+});
+
+describe("qimg convert from a stream", () => {
+  it("raw stdin into qcow2 and raw files (the target grows with the stream)", async () => {
+    expectOk(sh(`cat disk.raw | $Q convert -f raw -O qcow2 - in.qcow2 && cat disk.raw | $Q convert -f raw -O raw /dev/stdin in.raw`));
+    await checkClean(p("in.qcow2"));
+    await same(p("disk.raw"), p("in.qcow2"), "raw");
+    expect(Buffer.compare(readFileSync(p("in.raw")), readFileSync(p("disk.raw")))).toBe(0);
+  });
+
+  it("qcow2 through a FIFO in one pass, compressed clusters included", async () => {
+    expectOk(sh(`$Q convert -c -O qcow2 disk.qcow2 c.qcow2 && rm -f fifo2 && mkfifo fifo2 && { cat c.qcow2 > fifo2 & } && $Q convert -O qcow2 fifo2 fromfifo.qcow2`));
+    await checkClean(p("fromfifo.qcow2"));
+    await same(p("disk.qcow2"), p("fromfifo.qcow2"));
+  });
+
+  it("a qcow2 whose tables point back is spooled under TMPDIR, said once, and removed", async () => {
+    const tmp = path.join(dir, "tmp1");
+    sh(`mkdir -p ${tmp}`);
+    expectOk(sh(`cp disk.qcow2 moved.qcow2 && qemu-img resize -q moved.qcow2 6G && qemu-io -f qcow2 -c 'write -P 7 5G 64k' moved.qcow2 > /dev/null`));
+    const r = sh(`cat moved.qcow2 | $Q convert -O qcow2 - unmoved.qcow2`, { TMPDIR: tmp });
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(new RegExp(`^qimg: -: the stream refers back to earlier bytes; spooling them to ${tmp}/qimg-spool-\\w+/spool\\n$`));
+    expect(readdirSync(tmp)).toEqual([]);
+    await checkClean(p("unmoved.qcow2"));
+    await same(p("moved.qcow2"), p("unmoved.qcow2"));
+  });
+
+  it("a truncated, cut mid-cluster or non-qcow2 stream fails in one line with a non-zero exit", () => {
+    expectOk(sh(`$Q convert -O qcow2 disk.qcow2 - > whole.qcow2`));
+    const size = statSync(p("whole.qcow2")).size;
+    for (const cut of [50, 70000, size - 65536 - 777]) {
+      const r = sh(`head -c ${cut} whole.qcow2 | $Q convert -f qcow2 -O raw - cut.raw`);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/^qimg: (error while converting '-': |Could not open '-': )Truncated stream: it ends at byte \d+\n$/);
+    }
+    const junk = sh(`head -c 300000 disk.raw | $Q convert -f qcow2 -O raw - junk.raw`);
+    expect(junk.code).toBe(1);
+    expect(junk.stderr).toBe("qimg: Could not open '-': Image is not in qcow2 format\n");
+  });
+
+  it("info -, check - and map - work on a spooled copy; dd if=- of=- copies in order", () => {
+    const info = sh(`cat disk.qcow2 | $Q info --output=json -`);
+    expect(info.code).toBe(0);
+    expect(JSON.parse(info.stdout.toString())["virtual-size"]).toBe(6 * 1024 * 1024);
+    expect(info.stderr).toMatch(/^qimg: -: spooling the stream to .*\n$/);
+    const check = sh(`cat disk.qcow2 | $Q check -`);
+    expect(check.code).toBe(0);
+    expect(check.stdout.toString()).toContain("No errors were found on the image.");
+    expect(sh(`cat disk.qcow2 | $Q dd -f qcow2 bs=64k count=20 skip=3 if=- of=- | cmp - <(tail -c +196609 disk.raw | head -c $((1310720 - 196608)))`).code).toBe(0);
+  });
+
+  it("SIGINT while spooling removes the temporary file", async () => {
+    const tmp = path.join(dir, "tmp2");
+    sh(`mkdir -p ${tmp}`);
+    const child = spawn(process.execPath, [QIMG, "info", "-"], { env: { ...process.env, TMPDIR: tmp }, stdio: ["pipe", "pipe", "pipe"] });
+    let err = "";
+    child.stderr.on("data", (d) => (err += d));
+    child.stdout.resume();
+    child.stdin.on("error", () => undefined);
+    child.stdin.write(readFileSync(p("disk.qcow2")).subarray(0, 200000));
+    for (let i = 0; i < 100 && !err.includes("spooling"); i++) await new Promise((r) => setTimeout(r, 50));
+    const during = readdirSync(tmp).length;
+    const done = new Promise<string>((r) => child.on("exit", (code, signal) => r(`${code} ${signal}`)));
+    child.kill("SIGINT");
+    expect(during).toBe(1);
+    expect(await done).toBe("null SIGINT");
+    expect(readdirSync(tmp)).toEqual([]);
+    expect(existsSync(tmp)).toBe(true);
+  });
+});

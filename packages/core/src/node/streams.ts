@@ -1,0 +1,101 @@
+/**
+ * Node interop for the core's Web Streams: file descriptors (pipes, FIFOs, sockets, character devices, files)
+ * as ReadableStreams and as the destination of one, and Node Readable/Writable wrappers. Node only.
+ */
+import { read, write } from "node:fs";
+import { Readable, Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { Qcow2Error } from "@qcowkit/spec";
+
+const CHUNK = 1024 * 1024;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function fdRead(fd: number, buf: Uint8Array): Promise<number> {
+  return new Promise((resolve, reject) => read(fd, buf, 0, buf.byteLength, null, (e, n) => (e ? reject(e) : resolve(n))));
+}
+
+function fdWrite(fd: number, buf: Uint8Array): Promise<number> {
+  return new Promise((resolve, reject) => write(fd, buf, 0, buf.byteLength, null, (e, n) => (e ? reject(e) : resolve(n))));
+}
+
+const isAgain = (e: unknown) => (e as NodeJS.ErrnoException)?.code === "EAGAIN";
+
+/** The bytes of an open file descriptor, read in order until its end (pull-driven: no read-ahead). */
+export function readableFromFd(fd: number, chunkBytes = CHUNK): ReadableStream<Uint8Array> {
+  // One buffer is read into; a full one is handed over (and replaced), a partial read is copied out (pipes
+  // give at most their capacity, 64 KiB, per read).
+  let buf = new Uint8Array(chunkBytes);
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        for (;;) {
+          try {
+            const n = await fdRead(fd, buf);
+            if (n === 0) controller.close();
+            else if (n === buf.byteLength) {
+              controller.enqueue(buf);
+              buf = new Uint8Array(chunkBytes);
+            } else controller.enqueue(buf.slice(0, n));
+            return;
+          } catch (e) {
+            // A non-blocking descriptor (a pipe a parent left in O_NONBLOCK): wait for data.
+            if (isAgain(e)) {
+              await sleep(2);
+              continue;
+            }
+            throw new Qcow2Error("IO_ERROR", `Could not read the input stream: ${(e as Error).message}`, { cause: e });
+          }
+        }
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}
+
+/** Write all of `bytes` to an open file descriptor at its current position (waiting out EAGAIN). */
+export async function writeAllToFd(fd: number, bytes: Uint8Array): Promise<void> {
+  let chunk = bytes;
+  while (chunk.byteLength > 0) {
+    try {
+      chunk = chunk.subarray(await fdWrite(fd, chunk));
+    } catch (e) {
+      if (!isAgain(e)) throw e;
+      await sleep(2);
+    }
+  }
+}
+
+/** Write a stream to an open file descriptor in order (each chunk written fully before the next is pulled). */
+export async function writeStreamToFd(stream: ReadableStream<Uint8Array>, fd: number): Promise<number> {
+  let total = 0;
+  const reader = stream.getReader();
+  try {
+    for (;;) {
+      const r = await reader.read();
+      if (r.done) return total;
+      await writeAllToFd(fd, r.value);
+      total += r.value.byteLength;
+    }
+  } catch (e) {
+    await reader.cancel(e).catch(() => undefined);
+    throw e;
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+/** A Node Readable (process.stdin, a socket, a file stream) as a Web ReadableStream. */
+export function webStreamFromNode(readable: Readable): ReadableStream<Uint8Array> {
+  return Readable.toWeb(readable) as unknown as ReadableStream<Uint8Array>;
+}
+
+/** A Web ReadableStream as a Node Readable (for pipe(), HTTP responses, ...). */
+export function nodeReadableFromWeb(stream: ReadableStream<Uint8Array>): Readable {
+  return Readable.fromWeb(stream as unknown as import("node:stream/web").ReadableStream<Uint8Array>);
+}
+
+/** Pipe a Web stream into a Node Writable with backpressure; resolves when the writable has finished. */
+export async function pipeWebStreamTo(stream: ReadableStream<Uint8Array>, writable: Writable): Promise<void> {
+  await pipeline(nodeReadableFromWeb(stream), writable);
+}

@@ -1,0 +1,634 @@
+/**
+ * An image as one forward byte stream (a Web ReadableStream): raw (every guest byte in order) or a qcow2 file
+ * laid out so that it is written front to back and never sought:
+ *
+ *   cluster 0            header (+ backing file name and format)
+ *   L1 table             all its clusters
+ *   refcount table       all its clusters
+ *   refcount blocks      covering every host cluster of the stream
+ *   per L2 range         its L2 table, then its data clusters in guest order (compressed ones packed)
+ *
+ * Every reference points forward, so `streamToImage` (stream-in.ts) converts such a stream in one pass.
+ * The refcount structures precede the data and depend on how much data there is, so the stream is planned
+ * first: a pass over the source's block status that reads the clusters block status calls data (to leave
+ * zero clusters out, and to learn compressed sizes with -c). The first `bufferBytes` of cluster payloads
+ * read by the plan are kept and not read again; past that, the emitting pass reads (and compresses) again.
+ */
+import {
+  INCOMPAT_COMPRESSION,
+  INCOMPAT_EXTL2,
+  Qcow2Error,
+  encodeCompressedDescriptor,
+  encodeImageHeader,
+  isAllZero,
+  l1EntriesForSize,
+  l2EntriesPerTable,
+  maxRefcount,
+  refcountBlockEntries,
+  setL1Entry,
+  setL2Bitmap,
+  setL2Entry,
+  setL2Raw,
+  setRefcount,
+  setReftableEntry,
+  viewOf,
+  type CompressionType,
+  type ImageHeader,
+} from "@qcowkit/spec";
+import type { BlockImage, BlockStatusExtent } from "./block-image";
+import { getCodec, type CompressionCodec } from "./compression";
+import { validateCreateOptions } from "./create";
+
+export interface ImageToStreamOptions {
+  /** "qcow2" (default) or "raw". */
+  format?: "raw" | "qcow2";
+  /** qcow2: bytes per cluster, a power of two from 512 to 2 MiB (default 64 KiB). */
+  clusterSize?: number;
+  /** qcow2: 2 (compat=0.10) or 3 (compat=1.1, default). */
+  version?: 2 | 3;
+  /** qcow2: refcount entry width in bits (default 16). */
+  refcountBits?: number;
+  /** qcow2: extended L2 entries (subclusters). */
+  extendedL2?: boolean;
+  /** qcow2: the header's compression type (default zlib). */
+  compressionType?: CompressionType;
+  /** qcow2: compress the data clusters. */
+  compress?: boolean;
+  /** qcow2: the backing file name stored in the stream. */
+  backingFile?: string;
+  backingFormat?: string;
+  /** qcow2 incremental stream: only clusters whose content differs from `base` are carried (give `backingFile`
+   *  too: the name the stream stores for it). */
+  base?: BlockImage;
+  /** Payload bytes the plan keeps so that the emitting pass does not read them again (default 64 MiB). */
+  bufferBytes?: number;
+  /** Largest chunk the stream enqueues (default 2 MiB; at least one cluster). */
+  chunkBytes?: number;
+  signal?: AbortSignal;
+  /** Guest bytes handled so far, of `total` (planning counts as the first half for qcow2). */
+  onProgress?: (done: number, total: number) => void;
+}
+
+const MIB = 1024 * 1024;
+const DEFAULT_CHUNK = 2 * MIB;
+const DEFAULT_BUFFER = 64 * MIB;
+
+/** Per-cluster plan values: 0 unallocated, ZERO a zero cluster, `clusterSize` plain data, else compressed bytes. */
+const ZERO = -1;
+
+/** An image's guest content as a stream; see the file comment. Nothing is read before the first pull. */
+export function imageToStream(image: BlockImage, options: ImageToStreamOptions = {}): ReadableStream<Uint8Array> {
+  const format = options.format ?? "qcow2";
+  if (format !== "raw" && format !== "qcow2") throw new Qcow2Error("INVALID_ARGUMENT", `Unknown stream format '${String(format)}'`);
+  if (format === "raw") {
+    for (const k of ["compress", "backingFile", "base", "extendedL2"] as const) {
+      if (options[k] !== undefined && options[k] !== false) throw new Qcow2Error("INVALID_ARGUMENT", `Option '${k}' needs a qcow2 stream`);
+    }
+  }
+  const chunks = format === "raw" ? rawChunks(image, options) : coalesce(qcow2Chunks(image, options, qcow2Settings(image, options)), Math.max(512, options.chunkBytes ?? DEFAULT_CHUNK));
+  return fromAsyncIterator(chunks, options.signal);
+}
+
+/** A pull-driven stream over an async iterator: nothing is produced before the consumer asks. */
+export function fromAsyncIterator(it: AsyncGenerator<Uint8Array>, signal?: AbortSignal): ReadableStream<Uint8Array> {
+  const abortReason = () => signal?.reason ?? new Qcow2Error("IO_ERROR", "The operation was aborted");
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        if (signal?.aborted) {
+          await it.return(undefined);
+          controller.error(abortReason());
+          return;
+        }
+        try {
+          const r = await it.next();
+          if (r.done) controller.close();
+          else controller.enqueue(r.value);
+        } catch (e) {
+          controller.error(e);
+        }
+      },
+      async cancel() {
+        await it.return(undefined);
+      },
+    },
+    { highWaterMark: 1 },
+  );
+}
+
+/** Join small chunks (tables, single clusters, compressed payloads) into chunks of `size` bytes. */
+async function* coalesce(source: AsyncGenerator<Uint8Array>, size: number): AsyncGenerator<Uint8Array> {
+  let buf = new Uint8Array(size);
+  let fill = 0;
+  try {
+    for await (const chunk of source) {
+      if (fill === 0 && chunk.byteLength >= size) {
+        yield chunk;
+        continue;
+      }
+      for (let off = 0; off < chunk.byteLength; ) {
+        const n = Math.min(size - fill, chunk.byteLength - off);
+        buf.set(chunk.subarray(off, off + n), fill);
+        fill += n;
+        off += n;
+        if (fill === size) {
+          yield buf;
+          buf = new Uint8Array(size);
+          fill = 0;
+        }
+      }
+    }
+    if (fill > 0) yield buf.subarray(0, fill);
+  } finally {
+    await source.return(undefined);
+  }
+}
+
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw signal.reason ?? new Qcow2Error("IO_ERROR", "The operation was aborted");
+}
+
+async function* rawChunks(image: BlockImage, o: ImageToStreamOptions): AsyncGenerator<Uint8Array> {
+  const size = image.virtualSize;
+  const chunk = Math.max(512, o.chunkBytes ?? DEFAULT_CHUNK);
+  const zeros = new Uint8Array(chunk);
+  let pos = 0;
+  while (pos < size) {
+    throwIfAborted(o.signal);
+    const extents = await image.blockStatus(pos, Math.min(size - pos, 1024 * MIB));
+    for (const e of extents) {
+      let at = Math.max(e.offset, pos);
+      const end = e.offset + e.length;
+      while (at < end) {
+        throwIfAborted(o.signal);
+        const n = Math.min(chunk, end - at);
+        if (e.zero) {
+          yield n === chunk ? zeros : zeros.subarray(0, n);
+        } else {
+          const buf = new Uint8Array(n);
+          await image.read(at, buf);
+          yield buf;
+        }
+        at += n;
+        o.onProgress?.(at, size);
+      }
+      pos = end;
+    }
+    if (extents.length === 0) break;
+  }
+}
+
+interface Geometry {
+  clusterSize: number;
+  clusterBits: number;
+  extendedL2: boolean;
+  version: 2 | 3;
+  refcountOrder: number;
+  l2Entries: number;
+  /** Guest bytes per L2 table. */
+  l2Reach: number;
+}
+
+/** The plan: per L2 table index, the plan value of each of its clusters (only tables with something in them). */
+type Plan = Map<number, Int32Array>;
+
+/** The stream's qcow2 settings, checked as qemu-img create checks them (eagerly: before the first pull). */
+function qcow2Settings(image: BlockImage, o: ImageToStreamOptions): { size: number; v: ReturnType<typeof validateCreateOptions>; g: Geometry } {
+  const size = Math.ceil(image.virtualSize / 512) * 512;
+  const v = validateCreateOptions({
+    size,
+    ...(o.version !== undefined ? { version: o.version } : {}),
+    ...(o.clusterSize !== undefined ? { clusterSize: o.clusterSize } : {}),
+    ...(o.refcountBits !== undefined ? { refcountBits: o.refcountBits } : {}),
+    ...(o.extendedL2 !== undefined ? { extendedL2: o.extendedL2 } : {}),
+    ...(o.compressionType !== undefined ? { compressionType: o.compressionType } : {}),
+    ...(o.backingFile !== undefined ? { backingFile: o.backingFile } : {}),
+    ...(o.backingFormat !== undefined ? { backingFormat: o.backingFormat } : {}),
+  });
+  if ((o.base === undefined) !== (o.backingFile === undefined)) {
+    // The stream leaves clusters equal to the base unallocated: they must read from a backing file that the
+    // stream names, and a named backing file must be compared against.
+    throw new Qcow2Error("INVALID_ARGUMENT", "An incremental stream needs both 'base' (the image) and 'backingFile' (its name)");
+  }
+  const g: Geometry = {
+    clusterSize: v.clusterSize,
+    clusterBits: Math.log2(v.clusterSize),
+    extendedL2: v.extendedL2,
+    version: v.version,
+    refcountOrder: Math.log2(v.refcountBits),
+    l2Entries: l2EntriesPerTable(Math.log2(v.clusterSize), v.extendedL2),
+    l2Reach: 0,
+  };
+  g.l2Reach = g.l2Entries * g.clusterSize;
+  return { size, v, g };
+}
+
+async function* qcow2Chunks(image: BlockImage, o: ImageToStreamOptions, settings: ReturnType<typeof qcow2Settings>): AsyncGenerator<Uint8Array> {
+  const { size, v, g } = settings;
+  const codec = o.compress ? await getCodec(v.compressionType) : undefined;
+  const hasBacking = o.base !== undefined;
+  const cache = new PayloadCache(o.bufferBytes ?? DEFAULT_BUFFER);
+  const progress = (done: number) => o.onProgress?.(done, 2 * size);
+
+  // 1. Plan.
+  const plan: Plan = new Map();
+  const reader = new ClusterReader(image, o.base, g, size, Math.max(o.chunkBytes ?? DEFAULT_CHUNK, g.clusterSize));
+  for await (const c of reader.clusters(o.signal, progress)) {
+    let value = 0;
+    if (c.data === undefined) {
+      value = c.differsFromBase ? ZERO : 0;
+    } else {
+      const payload = codec ? await compressCluster(codec, c.data, g.clusterSize) : c.data;
+      value = payload.byteLength;
+      cache.offer(c.index, payload);
+    }
+    if (value === ZERO && !hasBacking) value = 0;
+    if (value === ZERO && g.version < 3) {
+      // compat=0.10 has no zero flag: the zeros are carried as data.
+      value = g.clusterSize;
+      cache.offer(c.index, new Uint8Array(g.clusterSize));
+    }
+    if (value === 0) continue;
+    const t = Math.floor(c.index / g.l2Entries);
+    let entries = plan.get(t);
+    if (!entries) plan.set(t, (entries = new Int32Array(g.l2Entries)));
+    entries[c.index % g.l2Entries] = value;
+  }
+  cache.seal();
+
+  // 2. Layout: the data region (L2 tables and data) relative to its start, then the metadata in front of it.
+  const tables = [...plan.keys()].sort((a, b) => a - b);
+  const maxRef = maxRefcount(g.refcountOrder);
+  const regionRefs = new GrowableCounts();
+  let regionBytes = 0;
+  const tableStart = new Map<number, number>();
+  for (const t of tables) {
+    tableStart.set(t, regionBytes);
+    regionBytes = packTable(plan.get(t)!, regionBytes, g, maxRef, regionRefs).end;
+  }
+  const cs = g.clusterSize;
+  const regionClusters = Math.ceil(regionBytes / cs);
+  const l1Entries = l1EntriesForSize(size, g.clusterBits, g.extendedL2);
+  const l1Clusters = Math.ceil((l1Entries * 8) / cs);
+  const perBlock = refcountBlockEntries(g.clusterBits, g.refcountOrder);
+  let rbClusters = 1;
+  let rtClusters = 1;
+  for (;;) {
+    const hostClusters = 1 + l1Clusters + rtClusters + rbClusters + regionClusters;
+    const rb = Math.ceil(hostClusters / perBlock);
+    const rt = Math.max(1, Math.ceil((rb * 8) / cs));
+    if (rb === rbClusters && rt === rtClusters) break;
+    rbClusters = Math.max(rb, rbClusters);
+    rtClusters = Math.max(rt, rtClusters);
+  }
+  const l1Offset = cs;
+  const rtOffset = l1Offset + l1Clusters * cs;
+  const rbOffset = rtOffset + rtClusters * cs;
+  const regionOffset = rbOffset + rbClusters * cs;
+  const metaClusters = regionOffset / cs;
+  const hostClusters = metaClusters + regionClusters;
+
+  // 3. Emit: header, L1, refcount table, refcount blocks, then the region.
+  let incompatible = 0n;
+  if (g.extendedL2) incompatible |= INCOMPAT_EXTL2;
+  if (v.compressionType !== "zlib") incompatible |= INCOMPAT_COMPRESSION;
+  const hdr: ImageHeader = {
+    header: {
+      version: g.version,
+      backingFileOffset: 0,
+      backingFileSize: 0,
+      clusterBits: g.clusterBits,
+      size,
+      cryptMethod: 0,
+      l1Size: l1Entries,
+      l1TableOffset: l1Offset,
+      refcountTableOffset: rtOffset,
+      refcountTableClusters: rtClusters,
+      nbSnapshots: 0,
+      snapshotsOffset: 0,
+      incompatibleFeatures: incompatible,
+      compatibleFeatures: 0n,
+      autoclearFeatures: 0n,
+      refcountOrder: g.refcountOrder,
+      headerLength: g.version >= 3 ? 112 : 72,
+      compressionType: v.compressionType === "zstd" ? 1 : 0,
+      unknownHeaderFields: new Uint8Array(0),
+    },
+    extensions: { unknown: [], ...(o.backingFormat !== undefined ? { backingFormat: o.backingFormat } : {}) },
+    ...(o.backingFile !== undefined ? { backingFile: o.backingFile } : {}),
+  };
+  yield encodeImageHeader(hdr);
+
+  const l1 = new Uint8Array(l1Clusters * cs);
+  for (const t of tables) setL1Entry(viewOf(l1), t, regionOffset + tableStart.get(t)!, true);
+  yield* slices(l1, cs);
+
+  const rt = new Uint8Array(rtClusters * cs);
+  for (let i = 0; i < rbClusters; i++) setReftableEntry(viewOf(rt), i, rbOffset + i * cs);
+  yield* slices(rt, cs);
+
+  // Refcount blocks, one cluster at a time (the metadata clusters count 1, the region's as packed).
+  for (let b = 0; b < rbClusters; b++) {
+    const block = new Uint8Array(cs);
+    const first = b * perBlock;
+    const last = Math.min(hostClusters, first + perBlock);
+    for (let h = first; h < last; h++) {
+      setRefcount(block, h - first, g.refcountOrder, h < metaClusters ? 1 : regionRefs.get(h - metaClusters));
+    }
+    yield block;
+  }
+
+  // The region: per table, the L2 table then its payloads (with padding between where packing leaves any).
+  let written = 0;
+  let guestDone = 0;
+  const scratchRefs = new GrowableCounts();
+  const zeroPad = new Uint8Array(cs);
+  for (const t of tables) {
+    throwIfAborted(o.signal);
+    const entries = plan.get(t)!;
+    const start = tableStart.get(t)!;
+    const packed = packTable(entries, start, g, maxRef, scratchRefs);
+    const l2 = new Uint8Array(cs);
+    const view = viewOf(l2);
+    for (const p of packed.placements) {
+      const host = regionOffset + p.at;
+      if (p.value === ZERO) {
+        if (g.extendedL2) setL2Bitmap(view, p.entry, 0, 0xffffffff);
+        else setL2Entry(view, p.entry, false, 0, { zero: true });
+      } else if (p.value === cs) {
+        setL2Entry(view, p.entry, g.extendedL2, host, { copied: true });
+        if (g.extendedL2) setL2Bitmap(view, p.entry, 0xffffffff, 0);
+      } else {
+        const d = encodeCompressedDescriptor(host, p.value, g.clusterBits);
+        setL2Raw(view, p.entry, g.extendedL2, d.hi, d.lo);
+      }
+    }
+    if (written !== start) throw new Qcow2Error("INTERNAL", "stream layout mismatch");
+    yield l2;
+    written += cs;
+    // Payloads in guest order, read in runs.
+    const dataPlacements = packed.placements.filter((p) => p.value !== ZERO);
+    for (const p of dataPlacements) {
+      throwIfAborted(o.signal);
+      if (p.at > written) {
+        yield* padding(zeroPad, p.at - written);
+        written = p.at;
+      }
+      const index = t * g.l2Entries + p.entry;
+      let payload = cache.take(index);
+      if (!payload) {
+        const raw = await reader.readCluster(index);
+        payload = codec && p.value !== cs ? await compressCluster(codec, raw, cs) : raw;
+        if (payload.byteLength !== p.value) throw new Qcow2Error("IO_ERROR", "The source changed while it was streamed");
+      }
+      yield payload;
+      written += payload.byteLength;
+      guestDone = Math.max(guestDone, (index + 1) * cs);
+      progress(size + Math.min(size, guestDone));
+    }
+    if (written < packed.end) {
+      yield* padding(zeroPad, packed.end - written);
+      written = packed.end;
+    }
+  }
+  const endPad = regionClusters * cs - written;
+  if (endPad > 0) yield* padding(zeroPad, endPad);
+  progress(2 * size);
+}
+
+function* slices(bytes: Uint8Array, step: number): Generator<Uint8Array> {
+  const big = Math.max(step, DEFAULT_CHUNK - (DEFAULT_CHUNK % step));
+  for (let at = 0; at < bytes.byteLength; at += big) yield bytes.subarray(at, Math.min(bytes.byteLength, at + big));
+}
+
+function* padding(zeros: Uint8Array, n: number): Generator<Uint8Array> {
+  for (let left = n; left > 0; left -= zeros.byteLength) yield left >= zeros.byteLength ? zeros : zeros.subarray(0, left);
+}
+
+async function compressCluster(codec: CompressionCodec, data: Uint8Array, cs: number): Promise<Uint8Array> {
+  if (data.byteLength < cs) {
+    const full = new Uint8Array(cs);
+    full.set(data);
+    data = full;
+  }
+  // QEMU keeps a cluster uncompressed unless compression saves at least one byte.
+  return (await codec.compress(data, cs)) ?? data;
+}
+
+interface Placement {
+  entry: number;
+  value: number;
+  /** Byte offset in the region (zero clusters: unused). */
+  at: number;
+}
+
+/**
+ * Place one L2 table and its payloads from region byte `start` (cluster aligned): the table, then each
+ * payload in guest order. Plain clusters are cluster aligned; compressed ones are packed byte by byte, moving
+ * on to the next cluster where a host cluster's refcount would exceed the entry width. Adds the references to
+ * `refs` (by region cluster) and returns where the next table starts.
+ */
+function packTable(entries: Int32Array, start: number, g: Geometry, maxRef: number, refs: GrowableCounts): { end: number; placements: Placement[] } {
+  const cs = g.clusterSize;
+  const placements: Placement[] = [];
+  refs.add(start / cs);
+  let pos = start + cs;
+  for (let i = 0; i < entries.length; i++) {
+    const value = entries[i]!;
+    if (value === 0) continue;
+    if (value === ZERO) {
+      placements.push({ entry: i, value, at: 0 });
+      continue;
+    }
+    if (value === cs) {
+      pos = Math.ceil(pos / cs) * cs;
+      refs.add(pos / cs);
+      placements.push({ entry: i, value, at: pos });
+      pos += cs;
+      continue;
+    }
+    // Compressed: the bytes [pos, sector end of pos+value) are referenced.
+    for (;;) {
+      const first = Math.floor(pos / cs);
+      const last = Math.floor((Math.ceil((pos + value) / 512) * 512 - 1) / cs);
+      let full = false;
+      for (let c = first; c <= last; c++) if (refs.get(c) >= maxRef) full = true;
+      if (!full) {
+        for (let c = first; c <= last; c++) refs.add(c);
+        placements.push({ entry: i, value, at: pos });
+        pos += value;
+        break;
+      }
+      pos = (first + 1) * cs;
+    }
+  }
+  return { end: Math.ceil(pos / cs) * cs, placements };
+}
+
+/** Refcounts by region cluster, growing as needed. */
+class GrowableCounts {
+  private counts = new Uint32Array(1024);
+  get(i: number): number {
+    return i < this.counts.length ? this.counts[i]! : 0;
+  }
+  add(i: number): void {
+    if (i >= this.counts.length) {
+      const bigger = new Uint32Array(Math.max(i + 1, this.counts.length * 2));
+      bigger.set(this.counts);
+      this.counts = bigger;
+    }
+    this.counts[i]!++;
+  }
+}
+
+/** The first payloads of the plan, kept for the emitting pass while they fit in the budget. */
+class PayloadCache {
+  private readonly kept = new Map<number, Uint8Array>();
+  private bytes = 0;
+  private open = true;
+  constructor(private readonly budget: number) {}
+  offer(index: number, payload: Uint8Array): void {
+    if (!this.open) return;
+    if (this.bytes + payload.byteLength > this.budget) {
+      // Only a prefix is kept: everything after the first miss is read again, in order.
+      this.open = false;
+      return;
+    }
+    this.kept.set(index, payload);
+    this.bytes += payload.byteLength;
+  }
+  seal(): void {
+    this.open = false;
+  }
+  take(index: number): Uint8Array | undefined {
+    const p = this.kept.get(index);
+    if (p) this.kept.delete(index);
+    return p;
+  }
+}
+
+interface PlannedCluster {
+  index: number;
+  /** The cluster's bytes when it holds data that must be carried; undefined when it reads as zeros. */
+  data?: Uint8Array;
+  /** For a zero cluster: whether the base has data there (so the stream must say "zero"). */
+  differsFromBase: boolean;
+}
+
+/**
+ * Walks the source cluster by cluster through block status: clusters that read as zeros are not read; the
+ * others are read in windows. With a base, clusters equal to the base's are dropped.
+ */
+class ClusterReader {
+  constructor(
+    private readonly image: BlockImage,
+    private readonly base: BlockImage | undefined,
+    private readonly g: Geometry,
+    private readonly size: number,
+    private readonly window: number,
+  ) {}
+
+  private win: { from: number; bytes: Uint8Array } | undefined;
+
+  /** One cluster for the emitting pass (requests come in increasing order: read a window at a time). */
+  async readCluster(index: number): Promise<Uint8Array> {
+    const cs = this.g.clusterSize;
+    const at = index * cs;
+    if (!this.win || at < this.win.from || at + cs > this.win.from + this.win.bytes.byteLength) {
+      const window = Math.floor(this.window / cs) * cs;
+      const bytes = new Uint8Array(Math.min(window, Math.ceil((this.size - at) / cs) * cs));
+      await readClipped(this.image, at, bytes);
+      this.win = { from: at, bytes };
+    }
+    const off = at - this.win.from;
+    return this.win.bytes.slice(off, off + cs);
+  }
+
+  async *clusters(signal: AbortSignal | undefined, progress: (done: number) => void): AsyncGenerator<PlannedCluster> {
+    const cs = this.g.clusterSize;
+    const window = Math.floor(this.window / cs) * cs;
+    const srcNext = new NextData(this.image);
+    const baseNext = this.base ? new NextData(this.base) : undefined;
+    for (let from = 0; from < this.size; ) {
+      throwIfAborted(signal);
+      // Straight past what reads as zeros in both images.
+      const next = Math.min(await srcNext.from(from), baseNext ? await baseNext.from(from) : Infinity);
+      if (next >= this.size) break;
+      from = Math.max(from, Math.floor(next / cs) * cs);
+      const to = Math.min(this.size, from + window);
+      const srcData = (await srcNext.from(from)) < to;
+      const baseData = baseNext !== undefined && (await baseNext.from(from)) < to;
+      if (!srcData && !baseData) {
+        progress(to);
+        continue;
+      }
+      const n = to - from;
+      const src = new Uint8Array(Math.ceil(n / cs) * cs);
+      if (srcData) await readClipped(this.image, from, src.subarray(0, n));
+      let base: Uint8Array | undefined;
+      if (baseData) {
+        base = new Uint8Array(src.byteLength);
+        await readClipped(this.base!, from, base.subarray(0, n));
+      }
+      for (let off = 0; off < n; off += cs) {
+        const c = src.subarray(off, off + cs);
+        const index = (from + off) / cs;
+        const zero = !srcData || isAllZero(c);
+        if (base) {
+          const b = base.subarray(off, off + cs);
+          if (equalBytes(c, b)) continue;
+          if (zero) {
+            yield { index, differsFromBase: true };
+            continue;
+          }
+        } else if (zero) continue;
+        yield { index, data: c.slice(), differsFromBase: true };
+      }
+      progress(to);
+      from = to;
+    }
+    progress(this.size);
+  }
+}
+
+/** Where an image's next bytes that may not read as zeros start, by block status (Infinity: none). */
+class NextData {
+  private extents: BlockStatusExtent[] = [];
+  private i = 0;
+  constructor(private readonly image: BlockImage) {}
+  async from(pos: number): Promise<number> {
+    const size = this.image.virtualSize;
+    for (;;) {
+      while (this.i < this.extents.length && this.extents[this.i]!.offset + this.extents[this.i]!.length <= pos) this.i++;
+      if (this.i < this.extents.length) {
+        const e = this.extents[this.i]!;
+        if (!e.zero) return Math.max(pos, e.offset);
+        pos = e.offset + e.length;
+        continue;
+      }
+      if (pos >= size) return Infinity;
+      this.extents = await this.image.blockStatus(pos, Math.min(size - pos, 2 ** 40));
+      this.i = 0;
+      if (this.extents.length === 0) return Infinity;
+    }
+  }
+}
+
+/** Read [at, at+into.length) of an image; bytes past its end read as zeros. */
+async function readClipped(img: BlockImage, at: number, into: Uint8Array): Promise<void> {
+  const n = Math.min(into.byteLength, Math.max(0, img.virtualSize - at));
+  if (n > 0) await img.read(at, into.subarray(0, n));
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.byteLength !== b.byteLength) return false;
+  const wa = a.byteLength % 4 === 0 && a.byteOffset % 4 === 0 && b.byteOffset % 4 === 0;
+  if (wa) {
+    const x = new Uint32Array(a.buffer, a.byteOffset, a.byteLength / 4);
+    const y = new Uint32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+    for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+    return true;
+  }
+  for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return false;
+  return true;
+}

@@ -1,0 +1,70 @@
+/**
+ * A plain Web Streams consumer of the core, as a browser page would use it: no Node imports. Bundled for
+ * platform=browser by streams-browser.test.ts and run where Node's modules and globals are absent.
+ * Returns a summary the test checks.
+ */
+import { MemoryStore } from "@qcowkit/datafile";
+import { Qcow2Image, createQcow2, imageToStream, streamToImage } from "@qcowkit/core";
+
+async function newImage(size: number): Promise<Qcow2Image> {
+  const store = new MemoryStore();
+  // createQcow2 closes the store it wrote; keep this one open for the image.
+  const keepOpen = new Proxy(store, { get: (t, k) => (k === "close" ? async () => undefined : Reflect.get(t, k, t)) });
+  await createQcow2(keepOpen, { size });
+  return Qcow2Image.open(store, { readOnly: false });
+}
+
+/** Every chunk of a stream, joined. */
+export async function collect(stream: ReadableStream<Uint8Array>): Promise<Uint8Array> {
+  const reader = stream.getReader();
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const r = await reader.read();
+    if (r.done) break;
+    parts.push(r.value.slice());
+    total += r.value.byteLength;
+  }
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.byteLength;
+  }
+  return out;
+}
+
+export async function run(): Promise<{ streamBytes: number; same: boolean; magic: string; rawSame: boolean; aborted: string }> {
+  const size = 8 * 1024 * 1024;
+  const src = await newImage(size);
+  const data = new Uint8Array(300_000);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 7 + (i >> 9)) & 0xff;
+  await src.write(65536 * 3 + 1000, data);
+  await src.write(6 * 1024 * 1024, data.subarray(0, 5000));
+
+  const qcow2 = await collect(imageToStream(src, { compress: true }));
+  const back = await newImage(size);
+  await streamToImage(new Blob([qcow2]).stream() as ReadableStream<Uint8Array>, back);
+  const a = new Uint8Array(size);
+  const b = new Uint8Array(size);
+  await src.read(0, a);
+  await back.read(0, b);
+  let same = true;
+  for (let i = 0; i < size; i++) if (a[i] !== b[i]) same = false;
+
+  const raw = await collect(imageToStream(src, { format: "raw" }));
+  let rawSame = raw.byteLength === size;
+  for (let i = 0; i < size && rawSame; i++) if (raw[i] !== a[i]) rawSame = false;
+
+  const ac = new AbortController();
+  const reader = imageToStream(src, { format: "raw", signal: ac.signal }).getReader();
+  await reader.read();
+  ac.abort(new Error("user stopped"));
+  let aborted = "";
+  try {
+    for (;;) if ((await reader.read()).done) break;
+  } catch (e) {
+    aborted = (e as Error).message;
+  }
+  return { streamBytes: qcow2.byteLength, same, magic: String.fromCharCode(...qcow2.subarray(0, 3)), rawSame, aborted };
+}
