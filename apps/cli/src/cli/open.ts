@@ -6,6 +6,7 @@
 import { openImage, type BlockImage, type OpenImageOptions } from "@qcowkit/core/node";
 import { parseBlockOptions, type EncryptOptions } from "./block-options";
 import { encryptOpenOptions } from "./secrets";
+import { programNames } from "./program";
 import { CliError, errorText } from "./errors";
 
 export interface CliOpenOptions {
@@ -55,7 +56,7 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
   const o: OpenImageOptions = {
     readOnly: opts.readOnly,
     // "qcow2: ..." lines go out as they are; "warning: ..." ones get the program name, as QEMU's warn_report.
-    onWarning: (message) => opts.onWarning(message.startsWith("warning: ") ? `${opts.program ?? "qimg"}: ${message}` : message),
+    onWarning: (message) => opts.onWarning(message.startsWith("warning: ") ? `${opts.program ?? programNames.qimg}: ${message}` : message),
     ...(opts.format !== undefined ? { format: opts.format } : {}),
     ...(opts.forceShare ? { shareRW: true } : {}),
     ...(opts.noIo ? { noIo: true } : {}),

@@ -13,7 +13,7 @@ import { QemuOpts, accumulateOptions, formatHelp, hasHelpOption, splitOptionList
 import { defineObject } from "../cli/secrets";
 import type { CommandContext, QimgCommand } from "./context";
 import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS } from "./create-options";
-import { helpText } from "./help";
+import { PROG, helpText } from "./help";
 
 function printAmendHelp(format: string, ctx: CommandContext): number {
   if (format !== "qcow2") throw new CliError(`Format driver '${format}' does not support option amendment`);
@@ -34,7 +34,7 @@ function parseAmendOptions(text: string, ctx: CommandContext): QemuOpts {
       createOnly = false;
     }
     if (!createOnly) throw e;
-    ctx.io.err(`qimg: ${errorText(e)}\nThis option is only supported for image creation\n`);
+    ctx.io.err(`${PROG}: ${errorText(e)}\nThis option is only supported for image creation\n`);
     throw new ExitStatus(1);
   }
 }
@@ -130,7 +130,7 @@ export const amendCommand: QimgCommand = {
       } catch (e) {
         const message = errorText(e);
         if (message === "Cannot amend the backing file") {
-          ctx.io.err(`qimg: ${message}\n${AMEND_BACKING_HINT.replace("qemu-img", "qimg")}\n`);
+          ctx.io.err(`${PROG}: ${message}\n${AMEND_BACKING_HINT.replace("qemu-img", PROG)}\n`);
           throw new ExitStatus(1);
         }
         throw new CliError(message, { cause: e });

@@ -12,7 +12,7 @@ import { closeQuietly, openCliImage } from "../cli/open";
 import { sizeArgument } from "../cli/size";
 import { defineObject } from "../cli/secrets";
 import type { QimgCommand } from "./context";
-import { helpText } from "./help";
+import { PROG, helpText } from "./help";
 
 const INT_MAX = 2147483647n;
 
@@ -111,7 +111,7 @@ export const ddCommand: QimgCommand = {
       }
       let inPos: number;
       if (skipBeyond) {
-        ctx.io.err(`qimg: ${input}: cannot skip to specified offset\n`);
+        ctx.io.err(`${PROG}: ${input}: cannot skip to specified offset\n`);
         inPos = Number(size);
       } else {
         inPos = Number(bsz * (skip ?? 0n));

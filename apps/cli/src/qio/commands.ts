@@ -12,6 +12,7 @@ import { getopt, type ParsedOption } from "../cli/getopt";
 import { openCliImage } from "../cli/open";
 import { dumpHuman, type JsonValue } from "../cli/qdict-json";
 import { cvtstr } from "../cli/size";
+import { programNames } from "../cli/program";
 import { applyBlockOptions, parseDiscard, type OpenRequest } from "./open";
 import { cvtnum, elapsedSince, hexDump, parsePattern, report } from "./report";
 
@@ -28,6 +29,14 @@ export interface Session {
    */
   writethrough: boolean;
   quit: boolean;
+  /** Commands come from standard input (qemu-io's prompt loop). */
+  interactive?: boolean;
+  /**
+   * aio_read/aio_write requests in flight, in issue order: each runs after the one before it and resolves with
+   * the lines it prints on completion. They are printed when qemu-io would run its event loop: before the next
+   * command that is not an aio request (before every command when reading standard input) and at the end.
+   */
+  aio?: Array<Promise<string>>;
   /** Open `req` as the current image (errors prefixed "can't open device NAME: "). */
   open(req: OpenRequest): Promise<void>;
 }
@@ -316,6 +325,164 @@ function vectorCommand(base: Command, name: "readv" | "writev", args: string, sh
   };
 }
 
+/** The lengths of a vectored request (create_iovec()): their sum, or undefined after printing why not. */
+function vectorLength(s: Session, lengths: string[]): number | undefined {
+  let total = 0;
+  for (const arg of lengths) {
+    const len = num(s, arg);
+    if (len > MAX_REQUEST_BYTES) {
+      s.io.out(`Argument '${arg}' exceeds maximum size ${MAX_REQUEST_BYTES}\n`);
+      return undefined;
+    }
+    if (total > MAX_REQUEST_BYTES - len) {
+      s.io.out(`The total number of bytes exceed the maximum size ${MAX_REQUEST_BYTES}\n`);
+      return undefined;
+    }
+    total += len;
+  }
+  return total;
+}
+
+/** Queue an asynchronous request: it starts after those before it; its lines wait for the next drain. */
+function submitAio(s: Session, op: () => Promise<string>): void {
+  const queue = (s.aio ??= []);
+  const before = queue[queue.length - 1] ?? Promise.resolve("");
+  queue.push(before.then(op, op));
+}
+
+/** Wait for every request in flight and print what each printed on completion, in order (blk_drain_all()). */
+export async function drainAio(s: Session): Promise<void> {
+  while (s.aio && s.aio.length > 0) {
+    const queue = s.aio;
+    s.aio = [];
+    for (const done of queue) s.io.out(await done);
+  }
+}
+
+const aioReadCmd: Command = {
+  help: " Reads LEN bytes (the sum of the lengths) at offset OFF asynchronously: the command succeeds once the\n request is submitted; its result is printed when it completes (aio_flush waits for all).\n  -C  print the statistics as one machine-readable line\n  -P  check that every byte read equals PATTERN\n  -i  count an invalid request (statistics only)\n  -q  print nothing but errors\n  -v  hex dump of the data read\n",
+  name: "aio_read",
+  args: "[-Ciqv] [-P pattern] off len [len..]",
+  oneline: "asynchronously reads a number of bytes",
+  argmin: 2,
+  argmax: -1,
+  needsImage: true,
+  async run(s, argv) {
+    const { options, operands } = parseOpts(this, argv, "CP:iqv");
+    let machine = false;
+    let quiet = false;
+    let verbose = false;
+    let pat: number | undefined;
+    for (const o of options) {
+      if (o.key === "C") machine = true;
+      if (o.key === "q") quiet = true;
+      if (o.key === "v") verbose = true;
+      if (o.key === "P") pat = pattern(s, o.value!);
+      if (o.key === "i") {
+        s.io.out("injecting invalid read request\n");
+        return true;
+      }
+    }
+    if (operands.length < 2) {
+      s.io.out(usage(this));
+      return false;
+    }
+    const offset = num(s, operands[0]!);
+    const count = vectorLength(s, operands.slice(1));
+    if (count === undefined) return false;
+    const image = s.image!;
+    submitAio(s, async () => {
+      const buf = new Uint8Array(count).fill(0xab);
+      const start = process.hrtime.bigint();
+      try {
+        await image.read(offset, buf);
+      } catch (e) {
+        return `readv failed: ${requestError(e)}\n`;
+      }
+      const t = elapsedSince(start);
+      let out = "";
+      if (pat !== undefined && buf.some((b) => b !== pat)) out += `Pattern verification failed at offset ${offset}, ${count} bytes\n`;
+      if (quiet) return out;
+      if (verbose) out += hexDump(buf, offset);
+      return out + report("read", t, offset, count, count, 1, machine);
+    });
+    return true;
+  },
+};
+
+const aioWriteCmd: Command = {
+  help: " Writes LEN bytes (the sum of the lengths) at offset OFF asynchronously, filled with 0xcd unless told\n otherwise: the command succeeds once the request is submitted; its result is printed when it completes.\n  -P  fill with PATTERN\n  -C  print the statistics as one machine-readable line\n  -f  durable on completion (FUA)\n  -i  count an invalid request (statistics only)\n  -q  print nothing but errors\n  -z  write zeros without data (-u: the range may be deallocated)\n",
+  name: "aio_write",
+  args: "[-Cfiquz] [-P pattern] off len [len..]",
+  oneline: "asynchronously writes a number of bytes",
+  argmin: 2,
+  argmax: -1,
+  needsImage: true,
+  writes: true,
+  async run(s, argv) {
+    const { options, operands } = parseOpts(this, argv, "CfiqP:uz");
+    let machine = false;
+    let quiet = false;
+    let fua = false;
+    let unmap = false;
+    let zero = false;
+    let pat = 0xcd;
+    for (const o of options) {
+      if (o.key === "C") machine = true;
+      if (o.key === "f") fua = true;
+      if (o.key === "q") quiet = true;
+      if (o.key === "u") unmap = true;
+      if (o.key === "z") zero = true;
+      if (o.key === "P") pat = pattern(s, o.value!);
+      if (o.key === "i") {
+        s.io.out("injecting invalid write request\n");
+        return true;
+      }
+    }
+    if (operands.length < 2) {
+      s.io.out(usage(this));
+      return false;
+    }
+    if (zero && operands.length !== 2) {
+      s.io.out("-z supports only a single length parameter\n");
+      return false;
+    }
+    if (unmap && !zero) {
+      s.io.out("-u requires -z to be specified\n");
+      return false;
+    }
+    const offset = num(s, operands[0]!);
+    const count = zero ? num(s, operands[1]!) : vectorLength(s, operands.slice(1));
+    if (count === undefined) return false;
+    const image = s.image!;
+    const durable = fua || s.writethrough;
+    submitAio(s, async () => {
+      const start = process.hrtime.bigint();
+      try {
+        if (zero) await image.writeZeroes(offset, count, { unmap, fua: durable });
+        else await image.write(offset, new Uint8Array(count).fill(pat), { fua: durable });
+      } catch (e) {
+        return `aio_write failed: ${requestError(e)}\n`;
+      }
+      return quiet ? "" : report("wrote", elapsedSince(start), offset, count, count, 1, machine);
+    });
+    return true;
+  },
+};
+
+const aioFlushCmd: Command = {
+  name: "aio_flush",
+  args: "",
+  oneline: "completes all outstanding aio requests",
+  argmin: 0,
+  argmax: 0,
+  needsImage: true,
+  async run(s) {
+    await drainAio(s);
+    return true;
+  },
+};
+
 const discardCmd: Command = {
   help: " Discards LEN bytes at offset OFF of the open image (whole clusters).\n  -C  print the statistics as one machine-readable line\n  -q  print nothing but errors\n",
   name: "discard",
@@ -362,7 +529,7 @@ const flushCmd: Command = {
       await s.image!.flush();
       return true;
     } catch (e) {
-      s.io.err(`qio: ${errorText(e)}\n`);
+      s.io.err(`${programNames.qio}: ${errorText(e)}\n`);
       return false;
     }
   },
@@ -477,7 +644,7 @@ const truncateCmd: Command = {
     let preallocation: Preallocation = "off";
     for (const o of options) {
       if (!PREALLOCATION.includes(o.value as Preallocation)) {
-        s.io.err(`qio: Invalid preallocation mode '${o.value}'\n`);
+        s.io.err(`${programNames.qio}: Invalid preallocation mode '${o.value}'\n`);
         return false;
       }
       preallocation = o.value as Preallocation;
@@ -490,7 +657,7 @@ const truncateCmd: Command = {
     try {
       await s.image!.resize(size, { shrink: true, preallocation });
     } catch (e) {
-      s.io.err(`qio: ${errorText(e)}\n`);
+      s.io.err(`${programNames.qio}: ${errorText(e)}\n`);
       return false;
     }
     return true;
@@ -508,7 +675,7 @@ const openCmd: Command = {
   needsImage: false,
   async run(s, argv) {
     if (s.image) {
-      s.io.err("qio: file open already, try 'help close'\n");
+      s.io.err(`${programNames.qio}: file open already, try 'help close'\n`);
       return false;
     }
     const { options, operands } = parseOpts(this, argv, "snCro:ki:t:d:U");
@@ -530,7 +697,7 @@ const openCmd: Command = {
     if (operands[0] !== undefined) req.filename = operands[0];
     if (blockOptions !== undefined) {
       try {
-        req = applyBlockOptions(req, blockOptions, false, (w) => s.io.err(`qio: warning: ${w}\n`));
+        req = applyBlockOptions(req, blockOptions, false, (w) => s.io.err(`${programNames.qio}: warning: ${w}\n`));
       } catch (e) {
         throw new CliError(`can't open device ${req.filename}: ${errorText(e)}`, { cause: e });
       }
@@ -649,6 +816,9 @@ const COMMANDS: Command[] = [
   writeCmd,
   vectorCommand(writeCmd, "writev", "[-Cfq] [-P pattern] off len [len..]", "CfqP:"),
   discardCmd,
+  aioReadCmd,
+  aioWriteCmd,
+  aioFlushCmd,
   flushCmd,
   allocCmd,
   mapCmd,
@@ -676,6 +846,9 @@ export async function runCommandLine(s: Session, line: string): Promise<boolean>
     s.io.err(`command "${argv[0]}" not found\n`);
     return false;
   }
+  // qemu-io runs its event loop (completing aio requests) before anything but another aio submission, and
+  // before every command read from standard input.
+  if ((c !== aioReadCmd && c !== aioWriteCmd) || s.interactive) await drainAio(s);
   if (c.needsImage && !s.image) {
     s.io.err("no file open, try 'help open'\n");
     return false;
@@ -690,7 +863,7 @@ export async function runCommandLine(s: Session, line: string): Promise<boolean>
     return false;
   }
   if (c.writes && s.image!.readOnly) {
-    s.io.err("qio: Block node is read-only\n");
+    s.io.err(`${programNames.qio}: Block node is read-only\n`);
     return false;
   }
   try {
@@ -703,7 +876,7 @@ export async function runCommandLine(s: Session, line: string): Promise<boolean>
       return false;
     }
     if (e instanceof CliError || isQcow2Error(e)) {
-      s.io.err(`qio: ${errorText(e)}\n`);
+      s.io.err(`${programNames.qio}: ${errorText(e)}\n`);
       return false;
     }
     throw e;
@@ -721,7 +894,7 @@ export async function openForSession(s: Session, req: OpenRequest): Promise<void
     ...(req.backingFormat !== undefined ? { backingFormat: req.backingFormat } : {}),
     discard: req.discard,
     ...(req.encrypt ? { encrypt: req.encrypt } : {}),
-    program: "qio",
+    program: programNames.qio,
     onWarning: (w) => s.io.err(`${w}\n`),
     errorPrefix: req.filename === "" || req.imageOpts ? "can't open: " : `can't open device ${req.filename}: `,
   });

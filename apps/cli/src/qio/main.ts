@@ -6,14 +6,15 @@ import { CliError, UsageError, errorText, reportError, type Output, printHint } 
 import { getopt } from "../cli/getopt";
 import { defineObject, resetSecrets } from "../cli/secrets";
 import { cliOpenDefaults, closeQuietly } from "../cli/open";
-import { VERSION } from "../cli/version";
-import { checkCacheMode, openForSession, runCommandLine, type Session } from "./commands";
+import { programNames, versionLine } from "../cli/program";
+import { checkCacheMode, drainAio, openForSession, runCommandLine, type Session } from "./commands";
 import { applyBlockOptions, parseDiscard, type OpenRequest } from "./open";
 
-const PROG = "qio";
+/** The program name in messages ("qemu-io" when started under that name). */
+const prog = (): string => programNames.qio;
 
 export function qioUsage(): string {
-  return `Usage: ${PROG} [OPTIONS]... [-c STRING]... [file]
+  return `Usage: ${prog()} [OPTIONS]... [-c STRING]... [file]
 QEMU Disk exerciser (qcowkit implementation, qcow2 and raw only)
 
   --object OBJECTDEF   define a secret: secret,id=ID,data=TEXT|file=PATH[,format=raw|base64]
@@ -39,7 +40,7 @@ QEMU Disk exerciser (qcowkit implementation, qcow2 and raw only)
   -h, --help           display this help and exit
   -V, --version        output version information and exit
 
-See '${PROG} -c help' for information on available commands.
+See '${prog()} -c help' for information on available commands.
 `;
 }
 
@@ -49,8 +50,8 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
   try {
     parsed = getopt(args, {
       short: "hVc:d:f:rsnCmki:t:T:U",
-      argv0: PROG,
-      style: { command: PROG },
+      argv0: prog(),
+      style: { command: prog() },
       long: [
         { name: "help", hasArg: false, key: "h" },
         { name: "version", hasArg: false, key: "V" },
@@ -90,7 +91,7 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
           io.out(qioUsage());
           return 0;
         case "V":
-          io.out(`${PROG} version ${VERSION} (qcowkit), compatible with qemu-io 7.2\n`);
+          io.out(versionLine("qio"));
           return 0;
         case "c":
           commands.push(o.value!);
@@ -131,7 +132,7 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
       }
     }
   } catch (e) {
-    io.err(`${PROG}: ${errorText(e)}\n`);
+    io.err(`${prog()}: ${errorText(e)}\n`);
     return 1;
   }
   if (parsed.operands.length > 1) {
@@ -154,7 +155,7 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
         if (imageOpts) {
           if (req.format !== undefined) throw new CliError("--image-opts and -f are mutually exclusive");
           try {
-            req = applyBlockOptions(req, operand, true, (w) => io.err(`${PROG}: warning: ${w}\n`));
+            req = applyBlockOptions(req, operand, true, (w) => io.err(`${prog()}: warning: ${w}\n`));
           } catch (e) {
             throw new CliError(`can't open: ${errorText(e)}`, { cause: e });
           }
@@ -163,27 +164,29 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
         }
         await session.open(req);
       } catch (e) {
-        io.err(`${PROG}: ${errorText(e)}\n`);
+        io.err(`${prog()}: ${errorText(e)}\n`);
         printHint(e, io);
         return 1;
       }
     }
     const interactive = commands.length === 0 && stdin !== undefined;
+    session.interactive = interactive;
     const lines = interactive ? (await stdin!()).split("\n") : commands;
     if (interactive && lines[lines.length - 1] === "") lines.pop();
     for (const line of lines) {
       if (session.quit) break;
-      if (interactive) io.out(`${PROG}> `);
+      if (interactive) io.out(`${prog()}> `);
       if (!(await runCommandLine(session, line))) failed = true;
     }
     // The prompt that met the end of the input.
-    if (interactive && !session.quit) io.out(`${PROG}> `);
+    if (interactive && !session.quit) io.out(`${prog()}> `);
+    await drainAio(session);
     const image = session.image;
     session.image = undefined;
     if (image) await image.close();
   } catch (e) {
     await closeQuietly(session.image);
-    return reportError(PROG, e, io);
+    return reportError(prog(), e, io);
   }
   return failed ? 1 : 0;
 }
