@@ -52,6 +52,8 @@ export interface OpenImageOptions {
   /** Open for check/repair. */
   checkMode?: boolean;
   discard?: "ignore" | "unmap";
+  /** qcow2's lazy-refcounts runtime option (the image's own setting otherwise). */
+  lazyRefcounts?: boolean;
   /**
    * File reads and writes of at most this many bytes are made synchronously (see FileStore): for tools
    * that issue one request at a time (qimg, qio). Servers keep the default 0.
@@ -213,6 +215,7 @@ function qcow2OpenOptions(path: string, opts: OpenImageOptions, readOnly: boolea
     ...(opts.noIo ? { noIo: true } : {}),
     ...(opts.checkMode ? { checkMode: true } : {}),
     ...(opts.discard ? { discard: opts.discard } : {}),
+    ...(opts.lazyRefcounts !== undefined ? { lazyRefcounts: opts.lazyRefcounts } : {}),
     ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
     ...(opts.encrypt ? { encrypt: opts.encrypt } : {}),
     // Writable opens keep persistent dirty bitmaps up to date (in_use while open, stored at close).

@@ -16,6 +16,10 @@ export interface BlockOptions {
   readOnly?: boolean;
   forceShare?: boolean;
   discard?: "ignore" | "unmap";
+  /** lazy-refcounts: overrides the image's compatible feature bit for this open. */
+  lazyRefcounts?: boolean;
+  /** node-name: accepted (QEMU's graph name; qcowkit has one node per image). */
+  nodeName?: string;
   /** encrypt.*: the key secret's id, the format, and the names (after "encrypt.") of any other encrypt option. */
   encrypt?: EncryptOptions;
 }
@@ -47,7 +51,25 @@ export const BLOCK_OPTION_KEYS = [
   "cache.no-flush",
   "encrypt.key-secret",
   "encrypt.format",
+  ...[
+    "lazy-refcounts",
+    "node-name",
+    "file.node-name",
+    "data-file.node-name",
+    "backing.node-name",
+    "file.align",
+  ],
 ];
+
+/**
+ * qcow2 runtime options that tune QEMU's caches and checks (qcow2's QCOW2_OPT_*): values checked as QEMU
+ * checks them, no effect on the result (qcowkit sizes its caches itself and checks every metadata write
+ * against the metadata it knows).
+ */
+const QCOW2_TUNING_SIZES = ["l2-cache-size", "l2-cache-entry-size", "refcount-cache-size", "cache-size"];
+const QCOW2_TUNING_BOOLS = ["pass-discard-request", "pass-discard-snapshot", "pass-discard-other", "discard-no-unref"];
+const OVERLAP_CHECK_TEMPLATES = ["none", "constant", "cached", "all"];
+const OVERLAP_CHECK_PARTS = ["main-header", "active-l1", "active-l2", "refcount-table", "refcount-block", "snapshot-table", "inactive-l1", "inactive-l2", "bitmap-directory"];
 
 export function parseDiscard(mode: string): "ignore" | "unmap" {
   if (mode === "ignore" || mode === "off") return "ignore";
@@ -134,7 +156,34 @@ export function parseBlockOptions(
       case "cache.no-flush":
         parseBool(key, value);
         break;
+      case "lazy-refcounts":
+        out.lazyRefcounts = parseBool(key, value);
+        break;
+      case "node-name":
+        out.nodeName = value;
+        break;
+      case "file.node-name":
+      case "data-file.node-name":
+      case "backing.node-name":
+      case "file.align":
+        break;
+      case "cache-clean-interval":
+        if (!/^\d+$/.test(value)) throw new CliError(`Parameter '${key}' expects a non-negative number below 2^64`);
+        break;
+      case "overlap-check":
+        if (!OVERLAP_CHECK_TEMPLATES.includes(value)) {
+          throw new CliError(`Unsupported value '${value}' for qcow2 option 'overlap-check'. Allowed are any of the following: none, constant, cached, all`);
+        }
+        break;
       default: {
+        if (QCOW2_TUNING_SIZES.includes(key)) {
+          if (!/^\d+[kKmMgGtT]?$/.test(value)) throw new CliError(`Parameter '${key}' expects a non-negative number below 2^64`);
+          break;
+        }
+        if (QCOW2_TUNING_BOOLS.includes(key) || (key.startsWith("overlap-check.") && OVERLAP_CHECK_PARTS.includes(key.slice(14)))) {
+          parseBool(key, value);
+          break;
+        }
         if (key.startsWith("encrypt.")) {
           // Checked against the image when it is opened (only encrypted images look at them).
           const e = (out.encrypt ??= { unexpected: [] });

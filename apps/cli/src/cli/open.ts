@@ -35,6 +35,8 @@ export interface CliOpenOptions {
   checkMode?: boolean;
   /** encrypt.* options (the key secret's id is looked up among the --object secrets). */
   encrypt?: EncryptOptions;
+  /** qcow2's lazy-refcounts runtime option. */
+  lazyRefcounts?: boolean;
 }
 
 /**
@@ -65,6 +67,7 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     ...(opts.backingFormat !== undefined ? { backingFormat: opts.backingFormat } : {}),
     ...(opts.discard !== undefined ? { discard: opts.discard } : {}),
     ...(opts.checkMode ? { checkMode: true } : {}),
+    ...(opts.lazyRefcounts !== undefined ? { lazyRefcounts: opts.lazyRefcounts } : {}),
     ...(cliOpenDefaults.safe ? { safe: true } : {}),
     ...(opts.encrypt ? { encrypt: encryptOpenOptions(opts.encrypt) } : {}),
     // One request at a time: small file I/O is cheaper done synchronously than through the thread pool.
@@ -127,6 +130,7 @@ export async function openImageOpts(
     ...(o.forceShare !== undefined ? { forceShare: o.forceShare } : {}),
     ...(o.discard !== undefined ? { discard: o.discard } : {}),
     ...(o.encrypt !== undefined ? { encrypt: o.encrypt } : {}),
+    ...(o.lazyRefcounts !== undefined ? { lazyRefcounts: o.lazyRefcounts } : {}),
     errorPrefix,
   });
   return { image, filename };

@@ -2,9 +2,10 @@
  * qemu-io's commands, with its argument checks, output lines and failure texts. A command returns true when
  * it succeeded; qio exits 1 when any command failed.
  */
-import { Qcow2Image, qcow2SpecificInfo, type BlockImage, type Preallocation } from "@qcowkit/core/node";
+import { Qcow2Image, createImage, qcow2SpecificInfo, type BlockImage, type Preallocation } from "@qcowkit/core/node";
 import { isQcow2Error } from "@qcowkit/spec";
-import { readFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { join, resolve as resolvePath } from "node:path";
 import { systemErrorText } from "@qcowkit/datafile/node";
 import { strerror } from "../cli/errno";
 import { CliError, UsageError, errorText, type Output } from "../cli/errors";
@@ -12,6 +13,7 @@ import { getopt, type ParsedOption } from "../cli/getopt";
 import { openCliImage } from "../cli/open";
 import { dumpHuman, type JsonValue } from "../cli/qdict-json";
 import { cvtstr } from "../cli/size";
+import { splitOptionList } from "../cli/qemu-opts";
 import { programNames } from "../cli/program";
 import { applyBlockOptions, parseDiscard, type OpenRequest } from "./open";
 import { cvtnum, elapsedSince, hexDump, parsePattern, report } from "./report";
@@ -687,7 +689,7 @@ const openCmd: Command = {
       else if (o.key === "d") req.discard = parseDiscard(o.value!);
       else if (o.key === "t") s.writethrough = checkCacheMode(o.value!);
       else if (o.key === "n") s.writethrough = false;
-      else if (o.key === "s") throw new CliError("snapshot mode (-s) is not supported by qio");
+      else if (o.key === "s") req.snapshot = true;
       else if (o.key === "o") blockOptions = blockOptions === undefined ? o.value! : `${blockOptions},${o.value}`;
     }
     if (operands.length > 1) {
@@ -703,6 +705,70 @@ const openCmd: Command = {
       }
     }
     await s.open(req);
+    return true;
+  },
+};
+
+/** The options given to reopen -o that a reopen cannot change (bdrv_reopen's "Cannot change the option"). */
+const FIXED_ON_REOPEN: Array<[keyof OpenRequest, string]> = [["nodeName", "node-name"], ["format", "driver"]];
+
+const reopenCmd: Command = {
+  help: " Reopens the open image with changed options (the others stay as they were).\n  -r  read-only\n  -w  read-write\n  -c  cache mode\n  -o  block driver options, e.g. lazy-refcounts=on\n",
+  name: "reopen",
+  args: "[(-r|-w)] [-c cache] [-o options]",
+  oneline: "reopens an image with new options",
+  argmin: 0,
+  argmax: -1,
+  needsImage: true,
+  async run(s, argv) {
+    const { options, operands } = parseOpts(this, argv, "c:o:rw");
+    let readOnly: boolean | undefined;
+    let cache: string | undefined;
+    let blockOptions: string | undefined;
+    for (const o of options) {
+      if (o.key === "c") {
+        cache = o.value!;
+        checkCacheMode(cache);
+      } else if (o.key === "o") blockOptions = blockOptions === undefined ? o.value! : `${blockOptions},${o.value}`;
+      else if (o.key === "r" || o.key === "w") {
+        if (readOnly !== undefined) {
+          s.io.err("Only one -r/-w option may be given\n");
+          return false;
+        }
+        readOnly = o.key === "r";
+      }
+    }
+    if (operands.length > 0) {
+      s.io.out(usage(this));
+      return false;
+    }
+    const old = s.request!;
+    let req: OpenRequest = { ...old };
+    if (blockOptions !== undefined) {
+      const given = splitOptionList(blockOptions).map((e) => e.split("=")[0]!);
+      if (readOnly !== undefined && given.includes("read-only")) throw new CliError("Cannot set both -r/-w and 'read-only'");
+      if (cache !== undefined && given.some((k) => k.startsWith("cache."))) throw new CliError("Cannot set both -c and the cache options");
+      const changed = applyBlockOptions({ ...old, format: undefined } as OpenRequest, blockOptions, false);
+      for (const [field, name] of FIXED_ON_REOPEN) {
+        const now = field === "format" ? s.image!.format : old[field];
+        if (changed[field] !== undefined && changed[field] !== now) throw new CliError(`Cannot change the option '${name}'`);
+      }
+      const fileDriver = splitOptionList(blockOptions).find((e) => e.startsWith("file.driver="));
+      if (fileDriver !== undefined && fileDriver !== "file.driver=file") throw new CliError("Cannot change the option 'driver'");
+      req = { ...changed, format: old.format };
+    }
+    if (readOnly !== undefined) req.readOnly = readOnly;
+    if (cache !== undefined) s.writethrough = checkCacheMode(cache);
+    const image = s.image!;
+    s.image = undefined;
+    await image.close();
+    try {
+      await openForSession(s, req);
+    } catch (e) {
+      // As bdrv_reopen: a failed reopen leaves the image as it was.
+      await openForSession(s, old);
+      throw e;
+    }
     return true;
   },
 };
@@ -826,6 +892,7 @@ const COMMANDS: Command[] = [
   lengthCmd,
   truncateCmd,
   openCmd,
+  reopenCmd,
   closeCmd,
   quitCmd,
   sleepCmd,
@@ -885,6 +952,11 @@ export async function runCommandLine(s: Session, line: string): Promise<boolean>
 
 /** Open `req` for a session (used by the command line and the open command). */
 export async function openForSession(s: Session, req: OpenRequest): Promise<void> {
+  if (req.snapshot) {
+    s.image = await openSnapshotMode(s, req);
+    s.request = req;
+    return;
+  }
   s.image = await openCliImage(req.filename, {
     readOnly: req.readOnly,
     forceShare: req.forceShare,
@@ -894,10 +966,48 @@ export async function openForSession(s: Session, req: OpenRequest): Promise<void
     ...(req.backingFormat !== undefined ? { backingFormat: req.backingFormat } : {}),
     discard: req.discard,
     ...(req.encrypt ? { encrypt: req.encrypt } : {}),
+    ...(req.lazyRefcounts !== undefined ? { lazyRefcounts: req.lazyRefcounts } : {}),
     program: programNames.qio,
     onWarning: (w) => s.io.err(`${w}\n`),
     errorPrefix: req.filename === "" || req.imageOpts ? "can't open: " : `can't open device ${req.filename}: `,
   });
   s.request = req;
+}
+
+/**
+ * qemu-io -s: the image is opened read-only and a temporary qcow2 overlay on top of it (in TMPDIR, else
+ * /var/tmp, as QEMU's temporary snapshot) takes the writes; the overlay is unlinked once open.
+ */
+async function openSnapshotMode(s: Session, req: OpenRequest): Promise<BlockImage> {
+  const base = await openCliImage(req.filename, {
+    readOnly: true,
+    forceShare: req.forceShare,
+    ...(req.format !== undefined ? { format: req.format } : {}),
+    ...(req.dataFile !== undefined ? { dataFile: req.dataFile } : {}),
+    ...(req.backing !== undefined ? { backing: req.backing } : {}),
+    ...(req.backingFormat !== undefined ? { backingFormat: req.backingFormat } : {}),
+    ...(req.encrypt ? { encrypt: req.encrypt } : {}),
+    program: programNames.qio,
+    onWarning: (w) => s.io.err(`${w}\n`),
+    errorPrefix: req.filename === "" || req.imageOpts ? "can't open: " : `can't open device ${req.filename}: `,
+  });
+  const size = base.virtualSize - (base.virtualSize % 512);
+  const format = base.format;
+  await base.close();
+  const dir = await mkdtemp(join(process.env.TMPDIR || "/var/tmp", "qio-snapshot-"));
+  const overlay = join(dir, "overlay.qcow2");
+  try {
+    await createImage(overlay, { size, backingFile: /^[a-z][a-z0-9+.-]*:/i.test(req.filename) ? req.filename : resolvePath(req.filename), backingFormat: format });
+    return await openCliImage(overlay, {
+      readOnly: false,
+      format: "qcow2",
+      discard: req.discard,
+      program: programNames.qio,
+      onWarning: (w) => s.io.err(`${w}\n`),
+      errorPrefix: `can't open device ${req.filename}: `,
+    });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 

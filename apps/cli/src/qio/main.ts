@@ -26,7 +26,7 @@ QEMU Disk exerciser (qcowkit implementation, qcow2 and raw only)
                        from the given string
   -f, --format FMT     specifies the block driver to use (qcow2 or raw)
   -r, --read-only      export read-only
-  -s, --snapshot       not supported by qio
+  -s, --snapshot       use snapshot file (writes go to a temporary overlay)
   -n, --nocache        accepted and ignored (short for -t none)
   -C, --copy-on-read   accepted and ignored
   -m, --misalign       accepted and ignored
@@ -122,7 +122,8 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
           if (!["threads", "native", "io_uring"].includes(o.value!)) throw new CliError(`Invalid aio option: ${o.value}`);
           break;
         case "s":
-          throw new CliError("snapshot mode (-s) is not supported by qio");
+          req.snapshot = true;
+          break;
         case "object":
           defineObject(o.value!);
           break;

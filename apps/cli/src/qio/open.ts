@@ -17,6 +17,12 @@ export interface OpenRequest {
   backingFormat?: string;
   /** encrypt.* options (key secret id, format). */
   encrypt?: EncryptOptions;
+  /** lazy-refcounts runtime option (the image's own setting otherwise). */
+  lazyRefcounts?: boolean;
+  /** node-name given when opened (reopen refuses to change it). */
+  nodeName?: string;
+  /** -s: writes go to a temporary overlay, deleted on close; the image itself is only read. */
+  snapshot?: boolean;
   /** Described by --image-opts: QEMU names no device when the open fails ("can't open: ..."). */
   imageOpts?: boolean;
 }
@@ -39,6 +45,8 @@ export function applyBlockOptions(req: OpenRequest, text: string, imageOpts: boo
   if (o.forceShare !== undefined) out.forceShare = o.forceShare;
   if (o.discard !== undefined) out.discard = o.discard;
   if (o.encrypt !== undefined) out.encrypt = o.encrypt;
+  if (o.lazyRefcounts !== undefined) out.lazyRefcounts = o.lazyRefcounts;
+  if (o.nodeName !== undefined) out.nodeName = o.nodeName;
   if (imageOpts) out.imageOpts = true;
   return out;
 }
