@@ -731,10 +731,7 @@ const reopenCmd: Command = {
         checkCacheMode(cache);
       } else if (o.key === "o") blockOptions = blockOptions === undefined ? o.value! : `${blockOptions},${o.value}`;
       else if (o.key === "r" || o.key === "w") {
-        if (readOnly !== undefined) {
-          s.io.err("Only one -r/-w option may be given\n");
-          return false;
-        }
+        if (readOnly !== undefined) throw new CliError("Only one -r/-w option may be given");
         readOnly = o.key === "r";
       }
     }
@@ -763,7 +760,8 @@ const reopenCmd: Command = {
     s.image = undefined;
     await image.close();
     try {
-      await openForSession(s, req);
+      // bdrv_reopen's errors name no device.
+      await openForSession(s, req, "");
     } catch (e) {
       // As bdrv_reopen: a failed reopen leaves the image as it was.
       await openForSession(s, old);
@@ -904,6 +902,9 @@ function findCommand(name: string): Command | undefined {
   return COMMANDS.find((c) => c.name === name || c.alias === name);
 }
 
+/** Commands that run without qemu-io's event loop turning: pending aio completions are not printed before them. */
+const NO_EVENT_LOOP = new Set(["aio_read", "aio_write", "length", "info", "help", "sigraise"]);
+
 /** Run one command line (split on spaces like qemu-io). Returns true on success. */
 export async function runCommandLine(s: Session, line: string): Promise<boolean> {
   const argv = line.split(" ").filter((w) => w !== "");
@@ -913,9 +914,9 @@ export async function runCommandLine(s: Session, line: string): Promise<boolean>
     s.io.err(`command "${argv[0]}" not found\n`);
     return false;
   }
-  // qemu-io runs its event loop (completing aio requests) before anything but another aio submission, and
-  // before every command read from standard input.
-  if ((c !== aioReadCmd && c !== aioWriteCmd) || s.interactive) await drainAio(s);
+  // qemu-io completes aio requests when it runs its event loop: in a command that does I/O, and before every
+  // command read from standard input (not before an aio submission or a command that only looks at state).
+  if (!NO_EVENT_LOOP.has(c.name) || s.interactive) await drainAio(s);
   if (c.needsImage && !s.image) {
     s.io.err("no file open, try 'help open'\n");
     return false;
@@ -951,7 +952,7 @@ export async function runCommandLine(s: Session, line: string): Promise<boolean>
 }
 
 /** Open `req` for a session (used by the command line and the open command). */
-export async function openForSession(s: Session, req: OpenRequest): Promise<void> {
+export async function openForSession(s: Session, req: OpenRequest, errorPrefix?: string): Promise<void> {
   if (req.snapshot) {
     s.image = await openSnapshotMode(s, req);
     s.request = req;
@@ -969,7 +970,7 @@ export async function openForSession(s: Session, req: OpenRequest): Promise<void
     ...(req.lazyRefcounts !== undefined ? { lazyRefcounts: req.lazyRefcounts } : {}),
     program: programNames.qio,
     onWarning: (w) => s.io.err(`${w}\n`),
-    errorPrefix: req.filename === "" || req.imageOpts ? "can't open: " : `can't open device ${req.filename}: `,
+    errorPrefix: errorPrefix ?? (req.filename === "" || req.imageOpts ? "can't open: " : `can't open device ${req.filename}: `),
   });
   s.request = req;
 }
