@@ -52,6 +52,8 @@ export interface OpenImageOptions {
   /** Open for check/repair. */
   checkMode?: boolean;
   discard?: "ignore" | "unmap";
+  /** Put a layer over the external data file once opened (QEMU's filter drivers over the data-file child: blkdebug). */
+  wrapDataFile?: (store: ByteStore) => ByteStore;
   /** qcow2's lazy-refcounts runtime option (the image's own setting otherwise). */
   lazyRefcounts?: boolean;
   /**
@@ -109,13 +111,14 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
         ? checkSafeReference(ctx.imageName, name, "data-file", { cwd: process.cwd() })
         : resolveDataFileName(name).path!;
       if (opts.safe && stored) await assertRealPathInside(ctx.imageName, path, "data-file", name);
-      return FileStore.open(path, {
+      const store = await FileStore.open(path, {
         readOnly: ctx.readOnly,
         name,
         syncIoBytes: opts.syncIoBytes ?? 0,
         inMemorySyncIoBytes: opts.inMemorySyncIoBytes ?? 0,
         cachedReadBytes: opts.cachedReadBytes ?? 0,
       });
+      return opts.wrapDataFile ? opts.wrapDataFile(store) : store;
     },
     async openBacking(name: string, format: string | undefined, ctx: ResolveContext): Promise<BlockImage> {
       try {

@@ -9,6 +9,7 @@ export {
   type FaultInjectingStoreOptions,
   type UnflushedKeepOptions,
 } from "./fault-store";
+export { BlkdebugStore, BLKDEBUG_IO_TYPES, type BlkdebugInjectError, type BlkdebugIoType } from "./blkdebug-store";
 export {
   backingProtocol,
   checkSafeReference,

@@ -531,7 +531,8 @@ const flushCmd: Command = {
       await s.image!.flush();
       return true;
     } catch (e) {
-      s.io.err(`${programNames.qio}: ${errorText(e)}\n`);
+      // qemu-io's flush returns the error without printing it: only the exit code tells.
+      if (!isQcow2Error(e)) throw e;
       return false;
     }
   },
@@ -968,6 +969,7 @@ export async function openForSession(s: Session, req: OpenRequest, errorPrefix?:
     discard: req.discard,
     ...(req.encrypt ? { encrypt: req.encrypt } : {}),
     ...(req.lazyRefcounts !== undefined ? { lazyRefcounts: req.lazyRefcounts } : {}),
+    ...(req.qcow2Cache !== undefined ? { qcow2Cache: req.qcow2Cache } : {}),
     program: programNames.qio,
     onWarning: (w) => s.io.err(`${w}\n`),
     errorPrefix: errorPrefix ?? (req.filename === "" || req.imageOpts ? "can't open: " : `can't open device ${req.filename}: `),

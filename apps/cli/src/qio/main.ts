@@ -3,6 +3,7 @@
  * run in order (or, without -c, the lines read from standard input); the exit code is 1 when any failed.
  */
 import { CliError, UsageError, errorText, reportError, type Output, printHint } from "../cli/errors";
+import { isQcow2Error } from "@qcowkit/spec";
 import { getopt } from "../cli/getopt";
 import { defineObject, resetSecrets } from "../cli/secrets";
 import { cliOpenDefaults, closeQuietly } from "../cli/open";
@@ -184,7 +185,10 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
     await drainAio(session);
     const image = session.image;
     session.image = undefined;
-    if (image) await image.close();
+    // As qemu-io's exit (bdrv_close): a failure of the final flush is not reported.
+    if (image) await image.close().catch((e: unknown) => {
+      if (!isQcow2Error(e)) throw e;
+    });
   } catch (e) {
     await closeQuietly(session.image);
     return reportError(prog(), e, io);
