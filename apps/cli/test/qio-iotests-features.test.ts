@@ -140,3 +140,59 @@ describe("data-file given for an image with internal data", () => {
     }
   });
 });
+
+describe("json: filenames and blkdebug on the data file", () => {
+  const json = (img: string, dataFile: Record<string, unknown>) =>
+    `json:${JSON.stringify({ driver: "qcow2", file: { driver: "file", filename: img }, "data-file": dataFile }).replace(/"/g, "'")}`;
+
+  it("a json: filename opens the image it describes (single-quoted strings, as QEMU's JSON)", async () => {
+    const dir = subDir(root, "json");
+    const [a, b] = await twins(dir, ["-o", `data_file=${path.join(dir, "DATA")}`]);
+    // Both images name the same data file: give each its own.
+    fs.copyFileSync(path.join(dir, "DATA"), path.join(dir, "DATA2"));
+    const desc = (img: string) => json(img, { driver: "file", filename: path.join(dir, img === a ? "DATA" : "DATA2") });
+    await same((img) => ["-c", "write -P 9 0 64k", "-c", "read -P 9 0 64k", desc(img)], a, b);
+    expect(fs.readFileSync(path.join(dir, "DATA")).equals(fs.readFileSync(path.join(dir, "DATA2")))).toBe(true);
+  });
+
+  it("blkdebug inject-error (event none) fails the data file's flushes and writes as QEMU's", async () => {
+    const dir = subDir(root, "blkdebug");
+    const [a, b] = await twins(dir, ["-o", `data_file=${path.join(dir, "DATA")}`]);
+    const blk = (rule: Record<string, unknown>) => ({ driver: "blkdebug", "inject-error": [rule], image: { driver: "file", filename: path.join(dir, "DATA") } });
+    const cases: Array<[Record<string, unknown>, string[]]> = [
+      [{ event: "none", iotype: "flush" }, ["write 0 512", "flush"]],
+      [{ event: "none", iotype: "write", errno: 28 }, ["write 0 512"]],
+      [{ event: "none", iotype: "read", errno: 5, once: true }, ["write -P 3 0 4k", "read -P 3 0 4k", "read -P 3 0 4k"]],
+    ];
+    for (const [rule, list] of cases) {
+      // One run each, one after the other: both images use the same data file.
+      const o = await qio(["-t", "writeback", ...list.flatMap((c) => ["-c", c]), json(a, blk(rule))]);
+      const t = await qemuIo(["-t", "writeback", ...list.flatMap((c) => ["-c", c]), json(b, blk(rule))]);
+      expect(filterTimings(o.stdout), JSON.stringify(rule)).toBe(filterTimings(t.stdout));
+      expect(o.stderr, JSON.stringify(rule)).toBe(normalizeQemu(t.stderr));
+      expect(o.code, JSON.stringify(rule)).toBe(t.code);
+    }
+  });
+});
+
+describe("qcow2 runtime options", () => {
+  it("cache options are checked as QEMU checks them, and accepted when valid", async () => {
+    const dir = subDir(root, "cache-opts");
+    const [a, b] = await twins(dir);
+    for (const o of [
+      "cache-size=1.25M,l2-cache-size=1M,refcount-cache-size=0.25M",
+      "cache-size=1M,l2-cache-size=2M",
+      "cache-size=1M,refcount-cache-size=2M",
+      "l2-cache-entry-size=256",
+      "l2-cache-entry-size=4242",
+      "l2-cache-entry-size=128k",
+      "cache-size=0",
+      "cache-size=2M,l2-cache-size=1M",
+      "l2-cache-entry-size=16k",
+      "cache-clean-interval=10,overlap-check=all,overlap-check.inactive-l2=off,lazy-refcounts=off",
+      "overlap-check=some",
+    ]) {
+      await same((img) => ["-c", `open -o ${o} ${img}`, "-c", "read -P 0 0 64k"], a, b);
+    }
+  });
+});
