@@ -8,6 +8,7 @@ import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { isQcow2Error } from "@qcowkit/spec";
+import { loadSnapshotReadOnly } from "@qcowkit/core";
 import { HELP_TEXT, parseCommandLine, type QnbdOptions } from "./cli-args";
 import type { BlockImage } from "./device";
 import { openExport } from "./open";
@@ -128,6 +129,14 @@ async function serve(options: QnbdOptions): Promise<void> {
   } catch (error) {
     const message = isQcow2Error(error) || error instanceof Error ? error.message : String(error);
     throw new StartupError(`Failed to blk_new_open '${options.file}': ${message}`);
+  }
+  if (options.loadSnapshot) {
+    try {
+      await loadSnapshotReadOnly(device, options.loadSnapshot);
+    } catch (error) {
+      await device.close().catch(() => undefined);
+      throw new StartupError(`Failed to load snapshot: ${error instanceof Error ? error.message : String(error)}`);
+    }
   }
   if (options.format === undefined && device.format === "raw") {
     report(
