@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import { pnpmCommand } from "./pnpm.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const tools = ["qemu-img", "qemu-io", "qemu-nbd", "nbdinfo", "nbdcopy", "fio"];
+const tools = ["qemu-img", "qemu-io", "qemu-nbd", "nbdinfo", "nbdcopy", "fio", "qemu-system-x86_64", "dpkg-source", "python3"];
 const missing = () => tools.filter((t) => spawnSync("sh", ["-c", `command -v ${t}`], { stdio: "ignore" }).status !== 0);
 
 function summary(passed, failed) {
@@ -20,10 +20,10 @@ function summary(passed, failed) {
 if (missing().length > 0 && process.getuid?.() === 0 && spawnSync("sh", ["-c", "command -v apt-get"]).status === 0) {
   console.log(`Installing the QEMU tools the interop tests need (${missing().join(", ")})...`);
   spawnSync("apt-get", ["update", "-qq"], { stdio: "inherit" });
-  spawnSync("apt-get", ["install", "-y", "-qq", "qemu-utils", "libnbd-bin", "fio"], { stdio: "inherit" });
+  spawnSync("apt-get", ["install", "-y", "-qq", "qemu-utils", "libnbd-bin", "fio", "qemu-system-x86", "dpkg-dev", "python3"], { stdio: "inherit" });
 }
 if (missing().length > 0) {
-  console.error(`test: missing required tools: ${missing().join(", ")} (install qemu-utils libnbd-bin fio)`);
+  console.error(`test: missing required tools: ${missing().join(", ")} (install qemu-utils libnbd-bin fio qemu-system-x86 dpkg-dev python3)`);
   summary(0, 1);
 }
 
@@ -38,9 +38,23 @@ if (!existsSync(results)) {
   summary(0, 1);
 }
 const json = JSON.parse(readFileSync(results, "utf8"));
+let passed = json.numPassedTests ?? 0;
 let failed = json.numFailedTests ?? 0;
 // A test file that fails to load counts as a failure even when it reported no tests.
 for (const file of json.testResults ?? []) {
   if (file.status === "failed" && (file.assertionResults ?? []).length === 0) failed++;
 }
-summary(json.numPassedTests ?? 0, failed);
+// QEMU's own qemu-iotests (the list in scripts/iotests-ci.txt) on a full run: each test counts once.
+if (process.argv.length <= 2) {
+  const io = spawnSync(process.execPath, [join(root, "scripts/iotests.mjs"), "--ci"], { cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
+  process.stdout.write(io.stdout ?? "");
+  const m = /^iotests: (\d+) passed, (\d+) failed$/m.exec(io.stdout ?? "");
+  if (m) {
+    passed += Number(m[1]);
+    failed += Number(m[2]);
+  } else {
+    console.error(`test: the iotests run printed no result (exit ${io.status})`);
+    failed++;
+  }
+}
+summary(passed, failed);

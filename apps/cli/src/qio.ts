@@ -1,4 +1,5 @@
 import { runBin } from "./cli/output";
+import { answerToName } from "./cli/program";
 import { runQio } from "./qio/main";
 
 /** Commands come from standard input when no -c is given (as qemu-io's non-interactive use). */
@@ -8,4 +9,5 @@ async function readStdin(): Promise<string> {
   return Buffer.concat(chunks).toString("utf8");
 }
 
+answerToName("qio", process.argv[1]);
 runBin((args, io) => runQio(args, io, readStdin));

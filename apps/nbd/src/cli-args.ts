@@ -66,7 +66,7 @@ const OPTIONS: readonly OptionSpec[] = [
 
 /** qemu-nbd options qnbd knows but does not implement. */
 const UNSUPPORTED: ReadonlySet<OptionKey> = new Set<OptionKey>([
-  "offset", "connect", "disconnect", "snapshot", "load-snapshot", "aio", "detect-zeroes", "image-opts",
+  "offset", "connect", "disconnect", "snapshot", "aio", "detect-zeroes", "image-opts",
   "trace", "selinux-label", "list", "tls-authz",
 ]);
 
@@ -74,6 +74,8 @@ export interface QnbdOptions {
   file: string;
   format?: string;
   readOnly: boolean;
+  /** -l/--load-snapshot: export this internal snapshot (read-only): "snapshot.id=ID,snapshot.name=NAME" or an id or name. */
+  loadSnapshot?: { id?: string; name?: string } | { idOrName: string };
   /** --safe: untrusted image (see @qcowkit/core's README, "Safe mode"). */
   safe?: boolean;
   /**
@@ -172,6 +174,24 @@ export function parseCommandLine(argv: readonly string[]): ParsedCommandLine {
       case "read-only":
         opts.readOnly = true;
         break;
+      case "load-snapshot": {
+        // A snapshot is exported read-only (as qemu-nbd -l).
+        opts.readOnly = true;
+        if (!value.startsWith("snapshot.")) {
+          opts.loadSnapshot = { idOrName: value };
+          break;
+        }
+        const sel: { id?: string; name?: string } = {};
+        for (const part of value.split(",")) {
+          const eq = part.indexOf("=");
+          const key = eq < 0 ? part : part.slice(0, eq);
+          if (key === "snapshot.id") sel.id = part.slice(eq + 1);
+          else if (key === "snapshot.name") sel.name = part.slice(eq + 1);
+          else return { kind: "error", message: `Invalid parameter '${key}'\nFailed in parsing snapshot param '${value}'` };
+        }
+        opts.loadSnapshot = sel;
+        break;
+      }
       case "safe":
         opts.safe = true;
         break;

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * qnbd: serve a disk image over NBD, with qemu-nbd's command line. Errors are one line `qnbd: ...` and
+ * qnbd: serve a disk image over NBD, with qemu-nbd's command line. Errors are one line `${PROG}: ...` and
  * exit status 1. SIGTERM/SIGINT/SIGHUP stop accepting, let requests in flight finish, flush and close the
  * image. With --fork the parent exits once the (detached) server is listening.
  */
@@ -8,6 +8,7 @@ import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { isQcow2Error } from "@qcowkit/spec";
+import { loadSnapshotReadOnly } from "@qcowkit/core";
 import { HELP_TEXT, parseCommandLine, type QnbdOptions } from "./cli-args";
 import type { BlockImage } from "./device";
 import { openExport } from "./open";
@@ -16,6 +17,10 @@ import { NbdServer, createExportConfig } from "./server";
 import { TlsSetupError, loadTlsOptions, parseTlsObject, type TlsCredentials } from "./tls";
 import type * as tls from "node:tls";
 import pkg from "../package.json";
+
+/** Started through a link or alias named `qemu-nbd`, qnbd names itself as QEMU's tool does (messages, --version). */
+const QEMU_NAME = path.basename(process.argv[1] ?? "").replace(/\.m?js$/, "") === "qemu-nbd";
+const PROG = QEMU_NAME ? "qemu-nbd" : "qnbd";
 
 /** strerror() wording of a Node system error (its `code`), else its message. */
 function systemErrorText(error: unknown): string {
@@ -45,10 +50,12 @@ async function main(argv: readonly string[]): Promise<number> {
       process.stdout.write(HELP_TEXT);
       return 0;
     case "version":
-      process.stdout.write(`qnbd ${pkg.version} (qcowkit; qemu-nbd 7.2 compatible command line)\n`);
+      process.stdout.write(
+        QEMU_NAME ? `qemu-nbd 7.2.22 (qcowkit ${pkg.version})\n` : `qnbd ${pkg.version} (qcowkit; qemu-nbd 7.2 compatible command line)\n`,
+      );
       return 0;
     case "error":
-      report(`qnbd: ${parsed.message}`);
+      report(`${PROG}: ${parsed.message}`);
       return 1;
   }
   const options = parsed.options;
@@ -57,8 +64,8 @@ async function main(argv: readonly string[]): Promise<number> {
     await serve(options);
     return -1; // keeps running; exit happens on shutdown
   } catch (error) {
-    if (error instanceof StartupError || error instanceof TlsSetupError) report(`qnbd: ${error.message}`);
-    else report(`qnbd: ${error instanceof Error ? error.message : String(error)}`);
+    if (error instanceof StartupError || error instanceof TlsSetupError) report(`${PROG}: ${error.message}`);
+    else report(`${PROG}: ${error instanceof Error ? error.message : String(error)}`);
     return 1;
   }
 }
@@ -90,7 +97,7 @@ function forkServer(argv: readonly string[]): Promise<number> {
     child.on("error", (error) => {
       if (!settled) {
         settled = true;
-        process.stderr.write(`qnbd: Failed to fork: ${error.message}\n`);
+        process.stderr.write(`${PROG}: Failed to fork: ${error.message}\n`);
         resolve(1);
       }
     });
@@ -125,6 +132,14 @@ async function serve(options: QnbdOptions): Promise<void> {
     const message = isQcow2Error(error) || error instanceof Error ? error.message : String(error);
     throw new StartupError(`Failed to blk_new_open '${options.file}': ${message}`);
   }
+  if (options.loadSnapshot) {
+    try {
+      await loadSnapshotReadOnly(device, options.loadSnapshot);
+    } catch (error) {
+      await device.close().catch(() => undefined);
+      throw new StartupError(`Failed to load snapshot: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  }
   if (options.format === undefined && device.format === "raw") {
     report(
       `WARNING: Image format was not specified for '${options.file}' and probing guessed raw.\n` +
@@ -138,7 +153,7 @@ async function serve(options: QnbdOptions): Promise<void> {
       if (!known.some((b) => b.name === name)) throw new StartupError(`Bitmap '${name}' is not found`);
     }
 
-    const log = options.verbose ? (m: string) => report(`qnbd: ${m}`) : undefined;
+    const log = options.verbose ? (m: string) => report(`${PROG}: ${m}`) : undefined;
     const server = new NbdServer({
       export: createExportConfig({
         device,
@@ -170,7 +185,7 @@ async function serve(options: QnbdOptions): Promise<void> {
       try {
         if (!device.readOnly) await device.flush();
       } catch (error) {
-        report(`qnbd: flush failed: ${error instanceof Error ? error.message : String(error)}`);
+        report(`${PROG}: flush failed: ${error instanceof Error ? error.message : String(error)}`);
         code = 1;
       }
       await device.close().catch(() => {});

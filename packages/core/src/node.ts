@@ -79,6 +79,10 @@ export interface OpenImageOptions {
   /** Open for check/repair. */
   checkMode?: boolean;
   discard?: "ignore" | "unmap";
+  /** Put a layer over the external data file once opened (QEMU's filter drivers over the data-file child: blkdebug). */
+  wrapDataFile?: (store: ByteStore) => ByteStore;
+  /** qcow2's lazy-refcounts runtime option (the image's own setting otherwise). */
+  lazyRefcounts?: boolean;
   /**
    * File reads and writes of at most this many bytes are made synchronously (see FileStore): for tools
    * that issue one request at a time (qimg, qio). Servers keep the default 0.
@@ -175,7 +179,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
           throw e;
         }
       }
-      return store;
+      return opts.wrapDataFile ? opts.wrapDataFile(store) : store;
     },
     async openBacking(name: string, format: string | undefined, ctx: ResolveContext): Promise<BlockImage> {
       try {
@@ -291,6 +295,7 @@ function qcow2OpenOptions(path: string, opts: OpenImageOptions, readOnly: boolea
     ...(opts.noIo ? { noIo: true } : {}),
     ...(opts.checkMode ? { checkMode: true } : {}),
     ...(opts.discard ? { discard: opts.discard } : {}),
+    ...(opts.lazyRefcounts !== undefined ? { lazyRefcounts: opts.lazyRefcounts } : {}),
     ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
     ...(opts.encrypt ? { encrypt: opts.encrypt } : {}),
     // Writable opens keep persistent dirty bitmaps up to date (in_use while open, stored at close).

@@ -91,6 +91,8 @@ export interface Qcow2OpenOptions {
   noIo?: boolean;
   /** What discard requests do: "unmap" (default) or "ignore". */
   discard?: "ignore" | "unmap";
+  /** The lazy-refcounts runtime option: overrides the image's compatible feature bit while open. */
+  lazyRefcounts?: boolean;
   /** Name for messages and map output. */
   filename?: string;
   /** Images already open in this backing chain (loop detection). */
@@ -196,12 +198,25 @@ export class Qcow2Image implements BlockImage {
     const clusterBits = decodeHeader(probe).clusterBits;
     const cluster0 = new Uint8Array(2 ** clusterBits);
     await meta.read(0, cluster0);
-    const opened = openImageHeader(cluster0, {
-      readWrite: !readOnly,
-      checkMode: opts.checkMode ?? false,
-      noIo: opts.noIo ?? false,
-      dataFileGiven: opts.dataFile !== undefined,
-    });
+    let opened;
+    try {
+      opened = openImageHeader(cluster0, {
+        readWrite: !readOnly,
+        checkMode: opts.checkMode ?? false,
+        noIo: opts.noIo ?? false,
+        dataFileGiven: opts.dataFile !== undefined,
+      });
+    } catch (e) {
+      // QEMU opens a data-file given in the options before it refuses it for an image with internal data:
+      // when that file cannot be opened, its error is the one reported.
+      const internalData = (decodeHeader(cluster0).incompatibleFeatures & INCOMPAT_DATA_FILE) === 0n;
+      if (internalData && typeof opts.dataFile === "string" && opts.resolver && !opts.noIo) {
+        const name = opts.filename ?? meta.name;
+        const ctx = { imageName: name, readOnly, chain: [...(opts.chain ?? []), name] };
+        await (await opts.resolver.openDataFile(opts.dataFile, ctx)).close();
+      }
+      throw e;
+    }
     const hdr = opened.image;
     const h = hdr.header;
     const validation = opened;
@@ -231,6 +246,9 @@ export class Qcow2Image implements BlockImage {
   private async openRest(ignoreBitmaps: boolean): Promise<void> {
     const opts = this.opts;
     const h = this.hdr.header;
+    if (opts.lazyRefcounts && h.version < 3) {
+      throw new Qcow2Error("INVALID_ARGUMENT", "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level");
+    }
     // encryption: the encrypt.* options and the key, before anything else is opened or changed (as QEMU)
     this.encryption = await openImageEncryption(this.hdr, this.meta, opts.encrypt, opts.noIo ?? false);
     if (!opts.checkMode && h.nbSnapshots > 0) {
@@ -330,7 +348,7 @@ export class Qcow2Image implements BlockImage {
   }
 
   get lazyRefcounts(): boolean {
-    return (this.hdr.header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
+    return this.opts.lazyRefcounts ?? (this.hdr.header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
   }
 
   get compressionType(): CompressionType {

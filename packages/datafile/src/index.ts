@@ -6,6 +6,7 @@
  * @module @qcowkit/datafile
  */
 export { MemoryStore, isAllZero, type MemoryStoreOptions } from "./memory-store";
+export { BlkdebugStore, BLKDEBUG_IO_TYPES, type BlkdebugInjectError, type BlkdebugIoType } from "./blkdebug-store";
 export {
   backingProtocol,
   checkSafeReference,

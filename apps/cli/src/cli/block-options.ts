@@ -3,8 +3,9 @@
  * --image-opts takes in qimg and qio, and qio's `open -o`. The keys qcowkit understands are BLOCK_OPTION_KEYS;
  * others are refused in QEMU's words.
  */
+import { BLKDEBUG_IO_TYPES, type BlkdebugInjectError, type BlkdebugIoType } from "@qcowkit/datafile";
 import { CliError } from "./errors";
-import { splitOptionList } from "./qemu-opts";
+import { parseOptValue, splitOptionList } from "./qemu-opts";
 
 export interface BlockOptions {
   filename?: string;
@@ -18,8 +19,46 @@ export interface BlockOptions {
   /** file.locking: off opens without QEMU's image lock. */
   locking?: "on" | "off";
   discard?: "ignore" | "unmap";
+  /** lazy-refcounts: overrides the image's compatible feature bit for this open. */
+  lazyRefcounts?: boolean;
+  /** qcow2's cache options (bytes), checked as QEMU checks them; qcowkit sizes its caches itself. */
+  qcow2Cache?: Qcow2CacheOptions;
+  /** The data file is under a blkdebug node with these inject-error rules. */
+  dataFileBlkdebug?: BlkdebugInjectError[];
+  /** node-name: accepted (QEMU's graph name; qcowkit has one node per image). */
+  nodeName?: string;
   /** encrypt.*: the key secret's id, the format, and the names (after "encrypt.") of any other encrypt option. */
   encrypt?: EncryptOptions;
+}
+
+export interface Qcow2CacheOptions {
+  "cache-size"?: bigint;
+  "l2-cache-size"?: bigint;
+  "refcount-cache-size"?: bigint;
+  "l2-cache-entry-size"?: bigint;
+}
+
+/**
+ * qcow2's checks of its cache options at open (read_cache_sizes and the entry size check), in QEMU's words.
+ * `clusterSize` is known once the image is open; without it only the checks among the sizes are made.
+ */
+export function checkQcow2Cache(c: Qcow2CacheOptions, clusterSize?: number): void {
+  const total = c["cache-size"];
+  const l2 = c["l2-cache-size"];
+  const refcount = c["refcount-cache-size"];
+  if (total !== undefined) {
+    if (l2 !== undefined && refcount !== undefined) {
+      throw new CliError("cache-size, l2-cache-size and refcount-cache-size may not be set at the same time");
+    }
+    if (l2 !== undefined && l2 > total) throw new CliError("l2-cache-size may not exceed cache-size");
+    if (refcount !== undefined && refcount > total) throw new CliError("refcount-cache-size may not exceed cache-size");
+  }
+  const entry = c["l2-cache-entry-size"];
+  if (entry !== undefined && clusterSize !== undefined) {
+    if (entry < 512n || entry > BigInt(clusterSize) || (entry & (entry - 1n)) !== 0n) {
+      throw new CliError(`L2 cache entry size must be a power of two between 512 and the cluster size (${clusterSize})`);
+    }
+  }
 }
 
 export interface EncryptOptions {
@@ -50,7 +89,25 @@ export const BLOCK_OPTION_KEYS = [
   "cache.no-flush",
   "encrypt.key-secret",
   "encrypt.format",
+  ...[
+    "lazy-refcounts",
+    "node-name",
+    "file.node-name",
+    "data-file.node-name",
+    "backing.node-name",
+    "file.align",
+  ],
 ];
+
+/**
+ * qcow2 runtime options that tune QEMU's caches and checks (qcow2's QCOW2_OPT_*): values checked as QEMU
+ * checks them, no effect on the result (qcowkit sizes its caches itself and checks every metadata write
+ * against the metadata it knows).
+ */
+const QCOW2_TUNING_SIZES = ["l2-cache-size", "l2-cache-entry-size", "refcount-cache-size", "cache-size"];
+const QCOW2_TUNING_BOOLS = ["pass-discard-request", "pass-discard-snapshot", "pass-discard-other", "discard-no-unref"];
+const OVERLAP_CHECK_TEMPLATES = ["none", "constant", "cached", "all"];
+const OVERLAP_CHECK_PARTS = ["main-header", "active-l1", "active-l2", "refcount-table", "refcount-block", "snapshot-table", "inactive-l1", "inactive-l2", "bitmap-directory"];
 
 export function parseDiscard(mode: string): "ignore" | "unmap" {
   if (mode === "ignore" || mode === "off") return "ignore";
@@ -78,7 +135,6 @@ export function parseBlockOptions(
     onWarning?: (w: string) => void;
   },
 ): BlockOptions {
-  const out: BlockOptions = {};
   const options: Array<[string, string]> = [];
   for (const element of splitOptionList(text)) {
     if (element === "") continue;
@@ -92,6 +148,15 @@ export function parseBlockOptions(
     // A bare word is a short-form boolean ("x" means "x=on").
     options.push(eq < 0 ? [element, "on"] : [element.slice(0, eq), element.slice(eq + 1)]);
   }
+  return blockOptionsFromPairs(options, opts);
+}
+
+/** Block options from (key, value) pairs: those of an option string, or of a json: filename. */
+export function blockOptionsFromPairs(
+  options: Array<[string, string]>,
+  opts: { imageOpts: boolean; defaultFormat?: string; onWarning?: (w: string) => void },
+): BlockOptions {
+  const out: BlockOptions = {};
   let driver = opts.defaultFormat;
   for (const [key, value] of options) if (key === "driver") driver = value;
   const hasFile = options.some(([key]) => key === "file" || key === "file.filename");
@@ -122,7 +187,16 @@ export function parseBlockOptions(
         break;
       case "file.driver":
       case "data-file.driver":
+      case "data-file.image.driver":
+        if (key === "data-file.driver" && value === "blkdebug") {
+          out.dataFileBlkdebug ??= [];
+          break;
+        }
         if (value !== "file") throw new CliError(`Unknown protocol '${value}' (only local files are supported)`);
+        break;
+      case "data-file.image.filename":
+      case "data-file.image":
+        out.dataFile = value;
         break;
       case "read-only":
         out.readOnly = parseBool(key, value);
@@ -142,7 +216,49 @@ export function parseBlockOptions(
       case "cache.no-flush":
         parseBool(key, value);
         break;
+      case "lazy-refcounts":
+        out.lazyRefcounts = parseBool(key, value);
+        break;
+      case "node-name":
+        out.nodeName = value;
+        break;
+      case "file.node-name":
+      case "data-file.node-name":
+      case "backing.node-name":
+      case "file.align":
+        break;
+      case "cache-clean-interval":
+        if (!/^\d+$/.test(value)) throw new CliError(`Parameter '${key}' expects a non-negative number below 2^64`);
+        break;
+      case "overlap-check":
+        if (!OVERLAP_CHECK_TEMPLATES.includes(value)) {
+          throw new CliError(`Unsupported value '${value}' for qcow2 option 'overlap-check'. Allowed are any of the following: none, constant, cached, all`);
+        }
+        break;
       default: {
+        if (QCOW2_TUNING_SIZES.includes(key)) {
+          const size = parseOptValue({ name: key, type: "size", help: "" }, value).parsed as bigint;
+          (out.qcow2Cache ??= {})[key as keyof Qcow2CacheOptions] = size;
+          break;
+        }
+        if (QCOW2_TUNING_BOOLS.includes(key) || (key.startsWith("overlap-check.") && OVERLAP_CHECK_PARTS.includes(key.slice(14)))) {
+          parseBool(key, value);
+          break;
+        }
+        const inject = /^data-file\.inject-error\.(\d+)\.(event|iotype|errno|sector|once|immediately|state)$/.exec(key);
+        if (inject) {
+          const rules = (out.dataFileBlkdebug ??= []);
+          const rule = (rules[Number(inject[1])] ??= { event: "" });
+          const field = inject[2]!;
+          if (field === "event") rule.event = value;
+          else if (field === "iotype") {
+            if (!(BLKDEBUG_IO_TYPES as readonly string[]).includes(value)) throw new CliError(`Invalid parameter '${value}'`);
+            rule.iotype = value as BlkdebugIoType;
+          } else if (field === "errno") rule.errno = Number(value);
+          else if (field === "sector") rule.offset = Number(value) * 512;
+          else if (field === "once") rule.once = parseBool(key, value);
+          break;
+        }
         if (key.startsWith("encrypt.")) {
           // Checked against the image when it is opened (only encrypted images look at them).
           const e = (out.encrypt ??= { unexpected: [] });
@@ -156,5 +272,6 @@ export function parseBlockOptions(
       }
     }
   }
+  if (out.qcow2Cache) checkQcow2Cache(out.qcow2Cache);
   return out;
 }

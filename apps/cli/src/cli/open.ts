@@ -4,8 +4,11 @@
  * them ("Could not open 'x': ..." for qemu-img, "can't open device x: ..." for qemu-io).
  */
 import { openImage, type BlockImage, type OpenImageOptions } from "@qcowkit/core/node";
-import { parseBlockOptions, type EncryptOptions } from "./block-options";
+import { BlkdebugStore, type BlkdebugInjectError, type ByteStore } from "@qcowkit/datafile";
+import { blockOptionsFromPairs, checkQcow2Cache, parseBlockOptions, type BlockOptions, type EncryptOptions, type Qcow2CacheOptions } from "./block-options";
+import { jsonFilenameOptions } from "./json-filename";
 import { encryptOpenOptions } from "./secrets";
+import { programNames } from "./program";
 import { CliError, errorText } from "./errors";
 
 export interface CliOpenOptions {
@@ -38,6 +41,12 @@ export interface CliOpenOptions {
   encrypt?: EncryptOptions;
   /** False for an image this command has just created: no warnings about the names it stores (see core). */
   warnOutsideReferences?: boolean;
+  /** qcow2's lazy-refcounts runtime option. */
+  lazyRefcounts?: boolean;
+  /** The data file is opened under blkdebug with these inject-error rules. */
+  dataFileBlkdebug?: BlkdebugInjectError[];
+  /** qcow2's cache options: checked against the image (l2-cache-entry-size against its cluster size). */
+  qcow2Cache?: Qcow2CacheOptions;
 }
 
 /**
@@ -56,10 +65,12 @@ export function probedRawWarning(filename: string): string {
 }
 
 export async function openCliImage(filename: string, opts: CliOpenOptions): Promise<BlockImage> {
+  if (filename.startsWith("json:")) return openJsonFilename(filename, opts);
+  const rules = opts.dataFileBlkdebug;
   const o: OpenImageOptions = {
     readOnly: opts.readOnly,
     // "qcow2: ..." lines go out as they are; "warning: ..." ones get the program name, as QEMU's warn_report.
-    onWarning: (message) => opts.onWarning(message.startsWith("warning: ") ? `${opts.program ?? "qimg"}: ${message}` : message),
+    onWarning: (message) => opts.onWarning(message.startsWith("warning: ") ? `${opts.program ?? programNames.qimg}: ${message}` : message),
     ...(opts.format !== undefined ? { format: opts.format } : {}),
     ...(opts.forceShare ? { shareRW: true } : {}),
     ...(opts.locking !== undefined ? { locking: opts.locking } : {}),
@@ -70,6 +81,8 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     ...(opts.discard !== undefined ? { discard: opts.discard } : {}),
     ...(opts.checkMode ? { checkMode: true } : {}),
     ...(opts.warnOutsideReferences === false ? { warnOutsideReferences: false } : {}),
+    ...(opts.lazyRefcounts !== undefined ? { lazyRefcounts: opts.lazyRefcounts } : {}),
+    ...(rules ? { wrapDataFile: (store: ByteStore) => new BlkdebugStore(store, rules) } : {}),
     ...(cliOpenDefaults.safe ? { safe: true } : {}),
     ...(opts.encrypt ? { encrypt: encryptOpenOptions(opts.encrypt) } : {}),
     // One request at a time: small file I/O is cheaper done synchronously than through the thread pool.
@@ -83,9 +96,49 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     const prefix = opts.errorPrefix ?? `Could not open '${filename}': `;
     throw new CliError(`${prefix}${errorText(e)}`, { exitCode: opts.exitCode ?? 1, cause: e });
   }
+  if (opts.qcow2Cache && image.format === "qcow2") {
+    try {
+      checkQcow2Cache(opts.qcow2Cache, image.clusterSize);
+    } catch (e) {
+      await closeQuietly(image);
+      const prefix = opts.errorPrefix ?? `Could not open '${filename}': `;
+      throw new CliError(`${prefix}${errorText(e)}`, { exitCode: opts.exitCode ?? 1, cause: e });
+    }
+  }
   // QEMU names the image by its canonical name here (an NBD export's, however it was given).
   if (opts.format === undefined && image.format === "raw" && !opts.readOnly) opts.onWarning(probedRawWarning(image.filename));
   return image;
+}
+
+/** The open options that block options (--image-opts, json:, open -o) give. */
+export function blockOpenOptions(o: BlockOptions): Partial<CliOpenOptions> {
+  return {
+    ...(o.format !== undefined ? { format: o.format } : {}),
+    ...(o.dataFile !== undefined ? { dataFile: o.dataFile } : {}),
+    ...(o.backing !== undefined ? { backing: o.backing } : {}),
+    ...(o.backingFormat !== undefined ? { backingFormat: o.backingFormat } : {}),
+    ...(o.forceShare !== undefined ? { forceShare: o.forceShare } : {}),
+    ...(o.locking !== undefined ? { locking: o.locking } : {}),
+    ...(o.readOnly !== undefined ? { readOnly: o.readOnly } : {}),
+    ...(o.discard !== undefined ? { discard: o.discard } : {}),
+    ...(o.encrypt !== undefined ? { encrypt: o.encrypt } : {}),
+    ...(o.lazyRefcounts !== undefined ? { lazyRefcounts: o.lazyRefcounts } : {}),
+    ...(o.qcow2Cache !== undefined ? { qcow2Cache: o.qcow2Cache } : {}),
+    ...(o.dataFileBlkdebug !== undefined ? { dataFileBlkdebug: o.dataFileBlkdebug } : {}),
+  };
+}
+
+/** A json:{...} filename: the node it describes, opened; messages name the whole json: filename, as QEMU's. */
+async function openJsonFilename(filename: string, opts: CliOpenOptions): Promise<BlockImage> {
+  const errorPrefix = opts.errorPrefix ?? `Could not open '${filename}': `;
+  let o: BlockOptions;
+  try {
+    o = blockOptionsFromPairs(jsonFilenameOptions(filename), { imageOpts: true, onWarning: opts.onWarning });
+  } catch (e) {
+    throw new CliError(`${errorPrefix}${errorText(e)}`, { exitCode: opts.exitCode ?? 1, cause: e });
+  }
+  const { readOnly, ...given } = blockOpenOptions(o);
+  return openCliImage(o.filename ?? "", { ...opts, ...given, readOnly: opts.readOnly || readOnly === true, errorPrefix });
 }
 
 /** Close, ignoring a failure when another error is already being reported. */
@@ -123,18 +176,8 @@ export async function openImageOpts(
     throw new CliError(`${errorPrefix}${errorText(e)}`, { ...(opts.exitCode !== undefined ? { exitCode: opts.exitCode } : {}), cause: e });
   }
   const filename = o.filename ?? "";
-  const image = await openCliImage(filename, {
-    ...opts,
-    ...(o.format !== undefined ? { format: o.format } : {}),
-    ...(o.dataFile !== undefined ? { dataFile: o.dataFile } : {}),
-    ...(o.backing !== undefined ? { backing: o.backing } : {}),
-    ...(o.backingFormat !== undefined ? { backingFormat: o.backingFormat } : {}),
-    ...(o.forceShare !== undefined ? { forceShare: o.forceShare } : {}),
-    ...(o.locking !== undefined ? { locking: o.locking } : {}),
-    ...(o.discard !== undefined ? { discard: o.discard } : {}),
-    ...(o.encrypt !== undefined ? { encrypt: o.encrypt } : {}),
-    errorPrefix,
-  });
+  const { readOnly: _ignored, ...given } = blockOpenOptions(o);
+  const image = await openCliImage(filename, { ...opts, ...given, errorPrefix });
   return { image, filename };
 }
 

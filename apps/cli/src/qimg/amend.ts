@@ -9,11 +9,12 @@ import { CliError, ExitStatus, UsageError, errorText } from "../cli/errors";
 import { getopt } from "../cli/getopt";
 import { closeQuietly, openCliImage } from "../cli/open";
 import { Progress } from "../cli/progress";
-import { QemuOpts, accumulateOptions, formatHelp, hasHelpOption, splitOptionList } from "../cli/qemu-opts";
+import { parseBlockOptions } from "../cli/block-options";
+import { QemuOpts, accumulateOptions, formatHelp, hasHelpOption } from "../cli/qemu-opts";
 import { defineObject } from "../cli/secrets";
 import type { CommandContext, QimgCommand } from "./context";
 import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS } from "./create-options";
-import { helpText } from "./help";
+import { PROG, helpText } from "./help";
 
 function printAmendHelp(format: string, ctx: CommandContext): number {
   if (format !== "qcow2") throw new CliError(`Format driver '${format}' does not support option amendment`);
@@ -34,7 +35,7 @@ function parseAmendOptions(text: string, ctx: CommandContext): QemuOpts {
       createOnly = false;
     }
     if (!createOnly) throw e;
-    ctx.io.err(`qimg: ${errorText(e)}\nThis option is only supported for image creation\n`);
+    ctx.io.err(`${PROG}: ${errorText(e)}\nThis option is only supported for image creation\n`);
     throw new ExitStatus(1);
   }
 }
@@ -130,7 +131,7 @@ export const amendCommand: QimgCommand = {
       } catch (e) {
         const message = errorText(e);
         if (message === "Cannot amend the backing file") {
-          ctx.io.err(`qimg: ${message}\n${AMEND_BACKING_HINT.replace("qemu-img", "qimg")}\n`);
+          ctx.io.err(`${PROG}: ${message}\n${AMEND_BACKING_HINT.replace("qemu-img", PROG)}\n`);
           throw new ExitStatus(1);
         }
         throw new CliError(message, { cause: e });
@@ -152,17 +153,7 @@ export const amendCommand: QimgCommand = {
  * driver=FMT,file.filename=IMAGE[,file.driver=file][,data-file.filename=DATA].
  */
 function parseImageOpts(text: string): { filename: string; driver?: string; dataFile?: string } {
-  const out: { filename?: string; driver?: string; dataFile?: string } = {};
-  for (const element of splitOptionList(text)) {
-    const eq = element.indexOf("=");
-    const key = eq < 0 ? element : element.slice(0, eq);
-    const value = eq < 0 ? "" : element.slice(eq + 1);
-    if (key === "driver") out.driver = value;
-    else if (key === "file.filename" || key === "filename") out.filename = value;
-    else if (key === "data-file.filename") out.dataFile = value;
-    else if (key === "file.driver" && value === "file") continue;
-    else throw new CliError(`--image-opts: option '${key}' is not supported by qimg`);
-  }
-  if (out.filename === undefined) throw new CliError("A block device must be specified for \"file\"");
-  return { filename: out.filename, ...(out.driver !== undefined ? { driver: out.driver } : {}), ...(out.dataFile !== undefined ? { dataFile: out.dataFile } : {}) };
+  const o = parseBlockOptions(text, { imageOpts: true });
+  if (o.filename === undefined) throw new CliError("A block device must be specified for \"file\"");
+  return { filename: o.filename, ...(o.format !== undefined ? { driver: o.format } : {}), ...(o.dataFile !== undefined ? { dataFile: o.dataFile } : {}) };
 }

@@ -12,7 +12,7 @@ import { closeQuietly, openCliImage } from "../cli/open";
 import { sizeArgument } from "../cli/size";
 import { defineObject } from "../cli/secrets";
 import type { QimgCommand } from "./context";
-import { helpText } from "./help";
+import { PROG, helpText } from "./help";
 import { isStreamOperand, openStreamOperand, withSpooledInput, type StreamEndpoint } from "../cli/stream-io";
 import { writeAllToFd } from "@qcowkit/core/node";
 
@@ -140,7 +140,7 @@ export const ddCommand: QimgCommand = {
       }
       let inPos: number;
       if (skipBeyond) {
-        ctx.io.err(`qimg: ${input}: cannot skip to specified offset\n`);
+        ctx.io.err(`${PROG}: ${input}: cannot skip to specified offset\n`);
         inPos = Number(size);
       } else {
         inPos = Number(bsz * (skip ?? 0n));

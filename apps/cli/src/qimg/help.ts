@@ -1,12 +1,17 @@
 /** qimg --help and --version texts. */
-import { VERSION } from "../cli/version";
+import { programNames, versionLine } from "../cli/program";
 
-/** The program name in messages. */
-export const PROG = "qimg";
+/** The program name in messages ("qemu-img" when started under that name). */
+export let PROG = programNames.qimg;
+
+/** Called by the bin once it knows the name it was started as. */
+export function refreshProgramName(): void {
+  PROG = programNames.qimg;
+}
 
 
 export function versionText(): string {
-  return `${PROG} version ${VERSION} (qcowkit), compatible with qemu-img 7.2\n`;
+  return versionLine("qimg");
 }
 
 export function helpText(): string {

@@ -14,7 +14,7 @@ import { sizeArgument } from "../cli/size";
 import { defineObject } from "../cli/secrets";
 import type { CommandContext, QimgCommand } from "./context";
 import { FILE_CREATE_OPTS, QCOW2_CREATE_OPTS, RAW_CREATE_OPTS } from "./create-options";
-import { helpText } from "./help";
+import { PROG, helpText } from "./help";
 import { outputFormat } from "./output-format";
 
 const INT64_MAX = (1n << 63n) - 1n;
@@ -25,7 +25,7 @@ function targetOptions(format: "qcow2" | "raw", text: string | undefined, ctx: C
   try {
     opts = QemuOpts.parse(descs, text, ctx.warn);
   } catch (e) {
-    ctx.io.err(`qimg: ${(e as Error).message}\nqimg: Invalid options for file format '${format}'\n`);
+    ctx.io.err(`${PROG}: ${(e as Error).message}\n${PROG}: Invalid options for file format '${format}'\n`);
     throw new ExitStatus(1);
   }
   const t: MeasureTarget = { format };

@@ -8,7 +8,7 @@ import type { Preallocation } from "@qcowkit/core/node";
 import { CliError, UsageError } from "../cli/errors";
 import { openOperand, usingImage } from "../cli/open";
 import { parseOptValue } from "../cli/qemu-opts";
-import { HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, parseCommand, type QimgCommand } from "./context";
+import { HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, parseCommand, type QimgCommand, PROG } from "./context";
 
 const PREALLOCATION_MODES = ["off", "metadata", "falloc", "full"];
 
@@ -73,7 +73,7 @@ export const resizeCommand: QimgCommand = {
       if (total <= 0n) throw new CliError("New image size must be positive");
       if (total <= current && preallocation !== "off") throw new CliError("Preallocation can only be used for growing images");
       if (total < current && !shrink) {
-        ctx.io.err("qimg: Use the --shrink option to perform a shrink operation.\n");
+        ctx.io.err(`${PROG}: Use the --shrink option to perform a shrink operation.\n`);
         ctx.warn(
           "Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.",
         );

@@ -2,9 +2,10 @@
  * qemu-io's commands, with its argument checks, output lines and failure texts. A command returns true when
  * it succeeded; qio exits 1 when any command failed.
  */
-import { Qcow2Image, qcow2SpecificInfo, type BlockImage, type Preallocation } from "@qcowkit/core/node";
+import { Qcow2Image, createImage, qcow2SpecificInfo, type BlockImage, type Preallocation } from "@qcowkit/core/node";
 import { isQcow2Error } from "@qcowkit/spec";
-import { readFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { join, resolve as resolvePath } from "node:path";
 import { systemErrorText } from "@qcowkit/datafile/node";
 import { strerror } from "../cli/errno";
 import { CliError, UsageError, errorText, type Output } from "../cli/errors";
@@ -12,6 +13,8 @@ import { getopt, type ParsedOption } from "../cli/getopt";
 import { openCliImage } from "../cli/open";
 import { dumpHuman, type JsonValue } from "../cli/qdict-json";
 import { cvtstr } from "../cli/size";
+import { splitOptionList } from "../cli/qemu-opts";
+import { programNames } from "../cli/program";
 import { applyBlockOptions, parseDiscard, type OpenRequest } from "./open";
 import { cvtnum, elapsedSince, hexDump, parsePattern, report } from "./report";
 
@@ -28,6 +31,14 @@ export interface Session {
    */
   writethrough: boolean;
   quit: boolean;
+  /** Commands come from standard input (qemu-io's prompt loop). */
+  interactive?: boolean;
+  /**
+   * aio_read/aio_write requests in flight, in issue order: each runs after the one before it and resolves with
+   * the lines it prints on completion. They are printed when qemu-io would run its event loop: before the next
+   * command that is not an aio request (before every command when reading standard input) and at the end.
+   */
+  aio?: Array<Promise<string>>;
   /** Open `req` as the current image (errors prefixed "can't open device NAME: "). */
   open(req: OpenRequest): Promise<void>;
 }
@@ -316,6 +327,164 @@ function vectorCommand(base: Command, name: "readv" | "writev", args: string, sh
   };
 }
 
+/** The lengths of a vectored request (create_iovec()): their sum, or undefined after printing why not. */
+function vectorLength(s: Session, lengths: string[]): number | undefined {
+  let total = 0;
+  for (const arg of lengths) {
+    const len = num(s, arg);
+    if (len > MAX_REQUEST_BYTES) {
+      s.io.out(`Argument '${arg}' exceeds maximum size ${MAX_REQUEST_BYTES}\n`);
+      return undefined;
+    }
+    if (total > MAX_REQUEST_BYTES - len) {
+      s.io.out(`The total number of bytes exceed the maximum size ${MAX_REQUEST_BYTES}\n`);
+      return undefined;
+    }
+    total += len;
+  }
+  return total;
+}
+
+/** Queue an asynchronous request: it starts after those before it; its lines wait for the next drain. */
+function submitAio(s: Session, op: () => Promise<string>): void {
+  const queue = (s.aio ??= []);
+  const before = queue[queue.length - 1] ?? Promise.resolve("");
+  queue.push(before.then(op, op));
+}
+
+/** Wait for every request in flight and print what each printed on completion, in order (blk_drain_all()). */
+export async function drainAio(s: Session): Promise<void> {
+  while (s.aio && s.aio.length > 0) {
+    const queue = s.aio;
+    s.aio = [];
+    for (const done of queue) s.io.out(await done);
+  }
+}
+
+const aioReadCmd: Command = {
+  help: " Reads LEN bytes (the sum of the lengths) at offset OFF asynchronously: the command succeeds once the\n request is submitted; its result is printed when it completes (aio_flush waits for all).\n  -C  print the statistics as one machine-readable line\n  -P  check that every byte read equals PATTERN\n  -i  count an invalid request (statistics only)\n  -q  print nothing but errors\n  -v  hex dump of the data read\n",
+  name: "aio_read",
+  args: "[-Ciqv] [-P pattern] off len [len..]",
+  oneline: "asynchronously reads a number of bytes",
+  argmin: 2,
+  argmax: -1,
+  needsImage: true,
+  async run(s, argv) {
+    const { options, operands } = parseOpts(this, argv, "CP:iqv");
+    let machine = false;
+    let quiet = false;
+    let verbose = false;
+    let pat: number | undefined;
+    for (const o of options) {
+      if (o.key === "C") machine = true;
+      if (o.key === "q") quiet = true;
+      if (o.key === "v") verbose = true;
+      if (o.key === "P") pat = pattern(s, o.value!);
+      if (o.key === "i") {
+        s.io.out("injecting invalid read request\n");
+        return true;
+      }
+    }
+    if (operands.length < 2) {
+      s.io.out(usage(this));
+      return false;
+    }
+    const offset = num(s, operands[0]!);
+    const count = vectorLength(s, operands.slice(1));
+    if (count === undefined) return false;
+    const image = s.image!;
+    submitAio(s, async () => {
+      const buf = new Uint8Array(count).fill(0xab);
+      const start = process.hrtime.bigint();
+      try {
+        await image.read(offset, buf);
+      } catch (e) {
+        return `readv failed: ${requestError(e)}\n`;
+      }
+      const t = elapsedSince(start);
+      let out = "";
+      if (pat !== undefined && buf.some((b) => b !== pat)) out += `Pattern verification failed at offset ${offset}, ${count} bytes\n`;
+      if (quiet) return out;
+      if (verbose) out += hexDump(buf, offset);
+      return out + report("read", t, offset, count, count, 1, machine);
+    });
+    return true;
+  },
+};
+
+const aioWriteCmd: Command = {
+  help: " Writes LEN bytes (the sum of the lengths) at offset OFF asynchronously, filled with 0xcd unless told\n otherwise: the command succeeds once the request is submitted; its result is printed when it completes.\n  -P  fill with PATTERN\n  -C  print the statistics as one machine-readable line\n  -f  durable on completion (FUA)\n  -i  count an invalid request (statistics only)\n  -q  print nothing but errors\n  -z  write zeros without data (-u: the range may be deallocated)\n",
+  name: "aio_write",
+  args: "[-Cfiquz] [-P pattern] off len [len..]",
+  oneline: "asynchronously writes a number of bytes",
+  argmin: 2,
+  argmax: -1,
+  needsImage: true,
+  writes: true,
+  async run(s, argv) {
+    const { options, operands } = parseOpts(this, argv, "CfiqP:uz");
+    let machine = false;
+    let quiet = false;
+    let fua = false;
+    let unmap = false;
+    let zero = false;
+    let pat = 0xcd;
+    for (const o of options) {
+      if (o.key === "C") machine = true;
+      if (o.key === "f") fua = true;
+      if (o.key === "q") quiet = true;
+      if (o.key === "u") unmap = true;
+      if (o.key === "z") zero = true;
+      if (o.key === "P") pat = pattern(s, o.value!);
+      if (o.key === "i") {
+        s.io.out("injecting invalid write request\n");
+        return true;
+      }
+    }
+    if (operands.length < 2) {
+      s.io.out(usage(this));
+      return false;
+    }
+    if (zero && operands.length !== 2) {
+      s.io.out("-z supports only a single length parameter\n");
+      return false;
+    }
+    if (unmap && !zero) {
+      s.io.out("-u requires -z to be specified\n");
+      return false;
+    }
+    const offset = num(s, operands[0]!);
+    const count = zero ? num(s, operands[1]!) : vectorLength(s, operands.slice(1));
+    if (count === undefined) return false;
+    const image = s.image!;
+    const durable = fua || s.writethrough;
+    submitAio(s, async () => {
+      const start = process.hrtime.bigint();
+      try {
+        if (zero) await image.writeZeroes(offset, count, { unmap, fua: durable });
+        else await image.write(offset, new Uint8Array(count).fill(pat), { fua: durable });
+      } catch (e) {
+        return `aio_write failed: ${requestError(e)}\n`;
+      }
+      return quiet ? "" : report("wrote", elapsedSince(start), offset, count, count, 1, machine);
+    });
+    return true;
+  },
+};
+
+const aioFlushCmd: Command = {
+  name: "aio_flush",
+  args: "",
+  oneline: "completes all outstanding aio requests",
+  argmin: 0,
+  argmax: 0,
+  needsImage: true,
+  async run(s) {
+    await drainAio(s);
+    return true;
+  },
+};
+
 const discardCmd: Command = {
   help: " Discards LEN bytes at offset OFF of the open image (whole clusters).\n  -C  print the statistics as one machine-readable line\n  -q  print nothing but errors\n",
   name: "discard",
@@ -362,7 +531,8 @@ const flushCmd: Command = {
       await s.image!.flush();
       return true;
     } catch (e) {
-      s.io.err(`qio: ${errorText(e)}\n`);
+      // qemu-io's flush returns the error without printing it: only the exit code tells.
+      if (!isQcow2Error(e)) throw e;
       return false;
     }
   },
@@ -477,7 +647,7 @@ const truncateCmd: Command = {
     let preallocation: Preallocation = "off";
     for (const o of options) {
       if (!PREALLOCATION.includes(o.value as Preallocation)) {
-        s.io.err(`qio: Invalid preallocation mode '${o.value}'\n`);
+        s.io.err(`${programNames.qio}: Invalid preallocation mode '${o.value}'\n`);
         return false;
       }
       preallocation = o.value as Preallocation;
@@ -490,7 +660,7 @@ const truncateCmd: Command = {
     try {
       await s.image!.resize(size, { shrink: true, preallocation });
     } catch (e) {
-      s.io.err(`qio: ${errorText(e)}\n`);
+      s.io.err(`${programNames.qio}: ${errorText(e)}\n`);
       return false;
     }
     return true;
@@ -508,7 +678,7 @@ const openCmd: Command = {
   needsImage: false,
   async run(s, argv) {
     if (s.image) {
-      s.io.err("qio: file open already, try 'help close'\n");
+      s.io.err(`${programNames.qio}: file open already, try 'help close'\n`);
       return false;
     }
     const { options, operands } = parseOpts(this, argv, "snCro:ki:t:d:U");
@@ -520,7 +690,7 @@ const openCmd: Command = {
       else if (o.key === "d") req.discard = parseDiscard(o.value!);
       else if (o.key === "t") s.writethrough = checkCacheMode(o.value!);
       else if (o.key === "n") s.writethrough = false;
-      else if (o.key === "s") throw new CliError("snapshot mode (-s) is not supported by qio");
+      else if (o.key === "s") req.snapshot = true;
       else if (o.key === "o") blockOptions = blockOptions === undefined ? o.value! : `${blockOptions},${o.value}`;
     }
     if (operands.length > 1) {
@@ -530,12 +700,74 @@ const openCmd: Command = {
     if (operands[0] !== undefined) req.filename = operands[0];
     if (blockOptions !== undefined) {
       try {
-        req = applyBlockOptions(req, blockOptions, false, (w) => s.io.err(`qio: warning: ${w}\n`));
+        req = applyBlockOptions(req, blockOptions, false, (w) => s.io.err(`${programNames.qio}: warning: ${w}\n`));
       } catch (e) {
         throw new CliError(`can't open device ${req.filename}: ${errorText(e)}`, { cause: e });
       }
     }
     await s.open(req);
+    return true;
+  },
+};
+
+/** The options given to reopen -o that a reopen cannot change (bdrv_reopen's "Cannot change the option"). */
+const FIXED_ON_REOPEN: Array<[keyof OpenRequest, string]> = [["nodeName", "node-name"], ["format", "driver"]];
+
+const reopenCmd: Command = {
+  help: " Reopens the open image with changed options (the others stay as they were).\n  -r  read-only\n  -w  read-write\n  -c  cache mode\n  -o  block driver options, e.g. lazy-refcounts=on\n",
+  name: "reopen",
+  args: "[(-r|-w)] [-c cache] [-o options]",
+  oneline: "reopens an image with new options",
+  argmin: 0,
+  argmax: -1,
+  needsImage: true,
+  async run(s, argv) {
+    const { options, operands } = parseOpts(this, argv, "c:o:rw");
+    let readOnly: boolean | undefined;
+    let cache: string | undefined;
+    let blockOptions: string | undefined;
+    for (const o of options) {
+      if (o.key === "c") {
+        cache = o.value!;
+        checkCacheMode(cache);
+      } else if (o.key === "o") blockOptions = blockOptions === undefined ? o.value! : `${blockOptions},${o.value}`;
+      else if (o.key === "r" || o.key === "w") {
+        if (readOnly !== undefined) throw new CliError("Only one -r/-w option may be given");
+        readOnly = o.key === "r";
+      }
+    }
+    if (operands.length > 0) {
+      s.io.out(usage(this));
+      return false;
+    }
+    const old = s.request!;
+    let req: OpenRequest = { ...old };
+    if (blockOptions !== undefined) {
+      const given = splitOptionList(blockOptions).map((e) => e.split("=")[0]!);
+      if (readOnly !== undefined && given.includes("read-only")) throw new CliError("Cannot set both -r/-w and 'read-only'");
+      if (cache !== undefined && given.some((k) => k.startsWith("cache."))) throw new CliError("Cannot set both -c and the cache options");
+      const changed = applyBlockOptions({ ...old, format: undefined } as OpenRequest, blockOptions, false);
+      for (const [field, name] of FIXED_ON_REOPEN) {
+        const now = field === "format" ? s.image!.format : old[field];
+        if (changed[field] !== undefined && changed[field] !== now) throw new CliError(`Cannot change the option '${name}'`);
+      }
+      const fileDriver = splitOptionList(blockOptions).find((e) => e.startsWith("file.driver="));
+      if (fileDriver !== undefined && fileDriver !== "file.driver=file") throw new CliError("Cannot change the option 'driver'");
+      req = { ...changed, format: old.format };
+    }
+    if (readOnly !== undefined) req.readOnly = readOnly;
+    if (cache !== undefined) s.writethrough = checkCacheMode(cache);
+    const image = s.image!;
+    s.image = undefined;
+    await image.close();
+    try {
+      // bdrv_reopen's errors name no device.
+      await openForSession(s, req, "");
+    } catch (e) {
+      // As bdrv_reopen: a failed reopen leaves the image as it was.
+      await openForSession(s, old);
+      throw e;
+    }
     return true;
   },
 };
@@ -649,6 +881,9 @@ const COMMANDS: Command[] = [
   writeCmd,
   vectorCommand(writeCmd, "writev", "[-Cfq] [-P pattern] off len [len..]", "CfqP:"),
   discardCmd,
+  aioReadCmd,
+  aioWriteCmd,
+  aioFlushCmd,
   flushCmd,
   allocCmd,
   mapCmd,
@@ -656,6 +891,7 @@ const COMMANDS: Command[] = [
   lengthCmd,
   truncateCmd,
   openCmd,
+  reopenCmd,
   closeCmd,
   quitCmd,
   sleepCmd,
@@ -667,6 +903,9 @@ function findCommand(name: string): Command | undefined {
   return COMMANDS.find((c) => c.name === name || c.alias === name);
 }
 
+/** Commands that run without qemu-io's event loop turning: pending aio completions are not printed before them. */
+const NO_EVENT_LOOP = new Set(["aio_read", "aio_write", "length", "info", "help", "sigraise"]);
+
 /** Run one command line (split on spaces like qemu-io). Returns true on success. */
 export async function runCommandLine(s: Session, line: string): Promise<boolean> {
   const argv = line.split(" ").filter((w) => w !== "");
@@ -676,6 +915,9 @@ export async function runCommandLine(s: Session, line: string): Promise<boolean>
     s.io.err(`command "${argv[0]}" not found\n`);
     return false;
   }
+  // qemu-io completes aio requests when it runs its event loop: in a command that does I/O, and before every
+  // command read from standard input (not before an aio submission or a command that only looks at state).
+  if (!NO_EVENT_LOOP.has(c.name) || s.interactive) await drainAio(s);
   if (c.needsImage && !s.image) {
     s.io.err("no file open, try 'help open'\n");
     return false;
@@ -690,7 +932,7 @@ export async function runCommandLine(s: Session, line: string): Promise<boolean>
     return false;
   }
   if (c.writes && s.image!.readOnly) {
-    s.io.err("qio: Block node is read-only\n");
+    s.io.err(`${programNames.qio}: Block node is read-only\n`);
     return false;
   }
   try {
@@ -703,7 +945,7 @@ export async function runCommandLine(s: Session, line: string): Promise<boolean>
       return false;
     }
     if (e instanceof CliError || isQcow2Error(e)) {
-      s.io.err(`qio: ${errorText(e)}\n`);
+      s.io.err(`${programNames.qio}: ${errorText(e)}\n`);
       return false;
     }
     throw e;
@@ -711,7 +953,12 @@ export async function runCommandLine(s: Session, line: string): Promise<boolean>
 }
 
 /** Open `req` for a session (used by the command line and the open command). */
-export async function openForSession(s: Session, req: OpenRequest): Promise<void> {
+export async function openForSession(s: Session, req: OpenRequest, errorPrefix?: string): Promise<void> {
+  if (req.snapshot) {
+    s.image = await openSnapshotMode(s, req);
+    s.request = req;
+    return;
+  }
   s.image = await openCliImage(req.filename, {
     readOnly: req.readOnly,
     forceShare: req.forceShare,
@@ -722,10 +969,49 @@ export async function openForSession(s: Session, req: OpenRequest): Promise<void
     ...(req.backingFormat !== undefined ? { backingFormat: req.backingFormat } : {}),
     discard: req.discard,
     ...(req.encrypt ? { encrypt: req.encrypt } : {}),
-    program: "qio",
+    ...(req.lazyRefcounts !== undefined ? { lazyRefcounts: req.lazyRefcounts } : {}),
+    ...(req.qcow2Cache !== undefined ? { qcow2Cache: req.qcow2Cache } : {}),
+    program: programNames.qio,
+    onWarning: (w) => s.io.err(`${w}\n`),
+    errorPrefix: errorPrefix ?? (req.filename === "" || req.imageOpts ? "can't open: " : `can't open device ${req.filename}: `),
+  });
+  s.request = req;
+}
+
+/**
+ * qemu-io -s: the image is opened read-only and a temporary qcow2 overlay on top of it (in TMPDIR, else
+ * /var/tmp, as QEMU's temporary snapshot) takes the writes; the overlay is unlinked once open.
+ */
+async function openSnapshotMode(s: Session, req: OpenRequest): Promise<BlockImage> {
+  const base = await openCliImage(req.filename, {
+    readOnly: true,
+    forceShare: req.forceShare,
+    ...(req.format !== undefined ? { format: req.format } : {}),
+    ...(req.dataFile !== undefined ? { dataFile: req.dataFile } : {}),
+    ...(req.backing !== undefined ? { backing: req.backing } : {}),
+    ...(req.backingFormat !== undefined ? { backingFormat: req.backingFormat } : {}),
+    ...(req.encrypt ? { encrypt: req.encrypt } : {}),
+    program: programNames.qio,
     onWarning: (w) => s.io.err(`${w}\n`),
     errorPrefix: req.filename === "" || req.imageOpts ? "can't open: " : `can't open device ${req.filename}: `,
   });
-  s.request = req;
+  const size = base.virtualSize - (base.virtualSize % 512);
+  const format = base.format;
+  await base.close();
+  const dir = await mkdtemp(join(process.env.TMPDIR || "/var/tmp", "qio-snapshot-"));
+  const overlay = join(dir, "overlay.qcow2");
+  try {
+    await createImage(overlay, { size, backingFile: /^[a-z][a-z0-9+.-]*:/i.test(req.filename) ? req.filename : resolvePath(req.filename), backingFormat: format });
+    return await openCliImage(overlay, {
+      readOnly: false,
+      format: "qcow2",
+      discard: req.discard,
+      program: programNames.qio,
+      onWarning: (w) => s.io.err(`${w}\n`),
+      errorPrefix: `can't open device ${req.filename}: `,
+    });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 

@@ -3,17 +3,19 @@
  * run in order (or, without -c, the lines read from standard input); the exit code is 1 when any failed.
  */
 import { CliError, UsageError, errorText, reportError, type Output, printHint } from "../cli/errors";
+import { isQcow2Error } from "@qcowkit/spec";
 import { getopt } from "../cli/getopt";
 import { defineObject, resetSecrets } from "../cli/secrets";
 import { cliOpenDefaults, closeQuietly } from "../cli/open";
-import { VERSION } from "../cli/version";
-import { checkCacheMode, openForSession, runCommandLine, type Session } from "./commands";
+import { programNames, versionLine } from "../cli/program";
+import { checkCacheMode, drainAio, openForSession, runCommandLine, type Session } from "./commands";
 import { applyBlockOptions, parseDiscard, type OpenRequest } from "./open";
 
-const PROG = "qio";
+/** The program name in messages ("qemu-io" when started under that name). */
+const prog = (): string => programNames.qio;
 
 export function qioUsage(): string {
-  return `Usage: ${PROG} [OPTIONS]... [-c STRING]... [file]
+  return `Usage: ${prog()} [OPTIONS]... [-c STRING]... [file]
 QEMU Disk exerciser (qcowkit implementation, qcow2 and raw only)
 
   --object OBJECTDEF   define a secret: secret,id=ID,data=TEXT|file=PATH[,format=raw|base64]
@@ -25,7 +27,7 @@ QEMU Disk exerciser (qcowkit implementation, qcow2 and raw only)
                        from the given string
   -f, --format FMT     specifies the block driver to use (qcow2 or raw)
   -r, --read-only      export read-only
-  -s, --snapshot       not supported by qio
+  -s, --snapshot       use snapshot file (writes go to a temporary overlay)
   -n, --nocache        accepted and ignored (short for -t none)
   -C, --copy-on-read   accepted and ignored
   -m, --misalign       accepted and ignored
@@ -39,7 +41,7 @@ QEMU Disk exerciser (qcowkit implementation, qcow2 and raw only)
   -h, --help           display this help and exit
   -V, --version        output version information and exit
 
-See '${PROG} -c help' for information on available commands.
+See '${prog()} -c help' for information on available commands.
 `;
 }
 
@@ -49,8 +51,8 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
   try {
     parsed = getopt(args, {
       short: "hVc:d:f:rsnCmki:t:T:U",
-      argv0: PROG,
-      style: { command: PROG },
+      argv0: prog(),
+      style: { command: prog() },
       long: [
         { name: "help", hasArg: false, key: "h" },
         { name: "version", hasArg: false, key: "V" },
@@ -90,7 +92,7 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
           io.out(qioUsage());
           return 0;
         case "V":
-          io.out(`${PROG} version ${VERSION} (qcowkit), compatible with qemu-io 7.2\n`);
+          io.out(versionLine("qio"));
           return 0;
         case "c":
           commands.push(o.value!);
@@ -121,7 +123,8 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
           if (!["threads", "native", "io_uring"].includes(o.value!)) throw new CliError(`Invalid aio option: ${o.value}`);
           break;
         case "s":
-          throw new CliError("snapshot mode (-s) is not supported by qio");
+          req.snapshot = true;
+          break;
         case "object":
           defineObject(o.value!);
           break;
@@ -131,7 +134,7 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
       }
     }
   } catch (e) {
-    io.err(`${PROG}: ${errorText(e)}\n`);
+    io.err(`${prog()}: ${errorText(e)}\n`);
     return 1;
   }
   if (parsed.operands.length > 1) {
@@ -154,7 +157,7 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
         if (imageOpts) {
           if (req.format !== undefined) throw new CliError("--image-opts and -f are mutually exclusive");
           try {
-            req = applyBlockOptions(req, operand, true, (w) => io.err(`${PROG}: warning: ${w}\n`));
+            req = applyBlockOptions(req, operand, true, (w) => io.err(`${prog()}: warning: ${w}\n`));
           } catch (e) {
             throw new CliError(`can't open: ${errorText(e)}`, { cause: e });
           }
@@ -163,27 +166,32 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
         }
         await session.open(req);
       } catch (e) {
-        io.err(`${PROG}: ${errorText(e)}\n`);
+        io.err(`${prog()}: ${errorText(e)}\n`);
         printHint(e, io);
         return 1;
       }
     }
     const interactive = commands.length === 0 && stdin !== undefined;
+    session.interactive = interactive;
     const lines = interactive ? (await stdin!()).split("\n") : commands;
     if (interactive && lines[lines.length - 1] === "") lines.pop();
     for (const line of lines) {
       if (session.quit) break;
-      if (interactive) io.out(`${PROG}> `);
+      if (interactive) io.out(`${prog()}> `);
       if (!(await runCommandLine(session, line))) failed = true;
     }
     // The prompt that met the end of the input.
-    if (interactive && !session.quit) io.out(`${PROG}> `);
+    if (interactive && !session.quit) io.out(`${prog()}> `);
+    await drainAio(session);
     const image = session.image;
     session.image = undefined;
-    if (image) await image.close();
+    // As qemu-io's exit (bdrv_close): a failure of the final flush is not reported.
+    if (image) await image.close().catch((e: unknown) => {
+      if (!isQcow2Error(e)) throw e;
+    });
   } catch (e) {
     await closeQuietly(session.image);
-    return reportError(PROG, e, io);
+    return reportError(prog(), e, io);
   }
   return failed ? 1 : 0;
 }

@@ -2,7 +2,7 @@
  * What qio opens: a file name, or block driver options given to --image-opts or to the open command's -o
  * (see cli/block-options.ts).
  */
-import { parseBlockOptions, type EncryptOptions } from "../cli/block-options";
+import { parseBlockOptions, type EncryptOptions, type Qcow2CacheOptions } from "../cli/block-options";
 
 export { parseDiscard } from "../cli/block-options";
 
@@ -18,6 +18,14 @@ export interface OpenRequest {
   backingFormat?: string;
   /** encrypt.* options (key secret id, format). */
   encrypt?: EncryptOptions;
+  /** lazy-refcounts runtime option (the image's own setting otherwise). */
+  lazyRefcounts?: boolean;
+  /** qcow2's cache options. */
+  qcow2Cache?: Qcow2CacheOptions;
+  /** node-name given when opened (reopen refuses to change it). */
+  nodeName?: string;
+  /** -s: writes go to a temporary overlay, deleted on close; the image itself is only read. */
+  snapshot?: boolean;
   /** Described by --image-opts: QEMU names no device when the open fails ("can't open: ..."). */
   imageOpts?: boolean;
 }
@@ -41,6 +49,9 @@ export function applyBlockOptions(req: OpenRequest, text: string, imageOpts: boo
   if (o.locking !== undefined) out.locking = o.locking;
   if (o.discard !== undefined) out.discard = o.discard;
   if (o.encrypt !== undefined) out.encrypt = o.encrypt;
+  if (o.lazyRefcounts !== undefined) out.lazyRefcounts = o.lazyRefcounts;
+  if (o.nodeName !== undefined) out.nodeName = o.nodeName;
+  if (o.qcow2Cache !== undefined) out.qcow2Cache = o.qcow2Cache;
   if (imageOpts) out.imageOpts = true;
   return out;
 }
