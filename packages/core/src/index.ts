@@ -86,3 +86,4 @@ export type { EncryptionOpenOptions, EncryptionFormat, EncryptionInfo } from "./
 export type { EncryptionCreateOptions } from "./crypto/create-encryption";
 export type { LuksInfo, LuksSlotInfo, LuksCreateOptions } from "./crypto/luks";
 export { validateEncryptionCreateOptions } from "./crypto/create-encryption";
+export { isRemoteName, parseRemoteName, remoteFromOptions, type RemoteName } from "./remote/remote-name";

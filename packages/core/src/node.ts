@@ -18,6 +18,8 @@ import { isNbdFilename } from "./nbd/uri";
 import { connectNbd } from "./node/nbd-socket";
 import { RawImage } from "./raw-image";
 import type { ImageResolver, ResolveContext } from "./resolver";
+import { parseRemoteName, type RemoteName } from "./remote/remote-name";
+import { openRemoteStore, remoteReadOnlyError, type RemoteOpenOptions } from "./node/remote-open";
 
 export * from "./index";
 
@@ -78,6 +80,8 @@ export interface OpenImageOptions {
    * or a request fails (default 60 000; 0: forever).
    */
   nbdTimeoutMs?: number;
+  /** Remote names (http(s)://, s3://, json: with an http(s) protocol): RemoteStore settings. */
+  remote?: RemoteOpenOptions;
 }
 
 const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
@@ -103,6 +107,12 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
     async openDataFile(name: string, ctx: ResolveContext): Promise<ByteStore> {
       // The data-file option is the caller's own choice; only names stored in the image are restricted.
       const stored = name !== opts.dataFile;
+      const remote = opts.safe && stored ? undefined : parseRemoteName(name);
+      if (remote) {
+        // Metadata local, data remote: readable; writes go to an overlay.
+        if (!ctx.readOnly) throw remoteReadOnlyError(name, "data file");
+        return openRemoteStore(name, remote, opts.remote);
+      }
       const path = opts.safe && stored
         ? checkSafeReference(ctx.imageName, name, "data-file", { cwd: process.cwd() })
         : resolveDataFileName(name).path!;
@@ -116,6 +126,17 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
       });
     },
     async openBacking(name: string, format: string | undefined, ctx: ResolveContext): Promise<BlockImage> {
+      // A backing image opens read-only with the caller's settings, without the caller's overrides.
+      const openBackingImage = (path: string, chain: string[]): Promise<BlockImage> =>
+        openImage(path, {
+          ...opts,
+          ...(format !== undefined ? { format } : { format: undefined }),
+          readOnly: true,
+          backing: undefined,
+          dataFile: undefined,
+          encrypt: undefined,
+          chain,
+        } as OpenImageOptions);
       try {
         let path: string;
         const stored = name !== opts.backing;
@@ -125,6 +146,10 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
         if (opts.safe && stored) {
           path = checkSafeReference(ctx.imageName, name, "backing");
           await assertRealPathInside(ctx.imageName, path, "backing", name);
+        } else if (parseRemoteName(name)) {
+          if (ctx.chain.length >= MAX_CHAIN_DEPTH) throw new Qcow2Error("INVALID_IMAGE", "Backing chain too deep");
+          if (ctx.chain.includes(name)) throw new Qcow2Error("INVALID_IMAGE", `Backing file '${name}' loops back into the chain`);
+          return await openBackingImage(name, [...ctx.chain, name]);
         } else if (isNbdFilename(name)) {
           // A backing file on an NBD export (QEMU follows such names too).
           return await openNbdImage(name, { ...(format !== undefined ? { format } : {}), readOnly: true, ...(opts.nbdTimeoutMs !== undefined ? { nbdTimeoutMs: opts.nbdTimeoutMs } : {}) });
@@ -147,15 +172,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
         if (real !== undefined && ctx.chain.includes(real)) {
           throw new Qcow2Error("INVALID_IMAGE", `Backing file '${name}' loops back into the chain`);
         }
-        return await openImage(path, {
-          ...opts,
-          ...(format !== undefined ? { format } : { format: undefined }),
-          readOnly: true,
-          backing: undefined,
-          dataFile: undefined,
-          encrypt: undefined,
-          chain: [...ctx.chain, ...(real !== undefined ? [real] : [])],
-        } as OpenImageOptions);
+        return await openBackingImage(path, [...ctx.chain, ...(real !== undefined ? [real] : [])]);
       } catch (e) {
         if (isQcow2Error(e)) {
           throw new Qcow2Error(e.code, `Could not open backing file: ${e.message}`, { errno: e.errno, cause: e });
@@ -169,6 +186,8 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
 /** Open a qcow2 or raw image file. */
 export async function openImage(path: string, opts: OpenImageOptions = {}): Promise<BlockImage> {
   if (isNbdFilename(path)) return openNbdImage(path, opts);
+  const remote = parseRemoteName(path);
+  if (remote) return openRemoteImage(path, remote, opts);
   const readOnly = opts.readOnly ?? false;
   const store = await FileStore.open(path, {
     readOnly,
@@ -260,6 +279,28 @@ export async function createImage(path: string, opts: CreateImageOptions): Promi
 }
 
 /**
+ * A remote image (http(s)://, s3://, json: with an http(s) protocol): read-only, no lock, the format probed
+ * unless given (by the options or the json: name's "driver"). Its backing file and data file names resolve as
+ * for a local image (relative names against the working directory, URLs as URLs).
+ */
+async function openRemoteImage(name: string, remote: RemoteName, opts: OpenImageOptions): Promise<BlockImage> {
+  if (opts.readOnly === false || opts.readOnly === undefined) throw remoteReadOnlyError(name);
+  let format: ImageFormat | undefined;
+  const given = opts.format ?? remote.format;
+  if (given !== undefined) format = checkFormat(given);
+  else if (opts.safe) throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the image format in safe mode; give the format", { errno: "EPERM" });
+  const store = await openRemoteStore(name, remote, opts.remote);
+  try {
+    format ??= await probeFormat(store);
+    if (format === "raw") return await RawImage.open(store);
+    return withBitmapMethods(await Qcow2Image.open(store, qcow2OpenOptions(name, opts, true, opts.chain ?? [name])));
+  } catch (e) {
+    await store.close().catch(() => undefined);
+    throw e;
+  }
+}
+
+/**
  * An NBD export named as QEMU names it: probed (qcow2 magic, else raw) unless the format is given, like a
  * file. A raw export is an NbdImage; a qcow2 image stored on the export opens over an NbdStore. No lock is
  * taken (the server owns the image).
@@ -313,5 +354,6 @@ async function createOnNbd(name: string, format: ImageFormat, opts: CreateImageO
 }
 
 export { FileStore };
+export { openRemoteStore, remoteReadOnlyError, s3ConfigFromEnv, type RemoteOpenOptions } from "./node/remote-open";
 export { connectNbd, connectNbdSocket } from "./node/nbd-socket";
 export type { OpenNbdOptions } from "./node/nbd-socket";
