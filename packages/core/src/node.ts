@@ -19,6 +19,7 @@ import { connectNbd } from "./node/nbd-socket";
 import { RawImage } from "./raw-image";
 import type { ImageResolver, ResolveContext } from "./resolver";
 import { parseRemoteName, type RemoteName } from "./remote/remote-name";
+import { createRemoteImage } from "./node/remote-create";
 import { openRemoteStore, remoteReadOnlyError, type RemoteOpenOptions } from "./node/remote-open";
 
 export * from "./index";
@@ -252,6 +253,7 @@ export interface CreateImageOptions extends Qcow2CreateOptions {
 export async function createImage(path: string, opts: CreateImageOptions): Promise<void> {
   const format = opts.format ?? "qcow2";
   if (isNbdFilename(path)) return createOnNbd(path, format, opts);
+  if (parseRemoteName(path)) return createRemoteImage(path, format, opts);
   if (format === "raw") {
     const store = await FileStore.open(path, { create: true, truncate: true });
     try {

@@ -177,11 +177,11 @@ export class RemoteStore implements ByteStore {
     const name = opts.name ?? url;
     const first = Math.max(settings.readahead, settings.blockSize);
     const probe = new RemoteStore(url, name, { size: 0 }, settings);
-    const { res, data } = await probe.attempts(`Could not open '${name}'`, () => probe.request(0, first, undefined, true));
+    const { res, data } = await probe.attempts("Error opening file", () => probe.request(0, first, undefined, true));
     const identity: RemoteIdentity = { size: 0 };
     if (res.status === 206) {
       const range = parseContentRange(res.headers.get("content-range"));
-      if (range?.total === undefined) throw new Qcow2Error("IO_ERROR", `Could not open '${name}': the server sent no object size (Content-Range)`, { errno: "EIO" });
+      if (range?.total === undefined) throw new Qcow2Error("IO_ERROR", "Error opening file: the server sent no object size (Content-Range)", { errno: "EIO" });
       identity.size = range.total;
     } else if (res.status === 416) {
       // An empty object: "bytes */0".
@@ -392,7 +392,7 @@ export class RemoteStore implements ByteStore {
       }
       if (res.status === 404) {
         discard();
-        throw new Qcow2Error("NOT_FOUND", "No such file or directory (HTTP 404)", { errno: "ENOENT" });
+        throw new Qcow2Error("NOT_FOUND", `${statusLine(res)}`, { errno: "ENOENT" });
       }
       if (res.status === 401 || res.status === 403) {
         discard();

@@ -5,6 +5,7 @@
  */
 import { CliError } from "./errors";
 import { splitOptionList } from "./qemu-opts";
+import { takeRemoteOptions } from "./remote-options";
 
 export interface BlockOptions {
   filename?: string;
@@ -89,9 +90,14 @@ export function parseBlockOptions(
     // A bare word is a short-form boolean ("x" means "x=on").
     options.push(eq < 0 ? [element, "on"] : [element.slice(0, eq), element.slice(eq + 1)]);
   }
+  // http(s) protocol options become a json: name (remote-options.ts).
+  const remote = takeRemoteOptions(options);
+  if (remote.names["file."] !== undefined) out.filename = remote.names["file."];
+  if (remote.names["data-file."] !== undefined) out.dataFile = remote.names["data-file."];
+  options.splice(0, options.length, ...remote.rest);
   let driver = opts.defaultFormat;
   for (const [key, value] of options) if (key === "driver") driver = value;
-  const hasFile = options.some(([key]) => key === "file" || key === "file.filename");
+  const hasFile = out.filename !== undefined || options.some(([key]) => key === "file" || key === "file.filename");
   if (opts.imageOpts && !hasFile && driver === undefined) throw new CliError("Must specify either driver or file");
   for (const [key, value] of options) {
     switch (key) {
