@@ -53,7 +53,8 @@ export function makeTestCa(dir) {
 }
 
 /**
- * nginx serving `root` on 127.0.0.1. `tls`: { cert, key } for HTTPS. Returns { url, port, stop() }.
+ * nginx serving `root` on 127.0.0.1 (as root's worker when run as root, so that test folders made with
+ * mode 0700 are readable). `tls`: { cert, key } for HTTPS. Returns { url, port, stop() }.
  * The config, pid and logs live in a temporary folder beside `root`.
  */
 export async function startNginx(root, opts = {}) {
@@ -65,6 +66,7 @@ export async function startNginx(root, opts = {}) {
   fs.writeFileSync(
     path.join(conf, "nginx.conf"),
     `daemon off;
+${process.getuid?.() === 0 ? "user root;" : ""}
 worker_processes 1;
 pid ${conf}/nginx.pid;
 error_log ${conf}/error.log warn;
