@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import { pnpmCommand } from "./pnpm.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const tools = ["qemu-img", "qemu-io", "qemu-nbd", "nbdinfo", "nbdcopy", "fio", "qemu-system-x86_64", "dpkg-source", "python3"];
+const tools = ["qemu-img", "qemu-io", "qemu-nbd", "nbdinfo", "nbdcopy", "fio", "qemu-system-x86_64", "dpkg-source", "python3", "nginx"];
 const missing = () => tools.filter((t) => spawnSync("sh", ["-c", `command -v ${t}`], { stdio: "ignore" }).status !== 0);
 
 function summary(passed, failed) {
@@ -20,7 +20,7 @@ function summary(passed, failed) {
 if (missing().length > 0 && process.getuid?.() === 0 && spawnSync("sh", ["-c", "command -v apt-get"]).status === 0) {
   console.log(`Installing the QEMU tools the interop tests need (${missing().join(", ")})...`);
   spawnSync("apt-get", ["update", "-qq"], { stdio: "inherit" });
-  spawnSync("apt-get", ["install", "-y", "-qq", "qemu-utils", "libnbd-bin", "fio", "qemu-system-x86", "dpkg-dev", "python3"], { stdio: "inherit" });
+  spawnSync("apt-get", ["install", "-y", "-qq", "qemu-utils", "libnbd-bin", "fio", "qemu-system-x86", "dpkg-dev", "python3", "qemu-block-extra", "nginx"], { stdio: "inherit" });
 }
 if (missing().length > 0) {
   console.error(`test: missing required tools: ${missing().join(", ")} (install qemu-utils libnbd-bin fio qemu-system-x86 dpkg-dev python3)`);

@@ -84,3 +84,4 @@ export { imageToStream } from "./stream-out";
 export type { ImageToStreamOptions } from "./stream-out";
 export { streamToImage, readQcow2StreamHeader, probeStream, StreamBytes } from "./stream-in";
 export type { StreamToImageOptions, StreamToImageResult } from "./stream-in";
+export { isRemoteName, parseRemoteName, remoteFromOptions, type RemoteName } from "./remote/remote-name";

@@ -15,6 +15,7 @@ import type { BlockImage } from "./block-image";
 import type { EncryptionInfo } from "./crypto/image-encryption";
 import { NbdImage } from "./nbd/nbd-image";
 import { isNbdFilename } from "./nbd/uri";
+import { RemoteStore } from "@qcowkit/datafile";
 import { Qcow2Image } from "./qcow2-image";
 import { RawImage } from "./raw-image";
 
@@ -171,8 +172,8 @@ export async function imageInfo(image: BlockImage, opts: ImageInfoOptions = {}):
     info["format-specific"] = { type: "qcow2", data: await qcow2SpecificInfo(image) };
     return info;
   }
-  // QEMU reports no dirty flag for an NBD export (the protocol has none to give).
-  if (!(image instanceof NbdImage)) info["dirty-flag"] = false;
+  // QEMU reports no dirty flag for an NBD export or an HTTP(S) object (the protocols have none to give).
+  if (!(image instanceof NbdImage) && !(image instanceof RawImage && image.store instanceof RemoteStore)) info["dirty-flag"] = false;
   if (image instanceof RawImage) {
     const actual = await allocatedBytes(image.store);
     if (actual !== undefined) info["actual-size"] = actual;

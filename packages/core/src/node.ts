@@ -25,6 +25,9 @@ import { registerSyncDigest } from "./crypto/hash";
 import { PROBE_BYTES, probeFormatName } from "./probe";
 import { RawImage } from "./raw-image";
 import type { ImageResolver, ResolveContext } from "./resolver";
+import { parseRemoteName, type RemoteName } from "./remote/remote-name";
+import { createRemoteImage } from "./node/remote-create";
+import { openRemoteStore, remoteReadOnlyError, type RemoteOpenOptions } from "./node/remote-open";
 
 export * from "./index";
 
@@ -117,6 +120,8 @@ export interface OpenImageOptions {
    * or a request fails (default 60 000; 0: forever).
    */
   nbdTimeoutMs?: number;
+  /** Remote names (http(s)://, s3://, json: with an http(s) protocol): RemoteStore settings. */
+  remote?: RemoteOpenOptions;
 }
 
 const MAX_CHAIN_DEPTH = 64;
@@ -160,6 +165,12 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
     async openDataFile(name: string, ctx: ResolveContext): Promise<ByteStore> {
       // The data-file option is the caller's own choice; only names stored in the image are restricted.
       const stored = name !== opts.dataFile;
+      const remote = opts.safe && stored ? undefined : parseRemoteName(name);
+      if (remote) {
+        // Metadata local, data remote: readable; writes go to an overlay.
+        if (!ctx.readOnly) throw remoteReadOnlyError(name, "data file");
+        return openRemoteStore(name, remote, opts.remote);
+      }
       const path = opts.safe && stored
         ? checkSafeReference(ctx.imageName, name, "data-file", { cwd: process.cwd() })
         : resolveDataFileName(name).path!;
@@ -182,6 +193,18 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
       return opts.wrapDataFile ? opts.wrapDataFile(store) : store;
     },
     async openBacking(name: string, format: string | undefined, ctx: ResolveContext): Promise<BlockImage> {
+      // A backing image opens read-only with the caller's settings, without the caller's overrides.
+      const openBackingImage = (path: string, chain: string[], openedInside?: ConfinedReference): Promise<BlockImage> =>
+        openImage(path, {
+          ...opts,
+          ...(format !== undefined ? { format } : { format: undefined }),
+          readOnly: true,
+          backing: undefined,
+          dataFile: undefined,
+          encrypt: undefined,
+          chain,
+          openedInside,
+        } as OpenImageOptions);
       try {
         let path: string;
         const stored = name !== opts.backing;
@@ -191,6 +214,13 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
         const confined = stored && confines(opts);
         if (opts.safe && stored) {
           path = checkSafeReference(ctx.imageName, name, "backing");
+        } else if (parseRemoteName(name)) {
+          if (confined) {
+            throw new Qcow2Error("NOT_SUPPORTED", `Refusing backing file '${shownName(name)}' in confined mode: it is not a file in the image's folder`, { errno: "EPERM" });
+          }
+          if (ctx.chain.length >= MAX_CHAIN_DEPTH) throw new Qcow2Error("INVALID_IMAGE", "Backing chain too deep");
+          if (ctx.chain.includes(name)) throw new Qcow2Error("INVALID_IMAGE", `Backing file '${name}' loops back into the chain`);
+          return await openBackingImage(name, [...ctx.chain, name]);
         } else if (isNbdFilename(name)) {
           if (confined) {
             throw new Qcow2Error("NOT_SUPPORTED", `Refusing backing file '${shownName(name)}' in confined mode: it is not a file in the image's folder`, { errno: "EPERM" });
@@ -217,16 +247,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
         if (real !== undefined && ctx.chain.includes(real)) {
           throw new Qcow2Error("INVALID_IMAGE", `Backing file '${name}' loops back into the chain`);
         }
-        return await openImage(path, {
-          ...opts,
-          ...(format !== undefined ? { format } : { format: undefined }),
-          readOnly: true,
-          backing: undefined,
-          dataFile: undefined,
-          encrypt: undefined,
-          chain: [...ctx.chain, ...(real !== undefined ? [real] : [])],
-          openedInside: confined ? confinedReference(ctx.imageName, "backing", name, opts) : undefined,
-        } as OpenImageOptions);
+        return await openBackingImage(path, [...ctx.chain, ...(real !== undefined ? [real] : [])], confined ? confinedReference(ctx.imageName, "backing", name, opts) : undefined);
       } catch (e) {
         if (isQcow2Error(e)) {
           throw new Qcow2Error(e.code, `Could not open backing file: ${e.message}`, { errno: e.errno, cause: e });
@@ -248,6 +269,8 @@ function confinedReference(imagePath: string, kind: ReferenceKind, storedName: s
 /** Open a qcow2 or raw image file. */
 export async function openImage(path: string, opts: OpenImageOptions = {}): Promise<BlockImage> {
   if (isNbdFilename(path)) return openNbdImage(path, opts);
+  const remote = parseRemoteName(path);
+  if (remote) return openRemoteImage(path, remote, opts);
   const readOnly = opts.readOnly ?? false;
   const store = await FileStore.open(path, {
     readOnly,
@@ -316,6 +339,7 @@ export interface CreateImageOptions extends Qcow2CreateOptions {
 export async function createImage(path: string, opts: CreateImageOptions): Promise<void> {
   const format = opts.format ?? "qcow2";
   if (isNbdFilename(path)) return createOnNbd(path, format, opts);
+  if (parseRemoteName(path)) return createRemoteImage(path, format, opts);
   if (format === "raw") {
     const store = await FileStore.open(path, { create: true, truncate: true });
     try {
@@ -338,6 +362,28 @@ export async function createImage(path: string, opts: CreateImageOptions): Promi
   } catch (e) {
     await meta.close().catch(() => undefined);
     await dataStore?.close().catch(() => undefined);
+    throw e;
+  }
+}
+
+/**
+ * A remote image (http(s)://, s3://, json: with an http(s) protocol): read-only, no lock, the format probed
+ * unless given (by the options or the json: name's "driver"). Its backing file and data file names resolve as
+ * for a local image (relative names against the working directory, URLs as URLs).
+ */
+async function openRemoteImage(name: string, remote: RemoteName, opts: OpenImageOptions): Promise<BlockImage> {
+  if (opts.readOnly === false || opts.readOnly === undefined) throw remoteReadOnlyError(name);
+  let format: ImageFormat | undefined;
+  const given = opts.format ?? remote.format;
+  if (given !== undefined) format = checkFormat(given);
+  else if (opts.safe) throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the image format in safe mode; give the format", { errno: "EPERM" });
+  const store = await openRemoteStore(name, remote, opts.remote);
+  try {
+    format ??= await probeFormat(store);
+    if (format === "raw") return await RawImage.open(store);
+    return withBitmapMethods(await Qcow2Image.open(store, qcow2OpenOptions(name, opts, true, opts.chain ?? [name])));
+  } catch (e) {
+    await store.close().catch(() => undefined);
     throw e;
   }
 }
@@ -397,6 +443,7 @@ async function createOnNbd(name: string, format: ImageFormat, opts: CreateImageO
 
 export { FileStore };
 export type { LockingMode } from "./node/open-policy";
+export { openRemoteStore, remoteReadOnlyError, s3ConfigFromEnv, type RemoteOpenOptions } from "./node/remote-open";
 export { connectNbd, connectNbdSocket } from "./node/nbd-socket";
 export type { OpenNbdOptions } from "./node/nbd-socket";
 export { readableFromFd, writeStreamToFd, writeAllToFd, webStreamFromNode, nodeReadableFromWeb, pipeWebStreamTo } from "./node/streams";

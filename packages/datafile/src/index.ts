@@ -20,3 +20,24 @@ export {
 export { directoryPrefix } from "./posix-path";
 export { printableName } from "./printable-name";
 export type { ByteStore, StorePreallocation } from "@qcowkit/spec";
+export {
+  RemoteStore,
+  type RemoteFetch,
+  type RemoteIdentity,
+  type RemoteResponse,
+  type RemoteSigner,
+  type RemoteStoreOptions,
+} from "./remote-store";
+export {
+  isS3Name,
+  openS3Store,
+  parseS3Name,
+  s3ObjectUrl,
+  s3Signer,
+  uploadS3Object,
+  type S3Config,
+  type S3Location,
+  type S3UploadOptions,
+  type S3UploadResult,
+  type UploadFetch,
+} from "./s3";

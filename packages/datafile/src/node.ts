@@ -41,3 +41,4 @@ export {
 } from "./node/lock";
 export { removeFile } from "./node/remove-file";
 export { fromSystemError, systemErrorText } from "./node/system-error";
+export { nodeFetch, type NodeFetchOptions } from "./node/http-fetch";

@@ -6,6 +6,7 @@
 import { BLKDEBUG_IO_TYPES, type BlkdebugInjectError, type BlkdebugIoType } from "@qcowkit/datafile";
 import { CliError } from "./errors";
 import { parseOptValue, splitOptionList } from "./qemu-opts";
+import { takeRemoteOptions } from "./remote-options";
 
 export interface BlockOptions {
   filename?: string;
@@ -157,9 +158,14 @@ export function blockOptionsFromPairs(
   opts: { imageOpts: boolean; defaultFormat?: string; onWarning?: (w: string) => void },
 ): BlockOptions {
   const out: BlockOptions = {};
+  // http(s) protocol options become a json: name (remote-options.ts).
+  const remote = takeRemoteOptions(options);
+  if (remote.names["file."] !== undefined) out.filename = remote.names["file."];
+  if (remote.names["data-file."] !== undefined) out.dataFile = remote.names["data-file."];
+  options.splice(0, options.length, ...remote.rest);
   let driver = opts.defaultFormat;
   for (const [key, value] of options) if (key === "driver") driver = value;
-  const hasFile = options.some(([key]) => key === "file" || key === "file.filename");
+  const hasFile = out.filename !== undefined || options.some(([key]) => key === "file" || key === "file.filename");
   if (opts.imageOpts && !hasFile && driver === undefined) throw new CliError("Must specify either driver or file");
   for (const [key, value] of options) {
     switch (key) {

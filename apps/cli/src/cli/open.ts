@@ -3,7 +3,7 @@
  * opened for writing, engine warnings passed through, open failures prefixed the way the tool prefixes
  * them ("Could not open 'x': ..." for qemu-img, "can't open device x: ..." for qemu-io).
  */
-import { openImage, type BlockImage, type OpenImageOptions } from "@qcowkit/core/node";
+import { isRemoteName, openImage, type BlockImage, type OpenImageOptions } from "@qcowkit/core/node";
 import { BlkdebugStore, type BlkdebugInjectError, type ByteStore } from "@qcowkit/datafile";
 import { blockOptionsFromPairs, checkQcow2Cache, parseBlockOptions, type BlockOptions, type EncryptOptions, type Qcow2CacheOptions } from "./block-options";
 import { jsonFilenameOptions } from "./json-filename";
@@ -65,7 +65,8 @@ export function probedRawWarning(filename: string): string {
 }
 
 export async function openCliImage(filename: string, opts: CliOpenOptions): Promise<BlockImage> {
-  if (filename.startsWith("json:")) return openJsonFilename(filename, opts);
+  // json: names of the curl driver (http/https) are remote images, which the core opens itself.
+  if (filename.startsWith("json:") && !isRemoteName(filename)) return openJsonFilename(filename, opts);
   const rules = opts.dataFileBlkdebug;
   const o: OpenImageOptions = {
     readOnly: opts.readOnly,

@@ -5,7 +5,7 @@
  * copied into the base, then the image is emptied unless -d; prints "Image committed.".
  */
 import { realpathSync } from "node:fs";
-import { Qcow2Image, commitLayers, makeEmpty, openImage, type BlockImage } from "@qcowkit/core/node";
+import { Qcow2Image, commitLayers, isRemoteName, makeEmpty, openImage, type BlockImage } from "@qcowkit/core/node";
 import { combinePath } from "../cli/chain";
 import { CliError, UsageError, errorText } from "../cli/errors";
 import { getopt } from "../cli/getopt";
@@ -83,6 +83,9 @@ export const commitCommand: QimgCommand = {
         const path = combinePath(above.filename, stored);
         const fmt = above instanceof Qcow2Image ? above.hdr.extensions.backingFormat : undefined;
         const isBase = baseName === undefined || baseName === stored || sameFile(combinePath(above.filename, baseName), path);
+        if (isBase && isRemoteName(stored)) {
+          throw new CliError(`Cannot commit into the remote base '${stored}': it is read-only; publish the result with qimg convert -O qcow2 ${filename} s3://BUCKET/KEY`);
+        }
         try {
           if (isBase) {
             base = await openImage(path, { readOnly: false, ...(fmt !== undefined ? { format: fmt } : {}) });

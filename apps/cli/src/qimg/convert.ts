@@ -19,6 +19,7 @@ import {
   type BlockImage,
   type SnapshotSelector,
 } from "@qcowkit/core/node";
+import { convertToS3, isS3Target } from "./convert-s3";
 import { strerror } from "../cli/errno";
 import { CliError, UsageError, errorText } from "../cli/errors";
 import type { LongOption } from "../cli/getopt";
@@ -206,6 +207,8 @@ export const convertCommand: QimgCommand = {
     if (a.targetIsZero && !a.skipCreate) throw new CliError("--target-is-zero requires use of -n flag");
     const operands = parsed.operands;
     const outFilename = operands.length >= 2 ? operands[operands.length - 1] : undefined;
+    // An s3:// target is written whole, front to back (convert-s3.ts).
+    if (operands.length >= 2 && isS3Target(outFilename) && !hasHelpOption(a.options)) return convertToS3(operands.slice(0, -1), outFilename, { ...a, outFmt }, ctx);
     if (hasHelpOption(a.options)) {
       if (!isKnownFormat(outFmt)) throw new CliError(`Unknown file format '${outFmt}'`);
       ctx.io.out(optionHelp(outFmt, outFilename));

@@ -7,7 +7,7 @@
  * deletes both files, as QEMU does.
  */
 import { rm } from "node:fs/promises";
-import { createImage, isNbdFilename, validateCreateOptions, type CreateImageOptions } from "@qcowkit/core/node";
+import { createImage, isNbdFilename, isRemoteName, validateCreateOptions, type CreateImageOptions } from "@qcowkit/core/node";
 import { resolveBackingFileName } from "@qcowkit/datafile";
 import { FileStore } from "@qcowkit/datafile/node";
 import { CliError, UsageError, errorText, withContext } from "../cli/errors";
@@ -219,8 +219,8 @@ async function createRaw(filename: string, opts: QemuOpts, size: bigint): Promis
 
 /** Create (or empty) a file as the file protocol does before the format driver runs. */
 async function truncateFile(path: string): Promise<void> {
-  // An NBD export is not a file: createImage writes over it.
-  if (isNbdFilename(path)) return;
+  // An NBD export is not a file: createImage writes over it. A remote object is written whole by createImage.
+  if (isNbdFilename(path) || isRemoteName(path)) return;
   const store = await FileStore.open(path, { create: true, truncate: true });
   await store.close();
 }
