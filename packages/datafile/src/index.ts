@@ -3,6 +3,7 @@
  * The Node file backend is in "@qcowkit/datafile/node".
  */
 export { MemoryStore, isAllZero, type MemoryStoreOptions } from "./memory-store";
+export { BlobStore, type BlobLike } from "./blob-store";
 export {
   FaultInjectingStore,
   type CountedOperation,
