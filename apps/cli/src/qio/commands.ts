@@ -2,7 +2,7 @@
  * qemu-io's commands, with its argument checks, output lines and failure texts. A command returns true when
  * it succeeded; qio exits 1 when any command failed.
  */
-import { Qcow2Image, qcow2SpecificInfo, type BlockImage, type Preallocation } from "@qcowkit/core/node";
+import { Qcow2Image, qcow2SpecificInfo, type BlockImage, type Preallocation, dumpHuman, type JsonValue } from "@qcowkit/core/node";
 import { isQcow2Error } from "@qcowkit/spec";
 import { readFile } from "node:fs/promises";
 import { systemErrorText } from "@qcowkit/datafile/node";
@@ -10,7 +10,6 @@ import { strerror } from "../cli/errno";
 import { CliError, UsageError, errorText, type Output } from "../cli/errors";
 import { getopt, type ParsedOption } from "../cli/getopt";
 import { openCliImage } from "../cli/open";
-import { dumpHuman, type JsonValue } from "../cli/qdict-json";
 import { cvtstr } from "../cli/size";
 import { applyBlockOptions, parseDiscard, type OpenRequest } from "./open";
 import { cvtnum, elapsedSince, hexDump, parsePattern, report } from "./report";
