@@ -4,6 +4,7 @@
  */
 export { MemoryStore, isAllZero, type MemoryStoreOptions } from "./memory-store";
 export { BlobStore, type BlobLike } from "./blob-store";
+export { SyncHandleStore, type SyncAccessHandleLike } from "./sync-handle-store";
 export {
   FaultInjectingStore,
   type CountedOperation,
