@@ -1,0 +1,55 @@
+/**
+ * Converts the open image into a file of the origin's private file system (OPFS), in a dedicated worker
+ * because only workers get synchronous access handles. The core's convert copies in bounded chunks and the
+ * target's bytes go to disk, so memory stays flat whatever the image size.
+ *
+ * When the core gains a stream writer (a target that is written front to back, no seeking), this worker
+ * is what changes: the page only asks for a Blob.
+ */
+import { Qcow2Image, RawImage, SyncHandleStore, convertImages, createQcow2, openBlobImage, type BlockImage } from "@qcowkit/core/browser";
+import type { ExportReply, ExportRequest } from "./export-protocol";
+
+interface SyncHandleFile {
+  createSyncAccessHandle(): Promise<ConstructorParameters<typeof SyncHandleStore>[0]>;
+}
+
+const post = (reply: ExportReply) => (self as unknown as { postMessage(m: ExportReply): void }).postMessage(reply);
+
+async function exportImage(req: ExportRequest): Promise<number> {
+  const source = await openBlobImage(req.files, { format: "qcow2" });
+  let target: BlockImage | undefined;
+  try {
+    const root = await navigator.storage.getDirectory();
+    const handleFile = (await root.getFileHandle(req.scratchName, { create: true })) as unknown as SyncHandleFile;
+    const handle = await handleFile.createSyncAccessHandle();
+    handle.truncate(0);
+    const store = new SyncHandleStore(handle, req.scratchName);
+    if (req.target === "qcow2") {
+      await createQcow2(store, { size: source.virtualSize });
+      target = await Qcow2Image.open(store, { readOnly: false });
+    } else {
+      await store.resize(source.virtualSize);
+      target = await RawImage.open(store);
+    }
+    await convertImages([source], target, {
+      compressed: req.compressed,
+      targetZeroInit: true,
+      onProgress: (percent) => post({ type: "progress", percent }),
+    });
+    await target.flush();
+    const bytes = await store.size();
+    await target.close();
+    target = undefined;
+    return bytes;
+  } finally {
+    await target?.close().catch(() => undefined);
+    await source.close().catch(() => undefined);
+  }
+}
+
+self.onmessage = (e: MessageEvent<ExportRequest>) => {
+  exportImage(e.data).then(
+    (bytes) => post({ type: "done", bytes }),
+    (err: unknown) => post({ type: "error", message: err instanceof Error ? err.message : String(err) }),
+  );
+};
