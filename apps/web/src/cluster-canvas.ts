@@ -27,9 +27,12 @@ export const KIND_STYLE: Record<ClusterKind, { color: string; label: string }> =
   "data-file": { color: "#90cdf4", label: "data file: guest data" },
 };
 
-const CELL = 8;
+/** Cell sizes tried, largest first: small files get big cells, large ones small cells. */
+const CELL_SIZES = [24, 16, 12, 8];
 const GAP = 10;
 const MAX_ROWS = 40;
+/** The largest cells whose picture fits this height. */
+const TARGET_HEIGHT = 240;
 
 /** One band: a file's clusters [first, first + cells * per). */
 interface Band {
@@ -80,6 +83,7 @@ export class ClusterPicture {
   private viewStart = 0;
   private viewEnd = 1;
   private bands: Band[] = [];
+  private cell = 8;
 
   constructor(
     private readonly canvas: HTMLCanvasElement,
@@ -142,23 +146,13 @@ export class ClusterPicture {
   private draw(): void {
     const map = this.map;
     if (!map) return;
-    const columns = Math.floor(this.canvas.width / CELL);
-    this.bands = [];
     let top = 0;
-    for (const file of map.files) {
-      const first = Math.floor(this.viewStart * file.clusters);
-      const last = Math.max(first + 1, Math.ceil(this.viewEnd * file.clusters));
-      const visible = Math.min(last, file.clusters) - first;
-      const per = Math.max(1, Math.ceil(visible / (columns * MAX_ROWS)));
-      const cells = Math.max(1, Math.ceil(visible / per));
-      const kinds: ClusterKind[] = [];
-      for (let c = 0; c < cells; c++) {
-        const from = first + c * per;
-        kinds.push(dominant(kindCounts(file.runs, from, Math.min(file.clusters, from + per))));
-      }
-      this.bands.push({ file, top, columns, cells, first, per, kinds });
-      top += Math.ceil(cells / columns) * CELL + GAP;
+    for (const cell of CELL_SIZES) {
+      this.cell = cell;
+      top = this.layout(map, cell);
+      if (top - GAP <= TARGET_HEIGHT) break;
     }
+    const CELL = this.cell;
     this.canvas.height = Math.max(CELL, top - GAP);
     const g = this.canvas.getContext("2d")!;
     g.fillStyle = "#ffffff";
@@ -176,12 +170,34 @@ export class ClusterPicture {
     this.rangeLabel.textContent = whole ? "whole file" : `${(this.viewStart * 100).toFixed(2)}% to ${(this.viewEnd * 100).toFixed(2)}% of the file`;
   }
 
+  /** Bands for cells of `cell` pixels; returns the height they take (plus one gap). */
+  private layout(map: ClusterMap, cell: number): number {
+    const columns = Math.floor(this.canvas.width / cell);
+    this.bands = [];
+    let top = 0;
+    for (const file of map.files) {
+      const first = Math.floor(this.viewStart * file.clusters);
+      const last = Math.max(first + 1, Math.ceil(this.viewEnd * file.clusters));
+      const visible = Math.min(last, file.clusters) - first;
+      const per = Math.max(1, Math.ceil(visible / (columns * MAX_ROWS)));
+      const cells = Math.max(1, Math.ceil(visible / per));
+      const kinds: ClusterKind[] = [];
+      for (let c = 0; c < cells; c++) {
+        const from = first + c * per;
+        kinds.push(dominant(kindCounts(file.runs, from, Math.min(file.clusters, from + per))));
+      }
+      this.bands.push({ file, top, columns, cells, first, per, kinds });
+      top += Math.ceil(cells / columns) * cell + GAP;
+    }
+    return top;
+  }
+
   private bandAt(y: number): Band | undefined {
-    return this.bands.find((b) => y >= b.top && y < b.top + Math.ceil(b.cells / b.columns) * CELL);
+    return this.bands.find((b) => y >= b.top && y < b.top + Math.ceil(b.cells / b.columns) * this.cell);
   }
 
   private cellAt(band: Band, x: number, y: number): number {
-    return Math.floor((y - band.top) / CELL) * band.columns + Math.floor(x / CELL);
+    return Math.floor((y - band.top) / this.cell) * band.columns + Math.floor(x / this.cell);
   }
 
   private fractionAt(band: Band, x: number, y: number): number {

@@ -21,11 +21,13 @@ async function exportImage(req: ExportRequest): Promise<number> {
   try {
     const root = await navigator.storage.getDirectory();
     const handleFile = (await root.getFileHandle(req.scratchName, { create: true })) as unknown as SyncHandleFile;
-    const handle = await handleFile.createSyncAccessHandle();
-    handle.truncate(0);
-    const store = new SyncHandleStore(handle, req.scratchName);
+    const openStore = async () => new SyncHandleStore(await handleFile.createSyncAccessHandle(), req.scratchName);
+    let store = await openStore();
+    await store.resize(0);
     if (req.target === "qcow2") {
+      // Creating closes the store (as it does a file): open it again for the copy.
       await createQcow2(store, { size: source.virtualSize });
+      store = await openStore();
       target = await Qcow2Image.open(store, { readOnly: false });
     } else {
       await store.resize(source.virtualSize);
@@ -36,10 +38,12 @@ async function exportImage(req: ExportRequest): Promise<number> {
       targetZeroInit: true,
       onProgress: (percent) => post({ type: "progress", percent }),
     });
-    await target.flush();
-    const bytes = await store.size();
     await target.close();
     target = undefined;
+    // The size as closed (closing may still write): the page checks the file it downloads against it.
+    const handle = await handleFile.createSyncAccessHandle();
+    const bytes = handle.getSize();
+    handle.close();
     return bytes;
   } finally {
     await target?.close().catch(() => undefined);

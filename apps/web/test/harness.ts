@@ -82,10 +82,38 @@ export async function launch(): Promise<Browser> {
 
 /** Choose `paths` in the page's file input and wait until the page is done with them. */
 export async function openFiles(page: Page, paths: string[]): Promise<"ready" | "error"> {
-  await page.evaluate(() => (document.body.dataset.state = "choosing"));
+  await page.evaluate(() => {
+    document.body.dataset.state = "choosing";
+    // Choosing the same files again must still count as a choice.
+    (document.getElementById("file-input") as HTMLInputElement).value = "";
+  });
   await page.setInputFiles("#file-input", paths);
   await page.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state ?? ""), undefined, { timeout: 60_000 });
   return (await page.evaluate(() => document.body.dataset.state)) as "ready" | "error";
 }
 
 export const text = (page: Page, selector: string) => page.$eval(selector, (e) => e.textContent ?? "");
+
+export interface Session {
+  page: Page;
+  browser: Browser;
+  close(): Promise<void>;
+}
+
+/** Serve the page, launch Chromium, open the page (page errors are printed); `close` also removes `dir`. */
+export async function startSession(dir: string): Promise<Session> {
+  const served = await serve();
+  const browser = await launch();
+  const page = await browser.context.newPage();
+  page.on("pageerror", (e) => console.error(`page error: ${e.message}`));
+  await page.goto(served.url);
+  return {
+    page,
+    browser,
+    async close() {
+      await browser.close();
+      served.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

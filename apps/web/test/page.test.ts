@@ -8,11 +8,11 @@
  * holes, while qemu-img map reports holes inside clusters of a sparse file as zeros.
  */
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { launch, openFiles, scratchDir, serve, text, type Browser, type Served } from "./harness";
+import { openFiles, scratchDir, startSession, text, type Session } from "./harness";
 
 const dir = scratchDir("qcowkit-web-test-");
 const at = (name: string) => join(dir, name);
@@ -79,8 +79,7 @@ const kinds: Record<string, { files: string[]; make: string }> = {
   },
 };
 
-let served: Served;
-let browser: Browser;
+let session: Session;
 let page: Page;
 
 beforeAll(async () => {
@@ -88,18 +87,11 @@ beforeAll(async () => {
   for (const k of Object.values(kinds)) sh(`(${k.make}) >/dev/null`);
   // Dense copies: the same bytes for qemu-img and for the browser.
   sh("for f in *; do cp --sparse=never \"$f\" \"$f.dense\" && mv \"$f.dense\" \"$f\"; done");
-  served = await serve();
-  browser = await launch();
-  page = await browser.context.newPage();
-  page.on("pageerror", (e) => console.error(`page error: ${e.message}`));
-  await page.goto(served.url);
+  session = await startSession(dir);
+  page = session.page;
 }, 120_000);
 
-afterAll(async () => {
-  await browser?.close();
-  served?.close();
-  rmSync(dir, { recursive: true, force: true });
-});
+afterAll(() => session?.close());
 
 describe("the page shows what qemu-img prints", () => {
   for (const [kind, { files }] of Object.entries(kinds)) {
@@ -150,6 +142,66 @@ describe("the human view", () => {
     await openFiles(page, kinds["backing chain"]!.files.map(at));
     const chain = await page.$$eval("#backing-chain tr td:first-child", (tds) => tds.map((t) => t.textContent));
     expect(chain).toEqual(["top.qcow2", "mid.qcow2", "base.qcow2"]);
+  });
+});
+
+/** The canvas against a stored PNG, in the browser: the share of pixels that differ by more than a little. */
+async function canvasDifference(reference: string): Promise<{ size: string; different: number }> {
+  return page.$eval(
+    "#cluster-map",
+    async (c, url) => {
+      const canvas = c as HTMLCanvasElement;
+      const img = new Image();
+      img.src = url;
+      await img.decode();
+      const size = `${img.width}x${img.height}`;
+      if (img.width !== canvas.width || img.height !== canvas.height) return { size, different: 1 };
+      const scratch = document.createElement("canvas");
+      scratch.width = img.width;
+      scratch.height = img.height;
+      const g = scratch.getContext("2d")!;
+      g.drawImage(img, 0, 0);
+      const want = g.getImageData(0, 0, img.width, img.height).data;
+      const got = canvas.getContext("2d")!.getImageData(0, 0, canvas.width, canvas.height).data;
+      let bad = 0;
+      for (let i = 0; i < got.length; i += 4) {
+        if (Math.abs(got[i]! - want[i]!) + Math.abs(got[i + 1]! - want[i + 1]!) + Math.abs(got[i + 2]! - want[i + 2]!) > 24) bad++;
+      }
+      return { size, different: bad / (got.length / 4) };
+    },
+    reference,
+  );
+}
+
+describe("the picture", () => {
+  const reference = join(import.meta.dirname, "reference", "cluster-map-snapshots.png");
+
+  it("matches the stored reference (QCOWKIT_UPDATE_REFERENCE=1 rewrites it)", async () => {
+    expect(await openFiles(page, kinds.snapshots!.files.map(at))).toBe("ready");
+    if (process.env.QCOWKIT_UPDATE_REFERENCE === "1") {
+      const url = await page.$eval("#cluster-map", (c) => (c as HTMLCanvasElement).toDataURL("image/png"));
+      writeFileSync(reference, Buffer.from(url.split(",")[1]!, "base64"));
+    }
+    const png = `data:image/png;base64,${readFileSync(reference).toString("base64")}`;
+    const diff = await canvasDifference(png);
+    expect(diff.different, diff.size).toBeLessThan(0.01);
+    // A different image does not pass for it.
+    await openFiles(page, kinds.compressed!.files.map(at));
+    expect((await canvasDifference(png)).different).toBeGreaterThan(0.01);
+  });
+
+  it("names what the pointer is on, and zooms", async () => {
+    await openFiles(page, kinds.snapshots!.files.map(at));
+    const box = (await page.locator("#cluster-map").boundingBox())!;
+    await page.mouse.move(box.x + 3, box.y + 3);
+    expect(await text(page, "#hover-details")).toMatch(/^snap\.qcow2: cluster 0 \(offset 0x0-0xffff\): 1 header$/);
+    expect(await text(page, "#zoom-range")).toBe("whole file");
+    await page.click("#zoom-in");
+    expect(await text(page, "#zoom-range")).toBe("25.00% to 75.00% of the file");
+    await page.click("#pan-left");
+    expect(await text(page, "#zoom-range")).toBe("0.00% to 50.00% of the file");
+    await page.click("#zoom-reset");
+    expect(await text(page, "#zoom-range")).toBe("whole file");
   });
 });
 

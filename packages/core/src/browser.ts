@@ -13,7 +13,7 @@ import type { ImageResolver } from "./resolver";
 import { loadZstdCodec } from "./zstd";
 
 export * from "./index";
-export { BlobStore, type BlobLike } from "@qcowkit/datafile";
+export { BlobStore, SyncHandleStore, type BlobLike, type SyncAccessHandleLike } from "@qcowkit/datafile";
 export { loadZstdCodec, type ZstdLoadOptions } from "./zstd";
 
 registerCodecLoader("zstd", () => loadZstdCodec({ wasmBytes: async () => (await import("./browser/zstd-wasm")).default }));

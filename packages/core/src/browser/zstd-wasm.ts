@@ -3,6 +3,7 @@
  * that bundles the browser entry with any bundler carries the module with it. This file is only reached by a
  * dynamic import, the first time a zstd-compressed cluster is read or written: other pages never load it.
  */
+/// <reference path="./wasm.d.ts" />
 import wasm from "../../node_modules/@bokuweb/zstd-wasm/dist/web/zstd.wasm";
 
 export default wasm;
