@@ -20,7 +20,7 @@ function summary(passed, failed) {
 if (missing().length > 0 && process.getuid?.() === 0 && spawnSync("sh", ["-c", "command -v apt-get"]).status === 0) {
   console.log(`Installing the QEMU tools the interop tests need (${missing().join(", ")})...`);
   spawnSync("apt-get", ["update", "-qq"], { stdio: "inherit" });
-  spawnSync("apt-get", ["install", "-y", "-qq", "qemu-utils", "libnbd-bin", "fio"], { stdio: "inherit" });
+  spawnSync("apt-get", ["install", "-y", "-qq", "qemu-utils", "libnbd-bin", "fio", "chromium"], { stdio: "inherit" });
 }
 if (missing().length > 0) {
   console.error(`test: missing required tools: ${missing().join(", ")} (install qemu-utils libnbd-bin fio)`);

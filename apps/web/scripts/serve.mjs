@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
- * Serve dist/ on 127.0.0.1 (port from PORT, else a free one) and print the URL. Static files only; the
- * page does all its work in the browser.
+ * Serve dist/ on 127.0.0.1 and print the URL: port PORT when set (0: any free port), else 4817 when it is
+ * free, else any free port. Static files only; the page does all its work in the browser.
  */
 import { createReadStream, existsSync, statSync } from "node:fs";
 import { createServer } from "node:http";
@@ -25,7 +25,16 @@ const server = createServer((req, res) => {
   res.writeHead(200, { "content-type": types[extname(file)] ?? "application/octet-stream", "cache-control": "no-cache" });
   createReadStream(file).pipe(res);
 });
-server.listen(Number(process.env.PORT ?? 0), "127.0.0.1", () => {
-  const { port } = server.address();
-  console.log(`qcowkit web: http://127.0.0.1:${port}/`);
+const wanted = process.env.PORT !== undefined ? Number(process.env.PORT) : 4817;
+server.on("error", (e) => {
+  if (e.code === "EADDRINUSE" && process.env.PORT === undefined) server.listen(0, "127.0.0.1");
+  else {
+    console.error(`web: cannot listen on 127.0.0.1:${wanted}: ${e.message}`);
+    process.exit(1);
+  }
 });
+server.on("listening", () => {
+  const { port } = server.address();
+  console.log(`qcowkit web: http://127.0.0.1:${port}/  (Ctrl+C stops it)`);
+});
+server.listen(wanted, "127.0.0.1");

@@ -205,6 +205,36 @@ describe("the picture", () => {
   });
 });
 
+describe("opening", () => {
+  it("by drag and drop: several files, the image first", async () => {
+    const files = kinds["data file"]!.files.map((f) => ({ name: f, base64: readFileSync(at(f)).toString("base64") }));
+    await page.evaluate(() => (document.body.dataset.state = "choosing"));
+    await page.$eval(
+      "#drop-zone",
+      (zone, list) => {
+        const dt = new DataTransfer();
+        for (const f of list) dt.items.add(new File([Uint8Array.from(atob(f.base64), (c) => c.charCodeAt(0))], f.name));
+        zone.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+      },
+      files,
+    );
+    await page.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state ?? ""));
+    expect(await page.evaluate(() => document.body.dataset.state)).toBe("ready");
+    expect(await text(page, "#map-json")).toBe(qemuImg(["map", "--output=json", "df.qcow2"]).stdout);
+  });
+
+  it("?url= says remote images are not available yet, and local files still open", async () => {
+    const url = new URL(page.url());
+    url.search = "?url=https://example.invalid/disk.qcow2";
+    await page.goto(url.toString());
+    expect(await text(page, "#error")).toBe("Remote images are not available yet: download https://example.invalid/disk.qcow2 and open the file instead.");
+    expect(await openFiles(page, kinds.plain!.files.map(at))).toBe("ready");
+    expect(await page.$eval("#error", (e) => (e as HTMLElement).hidden)).toBe(true);
+    url.search = "";
+    await page.goto(url.toString());
+  });
+});
+
 describe("errors: one line in #error, the page stays usable", () => {
   const cases: Array<[string, string[], string]> = [];
   beforeAll(() => {
