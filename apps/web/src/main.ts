@@ -117,9 +117,12 @@ async function openFiles(files: File[]): Promise<void> {
     checked = await openBlobImage(files, { format: "qcow2", checkMode: true });
     const map = await clusterMap(checked as Qcow2Image);
     if (stale()) return;
-    $("check").textContent = checkReportHuman(map.report);
-    const lines = [...map.report.messages];
-    if (map.report.failure !== undefined) lines.push(`Check failed: ${checkFailureText(map.report.failure)}`);
+    // As qimg check: a check that could not complete prints no summary; internal errors follow it.
+    const r = map.report;
+    $("check").textContent = r.failure === undefined ? checkReportHuman(r) : "";
+    const lines = [...r.messages];
+    if (r.failure !== undefined) lines.push(`Check failed: ${checkFailureText(r.failure)}`);
+    else if (r.checkErrors) lines.push("Check failed");
     $("check-messages").textContent = lines.length ? `${lines.join("\n")}\n` : "";
     $("check-messages").hidden = lines.length === 0;
     picture.show(map);
