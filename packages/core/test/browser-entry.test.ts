@@ -4,11 +4,14 @@
  * cleanly instead of hanging.
  */
 import { readFileSync } from "node:fs";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it, vi } from "vitest";
 import { isQcow2Error } from "@qcowkit/spec";
 import { checkReportHuman, clusterMap, headerView, imageInfo, loadZstdCodec, mapJson, openBlobImage, toQemuJson, type JsonValue, type Qcow2Image } from "../src/browser";
 import { qemu, qemuStatus, tempDir } from "./helpers";
 import { peek, poke } from "./qemu-check";
+
+// The zstd library as it behaves when its module fails to start: init never settles.
+vi.mock("@bokuweb/zstd-wasm", () => ({ init: () => new Promise(() => undefined) }));
 
 const t = tempDir("qcowkit-browser-entry-");
 afterAll(() => t.cleanup());
@@ -108,5 +111,11 @@ describe("zstd loading always settles", () => {
   it("bytes that cannot be fetched: NOT_SUPPORTED zstd unavailable", async () => {
     const e = await loadZstdCodec({ wasmBytes: () => Promise.reject(new Error("404 zstd.wasm")) }).catch((x: unknown) => x);
     expect((e as Error).message).toBe("zstd unavailable: 404 zstd.wasm");
+  });
+
+  it("a module that never starts: NOT_SUPPORTED zstd unavailable after the timeout", async () => {
+    const e = await loadZstdCodec({ timeoutMs: 200 }).catch((x: unknown) => x);
+    expect(isQcow2Error(e) && e.code).toBe("NOT_SUPPORTED");
+    expect((e as Error).message).toBe("zstd unavailable: the WebAssembly module did not start within 200 ms");
   });
 });
