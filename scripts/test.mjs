@@ -20,7 +20,7 @@ function summary(passed, failed) {
 if (missing().length > 0 && process.getuid?.() === 0 && spawnSync("sh", ["-c", "command -v apt-get"]).status === 0) {
   console.log(`Installing the QEMU tools the interop tests need (${missing().join(", ")})...`);
   spawnSync("apt-get", ["update", "-qq"], { stdio: "inherit" });
-  spawnSync("apt-get", ["install", "-y", "-qq", "qemu-utils", "libnbd-bin", "fio", "qemu-system-x86", "dpkg-dev", "python3", "qemu-block-extra", "nginx"], { stdio: "inherit" });
+  spawnSync("apt-get", ["install", "-y", "-qq", "qemu-utils", "libnbd-bin", "fio", "qemu-system-x86", "dpkg-dev", "python3", "qemu-block-extra", "nginx", "chromium"], { stdio: "inherit" });
 }
 if (missing().length > 0) {
   console.error(`test: missing required tools: ${missing().join(", ")} (install qemu-utils libnbd-bin fio qemu-system-x86 dpkg-dev python3)`);

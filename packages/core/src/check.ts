@@ -94,7 +94,31 @@ export interface CheckOptions {
   fix?: number;
   /** Receives every message line as it is produced. */
   onMessage?: (line: string, kind: CheckMessageKind) => void;
+  /**
+   * Receives every reference the check counts, with what holds it (the cluster map draws from these), and
+   * every data-file cluster an L2 entry maps ("data-file": an offset in the external data file).
+   */
+  onReference?: (kind: ClusterUse, offset: number, size: number) => void;
+  /** Receives each cluster of the qcow2 file with a refcount but no reference (a leak). */
+  onLeak?: (cluster: number) => void;
 }
+
+/** What a counted reference is: the structure that uses those bytes. */
+export type ClusterUse =
+  | "header"
+  | "l1"
+  | "l2"
+  | "data"
+  | "compressed"
+  | "snapshot-table"
+  | "snapshot-l1"
+  | "refcount-table"
+  | "refcount-block"
+  | "encryption"
+  | "bitmap-directory"
+  | "bitmap-table"
+  | "bitmap-data"
+  | "data-file";
 
 const hex = (n: number | bigint) => n.toString(16);
 
@@ -198,6 +222,8 @@ export interface CheckContext {
    */
   l2Tables: Map<number, Uint8Array>;
   onMessage: ((line: string, kind: CheckMessageKind) => void) | undefined;
+  onReference?: CheckOptions["onReference"];
+  onLeak?: CheckOptions["onLeak"];
 }
 
 export function emptyReport(): CheckReport {
@@ -234,8 +260,9 @@ export const MAX_REPORT_MESSAGES = 100_000;
 const MAX_REFCOUNT_FAILURE_LINES = 10_000;
 
 /** Count a reference to every cluster of [offset, offset+size) (QEMU's qcow2_inc_refcounts_imrt). */
-export function countReference(ctx: CheckContext, offset: number, size: number): void {
+export function countReference(ctx: CheckContext, offset: number, size: number, kind: ClusterUse = "data"): void {
   if (size <= 0) return;
+  ctx.onReference?.(kind, offset, size);
   const cs = ctx.image.clusterSize;
   if (offset + size - ctx.fileLength >= cs) {
     say(
@@ -283,7 +310,7 @@ async function readMeta(ctx: CheckContext, offset: number, into: Uint8Array, wha
 export async function countL1(ctx: CheckContext, l1Offset: number, l1Size: number, active: boolean): Promise<void> {
   if (l1Size === 0) return;
   const cs = ctx.image.clusterSize;
-  countReference(ctx, l1Offset, l1Size * 8);
+  countReference(ctx, l1Offset, l1Size * 8, active ? "l1" : "snapshot-l1");
   const l1 = new Uint8Array(l1Size * 8);
   await readMeta(ctx, l1Offset, l1, "ERROR: I/O error in check_refcounts_l1");
   const v = viewOf(l1);
@@ -294,7 +321,7 @@ export async function countL1(ctx: CheckContext, l1Offset: number, l1Size: numbe
       ctx.report.corruptions++;
     }
     const l2Offset = l1EntryL2Offset(v, i);
-    countReference(ctx, l2Offset, cs);
+    countReference(ctx, l2Offset, cs, "l2");
     if (l2Offset % cs !== 0) {
       say(ctx, `ERROR l2_offset=${hex(l2Offset)}: Table is not cluster aligned; L1 entry corrupted`);
       ctx.report.corruptions++;
@@ -384,7 +411,7 @@ async function countL2(ctx: CheckContext, l2Offset: number, active: boolean): Pr
           break;
         }
         const d = decodeCompressedDescriptor(hi, lo, image.clusterBits);
-        countReference(ctx, d.hostOffset, d.byteLength);
+        countReference(ctx, d.hostOffset, d.byteLength, "compressed");
         if (active) {
           // Compressed clusters count as fragmented by nature (QEMU re-reads shared sectors).
           ctx.report.allocatedClusters++;
@@ -421,6 +448,7 @@ async function countL2(ctx: CheckContext, l2Offset: number, active: boolean): Pr
           ctx.nextContiguous = offset + cs;
         }
         if (!dataFile) countReference(ctx, offset, cs);
+        else ctx.onReference?.("data-file", offset, cs);
         break;
       }
       case "zero-plain":
@@ -499,7 +527,7 @@ export async function calculateRefcounts(ctx: CheckContext): Promise<void> {
   const image = ctx.image;
   const h = image.header;
   const cs = image.clusterSize;
-  countReference(ctx, 0, cs);
+  countReference(ctx, 0, cs, "header");
   await countL1(ctx, h.l1TableOffset, h.l1Size, true);
   if ((h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n && ctx.snapshots.length > 0) {
     say(ctx, `ERROR ${ctx.snapshots.length} snapshots in image with data file`);
@@ -518,10 +546,10 @@ export async function calculateRefcounts(ctx: CheckContext): Promise<void> {
     }
     await countL1(ctx, sn.l1TableOffset, sn.l1Size, false);
   }
-  countReference(ctx, ctx.snapshots.length > 0 ? h.snapshotsOffset : 0, ctx.snapshotsSize);
-  countReference(ctx, image.refcounts.reftableOffset, image.refcounts.reftableEntries * 8);
+  countReference(ctx, ctx.snapshots.length > 0 ? h.snapshotsOffset : 0, ctx.snapshotsSize, "snapshot-table");
+  countReference(ctx, image.refcounts.reftableOffset, image.refcounts.reftableEntries * 8, "refcount-table");
   const crypto = image.hdr.extensions.cryptoHeader;
-  if (crypto && crypto.length > 0) countReference(ctx, crypto.offset, crypto.length);
+  if (crypto && crypto.length > 0) countReference(ctx, crypto.offset, crypto.length, "encryption");
   await countBitmaps(ctx);
   await checkRefblocks(ctx);
 }
@@ -574,7 +602,7 @@ async function checkRefblocks(ctx: CheckContext): Promise<void> {
           if (clusters > ctx.refs.size) ctx.refs.size = clusters;
           ctx.report.corruptions--;
           ctx.report.corruptionsFixed++;
-          countReference(ctx, offset, cs);
+          countReference(ctx, offset, cs, "refcount-block");
           continue;
         }
         ctx.rebuild = true;
@@ -583,7 +611,7 @@ async function checkRefblocks(ctx: CheckContext): Promise<void> {
       continue;
     }
     if (offset !== 0) {
-      countReference(ctx, offset, cs);
+      countReference(ctx, offset, cs, "refcount-block");
       const n = ctx.refs.get(cluster);
       if (n !== 1) {
         say(ctx, `ERROR refcount block ${i} refcount=${n}`);
@@ -600,7 +628,7 @@ async function countBitmaps(ctx: CheckContext): Promise<void> {
   const bm = image.hdr.extensions.bitmaps;
   if (!bm || !(image.header.autoclearFeatures & 1n) || bm.nbBitmaps === 0) return;
   const cs = image.clusterSize;
-  countReference(ctx, bm.bitmapDirectoryOffset, bm.bitmapDirectorySize);
+  countReference(ctx, bm.bitmapDirectoryOffset, bm.bitmapDirectorySize, "bitmap-directory");
   let entries;
   try {
     if (bm.bitmapDirectorySize > 64 * 1024 * 1024) throw new Error("too large");
@@ -612,7 +640,7 @@ async function countBitmaps(ctx: CheckContext): Promise<void> {
     throw new CheckAbort("EINVAL");
   }
   for (const e of entries) {
-    countReference(ctx, e.bitmapTableOffset, e.bitmapTableSize * 8);
+    countReference(ctx, e.bitmapTableOffset, e.bitmapTableSize * 8, "bitmap-table");
     if (e.bitmapTableSize * 8 > 64 * 1024 * 1024) {
       ctx.report.corruptions++;
       throw new CheckAbort("EINVAL");
@@ -631,7 +659,7 @@ async function countBitmaps(ctx: CheckContext): Promise<void> {
         ctx.report.corruptions++;
         continue;
       }
-      if (off !== 0) countReference(ctx, off, cs);
+      if (off !== 0) countReference(ctx, off, cs, "bitmap-data");
     }
   }
 }
@@ -680,6 +708,7 @@ export async function compareRefcounts(ctx: CheckContext, fix: number): Promise<
       else if (refcount1 > refcount2 && fix & FIX_LEAKS) fixes = "leaksFixed";
       else if (refcount1 < refcount2 && fix & FIX_ERRORS) fixes = "corruptionsFixed";
       const label = fixes ? "Repairing" : refcount1 < refcount2 ? "ERROR" : "Leaked";
+      if (refcount2 === 0) ctx.onLeak?.(i);
       say(ctx, `${label} cluster ${i} refcount=${bytes ? refcountDecimal(bytes, i - start, order) : 0} reference=${refcount2}`);
       if (fixes) {
         try {
@@ -941,6 +970,8 @@ export async function newCheckContext(image: Qcow2Image, opts: CheckOptions): Pr
     snapshotCorruptions: 0,
     l2Tables: new Map(),
     onMessage: opts.onMessage,
+    ...(opts.onReference ? { onReference: opts.onReference } : {}),
+    ...(opts.onLeak ? { onLeak: opts.onLeak } : {}),
   };
 }
 

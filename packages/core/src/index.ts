@@ -20,7 +20,11 @@ export type { CompressionCodec } from "./compression";
 export { readSnapshotTable } from "./snapshots";
 export type { SnapshotInfo } from "./snapshots";
 export { checkImage, checkFailureText } from "./check";
-export type { CheckReport, CheckOptions, CheckMessageKind, CheckFailure } from "./check";
+export type { CheckReport, CheckOptions, CheckMessageKind, CheckFailure, ClusterUse } from "./check";
+export { clusterMap, CLUSTER_KINDS } from "./cluster-map";
+export { headerView } from "./header-view";
+export type { HeaderView, FeatureBit, HeaderExtensionView } from "./header-view";
+export type { ClusterMap, ClusterMapFile, ClusterRun, ClusterKind } from "./cluster-map";
 export { checkAndRepairImage, checkExitCode, repairImage } from "./repair";
 export type { CheckResult, RepairMode, RepairOptions } from "./repair";
 export { createQcow2, validateCreateOptions } from "./create";
@@ -31,6 +35,9 @@ export { imageInfo, qcow2SpecificInfo, readBitmapInfo } from "./info";
 export type { ImageInfo, ImageInfoOptions, ImageInfoSpecificQcow2, Qcow2BitmapInfo, SnapshotInfoQapi } from "./info";
 export { mapExtents, entryMergeable } from "./map";
 export type { MapEntry } from "./map";
+export { toQemuJson, dumpHuman, jsonString, qdictEntries, qdictBucket, printfFixed2 } from "./qemu-json";
+export type { JsonValue } from "./qemu-json";
+export { mapEntryPairs, mapJsonEntry, mapJson, checkReportJson, checkReportHuman } from "./qemu-output";
 export {
   listSnapshots,
   findSnapshot,

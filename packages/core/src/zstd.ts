@@ -96,6 +96,7 @@ export function zstdFrameLength(data: Uint8Array): number {
 }
 
 interface ZstdModule {
+  /** A URL of zstd.wasm, or its bytes (the browser build); Node's build reads its own file. */
   init(path?: string): Promise<void>;
   compress(data: Uint8Array, level?: number): Uint8Array;
   decompress(data: Uint8Array, opts?: { defaultHeapSize: number }): Uint8Array;
@@ -145,14 +146,54 @@ export function decompressZstdFrames(
   return out;
 }
 
-/** Load the WebAssembly zstd library and wrap it as a codec. */
-export async function loadZstdCodec(): Promise<CompressionCodec> {
+/** How long the WebAssembly module may take to start before zstd counts as unavailable. */
+export const ZSTD_INIT_TIMEOUT_MS = 15_000;
+
+/** The error for every way the zstd library can fail to load. */
+function unavailable(reason: unknown): Qcow2Error {
+  const text = reason instanceof Error ? reason.message : String(reason);
+  return new Qcow2Error("NOT_SUPPORTED", `zstd unavailable: ${text}`, { cause: reason });
+}
+
+export interface ZstdLoadOptions {
+  /**
+   * The library's WebAssembly bytes. Without it the library finds its zstd.wasm itself (next to its own
+   * files: right in Node, wrong in a bundle that did not copy the file). The browser entry passes the
+   * bytes bundled with it.
+   */
+  wasmBytes?: () => Promise<Uint8Array>;
+  /** Give up after this many milliseconds (the library never settles when its module fails to start). */
+  timeoutMs?: number;
+}
+
+/**
+ * Load the WebAssembly zstd library and wrap it as a codec. Always settles: a missing, damaged or
+ * slow-to-start module is Qcow2Error NOT_SUPPORTED "zstd unavailable: ...".
+ */
+export async function loadZstdCodec(opts: ZstdLoadOptions = {}): Promise<CompressionCodec> {
   let z: ZstdModule;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   try {
+    let bytes: Uint8Array | undefined;
+    if (opts.wasmBytes) {
+      bytes = await opts.wasmBytes();
+      // The library reports a module that fails to compile only on the console, and then waits forever.
+      const wasm = (globalThis as { WebAssembly?: { compile(bytes: Uint8Array): Promise<unknown> } }).WebAssembly;
+      if (!wasm) throw new Error("this runtime has no WebAssembly");
+      await wasm.compile(bytes);
+    }
     z = (await import("@bokuweb/zstd-wasm")) as unknown as ZstdModule;
-    await z.init();
+    const timeoutMs = opts.timeoutMs ?? ZSTD_INIT_TIMEOUT_MS;
+    await Promise.race([
+      z.init(bytes as unknown as string | undefined),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`the WebAssembly module did not start within ${timeoutMs} ms`)), timeoutMs);
+      }),
+    ]);
   } catch (e) {
-    throw new Qcow2Error("NOT_SUPPORTED", "zstd compression is not available in this runtime", { cause: e });
+    throw unavailable(e);
+  } finally {
+    if (timer !== undefined) clearTimeout(timer);
   }
   return {
     async compress(data, maxBytes) {

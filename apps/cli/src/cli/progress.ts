@@ -2,6 +2,7 @@
  * qemu-img's -p progress line (util/qemu-progress.c with the simple printer): "    (NN.NN/100%)\r" on
  * stdout whenever the value moved by more than `minSkip` percent or is 0 or 100, and a newline at the end.
  */
+import { printfFixed2 } from "@qcowkit/core";
 import type { Output } from "./errors";
 
 export class Progress {
@@ -35,20 +36,4 @@ export class Progress {
   end(): void {
     if (this.enabled) this.io.out("\n");
   }
-}
-
-/** printf("%.2f") of a non-negative value: the exact binary value rounded half to even. */
-export function printfFixed2(value: number): string {
-  let n = value;
-  let k = 0n;
-  while (!Number.isInteger(n)) {
-    n *= 2;
-    k++;
-  }
-  const num = BigInt(n) * 100n;
-  const den = 1n << k;
-  let q = num / den;
-  const twice = (num % den) * 2n;
-  if (twice > den || (twice === den && q % 2n === 1n)) q++;
-  return `${q / 100n}.${String(q % 100n).padStart(2, "0")}`;
 }

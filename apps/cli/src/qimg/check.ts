@@ -8,12 +8,10 @@
  * `-r leaks` when the refcount structures need a rebuild, open failures), 2 corruptions left, 3 only leaks
  * left, 63 the format has no consistency check (raw).
  */
-import { checkAndRepairImage, checkFailureText, type CheckReport, type Qcow2Image, type RepairMode } from "@qcowkit/core/node";
+import { checkAndRepairImage, checkFailureText, checkReportHuman, checkReportJson, toQemuJson, type Qcow2Image, type RepairMode } from "@qcowkit/core/node";
 import { CliError, EXIT, UsageError } from "../cli/errors";
 import { getopt } from "../cli/getopt";
 import { closeQuietly, openOperand } from "../cli/open";
-import { printfFixed2 } from "../cli/progress";
-import { toQemuJson, type JsonValue } from "../cli/qdict-json";
 import { defineObject } from "../cli/secrets";
 import { PROG, type QimgCommand } from "./context";
 import { helpText } from "./help";
@@ -112,7 +110,7 @@ export const checkCommand: QimgCommand = {
       if (report.failure !== undefined) {
         throw new CliError(`Check failed: ${checkFailureText(report.failure)}`, { exitCode: EXIT.FAILURE });
       }
-      out(mode === "json" ? `${toQemuJson(checkJson(filename, report))}\n` : humanCheck(report));
+      out(mode === "json" ? `${toQemuJson(checkReportJson(filename, report))}\n` : checkReportHuman(report));
       if (report.checkErrors) throw new CliError("Check failed", { exitCode: EXIT.FAILURE });
       await image.close();
       return result.exitCode;
@@ -122,46 +120,3 @@ export const checkCommand: QimgCommand = {
     }
   },
 };
-
-/** QAPI ImageCheck: counters that are 0 are left out. */
-function checkJson(filename: string, r: CheckReport): JsonValue {
-  const optional = (n: number) => (n !== 0 ? n : undefined);
-  return {
-    filename,
-    format: "qcow2",
-    "check-errors": r.checkErrors,
-    "image-end-offset": optional(r.imageEndOffset),
-    corruptions: optional(r.corruptions),
-    leaks: optional(r.leaks),
-    "corruptions-fixed": optional(r.corruptionsFixed),
-    "leaks-fixed": optional(r.leaksFixed),
-    "total-clusters": optional(r.totalClusters),
-    "allocated-clusters": optional(r.allocatedClusters),
-    "fragmented-clusters": optional(r.fragmentedClusters),
-    "compressed-clusters": optional(r.compressedClusters),
-  };
-}
-
-/** qemu-img's dump_human_image_check. */
-function humanCheck(r: CheckReport): string {
-  let s = "";
-  if (!(r.corruptions || r.leaks || r.checkErrors)) {
-    s += "No errors were found on the image.\n";
-  } else {
-    if (r.corruptions) {
-      s += `\n${r.corruptions} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n`;
-    }
-    if (r.leaks) {
-      s += `\n${r.leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n`;
-    }
-    if (r.checkErrors) s += `\n${r.checkErrors} internal errors have occurred during the check.\n`;
-  }
-  if (r.totalClusters !== 0 && r.allocatedClusters !== 0) {
-    const pct = (n: number, d: number) => printfFixed2((n * 100) / d);
-    s +=
-      `${r.allocatedClusters}/${r.totalClusters} = ${pct(r.allocatedClusters, r.totalClusters)}% allocated, ` +
-      `${pct(r.fragmentedClusters, r.allocatedClusters)}% fragmented, ${pct(r.compressedClusters, r.allocatedClusters)}% compressed clusters\n`;
-  }
-  if (r.imageEndOffset) s += `Image end offset: ${r.imageEndOffset}\n`;
-  return s;
-}

@@ -5,10 +5,9 @@
  * not opened); with --backing-chain each backing file is opened the same way in turn. Nothing is printed
  * unless every image of the chain could be opened.
  */
-import { imageInfo, type ImageInfo } from "@qcowkit/core/node";
+import { imageInfo, type ImageInfo, dumpHuman, toQemuJson, type JsonValue } from "@qcowkit/core/node";
 import { CliError, UsageError } from "../cli/errors";
 import { openOperand, usingImage } from "../cli/open";
-import { dumpHuman, toQemuJson, type JsonValue } from "../cli/qdict-json";
 import { sizeToStr } from "../cli/size";
 import { FORCE_SHARE_OPTION, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, parseCommand, type CommandContext, type QimgCommand } from "./context";
 import { outputFormat } from "./output-format";

@@ -5,14 +5,12 @@
  * printed as soon as they are complete (so the human output can stop at a compressed cluster after printing
  * what came before).
  */
-import { entryMergeable, mapExtents, type MapEntry } from "@qcowkit/core/node";
+import { mapEntryPairs, mapJsonEntry, type MapEntry } from "@qcowkit/core/node";
 import { CliError, UsageError } from "../cli/errors";
 import { openOperand, usingImage } from "../cli/open";
 import { sizeArgument } from "../cli/size";
 import { FORCE_SHARE_OPTION, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, parseCommand, type QimgCommand } from "./context";
 import { outputFormat, type OutputFormat } from "./output-format";
-
-const PROBE_BYTES = 1024 * 1024 * 1024;
 
 /** Offsets beyond 2^53 are past the end of any image qimg opens. */
 const clampSafe = (v: bigint) => Number(v > BigInt(Number.MAX_SAFE_INTEGER) ? BigInt(Number.MAX_SAFE_INTEGER) : v);
@@ -78,26 +76,17 @@ export const mapCommand: QimgCommand = {
       let length = image.virtualSize;
       if (maxLength !== undefined) length = Math.min(startOffset + maxLength, length);
       const printer = new MapPrinter(mode, (t) => ctx.io.out(t));
-      let cur: MapEntry = { start: startOffset, length: 0, depth: 0, present: false, zero: false, data: false };
-      while (cur.start + cur.length < length) {
-        const offset = cur.start + cur.length;
-        const n = Math.min(PROBE_BYTES, length - offset);
-        let extents: MapEntry[];
+      const pairs = mapEntryPairs(image, startOffset, length);
+      for (;;) {
+        let step: IteratorResult<[MapEntry, MapEntry | undefined]>;
         try {
-          extents = await mapExtents(image, offset, n);
+          step = await pairs.next();
         } catch (e) {
           throw new CliError(`Could not read file metadata: ${e instanceof Error ? e.message : String(e)}`);
         }
-        for (const next of extents) {
-          if (entryMergeable(cur, next)) {
-            cur.length += next.length;
-            continue;
-          }
-          if (cur.length > 0) printer.dump(cur, next);
-          cur = next;
-        }
+        if (step.done) break;
+        printer.dump(...step.value);
       }
-      printer.dump(cur, undefined);
       return 0;
     });
   },
@@ -127,12 +116,7 @@ class MapPrinter {
       }
       return;
     }
-    let line =
-      `{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth}, "present": ${e.present}, ` +
-      `"zero": ${e.zero}, "data": ${e.data}`;
-    if (e.offset !== undefined) line += `, "offset": ${e.offset}`;
-    line += "}";
-    this.out(next ? `${line},\n` : `${line}]\n`);
+    this.out(mapJsonEntry(e, next === undefined));
   }
 }
 

@@ -4,12 +4,11 @@
  * As qemu-img 7.2: the default target format is raw; the numbers are QEMU's ("required size", "fully
  * allocated size", and "bitmaps size" when the source and the target keep persistent bitmaps).
  */
-import { measureImage, type BlockImage, type MeasureTarget, type Preallocation } from "@qcowkit/core/node";
+import { measureImage, type BlockImage, type MeasureTarget, type Preallocation, toQemuJson } from "@qcowkit/core/node";
 import { CliError, ExitStatus } from "../cli/errors";
 import { getopt } from "../cli/getopt";
 import { openCliImage, usingImage } from "../cli/open";
 import { QemuOpts, accumulateOptions, appendDescs } from "../cli/qemu-opts";
-import { toQemuJson } from "../cli/qdict-json";
 import { sizeArgument } from "../cli/size";
 import { defineObject } from "../cli/secrets";
 import type { CommandContext, QimgCommand } from "./context";

@@ -2,7 +2,7 @@
  * qemu-io's commands, with its argument checks, output lines and failure texts. A command returns true when
  * it succeeded; qio exits 1 when any command failed.
  */
-import { Qcow2Image, createImage, qcow2SpecificInfo, type BlockImage, type Preallocation } from "@qcowkit/core/node";
+import { Qcow2Image, createImage, qcow2SpecificInfo, dumpHuman, type BlockImage, type JsonValue, type Preallocation } from "@qcowkit/core/node";
 import { isQcow2Error } from "@qcowkit/spec";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { join, resolve as resolvePath } from "node:path";
@@ -11,7 +11,6 @@ import { strerror } from "../cli/errno";
 import { CliError, UsageError, errorText, type Output } from "../cli/errors";
 import { getopt, type ParsedOption } from "../cli/getopt";
 import { openCliImage } from "../cli/open";
-import { dumpHuman, type JsonValue } from "../cli/qdict-json";
 import { cvtstr } from "../cli/size";
 import { splitOptionList } from "../cli/qemu-opts";
 import { programNames } from "../cli/program";

@@ -104,3 +104,19 @@ export function dumpHuman(value: JsonValue, indentation: number): string {
   }
   return out;
 }
+
+/** printf("%.2f") of a non-negative value: the exact binary value rounded half to even. */
+export function printfFixed2(value: number): string {
+  let n = value;
+  let k = 0n;
+  while (!Number.isInteger(n)) {
+    n *= 2;
+    k++;
+  }
+  const num = BigInt(n) * 100n;
+  const den = 1n << k;
+  let q = num / den;
+  const twice = (num % den) * 2n;
+  if (twice > den || (twice === den && q % 2n === 1n)) q++;
+  return `${q / 100n}.${String(q % 100n).padStart(2, "0")}`;
+}
