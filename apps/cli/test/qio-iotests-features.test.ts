@@ -6,7 +6,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { seededRandom } from "@qcowkit/datafile";
+import { seededRandom } from "@qcowkit/datafile/testing";
 import { describe, expect, it } from "vitest";
 import { filterTimings, normalizeQemu, qemuImg, qemuIo, qio, subDir, tempDir } from "./helpers";
 

@@ -103,6 +103,10 @@ export class BlkdebugStore implements ByteStore {
     await this.inner.writeZeroes(offset, length, unmap);
   }
 
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   close(): Promise<void> {
     return this.inner.close();
   }

@@ -49,6 +49,10 @@ export class BlobStore implements ByteStore {
     this.assertOpen();
   }
 
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   async close(): Promise<void> {
     this.closed = true;
   }

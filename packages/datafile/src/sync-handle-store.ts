@@ -101,6 +101,10 @@ export class SyncHandleStore implements ByteStore {
     return undefined;
   }
 
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

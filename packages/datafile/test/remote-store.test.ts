@@ -8,7 +8,8 @@
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
-import { RemoteStore, nodeFetch, seededRandom } from "../src/node";
+import { RemoteStore, nodeFetch } from "../src/node";
+import { seededRandom } from "../src/testing";
 
 interface Behaviour {
   /** Called per request; return true when it answered the request itself. */
