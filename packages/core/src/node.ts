@@ -3,7 +3,7 @@
  * re-exported, plus `openImage`, `createImage` and the file-system resolver.
  */
 import { realpath } from "node:fs/promises";
-import { FileStore, checkSafeReference, resolveBackingFileName, resolveDataFileName } from "@qcowkit/datafile/node";
+import { FileStore, checkSafeReference, imageFilePath, resolveBackingFileName, resolveDataFileName } from "@qcowkit/datafile/node";
 import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
 import { trackBitmaps, withBitmapMethods } from "./bitmaps";
@@ -167,8 +167,9 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
 }
 
 /** Open a qcow2 or raw image file. */
-export async function openImage(path: string, opts: OpenImageOptions = {}): Promise<BlockImage> {
-  if (isNbdFilename(path)) return openNbdImage(path, opts);
+export async function openImage(name: string, opts: OpenImageOptions = {}): Promise<BlockImage> {
+  if (isNbdFilename(name)) return openNbdImage(name, opts);
+  const path = imageFilePath(name);
   const readOnly = opts.readOnly ?? false;
   const store = await FileStore.open(path, {
     readOnly,
@@ -230,9 +231,10 @@ export interface CreateImageOptions extends Qcow2CreateOptions {
  * Create an image file (and its external data file) as qemu-img create does. A raw image is a file of
  * `size` bytes (preallocation off/falloc/full).
  */
-export async function createImage(path: string, opts: CreateImageOptions): Promise<void> {
+export async function createImage(name: string, opts: CreateImageOptions): Promise<void> {
   const format = opts.format ?? "qcow2";
-  if (isNbdFilename(path)) return createOnNbd(path, format, opts);
+  if (isNbdFilename(name)) return createOnNbd(name, format, opts);
+  const path = imageFilePath(name);
   if (format === "raw") {
     const store = await FileStore.open(path, { create: true, truncate: true });
     try {

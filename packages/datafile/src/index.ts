@@ -12,6 +12,8 @@ export {
 export {
   backingProtocol,
   checkSafeReference,
+  imageDisplayName,
+  imageFilePath,
   resolveBackingFileName,
   resolveDataFileName,
   type ReferenceKind,
