@@ -5,8 +5,8 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { describe, expect, it } from "vitest";
-import { normalizeQemu, ok, qemuImg, qemuIo, qimg, subDir, tempDir } from "./helpers";
+import { beforeAll, describe, expect, it } from "vitest";
+import { normalizeQemu, ok, qemuImg, qemuIo, qimg, qio, subDir, tempDir } from "./helpers";
 
 const root = tempDir("qimg-iotests-regr-");
 
@@ -137,43 +137,26 @@ describe("issue 19 item 5: convert -c of several odd-sized sources, convert -B p
 
 
 /** Replace the snapshot table of `file` by `count` copies of its first entry (written at the end of the file). */
-function multiplySnapshots(dir: string, file: string, count: number): void {
+function multiplySnapshots(dir: string, file: string, count: number, headerCount = count): void {
   const p = path.join(dir, file);
   const bytes = fs.readFileSync(p);
   const h = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const tableOffset = Number(h.getBigUint64(64));
   const t = new DataView(bytes.buffer, bytes.byteOffset + tableOffset);
   const entryBytes = (40 + t.getUint32(36) + t.getUint16(12) + t.getUint16(14) + 7) & ~7;
-  const entry = bytes.subarray(tableOffset, tableOffset + entryBytes);
+  // Copies without an L1 table (offset and size 0), so that they reference nothing.
+  const entry = Uint8Array.from(bytes.subarray(tableOffset, tableOffset + entryBytes)).fill(0, 0, 12);
   const table = new Uint8Array(entryBytes * count);
   for (let i = 0; i < count; i++) table.set(entry, i * entryBytes);
   const at = Math.ceil(bytes.byteLength / 65536) * 65536;
   const fd = fs.openSync(p, "r+");
   fs.writeSync(fd, table, 0, table.byteLength, at);
   const field = new DataView(new ArrayBuffer(12));
-  field.setUint32(0, count);
+  field.setUint32(0, headerCount);
   field.setBigUint64(4, BigInt(at));
   fs.writeSync(fd, new Uint8Array(field.buffer), 0, 12, 60);
   fs.closeSync(fd);
 }
-
-describe("issue 19 item 4: snapshot -c at the 65536-snapshot limit fails before writing anything (iotest 080)", () => {
-  it("EFBIG, and the file is unchanged", async () => {
-    const dirs = await twin("snap-limit", async (d) => {
-      await img(d, "create", "-q", "-f", "qcow2", "t.qcow2", "1M");
-      await img(d, "snapshot", "-c", "s", "t.qcow2");
-      multiplySnapshots(d, "t.qcow2", 65536);
-    });
-    const before = fs.readFileSync(path.join(dirs.o, "t.qcow2"));
-    const q = await qemuImg(["snapshot", "-c", "new", "t.qcow2"], dirs.q);
-    const o = await qimg(["snapshot", "-c", "new", "t.qcow2"], dirs.o);
-    expect(q.stderr).toContain("File too large");
-    expect([o.code, o.stdout, o.stderr]).toEqual([q.code, q.stdout, normalizeQemu(q.stderr)]);
-    expect(fs.readFileSync(path.join(dirs.o, "t.qcow2")).equals(before)).toBe(true);
-    // QEMU still opens it.
-    await img(dirs.o, "info", "t.qcow2");
-  });
-});
 
 describe("issue 19 item 7: 64-bit refcounts (iotest 112)", () => {
   it("check prints a refcount of 2^64-1 exactly", async () => {
@@ -208,5 +191,107 @@ describe("issue 19 item 7: 64-bit refcounts (iotest 112)", () => {
       expect(oc.stdout.replace(/Image end offset: \d+/, "")).toBe(qc.stdout.replace(/Image end offset: \d+/, ""));
     }
     await sameImage(dirs, "t.qcow2");
+  });
+});
+
+describe("issue 19 items 4 and 9: QEMU's snapshot limits (iotests 080, 261)", () => {
+  // One consistent image with 65536 snapshots, built once (QEMU repairs the refcounts of the new table).
+  let full: string;
+  beforeAll(async () => {
+    full = subDir(root, "snap-full");
+    await img(full, "create", "-q", "-f", "qcow2", "t.qcow2", "1M");
+    await img(full, "snapshot", "-c", "s", "t.qcow2");
+    multiplySnapshots(full, "t.qcow2", 65537, 65536);
+    await qemuImg(["check", "-r", "all", "t.qcow2"], full);
+  }, 300_000);
+  const copyFull = (name: string, headerCount: number) =>
+    twin(name, async (d) => {
+      fs.copyFileSync(path.join(full, "t.qcow2"), path.join(d, "t.qcow2"));
+      const fd = fs.openSync(path.join(d, "t.qcow2"), "r+");
+      const field = new DataView(new ArrayBuffer(4));
+      field.setUint32(0, headerCount);
+      fs.writeSync(fd, new Uint8Array(field.buffer), 0, 4, 60);
+      fs.closeSync(fd);
+    });
+
+  it("item 4: snapshot -c at 65536 snapshots fails with EFBIG and leaves the file unchanged", async () => {
+    const dirs = await copyFull("snap-limit", 65536);
+    const before = fs.readFileSync(path.join(dirs.o, "t.qcow2"));
+    const q = await qemuImg(["snapshot", "-c", "new", "t.qcow2"], dirs.q);
+    const o = await qimg(["snapshot", "-c", "new", "t.qcow2"], dirs.o);
+    expect(q.stderr).toContain("File too large");
+    expect([o.code, o.stdout, o.stderr]).toEqual([q.code, q.stdout, normalizeQemu(q.stderr)]);
+    expect(fs.readFileSync(path.join(dirs.o, "t.qcow2")).equals(before)).toBe(true);
+  }, 300_000);
+
+  it("item 9: with 65537 snapshots, check -r all discards the overhanging one", async () => {
+    const dirs = await copyFull("overhang", 65537);
+    const hint = await qimg(["check", "t.qcow2"], dirs.o);
+    expect(hint.stderr).toContain("You can force-remove all 1 overhanging snapshots with");
+    const q = await qemuImg(["check", "-r", "all", "t.qcow2"], dirs.q);
+    const o = await qimg(["check", "-r", "all", "t.qcow2"], dirs.o);
+    expect(q.stderr).toContain("Discarding 1 overhanging snapshots");
+    expect([o.code, o.stdout, o.stderr]).toEqual([q.code, q.stdout, normalizeQemu(q.stderr)]);
+    expect(fs.readFileSync(path.join(dirs.o, "t.qcow2")).equals(fs.readFileSync(path.join(dirs.q, "t.qcow2")))).toBe(true);
+  }, 300_000);
+});
+
+describe("issue 19 item 8: file: prefixes and colons in names (iotest 126)", () => {
+  it("create file:DIR/a:b.qcow2, then a backing chain named with file: prefixes", async () => {
+    const dirs = await twin("colons", async () => undefined);
+    const steps = (d: string) => [
+      ["create", "-q", "-f", "qcow2", `file:${d}/a:b.qcow2`, "1M"],
+      ["create", "-q", "-f", "qcow2", "-b", "file:a:b.qcow2", "-F", "qcow2", "file:image:top.qcow2", "1M"],
+      ["info", "--output=json", "file:image:top.qcow2"],
+    ];
+    for (const [i, s] of steps(dirs.q).entries()) {
+      const q = await qemuImg(s, dirs.q);
+      const o = await qimg(steps(dirs.o)[i]!, dirs.o);
+      expect([o.code, o.stderr]).toEqual([q.code, normalizeQemu(q.stderr).split(dirs.q).join(dirs.o)]);
+      if (s[0] === "info") {
+        const strip = (t: string) => {
+          const j = JSON.parse(t);
+          delete j["actual-size"];
+          return j;
+        };
+        expect(strip(o.stdout)).toEqual(strip(q.stdout));
+      }
+    }
+    expect(fs.existsSync(path.join(dirs.o, "a:b.qcow2")) && fs.existsSync(path.join(dirs.o, "image:top.qcow2"))).toBe(true);
+    await io(dirs.q, "file:a:b.qcow2", "write -P 7 0 64k");
+    await io(dirs.o, "file:a:b.qcow2", "write -P 7 0 64k");
+    expect(await ok(qio(["-c", "read -P 7 0 64k", "file:image:top.qcow2"], dirs.o))).not.toContain("failed");
+  });
+});
+
+describe("issue 19 item 10: readv/writev failures name the command (iotest 004)", () => {
+  it("readv past the end of a raw file", async () => {
+    const dirs = await twin("readv", async (d) => {
+      await img(d, "create", "-q", "-f", "qcow2", "t.qcow2", "1M");
+    });
+    for (const cmd of ["readv 2M 512", "writev -P 1 2M 512"]) {
+      const q = await qemuIo(["-c", cmd, "t.qcow2"], dirs.q);
+      const o = await qio(["-c", cmd, "t.qcow2"], dirs.o);
+      expect(q.stdout).toContain(`${cmd.split(" ")[0]} failed`);
+      expect([o.code, o.stdout, o.stderr]).toEqual([q.code, q.stdout, normalizeQemu(q.stderr)]);
+    }
+  });
+});
+
+describe("issue 19 item 6: corruption QEMU detects (iotest 060)", () => {
+  it("discarding a cluster named by an unaligned L2 entry: 'Cannot free unaligned cluster'", async () => {
+    const dirs = await twin("unaligned-l2", async (d) => {
+      await img(d, "create", "-q", "-f", "qcow2", "t.qcow2", "64M");
+      await io(d, "t.qcow2", "write 0 64k");
+      const fd = fs.openSync(path.join(d, "t.qcow2"), "r+");
+      fs.writeSync(fd, new Uint8Array([0x80, 0, 0, 0, 0, 5, 2, 0]), 0, 8, 0x40000);
+      fs.closeSync(fd);
+    });
+    const q = await qemuIo(["-c", "discard 0 64k", "t.qcow2"], dirs.q);
+    const o = await qio(["-c", "discard 0 64k", "t.qcow2"], dirs.o);
+    expect(q.stderr).toContain("Cannot free unaligned cluster 0x50200");
+    expect([o.code, o.stderr]).toEqual([q.code, normalizeQemu(q.stderr)]);
+    const corrupt = async (d: string) => JSON.parse(await img(d, "info", "--output=json", "t.qcow2"))["format-specific"].data.corrupt;
+    expect(await corrupt(dirs.o)).toBe(await corrupt(dirs.q));
   });
 });

@@ -216,6 +216,8 @@ export interface CheckContext {
   snapshotsSize: number;
   /** Problems of the snapshot table itself (incomplete entries), fixed by rewriting the table. */
   snapshotCorruptions: number;
+  /** Snapshots past QEMU's limits dropped by -r all (counted in snapshotCorruptions too). */
+  snapshotsDropped: number;
   /**
    * L2 tables read by the check, by offset, least recently used first: damaged L1 tables name the same
    * cluster many times. Fixes change the cached bytes as they change the disk.
@@ -882,9 +884,8 @@ async function writeL1Entry(ctx: CheckContext, index: number): Promise<void> {
 async function readSnapshotsForCheck(ctx: CheckContext): Promise<void> {
   const image = ctx.image;
   const h = image.header;
-  // Repairs of the snapshot table (dropping excess snapshots or extra data) are not implemented: such
-  // tables end the check as they do without -r.
-  const count = h.nbSnapshots;
+  // With -r all, snapshots past QEMU's limits (count, table size) are dropped and the table is rewritten.
+  let count = h.nbSnapshots;
   const offset = h.snapshotsOffset;
   const fail = (message: string, errno: Errno, hint?: string): never => {
     ctx.report.checkErrors++;
@@ -892,7 +893,12 @@ async function readSnapshotsForCheck(ctx: CheckContext): Promise<void> {
     if (hint) say(ctx, hint);
     throw new CheckAbort(errno);
   };
-  if (count > MAX_SNAPSHOTS) {
+  if (count > MAX_SNAPSHOTS && ctx.fix & FIX_ERRORS) {
+    say(ctx, `Discarding ${count - MAX_SNAPSHOTS} overhanging snapshots`);
+    ctx.snapshotCorruptions += count - MAX_SNAPSHOTS;
+    ctx.snapshotsDropped += count - MAX_SNAPSHOTS;
+    count = MAX_SNAPSHOTS;
+  } else if (count > MAX_SNAPSHOTS) {
     fail("ERROR snapshot table too large", "EFBIG", `You can force-remove all ${count - MAX_SNAPSHOTS} overhanging snapshots with qemu-img check -r all`);
   }
   if (!Number.isSafeInteger(offset) || 2 ** 63 - count * SNAPSHOT_HEADER_BYTES < offset || offset % image.clusterSize !== 0) {
@@ -931,6 +937,15 @@ async function readSnapshotsForCheck(ctx: CheckContext): Promise<void> {
     }
     const { entry } = decodeSnapshotEntry(raw, 0, i);
     if (entry.diskSize === undefined) entry.diskSize = image.virtualSize;
+    if (reader.position - offset > MAX_SNAPSHOT_TABLE_BYTES && ctx.fix & FIX_ERRORS) {
+      // This entry and the ones after it go.
+      say(ctx, `Discarding ${count - i} overhanging snapshots`);
+      ctx.snapshotCorruptions += count - i;
+      ctx.snapshotsDropped += count - i;
+      reader.position -= raw.byteLength;
+      count = i;
+      break;
+    }
     if (reader.position - offset > MAX_SNAPSHOT_TABLE_BYTES) {
       fail(
         "ERROR failed to read the snapshot table: Snapshot table is too big",
@@ -968,6 +983,7 @@ export async function newCheckContext(image: Qcow2Image, opts: CheckOptions): Pr
     snapshots: [],
     snapshotsSize: 0,
     snapshotCorruptions: 0,
+    snapshotsDropped: 0,
     l2Tables: new Map(),
     onMessage: opts.onMessage,
     ...(opts.onReference ? { onReference: opts.onReference } : {}),

@@ -3,7 +3,7 @@
  * reports and when it reports them. Keys are QAPI's names and objects are filled in QAPI schema order, so
  * a frontend can print them as QEMU does. Works on images opened with `noIo` (no data file, no backing).
  */
-import { resolveBackingFileName } from "@qcowkit/datafile";
+import { imageDisplayName, resolveBackingFileName } from "@qcowkit/datafile";
 import {
   AUTOCLEAR_BITMAPS,
   BITMAP_FLAG_AUTO,
@@ -144,7 +144,7 @@ export async function qcow2SpecificInfo(image: Qcow2Image): Promise<ImageInfoSpe
 /** QEMU's ImageInfo of one image (the backing chain is the caller's: see `backing-image`). */
 export async function imageInfo(image: BlockImage, opts: ImageInfoOptions = {}): Promise<ImageInfo> {
   // An NBD export is shown by QEMU's canonical name, however it was given.
-  const filename = opts.filename !== undefined && !isNbdFilename(opts.filename) ? opts.filename : image.filename;
+  const filename = opts.filename !== undefined && !isNbdFilename(opts.filename) ? imageDisplayName(opts.filename) : image.filename;
   const info: ImageInfo = { filename, format: image.format } as ImageInfo;
   if (image instanceof Qcow2Image) {
     info["dirty-flag"] = image.isDirty;

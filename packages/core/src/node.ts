@@ -5,7 +5,7 @@
  * @module @qcowkit/core/node
  */
 import { realpath } from "node:fs/promises";
-import { FileStore, checkSafeReference, printableName, referenceLeavingFolder, resolveBackingFileName, resolveDataFileName, type ReferenceKind } from "@qcowkit/datafile/node";
+import { FileStore, checkSafeReference, imageFilePath, printableName, referenceLeavingFolder, resolveBackingFileName, resolveDataFileName, type ReferenceKind } from "@qcowkit/datafile/node";
 import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
 import { trackBitmaps, withBitmapMethods } from "./bitmaps";
@@ -267,10 +267,11 @@ function confinedReference(imagePath: string, kind: ReferenceKind, storedName: s
 }
 
 /** Open a qcow2 or raw image file. */
-export async function openImage(path: string, opts: OpenImageOptions = {}): Promise<BlockImage> {
-  if (isNbdFilename(path)) return openNbdImage(path, opts);
-  const remote = parseRemoteName(path);
-  if (remote) return openRemoteImage(path, remote, opts);
+export async function openImage(name: string, opts: OpenImageOptions = {}): Promise<BlockImage> {
+  if (isNbdFilename(name)) return openNbdImage(name, opts);
+  const remote = parseRemoteName(name);
+  if (remote) return openRemoteImage(name, remote, opts);
+  const path = imageFilePath(name);
   const readOnly = opts.readOnly ?? false;
   const store = await FileStore.open(path, {
     readOnly,
@@ -336,10 +337,11 @@ export interface CreateImageOptions extends Qcow2CreateOptions {
  * Create an image file (and its external data file) as qemu-img create does. A raw image is a file of
  * `size` bytes (preallocation off/falloc/full).
  */
-export async function createImage(path: string, opts: CreateImageOptions): Promise<void> {
+export async function createImage(name: string, opts: CreateImageOptions): Promise<void> {
   const format = opts.format ?? "qcow2";
-  if (isNbdFilename(path)) return createOnNbd(path, format, opts);
-  if (parseRemoteName(path)) return createRemoteImage(path, format, opts);
+  if (isNbdFilename(name)) return createOnNbd(name, format, opts);
+  if (parseRemoteName(name)) return createRemoteImage(name, format, opts);
+  const path = imageFilePath(name);
   if (format === "raw") {
     const store = await FileStore.open(path, { create: true, truncate: true });
     try {

@@ -1071,8 +1071,18 @@ export class Qcow2Image implements BlockImage {
     }
     if (kind === "normal" || kind === "zero-alloc") {
       const host = l2HostOffset(hi, lo);
-      if (host !== keptHost && host % cs === 0 && host !== 0) this.refcounts.deferFree(host / cs, 1, passDiscard);
+      if (host % cs !== 0) this.nonFatalCorruption(`Cannot free unaligned cluster 0x${host.toString(16)}`);
+      else if (host !== keptHost && host !== 0) this.refcounts.deferFree(host / cs, 1, passDiscard);
     }
+  }
+
+  private nonFatalSignalled = false;
+
+  /** QEMU's qcow2_signal_corruption with fatal=false: reported once, the image stays usable and unmarked. */
+  private nonFatalCorruption(message: string): void {
+    if (this.nonFatalSignalled || this.corruptSignalled) return;
+    this.nonFatalSignalled = true;
+    this.warn(`qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed`);
   }
 
   /** Extended L2: write the part of one cluster given by `data` at guest `pos`. */
@@ -1862,11 +1872,12 @@ export class Qcow2Image implements BlockImage {
     const cs = this.clusterSize;
     let pos = Math.floor(from / cs) * cs;
     let lastHostEnd = 0;
-    // An unallocated partial first cluster over a backing file: its new host cluster gets the bytes below
-    // `from` (QEMU's copy-on-write when linking; with extended L2 the subclusters stay unallocated).
+    // A partial first cluster without a host cluster: the new one gets the guest bytes below `from` and
+    // loses any zero flag (QEMU's copy-on-write when linking; with extended L2 the subclusters stay as they are).
     const headStart = pos;
     let head: Uint8Array | undefined;
-    if (from > pos && this.backing && !this.extendedL2 && (await this.map.mapRun(pos, 1)).type === SubclusterType.UNALLOCATED_PLAIN) {
+    const headType = from > pos && !this.extendedL2 ? (await this.map.mapRun(pos, 1)).type : undefined;
+    if (headType === SubclusterType.UNALLOCATED_PLAIN || headType === SubclusterType.ZERO_PLAIN) {
       head = new Uint8Array(from - pos);
       await this.readUnlocked(pos, head);
     }
@@ -1894,9 +1905,10 @@ export class Qcow2Image implements BlockImage {
         for (let i = 0; i < count; i++) {
           const li = this.map.l2Index(pos + i * cs);
           const [ohi, olo] = this.entryHalves(t, li);
-          const zero = classifyCluster(ohi, olo, this.map.format) === "zero-plain";
+          const headHere = head !== undefined && pos + i * cs === headStart;
+          const zero = classifyCluster(ohi, olo, this.map.format) === "zero-plain" && !headHere;
           setL2Entry(t.view, li, this.extendedL2, host + i * cs, { copied: true, zero: zero && !this.extendedL2 });
-          if (head && pos + i * cs === headStart) await this.writeData(host + i * cs, head, headStart);
+          if (headHere) await this.writeData(host + i * cs, head!, headStart);
         }
         lastHostEnd = Math.max(lastHostEnd, host + count * cs);
         pos += count * cs;

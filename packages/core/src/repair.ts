@@ -295,6 +295,15 @@ async function rewriteSnapshotTable(ctx: CheckContext): Promise<void> {
   const image = ctx.image;
   image.snapshots = ctx.snapshots;
   try {
+    if (ctx.snapshotCorruptions === ctx.snapshotsDropped) {
+      // Only snapshots dropped from the end: the table stays where it is, the header's count shrinks.
+      const field = new Uint8Array(4);
+      viewOf(field).setUint32(0, ctx.snapshots.length);
+      await image.meta.write(60, field);
+      await image.meta.flush();
+      image.header.nbSnapshots = ctx.snapshots.length;
+      return;
+    }
     await writeSnapshotTable(image, ctx.snapshots);
   } catch (e) {
     const errno: Errno = e instanceof Qcow2Error ? e.errno : "EIO";

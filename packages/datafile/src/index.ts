@@ -13,6 +13,8 @@ export {
   backingProtocol,
   checkSafeReference,
   referenceLeavingFolder,
+  imageDisplayName,
+  imageFilePath,
   resolveBackingFileName,
   resolveDataFileName,
   type ReferenceKind,

@@ -81,6 +81,24 @@ export function resolveBackingFileName(imagePath: string, storedName: string): R
 }
 
 /**
+ * The file an image operand names: `file:NAME` is NAME (QEMU's file protocol prefix, which lets a name
+ * contain ":"); any other name is used as it is.
+ */
+export function imageFilePath(name: string): string {
+  return name.startsWith("file:") ? name.slice("file:".length) : name;
+}
+
+/**
+ * How QEMU shows an image opened as `name`: without a `file:` prefix, and with "./" in front when the rest
+ * would otherwise read as a protocol prefix (`file:image:top.qcow2` → `./image:top.qcow2`).
+ */
+export function imageDisplayName(name: string): string {
+  if (!name.startsWith("file:")) return name;
+  const path = imageFilePath(name);
+  return backingProtocol(path) !== undefined ? `./${path}` : path;
+}
+
+/**
  * The protocol prefix of a backing file name: the text before a ":" that comes before any "/"
  * (`nbd://h/x` → "nbd", `dir/a:b` → undefined), as QEMU decides on POSIX hosts.
  */

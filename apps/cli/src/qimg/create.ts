@@ -8,7 +8,7 @@
  */
 import { rm } from "node:fs/promises";
 import { createImage, isNbdFilename, isRemoteName, validateCreateOptions, type CreateImageOptions } from "@qcowkit/core/node";
-import { resolveBackingFileName } from "@qcowkit/datafile";
+import { imageFilePath, resolveBackingFileName } from "@qcowkit/datafile";
 import { FileStore } from "@qcowkit/datafile/node";
 import { CliError, UsageError, errorText, withContext } from "../cli/errors";
 import { closeQuietly, openCliImage } from "../cli/open";
@@ -221,7 +221,7 @@ async function createRaw(filename: string, opts: QemuOpts, size: bigint): Promis
 async function truncateFile(path: string): Promise<void> {
   // An NBD export is not a file: createImage writes over it. A remote object is written whole by createImage.
   if (isNbdFilename(path) || isRemoteName(path)) return;
-  const store = await FileStore.open(path, { create: true, truncate: true });
+  const store = await FileStore.open(imageFilePath(path), { create: true, truncate: true });
   await store.close();
 }
 

@@ -157,7 +157,8 @@ const readCmd: Command = {
     try {
       await s.image!.read(offset, buf);
     } catch (e) {
-      s.io.out(`read failed: ${requestError(e)}\n`);
+      // readv reports its own name (qemu-io: "readv failed").
+      s.io.out(`${argv[0] === "readv" ? "readv" : "read"} failed: ${requestError(e)}\n`);
       return false;
     }
     const t = elapsedSince(start);
@@ -294,7 +295,7 @@ const writeCmd: Command = {
       if (zero) await s.image!.writeZeroes(offset, count, { unmap, noFallback, fua: durable });
       else await s.image!.write(offset, buf!, { fua: durable, compressed });
     } catch (e) {
-      s.io.out(`write failed: ${requestError(e)}\n`);
+      s.io.out(`${argv[0] === "writev" ? "writev" : "write"} failed: ${requestError(e)}\n`);
       return false;
     }
     if (!quiet) s.io.out(report("wrote", elapsedSince(start), offset, count, count, 1, machine));
@@ -321,7 +322,7 @@ function vectorCommand(base: Command, name: "readv" | "writev", args: string, sh
       let total = 0;
       for (const l of operands.slice(1)) total += num(s, l);
       const flags = options.flatMap((o) => (o.value === undefined ? [`-${o.key}`] : [`-${o.key}`, o.value]));
-      return base.run(s, [base.name, ...flags, operands[0]!, String(total)]);
+      return base.run(s, [name, ...flags, operands[0]!, String(total)]);
     },
   };
 }
