@@ -27,4 +27,4 @@ export declare function runImageAttacks(opts?: {
   timeoutMs?: number;
   log?: (line: string) => void;
   dir?: string;
-}): Promise<{ rows: AttackRow[]; over: AttackRow[]; maxOursMB: number }>;
+}): Promise<{ rows: AttackRow[]; over: AttackRow[]; differ: string[]; maxOursMB: number }>;

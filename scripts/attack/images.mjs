@@ -175,12 +175,16 @@ export function buildBombImages(dir, { clusters = 16 } = {}) {
   return images;
 }
 
-/** Run a command under /usr/bin/time: exit code, first stderr line, peak RSS (MB), wall time (s). */
+/** Run a command under /usr/bin/time: exit code, first stderr line (else stdout's), peak RSS (MB), wall time (s). */
 function measured(cmd, args, timeoutMs) {
   return new Promise((resolve) => {
     const t0 = process.hrtime.bigint();
-    const child = spawn("/usr/bin/time", ["-f", "RSS_KB %M", cmd, ...args], { stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn("/usr/bin/time", ["-f", "RSS_KB %M", cmd, ...args], { stdio: ["ignore", "pipe", "pipe"] });
     let stderr = "";
+    let stdout = "";
+    child.stdout.on("data", (d) => {
+      if (stdout.length < 65536) stdout += d;
+    });
     child.stderr.on("data", (d) => {
       if (stderr.length < 65536) stderr += d;
     });
@@ -196,7 +200,7 @@ function measured(cmd, args, timeoutMs) {
       const lines = stderr.split("\n").filter((l) => l && !l.startsWith("RSS_KB") && !l.startsWith("Command exited"));
       resolve({
         code: timedOut ? "timeout" : code,
-        message: lines[0] ?? "",
+        message: lines[0] ?? stdout.split("\n")[0] ?? "",
         rssMB: rss ? Number(rss[1]) / 1024 : NaN,
         seconds,
       });
@@ -214,6 +218,7 @@ export async function runImageAttacks({ limitMB = 300, timeoutMs = 60_000, log =
   for (const b of ["qimg", "qio"]) if (!existsSync(bin(b))) throw new Error(`attack: ${b} not built; run npm run setup first`);
   const work = dir ?? mkdtempSync(join(existsSync("/dev/shm") ? "/dev/shm" : tmpdir(), "qcowkit-attack-"));
   const rows = [];
+  const differ = [];
   try {
     const images = buildBombImages(work);
     log(`image attacks (limit ${limitMB} MB RSS per qcowkit process; wall times on a shared machine are rough)`);
@@ -229,24 +234,28 @@ export async function runImageAttacks({ limitMB = 300, timeoutMs = 60_000, log =
       for (const [tool, cmd, args] of runs) {
         rmSync(out, { force: true });
         const r = await measured(cmd, args, timeoutMs);
-        // qemu-io reports a failed read on stdout and exits 0; the message tells.
+        // qemu-io reports a failed read on stdout (and exits 1): the message column shows that line.
         const row = { image: img.name, tool, ours: !tool.startsWith("qemu"), ...r };
         rows.push(row);
         log([img.name, tool, String(r.code), r.rssMB.toFixed(1), r.seconds.toFixed(2), r.message.slice(0, 80)].join("\t"));
       }
+      // Our exit codes against QEMU's on the same image (qio vs qemu-io, qimg convert vs qemu-img convert).
+      const [qio, qemuIo, convert, qemuConvert] = rows.slice(-4);
+      if (qio.code !== qemuIo.code || convert.code !== qemuConvert.code) differ.push(img.name);
     }
   } finally {
     if (!dir) rmSync(work, { recursive: true, force: true });
   }
   const over = rows.filter((r) => r.ours && (r.code === "timeout" || !(r.rssMB < limitMB)));
-  return { rows, over, maxOursMB: Math.max(...rows.filter((r) => r.ours).map((r) => r.rssMB)) };
+  return { rows, over, differ, maxOursMB: Math.max(...rows.filter((r) => r.ours).map((r) => r.rssMB)) };
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   const argv = process.argv.slice(2);
   const limitMB = argv.includes("--limit-mb") ? Number(argv[argv.indexOf("--limit-mb") + 1]) : 300;
-  const { over, maxOursMB } = await runImageAttacks({ limitMB });
+  const { over, differ, maxOursMB } = await runImageAttacks({ limitMB });
   console.log(`image attacks: highest qcowkit peak RSS ${maxOursMB.toFixed(1)} MB (limit ${limitMB} MB)`);
+  console.log(differ.length ? `exit codes differ from QEMU's on: ${differ.join(", ")}` : "exit codes: as QEMU's on every image");
   if (over.length) {
     for (const r of over) console.log(`OVER LIMIT: ${r.tool} on ${r.image}: ${r.code === "timeout" ? "timed out" : `${r.rssMB.toFixed(1)} MB`}`);
     process.exit(1);

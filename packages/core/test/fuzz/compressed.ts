@@ -20,6 +20,8 @@ const first = Number(process.argv[3] ?? 1);
 const dir = mkdtempSync(join(existsSync("/dev/shm") ? "/dev/shm" : tmpdir(), "qcowkit-fuzz-compressed-"));
 const seeds = buildCorpus(dir).filter((s) => mutateCompressed(s.bytes, 0) !== undefined);
 const counts = { ok: 0, refused: 0 };
+/** One line per case ("SEED ok" or "SEED message"), written to $QCOWKIT_FUZZ_VERDICTS when set. */
+const verdicts: string[] = [];
 const crashes: string[] = [];
 const slow: string[] = [];
 let slowest = 0;
@@ -37,10 +39,12 @@ for (let seed = first; seed < first + cases; seed++) {
     try {
       await image.read(0, new Uint8Array(Math.min(image.virtualSize, READ_LIMIT)));
       counts.ok++;
+      verdicts.push(`${seed} ok`);
     } finally {
       await image.close().catch(() => undefined);
     }
   } catch (e) {
+    verdicts.push(`${seed} ${(e as Error).message}`);
     if (e instanceof Qcow2Error && !/[\n\r]/.test(e.message)) counts.refused++;
     else crashes.push(`seed ${seed} (${base.name}: ${m.description.join("; ")}): ${e instanceof Error ? e.stack : String(e)}`);
   }
@@ -50,6 +54,7 @@ for (let seed = first; seed < first + cases; seed++) {
   maxRss = Math.max(maxRss, process.memoryUsage().rss);
 }
 rmSync(dir, { recursive: true, force: true });
+if (process.env.QCOWKIT_FUZZ_VERDICTS) writeFileSync(process.env.QCOWKIT_FUZZ_VERDICTS, `${verdicts.join("\n")}\n`);
 console.log(
   `fuzz --compressed: ${cases} cases from seed ${first} on ${seeds.map((s) => s.name).join(", ")} in ${((Date.now() - started) / 1000).toFixed(0)} s: ` +
     `${counts.ok} read, ${counts.refused} refused with one line, ${crashes.length} crashes, ${slow.length} over ${SLOW_MS} ms ` +
