@@ -86,6 +86,8 @@ interface ConvertArgs {
   skipBrokenBitmaps: boolean;
   cache: string;
   srcCache: string;
+  /** -m: requests in flight (QEMU's default 8); compressed targets compress that many clusters at once. */
+  coroutines: number;
 }
 
 function parseArgs(options: Array<{ key: string; value: string | undefined }>, ctx: CommandContext): ConvertArgs {
@@ -104,6 +106,7 @@ function parseArgs(options: Array<{ key: string; value: string | undefined }>, c
     skipBrokenBitmaps: false,
     cache: "unsafe",
     srcCache: "writeback",
+    coroutines: 8,
   };
   for (const o of options) {
     const v = o.value!;
@@ -163,9 +166,12 @@ function parseArgs(options: Array<{ key: string; value: string | undefined }>, c
         if (!(n >= 1 && n <= MAX_COROUTINES)) {
           throw new CliError(`Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_COROUTINES}`);
         }
+        a.coroutines = n;
         break;
       }
       case "W":
+        // Out-of-order writes: accepted; the engine places writes in the order they were issued, so the
+        // result is the in-order one either way.
         break;
       case "U":
         a.forceShare = true;
@@ -325,6 +331,9 @@ async function copy(sources: BlockImage[], target: BlockImage, targetHasBacking:
     await convertImages(sources, target, {
       sparseBytes: a.sparseBytes,
       compressed: a.compressed,
+      // Compression runs on the thread pool: -m clusters in flight spread it over the cores (placed in order).
+      // Uncompressed copies keep one write at a time (more measured no faster on tmpfs).
+      writesInFlight: a.compressed ? a.coroutines : 1,
       targetHasBacking,
       targetIsNew: !a.skipCreate,
       // A new target without a backing file reads as zeros; with -n only when the user says so.
