@@ -5,6 +5,7 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import * as net from "node:net";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { QIMG, qemuImg, tempDir } from "./helpers";
@@ -79,6 +80,34 @@ describe("qimg convert to a stream", () => {
   it("raw: every byte in order, to /dev/stdout and into a FIFO", () => {
     expectOk(sh(`$Q convert -O raw disk.qcow2 /dev/stdout | cmp - disk.raw`));
     expectOk(sh(`rm -f fifo1 && mkfifo fifo1 && { cmp fifo1 disk.raw & } && $Q convert -O raw disk.qcow2 fifo1 && wait $!`));
+  });
+
+  it("a socket on stdout and a character device are stream targets (fstat, not the name)", async () => {
+    const sock = p("out.sock");
+    const received: Buffer[] = [];
+    let ended!: () => void;
+    const allReceived = new Promise<void>((r) => (ended = r));
+    const server = net.createServer((c) => {
+      c.on("data", (d) => received.push(d));
+      c.on("end", () => ended());
+    });
+    await new Promise<void>((r) => server.listen(sock, r));
+    const client = net.connect(sock);
+    await new Promise<void>((r) => client.on("connect", r));
+    const child = spawn(process.execPath, [QIMG, "convert", "-O", "qcow2", p("disk.qcow2"), "-"], { stdio: ["ignore", client, "pipe"] });
+    let err = "";
+    child.stderr!.on("data", (d) => (err += d));
+    const code = await new Promise<number | null>((r) => child.on("exit", r));
+    client.end();
+    await allReceived;
+    client.destroy();
+    server.close();
+    expect(err).toBe("");
+    expect(code).toBe(0);
+    writeFileSync(p("from-socket.qcow2"), Buffer.concat(received));
+    await checkClean(p("from-socket.qcow2"));
+    await same(p("disk.qcow2"), p("from-socket.qcow2"));
+    expectOk(sh(`$Q convert -O qcow2 disk.qcow2 /dev/null`));
   });
 
   it("-p prints progress on stderr only; stdout carries exactly the image", async () => {

@@ -60,7 +60,7 @@ export interface ImageToStreamOptions {
   /** qcow2 incremental stream: only clusters whose content differs from `base` are carried (give `backingFile`
    *  too: the name the stream stores for it). */
   base?: BlockImage;
-  /** Payload bytes the plan keeps so that the emitting pass does not read them again (default 64 MiB). */
+  /** Payload bytes the plan keeps so that the emitting pass does not read them again (default 32 MiB). */
   bufferBytes?: number;
   /** Largest chunk the stream enqueues (default 2 MiB; at least one cluster). */
   chunkBytes?: number;
@@ -71,7 +71,7 @@ export interface ImageToStreamOptions {
 
 const MIB = 1024 * 1024;
 const DEFAULT_CHUNK = 2 * MIB;
-const DEFAULT_BUFFER = 64 * MIB;
+const DEFAULT_BUFFER = 32 * MIB;
 
 /** Per-cluster plan values: 0 unallocated, ZERO a zero cluster, `clusterSize` plain data, else compressed bytes. */
 const ZERO = -1;
@@ -529,22 +529,38 @@ class ClusterReader {
   ) {}
 
   private win: { from: number; bytes: Uint8Array } | undefined;
+  private ahead: { from: number; read: Promise<Uint8Array> } | undefined;
 
-  /** One cluster for the emitting pass (requests come in increasing order: read a window at a time). */
+  private readWindow(at: number): Promise<Uint8Array> {
+    const cs = this.g.clusterSize;
+    const window = Math.floor(this.window / cs) * cs;
+    const bytes = new Uint8Array(Math.min(window, Math.ceil((this.size - at) / cs) * cs));
+    const read = readClipped(this.image, at, bytes).then(() => bytes);
+    read.catch(() => undefined); // awaited by whoever uses it
+    return read;
+  }
+
+  /**
+   * One cluster for the emitting pass. Requests come in increasing order: a window is read at a time, and
+   * when a request starts where the last window ended (a sequential run), the next window is read ahead.
+   */
   async readCluster(index: number): Promise<Uint8Array> {
     const cs = this.g.clusterSize;
     const at = index * cs;
     if (!this.win || at < this.win.from || at + cs > this.win.from + this.win.bytes.byteLength) {
-      const window = Math.floor(this.window / cs) * cs;
-      const bytes = new Uint8Array(Math.min(window, Math.ceil((this.size - at) / cs) * cs));
-      await readClipped(this.image, at, bytes);
+      const sequential = this.win !== undefined && at === this.win.from + this.win.bytes.byteLength;
+      const bytes = this.ahead && this.ahead.from === at ? await this.ahead.read : await this.readWindow(at);
+      this.ahead = undefined;
       this.win = { from: at, bytes };
+      const next = at + bytes.byteLength;
+      if (sequential && next < this.size) this.ahead = { from: next, read: this.readWindow(next) };
     }
     const off = at - this.win.from;
-    return this.win.bytes.slice(off, off + cs);
+    return this.win.bytes.subarray(off, off + cs);
   }
 
-  async *clusters(signal: AbortSignal | undefined, progress: (done: number) => void): AsyncGenerator<PlannedCluster> {
+  /** The windows the plan reads, in order, each with its reads started one window ahead. */
+  private async *windows(signal: AbortSignal | undefined, progress: (done: number) => void) {
     const cs = this.g.clusterSize;
     const window = Math.floor(this.window / cs) * cs;
     const srcNext = new NextData(this.image);
@@ -560,32 +576,51 @@ class ClusterReader {
       const baseData = baseNext !== undefined && (await baseNext.from(from)) < to;
       if (!srcData && !baseData) {
         progress(to);
+        from = to;
         continue;
       }
       const n = to - from;
       const src = new Uint8Array(Math.ceil(n / cs) * cs);
-      if (srcData) await readClipped(this.image, from, src.subarray(0, n));
-      let base: Uint8Array | undefined;
-      if (baseData) {
-        base = new Uint8Array(src.byteLength);
-        await readClipped(this.base!, from, base.subarray(0, n));
-      }
-      for (let off = 0; off < n; off += cs) {
-        const c = src.subarray(off, off + cs);
-        const index = (from + off) / cs;
-        const zero = !srcData || isAllZero(c);
-        if (base) {
-          const b = base.subarray(off, off + cs);
-          if (equalBytes(c, b)) continue;
-          if (zero) {
-            yield { index, differsFromBase: true };
-            continue;
-          }
-        } else if (zero) continue;
-        yield { index, data: c.slice(), differsFromBase: true };
-      }
-      progress(to);
+      const base = baseData ? new Uint8Array(src.byteLength) : undefined;
+      const read = Promise.all([
+        srcData ? readClipped(this.image, from, src.subarray(0, n)) : undefined,
+        base ? readClipped(this.base!, from, base.subarray(0, n)) : undefined,
+      ]);
+      read.catch(() => undefined); // awaited by the consumer
+      yield { from, n, srcData, src, base, read };
       from = to;
+    }
+  }
+
+  async *clusters(signal: AbortSignal | undefined, progress: (done: number) => void): AsyncGenerator<PlannedCluster> {
+    const cs = this.g.clusterSize;
+    const windows = this.windows(signal, progress);
+    try {
+      let current = await windows.next();
+      while (!current.done) {
+        const w = current.value;
+        // The next window's reads start before this one is scanned.
+        const following = windows.next();
+        following.catch(() => undefined); // awaited below; not unhandled if this window fails first
+        await w.read;
+        for (let off = 0; off < w.n; off += cs) {
+          const c = w.src.subarray(off, off + cs);
+          const index = (w.from + off) / cs;
+          const zero = !w.srcData || isAllZero(c);
+          if (w.base) {
+            if (equalBytes(c, w.base.subarray(off, off + cs))) continue;
+            if (zero) {
+              yield { index, differsFromBase: true };
+              continue;
+            }
+          } else if (zero) continue;
+          yield { index, data: c, differsFromBase: true };
+        }
+        progress(w.from + w.n);
+        current = await following;
+      }
+    } finally {
+      await windows.return(undefined);
     }
     progress(this.size);
   }
