@@ -10,6 +10,7 @@ export {
   type UnflushedKeepOptions,
 } from "./fault-store";
 export { BlkdebugStore, BLKDEBUG_IO_TYPES, type BlkdebugInjectError, type BlkdebugIoType } from "./blkdebug-store";
+export { NullStore, NULL_CO_DEFAULT_SIZE } from "./null-store";
 export {
   backingProtocol,
   checkSafeReference,
