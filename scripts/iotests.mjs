@@ -194,6 +194,23 @@ export function runIotests(options) {
       process.exit(130);
     };
     process.once("SIGINT", stop).once("SIGTERM", stop);
+    // A test that never ends (one of them loops until a server starts) must not hang the run: when no result
+    // comes for QCOWKIT_IOTESTS_STALL seconds (default 600), check and its tests are ended; the tests
+    // without a result count as failed.
+    const stallMs = Number(process.env.QCOWKIT_IOTESTS_STALL ?? 600) * 1000;
+    let stalled = false;
+    let watchdog;
+    const arm = () => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => {
+        stalled = true;
+        console.log(`iotests: no result for ${stallMs / 1000} s: stopping check`);
+        try {
+          process.kill(-child.pid, "SIGKILL");
+        } catch {}
+      }, stallMs);
+    };
+    arm();
     let out = "";
     const seen = new Map();
     const onData = (chunk) => {
@@ -207,12 +224,14 @@ export function runIotests(options) {
         if (!m || seen.has(m[1])) continue;
         const status = m[2] === "pass" ? "pass" : m[2] === "fail" ? "fail" : "not run";
         seen.set(m[1], status);
+        arm();
         if (!options.verbose) console.log(`${m[1]} ${status}${m[3] ? `  ${m[3].trim()}` : ""}`);
       }
     };
     child.stdout.setEncoding("utf8").on("data", onData);
     child.stderr.setEncoding("utf8").on("data", (c) => process.stderr.write(c));
     child.on("close", () => {
+      clearTimeout(watchdog);
       let passed = 0;
       let failed = 0;
       for (const t of options.tests) {
@@ -220,7 +239,7 @@ export function runIotests(options) {
         if (s === "pass") passed++;
         else {
           failed++;
-          if (s === undefined) console.log(`${t} fail  (no result from check)`);
+          if (s === undefined) console.log(`${t} fail  (no result from check${stalled ? ": stopped" : ""})`);
         }
       }
       if (!options.keep) rmSync(build, { recursive: true, force: true });

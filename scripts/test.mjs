@@ -46,7 +46,13 @@ for (const file of json.testResults ?? []) {
 }
 // QEMU's own qemu-iotests (the list in scripts/iotests-ci.txt) on a full run: each test counts once.
 if (process.argv.length <= 2) {
-  const io = spawnSync(process.execPath, [join(root, "scripts/iotests.mjs"), "--ci"], { cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
+  const io = spawnSync(process.execPath, [join(root, "scripts/iotests.mjs"), "--ci"], {
+    cwd: root,
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "inherit"],
+    timeout: 40 * 60 * 1000,
+    maxBuffer: 16 * 1024 * 1024,
+  });
   process.stdout.write(io.stdout ?? "");
   const m = /^iotests: (\d+) passed, (\d+) failed$/m.exec(io.stdout ?? "");
   if (m) {

@@ -196,3 +196,33 @@ describe("qcow2 runtime options", () => {
     }
   });
 });
+
+describe("null-co", () => {
+  it("null-co:// leaves reads unfilled and drops writes; json: driver=null-co converts as QEMU's", async () => {
+    const dir = subDir(root, "null-co");
+    const cmdsNull = ["write -P 1 0 4k", "read -P 0 0 4k", "length"];
+    const [o, t] = await Promise.all([
+      qio(["-f", "raw", ...cmdsNull.flatMap((c) => ["-c", c]), "null-co://"]),
+      qemuIo(["-f", "raw", ...cmdsNull.flatMap((c) => ["-c", c]), "null-co://"]),
+    ]);
+    expect(filterTimings(o.stdout)).toBe(filterTimings(t.stdout));
+    expect(o.code).toBe(t.code);
+    const src = "json:{ 'driver': 'null-co', 'size': 1048576, 'read-zeroes': true }";
+    const [a, b] = [path.join(dir, "ours.qcow2"), path.join(dir, "theirs.qcow2")];
+    const { qimg } = await import("./helpers");
+    expect((await qimg(["convert", "-O", "qcow2", "-S", "512", src, a])).code).toBe(0);
+    expect((await qemuImg(["convert", "-O", "qcow2", "-S", "512", src, b])).code).toBe(0);
+    expect((await qemuImg(["map", "--output=json", a])).stdout).toBe((await qemuImg(["map", "--output=json", b])).stdout);
+    expect((await qemuImg(["compare", a, b])).stdout).toBe("Images are identical.\n");
+  });
+
+  it("a null-co data file (json:) takes writes without space, as QEMU's", async () => {
+    const dir = subDir(root, "null-data");
+    const [a, b] = await twins(dir, ["-o", `data_file=${path.join(dir, "DATA")}`]);
+    const desc = (img: string) => `json:{'driver':'qcow2','file':{'filename':'${img}'},'data-file':{'driver':'null-co','size':'4294967296','read-zeroes':true}}`;
+    const before = fs.readFileSync(path.join(dir, "DATA"));
+    await same((img) => ["-c", "write -P 1 0 2M", "-c", "read -P 0 0 2M", desc(img)], a, b);
+    expect(fs.readFileSync(path.join(dir, "DATA")).equals(before)).toBe(true);
+    expect((await qemuImg(["compare", a, b])).stdout).toBe("Images are identical.\n");
+  });
+});

@@ -5,7 +5,7 @@
  * @module @qcowkit/core/node
  */
 import { realpath } from "node:fs/promises";
-import { FileStore, checkSafeReference, imageFilePath, printableName, referenceLeavingFolder, resolveBackingFileName, resolveDataFileName, type ReferenceKind } from "@qcowkit/datafile/node";
+import { FileStore, NullStore, checkSafeReference, imageFilePath, printableName, referenceLeavingFolder, resolveBackingFileName, resolveDataFileName, type ReferenceKind } from "@qcowkit/datafile/node";
 import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
 import { trackBitmaps, withBitmapMethods } from "./bitmaps";
@@ -84,6 +84,10 @@ export interface OpenImageOptions {
   discard?: "ignore" | "unmap";
   /** Put a layer over the external data file once opened (QEMU's filter drivers over the data-file child: blkdebug). */
   wrapDataFile?: (store: ByteStore) => ByteStore;
+  /** The external data file as an open store (a null-co node, say) in place of a file name. */
+  dataFileStore?: ByteStore;
+  /** null-co:// options: size (default 1 GiB), read-zeroes (default off: reads leave the buffer as it was). */
+  nullCo?: { size?: number; readZeroes?: boolean };
   /** qcow2's lazy-refcounts runtime option (the image's own setting otherwise). */
   lazyRefcounts?: boolean;
   /**
@@ -201,6 +205,11 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
           readOnly: true,
           backing: undefined,
           dataFile: undefined,
+          // The options of the top image's own children do not apply to its backing image.
+          dataFileStore: undefined,
+          wrapDataFile: undefined,
+          lazyRefcounts: undefined,
+          nullCo: undefined,
           encrypt: undefined,
           chain,
           openedInside,
@@ -273,6 +282,13 @@ export async function openImage(name: string, opts: OpenImageOptions = {}): Prom
   if (remote) return openRemoteImage(name, remote, opts);
   const path = imageFilePath(name);
   const readOnly = opts.readOnly ?? false;
+  // null-co:// (QEMU's null driver): zeros on read, writes dropped; raw on top of it, as `-f raw null-co://`.
+  if (path.startsWith("null-co://") || opts.format === "null-co") {
+    if (opts.format !== undefined && opts.format !== "raw" && opts.format !== "null-co") {
+      throw new Qcow2Error("INVALID_IMAGE", `Image is not in ${opts.format} format`);
+    }
+    return RawImage.open(new NullStore(opts.nullCo?.size, path || "null-co://", readOnly, opts.nullCo?.readZeroes ?? false));
+  }
   const store = await FileStore.open(path, {
     readOnly,
     lock: imageLockMode(readOnly, opts.shareRW, opts.locking),
@@ -313,6 +329,7 @@ function qcow2OpenOptions(path: string, opts: OpenImageOptions, readOnly: boolea
     filename: path,
     chain,
     ...(opts.dataFile !== undefined ? { dataFile: opts.dataFile } : {}),
+    ...(opts.dataFileStore !== undefined ? { dataFile: opts.dataFileStore } : {}),
     ...(opts.backing !== undefined ? { backing: opts.backing } : {}),
     ...(opts.backingFormat !== undefined ? { backingFormat: opts.backingFormat } : {}),
     ...(opts.cacheSize !== undefined ? { cacheBytes: opts.cacheSize } : {}),

@@ -9,6 +9,7 @@ export { MemoryStore, isAllZero, type MemoryStoreOptions } from "./memory-store"
 export { BlkdebugStore, BLKDEBUG_IO_TYPES, type BlkdebugInjectError, type BlkdebugIoType } from "./blkdebug-store";
 export { BlobStore, type BlobLike } from "./blob-store";
 export { SyncHandleStore, type SyncAccessHandleLike } from "./sync-handle-store";
+export { NullStore, NULL_CO_DEFAULT_SIZE } from "./null-store";
 export {
   backingProtocol,
   checkSafeReference,

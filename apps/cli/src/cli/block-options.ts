@@ -24,12 +24,21 @@ export interface BlockOptions {
   lazyRefcounts?: boolean;
   /** qcow2's cache options (bytes), checked as QEMU checks them; qcowkit sizes its caches itself. */
   qcow2Cache?: Qcow2CacheOptions;
+  /** data-file.driver=null-co: the data file is a null-co node (size: 1 GiB by default). */
+  dataFileNullCo?: NullCoOptions;
+  /** driver=null-co: its options. */
+  nullCo?: NullCoOptions;
   /** The data file is under a blkdebug node with these inject-error rules. */
   dataFileBlkdebug?: BlkdebugInjectError[];
   /** node-name: accepted (QEMU's graph name; qcowkit has one node per image). */
   nodeName?: string;
   /** encrypt.*: the key secret's id, the format, and the names (after "encrypt.") of any other encrypt option. */
   encrypt?: EncryptOptions;
+}
+
+export interface NullCoOptions {
+  size?: number;
+  readZeroes?: boolean;
 }
 
 export interface Qcow2CacheOptions {
@@ -198,6 +207,10 @@ export function blockOptionsFromPairs(
           out.dataFileBlkdebug ??= [];
           break;
         }
+        if (key === "data-file.driver" && value === "null-co") {
+          out.dataFileNullCo ??= {};
+          break;
+        }
         if (value !== "file") throw new CliError(`Unknown protocol '${value}' (only local files are supported)`);
         break;
       case "data-file.image.filename":
@@ -221,6 +234,20 @@ export function blockOptionsFromPairs(
       case "cache.direct":
       case "cache.no-flush":
         parseBool(key, value);
+        break;
+      case "size":
+        if (driver !== "null-co") throw new CliError(`Block format '${driver ?? "qcow2"}' does not support the option '${key}'`);
+        (out.nullCo ??= {}).size = Number(parseOptValue({ name: key, type: "size", help: "" }, value).parsed as bigint);
+        break;
+      case "data-file.size":
+        (out.dataFileNullCo ??= {}).size = Number(parseOptValue({ name: "size", type: "size", help: "" }, value).parsed as bigint);
+        break;
+      case "data-file.read-zeroes":
+        (out.dataFileNullCo ??= {}).readZeroes = parseBool(key, value);
+        break;
+      case "read-zeroes":
+        if (driver !== "null-co") throw new CliError(`Block format '${driver ?? "qcow2"}' does not support the option '${key}'`);
+        (out.nullCo ??= {}).readZeroes = parseBool(key, value);
         break;
       case "lazy-refcounts":
         out.lazyRefcounts = parseBool(key, value);
@@ -279,5 +306,6 @@ export function blockOptionsFromPairs(
     }
   }
   if (out.qcow2Cache) checkQcow2Cache(out.qcow2Cache);
+  if (out.format === "null-co" && out.filename === undefined) out.filename = "null-co://";
   return out;
 }

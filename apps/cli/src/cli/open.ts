@@ -4,8 +4,8 @@
  * them ("Could not open 'x': ..." for qemu-img, "can't open device x: ..." for qemu-io).
  */
 import { isRemoteName, openImage, type BlockImage, type OpenImageOptions } from "@qcowkit/core/node";
-import { BlkdebugStore, type BlkdebugInjectError, type ByteStore } from "@qcowkit/datafile";
-import { blockOptionsFromPairs, checkQcow2Cache, parseBlockOptions, type BlockOptions, type EncryptOptions, type Qcow2CacheOptions } from "./block-options";
+import { BlkdebugStore, NullStore, type BlkdebugInjectError, type ByteStore } from "@qcowkit/datafile";
+import { blockOptionsFromPairs, checkQcow2Cache, parseBlockOptions, type BlockOptions, type EncryptOptions, type NullCoOptions, type Qcow2CacheOptions } from "./block-options";
 import { jsonFilenameOptions } from "./json-filename";
 import { encryptOpenOptions } from "./secrets";
 import { programNames } from "./program";
@@ -43,6 +43,10 @@ export interface CliOpenOptions {
   warnOutsideReferences?: boolean;
   /** qcow2's lazy-refcounts runtime option. */
   lazyRefcounts?: boolean;
+  /** The data file is a null-co node with these options. */
+  dataFileNullCo?: NullCoOptions;
+  /** The options of a null-co image. */
+  nullCo?: NullCoOptions;
   /** The data file is opened under blkdebug with these inject-error rules. */
   dataFileBlkdebug?: BlkdebugInjectError[];
   /** qcow2's cache options: checked against the image (l2-cache-entry-size against its cluster size). */
@@ -83,6 +87,8 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     ...(opts.checkMode ? { checkMode: true } : {}),
     ...(opts.warnOutsideReferences === false ? { warnOutsideReferences: false } : {}),
     ...(opts.lazyRefcounts !== undefined ? { lazyRefcounts: opts.lazyRefcounts } : {}),
+    ...(opts.nullCo !== undefined ? { nullCo: opts.nullCo } : {}),
+    ...(opts.dataFileNullCo ? { dataFileStore: new NullStore(opts.dataFileNullCo.size, "null-co://", opts.readOnly, opts.dataFileNullCo.readZeroes) } : {}),
     ...(rules ? { wrapDataFile: (store: ByteStore) => new BlkdebugStore(store, rules) } : {}),
     ...(cliOpenDefaults.safe ? { safe: true } : {}),
     ...(opts.encrypt ? { encrypt: encryptOpenOptions(opts.encrypt) } : {}),
@@ -126,6 +132,8 @@ export function blockOpenOptions(o: BlockOptions): Partial<CliOpenOptions> {
     ...(o.lazyRefcounts !== undefined ? { lazyRefcounts: o.lazyRefcounts } : {}),
     ...(o.qcow2Cache !== undefined ? { qcow2Cache: o.qcow2Cache } : {}),
     ...(o.dataFileBlkdebug !== undefined ? { dataFileBlkdebug: o.dataFileBlkdebug } : {}),
+    ...(o.nullCo !== undefined ? { nullCo: o.nullCo } : {}),
+    ...(o.dataFileNullCo !== undefined ? { dataFileNullCo: o.dataFileNullCo } : {}),
   };
 }
 
