@@ -433,16 +433,16 @@ export class RemoteStore implements ByteStore {
     }
   }
 
-  async write(): Promise<void> {
+  async write(_offset: number, _data: Uint8Array): Promise<void> {
     throw readOnlyError();
   }
   async resize(_size: number, _p?: StorePreallocation): Promise<void> {
     throw readOnlyError();
   }
-  async discard(): Promise<void> {
+  async discard(_offset: number, _length: number): Promise<void> {
     throw readOnlyError();
   }
-  async writeZeroes(): Promise<void> {
+  async writeZeroes(_offset: number, _length: number, _unmap?: boolean): Promise<void> {
     throw readOnlyError();
   }
   async flush(): Promise<void> {
