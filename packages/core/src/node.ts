@@ -16,12 +16,13 @@ import { NbdImage } from "./nbd/nbd-image";
 import { NbdStore } from "./nbd/nbd-store";
 import { isNbdFilename } from "./nbd/uri";
 import { connectNbd } from "./node/nbd-socket";
+import { probeFormat, type ImageFormat } from "./probe";
 import { RawImage } from "./raw-image";
-import type { ImageResolver, ResolveContext } from "./resolver";
+import { MAX_CHAIN_DEPTH, type ImageResolver, type ResolveContext } from "./resolver";
 
 export * from "./index";
 
-export type ImageFormat = "qcow2" | "raw";
+export { probeFormat, type ImageFormat } from "./probe";
 
 export interface OpenImageOptions {
   /** Probed from the file when absent (qcow2 magic, else raw). */
@@ -78,18 +79,6 @@ export interface OpenImageOptions {
    * or a request fails (default 60 000; 0: forever).
    */
   nbdTimeoutMs?: number;
-}
-
-const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
-const MAX_CHAIN_DEPTH = 64;
-
-/** Decide the format of an open store: qcow2 when it starts with the qcow2 magic and version >= 2, raw otherwise. */
-export async function probeFormat(store: ByteStore): Promise<ImageFormat> {
-  const head = new Uint8Array(8);
-  await store.read(0, head);
-  // QEMU's qcow2 probe wants the magic and a version of at least 2.
-  const version = ((head[4]! << 24) | (head[5]! << 16) | (head[6]! << 8) | head[7]!) >>> 0;
-  return QCOW2_MAGIC.every((b, i) => head[i] === b) && version >= 2 ? "qcow2" : "raw";
 }
 
 function checkFormat(format: string): ImageFormat {
