@@ -3,13 +3,14 @@
  * zstd codec whose WebAssembly module is bundled with it. No Node modules, no polyfills.
  */
 import { BlobStore, type BlobLike } from "@qcowkit/datafile";
-import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
+import { Qcow2Error, isQcow2Error } from "@qcowkit/spec";
 import { withBitmapMethods } from "./bitmaps";
 import type { BlockImage } from "./block-image";
 import { registerCodecLoader } from "./compression";
+import { probeFormat } from "./probe";
 import { Qcow2Image } from "./qcow2-image";
 import { RawImage } from "./raw-image";
-import type { ImageResolver } from "./resolver";
+import { MAX_CHAIN_DEPTH, type ImageResolver } from "./resolver";
 import { loadZstdCodec } from "./zstd";
 
 export * from "./index";
@@ -34,8 +35,6 @@ export interface OpenBlobOptions {
   onWarning?: (message: string) => void;
 }
 
-const MAX_CHAIN_DEPTH = 64;
-
 /** The last component of a path as QEMU stores it ("dir/base.qcow2" and "/abs/base.qcow2" answer to "base.qcow2"). */
 export function baseName(name: string): string {
   return name.slice(name.lastIndexOf("/") + 1);
@@ -53,14 +52,6 @@ function findBlob(files: readonly NamedBlob[], name: string): NamedBlob {
   return found;
 }
 
-/** Does `store` start with the qcow2 magic and a version of at least 2 (QEMU's qcow2 probe)? */
-async function looksLikeQcow2(store: ByteStore): Promise<boolean> {
-  const head = new Uint8Array(8);
-  await store.read(0, head);
-  const version = ((head[4]! << 24) | (head[5]! << 16) | (head[6]! << 8) | head[7]!) >>> 0;
-  return head[0] === 0x51 && head[1] === 0x46 && head[2] === 0x49 && head[3] === 0xfb && version >= 2;
-}
-
 /**
  * Open `files[0]` read-only. The other files answer the names the image refers to (its external data file,
  * its backing file, their backing files) by base name: a browser has no directories.
@@ -72,7 +63,7 @@ export async function openBlobImage(files: readonly NamedBlob[], opts: OpenBlobO
 
 async function openNamed(files: readonly NamedBlob[], file: NamedBlob, opts: OpenBlobOptions, chain: string[]): Promise<BlockImage> {
   const store = new BlobStore(file, file.name);
-  const format = opts.format ?? ((await looksLikeQcow2(store)) ? "qcow2" : "raw");
+  const format = opts.format ?? (await probeFormat(store));
   if (format === "raw") return RawImage.open(store);
   if (format !== "qcow2") throw new Qcow2Error("NOT_SUPPORTED", `Unknown driver '${format}'`, { errno: "EINVAL" });
   const resolver: ImageResolver = {

@@ -22,9 +22,9 @@ import { installNodeCodecs } from "./node/codecs";
 import { nodeAesEngine, nodeDigest } from "./node/crypto";
 import { registerAesEngine } from "./crypto/aes-engine";
 import { registerSyncDigest } from "./crypto/hash";
-import { PROBE_BYTES, probeFormatName } from "./probe";
+import { probeFormat, type ImageFormat } from "./probe";
 import { RawImage } from "./raw-image";
-import type { ImageResolver, ResolveContext } from "./resolver";
+import { MAX_CHAIN_DEPTH, type ImageResolver, type ResolveContext } from "./resolver";
 import { parseRemoteName, type RemoteName } from "./remote/remote-name";
 import { createRemoteImage } from "./node/remote-create";
 import { openRemoteStore, remoteReadOnlyError, type RemoteOpenOptions } from "./node/remote-open";
@@ -37,7 +37,7 @@ installNodeCodecs();
 registerAesEngine(nodeAesEngine);
 registerSyncDigest(nodeDigest);
 
-export type ImageFormat = "qcow2" | "raw";
+export { probeFormat, type ImageFormat } from "./probe";
 
 export interface OpenImageOptions {
   /** Probed from the file when absent (qcow2 magic, else raw). */
@@ -126,23 +126,6 @@ export interface OpenImageOptions {
   nbdTimeoutMs?: number;
   /** Remote names (http(s)://, s3://, json: with an http(s) protocol): RemoteStore settings. */
   remote?: RemoteOpenOptions;
-}
-
-const MAX_CHAIN_DEPTH = 64;
-
-/**
- * Decide the format of an open store as QEMU 7.2 probes it (see probe.ts): qcow2 or raw, which qcowkit reads.
- * A file another format claims (vmdk, vhdx, vpc, vdi, qed, parallels, dmg, bochs, cloop, luks, qcow) is refused
- * with QEMU's message for a driver it does not have, instead of being read as a raw disk.
- */
-export async function probeFormat(store: ByteStore, filename: string = store.name): Promise<ImageFormat> {
-  const size = await store.size();
-  if (size === 0) return "raw";
-  const head = new Uint8Array(Math.min(PROBE_BYTES, size));
-  await store.read(0, head);
-  const format = probeFormatName(head, filename);
-  if (format === "qcow2" || format === "raw") return format;
-  throw new Qcow2Error("NOT_SUPPORTED", `Unknown driver '${format}'`, { errno: "ENOTSUP" });
 }
 
 function checkFormat(format: string): ImageFormat {

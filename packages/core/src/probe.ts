@@ -4,8 +4,9 @@
  * claims the file. An empty file is raw without probing.
  *
  * qcowkit reads qcow2 and raw; the other formats are recognised so that they are refused rather than read
- * as raw disks (see `probeFormat` in node.ts).
+ * as raw disks (`probeFormat`, shared by the Node and browser entries).
  */
+import { Qcow2Error, type ByteStore } from "@qcowkit/spec";
 
 /** Bytes QEMU reads for probing (BLOCK_PROBE_BUF_SIZE). */
 export const PROBE_BYTES = 512;
@@ -108,4 +109,22 @@ export function probeFormatName(head: Uint8Array, filename: string): ProbedForma
     }
   }
   return best;
+}
+
+/** The formats qcowkit opens. */
+export type ImageFormat = "qcow2" | "raw";
+
+/**
+ * Decide the format of an open store as QEMU 7.2 probes it: qcow2 or raw, which qcowkit reads. A file another
+ * format claims (vmdk, vhdx, vpc, vdi, qed, parallels, dmg, bochs, cloop, luks, qcow) is refused with QEMU's
+ * message for a driver it does not have, instead of being read as a raw disk.
+ */
+export async function probeFormat(store: ByteStore, filename: string = store.name): Promise<ImageFormat> {
+  const size = await store.size();
+  if (size === 0) return "raw";
+  const head = new Uint8Array(Math.min(PROBE_BYTES, size));
+  await store.read(0, head);
+  const format = probeFormatName(head, filename);
+  if (format === "qcow2" || format === "raw") return format;
+  throw new Qcow2Error("NOT_SUPPORTED", `Unknown driver '${format}'`, { errno: "ENOTSUP" });
 }

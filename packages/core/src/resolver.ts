@@ -19,3 +19,6 @@ export interface ImageResolver {
   /** Open a backing image; `format` from the backing format extension, probed when absent. */
   openBacking(name: string, format: string | undefined, ctx: ResolveContext): Promise<BlockImage>;
 }
+
+/** Backing chains deeper than this are refused ("Backing chain too deep"). */
+export const MAX_CHAIN_DEPTH = 64;
