@@ -10,7 +10,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { seededRandom } from "@qcowkit/datafile";
+import { seededRandom } from "@qcowkit/datafile/testing";
 import { describe, expect, it } from "vitest";
 import { firstDifference, normalizeQemu, ok, pool, qemuImg, qemuIo, qimg, qio, type Run, subDir, tempDir } from "./helpers";
 
