@@ -56,15 +56,16 @@ interface NativeZstd {
  * WebAssembly codec alone. Inflating is always the WebAssembly codec's.
  */
 export async function loadNodeZstdCodec(): Promise<CompressionCodec> {
-  const base = await loadZstdCodec();
   let native: NativeZstd;
   try {
     native = (await import("@mongodb-js/zstd")) as unknown as NativeZstd;
     // A binding that loads but cannot run fails here, not on the first write.
     await native.compress(new Uint8Array(1), ZSTD_LEVEL);
   } catch {
-    return base;
+    return loadZstdCodec();
   }
+  // The WebAssembly decoder is compiled on the first read only (convert -c never reads a compressed cluster).
+  let wasm: Promise<CompressionCodec> | undefined;
   return {
     async compress(data, maxBytes) {
       let out: Uint8Array;
@@ -75,7 +76,10 @@ export async function loadNodeZstdCodec(): Promise<CompressionCodec> {
       }
       return out.byteLength < maxBytes ? out : undefined;
     },
-    decompress: (compressed, outLength) => base.decompress(compressed, outLength),
+    async decompress(compressed, outLength) {
+      wasm ??= loadZstdCodec();
+      return (await wasm).decompress(compressed, outLength);
+    },
   };
 }
 
