@@ -6,7 +6,7 @@
  *   against qemu-nbd with the curl driver on HTTP;
  * - convert throughput from HTTP to a local raw file: qimg convert against qemu-img convert (-m 1: QEMU 7.2's
  *   curl driver hangs with parallel requests in convert).
- * Everything on tmpfs (/dev/shm). REMOTE_BENCH_MB sets the object size (default 256), REMOTE_BENCH_ROUNDS the
+ * Everything on tmpfs (/dev/shm). REMOTE_BENCH_MB sets the object size (default 64), REMOTE_BENCH_ROUNDS the
  * rounds per figure (default 3, the best is kept), REMOTE_BENCH_SECONDS fio's run time (default 5).
  */
 import { execFile, execFileSync, spawn } from "node:child_process";
@@ -19,7 +19,7 @@ import { startNginx, startS3rver } from "./remote-servers.mjs";
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const QIMG = path.join(root, "apps/cli/bin/qimg.js");
 const QNBD = path.join(root, "apps/nbd/bin/qnbd.js");
-const MB = Number(process.env.REMOTE_BENCH_MB ?? 256);
+const MB = Number(process.env.REMOTE_BENCH_MB ?? 64);
 const ROUNDS = Number(process.env.REMOTE_BENCH_ROUNDS ?? 3);
 const SECONDS = Number(process.env.REMOTE_BENCH_SECONDS ?? 5);
 

@@ -159,6 +159,8 @@ export class RemoteStore implements ByteStore {
   /** Blocks being fetched. */
   private readonly pending = new Map<number, Promise<Uint8Array>>();
   private closed = false;
+  /** Where the last read ended (sequential reads are prefetched). */
+  private sequentialEnd = -1;
 
   private constructor(url: string, name: string, identity: RemoteIdentity, settings: Settings) {
     this.url = url;
@@ -215,7 +217,11 @@ export class RemoteStore implements ByteStore {
     const bs = this.settings.blockSize;
     const first = Math.floor(offset / bs);
     const last = Math.floor((end - 1) / bs);
-    const blocks = await this.blocks(first, last);
+    const request = this.blocks(first, last);
+    // A sequential reader gets the next stretch of the same length fetched while it consumes this one.
+    if (offset === this.sequentialEnd) this.prefetch(last + 1, last + 1 + (last - first + 1));
+    this.sequentialEnd = end;
+    const blocks = await request;
     for (let b = first; b <= last; b++) {
       const data = blocks[b - first]!;
       const blockStart = b * bs;
@@ -265,6 +271,22 @@ export class RemoteStore implements ByteStore {
     }
     endRun(last + 1, true);
     return Promise.all(out);
+  }
+
+  /** Start fetching the blocks of [from, to) that are neither cached nor on their way; nothing waits for them. */
+  private prefetch(from: number, to: number): void {
+    const end = Math.min(to, Math.ceil(this.identity.size / this.settings.blockSize));
+    // Never more than the cache can keep.
+    const limit = Math.min(end, from + Math.floor(this.settings.cacheBytes / 2 / this.settings.blockSize));
+    let runStart = -1;
+    for (let b = from; b <= limit; b++) {
+      const missing = b < limit && !this.cache.has(b) && !this.pending.has(b);
+      if (missing && runStart < 0) runStart = b;
+      if (!missing && runStart >= 0) {
+        this.fetchRun(runStart, b);
+        runStart = -1;
+      }
+    }
   }
 
   /** Fetch blocks [from, to) in requests of at most maxRequestBytes; one promise per block. */

@@ -113,6 +113,24 @@ describe("RemoteStore", () => {
     expect(stats.requests - before).toBe(1);
   });
 
+  it("prefetches the next stretch for a sequential reader", async () => {
+    const data = randomBytes(2 ** 20, 15);
+    const { url, stats } = await serve(() => data);
+    const store = await RemoteStore.open(url, { ...fast, blockSize: 4096, readahead: 4096 });
+    const buf = new Uint8Array(65536);
+    await store.read(512 * 1024, buf);
+    expect(stats.ranges.some((r) => r.startsWith(`bytes=${576 * 1024}-`))).toBe(false);
+    await store.read(576 * 1024, buf); // sequential: [640K, 704K) is fetched ahead
+    await new Promise((r) => setTimeout(r, 100));
+    expect(stats.ranges.some((r) => r.startsWith(`bytes=${640 * 1024}-`))).toBe(true);
+    const before = stats.requests;
+    await store.read(640 * 1024, buf);
+    expect(Buffer.from(buf).equals(Buffer.from(data.subarray(640 * 1024, 704 * 1024)))).toBe(true);
+    // Served from what was prefetched (the next prefetch may have started).
+    expect(stats.ranges.filter((r) => r.startsWith(`bytes=${640 * 1024}-`))).toHaveLength(1);
+    expect(stats.requests - before).toBeLessThanOrEqual(1);
+  });
+
   it("keeps at most maxConcurrency requests in flight", async () => {
     const data = randomBytes(4 * 2 ** 20, 4);
     const { url, stats } = await serve(() => data);
