@@ -1008,6 +1008,8 @@ async function openSnapshotMode(s: Session, req: OpenRequest): Promise<BlockImag
       discard: req.discard,
       program: programNames.qio,
       onWarning: (w) => s.io.err(`${w}\n`),
+      // The temporary overlay names the user's image by its absolute path: no warning about that.
+      warnOutsideReferences: false,
       errorPrefix: `can't open device ${req.filename}: `,
     });
   } finally {
