@@ -295,3 +295,17 @@ describe("issue 19 item 6: corruption QEMU detects (iotest 060)", () => {
     expect(await corrupt(dirs.o)).toBe(await corrupt(dirs.q));
   });
 });
+
+describe("issue 19 item 10: amend -p shows QEMU's progress steps, walks added included (iotest 112)", () => {
+  it("refcount_bits=1 -> 64 on 512-byte clusters needs a fourth walk: 66.67% then 50.00%", async () => {
+    const dirs = await twin("amend-walks", async (d) => {
+      await img(d, "create", "-q", "-f", "qcow2", "-o", "refcount_bits=1,cluster_size=512", "t.qcow2", "64k");
+      await io(d, "t.qcow2", `write 0 ${58 * 512}`);
+    });
+    const q = await qemuImg(["amend", "-o", "refcount_bits=64", "-p", "t.qcow2"], dirs.q);
+    const o = await qimg(["amend", "-o", "refcount_bits=64", "-p", "t.qcow2"], dirs.o);
+    expect(q.stdout).toContain("(66.67/100%)\r    (50.00/100%)");
+    expect([o.code, o.stdout, o.stderr]).toEqual([q.code, q.stdout, normalizeQemu(q.stderr)]);
+    await sameImage(dirs, "t.qcow2");
+  });
+});

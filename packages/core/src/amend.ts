@@ -279,18 +279,6 @@ async function expandZeroClusters(image: Qcow2Image, status: (offset: number, wo
   });
 }
 
-/** Clusters with a non-zero refcount, in order: only the existing refcount blocks are read. */
-async function usedClusters(refcounts: Refcounts): Promise<number[]> {
-  const out: number[] = [];
-  for (let i = 0; i < refcounts.reftableEntries; i++) {
-    if (refcounts.blockOffset(i) === 0) continue;
-    for (let c = i * refcounts.blockEntries; c < (i + 1) * refcounts.blockEntries; c++) {
-      if ((await refcounts.get(c)) !== 0) out.push(c);
-    }
-  }
-  return out;
-}
-
 /**
  * Rewrite every refcount structure with entries of 2^`order` bits (QEMU's qcow2_change_refcount_order): the
  * new refcount blocks and then the new table are allocated through the current structures (so they count
@@ -322,20 +310,26 @@ async function changeRefcountOrder(image: Qcow2Image, order: number, status: (of
   async function walkAndAllocate(): Promise<void> {
     for (;;) {
       let allocated = false;
-      // Walk every cluster the old table covers, as QEMU's walk_over_reftable does.
-      status(walks, walks + 2);
-      for (const c of await usedClusters(old)) {
-        const n = await old.get(c);
-        if (n === 0) continue;
-        if (n > max) {
-          throw fail(`Cannot decrease refcount entry width to ${2 ** order} bits: Cluster at offset 0x${(c * cs).toString(16)} has a refcount of ${n}`);
-        }
-        const b = Math.floor(c / entries);
-        if (!newBlocks.has(b)) {
-          newBlocks.set(b, (await old.allocate(1)) * cs);
-          allocated = true;
+      // Walk every cluster the old table covers, as QEMU's walk_over_reftable does, with its progress: one
+      // step per table entry, out of at least three walks (allocate, confirm, write).
+      const total = Math.max(walks + 2, 3);
+      for (let ri = 0; ri < old.reftableEntries; ri++) {
+        status(walks * old.reftableEntries + ri, total * old.reftableEntries);
+        if (old.blockOffset(ri) === 0) continue;
+        for (let c = ri * old.blockEntries; c < (ri + 1) * old.blockEntries; c++) {
+          const n = await old.get(c);
+          if (n === 0) continue;
+          if (n > max) {
+            throw fail(`Cannot decrease refcount entry width to ${2 ** order} bits: Cluster at offset 0x${(c * cs).toString(16)} has a refcount of ${n}`);
+          }
+          const b = Math.floor(c / entries);
+          if (!newBlocks.has(b)) {
+            newBlocks.set(b, (await old.allocate(1)) * cs);
+            allocated = true;
+          }
         }
       }
+      status((walks + 1) * old.reftableEntries, total * old.reftableEntries);
       walks++;
       const blockCount = Math.max(0, ...newBlocks.keys()) + 1;
       const wantClusters = Math.ceil(Math.ceil(blockCount / tableEntriesPerCluster) * tableEntriesPerCluster * 8 / cs);
@@ -352,11 +346,19 @@ async function changeRefcountOrder(image: Qcow2Image, order: number, status: (of
   const table = new Uint8Array(tableClusters * cs);
   const tv = viewOf(table);
   const blocks = new Map<number, Uint8Array>();
-  for (const c of await usedClusters(old)) {
-    const b = Math.floor(c / entries);
-    let block = blocks.get(b);
-    if (!block) blocks.set(b, (block = new Uint8Array(cs)));
-    setRefcount(block, c % entries, order, await old.get(c));
+  // The last walk copies the refcounts (its progress out of all the walks done).
+  const size = old.reftableEntries;
+  for (let ri = 0; ri < size; ri++) {
+    status(walks * size + ri, (walks + 1) * size);
+    if (old.blockOffset(ri) === 0) continue;
+    for (let c = ri * old.blockEntries; c < (ri + 1) * old.blockEntries; c++) {
+      const n = await old.get(c);
+      if (n === 0) continue;
+      const b = Math.floor(c / entries);
+      let block = blocks.get(b);
+      if (!block) blocks.set(b, (block = new Uint8Array(cs)));
+      setRefcount(block, c % entries, order, n);
+    }
   }
   for (const [b, offset] of [...newBlocks].sort((x, y) => x[0] - y[0])) {
     const block = blocks.get(b) ?? new Uint8Array(cs);
@@ -392,5 +394,5 @@ async function changeRefcountOrder(image: Qcow2Image, order: number, status: (of
   for (const off of oldBlocks) await image.refcounts.update(off / cs, 1, -1);
   await image.refcounts.writeBack();
   await image.meta.flush();
-  status(walks + 2, walks + 2);
+  status(size, size);
 }
