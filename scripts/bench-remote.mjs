@@ -29,7 +29,10 @@ fs.mkdirSync(www);
 fs.mkdirSync(path.join(dir, "s3"));
 const children = [];
 // s3rver runs in this process: every child is waited for asynchronously, never with a blocking call.
-const exec = (program, args, opts = {}) => promisify(execFile)(program, args, { maxBuffer: 64 << 20, ...opts });
+// Each run is bounded (QEMU 7.2's curl driver can hang under parallel requests): a run past the limit counts as
+// "hung" in the table instead of stalling the benchmark.
+const LIMIT_MS = Number(process.env.REMOTE_BENCH_LIMIT_SECONDS ?? 120) * 1000;
+const exec = (program, args, opts = {}) => promisify(execFile)(program, args, { maxBuffer: 64 << 20, timeout: LIMIT_MS, killSignal: "SIGKILL", ...opts });
 let nginx;
 let s3;
 
@@ -55,7 +58,10 @@ async function main() {
   const rows = [];
   for (const [name, uri] of Object.entries(servers)) {
     const copy = await best(() => timed(() => exec("nbdcopy", [uri, "null:"])));
-    const lat = await fioLatency(uri);
+    const lat = await fioLatency(uri).catch((e) => {
+      if (e.killed) return { mean: NaN, p50: NaN, p99: NaN };
+      throw e;
+    });
     rows.push({ name, mibps: MB / copy, ...lat });
   }
   const q = rows[2];
@@ -72,12 +78,18 @@ async function main() {
   console.log("\nconvert HTTP -> local raw           MiB/s");
   console.log(`${"qimg convert".padEnd(34)} ${(MB / ours).toFixed(1).padStart(6)}  ratio ${(theirs / ours).toFixed(2)}`);
   console.log(`${"qemu-img convert -m 1 (curl)".padEnd(34)} ${(MB / theirs).toFixed(1).padStart(6)}`);
+  console.log("(0.0 MiB/s or NaN: the run hung and was stopped after the limit.)");
   console.log("\nratio > 1: qcowkit faster (throughput) / slower (latency). Shared CPU: figures are noisy.");
 }
 
 async function timed(fn) {
   const t = process.hrtime.bigint();
-  await fn();
+  try {
+    await fn();
+  } catch (e) {
+    if (e.killed) return Infinity; // hung
+    throw e;
+  }
   return Number(process.hrtime.bigint() - t) / 1e9;
 }
 

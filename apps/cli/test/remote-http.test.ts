@@ -7,9 +7,12 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { makeTestCa, startNginx } from "../../../scripts/remote-servers.mjs";
 import { filterTimings, infoJson, normalizeQemu, ok, qemuImg, qemuIo, qimg, qio, run, subDir, tempDir, QIMG } from "./helpers";
+
+// Many QEMU and qcowkit processes per test on a shared CPU.
+vi.setConfig({ testTimeout: 180_000 });
 
 const dir = tempDir("qimg-http-");
 const www = subDir(dir, "www");

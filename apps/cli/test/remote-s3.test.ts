@@ -8,9 +8,12 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import * as core from "@qcowkit/core/node";
 import { nodeFetch, s3ObjectUrl, s3Signer } from "@qcowkit/datafile/node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { startS3rver } from "../../../scripts/remote-servers.mjs";
 import { QIMG, QIO, filterTimings, ok, qemuImg, qemuIo, run, subDir, tempDir } from "./helpers";
+
+// Many QEMU and qcowkit processes per test on a shared CPU.
+vi.setConfig({ testTimeout: 180_000 });
 
 const dir = tempDir("qimg-s3-");
 let s3: { endpoint: string; env: Record<string, string>; stop(): Promise<void> };

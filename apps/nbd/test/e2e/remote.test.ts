@@ -6,9 +6,12 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { startNginx, startS3rver } from "../../../../scripts/remote-servers.mjs";
 import { QNBD_BIN, makeTempDir, run, runOk } from "../helpers";
+
+// Many processes per test on a shared CPU.
+vi.setConfig({ testTimeout: 180_000 });
 
 const tmp = makeTempDir("qnbd-remote-");
 afterAll(tmp.cleanup);
