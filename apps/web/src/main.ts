@@ -81,7 +81,7 @@ async function backingChain(source: Source, info: ImageInfo): Promise<ChainEntry
       sub = url !== undefined ? { kind: "url", url } : undefined;
     }
     const image = sub ? await openSource(sub, { noIo: true, ...(next.format ? { format: next.format } : {}) }).catch(() => undefined) : undefined;
-    chain.push({ name: next.name, format: next.format ?? "probed", found: image !== undefined });
+    chain.push({ name: next.name, format: next.format ?? "probed", found: image !== undefined, ...(sub?.kind === "url" ? { url: sub.url } : {}) });
     if (!image || !sub) break;
     at = sourceName(sub);
     const subInfo = await imageInfo(image, { filename: at });
