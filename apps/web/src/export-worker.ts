@@ -1,12 +1,15 @@
 /**
  * Converts the open image into a file of the origin's private file system (OPFS), in a dedicated worker
- * because only workers get synchronous access handles. The core's convert copies in bounded chunks and the
- * target's bytes go to disk, so memory stays flat whatever the image size.
+ * because only workers get synchronous access handles. The bytes come from the core's stream writer
+ * (`imageToStream`: raw, or qcow2 laid out front to back) and are appended to the file chunk by chunk, so
+ * memory stays bounded (the stream's chunks and its planning cache) whatever the image size.
  *
- * When the core gains a stream writer (a target that is written front to back, no seeking), this worker
- * is what changes: the page only asks for a Blob.
+ * Why a file and not a streamed download: a page can only hand the browser a Blob or a URL to download;
+ * streaming the bytes straight into a download needs a service worker answering that URL (or the save-file
+ * picker, which asks the user). The OPFS file is disk-backed and is given to the download without being
+ * read into memory.
  */
-import { Qcow2Image, RawImage, SyncHandleStore, convertImages, createQcow2, openBlobImage, type BlockImage } from "@qcowkit/core/browser";
+import { SyncHandleStore, imageToStream, openBlobImage, openUrlImage } from "@qcowkit/core/browser";
 import type { ExportReply, ExportRequest } from "./export-protocol";
 
 interface SyncHandleFile {
@@ -16,37 +19,34 @@ interface SyncHandleFile {
 const post = (reply: ExportReply) => (self as unknown as { postMessage(m: ExportReply): void }).postMessage(reply);
 
 async function exportImage(req: ExportRequest): Promise<number> {
-  const source = await openBlobImage(req.files, { format: "qcow2" });
-  let target: BlockImage | undefined;
+  const source = req.url !== undefined ? await openUrlImage(req.url, { format: "qcow2" }) : await openBlobImage(req.files ?? [], { format: "qcow2" });
+  let store: SyncHandleStore | undefined;
   try {
     const root = await navigator.storage.getDirectory();
     const handleFile = (await root.getFileHandle(req.scratchName, { create: true })) as unknown as SyncHandleFile;
-    const openStore = async () => new SyncHandleStore(await handleFile.createSyncAccessHandle(), req.scratchName);
-    let store = await openStore();
+    store = new SyncHandleStore(await handleFile.createSyncAccessHandle(), req.scratchName);
     await store.resize(0);
-    if (req.target === "qcow2") {
-      // Creating closes the store (as it does a file): open it again for the copy.
-      await createQcow2(store, { size: source.virtualSize });
-      store = await openStore();
-      target = await Qcow2Image.open(store, { readOnly: false });
-    } else {
-      await store.resize(source.virtualSize);
-      target = await RawImage.open(store);
-    }
-    await convertImages([source], target, {
-      compressed: req.compressed,
-      targetZeroInit: true,
-      onProgress: (percent) => post({ type: "progress", percent }),
+    let lastPercent = -1;
+    const stream = imageToStream(source, {
+      format: req.target,
+      ...(req.target === "qcow2" && req.compressed ? { compress: true } : {}),
+      onProgress: (done, total) => {
+        const percent = total > 0 ? Math.floor((done * 100) / total) : 100;
+        if (percent !== lastPercent) post({ type: "progress", percent: (lastPercent = percent) });
+      },
     });
-    await target.close();
-    target = undefined;
-    // The size as closed (closing may still write): the page checks the file it downloads against it.
-    const handle = await handleFile.createSyncAccessHandle();
-    const bytes = handle.getSize();
-    handle.close();
-    return bytes;
+    let offset = 0;
+    const reader = stream.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      await store.write(offset, value);
+      offset += value.length;
+    }
+    await store.flush();
+    return offset;
   } finally {
-    await target?.close().catch(() => undefined);
+    await store?.close().catch(() => undefined);
     await source.close().catch(() => undefined);
   }
 }

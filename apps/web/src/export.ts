@@ -7,7 +7,8 @@ import type { ExportReply, ExportRequest } from "./export-protocol";
 const SCRATCH = "qcowkit-export";
 
 export interface ExportJob {
-  files: File[];
+  files?: File[];
+  url?: string;
   target: "qcow2" | "raw";
   compressed: boolean;
   onProgress(percent: number): void;
@@ -25,7 +26,7 @@ export async function exportToFile(job: ExportJob): Promise<File> {
         else reject(new Error(m.message));
       };
       worker.onerror = (e) => reject(new Error(e.message || "the export worker failed to start"));
-      const request: ExportRequest = { files: job.files, target: job.target, compressed: job.compressed, scratchName: SCRATCH };
+      const request: ExportRequest = { ...(job.files ? { files: job.files } : {}), ...(job.url !== undefined ? { url: job.url } : {}), target: job.target, compressed: job.compressed, scratchName: SCRATCH };
       worker.postMessage(request);
     });
     const root = await navigator.storage.getDirectory();

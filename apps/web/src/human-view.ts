@@ -28,6 +28,8 @@ export interface ChainEntry {
   name: string;
   format: string;
   found: boolean;
+  /** The URL it resolved to (remote images); shown instead of "given". */
+  url?: string;
 }
 
 export function renderHuman(
@@ -66,7 +68,7 @@ export function renderHuman(
   parts.push(el("h3", `Persistent dirty bitmaps (${bitmaps.length})`));
   if (bitmaps.length) parts.push(table("bitmaps", ["name", "granularity", "flags"], bitmaps.map((b) => [b.name, `${b.granularity} bytes`, b.flags.join(", ") || "-"])));
   parts.push(el("h3", "Backing chain"));
-  const chainRows = [[name, "qcow2", "this image"], ...chain.map((c) => [c.name, c.format, c.found ? "given" : "not given: choose it with the image"])];
+  const chainRows = [[name, "qcow2", "this image"], ...chain.map((c) => [c.name, c.format, c.url !== undefined ? (c.found ? c.url : `${c.url}: could not be opened`) : c.found ? "given" : "not given: choose it with the image"])];
   parts.push(table("backing-chain", ["file", "format", ""], chainRows));
   parts.push(el("h3", "External data file"));
   parts.push(el("p", dataFile ? `${dataFile.name}${dataFile.found ? "" : " (not given: choose it with the image)"}` : "none: guest data is in the image file"));

@@ -11,6 +11,8 @@ import {
   imageInfo,
   mapJson,
   openBlobImage,
+  openUrlImage,
+  resolveUrl,
   toQemuJson,
   type BlockImage,
   type ImageInfo,
@@ -28,8 +30,21 @@ const status = $("status");
 const result = $("result");
 const picture = new ClusterPicture($<HTMLCanvasElement>("cluster-map"), $("hover-details"), $("zoom-range"), $("lanes"));
 
-let current: File[] = [];
+/** What is open: local files (the image first), or the URL of a remote image. */
+type Source = { kind: "files"; files: File[] } | { kind: "url"; url: string };
+
+let current: Source | undefined;
 let generation = 0;
+
+function sourceName(source: Source): string {
+  return source.kind === "files" ? source.files[0]!.name : source.url;
+}
+
+type OpenOpts = { format?: string; noIo?: boolean; checkMode?: boolean };
+
+function openSource(source: Source, opts: OpenOpts): Promise<BlockImage> {
+  return source.kind === "files" ? openBlobImage(source.files, opts) : openUrlImage(source.url, opts);
+}
 
 /** One line, as the CLI prints it (without its program name). */
 function showError(line: string): void {
@@ -45,39 +60,53 @@ async function closeQuietly(image: BlockImage | undefined): Promise<void> {
   await image?.close().catch(() => undefined);
 }
 
-/** The backing chain as the files name it, and whether each was given. */
-async function backingChain(files: File[], info: ImageInfo): Promise<ChainEntry[]> {
+/** The backing chain as the image names it, and whether each file was given (found, for a URL). */
+async function backingChain(source: Source, info: ImageInfo): Promise<ChainEntry[]> {
   const chain: ChainEntry[] = [];
   let next: { name: string; format: string | undefined } | undefined = info["backing-filename"] !== undefined ? { name: info["backing-filename"], format: info["backing-filename-format"] } : undefined;
+  let at = sourceName(source);
   while (next && chain.length < 64) {
-    const file = files.find((f) => f.name === baseName(next!.name));
-    chain.push({ name: next.name, format: next.format ?? "probed", found: file !== undefined });
-    if (!file) break;
-    const image = await openBlobImage([file], { noIo: true, ...(next.format ? { format: next.format } : {}) }).catch(() => undefined);
-    if (!image) break;
-    const sub = await imageInfo(image, { filename: file.name });
+    let sub: Source | undefined;
+    if (source.kind === "files") {
+      const file = source.files.find((f) => f.name === baseName(next!.name));
+      sub = file ? { kind: "files", files: [file] } : undefined;
+    } else {
+      const url = (() => {
+        try {
+          return resolveUrl(next.name, at);
+        } catch {
+          return undefined;
+        }
+      })();
+      sub = url !== undefined ? { kind: "url", url } : undefined;
+    }
+    const image = sub ? await openSource(sub, { noIo: true, ...(next.format ? { format: next.format } : {}) }).catch(() => undefined) : undefined;
+    chain.push({ name: next.name, format: next.format ?? "probed", found: image !== undefined, ...(sub?.kind === "url" ? { url: sub.url } : {}) });
+    if (!image || !sub) break;
+    at = sourceName(sub);
+    const subInfo = await imageInfo(image, { filename: at });
     await closeQuietly(image);
-    next = sub["backing-filename"] !== undefined ? { name: sub["backing-filename"], format: sub["backing-filename-format"] } : undefined;
+    next = subInfo["backing-filename"] !== undefined ? { name: subInfo["backing-filename"], format: subInfo["backing-filename-format"] } : undefined;
   }
   return chain;
 }
 
-async function openFiles(files: File[]): Promise<void> {
+async function openImage(source: Source): Promise<void> {
   const mine = ++generation;
-  current = files;
+  current = source;
   errorBox.hidden = true;
   result.hidden = true;
   picture.clear();
   for (const id of ["info-json", "map-json", "check", "check-messages", "human", "download-status", "image-name"]) $(id).textContent = "";
   document.body.dataset.state = "loading";
-  const name = files[0]!.name;
+  const name = sourceName(source);
   const stale = () => mine !== generation;
   status.textContent = `Opening ${name}…`;
   const started = performance.now();
   // qemu-img info: metadata only (the data file and the backing chain are not opened).
   let meta: BlockImage | undefined;
   try {
-    meta = await openBlobImage(files, { format: "qcow2", noIo: true });
+    meta = await openSource(source, { format: "qcow2", noIo: true });
     const info = await imageInfo(meta, { filename: name });
     if (stale()) return;
     $("image-name").textContent = name;
@@ -88,8 +117,8 @@ async function openFiles(files: File[]): Promise<void> {
       name,
       headerView(meta as Qcow2Image),
       info,
-      await backingChain(files, info),
-      dataFileName !== undefined ? { name: dataFileName, found: files.some((f) => f.name === baseName(dataFileName)) } : undefined,
+      await backingChain(source, info),
+      dataFileName !== undefined ? { name: dataFileName, found: dataFileFound(source, dataFileName) } : undefined,
     );
     result.hidden = false;
   } catch (e) {
@@ -101,7 +130,7 @@ async function openFiles(files: File[]): Promise<void> {
   // qemu-img map: the whole chain and the data file.
   let image: BlockImage | undefined;
   try {
-    image = await openBlobImage(files, { format: "qcow2" });
+    image = await openSource(source, { format: "qcow2" });
     const text = await mapJson(image);
     if (stale()) return;
     $("map-json").textContent = text;
@@ -114,7 +143,7 @@ async function openFiles(files: File[]): Promise<void> {
   // qemu-img check, and the picture from the same pass.
   let checked: BlockImage | undefined;
   try {
-    checked = await openBlobImage(files, { format: "qcow2", checkMode: true });
+    checked = await openSource(source, { format: "qcow2", checkMode: true });
     const map = await clusterMap(checked as Qcow2Image);
     if (stale()) return;
     // As qimg check: a check that could not complete prints no summary; internal errors follow it.
@@ -136,6 +165,11 @@ async function openFiles(files: File[]): Promise<void> {
   finish(undefined, performance.now() - started);
 }
 
+/** Whether the data file the image names was given; a URL's data file is opened (and any failure shown) by the map step. */
+function dataFileFound(source: Source, name: string): boolean {
+  return source.kind === "url" || source.files.some((f) => f.name === baseName(name));
+}
+
 function finish(error: string | undefined, ms?: number): void {
   if (error !== undefined) showError(error);
   status.textContent = ms !== undefined ? `Opened, checked and drawn in ${Math.round(ms)} ms.` : "";
@@ -144,8 +178,9 @@ function finish(error: string | undefined, ms?: number): void {
 }
 
 async function download(target: "qcow2" | "raw"): Promise<void> {
-  if (current.length === 0) return;
-  const files = current;
+  if (!current) return;
+  const source = current;
+  const name = sourceName(source);
   const compressed = target === "qcow2" && $<HTMLInputElement>("compress").checked;
   const out = $("download-status");
   const buttons = [$<HTMLButtonElement>("download-qcow2"), $<HTMLButtonElement>("download-raw")];
@@ -154,17 +189,17 @@ async function download(target: "qcow2" | "raw"): Promise<void> {
   out.textContent = "Converting…";
   try {
     const file = await exportToFile({
-      files,
+      ...(source.kind === "files" ? { files: source.files } : { url: source.url }),
       target,
       compressed,
       onProgress: (p) => (out.textContent = `Converting… ${p.toFixed(0)}%`),
     });
-    const stem = files[0]!.name.replace(/\.(qcow2|img|qcow)$/i, "");
+    const stem = baseName(source.kind === "url" ? new URL(source.url).pathname : name).replace(/\.(qcow2|img|qcow)$/i, "");
     saveAs(file, target === "raw" ? `${stem}.raw` : `${stem}${compressed ? "-compressed" : "-converted"}.qcow2`);
     out.textContent = `Ready: ${file.size} bytes.`;
     document.body.dataset.download = "done";
   } catch (e) {
-    showError(`Could not convert '${files[0]!.name}': ${messageOf(e)}`);
+    showError(`Could not convert '${name}': ${messageOf(e)}`);
     out.textContent = "";
     document.body.dataset.download = "error";
   } finally {
@@ -174,7 +209,7 @@ async function download(target: "qcow2" | "raw"): Promise<void> {
 
 function choose(list: FileList | null | undefined): void {
   const files = list ? [...list] : [];
-  if (files.length > 0) void openFiles(files);
+  if (files.length > 0) void openImage({ kind: "files", files });
 }
 
 const input = $<HTMLInputElement>("file-input");
@@ -202,8 +237,5 @@ $("pan-left").addEventListener("click", () => picture.pan(-1));
 $("pan-right").addEventListener("click", () => picture.pan(1));
 
 const remote = new URLSearchParams(location.search).get("url");
-if (remote !== null) {
-  // Ranged reads of remote images need the remote byte store (not in the core yet).
-  showError(`Remote images are not available yet: download ${remote} and open the file instead.`);
-}
-document.body.dataset.state = remote !== null ? "error" : "idle";
+if (remote !== null) void openImage({ kind: "url", url: remote });
+else document.body.dataset.state = "idle";

@@ -3,7 +3,9 @@
  * Chromium (/usr/bin/chromium) through playwright-core, with a fresh profile each launch.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { createReadStream, mkdtempSync, rmSync, statSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { chromium, type BrowserContext, type Page } from "playwright-core";
 
@@ -116,4 +118,62 @@ export async function startSession(dir: string): Promise<Session> {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * A static file server for remote images on 127.0.0.1 (a free port): single byte ranges (206 with
+ * Content-Range), ETag and If-Match, HEAD, and CORS for a page of another origin (preflight answered; the
+ * Range and validator headers allowed, Content-Range and ETag exposed). With `range: false` it ignores Range
+ * and always sends the whole file, as a server without byte ranges does.
+ */
+export async function serveFiles(root: string, opts: { range: boolean }): Promise<Served> {
+  const cors = {
+    "access-control-allow-origin": "*",
+    "access-control-allow-methods": "GET, HEAD",
+    "access-control-allow-headers": "range, if-match, if-unmodified-since",
+    "access-control-expose-headers": "content-range, etag, last-modified, accept-ranges, content-length",
+  };
+  const server = createServer((req, res) => {
+    if (req.method === "OPTIONS") {
+      res.writeHead(204, cors).end();
+      return;
+    }
+    const path = join(root, decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname).replace(/\.\.+/g, ""));
+    let st;
+    try {
+      st = statSync(path);
+    } catch {
+      res.writeHead(404, cors).end();
+      return;
+    }
+    const etag = `"${st.size.toString(16)}-${Math.floor(st.mtimeMs).toString(16)}"`;
+    const headers: Record<string, string> = { ...cors, etag, "content-type": "application/octet-stream" };
+    if (opts.range) headers["accept-ranges"] = "bytes";
+    const ifMatch = req.headers["if-match"];
+    if (ifMatch !== undefined && ifMatch !== etag && ifMatch !== "*") {
+      res.writeHead(412, cors).end();
+      return;
+    }
+    const m = opts.range ? /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? "") : null;
+    let start = 0;
+    let end = st.size - 1;
+    let status = 200;
+    if (m) {
+      start = Number(m[1]);
+      end = m[2] ? Math.min(Number(m[2]), st.size - 1) : st.size - 1;
+      if (start >= st.size) {
+        res.writeHead(416, { ...headers, "content-range": `bytes */${st.size}` }).end();
+        return;
+      }
+      status = 206;
+      headers["content-range"] = `bytes ${start}-${end}/${st.size}`;
+    }
+    headers["content-length"] = String(end - start + 1);
+    res.writeHead(status, headers);
+    if (req.method === "HEAD" || end < start) res.end();
+    else createReadStream(path, { start, end }).pipe(res);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return { url: `http://127.0.0.1:${port}/`, close: () => server.close() };
 }

@@ -2,8 +2,8 @@
  * @qcowkit/core/browser: everything of "@qcowkit/core", plus opening images from Blobs (the File API) and a
  * zstd codec whose WebAssembly module is bundled with it. No Node modules, no polyfills.
  */
-import { BlobStore, type BlobLike } from "@qcowkit/datafile";
-import { Qcow2Error, isQcow2Error } from "@qcowkit/spec";
+import { BlobStore, RemoteStore, resolveBackingFileName, type BlobLike, type RemoteFetch, type RemoteStoreOptions } from "@qcowkit/datafile";
+import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
 import { withBitmapMethods } from "./bitmaps";
 import type { BlockImage } from "./block-image";
 import { registerCodecLoader } from "./compression";
@@ -53,29 +53,84 @@ function findBlob(files: readonly NamedBlob[], name: string): NamedBlob {
 }
 
 /**
+ * Where an image's files come from: a name it stores (data file, backing file) turned into the name of the
+ * file it means, relative to the image that stores it, and that file opened.
+ */
+interface FileSource {
+  resolve(stored: string, relativeTo: string): string;
+  open(name: string): Promise<ByteStore>;
+}
+
+/**
  * Open `files[0]` read-only. The other files answer the names the image refers to (its external data file,
  * its backing file, their backing files) by base name: a browser has no directories.
  */
 export async function openBlobImage(files: readonly NamedBlob[], opts: OpenBlobOptions = {}): Promise<BlockImage> {
   if (files.length === 0) throw new Qcow2Error("INVALID_ARGUMENT", "No image file given");
-  return openNamed(files, files[0]!, opts, []);
+  const source: FileSource = {
+    resolve: (stored) => findBlob(files, stored).name,
+    open: async (name) => new BlobStore(findBlob(files, name), name),
+  };
+  return openNamed(source, files[0]!.name, opts, []);
 }
 
-async function openNamed(files: readonly NamedBlob[], file: NamedBlob, opts: OpenBlobOptions, chain: string[]): Promise<BlockImage> {
-  const store = new BlobStore(file, file.name);
-  const format = opts.format ?? (await probeFormat(store));
-  if (format === "raw") return RawImage.open(store);
-  if (format !== "qcow2") throw new Qcow2Error("NOT_SUPPORTED", `Unknown driver '${format}'`, { errno: "EINVAL" });
+export interface OpenUrlOptions extends OpenBlobOptions {
+  /** Transport (default: globalThis.fetch). */
+  fetch?: RemoteFetch;
+  /** RemoteStore settings (readahead, cache, timeouts). */
+  store?: Omit<RemoteStoreOptions, "fetch" | "name" | "sign">;
+}
+
+/**
+ * Open the image at `url` (http or https) read-only by ranged GETs (RemoteStore). The server must answer
+ * Range requests; from another origin it must also allow CORS (see apps/web/README.md). Data file and
+ * backing file names stored in the image resolve against the URL of the image that stores them, as QEMU's
+ * curl driver resolves them ("base.qcow2" stored in https://host/dir/top.qcow2 is https://host/dir/base.qcow2).
+ */
+export async function openUrlImage(url: string, opts: OpenUrlOptions = {}): Promise<BlockImage> {
+  const source: FileSource = {
+    resolve: (stored, relativeTo) => resolveUrl(stored, relativeTo),
+    open: (name) => RemoteStore.open(name, { ...opts.store, ...(opts.fetch ? { fetch: opts.fetch } : {}), name }),
+  };
+  return openNamed(source, url, opts, []);
+}
+
+/**
+ * The URL a name stored in the image at `base` means, as QEMU combines them: a URL stays as it is, a relative
+ * name replaces the last path component of `base`. Local paths (absolute, or `file:`) cannot be opened from a
+ * page and are refused in one line.
+ */
+export function resolveUrl(name: string, base: string): string {
+  const ref = resolveBackingFileName(base, name);
+  if (ref?.protocol === "http" || ref?.protocol === "https") return name;
+  if (ref !== undefined && ref.protocol === undefined && !name.startsWith("/") && ref.path !== undefined) return ref.path;
+  throw new Qcow2Error("NOT_SUPPORTED", `Could not open '${name}': a page can open only http and https URLs`, { errno: "ENOTSUP" });
+}
+
+async function openNamed(source: FileSource, name: string, opts: OpenBlobOptions, chain: string[]): Promise<BlockImage> {
+  const store = await source.open(name);
+  try {
+    const format = opts.format ?? (await probeFormat(store));
+    if (format === "raw") return await RawImage.open(store);
+    if (format !== "qcow2") throw new Qcow2Error("NOT_SUPPORTED", `Unknown driver '${format}'`, { errno: "EINVAL" });
+    return await openQcow2(source, store, name, opts, chain);
+  } catch (e) {
+    await store.close().catch(() => undefined);
+    throw e;
+  }
+}
+
+async function openQcow2(source: FileSource, store: ByteStore, name: string, opts: OpenBlobOptions, chain: string[]): Promise<BlockImage> {
   const resolver: ImageResolver = {
-    async openDataFile(name) {
-      return new BlobStore(findBlob(files, name), name);
+    async openDataFile(stored) {
+      return source.open(source.resolve(stored, name));
     },
-    async openBacking(name, backingFormat, ctx) {
+    async openBacking(stored, backingFormat, ctx) {
       try {
-        const backing = findBlob(files, name);
+        const backing = source.resolve(stored, name);
         if (ctx.chain.length >= MAX_CHAIN_DEPTH) throw new Qcow2Error("INVALID_IMAGE", "Backing chain too deep");
-        if (ctx.chain.includes(backing.name)) throw new Qcow2Error("INVALID_IMAGE", `Backing file '${name}' loops back into the chain`);
-        return await openNamed(files, backing, { ...(backingFormat !== undefined ? { format: backingFormat } : {}) }, ctx.chain);
+        if (ctx.chain.includes(backing)) throw new Qcow2Error("INVALID_IMAGE", `Backing file '${stored}' loops back into the chain`);
+        return await openNamed(source, backing, { ...(backingFormat !== undefined ? { format: backingFormat } : {}) }, ctx.chain);
       } catch (e) {
         if (isQcow2Error(e)) throw new Qcow2Error(e.code, `Could not open backing file: ${e.message}`, { errno: e.errno, cause: e });
         throw e;
@@ -86,7 +141,7 @@ async function openNamed(files: readonly NamedBlob[], file: NamedBlob, opts: Ope
     await Qcow2Image.open(store, {
       readOnly: true,
       resolver,
-      filename: file.name,
+      filename: name,
       chain,
       ...(opts.noIo ? { noIo: true } : {}),
       ...(opts.checkMode ? { checkMode: true } : {}),

@@ -6,7 +6,7 @@
 import { readFileSync } from "node:fs";
 import { afterAll, describe, expect, it, vi } from "vitest";
 import { isQcow2Error } from "@qcowkit/spec";
-import { checkReportHuman, clusterMap, headerView, imageInfo, loadZstdCodec, mapJson, openBlobImage, toQemuJson, type JsonValue, type Qcow2Image } from "../src/browser";
+import { checkReportHuman, clusterMap, headerView, imageInfo, loadZstdCodec, mapJson, openBlobImage, resolveUrl, toQemuJson, type JsonValue, type Qcow2Image } from "../src/browser";
 import { qemu, qemuStatus, tempDir } from "./helpers";
 import { peek, poke } from "./qemu-check";
 
@@ -98,6 +98,27 @@ describe("openBlobImage", () => {
     const named = ref.stderr.match(/Leaked cluster (\d+)/g)!.map((m) => Number(m.split(" ")[2]));
     expect(leaked.flatMap((r) => Array.from({ length: r.count }, (_, i) => r.start + i))).toEqual(named);
     await checked.close();
+  });
+});
+
+describe("resolveUrl: names stored in a remote image, as QEMU combines them with the image's URL", () => {
+  it("relative names replace the last path component; URLs stay as they are", () => {
+    expect(resolveUrl("base.qcow2", "https://h.test/dir/top.qcow2")).toBe("https://h.test/dir/base.qcow2");
+    expect(resolveUrl("sub/base.qcow2", "http://127.0.0.1:8080/top.qcow2")).toBe("http://127.0.0.1:8080/sub/base.qcow2");
+    expect(resolveUrl("https://other.test/b.qcow2", "http://h.test/dir/top.qcow2")).toBe("https://other.test/b.qcow2");
+  });
+
+  it("local paths and other protocols are refused in one line", () => {
+    for (const name of ["/images/base.qcow2", "file:base.qcow2", "nbd://h.test/x", ""]) {
+      let err: unknown;
+      try {
+        resolveUrl(name, "https://h.test/dir/top.qcow2");
+      } catch (e) {
+        err = e;
+      }
+      expect(isQcow2Error(err) && err.code, name).toBe("NOT_SUPPORTED");
+      expect((err as Error).message).toBe(`Could not open '${name}': a page can open only http and https URLs`);
+    }
   });
 });
 

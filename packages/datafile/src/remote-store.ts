@@ -100,7 +100,8 @@ function validatePositive(name: string, value: number, min: number): number {
 }
 
 function settingsOf(opts: RemoteStoreOptions): Settings {
-  const f = opts.fetch ?? (globalThis.fetch as unknown as RemoteFetch | undefined);
+  // The global fetch must be called on the global object: browsers throw "Illegal invocation" otherwise.
+  const f = opts.fetch ?? (globalThis.fetch?.bind(globalThis) as unknown as RemoteFetch | undefined);
   if (!f) throw new Qcow2Error("NOT_SUPPORTED", "No fetch implementation available for remote images", { errno: "ENOTSUP" });
   const readahead = validatePositive("readahead", opts.readahead ?? 256 * 1024, 0);
   if (readahead % 512 !== 0) {
