@@ -7,8 +7,11 @@ import { describe, expect, it } from "vitest";
 import { measureCoreBundle } from "../scripts/bundle-size.mjs";
 
 const KiB = 1024;
-/** README figure at the time of writing: 66 KiB gzipped. Raise deliberately, with the README. */
-const INITIAL_GZIPPED_BUDGET = 76 * KiB;
+/**
+ * README figure: 82 KiB gzipped (66 KiB before the stream writer and the remote store joined the entry).
+ * Raise deliberately, with the README.
+ */
+const INITIAL_GZIPPED_BUDGET = 88 * KiB;
 
 describe("the core's browser bundle", () => {
   it("builds for browsers with no Node references, within its size budget", async () => {
@@ -19,6 +22,6 @@ describe("the core's browser bundle", () => {
     expect(sizes.initial.gzipped).toBeGreaterThan(10 * KiB);
     // The zstd module's bytes (about 250 KiB) are in the lazy chunks, not in the page's first load.
     expect(sizes.lazy.minified).toBeGreaterThan(250 * KiB);
-    expect(sizes.initial.minified).toBeLessThan(250 * KiB);
+    expect(sizes.initial.minified).toBeLessThan(280 * KiB);
   });
 });

@@ -1,6 +1,8 @@
 /**
- * @qcowkit/core/browser: everything of "@qcowkit/core", plus opening images from Blobs (the File API) and a
+ * Everything of "@qcowkit/core", plus opening images from Blobs (the File API) and a
  * zstd codec whose WebAssembly module is bundled with it. No Node modules, no polyfills.
+ *
+ * @module @qcowkit/core/browser
  */
 import { BlobStore, RemoteStore, resolveBackingFileName, type BlobLike, type RemoteFetch, type RemoteStoreOptions } from "@qcowkit/datafile";
 import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";

@@ -154,6 +154,9 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
       const stored = name !== opts.dataFile;
       const remote = opts.safe && stored ? undefined : parseRemoteName(name);
       if (remote) {
+        if (stored && confines(opts)) {
+          throw new Qcow2Error("NOT_SUPPORTED", `Refusing data file '${shownName(name)}' in confined mode: it is not a file in the image's folder`, { errno: "EPERM" });
+        }
         // Metadata local, data remote: readable; writes go to an overlay.
         if (!ctx.readOnly) throw remoteReadOnlyError(name, "data file");
         return openRemoteStore(name, remote, opts.remote);

@@ -92,7 +92,10 @@ describe("qnbd on remote images", () => {
     const ov = path.join(tmp.dir, "ov.qcow2");
     const c = await qimgS3(["create", "-q", "-f", "qcow2", "-b", "s3://b/base.raw", "-F", "raw", ov]);
     expect(c.stderr).toBe("");
-    const uri = await qnbd(["-f", "qcow2", ov]);
+    // The backing file is an object, outside the overlay's folder: qnbd follows it only when told to.
+    const refused = await qnbd(["-f", "qcow2", ov]).then(() => "served", (e: Error) => e.message);
+    expect(refused).toContain("Refusing backing file 's3://b/base.raw' in confined mode");
+    const uri = await qnbd(["--trust-references", "-f", "qcow2", ov]);
     const fio = await run(
       "fio",
       ["--name=v", "--ioengine=nbd", `--uri=${uri}`, "--rw=randwrite", "--bs=4k", "--size=2M", "--offset=4M", "--verify=crc32c", "--do_verify=1", "--randseed=5"],
@@ -112,7 +115,10 @@ describe("qnbd on remote images", () => {
     expect(up.stderr).toBe("");
     const am = await qimgS3(["amend", "-o", "data_file=s3://b/m.data", m]);
     expect(am.stderr).toBe("");
-    const uri = await qnbd(["-r", "-f", "qcow2", m]);
+    // The stored data file name is an object, outside the image's folder: followed only when told to.
+    const refused = await qnbd(["-r", "-f", "qcow2", m]).then(() => "served", (e: Error) => e.message);
+    expect(refused).toContain("Refusing data file 's3://b/m.data' in confined mode");
+    const uri = await qnbd(["--trust-references", "-r", "-f", "qcow2", m]);
     const r = await runOk("qemu-io", ["-r", "-f", "raw", "-c", "read -P 0x5a 1M 1M", "-c", "read -P 0 0 1M", uri]);
     expect(r).not.toContain("Pattern verification failed");
     const out = path.join(tmp.dir, "m.raw");
