@@ -6,6 +6,9 @@ import { NEUTRAL_NAMES, programNamePairs, type Driver, type ToolRole } from "./d
 import { applyPipeFilter, filterOutput, filterJson, wantsJson, type FilterContext } from "./filters";
 import { startNbdServer, stopNbdServer, type NbdServer } from "./nbd-server";
 import { runProcess } from "./process";
+
+/** QEMU's message when its PBKDF2 iteration benchmark measured no CPU time. */
+const LUKS_BENCHMARK_FLAKE = "Unable to get accurate CPU usage";
 import { PIPE, quoteWords, splitWords, type Token } from "./words";
 
 /** How long one tool invocation may take, and how long NBD start/stop may wait. */
@@ -125,12 +128,19 @@ export async function runCase(def: CaseDefinition, opts: CaseRunOptions): Promis
     const role = /^\u0000tool:(img|io|nbd)\u0000$/.exec(command[0])?.[1] as ToolRole | undefined;
     if (role) {
       const argv = [...tool(role), ...command.slice(1)];
-      const r = await runProcess(argv, {
-        cwd: builtinCtx.cwd,
-        env,
-        timeoutMs: timeouts.stepMs,
-        logPath: join(scratch, `step-${logCounter++}.log`),
-      });
+      const run = () =>
+        runProcess(argv, {
+          cwd: builtinCtx.cwd,
+          env,
+          timeoutMs: timeouts.stepMs,
+          logPath: join(scratch, `step-${logCounter++}.log`),
+        });
+      let r = await run();
+      // QEMU's LUKS key-slot benchmark fails when the thread's CPU clock has not moved (a coarse or busy machine)
+      // before it writes anything; that says nothing about the image, so the step is tried again a few times.
+      for (let attempt = 1; attempt < 5 && r.exitCode !== 0 && r.stderr.includes(LUKS_BENCHMARK_FLAKE); attempt++) {
+        r = await run();
+      }
       const note = r.timedOut ? `[killed after ${timeouts.stepMs / 1000} s]\n` : "";
       // stdout, then stderr. They are not interleaved: how a tool buffers stdout when it is not a terminal
       // would decide the order, and that differs between implementations without meaning anything.
