@@ -3,7 +3,8 @@
  * writes, resize (grow and shrink, unaligned sizes, every preallocation mode, with and without a backing
  * file), rebase (safe and unsafe, within the chain, to shorter and longer bases, to none), internal
  * snapshots, refcount width changes (1-64 bits, amend between them) and convert (several odd-sized sources,
- * compressed or not, with -B) is applied to twin backing chains, QEMU's tools on one, ours on the other.
+ * compressed or not, with -B naming the source's backing file or another image) is applied to twin backing
+ * chains, QEMU's tools on one, ours on the other.
  * After every operation: the same exit code and messages, `qemu-img compare` identical, the same
  * `qemu-img map` layout; at the end of a sequence, `qemu-img check` gives the same verdict on every image.
  * Size: SEEDS sequences x OPS operations (each also compared three ways), run two at a time.
@@ -92,9 +93,11 @@ function plan(seed: number): { layout: Layout; steps: Step[] } {
     } else {
       // Convert several sources (odd sizes), compressed or not; or one source onto a backing file (-B).
       const out = `out${i}.qcow2`;
-      if (rnd() < 0.3 && backingOf[2]) {
-        // -B names the source's own backing file (the case convert -B is for).
-        const args = ["convert", "-O", "qcow2", "-B", backingOf[2], "-F", "qcow2", "top.qcow2", out];
+      if (rnd() < 0.35) {
+        // -B names the source's own backing file (the case convert -B is for), or another image of the chain
+        // (or one outside it, when top has been rebased): QEMU copies what top itself allocates either way.
+        const to = backingOf[2] && rnd() < 0.5 ? backingOf[2] : pick(["base.qcow2", "mid.qcow2"]);
+        const args = ["convert", "-O", "qcow2", "-B", to, "-F", "qcow2", "top.qcow2", out];
         steps.push({ tool: "img", args, image: "top.qcow2", output: out });
       } else {
         const sources = IMAGES.filter(() => rnd() < 0.6);

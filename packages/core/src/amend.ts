@@ -12,6 +12,7 @@ import {
   INCOMPAT_DIRTY,
   Qcow2Error,
   classifyCluster,
+  errnoText,
   l1EntryL2Offset,
   l2EntryPosition,
   l2HostOffset,
@@ -22,8 +23,9 @@ import {
   setReftableEntry,
   viewOf,
 } from "@qcowkit/spec";
+import { altHex } from "./check";
 import type { Qcow2Image } from "./qcow2-image";
-import { writeSnapshotTable } from "./snapshot-ops";
+import { validateSnapshotL1, writeSnapshotTable } from "./snapshot-ops";
 
 export interface AmendOptions {
   /** "0.10"/"v2" or "1.1"/"v3". */
@@ -224,20 +226,32 @@ async function hasCompressedClusters(image: Qcow2Image): Promise<boolean> {
  */
 async function expandZeroClusters(image: Qcow2Image, status: (offset: number, work: number) => void): Promise<void> {
   const cs = image.clusterSize;
-  const l1s: Array<{ bytes: Uint8Array; size: number }> = [{ bytes: image.l1.bytes, size: image.l1.size }];
-  for (const s of image.snapshots) {
-    const bytes = new Uint8Array(s.l1Size * 8);
-    if (s.l1Size > 0) await image.meta.read(s.l1TableOffset, bytes);
-    l1s.push({ bytes, size: s.l1Size });
-  }
-  const total = l1s.reduce((n, l) => n + l.size, 0);
+  const total = image.snapshots.reduce((n, s) => n + s.l1Size, image.l1.size);
   let visited = 0;
   const zeros = new Uint8Array(cs);
+  // QEMU's failures name the step: "Failed to turn zero into data clusters: <errno>".
+  const failed = (e: Qcow2Error) =>
+    new Qcow2Error(e.code, `Failed to turn zero into data clusters: ${errnoText[e.errno]}`, { errno: e.errno, cause: e });
+  const corrupt = async (message: string) => failed(await image.signalCorruption(message));
   await image.lock.write(async () => {
-    for (const l1 of l1s) {
+    // The active table first, then each snapshot's, validated when its turn comes (as QEMU reads them).
+    for (let n = -1; n < image.snapshots.length; n++) {
+      const l1 = { bytes: image.l1.bytes, size: image.l1.size };
+      if (n >= 0) {
+        const sn = image.snapshots[n]!;
+        try {
+          validateSnapshotL1(image, sn);
+        } catch (e) {
+          throw e instanceof Qcow2Error ? failed(e) : e;
+        }
+        l1.bytes = new Uint8Array(sn.l1Size * 8);
+        l1.size = sn.l1Size;
+        if (sn.l1Size > 0) await image.meta.read(sn.l1TableOffset, l1.bytes);
+      }
       const v = viewOf(l1.bytes);
       for (let i = 0; i < l1.size; i++) {
         const l2Offset = l1EntryL2Offset(v, i);
+        if (l2Offset % cs !== 0) throw await corrupt(`L2 table offset ${altHex(l2Offset)} unaligned (L1 index: ${altHex(i)})`);
         if (l2Offset !== 0) {
           const l2Refcount = await image.refcounts.get(l2Offset / cs);
           const t = await image.l2Cache.get(l2Offset);
@@ -261,6 +275,9 @@ async function expandZeroClusters(image: Qcow2Image, status: (offset: number, wo
               copied = l2Refcount === 1;
             } else {
               host = l2HostOffset(hi, lo);
+              if (host % cs !== 0) {
+                throw await corrupt(`Cluster allocation offset ${altHex(host)} unaligned (L2 offset: ${altHex(l2Offset)}, L2 index: ${altHex(j)})`);
+              }
               copied = (await image.refcounts.get(host / cs)) === 1;
             }
             if (image.data.efficientZeroes) await image.data.writeZeroes(host, cs, false);

@@ -741,6 +741,8 @@ function addRun(runs: Array<[number, number]>, c: number): void {
 async function writeRefcounts(ctx: CheckContext, freed: Array<[number, number]>): Promise<void> {
   const image = ctx.image;
   const cs = image.clusterSize;
+  // Marked corrupt during this check: QEMU's node is gone, its cached repairs never reach the file.
+  if (image.corruptionSignalled) return;
   await image.refcounts.writeBack();
   await image.meta.flush();
   for (const [first, count] of freed) {

@@ -84,6 +84,23 @@ function infoClusterSize(image: BlockImage): number {
   return image instanceof Qcow2Image ? image.clusterSize : 0;
 }
 
+/**
+ * With a target backing file, QEMU asks for the block status of the source's top layer only, and its answer
+ * for a region not allocated there covers the whole unallocated run up to the end of the L2 slice, whether
+ * or not it crosses the end of the source's backing file: the kind (backing or zero) is the one at the start
+ * of the request. Returns where that run ends (the end of extent `ei` for an allocated one).
+ */
+function unallocatedRunEnd(source: BlockImage, extents: BlockStatusExtent[], ei: number, pos: number): number {
+  const inTop = (x: BlockStatusExtent) => x.depth === 0 && x.present;
+  let end = extents[ei]!.offset + extents[ei]!.length;
+  if (inTop(extents[ei]!) || !(source instanceof Qcow2Image)) return end;
+  // One L2 slice (QEMU's default l2-cache-entry-size is the cluster size) maps this many guest bytes.
+  const slice = (source.clusterSize / (source.extendedL2 ? 16 : 8)) * source.clusterSize;
+  const sliceEnd = (Math.floor(pos / slice) + 1) * slice;
+  for (let i = ei + 1; i < extents.length && !inTop(extents[i]!) && end < sliceEnd; i++) end = extents[i]!.offset + extents[i]!.length;
+  return Math.min(end, sliceEnd);
+}
+
 /** The largest power of two not above n (pow2floor; 0 for 0). */
 function pow2floor(n: number): number {
   return n <= 0 ? 0 : 2 ** Math.floor(Math.log2(n));
@@ -127,6 +144,7 @@ async function* planChunks(
         let count = e.offset + e.length - pos;
         // Below the source's backing file (when the target has one): left unallocated.
         const belowBase = o.targetHasBacking && e.depth > 0;
+        if (o.targetHasBacking) count = unallocatedRunEnd(source, extents, ei, pos) - pos;
         let sectors = Math.ceil(count / SECTOR);
         const tail = (pos / SECTOR + sectors) % srcAlign;
         if (sectors > tail) sectors -= tail;

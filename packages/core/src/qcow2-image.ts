@@ -355,6 +355,11 @@ export class Qcow2Image implements BlockImage {
     return this.hdr.header.compressionType === 1 ? "zstd" : "zlib";
   }
 
+  /** The image was marked corrupt while open: QEMU then writes no cached metadata back (the node is gone). */
+  get corruptionSignalled(): boolean {
+    return this.corruptSignalled;
+  }
+
   get isCorrupt(): boolean {
     return (this.hdr.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
   }
@@ -1536,6 +1541,35 @@ export class Qcow2Image implements BlockImage {
       }
       await this.maybeWriteback();
     }
+    await this.checkFreeable();
+  }
+
+  /**
+   * QEMU decreases refcounts as it frees: a refcount block it cannot load (an unaligned table entry) marks
+   * the image corrupt there, `qcow2_free_clusters` reports it, and the request fails as the image is gone
+   * ("No medium found"). Ours are deferred: their blocks are loaded now to fail the same way.
+   */
+  private async checkFreeable(): Promise<void> {
+    try {
+      await this.refcounts.loadDeferredBlocks();
+    } catch (e) {
+      if (!(e instanceof Qcow2Error) || e.code !== "CORRUPT") throw e;
+      await this.signalCorruption(e.message);
+      this.warn("qcow2_free_clusters failed: Input/output error");
+      throw new Qcow2Error("IO_ERROR", "No medium found", { errno: "ENOMEDIUM" });
+    }
+  }
+
+  /** After a shrink: drop the refcount blocks left unused (qcow2_shrink_reftable), with QEMU's failure. */
+  private async dropUnusedRefblocks(): Promise<void> {
+    await this.flushUnlocked();
+    try {
+      await this.refcounts.dropUnusedBlocks();
+    } catch (e) {
+      if (!(e instanceof Qcow2Error) || e.code !== "CORRUPT") throw e;
+      await this.signalCorruption(e.message);
+      throw new Qcow2Error("IO_ERROR", "Failed to discard unused refblocks: Input/output error", { errno: "EIO" });
+    }
   }
 
   // ---------------------------------------------------------------- block status
@@ -1717,6 +1751,7 @@ export class Qcow2Image implements BlockImage {
       }
       if (prealloc !== "off") throw new Qcow2Error("INVALID_ARGUMENT", "Preallocation can't be used for shrinking an image");
       await this.discardUnlocked(newSize, oldSize - newSize, true);
+      await this.dropUnusedRefblocks();
       await this.setSize(newSize);
       await this.shrinkL1(newSize);
       await this.flushUnlocked();

@@ -67,7 +67,8 @@ export function findSnapshotByIdAndName(image: Qcow2Image, id: string | undefine
   return image.snapshots.findIndex((s) => (id === undefined || s.id === id) && (name === undefined || s.name === name));
 }
 
-function validateSnapshotL1(image: Qcow2Image, sn: SnapshotEntry): void {
+/** QEMU's qcow2_validate_table for a snapshot's L1 table (size, then offset). */
+export function validateSnapshotL1(image: Qcow2Image, sn: SnapshotEntry): void {
   if (sn.l1Size > MAX_L1_ENTRIES) {
     throw new Qcow2Error("INVALID_IMAGE", "Snapshot L1 table too large", { errno: "EFBIG" });
   }

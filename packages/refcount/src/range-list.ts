@@ -18,6 +18,11 @@ export class RangeList {
     return this.ranges.length;
   }
 
+  /** The ranges waiting, unsorted and not removed. */
+  entries(): ReadonlyArray<readonly [start: number, count: number, tag: number]> {
+    return this.ranges;
+  }
+
   /** Remove and return all ranges, sorted, adjacent ones with equal tags merged. */
   drain(): Array<[start: number, count: number, tag: number]> {
     const sorted = this.ranges.sort((a, b) => a[0] - b[0]);

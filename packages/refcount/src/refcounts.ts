@@ -250,6 +250,85 @@ export class Refcounts {
     }
   }
 
+  /**
+   * Load the refcount blocks that the queued decreases will touch, so that a damaged refcount table entry
+   * (an unaligned block offset) is found now, when the caller frees, as QEMU finds it; throws CORRUPT.
+   */
+  async loadDeferredBlocks(): Promise<void> {
+    for (const [start, count] of this.deferred.entries()) {
+      const first = Math.floor(start / this.blockEntries);
+      const last = Math.floor((start + count - 1) / this.blockEntries);
+      for (let b = first; b <= last; b++) await this.loadBlock(b);
+    }
+  }
+
+  /**
+   * Drop the refcount blocks that count nothing but (possibly) themselves, after a shrink (QEMU's
+   * qcow2_shrink_reftable): the refcount table without them is written first, then each dropped block's
+   * own refcount is released in the block that covers it. Throws CORRUPT, with QEMU's message, for a table
+   * entry that is not cluster aligned (nothing written then), or for a dropped block that no refcount block
+   * covers or whose refcount is not 1 (the new table is on disk then).
+   */
+  async dropUnusedBlocks(): Promise<void> {
+    if (this.readOnly) throw new Qcow2Error("READ_ONLY", "Refcount update on a read-only image");
+    const entries = this.reftableEntries;
+    const kept = Uint8Array.from(this.reftable);
+    const keptView = viewOf(kept);
+    const dropped: Array<[index: number, offset: number]> = [];
+    for (let i = 0; i < entries; i++) {
+      const offset = this.blockOffset(i);
+      if (offset === 0) continue;
+      if (offset % this.clusterSize !== 0) {
+        throw new Qcow2Error("CORRUPT", `Cannot get entry from refcount block cache: Offset ${altHex(offset)} is unaligned`);
+      }
+      const block = (await this.loadBlock(i))!;
+      const own = Math.floor(offset / this.clusterSize / this.blockEntries) === i ? (offset / this.clusterSize) % this.blockEntries : -1;
+      let unused = true;
+      for (let e = 0; e < this.blockEntries && unused; e++) if (e !== own && getRefcount(block.bytes, e, this.refcountOrder) !== 0) unused = false;
+      if (unused) {
+        setReftableEntry(keptView, i, 0);
+        dropped.push([i, offset]);
+      }
+    }
+    if (dropped.length === 0) return;
+    await this.writeBack();
+    await this.store.write(this.reftableOffset, kept);
+    await this.store.flush();
+    let failure: Qcow2Error | undefined;
+    for (const [index, offset] of dropped) {
+      if (!failure) {
+        try {
+          await this.releaseDroppedBlock(offset);
+        } catch (e) {
+          failure = e instanceof Qcow2Error ? e : new Qcow2Error("IO_ERROR", String(e));
+        }
+      }
+      this.cache.delete(index);
+      setReftableEntry(this.reftableView, index, 0);
+    }
+    if (failure) throw failure;
+  }
+
+  /** Release the own refcount of a refcount block that left the table (qcow2_discard_refcount_block). */
+  private async releaseDroppedBlock(offset: number): Promise<void> {
+    const cluster = offset / this.clusterSize;
+    const covering = Math.floor(cluster / this.blockEntries);
+    if (this.blockOffset(covering) === 0) {
+      throw new Qcow2Error("CORRUPT", `Refblock at ${altHex(offset)} is not covered by the refcount structures`);
+    }
+    const block = (await this.loadBlock(covering))!;
+    const value = getRefcount(block.bytes, cluster % this.blockEntries, this.refcountOrder);
+    if (value !== 1) {
+      throw new Qcow2Error(
+        "CORRUPT",
+        `Invalid refcount: refblock offset ${altHex(block.hostOffset)}, reftable index ${covering}, block offset ${altHex(offset)}, refcount ${altHex(value)}`,
+      );
+    }
+    setRefcount(block.bytes, cluster % this.blockEntries, this.refcountOrder, 0);
+    block.dirty = true;
+    if (cluster < this.freeHint) this.freeHint = cluster;
+  }
+
   /** Set the refcount of one cluster (repair). */
   async set(clusterIndex: number, value: number): Promise<void> {
     const current = await this.get(clusterIndex);

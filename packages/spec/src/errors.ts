@@ -42,7 +42,8 @@ export type Errno =
   | "EAGAIN"
   | "EFBIG"
   | "EEXIST"
-  | "ERANGE";
+  | "ERANGE"
+  | "ENOMEDIUM";
 
 const defaultErrno: Record<Qcow2ErrorCode, Errno> = {
   INVALID_IMAGE: "EINVAL",
@@ -73,6 +74,7 @@ export const errnoText: Record<Errno, string> = {
   EFBIG: "File too large",
   EEXIST: "File exists",
   ERANGE: "Numerical result out of range",
+  ENOMEDIUM: "No medium found",
 };
 
 export interface Qcow2ErrorOptions {

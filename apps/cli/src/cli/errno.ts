@@ -14,6 +14,7 @@ const ERRNO_NUMBER: Record<Errno, number> = {
   EROFS: 30,
   ERANGE: 34,
   ENOTSUP: 95,
+  ENOMEDIUM: 123,
 };
 
 /** The errno of an error (EIO for anything that is not a Qcow2Error). */

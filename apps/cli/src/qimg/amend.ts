@@ -5,6 +5,7 @@
  * for creation are refused with QEMU's hint, and the engine applies the rest in QEMU's order.
  */
 import { AMEND_BACKING_HINT, Qcow2Image, amendQcow2, type AmendOptions } from "@qcowkit/core/node";
+import { isQcow2Error } from "@qcowkit/spec";
 import { CliError, ExitStatus, UsageError, errorText } from "../cli/errors";
 import { getopt } from "../cli/getopt";
 import { closeQuietly, openCliImage } from "../cli/open";
@@ -130,6 +131,8 @@ export const amendCommand: QimgCommand = {
         await amendQcow2(image, { ...amend, onProgress: (done, total) => bar.status(done, total) });
       } catch (e) {
         const message = errorText(e);
+        // QEMU's driver reports a damaged table itself before the step that failed on it.
+        if (isQcow2Error(e) && isQcow2Error(e.cause) && e.cause.code === "INVALID_IMAGE") ctx.io.err(`${PROG}: ${e.cause.message}\n`);
         if (message === "Cannot amend the backing file") {
           ctx.io.err(`${PROG}: ${message}\n${AMEND_BACKING_HINT.replace("qemu-img", PROG)}\n`);
           throw new ExitStatus(1);
