@@ -4,7 +4,7 @@
  * the active L1 table, the refcount table, the snapshot table, a snapshot's L1 table, an active L2 table, a
  * refcount block or the bitmap directory? Metadata ranges are taken as they are recorded, not aligned.
  */
-import { l1EntryL2Offset, viewOf } from "@qcowkit/spec";
+import { Qcow2Error, l1EntryL2Offset, viewOf } from "@qcowkit/spec";
 import type { Qcow2Image } from "./qcow2-image";
 import type { SnapshotInfo } from "./snapshots";
 
@@ -77,4 +77,10 @@ export function metadataOverlap(
     if (overlaps(bm.bitmapDirectoryOffset, bm.bitmapDirectorySize)) return NAMES[8];
   }
   return undefined;
+}
+
+/** A new refcount block written over other metadata: QEMU refuses the write and marks the image corrupt. */
+export function refblockOverlapCheck(image: Qcow2Image, hostOffset: number): void {
+  const what = metadataOverlap(image, OVERLAP_REFCOUNT_BLOCK, hostOffset, image.clusterSize);
+  if (what) throw new Qcow2Error("CORRUPT", `Preventing invalid write on metadata (overlaps with ${what})`);
 }

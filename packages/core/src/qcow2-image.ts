@@ -70,6 +70,7 @@ import { RwLock } from "./lock";
 import type { ImageResolver } from "./resolver";
 import { dirtyImageRepair } from "./repair";
 import { preallocateHostSpace } from "./preallocate-host";
+import { refblockOverlapCheck } from "./metadata-overlap";
 import { readSnapshotTable, type SnapshotInfo } from "./snapshots";
 
 export interface Qcow2OpenOptions {
@@ -114,6 +115,9 @@ export interface Qcow2OpenOptions {
 const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
 /** Flush deferred frees when this many separate ranges are waiting. */
 const MAX_DEFERRED_RANGES = 4096;
+/** Kinds of metadata cluster, for the overlap check (QEMU's QCOW2_OL_ACTIVE_L2 and QCOW2_OL_REFCOUNT_BLOCK). */
+const META_L2 = 1;
+const META_REFBLOCK = 2;
 
 const hex = (n: number) => `0x${n.toString(16)}`;
 
@@ -160,7 +164,7 @@ export class Qcow2Image implements BlockImage {
   private codec: CompressionCodec | undefined;
   private decompressed: { key: number; bytes: Uint8Array } | undefined;
   /** Cluster indices of L2 tables and refcount blocks, for the overlap check on data writes. */
-  private metadataClusters: Set<number> | undefined;
+  private metadataClusters: Map<number, number> | undefined;
   readonly warnings: string[] = [];
   /** encryption: the image's encryption (undefined when unencrypted); no cipher when opened without I/O. */
   encryption: ImageEncryption | undefined;
@@ -231,6 +235,7 @@ export class Qcow2Image implements BlockImage {
       cacheBlocks: Math.max(8, Math.floor(cacheBytes / 4 / image.clusterSize)),
       readOnly,
       updateHeader: (offset, clusters) => image.writeReftableLocation(offset, clusters),
+      checkBlockWrite: (offset) => refblockOverlapCheck(image, offset),
     });
     for (const w of validation.warnings) image.warn(`warning: ${w}`);
     for (const n of validation.notices) image.warn(n);
@@ -804,17 +809,22 @@ export class Qcow2Image implements BlockImage {
     };
     const inRange = (start: number, bytes: number) =>
       bytes > 0 && first <= Math.floor((start + bytes - 1) / cs) && last >= Math.floor(start / cs);
-    if (first === 0) hit("qcow2_header");
-    if (inRange(h.l1TableOffset, h.l1Size * 8)) hit("active L1 table");
-    if (inRange(h.refcountTableOffset, h.refcountTableClusters * cs)) hit("refcount table");
-    if (h.nbSnapshots > 0 && inRange(h.snapshotsOffset, this.snapshotTableBytes())) hit("snapshot table");
+    // QEMU names the lowest overlap bit: header, active L1, active L2, refcount table, refcount block,
+    // snapshot table.
     const meta = this.metadataClusterSet();
+    let kinds = 0;
     // Whichever is shorter: the clusters of the write, or the metadata clusters.
     if (last - first + 1 <= meta.size) {
-      for (let c = first; c <= last; c++) if (meta.has(c)) hit("active L2 table or refcount block");
+      for (let c = first; c <= last; c++) kinds |= meta.get(c) ?? 0;
     } else {
-      for (const c of meta) if (c >= first && c <= last) hit("active L2 table or refcount block");
+      for (const [c, k] of meta) if (c >= first && c <= last) kinds |= k;
     }
+    if (first === 0) hit("qcow2_header");
+    if (inRange(h.l1TableOffset, h.l1Size * 8)) hit("active L1 table");
+    if (kinds & META_L2) hit("active L2 table");
+    if (inRange(h.refcountTableOffset, h.refcountTableClusters * cs)) hit("refcount table");
+    if (kinds & META_REFBLOCK) hit("refcount block");
+    if (h.nbSnapshots > 0 && inRange(h.snapshotsOffset, this.snapshotTableBytes())) hit("snapshot table");
   }
 
   private snapshotTableBytes(): number {
@@ -829,17 +839,19 @@ export class Qcow2Image implements BlockImage {
     this.metadataClusters = undefined;
   }
 
-  private metadataClusterSet(): Set<number> {
+  /** Clusters of active L2 tables and refcount blocks, each with META_L2 | META_REFBLOCK bits. */
+  private metadataClusterSet(): Map<number, number> {
     if (this.metadataClusters) return this.metadataClusters;
-    const set = new Set<number>();
+    const set = new Map<number, number>();
+    const add = (c: number, k: number) => set.set(c, (set.get(c) ?? 0) | k);
     for (let i = 0; i < this.l1.size; i++) {
       const off = this.l1.l2Offset(i);
-      if (off) set.add(Math.floor(off / this.clusterSize));
+      if (off) add(Math.floor(off / this.clusterSize), META_L2);
     }
     const reftable = viewOf(this.refcounts.reftable);
     for (let i = 0; i < this.refcounts.reftableEntries; i++) {
       const off = getU64(reftable, i * 8) - (reftable.getUint32(i * 8 + 4) & 0x1ff);
-      if (off) set.add(Math.floor(off / this.clusterSize));
+      if (off) add(Math.floor(off / this.clusterSize), META_REFBLOCK);
     }
     this.metadataClusters = set;
     return set;
@@ -861,7 +873,8 @@ export class Qcow2Image implements BlockImage {
     if (old !== 0) bytes.set((await this.l2Cache.get(old)).bytes);
     const table = this.l2Cache.create(newOffset, bytes);
     this.l1.set(l1Index, newOffset, true);
-    this.metadataClusterSet().add(newOffset / this.clusterSize);
+    const meta = this.metadataClusterSet();
+    meta.set(newOffset / this.clusterSize, (meta.get(newOffset / this.clusterSize) ?? 0) | META_L2);
     if (old !== 0) this.refcounts.deferFree(old / this.clusterSize, 1);
     return table;
   }
@@ -939,6 +952,10 @@ export class Qcow2Image implements BlockImage {
       return runEnd;
     }
     const reuse = this.hasDataFile || (kind === "zero-alloc" && copied);
+    if (reuse && !this.hasDataFile && oldHost % cs !== 0) {
+      const at = (n: number) => (n === 0 ? "0" : hex(n));
+      throw new Qcow2Error("CORRUPT", `Preallocated zero cluster offset ${at(oldHost)} unaligned (guest offset: ${at(pos)})`);
+    }
     // A run of clusters that all need the same treatment.
     let runEnd = Math.min(tableEnd, clusterStart + cs);
     if (!reuse) {

@@ -38,6 +38,11 @@ export interface RefcountOptions {
   updateHeader?: (reftableOffset: number, reftableClusters: number) => Promise<void>;
   /** Read-only: no writes are made. */
   readOnly?: boolean;
+  /**
+   * Called before a new refcount block is written at `hostOffset`: throws (CORRUPT) when the cluster holds
+   * other metadata (QEMU's overlap check on refcount block writes).
+   */
+  checkBlockWrite?: (hostOffset: number) => void;
 }
 
 /** C's "%#" PRIx64 as QEMU's messages print it: "0x" before non-zero values only. */
@@ -69,6 +74,7 @@ export class Refcounts {
   watchedFreed = false;
   private readonly deferred = new RangeList();
   private readonly updateHeader?: (offset: number, clusters: number) => Promise<void>;
+  private readonly checkBlockWrite?: (hostOffset: number) => void;
   private readonly readOnly: boolean;
 
   private constructor(
@@ -88,6 +94,7 @@ export class Refcounts {
     this.cache = new BlockCache(Math.max(4, opts.cacheBlocks ?? 64));
     this.readOnly = opts.readOnly ?? store.readOnly;
     if (opts.updateHeader) this.updateHeader = opts.updateHeader;
+    if (opts.checkBlockWrite) this.checkBlockWrite = opts.checkBlockWrite;
   }
 
   static async load(store: ByteStore, opts: RefcountOptions): Promise<Refcounts> {
@@ -452,6 +459,8 @@ export class Refcounts {
       location = await this.findFree(1, avoidStart + avoidCount);
     }
     this.freeHint = Math.max(this.freeHint, location + 1);
+    // Only a refcount table that lost its entries makes the header look free.
+    if (location === 0) throw new Qcow2Error("CORRUPT", "Preventing invalid allocation of refcount block at offset 0");
     const bytes = new Uint8Array(this.clusterSize);
     if (Math.floor(location / this.blockEntries) === blockIndex) {
       setRefcount(bytes, location % this.blockEntries, this.refcountOrder, 1);
@@ -469,6 +478,7 @@ export class Refcounts {
       await this.writeBack();
     }
     const hostOffset = location * this.clusterSize;
+    this.checkBlockWrite?.(hostOffset);
     await this.store.write(hostOffset, bytes);
     await this.store.flush();
     const block: CachedBlock = { blockIndex, hostOffset, bytes, dirty: false };
