@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { normalizeQemu, ok, qemuImg, qemuIo, qimg, qio, subDir, tempDir } from "./helpers";
+import { filterTimings, normalizeQemu, ok, qemuImg, qemuIo, qimg, qio, subDir, tempDir } from "./helpers";
 
 const root = tempDir("qimg-iotests-regr-");
 
@@ -306,6 +306,175 @@ describe("issue 19 item 10: amend -p shows QEMU's progress steps, walks added in
     const o = await qimg(["amend", "-o", "refcount_bits=64", "-p", "t.qcow2"], dirs.o);
     expect(q.stdout).toContain("(66.67/100%)\r    (50.00/100%)");
     expect([o.code, o.stdout, o.stderr]).toEqual([q.code, q.stdout, normalizeQemu(q.stderr)]);
+    await sameImage(dirs, "t.qcow2");
+  });
+});
+
+/** Write `bytes` into `file` at `offset` (060's poke_file). */
+function poke(dir: string, file: string, offset: number, bytes: number[]): void {
+  const fd = fs.openSync(path.join(dir, file), "r+");
+  fs.writeSync(fd, Uint8Array.from(bytes), 0, bytes.length, offset);
+  fs.closeSync(fd);
+}
+
+/**
+ * One of 060.sh's sections: `setup` (QEMU's tools and pokes) on both twins, then each command on both, run by
+ * QEMU's tool on one and ours on the other: the same exit code and output (timings filtered) at every step.
+ */
+async function sameSteps(name: string, setup: (dir: string) => Promise<void>, steps: Array<["img" | "io", ...string[]]>): Promise<{ q: string; o: string }> {
+  const dirs = await twin(name, setup);
+  for (const [tool, ...args] of steps) {
+    const q = await (tool === "img" ? qemuImg : qemuIo)(args, dirs.q);
+    const o = await (tool === "img" ? qimg : qio)(args, dirs.o);
+    const text = (r: { code: number | null; stdout: string; stderr: string }) =>
+      `${r.code}\n${filterTimings(normalizeQemu(r.stdout))}${normalizeQemu(r.stderr)}`.split(dirs.q).join("DIR").split(dirs.o).join("DIR");
+    expect(`${tool} ${args.join(" ")}\n${text(o)}`).toBe(`${tool} ${args.join(" ")}\n${text(q)}`);
+  }
+  return dirs;
+}
+/** 060's image: 64 MiB, header at 0, reftable at 0x10000, refblock at 0x20000, L1 at 0x30000, first L2 at 0x40000. */
+const fresh = (extra: string[] = [], write?: string) => async (d: string) => {
+  await img(d, "create", "-q", "-f", "qcow2", ...extra, "t.qcow2", "64M");
+  if (write) await io(d, "t.qcow2", write);
+};
+const corruptFlag = async (d: string) => JSON.parse(await img(d, "info", "--output=json", "t.qcow2"))["format-specific"].data.corrupt;
+const withoutEndOffset = (t: string) => t.replace(/Image end offset: \d+\n/, "");
+
+describe("issue 19 item 6, the rest: corruption QEMU detects, 060.sh's steps", () => {
+  it("discarding with an unaligned refblock marks the image corrupt; the repair then leaves QEMU's leak", async () => {
+    const dirs = await sameSteps(
+      "discard-unaligned-refblock",
+      async (d) => {
+        await fresh([], "write 0 128k")(d);
+        poke(d, "t.qcow2", 0x10000, [0, 0, 0, 0, 0, 0, 0x2a, 0]);
+      },
+      [["io", "-c", "discard 0 65537", "t.qcow2"], ["img", "check", "-q", "-r", "all", "t.qcow2"]],
+    );
+    expect(await corruptFlag(dirs.o)).toBe(true);
+    const q = await qemuImg(["check", "-r", "all", "t.qcow2"], dirs.q);
+    const o = await qemuImg(["check", "-r", "all", "t.qcow2"], dirs.o);
+    expect(q.stdout).toContain("1 leaked clusters");
+    expect([o.code, o.stdout]).toEqual([q.code, q.stdout]);
+  });
+
+  for (const [label, opts, pokes] of [
+    ["an out-of-bounds refblock", [], [[0x10008, [0, 0xff, 0xff, 0xff, 0, 0, 0, 0]]]],
+    ["a non-covered in-bounds refblock", ["-o", "refcount_bits=1"], [[0x10008, [0, 0, 0, 0x10, 0, 0, 0, 0]]]],
+    ["a refblock covered by an unaligned refblock", ["-o", "refcount_bits=1"], [[0x10008, [0, 0, 0, 0x10, 0, 0, 0, 0]], [0x10010, [0, 0, 0, 0, 0, 0, 2, 0]]]],
+  ] as Array<[string, string[], Array<[number, number[]]>]>) {
+    it(`resize --shrink with ${label} refuses, marks the image corrupt and keeps the size`, async () => {
+      const dirs = await sameSteps(
+        `shrink-${label.replace(/\W+/g, "-")}`,
+        async (d) => {
+          await fresh(opts)(d);
+          for (const [at, bytes] of pokes) poke(d, "t.qcow2", at, bytes);
+        },
+        [["img", "resize", "--shrink", "t.qcow2", "32M"]],
+      );
+      const size = async (d: string) => JSON.parse(await img(d, "info", "--output=json", "t.qcow2"))["virtual-size"];
+      expect(await size(dirs.o)).toBe(64 * 1024 * 1024);
+      expect(await corruptFlag(dirs.o)).toBe(true);
+      // What the refusal left on disk: the same verdict (host layout aside), the same repair.
+      for (const args of [["check", "t.qcow2"], ["check", "-r", "all", "t.qcow2"], ["resize", "--shrink", "t.qcow2", "32M"]]) {
+        const q = await qemuImg(args, dirs.q);
+        const o = await qimg(args, dirs.o);
+        expect([o.code, withoutEndOffset(o.stdout), o.stderr]).toEqual([q.code, withoutEndOffset(q.stdout), normalizeQemu(q.stderr)]);
+      }
+    });
+  }
+
+  for (const [label, at, bytes] of [
+    ["an unaligned L1 entry", 0x30000, [0x80, 0, 0, 0, 0, 4, 0x2a, 0]],
+    ["an unaligned preallocated zero cluster", 0x40000, [0x80, 0, 0, 0, 0, 5, 0x2a, 1]],
+  ] as Array<[string, number, number[]]>) {
+    it(`amend -o compat=0.10 with ${label} fails and marks the image corrupt`, async () => {
+      const dirs = await sameSteps(
+        `amend-${label.replace(/\W+/g, "-")}`,
+        async (d) => {
+          await fresh([], "write 0 64k")(d);
+          poke(d, "t.qcow2", at, bytes);
+        },
+        [["img", "amend", "-o", "compat=0.10", "t.qcow2"]],
+      );
+      const compat = async (d: string) => JSON.parse(await img(d, "info", "--output=json", "t.qcow2"))["format-specific"].data;
+      expect(await compat(dirs.o)).toEqual(await compat(dirs.q));
+      expect(await corruptFlag(dirs.o)).toBe(true);
+    });
+  }
+
+  it("amend -o compat=0.10 with an invalid snapshot L1 table: QEMU's two messages (iotest 080)", async () => {
+    await sameSteps(
+      "amend-snapshot-l1",
+      async (d) => {
+        await fresh([], "write 0 512")(d);
+        await img(d, "snapshot", "-c", "test", "t.qcow2");
+        // The first snapshot's L1 table offset, made unaligned.
+        const h = new DataView(fs.readFileSync(path.join(d, "t.qcow2")).buffer);
+        poke(d, "t.qcow2", Number(h.getBigUint64(64)), [0, 0, 0, 0, 0, 0x40, 2, 0]);
+      },
+      [["img", "amend", "-o", "compat=0.10", "t.qcow2"]],
+    );
+  });
+
+  it("writes after the refcount table lost its entries: QEMU's refusals, then QEMU's refcounts after check -r all", async () => {
+    await sameSteps(
+      "empty-reftable",
+      async (d) => {
+        await fresh()(d);
+        poke(d, "t.qcow2", 0x10000, [0, 0, 0, 0, 0, 0, 0, 0]);
+      },
+      [["io", "-c", "write 0 64k", "t.qcow2"], ["img", "check", "-r", "all", "t.qcow2"], ["img", "check", "t.qcow2"]],
+    );
+    await sameSteps(
+      "empty-refblock",
+      async (d) => {
+        await fresh()(d);
+        poke(d, "t.qcow2", 0x20000, [0, 0, 0, 0, 0, 0, 0, 0]);
+      },
+      [["io", "-c", "write 0 64k", "t.qcow2"], ["img", "check", "-r", "all", "t.qcow2"]],
+    );
+  });
+
+  it("writing to an unaligned preallocated zero cluster", async () => {
+    await sameSteps(
+      "write-unaligned-zero",
+      async (d) => {
+        await fresh([], "write 0 64k")(d);
+        await io(d, "t.qcow2", "discard 0 64k");
+        poke(d, "t.qcow2", 0x40000, [0x80, 0, 0, 0, 0, 0, 0x2a, 1]);
+      },
+      [["io", "-c", "write 0 64k", "t.qcow2"], ["img", "check", "-r", "all", "t.qcow2"]],
+    );
+  });
+
+  it("a data write over a refcount block names it as QEMU does", async () => {
+    await sameSteps(
+      "overlap-refblock",
+      async (d) => {
+        await fresh()(d);
+        fs.truncateSync(path.join(d, "t.qcow2"), 0x40000 + 65536);
+        poke(d, "t.qcow2", 0x30000, [0x80, 0, 0, 0, 0, 4, 0, 0]);
+        poke(d, "t.qcow2", 0x20008, [0, 1]);
+        poke(d, "t.qcow2", 0x40000, [0x80, 0, 0, 0, 0, 2, 0, 0]);
+      },
+      [["io", "-c", "open -o overlap-check=all t.qcow2", "-c", "write -P 0x2a 0 512"]],
+    );
+  });
+});
+
+describe("issue 19: convert -B naming an image that is not the source's backing file", () => {
+  it("source backing file shorter than the new base: QEMU's top-layer status decides", async () => {
+    const dirs = await twin("convert-B-foreign", async (d) => {
+      await img(d, "create", "-q", "-f", "qcow2", "base.qcow2", "1M");
+      await io(d, "base.qcow2", "write -P 17 0 1M");
+      await img(d, "create", "-q", "-f", "qcow2", "mid.qcow2", "512K");
+      await io(d, "mid.qcow2", "write -P 5 256K 128K");
+      await img(d, "create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", "top.qcow2", "1200K");
+      await io(d, "top.qcow2", "write -P 9 100K 50K");
+    });
+    const args = ["convert", "-O", "qcow2", "-B", "base.qcow2", "-F", "qcow2", "top.qcow2", "t.qcow2"];
+    await img(dirs.q, ...args);
+    await ok(qimg(args, dirs.o));
     await sameImage(dirs, "t.qcow2");
   });
 });
