@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { filterTimings, normalizeQemu, ok, qemuImg, qemuIo, qimg, qio, subDir, tempDir } from "./helpers";
+import { QIMG, filterTimings, normalizeQemu, ok, qemuImg, qemuIo, qimg, qio, run, subDir, tempDir } from "./helpers";
 
 const root = tempDir("qimg-iotests-regr-");
 
@@ -476,5 +476,37 @@ describe("issue 19: convert -B naming an image that is not the source's backing 
     await img(dirs.q, ...args);
     await ok(qimg(args, dirs.o));
     await sameImage(dirs, "t.qcow2");
+  });
+});
+
+describe("issue 19 item 10: amend -p ends its progress line as qemu-img does (iotest 061)", () => {
+  // 061's "progress report" sections: zero clusters 1 GiB apart, expanded by a downgrade, with and without a
+  // snapshot (whose L1 table doubles the steps).
+  for (const snapshot of [false, true]) {
+    const setup = async (d: string) => {
+      await img(d, "create", "-q", "-f", "qcow2", "-o", "compat=1.1", "t.qcow2.base", "4G");
+      await img(d, "create", "-q", "-f", "qcow2", "-o", "compat=1.1", "-b", "t.qcow2.base", "-F", "qcow2", "t.qcow2", "4G");
+      await io(d, "t.qcow2", "write -z 0 64k", "write -z 1G 64k", "write -z 2G 64k", "write -z 3G 64k");
+      if (snapshot) await img(d, "snapshot", "-c", "foo", "t.qcow2");
+    };
+    it(`through a pipe${snapshot ? ", with a snapshot" : ""}: the same bytes`, async () => {
+      const dirs = await twin(`amend-p-pipe-${snapshot}`, setup);
+      const q = await qemuImg(["amend", "-p", "-o", "compat=0.10", "t.qcow2"], dirs.q);
+      const o = await qimg(["amend", "-p", "-o", "compat=0.10", "t.qcow2"], dirs.o);
+      expect(q.stdout.endsWith("(100.00/100%)\r    (100.00/100%)\r\n")).toBe(true);
+      expect([o.code, JSON.stringify(o.stdout), o.stderr]).toEqual([q.code, JSON.stringify(q.stdout), q.stderr]);
+    });
+  }
+
+  it("through a terminal (script(1) gives both a pty): the same bytes", async () => {
+    const dirs = await twin("amend-p-pty", async (d) => {
+      await img(d, "create", "-q", "-f", "qcow2", "-o", "compat=1.1", "t.qcow2", "4G");
+      await io(d, "t.qcow2", "write -z 0 64k", "write -z 3G 64k");
+    });
+    const inPty = (dir: string, cmd: string) => run("script", ["-qec", cmd, "/dev/null"], { cwd: dir });
+    const q = await inPty(dirs.q, "qemu-img amend -p -o compat=0.10 t.qcow2");
+    const o = await inPty(dirs.o, `'${process.execPath}' '${QIMG}' amend -p -o compat=0.10 t.qcow2`);
+    expect(q.stdout).toContain("(100.00/100%)\r");
+    expect([o.code, JSON.stringify(o.stdout)]).toEqual([q.code, JSON.stringify(q.stdout)]);
   });
 });
