@@ -510,3 +510,34 @@ describe("issue 19 item 10: amend -p ends its progress line as qemu-img does (io
     expect([o.code, JSON.stringify(o.stdout)]).toEqual([q.code, JSON.stringify(q.stdout)]);
   });
 });
+
+describe("issue 19: check differences on hostile images", () => {
+  const sameCheck = async (name: string, patch: (d: string) => void, args: string[]) => {
+    const dirs = await twin(name, async (d) => {
+      await img(d, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "t.qcow2", "1M");
+      await io(d, "t.qcow2", "write -P 7 0 16k");
+      patch(d);
+    });
+    const q = await qemuImg(args, dirs.q);
+    const o = await qimg(args, dirs.o);
+    expect([o.code, o.stdout, o.stderr]).toEqual([q.code, q.stdout, normalizeQemu(q.stderr)]);
+    expect(fs.readFileSync(path.join(dirs.o, "t.qcow2")).equals(fs.readFileSync(path.join(dirs.q, "t.qcow2")))).toBe(true);
+    return q;
+  };
+
+  it("refcount table offset naming the L1 table: QEMU's 'Can't get refcount' lines and 'Check failed' (exit 1)", async () => {
+    const q = await sameCheck("rt-at-l1", (d) => poke(d, "t.qcow2", 48, [0, 0, 0, 0, 0, 0, 0x30, 0]), ["check", "t.qcow2"]);
+    expect(q.code).toBe(1);
+    expect(q.stderr).toContain("Can't get refcount for cluster 0: Input/output error");
+  });
+
+  it("check -r all with 65536 snapshots whose table overlaps metadata: QEMU's messages, exit 1, the same bytes", async () => {
+    const q = await sameCheck(
+      "sn-65536",
+      (d) => poke(d, "t.qcow2", 60, [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0]),
+      ["check", "-r", "all", "t.qcow2"],
+    );
+    expect(q.code).toBe(1);
+    expect(q.stderr).toContain("overlaps with snapshot table");
+  });
+});

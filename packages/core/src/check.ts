@@ -524,6 +524,14 @@ export function errnoMessage(e: unknown): string {
   return e instanceof Qcow2Error ? errnoText[e.errno] : "Input/output error";
 }
 
+/** A snapshot as check reads it: the L1 table offset also exactly (above 2^53 a number is not). */
+interface CheckSnapshot extends SnapshotInfo {
+  l1OffsetExact?: bigint;
+}
+
+/** A name as C's "%s" prints it: up to the first NUL byte. */
+const cString = (text: string): string => text.split("\0", 1)[0]!;
+
 /** Count the references QEMU's calculate_refcounts counts, in its order. */
 export async function calculateRefcounts(ctx: CheckContext): Promise<void> {
   const image = ctx.image;
@@ -537,12 +545,13 @@ export async function calculateRefcounts(ctx: CheckContext): Promise<void> {
   }
   for (const sn of ctx.snapshots) {
     if (sn.l1TableOffset % cs !== 0) {
-      say(ctx, `ERROR snapshot ${sn.id} (${sn.name}) l1_offset=${altHex(sn.l1TableOffset)}: L1 table is not cluster aligned; snapshot table entry corrupted`);
+      const exact = (sn as CheckSnapshot).l1OffsetExact ?? sn.l1TableOffset;
+      say(ctx, `ERROR snapshot ${cString(sn.id)} (${cString(sn.name)}) l1_offset=${altHex(exact)}: L1 table is not cluster aligned; snapshot table entry corrupted`);
       ctx.report.corruptions++;
       continue;
     }
     if (sn.l1Size > (32 * 1024 * 1024) / 8) {
-      say(ctx, `ERROR snapshot ${sn.id} (${sn.name}) l1_size=${altHex(sn.l1Size)}: L1 table is too large; snapshot table entry corrupted`);
+      say(ctx, `ERROR snapshot ${cString(sn.id)} (${cString(sn.name)}) l1_size=${altHex(sn.l1Size)}: L1 table is too large; snapshot table entry corrupted`);
       ctx.report.corruptions++;
       continue;
     }
@@ -909,8 +918,12 @@ async function readSnapshotsForCheck(ctx: CheckContext): Promise<void> {
   const snapshots: SnapshotInfo[] = [];
   const incomplete: number[] = [];
   const reader = new SequentialReader(image.meta, offset);
+  // QEMU's table length counts the kept extra data only (1024 bytes of an entry whose excess is dropped).
+  let tableLength = 0;
   for (let i = 0; i < count; i++) {
+    const entryStart = reader.position;
     reader.position = Math.ceil(reader.position / 8) * 8;
+    tableLength = Math.ceil(tableLength / 8) * 8;
     const hv = viewOf(await reader.peek(SNAPSHOT_HEADER_BYTES));
     const extraSize = hv.getUint32(36);
     const namesBytes = hv.getUint16(12) + hv.getUint16(14);
@@ -939,23 +952,27 @@ async function readSnapshotsForCheck(ctx: CheckContext): Promise<void> {
     }
     const { entry } = decodeSnapshotEntry(raw, 0, i);
     if (entry.diskSize === undefined) entry.diskSize = image.virtualSize;
-    if (reader.position - offset > MAX_SNAPSHOT_TABLE_BYTES && ctx.fix & FIX_ERRORS) {
+    tableLength += SNAPSHOT_HEADER_BYTES + Math.min(extraSize, MAX_SNAPSHOT_EXTRA_DATA) + namesBytes;
+    const tooBig = tableLength > MAX_SNAPSHOT_TABLE_BYTES || reader.position - offset > 2 ** 31 - 1;
+    if (tooBig && ctx.fix & FIX_ERRORS) {
       // This entry and the ones after it go.
-      say(ctx, `Discarding ${count - i} overhanging snapshots`);
+      say(ctx, `Discarding ${count - i} overhanging snapshots (snapshot table is too big)`);
       ctx.snapshotCorruptions += count - i;
       ctx.snapshotsDropped += count - i;
-      reader.position -= raw.byteLength;
+      reader.position = entryStart;
       count = i;
       break;
     }
-    if (reader.position - offset > MAX_SNAPSHOT_TABLE_BYTES) {
+    if (tooBig) {
       fail(
         "ERROR failed to read the snapshot table: Snapshot table is too big",
         "EFBIG",
         `You can force-remove all ${count - i} overhanging snapshots with qemu-img check -r all`,
       );
     }
-    snapshots.push({ ...entry, entryBytes: Math.ceil(entryBytes / 8) * 8 });
+    const sn: CheckSnapshot = { ...entry, entryBytes: Math.ceil(entryBytes / 8) * 8 };
+    if (!Number.isSafeInteger(entry.l1TableOffset)) sn.l1OffsetExact = viewOf(raw).getBigUint64(0);
+    snapshots.push(sn);
     if (extraSize < 16) incomplete.push(i);
   }
   const pos = reader.position;

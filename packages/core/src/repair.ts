@@ -304,7 +304,13 @@ async function rewriteSnapshotTable(ctx: CheckContext): Promise<void> {
       image.header.nbSnapshots = ctx.snapshots.length;
       return;
     }
-    await writeSnapshotTable(image, ctx.snapshots);
+    // QEMU's overlap check of the new table's place, against the table as it was read.
+    await writeSnapshotTable(image, ctx.snapshots, async (offset, size) => {
+      const overlap = metadataOverlap(image, 0, offset, size, ctx.snapshots, ctx.snapshotsSize);
+      if (!overlap) return;
+      await signalOverlap(ctx, overlap);
+      throw new Qcow2Error("IO_ERROR", "Overlap with metadata", { errno: "EIO" });
+    });
   } catch (e) {
     const errno: Errno = e instanceof Qcow2Error ? e.errno : "EIO";
     say(ctx, `ERROR failed to update snapshot table: ${errnoText[errno]}`);

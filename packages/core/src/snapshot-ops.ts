@@ -200,7 +200,12 @@ async function persist(image: Qcow2Image): Promise<void> {
  * Publish a new snapshot table (qcow2_write_snapshots): the table is written to new clusters and made
  * durable, the header switches to it in one write, then the old table's clusters are released.
  */
-export async function writeSnapshotTable(image: Qcow2Image, entries: SnapshotEntry[]): Promise<void> {
+export async function writeSnapshotTable(
+  image: Qcow2Image,
+  entries: SnapshotEntry[],
+  /** Called with the new table's place before it is written (a check that may throw, e.g. for overlaps). */
+  beforeWrite?: (offset: number, byteLength: number) => Promise<void>,
+): Promise<void> {
   const cs = image.clusterSize;
   const h = image.header;
   const normalized = entries.map((e) => ({ ...e, diskSize: e.diskSize ?? image.virtualSize, icount: e.icount ?? -1n }));
@@ -210,6 +215,7 @@ export async function writeSnapshotTable(image: Qcow2Image, entries: SnapshotEnt
   let offset = 0;
   if (normalized.length > 0) {
     offset = (await image.refcounts.allocate(Math.ceil(bytes.byteLength / cs))) * cs;
+    await beforeWrite?.(offset, bytes.byteLength);
     await image.meta.write(offset, bytes);
   }
   await image.refcounts.writeBack();

@@ -133,6 +133,10 @@ export class Refcounts {
       const exact = (BigInt(this.reftableView.getUint32(blockIndex * 8)) << 32n) | BigInt(low >>> 0);
       throw new Qcow2Error("CORRUPT", `Refblock offset ${altHex(exact)} unaligned (reftable index: ${altHex(blockIndex)})`);
     }
+    // At 2^63 and above no read can reach it (QEMU's requests stop below INT64_MAX): an I/O error.
+    if (this.reftableView.getUint32(blockIndex * 8) >= 0x80000000) {
+      throw new Qcow2Error("IO_ERROR", `Refcount block ${blockIndex} lies beyond any readable offset`, { errno: "EIO" });
+    }
     const bytes = new Uint8Array(this.clusterSize);
     // Past any addressable offset (2^53 and more) the block lies past the end of the file: zeros, as QEMU
     // reads it.
