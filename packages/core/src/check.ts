@@ -529,9 +529,6 @@ interface CheckSnapshot extends SnapshotInfo {
   l1OffsetExact?: bigint;
 }
 
-/** A name as C's "%s" prints it: up to the first NUL byte. */
-const cString = (text: string): string => text.split("\0", 1)[0]!;
-
 /** Count the references QEMU's calculate_refcounts counts, in its order. */
 export async function calculateRefcounts(ctx: CheckContext): Promise<void> {
   const image = ctx.image;
@@ -546,12 +543,12 @@ export async function calculateRefcounts(ctx: CheckContext): Promise<void> {
   for (const sn of ctx.snapshots) {
     if (sn.l1TableOffset % cs !== 0) {
       const exact = (sn as CheckSnapshot).l1OffsetExact ?? sn.l1TableOffset;
-      say(ctx, `ERROR snapshot ${cString(sn.id)} (${cString(sn.name)}) l1_offset=${altHex(exact)}: L1 table is not cluster aligned; snapshot table entry corrupted`);
+      say(ctx, `ERROR snapshot ${sn.id} (${sn.name}) l1_offset=${altHex(exact)}: L1 table is not cluster aligned; snapshot table entry corrupted`);
       ctx.report.corruptions++;
       continue;
     }
     if (sn.l1Size > (32 * 1024 * 1024) / 8) {
-      say(ctx, `ERROR snapshot ${cString(sn.id)} (${cString(sn.name)}) l1_size=${altHex(sn.l1Size)}: L1 table is too large; snapshot table entry corrupted`);
+      say(ctx, `ERROR snapshot ${sn.id} (${sn.name}) l1_size=${altHex(sn.l1Size)}: L1 table is too large; snapshot table entry corrupted`);
       ctx.report.corruptions++;
       continue;
     }

@@ -139,6 +139,15 @@ async function change(image: Qcow2Image, cluster: number, count: number, addend:
     image.refcounts.deferFree(cluster, count, true);
     return;
   }
+  // A referenced cluster no refcount block covers (a damaged L2 entry): QEMU's update_refcount creates the
+  // block and then fails with the EAGAIN meant for allocations; we fail the same, writing nothing.
+  // (A table that would have to grow past QEMU's 8 MiB limit fails with EFBIG first.)
+  const missing = image.refcounts.firstMissingBlock(cluster, count);
+  if (missing >= 0) {
+    const blocksUsed = Math.ceil(cluster / image.refcounts.blockEntries);
+    if (missing >= image.refcounts.reftableEntries && blocksUsed > (8 * 1024 * 1024) / 8) throw tooLarge();
+    throw new Qcow2Error("IO_ERROR", "Resource temporarily unavailable", { errno: "EAGAIN" });
+  }
   try {
     await image.refcounts.update(cluster, count, 1);
   } catch (e) {

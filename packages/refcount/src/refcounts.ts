@@ -442,7 +442,7 @@ export class Refcounts {
   }
 
   /** Index of the first refcount block covering [start, start+count) that does not exist, or -1. */
-  private firstMissingBlock(start: number, count: number): number {
+  firstMissingBlock(start: number, count: number): number {
     const first = Math.floor(start / this.blockEntries);
     const last = Math.floor((start + count - 1) / this.blockEntries);
     for (let b = first; b <= last; b++) {

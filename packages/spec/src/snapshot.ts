@@ -5,7 +5,7 @@
  *  36-39 extra_data_size  40-   extra data (v3: at least vm_state_size_large and disk_size; then icount)
  *  then the id string, the name string (not NUL-terminated), padding to a multiple of 8.
  */
-import { decodeText, encodeText, getU64, setU64, viewOf } from "./bytes";
+import { decodePaddedText, encodeText, getU64, setU64, viewOf } from "./bytes";
 import { MAX_SNAPSHOT_EXTRA_DATA } from "./constants";
 import { Qcow2Error } from "./errors";
 
@@ -57,8 +57,9 @@ export function decodeSnapshotEntry(
   const entry: SnapshotEntry = {
     l1TableOffset: getU64(v, offset),
     l1Size: v.getUint32(offset + 8),
-    id: decodeText(table.subarray(idStart, idStart + idSize)),
-    name: decodeText(table.subarray(idStart + idSize, end)),
+    // C strings in QEMU: a NUL ends them (and a rewritten table keeps only that much).
+    id: decodePaddedText(table.subarray(idStart, idStart + idSize)),
+    name: decodePaddedText(table.subarray(idStart + idSize, end)),
     dateSeconds: v.getUint32(offset + 16),
     dateNanoseconds: v.getUint32(offset + 20),
     vmClockNanoseconds: getU64(v, offset + 24),

@@ -5,13 +5,14 @@
  * image has an external data file); -c, -a and -d report failures in qemu-img's words.
  */
 import { Qcow2Image, applySnapshot, createSnapshot, deleteSnapshot, imageInfo, listSnapshots } from "@qcowkit/core/node";
+import { isQcow2Error } from "@qcowkit/spec";
 import { errnoNumber, errnoOf, strerror } from "../cli/errno";
 import { CliError, UsageError, errorText } from "../cli/errors";
 import { getopt } from "../cli/getopt";
 import { openCliImage, usingImage } from "../cli/open";
 import { defineObject } from "../cli/secrets";
 import type { QimgCommand } from "./context";
-import { helpText } from "./help";
+import { PROG, helpText } from "./help";
 import { snapshotLine } from "./info";
 
 type Action = "l" | "a" | "c" | "d";
@@ -94,6 +95,8 @@ export const snapshotCommand: QimgCommand = {
           try {
             await applySnapshot(image, name);
           } catch (e) {
+            // QEMU's driver reports an invalid snapshot L1 table itself first.
+            if (isQcow2Error(e) && e.code === "INVALID_IMAGE" && e.message.startsWith("Snapshot L1 table")) ctx.io.err(`${PROG}: ${e.message}\n`);
             throw new CliError(`Could not apply snapshot '${name}': Failed to load snapshot: ${strerror(e)}`, { cause: e });
           }
           return 0;
