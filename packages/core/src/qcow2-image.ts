@@ -490,7 +490,8 @@ export class Qcow2Image implements BlockImage {
   /** Run `fn`, turning CORRUPT errors into a corruption signal and an I/O error (as QEMU does). */
   private guard<T>(fn: () => Promise<T>): Promise<T> {
     if (this.corruptSignalled && !this.readOnly) {
-      return Promise.reject(new Qcow2Error("IO_ERROR", "Image is corrupt; further I/O refused", { errno: "EIO" }));
+      // QEMU drops the driver of an image it marked corrupt: later requests find no medium.
+      return Promise.reject(new Qcow2Error("IO_ERROR", "Image is corrupt; further I/O refused", { errno: "ENOMEDIUM" }));
     }
     let p: Promise<T>;
     try {
