@@ -252,6 +252,11 @@ export function blockOptionsFromPairs(
       case "lazy-refcounts":
         out.lazyRefcounts = parseBool(key, value);
         break;
+      case "key-secret":
+        // The luks format's passphrase (qcow2 names it encrypt.key-secret).
+        if (driver !== "luks") throw new CliError(`Block format '${driver ?? "qcow2"}' does not support the option '${key}'`);
+        (out.encrypt ??= { unexpected: [] }).keySecret = value;
+        break;
       case "node-name":
         out.nodeName = value;
         break;
