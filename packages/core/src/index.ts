@@ -36,7 +36,7 @@ export { imageInfo, qcow2SpecificInfo, readBitmapInfo } from "./info";
 export type { ImageInfo, ImageInfoOptions, ImageInfoSpecificQcow2, Qcow2BitmapInfo, SnapshotInfoQapi } from "./info";
 export { mapExtents, entryMergeable } from "./map";
 export type { MapEntry } from "./map";
-export { toQemuJson, dumpHuman, jsonString, qdictEntries, qdictBucket, printfFixed2 } from "./qemu-json";
+export { toQemuJson, toQemuJsonLine, dumpHuman, jsonString, qdictEntries, qdictBucket, printfFixed2 } from "./qemu-json";
 export type { JsonValue } from "./qemu-json";
 export { mapEntryPairs, mapJsonEntry, mapJson, checkReportJson, checkReportHuman } from "./qemu-output";
 export {

@@ -118,8 +118,13 @@ export interface OpenImageOptions {
   chain?: string[];
   /** Internal: this image is a confined backing file; the file opened must lie inside the named image's folder. */
   openedInside?: ConfinedReference;
-  /** Encrypted qcow2 images: QEMU's encrypt.* options (the key secret). Not passed on to backing files. */
+  /**
+   * Encrypted qcow2 images: QEMU's encrypt.* options (the key secret); for a luks image its `key-secret`. Not
+   * passed on to backing files.
+   */
   encrypt?: EncryptionOpenOptions;
+  /** The backing image's own encrypt.* options (QEMU's backing.encrypt.*). */
+  backingEncrypt?: EncryptionOpenOptions;
   /**
    * NBD names (`nbd://`, `nbd+unix://`, `nbd:`): milliseconds a silent server is waited for before the open
    * or a request fails (default 60 000; 0: forever).
@@ -197,7 +202,8 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
           wrapDataFile: undefined,
           lazyRefcounts: undefined,
           nullCo: undefined,
-          encrypt: undefined,
+          encrypt: opts.backingEncrypt,
+          backingEncrypt: undefined,
           chain,
           openedInside,
         } as OpenImageOptions);
