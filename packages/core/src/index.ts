@@ -31,6 +31,8 @@ export { createQcow2, validateCreateOptions } from "./create";
 export type { Qcow2CreateOptions, CreateContext } from "./create";
 export { RawImage } from "./raw-image";
 export { LuksImage, LUKS_KEY_REQUIRED, type LuksOpenOptions, type LuksImageCreateOptions } from "./luks-image";
+export { amendEncryption } from "./encryption-amend";
+export type { LuksAmendOptions } from "./crypto/luks-keyslots";
 export { probeFormatName, PROBE_BYTES, type ProbedFormat } from "./probe";
 export { imageInfo, qcow2SpecificInfo, readBitmapInfo } from "./info";
 export type { ImageInfo, ImageInfoOptions, ImageInfoSpecificQcow2, Qcow2BitmapInfo, SnapshotInfoQapi } from "./info";

@@ -9,9 +9,10 @@
 import { Qcow2Error, type ByteStore, type StorePreallocation } from "@qcowkit/spec";
 import type { BlockImage, BlockStatusExtent, ResizeOptions, WriteOptions, ZeroOptions } from "./block-image";
 import { secretText, type EncryptionOpenOptions } from "./crypto/image-encryption";
-import { createLuks, luksInfo, readLuksVolume, unlockLuks, type LuksCreateOptions, type LuksInfo, type LuksReader, type LuksVolume } from "./crypto/luks";
+import { createLuks, luksInfo, readLuksVolume, unlockLuksMasterKey, type LuksCreateOptions, type LuksInfo, type LuksReader, type LuksVolume } from "./crypto/luks";
 import { LUKS_SECTOR_BYTES } from "./crypto/luks-header";
-import type { SectorCipher } from "./crypto/sector-cipher";
+import { amendLuksKeyslots, type LuksAccess, type LuksAmendOptions } from "./crypto/luks-keyslots";
+import { SectorCipher } from "./crypto/sector-cipher";
 
 /** Bytes encrypted or decrypted per step of a large request (bounded memory). */
 const CHUNK_BYTES = 1024 * 1024;
@@ -52,6 +53,7 @@ export class LuksImage implements BlockImage {
     readonly volume: LuksVolume,
     private readonly cipher: SectorCipher | undefined,
     size: number,
+    private readonly masterKey: Uint8Array | undefined,
   ) {
     this.size = size;
     this.filename = store.name;
@@ -67,16 +69,18 @@ export class LuksImage implements BlockImage {
     const read = storeReader(store);
     const volume = await readLuksVolume(read);
     let cipher: SectorCipher | undefined;
+    let masterKey: Uint8Array | undefined;
     if (!opts.noIo) {
       const secret = typeof opts.keySecret === "function" ? opts.keySecret() : opts.keySecret;
       if (secret === undefined) throw new Qcow2Error("INVALID_ARGUMENT", LUKS_KEY_REQUIRED);
-      cipher = await unlockLuks(volume, secretText(secret), read);
+      masterKey = await unlockLuksMasterKey(volume, secretText(secret), read);
+      cipher = await SectorCipher.create(volume.cipher, masterKey);
     }
     const payload = volume.header.payloadOffsetSector * LUKS_SECTOR_BYTES;
     const fileSize = await store.size();
     // QEMU sees the file in whole sectors; a file shorter than its header has an empty disk.
     const size = Math.max(0, Math.ceil(fileSize / LUKS_SECTOR_BYTES) * LUKS_SECTOR_BYTES - payload);
-    return new LuksImage(store, volume, cipher, size);
+    return new LuksImage(store, volume, cipher, size, masterKey);
   }
 
   /**
@@ -107,6 +111,23 @@ export class LuksImage implements BlockImage {
   /** The format-specific part of qemu-img info (QAPI's QCryptoBlockInfoLUKS). */
   info(): LuksInfo {
     return luksInfo(this.volume);
+  }
+
+  /** Add or erase key slots (qemu-img amend -o state=...; `force`: --force). Each header write is flushed. */
+  async amendKeyslots(o: LuksAmendOptions, force = false): Promise<void> {
+    if (this.closed) throw new Qcow2Error("INVALID_ARGUMENT", "Image is closed");
+    if (this.store.readOnly) throw new Qcow2Error("READ_ONLY", "Image is read-only", { errno: "EPERM" });
+    if (!this.masterKey) throw new Qcow2Error("INTERNAL", "Encrypted image opened without I/O");
+    const access: LuksAccess = {
+      volume: this.volume,
+      masterKey: this.masterKey,
+      read: storeReader(this.store),
+      write: async (offset, bytes) => {
+        await this.store.write(offset, bytes);
+        await this.store.flush();
+      },
+    };
+    await amendLuksKeyslots(access, o, force);
   }
 
   private check(offset: number, length: number, write = false): SectorCipher {

@@ -68,6 +68,12 @@ export const QCOW2_AMEND_OPTS: readonly OptDesc[] = QCOW2_CREATE_OPTS.filter((d)
   { name: "encrypt.state", type: "string", help: "Select new state of affected keyslots (active/inactive)" },
 ]);
 
+/** luks options amend accepts (qemu-img amend -f luks -o help): qcow2's encrypt.* amend options, unprefixed. */
+export const LUKS_AMEND_OPTS: readonly OptDesc[] = QCOW2_AMEND_OPTS.filter((d) => d.name.startsWith("encrypt.")).map((d) => ({
+  ...d,
+  name: d.name.slice("encrypt.".length),
+}));
+
 export type ImageFormatName = "qcow2" | "raw" | "luks";
 
 export function formatCreateOpts(format: ImageFormatName): readonly OptDesc[] {

@@ -112,15 +112,49 @@ async function unlockSlot(volume: LuksVolume, slot: LuksKeySlot, password: Uint8
   return digest.every((b, i) => b === header.mkDigest[i]) ? masterKey : undefined;
 }
 
-/** Unlock the volume with `password`: the payload cipher. */
-export async function unlockLuks(volume: LuksVolume, password: Uint8Array, read: LuksReader): Promise<SectorCipher> {
+/** True when active key slot `index` opens with `password`. */
+export async function slotOpensWith(volume: LuksVolume, index: number, password: Uint8Array, read: LuksReader): Promise<boolean> {
+  const slot = volume.header.slots[index]!;
+  if (slot.state !== LUKS_SLOT_ENABLED) return false;
+  checkIterations(volume.header.mkDigestIterations);
+  return (await unlockSlot(volume, slot, password, read)) !== undefined;
+}
+
+/** Unlock the volume with `password`: the master key (key slots are tried in order). */
+export async function unlockLuksMasterKey(volume: LuksVolume, password: Uint8Array, read: LuksReader): Promise<Uint8Array> {
   checkIterations(volume.header.mkDigestIterations);
   for (const slot of volume.header.slots) {
     if (slot.state !== LUKS_SLOT_ENABLED) continue;
     const masterKey = await unlockSlot(volume, slot, password, read);
-    if (masterKey) return SectorCipher.create(volume.cipher, masterKey);
+    if (masterKey) return masterKey;
   }
   throw new Qcow2Error("INVALID_ARGUMENT", "Invalid password, cannot unlock any keyslot", { errno: "EPERM" });
+}
+
+/** Unlock the volume with `password`: the payload cipher. */
+export async function unlockLuks(volume: LuksVolume, password: Uint8Array, read: LuksReader): Promise<SectorCipher> {
+  return SectorCipher.create(volume.cipher, await unlockLuksMasterKey(volume, password, read));
+}
+
+/**
+ * Put `masterKey` into `slot` under `password` (QEMU's qcrypto_block_luks_store_key, before the header is
+ * written): a new salt, iterations for `iterTimeMs` of PBKDF2, the split key encrypted with the slot key.
+ * Returns the key material to write at the slot's key offset; the slot is not yet marked active.
+ */
+export async function sealKeySlot(
+  volume: Pick<LuksVolume, "cipher" | "hash">,
+  slot: LuksKeySlot,
+  password: Uint8Array,
+  masterKey: Uint8Array,
+  iterTimeMs: number,
+): Promise<Uint8Array> {
+  slot.salt = randomBytes(LUKS_SALT_BYTES);
+  const rate = await pbkdf2IterationsPerSecond(volume.hash, password, slot.salt, masterKey.byteLength);
+  slot.iterations = scaledIterations(rate, iterTimeMs, 1);
+  const slotKey = await pbkdf2(volume.hash, password, slot.salt, slot.iterations, masterKey.byteLength);
+  const material = await afSplit(volume.hash, masterKey, slot.stripes);
+  (await SectorCipher.create(volume.cipher, slotKey)).encrypt(0, material);
+  return material;
 }
 
 /** encrypt.* creation options of the luks format (QCryptoBlockCreateOptionsLUKS), as given. */
@@ -134,7 +168,7 @@ export interface LuksCreateOptions {
   iterTimeMs?: number;
 }
 
-const DEFAULT_ITER_TIME_MS = 2000;
+export const DEFAULT_ITER_TIME_MS = 2000;
 const MIN_ITERATIONS = 1000;
 
 function enumValue(value: string | undefined, allowed: readonly string[], name: string): string | undefined {
@@ -224,12 +258,7 @@ export async function createLuks(options: LuksCreateOptions, password: Uint8Arra
   }
   // Slot 0: the master key, split and encrypted with the key derived from the password.
   const slot = slots[0]!;
-  slot.salt = randomBytes(LUKS_SALT_BYTES);
-  const slotRate = await pbkdf2IterationsPerSecond(o.hash, password, slot.salt, keyBytes);
-  slot.iterations = scaledIterations(slotRate, o.iterTimeMs, 1);
-  const slotKey = await pbkdf2(o.hash, password, slot.salt, slot.iterations, keyBytes);
-  const material = await afSplit(o.hash, masterKey, LUKS_STRIPES);
-  (await SectorCipher.create(o.cipher, slotKey)).encrypt(0, material);
+  const material = await sealKeySlot(o, slot, password, masterKey, o.iterTimeMs);
   slot.state = LUKS_SLOT_ENABLED;
   const c = o.cipher;
   const header: LuksHeader = {
