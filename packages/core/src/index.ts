@@ -32,6 +32,7 @@ export type { Qcow2CreateOptions, CreateContext } from "./create";
 export { RawImage } from "./raw-image";
 export { LuksImage, LUKS_KEY_REQUIRED, type LuksOpenOptions, type LuksImageCreateOptions } from "./luks-image";
 export { amendEncryption } from "./encryption-amend";
+export { readVmState, writeVmState, vmStateOffset } from "./vm-state";
 export type { LuksAmendOptions } from "./crypto/luks-keyslots";
 export { probeFormatName, PROBE_BYTES, type ProbedFormat } from "./probe";
 export { imageInfo, qcow2SpecificInfo, readBitmapInfo } from "./info";

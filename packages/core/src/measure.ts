@@ -6,6 +6,7 @@
 import { Qcow2Error, decodeBitmapDirectory, encodeText } from "@qcowkit/spec";
 import type { BlockImage, Preallocation } from "./block-image";
 import { Qcow2Image } from "./qcow2-image";
+import { luksAreaBytes, type LuksCreateOptions } from "./crypto/luks";
 
 export interface MeasureTarget {
   format: "qcow2" | "raw";
@@ -15,6 +16,8 @@ export interface MeasureTarget {
   extendedL2?: boolean;
   version?: 2 | 3;
   preallocation?: Preallocation;
+  /** qcow2 with LUKS encryption: the LUKS area (clusters) is added, as QEMU adds it. */
+  luks?: LuksCreateOptions;
 }
 
 export interface MeasureResult {
@@ -118,7 +121,8 @@ export async function measureImage(target: MeasureTarget, input: { size?: number
   }
   const prealloc = target.preallocation ?? "off";
   if (prealloc === "full" || prealloc === "falloc") required = virtualSize;
-  const fullyAllocated = qcow2PreallocatedSize(virtualSize, clusterSize, Math.log2(refcountBits), extendedL2);
+  const luksBytes = target.luks ? roundUp(luksAreaBytes(target.luks), clusterSize) : 0;
+  const fullyAllocated = qcow2PreallocatedSize(virtualSize, clusterSize, Math.log2(refcountBits), extendedL2) + luksBytes;
   const result: MeasureResult = { required: fullyAllocated - virtualSize + required, fullyAllocated };
   if (version >= 3 && input.source instanceof Qcow2Image && input.source.version >= 3) {
     result.bitmaps = await persistentBitmapsSize(input.source, clusterSize);

@@ -14,6 +14,7 @@ import { defineObject } from "../cli/secrets";
 import type { CommandContext, QimgCommand } from "./context";
 import { FILE_CREATE_OPTS, QCOW2_CREATE_OPTS, RAW_CREATE_OPTS } from "./create-options";
 import { PROG, helpText } from "./help";
+import { encryptionCreateOptions } from "./create-encryption";
 import { outputFormat } from "./output-format";
 
 const INT64_MAX = (1n << 63n) - 1n;
@@ -43,6 +44,8 @@ function targetOptions(format: "qcow2" | "raw", text: string | undefined, ctx: C
   const bits = opts.integer("refcount_bits");
   if (bits !== undefined) t.refcountBits = Number(BigInt.asIntN(64, bits));
   if (opts.bool("extended_l2")) t.extendedL2 = true;
+  const encrypt = encryptionCreateOptions(opts);
+  if (encrypt?.format === "luks") t.luks = encrypt;
   const compat = opts.string("compat");
   if (compat !== undefined) {
     if (compat === "0.10" || compat === "v2") t.version = 2;

@@ -2,7 +2,7 @@
  * qemu-io's commands, with its argument checks, output lines and failure texts. A command returns true when
  * it succeeded; qio exits 1 when any command failed.
  */
-import { Qcow2Image, createImage, qcow2SpecificInfo, dumpHuman, type BlockImage, type JsonValue, type Preallocation } from "@qcowkit/core/node";
+import { Qcow2Image, createImage, qcow2SpecificInfo, dumpHuman, readVmState, writeVmState, type BlockImage, type JsonValue, type Preallocation } from "@qcowkit/core/node";
 import { isQcow2Error } from "@qcowkit/spec";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { join, resolve as resolvePath } from "node:path";
@@ -121,8 +121,9 @@ const readCmd: Command = {
     let patCount: number | undefined;
     let lflag = false;
     let sflag = false;
+    let vmState = false;
     for (const o of options) {
-      if (o.key === "b") throw new CliError("read -b (VM state) is not supported by qio");
+      if (o.key === "b") vmState = true;
       if (o.key === "C") machine = true;
       if (o.key === "q") quiet = true;
       if (o.key === "v") verbose = true;
@@ -155,7 +156,8 @@ const readCmd: Command = {
     const buf = new Uint8Array(count).fill(0xab);
     const start = process.hrtime.bigint();
     try {
-      await s.image!.read(offset, buf);
+      if (vmState) await readVmState(s.image!, offset, buf);
+      else await s.image!.read(offset, buf);
     } catch (e) {
       // readv reports its own name (qemu-io: "readv failed").
       s.io.out(`${argv[0] === "readv" ? "readv" : "read"} failed: ${requestError(e)}\n`);
@@ -217,10 +219,12 @@ const writeCmd: Command = {
     let pat = 0xcd;
     let patGiven = false;
     let source: string | undefined;
+    let vmState = false;
     for (const o of options) {
       switch (o.key) {
         case "b":
-          throw new CliError("write -b (VM state) is not supported by qio");
+          vmState = true;
+          break;
         case "c":
           compressed = true;
           break;
@@ -255,7 +259,7 @@ const writeCmd: Command = {
       s.io.out(usage(this));
       return false;
     }
-    if (fua && compressed) {
+    if (fua && (compressed || vmState)) {
       s.io.out("-f and -b or -c cannot be specified at the same time\n");
       return false;
     }
@@ -292,7 +296,8 @@ const writeCmd: Command = {
     const start = process.hrtime.bigint();
     try {
       const durable = fua || s.writethrough;
-      if (zero) await s.image!.writeZeroes(offset, count, { unmap, noFallback, fua: durable });
+      if (vmState) await writeVmState(s.image!, offset, buf ?? new Uint8Array(count));
+      else if (zero) await s.image!.writeZeroes(offset, count, { unmap, noFallback, fua: durable });
       else await s.image!.write(offset, buf!, { fua: durable, compressed });
     } catch (e) {
       s.io.out(`${argv[0] === "writev" ? "writev" : "write"} failed: ${requestError(e)}\n`);

@@ -228,6 +228,20 @@ function randomUuid(): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
+/** QEMU's layout of a LUKS area for a key of `keyBytes`: slot key material from 4 KiB, each slot 4 KiB aligned. */
+function luksLayout(keyBytes: number): { firstSector: number; slotStride: number; payloadOffsetSector: number } {
+  const splitSectors = keyMaterialSectors(keyBytes, LUKS_STRIPES);
+  const alignSectors = LUKS_KEY_SLOT_ALIGN / LUKS_SECTOR_BYTES;
+  const slotStride = Math.ceil(splitSectors / alignSectors) * alignSectors;
+  const firstSector = LUKS_KEY_SLOT_OFFSET / LUKS_SECTOR_BYTES;
+  return { firstSector, slotStride, payloadOffsetSector: firstSector + LUKS_NUM_KEY_SLOTS * slotStride };
+}
+
+/** Bytes of the LUKS area a volume made with these options takes (QEMU's qcrypto_block_calculate_payload_offset). */
+export function luksAreaBytes(options: LuksCreateOptions): number {
+  return luksLayout(cipherKeyBytes(resolveLuksCreateOptions(options).cipher)).payloadOffsetSector * LUKS_SECTOR_BYTES;
+}
+
 export interface NewLuksVolume {
   /** Bytes of the LUKS area (up to the payload offset). */
   areaBytes: number;
@@ -249,9 +263,7 @@ export async function createLuks(options: LuksCreateOptions, password: Uint8Arra
   // Like cryptsetup, the digest gets an eighth of the slot's time.
   const mkDigestIterations = scaledIterations(mkRate, o.iterTimeMs, 8);
   const mkDigest = await pbkdf2(o.hash, masterKey, mkDigestSalt, mkDigestIterations, LUKS_DIGEST_BYTES);
-  const splitSectors = keyMaterialSectors(keyBytes, LUKS_STRIPES);
-  const slotStride = Math.ceil(splitSectors / (LUKS_KEY_SLOT_ALIGN / LUKS_SECTOR_BYTES)) * (LUKS_KEY_SLOT_ALIGN / LUKS_SECTOR_BYTES);
-  const firstSector = LUKS_KEY_SLOT_OFFSET / LUKS_SECTOR_BYTES;
+  const { firstSector, slotStride, payloadOffsetSector } = luksLayout(keyBytes);
   const slots: LuksKeySlot[] = [];
   for (let i = 0; i < LUKS_NUM_KEY_SLOTS; i++) {
     slots.push({ state: LUKS_SLOT_DISABLED, iterations: 0, salt: new Uint8Array(LUKS_SALT_BYTES), keyOffsetSector: firstSector + i * slotStride, stripes: LUKS_STRIPES });
@@ -266,7 +278,7 @@ export async function createLuks(options: LuksCreateOptions, password: Uint8Arra
     cipherName: "aes",
     cipherMode: `${c.mode}-${c.ivgen}${o.ivgenHash !== undefined ? `:${o.ivgenHash}` : ""}`,
     hashSpec: o.hash,
-    payloadOffsetSector: firstSector + LUKS_NUM_KEY_SLOTS * slotStride,
+    payloadOffsetSector,
     keyBytes,
     mkDigest,
     mkDigestSalt,
