@@ -16,6 +16,11 @@ export interface MeasureTarget {
   extendedL2?: boolean;
   version?: 2 | 3;
   preallocation?: Preallocation;
+  /**
+   * The target gets a backing file: QEMU cannot tell what of the source it shares, so every cluster of the
+   * source counts as written.
+   */
+  backingFile?: boolean;
   /** qcow2 with LUKS encryption: the LUKS area (clusters) is added, as QEMU adds it. */
   luks?: LuksCreateOptions;
 }
@@ -114,7 +119,7 @@ export async function measureImage(target: MeasureTarget, input: { size?: number
   let required: number;
   if (input.source) {
     virtualSize = roundUp(input.source.virtualSize, clusterSize);
-    required = await requiredData(input.source, clusterSize);
+    required = target.backingFile ? virtualSize : await requiredData(input.source, clusterSize);
   } else {
     virtualSize = roundUp(input.size ?? 0, clusterSize);
     required = 0;

@@ -34,7 +34,7 @@ import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat } from "./create-opti
 import { convertWithStreams, involvesStreams } from "./convert-stream";
 
 /** -l: "snapshot.id=ID,snapshot.name=NAME" or "ID_OR_NAME". */
-function parseSnapshotParam(text: string): SnapshotSelector {
+export function parseSnapshotParam(text: string): SnapshotSelector {
   if (!text.startsWith("snapshot.")) return { idOrName: text };
   const out: { id?: string; name?: string } = {};
   for (const element of splitOptionList(text)) {
@@ -43,7 +43,8 @@ function parseSnapshotParam(text: string): SnapshotSelector {
     const value = eq < 0 ? "on" : element.slice(eq + 1);
     if (key === "snapshot.id") out.id = value;
     else if (key === "snapshot.name") out.name = value;
-    else throw new CliError(`Invalid parameter '${key}'`, { hint: `Failed in parsing snapshot param '${text}'` });
+    // Two error lines (QEMU reports both; each gets the program name).
+    else throw new CliError(`Invalid parameter '${key}'\nFailed in parsing snapshot param '${text}'`);
   }
   return out;
 }
