@@ -103,6 +103,19 @@ function checkLength(s: Session, count: number, text: string): void {
   }
 }
 
+/** qemu-io's check for requests that must be whole sectors (-b, -c): false, with its message, when not. */
+function sectorAligned(s: Session, offset: number, count: number): boolean {
+  if (offset % 512 !== 0) {
+    s.io.out(`${offset} is not a sector-aligned value for 'offset'\n`);
+    return false;
+  }
+  if (count % 512 !== 0) {
+    s.io.out(`${count} is not a sector-aligned value for 'count'\n`);
+    return false;
+  }
+  return true;
+}
+
 const readCmd: Command = {
   help: " Reads LEN bytes at offset OFF of the open image.\n  -C  print the statistics as one machine-readable line\n  -P  check that every byte read equals PATTERN (-s and -l narrow the check to a part)\n  -q  print nothing but errors\n  -v  hex dump of the data read\n",
   name: "read",
@@ -144,6 +157,7 @@ const readCmd: Command = {
     const offset = num(s, operands[0]!);
     const count = num(s, operands[1]!);
     checkLength(s, count, operands[1]!);
+    if (vmState && !sectorAligned(s, offset, count)) return false;
     if (pat === undefined && (lflag || sflag)) {
       s.io.out(usage(this));
       return false;
@@ -281,16 +295,7 @@ const writeCmd: Command = {
       s.io.out(`length cannot exceed ${MAX_REQUEST_BYTES} without -n, given ${operands[1]}\n`);
       return false;
     }
-    if (compressed) {
-      if (offset % 512 !== 0) {
-        s.io.out(`${offset} is not a sector-aligned value for 'offset'\n`);
-        return false;
-      }
-      if (count % 512 !== 0) {
-        s.io.out(`${count} is not a sector-aligned value for 'count'\n`);
-        return false;
-      }
-    }
+    if ((compressed || vmState) && !sectorAligned(s, offset, count)) return false;
     let buf: Uint8Array | undefined;
     if (!zero) buf = source !== undefined ? await fillFromFile(s, source, count) : new Uint8Array(count).fill(pat);
     const start = process.hrtime.bigint();
