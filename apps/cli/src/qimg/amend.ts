@@ -129,12 +129,13 @@ export const amendCommand: QimgCommand = {
     if (operands.length !== 1) throw new CliError("Expecting one image file name");
     let filename = operands[0]!;
     let given: Partial<CliOpenOptions> = {};
+    const operand = filename;
     if (imageOpts) {
       const o = parseBlockOptions(filename, { imageOpts: true });
       if (o.filename === undefined) throw new CliError('A block device must be specified for "file"');
       filename = o.filename;
       const { readOnly: _readOnly, ...rest } = blockOpenOptions(o);
-      given = rest;
+      given = { ...rest, errorPrefix: `Could not open '${operand}': ` };
     }
     const image = await openCliImage(filename, {
       ...given,
