@@ -1,7 +1,7 @@
 /**
  * Format probing against qemu-img's verdict: images of every format and subformat `qemu-img create` makes
  * here, their extent files, and hand-made headers of the formats it cannot create (bochs, cloop, dmg by name,
- * vmdk descriptors, qcow). qcow2 and raw are opened as QEMU opens them; every other format QEMU recognises
+ * vmdk descriptors, qcow). qcow2, raw and luks are opened as QEMU opens them; every other format QEMU recognises
  * is refused with one line and exit 1, and nothing is written.
  */
 import * as fs from "node:fs";
@@ -80,7 +80,7 @@ async function qemuVerdicts(name: string): Promise<string[]> {
 }
 
 describe("probing", () => {
-  it("gives qemu-img's format verdict on every file: qcow2 and raw open, the others are refused", async () => {
+  it("gives qemu-img's format verdict on every file: qcow2, raw and luks open, the others are refused", async () => {
     const names = fs.readdirSync(dir).sort();
     expect(names.length).toBeGreaterThan(30);
     const seen = new Set<string>();
@@ -91,8 +91,8 @@ describe("probing", () => {
       const format = ours.code === 0 ? (JSON.parse(ours.stdout) as { format: string }).format : ours.code === 1 ? refused : undefined;
       if (format === undefined || !verdicts.includes(format)) wrong.push(`${name}: qemu ${verdicts.join("/")}, ours exit ${ours.code}: ${ours.stderr}`);
       else seen.add(format);
-      // Only qcow2 and raw are opened; every other verdict is a refusal.
-      if ((format === "qcow2" || format === "raw") !== (ours.code === 0)) wrong.push(`${name}: ${format} with exit ${ours.code}`);
+      // Only qcow2, raw and luks (info needs no key) are opened; every other verdict is a refusal.
+      if ((format === "qcow2" || format === "raw" || format === "luks") !== (ours.code === 0)) wrong.push(`${name}: ${format} with exit ${ours.code}`);
     }
     expect(wrong).toEqual([]);
     // Every format QEMU 7.2 probes occurs among the verdicts.

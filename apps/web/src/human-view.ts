@@ -64,7 +64,8 @@ export function renderHuman(
       ),
     );
   }
-  const bitmaps = info["format-specific"]?.data.bitmaps ?? [];
+  const specific = info["format-specific"];
+  const bitmaps = specific?.type === "qcow2" ? (specific.data.bitmaps ?? []) : [];
   parts.push(el("h3", `Persistent dirty bitmaps (${bitmaps.length})`));
   if (bitmaps.length) parts.push(table("bitmaps", ["name", "granularity", "flags"], bitmaps.map((b) => [b.name, `${b.granularity} bytes`, b.flags.join(", ") || "-"])));
   parts.push(el("h3", "Backing chain"));

@@ -51,7 +51,7 @@ export interface BitmapInfo {
 }
 
 export interface BlockImage {
-  readonly format: "qcow2" | "raw";
+  readonly format: "qcow2" | "raw" | "luks";
   /** Guest disk size in bytes. */
   readonly virtualSize: number;
   readonly readOnly: boolean;

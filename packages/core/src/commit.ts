@@ -5,7 +5,7 @@
  */
 import { L1Table } from "@qcowkit/cluster";
 import { Refcounts } from "@qcowkit/refcount";
-import { INCOMPAT_DIRTY, setRefcount, setReftableEntry, setU64, viewOf } from "@qcowkit/spec";
+import { CRYPT_LUKS, INCOMPAT_DIRTY, setRefcount, setReftableEntry, setU64, viewOf } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
 import { Qcow2Image } from "./qcow2-image";
 
@@ -59,7 +59,7 @@ export async function makeEmpty(image: Qcow2Image): Promise<void> {
   const l1Clusters = Math.ceil(l1Bytes / cs);
   const bitmaps = image.hdr.extensions.bitmaps?.nbBitmaps ?? 0;
   const blockEntries = (cs * 8) / 2 ** image.header.refcountOrder;
-  if (image.version >= 3 && image.snapshots.length === 0 && bitmaps === 0 && 3 + l1Clusters <= blockEntries && !image.hasDataFile) {
+  if (image.version >= 3 && image.snapshots.length === 0 && bitmaps === 0 && 3 + l1Clusters <= blockEntries && !image.hasDataFile && image.header.cryptMethod !== CRYPT_LUKS) {
     await makeCompletelyEmpty(image, l1Clusters);
     return;
   }

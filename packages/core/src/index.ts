@@ -30,12 +30,16 @@ export type { CheckResult, RepairMode, RepairOptions } from "./repair";
 export { createQcow2, validateCreateOptions } from "./create";
 export type { Qcow2CreateOptions, CreateContext } from "./create";
 export { RawImage } from "./raw-image";
+export { LuksImage, LUKS_KEY_REQUIRED, type LuksOpenOptions, type LuksImageCreateOptions } from "./luks-image";
+export { amendEncryption } from "./encryption-amend";
+export { readVmState, writeVmState, vmStateOffset } from "./vm-state";
+export type { LuksAmendOptions } from "./crypto/luks-keyslots";
 export { probeFormatName, PROBE_BYTES, type ProbedFormat } from "./probe";
 export { imageInfo, qcow2SpecificInfo, readBitmapInfo } from "./info";
 export type { ImageInfo, ImageInfoOptions, ImageInfoSpecificQcow2, Qcow2BitmapInfo, SnapshotInfoQapi } from "./info";
 export { mapExtents, entryMergeable } from "./map";
 export type { MapEntry } from "./map";
-export { toQemuJson, dumpHuman, jsonString, qdictEntries, qdictBucket, printfFixed2 } from "./qemu-json";
+export { toQemuJson, toQemuJsonLine, dumpHuman, jsonString, qdictEntries, qdictBucket, printfFixed2 } from "./qemu-json";
 export type { JsonValue } from "./qemu-json";
 export { mapEntryPairs, mapJsonEntry, mapJson, checkReportJson, checkReportHuman } from "./qemu-output";
 export {

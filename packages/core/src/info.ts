@@ -18,6 +18,8 @@ import { isNbdFilename } from "./nbd/uri";
 import { RemoteStore } from "@qcowkit/datafile";
 import { Qcow2Image } from "./qcow2-image";
 import { RawImage } from "./raw-image";
+import { LuksImage } from "./luks-image";
+import type { LuksInfo } from "./crypto/luks";
 
 export interface Qcow2BitmapInfo {
   name: string;
@@ -69,7 +71,7 @@ export interface ImageInfo {
   "backing-filename-format"?: string;
   snapshots?: SnapshotInfoQapi[];
   "backing-image"?: ImageInfo;
-  "format-specific"?: { type: "qcow2"; data: ImageInfoSpecificQcow2 };
+  "format-specific"?: { type: "qcow2"; data: ImageInfoSpecificQcow2 } | { type: "luks"; data: LuksInfo };
 }
 
 /** Name `image` was opened as (defaults to its own filename). */
@@ -174,10 +176,14 @@ export async function imageInfo(image: BlockImage, opts: ImageInfoOptions = {}):
   }
   // QEMU reports no dirty flag for an NBD export or an HTTP(S) object (the protocols have none to give).
   if (!(image instanceof NbdImage) && !(image instanceof RawImage && image.store instanceof RemoteStore)) info["dirty-flag"] = false;
-  if (image instanceof RawImage) {
+  if (image instanceof RawImage || image instanceof LuksImage) {
     const actual = await allocatedBytes(image.store);
     if (actual !== undefined) info["actual-size"] = actual;
   }
   info["virtual-size"] = image.virtualSize;
+  if (image instanceof LuksImage) {
+    info.encrypted = true;
+    info["format-specific"] = { type: "luks", data: image.info() };
+  }
   return info;
 }

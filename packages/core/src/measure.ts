@@ -6,6 +6,7 @@
 import { Qcow2Error, decodeBitmapDirectory, encodeText } from "@qcowkit/spec";
 import type { BlockImage, Preallocation } from "./block-image";
 import { Qcow2Image } from "./qcow2-image";
+import { luksAreaBytes, type LuksCreateOptions } from "./crypto/luks";
 
 export interface MeasureTarget {
   format: "qcow2" | "raw";
@@ -15,6 +16,13 @@ export interface MeasureTarget {
   extendedL2?: boolean;
   version?: 2 | 3;
   preallocation?: Preallocation;
+  /**
+   * The target gets a backing file: QEMU cannot tell what of the source it shares, so every cluster of the
+   * source counts as written.
+   */
+  backingFile?: boolean;
+  /** qcow2 with LUKS encryption: the LUKS area (clusters) is added, as QEMU adds it. */
+  luks?: LuksCreateOptions;
 }
 
 export interface MeasureResult {
@@ -111,14 +119,15 @@ export async function measureImage(target: MeasureTarget, input: { size?: number
   let required: number;
   if (input.source) {
     virtualSize = roundUp(input.source.virtualSize, clusterSize);
-    required = await requiredData(input.source, clusterSize);
+    required = target.backingFile ? virtualSize : await requiredData(input.source, clusterSize);
   } else {
     virtualSize = roundUp(input.size ?? 0, clusterSize);
     required = 0;
   }
   const prealloc = target.preallocation ?? "off";
   if (prealloc === "full" || prealloc === "falloc") required = virtualSize;
-  const fullyAllocated = qcow2PreallocatedSize(virtualSize, clusterSize, Math.log2(refcountBits), extendedL2);
+  const luksBytes = target.luks ? roundUp(luksAreaBytes(target.luks), clusterSize) : 0;
+  const fullyAllocated = qcow2PreallocatedSize(virtualSize, clusterSize, Math.log2(refcountBits), extendedL2) + luksBytes;
   const result: MeasureResult = { required: fullyAllocated - virtualSize + required, fullyAllocated };
   if (version >= 3 && input.source instanceof Qcow2Image && input.source.version >= 3) {
     result.bitmaps = await persistentBitmapsSize(input.source, clusterSize);

@@ -24,6 +24,7 @@ import { registerAesEngine } from "./crypto/aes-engine";
 import { registerSyncDigest } from "./crypto/hash";
 import { probeFormat, type ImageFormat } from "./probe";
 import { RawImage } from "./raw-image";
+import { LuksImage, type LuksImageCreateOptions, type LuksOpenOptions } from "./luks-image";
 import { MAX_CHAIN_DEPTH, type ImageResolver, type ResolveContext } from "./resolver";
 import { parseRemoteName, type RemoteName } from "./remote/remote-name";
 import { createRemoteImage } from "./node/remote-create";
@@ -117,8 +118,13 @@ export interface OpenImageOptions {
   chain?: string[];
   /** Internal: this image is a confined backing file; the file opened must lie inside the named image's folder. */
   openedInside?: ConfinedReference;
-  /** Encrypted qcow2 images: QEMU's encrypt.* options (the key secret). Not passed on to backing files. */
+  /**
+   * Encrypted qcow2 images: QEMU's encrypt.* options (the key secret); for a luks image its `key-secret`. Not
+   * passed on to backing files.
+   */
   encrypt?: EncryptionOpenOptions;
+  /** The backing image's own encrypt.* options (QEMU's backing.encrypt.*). */
+  backingEncrypt?: EncryptionOpenOptions;
   /**
    * NBD names (`nbd://`, `nbd+unix://`, `nbd:`): milliseconds a silent server is waited for before the open
    * or a request fails (default 60 000; 0: forever).
@@ -129,7 +135,7 @@ export interface OpenImageOptions {
 }
 
 function checkFormat(format: string): ImageFormat {
-  if (format === "qcow2" || format === "raw") return format;
+  if (format === "qcow2" || format === "raw" || format === "luks") return format;
   throw new Qcow2Error("NOT_SUPPORTED", `Unknown driver '${format}'`, { errno: "EINVAL" });
 }
 
@@ -196,7 +202,8 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
           wrapDataFile: undefined,
           lazyRefcounts: undefined,
           nullCo: undefined,
-          encrypt: undefined,
+          encrypt: opts.backingEncrypt,
+          backingEncrypt: undefined,
           chain,
           openedInside,
         } as OpenImageOptions);
@@ -291,6 +298,7 @@ export async function openImage(name: string, opts: OpenImageOptions = {}): Prom
     else if (opts.safe) throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the image format in safe mode; give the format", { errno: "EPERM" });
     else format = await probeFormat(store, path);
     if (format === "raw") return await RawImage.open(store, { probed: opts.format === undefined });
+    if (format === "luks") return await LuksImage.open(store, luksOpenOptions(opts));
     let chain = opts.chain;
     if (chain === undefined) {
       try {
@@ -305,6 +313,11 @@ export async function openImage(name: string, opts: OpenImageOptions = {}): Prom
     await store.close().catch(() => undefined);
     throw e;
   }
+}
+
+/** A luks image's key (its `key-secret`, given as `encrypt.keySecret`); info opens without one. */
+function luksOpenOptions(opts: OpenImageOptions): LuksOpenOptions {
+  return { ...(opts.encrypt?.keySecret !== undefined ? { keySecret: opts.encrypt.keySecret } : {}), ...(opts.noIo ? { noIo: true } : {}) };
 }
 
 /** How openImage opens a qcow2 image named `path` (a file or an NBD export). */
@@ -333,7 +346,13 @@ function qcow2OpenOptions(path: string, opts: OpenImageOptions, readOnly: boolea
 }
 
 export interface CreateImageOptions extends Qcow2CreateOptions {
+  /** luks: a raw LUKS1 volume, made from `encrypt` (format "luks", its key secret) and `size`/`preallocation`. */
   format?: ImageFormat;
+}
+
+function luksCreateOptions(opts: CreateImageOptions): LuksImageCreateOptions {
+  const { format: _format, ...luks } = opts.encrypt ?? { format: "luks" };
+  return { ...luks, size: opts.size, ...(opts.preallocation !== undefined ? { preallocation: opts.preallocation } : {}) };
 }
 
 /**
@@ -343,7 +362,10 @@ export interface CreateImageOptions extends Qcow2CreateOptions {
 export async function createImage(name: string, opts: CreateImageOptions): Promise<void> {
   const format = opts.format ?? "qcow2";
   if (isNbdFilename(name)) return createOnNbd(name, format, opts);
-  if (parseRemoteName(name)) return createRemoteImage(name, format, opts);
+  if (parseRemoteName(name)) {
+    if (format === "luks") throw new Qcow2Error("NOT_SUPPORTED", "Creating a luks image on a remote store is not supported", { errno: "ENOTSUP" });
+    return createRemoteImage(name, format, opts);
+  }
   const path = imageFilePath(name);
   if (format === "raw") {
     const store = await FileStore.open(path, { create: true, truncate: true });
@@ -354,6 +376,11 @@ export async function createImage(name: string, opts: CreateImageOptions): Promi
     } finally {
       await store.close();
     }
+    return;
+  }
+  if (format === "luks") {
+    await using store = await FileStore.open(path, { create: true, truncate: true });
+    await LuksImage.create(store, luksCreateOptions(opts));
     return;
   }
   validateCreateOptions(opts);
@@ -386,6 +413,7 @@ async function openRemoteImage(name: string, remote: RemoteName, opts: OpenImage
   try {
     format ??= await probeFormat(store);
     if (format === "raw") return await RawImage.open(store);
+    if (format === "luks") return await LuksImage.open(store, luksOpenOptions(opts));
     return withBitmapMethods(await Qcow2Image.open(store, qcow2OpenOptions(name, opts, true, opts.chain ?? [name])));
   } catch (e) {
     await store.close().catch(() => undefined);
@@ -415,6 +443,7 @@ async function openNbdImage(name: string, opts: OpenImageOptions): Promise<Block
     const store = new NbdStore(client, filename, readOnly);
     format ??= await probeFormat(store, filename);
     if (format === "raw") return await NbdImage.open(client, { filename, readOnly });
+    if (format === "luks") return await LuksImage.open(store, luksOpenOptions(opts));
     return withBitmapMethods(await Qcow2Image.open(store, qcow2OpenOptions(filename, opts, readOnly, [])));
   } catch (e) {
     await client.close().catch(() => undefined);
@@ -428,6 +457,7 @@ async function openNbdImage(name: string, opts: OpenImageOptions): Promise<Block
  * written over the export's start.
  */
 async function createOnNbd(name: string, format: ImageFormat, opts: CreateImageOptions): Promise<void> {
+  if (format === "luks") throw new Qcow2Error("NOT_SUPPORTED", "Creating a luks image on an NBD export is not supported", { errno: "ENOTSUP" });
   if (format === "qcow2") validateCreateOptions(opts);
   const { client, location } = await connectNbd(name);
   const store = new NbdStore(client, location.displayName, false);

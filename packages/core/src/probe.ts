@@ -3,7 +3,7 @@
  * of the file (zeros past its end) and its name; the highest score wins, raw (score 1) when no other driver
  * claims the file. An empty file is raw without probing.
  *
- * qcowkit reads qcow2 and raw; the other formats are recognised so that they are refused rather than read
+ * qcowkit reads qcow2, raw and luks; the other formats are recognised so that they are refused rather than read
  * as raw disks (`probeFormat`, shared by the Node and browser entries).
  */
 import { Qcow2Error, type ByteStore } from "@qcowkit/spec";
@@ -111,12 +111,12 @@ export function probeFormatName(head: Uint8Array, filename: string): ProbedForma
   return best;
 }
 
-/** The formats qcowkit opens. */
-export type ImageFormat = "qcow2" | "raw";
+/** The formats qcowkit opens (luks: a raw LUKS1 volume, see luks-image.ts). */
+export type ImageFormat = "qcow2" | "raw" | "luks";
 
 /**
- * Decide the format of an open store as QEMU 7.2 probes it: qcow2 or raw, which qcowkit reads. A file another
- * format claims (vmdk, vhdx, vpc, vdi, qed, parallels, dmg, bochs, cloop, luks, qcow) is refused with QEMU's
+ * Decide the format of an open store as QEMU 7.2 probes it: qcow2, raw or luks, which qcowkit reads. A file another
+ * format claims (vmdk, vhdx, vpc, vdi, qed, parallels, dmg, bochs, cloop, qcow) is refused with QEMU's
  * message for a driver it does not have, instead of being read as a raw disk.
  */
 export async function probeFormat(store: ByteStore, filename: string = store.name): Promise<ImageFormat> {
@@ -125,6 +125,6 @@ export async function probeFormat(store: ByteStore, filename: string = store.nam
   const head = new Uint8Array(Math.min(PROBE_BYTES, size));
   await store.read(0, head);
   const format = probeFormatName(head, filename);
-  if (format === "qcow2" || format === "raw") return format;
+  if (format === "qcow2" || format === "raw" || format === "luks") return format;
   throw new Qcow2Error("NOT_SUPPORTED", `Unknown driver '${format}'`, { errno: "ENOTSUP" });
 }

@@ -85,6 +85,15 @@ export function toQemuJson(value: JsonValue, level = 0): string {
   return `{${items.join(",")}\n${pad(level)}}`;
 }
 
+/** qobject_to_json (not pretty): `{"key": value, ...}` on one line, keys in QDict order (json: filenames). */
+export function toQemuJsonLine(value: JsonValue): string {
+  if (typeof value === "string") return jsonString(value);
+  if (typeof value === "number") return String(value);
+  if (typeof value === "boolean") return value ? "true" : "false";
+  if (Array.isArray(value)) return `[${value.map(toQemuJsonLine).join(", ")}]`;
+  return `{${qdictEntries(value).map(([k, v]) => `${jsonString(k)}: ${toQemuJsonLine(v)}`).join(", ")}}`;
+}
+
 /** The human dump of a QDict (block/qapi.c dump_qdict): "key: value", dashes in keys shown as spaces. */
 export function dumpHuman(value: JsonValue, indentation: number): string {
   const pad = " ".repeat(indentation * 4);

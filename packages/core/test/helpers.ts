@@ -41,3 +41,24 @@ export function rng(seed: number): () => number {
 export function patternBuffer(byteLength: number, pattern: number): Uint8Array {
   return new Uint8Array(byteLength).fill(pattern);
 }
+
+/**
+ * qemu-img creating a LUKS header: QEMU times PBKDF2 with the thread's CPU clock and gives up ("Unable to get
+ * accurate CPU usage") when that clock did not move, which happens on a busy machine. Tried again then
+ * (at most 5 times); any other failure fails at once.
+ */
+export function qemuCreatingLuks(args: string[]): void {
+  for (let attempt = 1; ; attempt++) {
+    const r = qemuStatus("qemu-img", args);
+    if (r.status === 0) return;
+    if (attempt >= 5 || !r.stderr.includes("Unable to get accurate CPU usage")) throw new Error(`qemu-img ${args.join(" ")}: ${r.stderr}`);
+  }
+}
+
+/** `size` bytes from the seeded generator. */
+export function randomData(size: number, seed: number): Uint8Array {
+  const r = rng(seed);
+  const out = new Uint8Array(size);
+  for (let i = 0; i < size; i++) out[i] = (r() * 256) | 0;
+  return out;
+}

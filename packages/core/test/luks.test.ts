@@ -10,7 +10,7 @@ import { registerAesEngine, tableAesEngine, type AesEngine } from "../src/crypto
 import { SectorCipher, type CipherSpec } from "../src/crypto/sector-cipher";
 import { nodeAesEngine } from "../src/node/crypto";
 import { createImage, openImage } from "../src/node";
-import { qemu, qemuStatus, rng, tempDir } from "./helpers";
+import { qemu, qemuCreatingLuks, randomData, tempDir } from "./helpers";
 
 const SPECS: Array<[string, CipherSpec, number]> = [
   ["aes-256-xts-plain64", { alg: "aes-256", mode: "xts", ivgen: "plain64" }, 64],
@@ -91,26 +91,6 @@ const INTEROP: Interop[] = [
   },
   { name: "legacy AES", qemuOptions: "encrypt.format=aes", create: { format: "aes" } },
 ];
-
-/**
- * qemu-img creating a LUKS header: QEMU times PBKDF2 with the thread's CPU clock and gives up ("Unable to get
- * accurate CPU usage") when that clock did not move, which happens on a busy machine. Tried again then
- * (at most 5 times); any other failure fails at once.
- */
-function qemuCreatingLuks(args: string[]): void {
-  for (let attempt = 1; ; attempt++) {
-    const r = qemuStatus("qemu-img", args);
-    if (r.status === 0) return;
-    if (attempt >= 5 || !r.stderr.includes("Unable to get accurate CPU usage")) throw new Error(`qemu-img ${args.join(" ")}: ${r.stderr}`);
-  }
-}
-
-function randomData(size: number, seed: number): Uint8Array {
-  const r = rng(seed);
-  const out = new Uint8Array(size);
-  for (let i = 0; i < size; i++) out[i] = (r() * 256) | 0;
-  return out;
-}
 
 describe("encrypted images between QEMU and us", () => {
   const secretArgs = ["--object", `secret,id=sec0,data=${SECRET}`];

@@ -34,6 +34,8 @@ export interface BlockOptions {
   nodeName?: string;
   /** encrypt.*: the key secret's id, the format, and the names (after "encrypt.") of any other encrypt option. */
   encrypt?: EncryptOptions;
+  /** backing.encrypt.*: the backing image's. */
+  backingEncrypt?: EncryptOptions;
 }
 
 export interface NullCoOptions {
@@ -252,6 +254,11 @@ export function blockOptionsFromPairs(
       case "lazy-refcounts":
         out.lazyRefcounts = parseBool(key, value);
         break;
+      case "key-secret":
+        // The luks format's passphrase (qcow2 names it encrypt.key-secret).
+        if (driver !== "luks") throw new CliError(`Block format '${driver ?? "qcow2"}' does not support the option '${key}'`);
+        (out.encrypt ??= { unexpected: [] }).keySecret = value;
+        break;
       case "node-name":
         out.nodeName = value;
         break;
@@ -292,10 +299,11 @@ export function blockOptionsFromPairs(
           else if (field === "once") rule.once = parseBool(key, value);
           break;
         }
-        if (key.startsWith("encrypt.")) {
+        if (key.startsWith("encrypt.") || key.startsWith("backing.encrypt.")) {
           // Checked against the image when it is opened (only encrypted images look at them).
-          const e = (out.encrypt ??= { unexpected: [] });
-          const name = key.slice("encrypt.".length);
+          const backing = key.startsWith("backing.");
+          const e = backing ? (out.backingEncrypt ??= { unexpected: [] }) : (out.encrypt ??= { unexpected: [] });
+          const name = key.slice(backing ? "backing.encrypt.".length : "encrypt.".length);
           if (name === "key-secret") e.keySecret = value;
           else if (name === "format") e.format = value;
           else e.unexpected.push(name);

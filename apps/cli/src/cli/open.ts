@@ -3,7 +3,7 @@
  * opened for writing, engine warnings passed through, open failures prefixed the way the tool prefixes
  * them ("Could not open 'x': ..." for qemu-img, "can't open device x: ..." for qemu-io).
  */
-import { isRemoteName, openImage, type BlockImage, type OpenImageOptions } from "@qcowkit/core/node";
+import { isRemoteName, openImage, toQemuJsonLine, type BlockImage, type JsonValue, type OpenImageOptions } from "@qcowkit/core/node";
 import { BlkdebugStore, NullStore, type BlkdebugInjectError, type ByteStore } from "@qcowkit/datafile";
 import { blockOptionsFromPairs, checkQcow2Cache, parseBlockOptions, type BlockOptions, type EncryptOptions, type NullCoOptions, type Qcow2CacheOptions } from "./block-options";
 import { jsonFilenameOptions } from "./json-filename";
@@ -39,6 +39,8 @@ export interface CliOpenOptions {
   checkMode?: boolean;
   /** encrypt.* options (the key secret's id is looked up among the --object secrets). */
   encrypt?: EncryptOptions;
+  /** backing.encrypt.* options. */
+  backingEncrypt?: EncryptOptions;
   /** False for an image this command has just created: no warnings about the names it stores (see core). */
   warnOutsideReferences?: boolean;
   /** qcow2's lazy-refcounts runtime option. */
@@ -92,6 +94,7 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     ...(rules ? { wrapDataFile: (store: ByteStore) => new BlkdebugStore(store, rules) } : {}),
     ...(cliOpenDefaults.safe ? { safe: true } : {}),
     ...(opts.encrypt ? { encrypt: encryptOpenOptions(opts.encrypt) } : {}),
+    ...(opts.backingEncrypt ? { backingEncrypt: encryptOpenOptions(opts.backingEncrypt) } : {}),
     // One request at a time: small file I/O is cheaper done synchronously than through the thread pool.
     syncIoBytes: 64 * 1024,
   };
@@ -129,6 +132,7 @@ export function blockOpenOptions(o: BlockOptions): Partial<CliOpenOptions> {
     ...(o.readOnly !== undefined ? { readOnly: o.readOnly } : {}),
     ...(o.discard !== undefined ? { discard: o.discard } : {}),
     ...(o.encrypt !== undefined ? { encrypt: o.encrypt } : {}),
+    ...(o.backingEncrypt !== undefined ? { backingEncrypt: o.backingEncrypt } : {}),
     ...(o.lazyRefcounts !== undefined ? { lazyRefcounts: o.lazyRefcounts } : {}),
     ...(o.qcow2Cache !== undefined ? { qcow2Cache: o.qcow2Cache } : {}),
     ...(o.dataFileBlkdebug !== undefined ? { dataFileBlkdebug: o.dataFileBlkdebug } : {}),
@@ -187,7 +191,20 @@ export async function openImageOpts(
   const filename = o.filename ?? "";
   const { readOnly: _ignored, ...given } = blockOpenOptions(o);
   const image = await openCliImage(filename, { ...opts, ...given, errorPrefix });
-  return { image, filename };
+  return { image, filename: imageOptsDisplayName(o, filename) };
+}
+
+/**
+ * The name QEMU gives a node opened from options (bdrv_refresh_filename): the file name, unless a "strong"
+ * runtime option was given (the key secret of qcow2's encryption or of a luks image), which only a json:
+ * filename can carry.
+ */
+export function imageOptsDisplayName(o: BlockOptions, filename: string): string {
+  const secret = o.encrypt?.keySecret;
+  if (secret === undefined || o.format === undefined) return filename;
+  const node: { [key: string]: JsonValue } = { driver: o.format, file: { driver: "file", filename } };
+  node[o.format === "luks" ? "key-secret" : "encrypt.key-secret"] = secret;
+  return `json:${toQemuJsonLine(node)}`;
 }
 
 /** Open a command's image operand: a file name, or block driver options with --image-opts. */

@@ -4,33 +4,33 @@
  * As qemu-img 7.2: -o lists are merged, "help" lists the amend options of the format, options that exist only
  * for creation are refused with QEMU's hint, and the engine applies the rest in QEMU's order.
  */
-import { AMEND_BACKING_HINT, Qcow2Image, amendQcow2, type AmendOptions } from "@qcowkit/core/node";
+import { AMEND_BACKING_HINT, LuksImage, Qcow2Image, amendEncryption, amendQcow2, type AmendOptions, type LuksAmendOptions } from "@qcowkit/core/node";
 import { isQcow2Error } from "@qcowkit/spec";
 import { CliError, ExitStatus, UsageError, errorText } from "../cli/errors";
 import { getopt } from "../cli/getopt";
-import { closeQuietly, openCliImage } from "../cli/open";
+import { blockOpenOptions, closeQuietly, openCliImage, type CliOpenOptions } from "../cli/open";
 import { Progress } from "../cli/progress";
 import { parseBlockOptions } from "../cli/block-options";
 import { QemuOpts, accumulateOptions, formatHelp, hasHelpOption } from "../cli/qemu-opts";
-import { defineObject } from "../cli/secrets";
+import { defineObject, lookupSecretText } from "../cli/secrets";
 import type { CommandContext, QimgCommand } from "./context";
-import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS } from "./create-options";
+import { LUKS_AMEND_OPTS, LUKS_CREATE_OPTS, QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS } from "./create-options";
 import { PROG, helpText } from "./help";
 
 function printAmendHelp(format: string, ctx: CommandContext): number {
-  if (format !== "qcow2") throw new CliError(`Format driver '${format}' does not support option amendment`);
-  ctx.io.out(formatHelp(QCOW2_AMEND_OPTS, "Amend options for 'qcow2':", false));
+  if (format !== "qcow2" && format !== "luks") throw new CliError(`Format driver '${format}' does not support option amendment`);
+  ctx.io.out(formatHelp(format === "luks" ? LUKS_AMEND_OPTS : QCOW2_AMEND_OPTS, `Amend options for '${format}':`, false));
   return 0;
 }
 
 /** Parse the -o list against the amend options; an option known only at creation gets QEMU's hint. */
-function parseAmendOptions(text: string, ctx: CommandContext): QemuOpts {
+function parseAmendOptions(text: string, ctx: CommandContext, format: string): QemuOpts {
   try {
-    return QemuOpts.parse(QCOW2_AMEND_OPTS, text, ctx.warn);
+    return QemuOpts.parse(format === "luks" ? LUKS_AMEND_OPTS : QCOW2_AMEND_OPTS, text, ctx.warn);
   } catch (e) {
     let createOnly = false;
     try {
-      QemuOpts.parse(QCOW2_CREATE_OPTS, text);
+      QemuOpts.parse(format === "luks" ? LUKS_CREATE_OPTS : QCOW2_CREATE_OPTS, text);
       createOnly = true;
     } catch {
       createOnly = false;
@@ -56,7 +56,24 @@ function toAmendOptions(opts: QemuOpts): AmendOptions {
   if (opts.has("refcount_bits")) o.refcountBits = Number(BigInt.asIntN(64, opts.integer("refcount_bits")!));
   if (opts.has("data_file")) o.dataFile = s("data_file")!;
   if (opts.has("data_file_raw")) o.dataFileRaw = opts.bool("data_file_raw")!;
-  if (opts.names().some((n) => n.startsWith("encrypt."))) throw new CliError("Can't amend encryption options - encryption not present");
+  return o;
+}
+
+/** The key slot options (qcow2: encrypt.state and so on; luks: state), undefined when none is given. */
+function keyslotOptions(opts: QemuOpts, prefix: string): LuksAmendOptions | undefined {
+  if (!opts.names().some((n) => n.startsWith(prefix))) return undefined;
+  const state = opts.string(`${prefix}state`);
+  if (state === undefined) throw new CliError("Parameter 'state' is missing");
+  if (state !== "active" && state !== "inactive") throw new CliError(`Parameter 'state' does not accept value '${state}'`);
+  const o: LuksAmendOptions = { state };
+  const keyslot = opts.integer(`${prefix}keyslot`);
+  if (keyslot !== undefined) o.keyslot = Number(BigInt.asIntN(64, keyslot));
+  const oldSecret = opts.string(`${prefix}old-secret`);
+  if (oldSecret !== undefined) o.oldSecret = () => lookupSecretText(oldSecret);
+  const newSecret = opts.string(`${prefix}new-secret`);
+  if (newSecret !== undefined) o.newSecret = () => lookupSecretText(newSecret);
+  const iterTime = opts.integer(`${prefix}iter-time`);
+  if (iterTime !== undefined) o.iterTimeMs = Number(BigInt.asIntN(64, iterTime));
   return o;
 }
 
@@ -78,6 +95,7 @@ export const amendCommand: QimgCommand = {
     let progress = false;
     let quiet = false;
     let imageOpts = false;
+    let force = false;
     for (const o of options) {
       switch (o.key) {
         case "h":
@@ -101,6 +119,9 @@ export const amendCommand: QimgCommand = {
         case "image-opts":
           imageOpts = true;
           break;
+        case "force":
+          force = true;
+          break;
       }
     }
     if (optionText === undefined) throw new UsageError("Must specify options (-o)");
@@ -108,27 +129,34 @@ export const amendCommand: QimgCommand = {
     if (format !== undefined && hasHelpOption(optionText)) return printAmendHelp(format, ctx);
     if (operands.length !== 1) throw new CliError("Expecting one image file name");
     let filename = operands[0]!;
-    let dataFile: string | undefined;
+    let given: Partial<CliOpenOptions> = {};
+    const operand = filename;
     if (imageOpts) {
-      const spec = parseImageOpts(filename);
-      filename = spec.filename;
-      format = spec.driver;
-      dataFile = spec.dataFile;
+      const o = parseBlockOptions(filename, { imageOpts: true });
+      if (o.filename === undefined) throw new CliError('A block device must be specified for "file"');
+      filename = o.filename;
+      const { readOnly: _readOnly, ...rest } = blockOpenOptions(o);
+      given = { ...rest, errorPrefix: `Could not open '${operand}': ` };
     }
     const image = await openCliImage(filename, {
+      ...given,
       readOnly: false,
       ...(format !== undefined ? { format } : {}),
-      ...(dataFile !== undefined ? { dataFile } : {}),
       onWarning: (w) => ctx.io.err(`${w}\n`),
     });
     const bar = new Progress(ctx.io, progress);
     try {
       if (hasHelpOption(optionText)) return printAmendHelp(image.format, ctx);
-      if (!(image instanceof Qcow2Image)) throw new CliError(`Format driver '${image.format}' does not support option amendment`);
-      const amend = toAmendOptions(parseAmendOptions(optionText, ctx));
+      if (!(image instanceof Qcow2Image) && !(image instanceof LuksImage)) {
+        throw new CliError(`Format driver '${image.format}' does not support option amendment`);
+      }
+      const parsed = parseAmendOptions(optionText, ctx, image.format);
+      const keyslots = keyslotOptions(parsed, image instanceof LuksImage ? "" : "encrypt.");
       bar.print(0);
       try {
-        await amendQcow2(image, { ...amend, onProgress: (done, total) => bar.status(done, total) });
+        // QEMU changes the key slots first (a refusal there leaves the rest of the image as it was).
+        if (keyslots) await amendEncryption(image, keyslots, force);
+        if (image instanceof Qcow2Image) await amendQcow2(image, { ...toAmendOptions(parsed), onProgress: (done, total) => bar.status(done, total) });
       } catch (e) {
         const message = errorText(e);
         // QEMU's driver reports a damaged table itself before the step that failed on it.
@@ -150,13 +178,3 @@ export const amendCommand: QimgCommand = {
     return 0;
   },
 };
-
-/**
- * The --image-opts forms amend needs (QEMU's 061 and the reference's data-file renaming):
- * driver=FMT,file.filename=IMAGE[,file.driver=file][,data-file.filename=DATA].
- */
-function parseImageOpts(text: string): { filename: string; driver?: string; dataFile?: string } {
-  const o = parseBlockOptions(text, { imageOpts: true });
-  if (o.filename === undefined) throw new CliError("A block device must be specified for \"file\"");
-  return { filename: o.filename, ...(o.format !== undefined ? { driver: o.format } : {}), ...(o.dataFile !== undefined ? { dataFile: o.dataFile } : {}) };
-}

@@ -9,9 +9,10 @@ import { Qcow2Image, commitLayers, isRemoteName, makeEmpty, openImage, type Bloc
 import { combinePath } from "../cli/chain";
 import { CliError, UsageError, errorText } from "../cli/errors";
 import { getopt } from "../cli/getopt";
-import { closeQuietly, openCliImage } from "../cli/open";
+import { blockOpenOptions, closeQuietly, openCliImage } from "../cli/open";
+import { parseBlockOptions, type BlockOptions } from "../cli/block-options";
 import { Progress } from "../cli/progress";
-import { defineObject } from "../cli/secrets";
+import { defineObject, encryptOpenOptions } from "../cli/secrets";
 import type { QimgCommand } from "./context";
 import { helpText } from "./help";
 
@@ -32,6 +33,7 @@ export const commitCommand: QimgCommand = {
     let drop = false;
     let progress = false;
     let quiet = false;
+    let imageOpts = false;
     for (const o of options) {
       switch (o.key) {
         case "h":
@@ -57,18 +59,35 @@ export const commitCommand: QimgCommand = {
           defineObject(o.value!);
           break;
         case "image-opts":
-          throw new CliError("--image-opts is not supported by qimg; give the file name (and -f)");
+          imageOpts = true;
+          break;
       }
     }
     if (quiet) progress = false;
     if (operands.length !== 1) throw new UsageError("Expecting one image file name");
-    const filename = operands[0]!;
+    const operand = operands[0]!;
+    if (imageOpts && format !== undefined) throw new CliError("--image-opts and --format are mutually exclusive");
+    // --image-opts: the top image's options; its backing.* ones (file name, format, key secret) are the base's
+    // when the base is the top's backing file.
+    let blockOptions: BlockOptions | undefined;
+    if (imageOpts) {
+      try {
+        blockOptions = parseBlockOptions(operand, { imageOpts: true, onWarning: (w) => ctx.io.err(`${w}\n`) });
+      } catch (e) {
+        throw new CliError(`Could not open '${operand}': ${errorText(e)}`, { cause: e });
+      }
+    }
+    const given = blockOptions ? blockOpenOptions(blockOptions) : {};
+    const { readOnly: _readOnly, backing: givenBacking, backingFormat: givenBackingFormat, backingEncrypt, ...topOptions } = given;
+    const filename = blockOptions ? (blockOptions.filename ?? "") : operand;
     // Each layer is opened without its backing file (the base with its own chain, read-write), so no image
     // is open twice: what a layer allocates itself is block status at depth 0.
     const top = await openCliImage(filename, {
+      ...topOptions,
       readOnly: false,
       backing: null,
       ...(format !== undefined ? { format } : {}),
+      ...(imageOpts ? { errorPrefix: `Could not open '${operand}': ` } : {}),
       onWarning: (w) => ctx.io.err(`${w}\n`),
     });
     const layers: BlockImage[] = [top];
@@ -78,19 +97,22 @@ export const commitCommand: QimgCommand = {
       let found = false;
       for (;;) {
         const above = layers[layers.length - 1]!;
-        const stored = above instanceof Qcow2Image ? above.hdr.backingFile : undefined;
+        const first = layers.length === 1;
+        const storedName = above instanceof Qcow2Image ? above.hdr.backingFile : undefined;
+        const stored = first && typeof givenBacking === "string" ? givenBacking : storedName;
         if (stored === undefined || stored === "") break;
-        const path = combinePath(above.filename, stored);
-        const fmt = above instanceof Qcow2Image ? above.hdr.extensions.backingFormat : undefined;
+        const path = first && typeof givenBacking === "string" ? givenBacking : combinePath(above.filename, stored);
+        const fmt = (first ? givenBackingFormat : undefined) ?? (above instanceof Qcow2Image ? above.hdr.extensions.backingFormat : undefined);
+        const encrypt = first && backingEncrypt ? { encrypt: encryptOpenOptions(backingEncrypt) } : {};
         const isBase = baseName === undefined || baseName === stored || sameFile(combinePath(above.filename, baseName), path);
         if (isBase && isRemoteName(stored)) {
           throw new CliError(`Cannot commit into the remote base '${stored}': it is read-only; publish the result with qimg convert -O qcow2 ${filename} s3://BUCKET/KEY`);
         }
         try {
           if (isBase) {
-            base = await openImage(path, { readOnly: false, ...(fmt !== undefined ? { format: fmt } : {}) });
+            base = await openImage(path, { readOnly: false, ...(fmt !== undefined ? { format: fmt } : {}), ...encrypt });
           } else {
-            layers.push(await openImage(path, { readOnly: true, backing: null, ...(fmt !== undefined ? { format: fmt } : {}) }));
+            layers.push(await openImage(path, { readOnly: true, backing: null, ...(fmt !== undefined ? { format: fmt } : {}), ...encrypt }));
           }
         } catch (e) {
           throw new CliError(`Could not open backing file: ${errorText(e)}`, { cause: e });

@@ -34,7 +34,7 @@ import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat } from "./create-opti
 import { convertWithStreams, involvesStreams } from "./convert-stream";
 
 /** -l: "snapshot.id=ID,snapshot.name=NAME" or "ID_OR_NAME". */
-function parseSnapshotParam(text: string): SnapshotSelector {
+export function parseSnapshotParam(text: string): SnapshotSelector {
   if (!text.startsWith("snapshot.")) return { idOrName: text };
   const out: { id?: string; name?: string } = {};
   for (const element of splitOptionList(text)) {
@@ -43,7 +43,8 @@ function parseSnapshotParam(text: string): SnapshotSelector {
     const value = eq < 0 ? "on" : element.slice(eq + 1);
     if (key === "snapshot.id") out.id = value;
     else if (key === "snapshot.name") out.name = value;
-    else throw new CliError(`Invalid parameter '${key}'`, { hint: `Failed in parsing snapshot param '${text}'` });
+    // Two error lines (QEMU reports both; each gets the program name).
+    else throw new CliError(`Invalid parameter '${key}'\nFailed in parsing snapshot param '${text}'`);
   }
   return out;
 }
@@ -250,7 +251,7 @@ export const convertCommand: QimgCommand = {
       if (a.bitmaps) await checkBitmaps(sources, a.skipBrokenBitmaps);
       const prepared = await prepareTarget(outFilename!, outFmt, a, sources, ctx);
       target = prepared.target;
-      await copy(sources, target, prepared.hasBacking, a, bar);
+      await copy(sources, target, prepared, a, bar);
       if (a.bitmaps) await copyBitmaps(sources[0]!, target, ctx);
       bar.print(100, 0);
       const t = target;
@@ -265,6 +266,16 @@ export const convertCommand: QimgCommand = {
   },
 };
 
+interface PreparedTarget {
+  target: BlockImage;
+  hasBacking: boolean;
+  /**
+   * False when a new target does not read as zeros (QEMU's has_zero_init): an encrypted one whose clusters
+   * are preallocated (zero bytes on disk are not encrypted zeros), and a luks one (its payload likewise).
+   */
+  zeroInit: boolean;
+}
+
 /** Create (unless -n) and open the target; QEMU's checks on the way. */
 async function prepareTarget(
   outFilename: string,
@@ -272,11 +283,12 @@ async function prepareTarget(
   a: ConvertArgs,
   sources: BlockImage[],
   ctx: CommandContext,
-): Promise<{ target: BlockImage; hasBacking: boolean }> {
+): Promise<PreparedTarget> {
   const totalBytes = sources.reduce((n, s) => n + s.virtualSize, 0);
   let backingFile = a.backingFile;
   // QEMU opens the new target with the key secret its creation options name (img_add_key_secrets).
   let keySecret: string | undefined;
+  let zeroInit = true;
   if (!a.skipCreate) {
     if (!isKnownFormat(outFmt)) throw new CliError(`Unknown file format '${outFmt}'`);
     const opts = QemuOpts.parse(appendDescs(formatCreateOpts(outFmt), FILE_CREATE_OPTS), a.options, ctx.warn);
@@ -284,7 +296,9 @@ async function prepareTarget(
     addBackingOptions(opts, outFmt, a.backingFile, a.backingFmt);
     backingFile = opts.string("backing_file") ?? backingFile;
     checkBacking(backingFile, sources.length, opts.string("backing_fmt") !== undefined);
-    keySecret = opts.string("encrypt.key-secret");
+    keySecret = opts.string(outFmt === "luks" ? "key-secret" : "encrypt.key-secret");
+    const preallocated = (opts.string("preallocation") ?? "off") !== "off";
+    if (outFmt === "luks" || (preallocated && (opts.bool("encryption") || opts.has("encrypt.format")))) zeroInit = false;
     if (a.compressed) {
       if (outFmt !== "qcow2") throw new CliError("Compression not supported for this file format");
       if (opts.bool("encryption") || opts.has("encrypt.format")) throw new CliError("Compression and encryption not supported at the same time");
@@ -317,7 +331,7 @@ async function prepareTarget(
     await closeQuietly(target);
     throw e;
   }
-  return { target, hasBacking: backingFile !== undefined };
+  return { target, hasBacking: backingFile !== undefined, zeroInit };
 }
 
 function checkBacking(backingFile: string | undefined, sourceCount: number, hasFormat: boolean): void {
@@ -326,7 +340,8 @@ function checkBacking(backingFile: string | undefined, sourceCount: number, hasF
   if (!hasFormat) throw new CliError("Use of backing file requires explicit backing format");
 }
 
-async function copy(sources: BlockImage[], target: BlockImage, targetHasBacking: boolean, a: ConvertArgs, bar: Progress): Promise<void> {
+async function copy(sources: BlockImage[], target: BlockImage, prepared: PreparedTarget, a: ConvertArgs, bar: Progress): Promise<void> {
+  const targetHasBacking = prepared.hasBacking;
   try {
     await convertImages(sources, target, {
       sparseBytes: a.sparseBytes,
@@ -338,7 +353,8 @@ async function copy(sources: BlockImage[], target: BlockImage, targetHasBacking:
       targetIsNew: !a.skipCreate,
       // A new target without a backing file reads as zeros; with -n only when the user says so.
       // An NBD export keeps its old contents when "created" (QEMU: no zero init), so zeros are written there.
-      targetZeroInit: a.targetIsZero || (!a.skipCreate && a.sparseBytes !== 0 && !targetHasBacking && !(target instanceof NbdImage)),
+      targetZeroInit:
+        a.targetIsZero || (!a.skipCreate && prepared.zeroInit && a.sparseBytes !== 0 && !targetHasBacking && !(target instanceof NbdImage)),
       ...(bar.enabled ? { onProgress: (percent: number) => bar.print(percent, 0) } : {}),
     });
   } catch (e) {

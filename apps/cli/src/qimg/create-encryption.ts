@@ -9,14 +9,31 @@ import { CliError } from "../cli/errors";
 import type { QemuOpts } from "../cli/qemu-opts";
 import { lookupSecretText } from "../cli/secrets";
 
-/** The -o names of the luks options, by the engine's name. */
+/** The -o names of the luks options (after qcow2's "encrypt." prefix), by the engine's name. */
 const LUKS_OPTION_NAMES = {
-  cipherAlg: "encrypt.cipher-alg",
-  cipherMode: "encrypt.cipher-mode",
-  ivgenAlg: "encrypt.ivgen-alg",
-  ivgenHashAlg: "encrypt.ivgen-hash-alg",
-  hashAlg: "encrypt.hash-alg",
+  cipherAlg: "cipher-alg",
+  cipherMode: "cipher-mode",
+  ivgenAlg: "ivgen-alg",
+  ivgenHashAlg: "ivgen-hash-alg",
+  hashAlg: "hash-alg",
 } as const;
+
+/** The luks options named `${prefix}cipher-alg` and so on, into `o`. */
+function readLuksOptions(o: EncryptionCreateOptions, opts: QemuOpts, prefix: string): EncryptionCreateOptions {
+  for (const [key, name] of Object.entries(LUKS_OPTION_NAMES)) {
+    const value = opts.string(prefix + name);
+    if (value !== undefined) o[key as keyof typeof LUKS_OPTION_NAMES] = value;
+  }
+  const iterTime = opts.integer(`${prefix}iter-time`);
+  if (iterTime !== undefined) o.iterTimeMs = Number(BigInt.asIntN(64, iterTime));
+  validateEncryptionCreateOptions(o);
+  return o;
+}
+
+/** The options of the standalone luks format (`qimg create -f luks -o key-secret=...,iter-time=...`), without the secret. */
+export function luksFormatCreateOptions(opts: QemuOpts): EncryptionCreateOptions {
+  return readLuksOptions({ format: "luks" }, opts, "");
+}
 
 /** QEMU's rename of the legacy option: refused when both spellings are given (checked before anything else). */
 export function checkEncryptionAlias(opts: QemuOpts): void {
@@ -42,19 +59,11 @@ export function encryptionCreateOptions(opts: QemuOpts): EncryptionCreateOptions
   if (format === undefined) throw new CliError("Parameter 'encrypt.format' is missing");
   if (format === "aes") format = "qcow";
   if (format !== "qcow" && format !== "luks") throw new CliError(`Parameter 'format' does not accept value '${format}'`);
-  const o: EncryptionCreateOptions = { format: (format === "qcow" ? "aes" : "luks") as EncryptionFormat };
-  for (const [key, name] of Object.entries(LUKS_OPTION_NAMES)) {
-    const value = opts.string(name);
-    if (value !== undefined) o[key as keyof typeof LUKS_OPTION_NAMES] = value;
-  }
-  const iterTime = opts.integer("encrypt.iter-time");
-  if (iterTime !== undefined) o.iterTimeMs = Number(BigInt.asIntN(64, iterTime));
-  validateEncryptionCreateOptions(o);
-  return o;
+  return readLuksOptions({ format: (format === "qcow" ? "aes" : "luks") as EncryptionFormat }, opts, "encrypt.");
 }
 
-/** The options with the key secret's bytes (looked up by encrypt.key-secret, when given). */
-export function withKeySecret(o: EncryptionCreateOptions, opts: QemuOpts): EncryptionCreateOptions {
-  const id = opts.string("encrypt.key-secret");
+/** The options with the key secret's bytes (looked up by encrypt.key-secret, or `name`, when given). */
+export function withKeySecret(o: EncryptionCreateOptions, opts: QemuOpts, name = "encrypt.key-secret"): EncryptionCreateOptions {
+  const id = opts.string(name);
   return id === undefined ? o : { ...o, keySecret: lookupSecretText(id) };
 }

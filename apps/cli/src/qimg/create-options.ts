@@ -30,6 +30,16 @@ export const QCOW2_CREATE_OPTS: readonly OptDesc[] = [
 
 export const RAW_CREATE_OPTS: readonly OptDesc[] = [{ name: "size", type: "size", help: "Virtual disk size" }];
 
+/** The standalone luks format's options (the luks ones of qcow2's encrypt.*, without the prefix). */
+export const LUKS_CREATE_OPTS: readonly OptDesc[] = [
+  { name: "size", type: "size", help: "Virtual disk size" },
+  { name: "key-secret", type: "string", help: "ID of the secret that provides the keyslot passphrase" },
+  ...QCOW2_CREATE_OPTS.filter((d) => d.name.startsWith("encrypt.") && !["encrypt.format", "encrypt.key-secret"].includes(d.name)).map((d) => ({
+    ...d,
+    name: d.name.slice("encrypt.".length),
+  })),
+];
+
 /** The file protocol's options (merged in when a file name is known). */
 export const FILE_CREATE_OPTS: readonly OptDesc[] = [
   { name: "size", type: "size", help: "Virtual disk size" },
@@ -58,12 +68,18 @@ export const QCOW2_AMEND_OPTS: readonly OptDesc[] = QCOW2_CREATE_OPTS.filter((d)
   { name: "encrypt.state", type: "string", help: "Select new state of affected keyslots (active/inactive)" },
 ]);
 
-export type ImageFormatName = "qcow2" | "raw";
+/** luks options amend accepts (qemu-img amend -f luks -o help): qcow2's encrypt.* amend options, unprefixed. */
+export const LUKS_AMEND_OPTS: readonly OptDesc[] = QCOW2_AMEND_OPTS.filter((d) => d.name.startsWith("encrypt.")).map((d) => ({
+  ...d,
+  name: d.name.slice("encrypt.".length),
+}));
+
+export type ImageFormatName = "qcow2" | "raw" | "luks";
 
 export function formatCreateOpts(format: ImageFormatName): readonly OptDesc[] {
-  return format === "qcow2" ? QCOW2_CREATE_OPTS : RAW_CREATE_OPTS;
+  return format === "qcow2" ? QCOW2_CREATE_OPTS : format === "luks" ? LUKS_CREATE_OPTS : RAW_CREATE_OPTS;
 }
 
 export function isKnownFormat(name: string): name is ImageFormatName {
-  return name === "qcow2" || name === "raw";
+  return name === "qcow2" || name === "raw" || name === "luks";
 }

@@ -7,7 +7,7 @@
  * deletes both files, as QEMU does.
  */
 import { rm } from "node:fs/promises";
-import { createImage, isNbdFilename, isRemoteName, validateCreateOptions, type CreateImageOptions } from "@qcowkit/core/node";
+import { createImage, isNbdFilename, isRemoteName, validateCreateOptions, type CreateImageOptions, type Preallocation } from "@qcowkit/core/node";
 import { imageFilePath, resolveBackingFileName } from "@qcowkit/datafile";
 import { FileStore } from "@qcowkit/datafile/node";
 import { CliError, UsageError, errorText, withContext } from "../cli/errors";
@@ -16,7 +16,7 @@ import { QemuOpts, accumulateOptions, appendDescs, formatHelp, hasHelpOption } f
 import { sizeArgument } from "../cli/size";
 import { HELP_OPTION, OBJECT_OPTION, parseCommand, type CommandContext, type QimgCommand } from "./context";
 import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat, type ImageFormatName } from "./create-options";
-import { checkEncryptionAlias, encryptionCreateOptions, withKeySecret } from "./create-encryption";
+import { checkEncryptionAlias, encryptionCreateOptions, luksFormatCreateOptions, withKeySecret } from "./create-encryption";
 
 /** Block drivers QEMU 7.2 knows (the values `backing_fmt` accepts at creation). */
 const QEMU_DRIVERS = new Set(
@@ -158,7 +158,24 @@ export async function createFromOptions(req: CreateRequest, ctx: CommandContext)
 /** bdrv_create: the format driver creates the image from parsed options (no "Formatting" line, no backing probe). */
 export async function createWithDriver(filename: string, format: ImageFormatName, opts: QemuOpts, size: bigint): Promise<void> {
   if (format === "raw") await createRaw(filename, opts, size);
+  else if (format === "luks") await createLuksFile(filename, opts, size);
   else await createQcow2File(filename, opts, size);
+}
+
+/** A standalone LUKS image (QEMU's block_crypto_co_create_opts_luks); a failed creation deletes the file. */
+async function createLuksFile(filename: string, opts: QemuOpts, size: bigint): Promise<void> {
+  try {
+    await truncateFile(filename);
+    const luks = luksFormatCreateOptions(opts);
+    const preallocation = opts.string("preallocation") ?? "off";
+    if (!["off", "metadata", "falloc", "full"].includes(preallocation)) throw new CliError(`invalid parameter value: ${preallocation}`);
+    const bytes = checkedSize(size);
+    const encrypt = withKeySecret(luks, opts, "key-secret");
+    await createImage(filename, { format: "luks", size: bytes, preallocation: preallocation as Preallocation, encrypt });
+  } catch (e) {
+    await rm(filename, { force: true }).catch(() => undefined);
+    throw e;
+  }
 }
 
 /** Open the backing file as qemu-img create does (metadata only); returns its size. */

@@ -4,16 +4,18 @@
  * As qemu-img 7.2: the default target format is raw; the numbers are QEMU's ("required size", "fully
  * allocated size", and "bitmaps size" when the source and the target keep persistent bitmaps).
  */
-import { measureImage, type BlockImage, type MeasureTarget, type Preallocation, toQemuJson } from "@qcowkit/core/node";
-import { CliError, ExitStatus } from "../cli/errors";
+import { loadSnapshotReadOnly, measureImage, type SnapshotSelector, type BlockImage, type MeasureTarget, type Preallocation, toQemuJson } from "@qcowkit/core/node";
+import { CliError, ExitStatus, errorText } from "../cli/errors";
 import { getopt } from "../cli/getopt";
-import { openCliImage, usingImage } from "../cli/open";
+import { openOperand, usingImage } from "../cli/open";
 import { QemuOpts, accumulateOptions, appendDescs } from "../cli/qemu-opts";
 import { sizeArgument } from "../cli/size";
 import { defineObject } from "../cli/secrets";
 import type { CommandContext, QimgCommand } from "./context";
 import { FILE_CREATE_OPTS, QCOW2_CREATE_OPTS, RAW_CREATE_OPTS } from "./create-options";
 import { PROG, helpText } from "./help";
+import { encryptionCreateOptions } from "./create-encryption";
+import { parseSnapshotParam } from "./convert";
 import { outputFormat } from "./output-format";
 
 const INT64_MAX = (1n << 63n) - 1n;
@@ -43,6 +45,9 @@ function targetOptions(format: "qcow2" | "raw", text: string | undefined, ctx: C
   const bits = opts.integer("refcount_bits");
   if (bits !== undefined) t.refcountBits = Number(BigInt.asIntN(64, bits));
   if (opts.bool("extended_l2")) t.extendedL2 = true;
+  if (opts.string("backing_file") !== undefined) t.backingFile = true;
+  const encrypt = encryptionCreateOptions(opts);
+  if (encrypt?.format === "luks") t.luks = encrypt;
   const compat = opts.string("compat");
   if (compat !== undefined) {
     if (compat === "0.10" || compat === "v2") t.version = 2;
@@ -73,6 +78,8 @@ export const measureCommand: QimgCommand = {
     let output = "human";
     let size: bigint | undefined;
     let forceShare = false;
+    let imageOpts = false;
+    let snapshot: SnapshotSelector | undefined;
     for (const o of options) {
       switch (o.key) {
         case "h":
@@ -97,36 +104,55 @@ export const measureCommand: QimgCommand = {
           forceShare = true;
           break;
         case "l":
-          throw new CliError("-l (snapshot parameters) is not supported by qimg measure");
+          snapshot = parseSnapshotParam(o.value!);
+          break;
         case "object":
           defineObject(o.value!);
           break;
         case "image-opts":
-          throw new CliError("--image-opts is not supported by qimg; give the file name (and -f)");
+          imageOpts = true;
+          break;
       }
     }
     const mode = outputFormat(output);
-    if (operands.length > 1) throw new CliError(`Expecting one image file name`);
+    if (operands.length > 1) throw new CliError("At most one filename argument is allowed.");
     const filename = operands[0];
+    if (filename === undefined && (imageOpts || format !== undefined || snapshot !== undefined)) {
+      throw new CliError("--image-opts, -f, and -l require a filename argument.");
+    }
     if (filename !== undefined && size !== undefined) throw new CliError("--size N cannot be used together with a filename.");
     if (filename === undefined && size === undefined) throw new CliError("Either --size N or one filename must be specified.");
     const measure = async (source: BlockImage | undefined) => {
       if (outFormat !== "qcow2" && outFormat !== "raw") throw new CliError(`Unknown file format '${outFormat}'`);
       const target = targetOptions(outFormat, optionText, ctx);
-      if (size !== undefined && size > BigInt(Number.MAX_SAFE_INTEGER)) throw new CliError("Image sizes above 2^53 bytes are not supported by qimg");
+      if (size !== undefined && size > BigInt(Number.MAX_SAFE_INTEGER)) {
+        if (outFormat === "qcow2") throw new CliError("The image size is too large (try using a larger cluster size)");
+        throw new CliError("Image sizes above 2^53 bytes are not supported by qimg");
+      }
       return measureImage(target, source ? { source } : { size: Number(size) });
     };
     const result =
       filename === undefined
         ? await measure(undefined)
         : await usingImage(
-            await openCliImage(filename, {
-              readOnly: true,
-              forceShare,
-              ...(format !== undefined ? { format } : {}),
-              onWarning: (w) => ctx.io.err(`${w}\n`),
-            }),
-            measure,
+            (
+              await openOperand(filename, imageOpts, {
+                readOnly: true,
+                forceShare,
+                ...(format !== undefined ? { format } : {}),
+                onWarning: (w) => ctx.io.err(`${w}\n`),
+              })
+            ).image,
+            async (source) => {
+              if (snapshot !== undefined) {
+                try {
+                  await loadSnapshotReadOnly(source, snapshot);
+                } catch (e) {
+                  throw new CliError(`Failed to load snapshot: ${errorText(e)}`, { cause: e });
+                }
+              }
+              return measure(source);
+            },
           );
     if (mode === "human") {
       let out = `required size: ${result.required}\nfully allocated size: ${result.fullyAllocated}\n`;

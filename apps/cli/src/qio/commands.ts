@@ -2,7 +2,7 @@
  * qemu-io's commands, with its argument checks, output lines and failure texts. A command returns true when
  * it succeeded; qio exits 1 when any command failed.
  */
-import { Qcow2Image, createImage, qcow2SpecificInfo, dumpHuman, type BlockImage, type JsonValue, type Preallocation } from "@qcowkit/core/node";
+import { Qcow2Image, createImage, qcow2SpecificInfo, dumpHuman, readVmState, writeVmState, type BlockImage, type JsonValue, type Preallocation } from "@qcowkit/core/node";
 import { isQcow2Error } from "@qcowkit/spec";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { join, resolve as resolvePath } from "node:path";
@@ -103,6 +103,19 @@ function checkLength(s: Session, count: number, text: string): void {
   }
 }
 
+/** qemu-io's check for requests that must be whole sectors (-b, -c): false, with its message, when not. */
+function sectorAligned(s: Session, offset: number, count: number): boolean {
+  if (offset % 512 !== 0) {
+    s.io.out(`${offset} is not a sector-aligned value for 'offset'\n`);
+    return false;
+  }
+  if (count % 512 !== 0) {
+    s.io.out(`${count} is not a sector-aligned value for 'count'\n`);
+    return false;
+  }
+  return true;
+}
+
 const readCmd: Command = {
   help: " Reads LEN bytes at offset OFF of the open image.\n  -C  print the statistics as one machine-readable line\n  -P  check that every byte read equals PATTERN (-s and -l narrow the check to a part)\n  -q  print nothing but errors\n  -v  hex dump of the data read\n",
   name: "read",
@@ -121,8 +134,9 @@ const readCmd: Command = {
     let patCount: number | undefined;
     let lflag = false;
     let sflag = false;
+    let vmState = false;
     for (const o of options) {
-      if (o.key === "b") throw new CliError("read -b (VM state) is not supported by qio");
+      if (o.key === "b") vmState = true;
       if (o.key === "C") machine = true;
       if (o.key === "q") quiet = true;
       if (o.key === "v") verbose = true;
@@ -143,6 +157,7 @@ const readCmd: Command = {
     const offset = num(s, operands[0]!);
     const count = num(s, operands[1]!);
     checkLength(s, count, operands[1]!);
+    if (vmState && !sectorAligned(s, offset, count)) return false;
     if (pat === undefined && (lflag || sflag)) {
       s.io.out(usage(this));
       return false;
@@ -155,7 +170,8 @@ const readCmd: Command = {
     const buf = new Uint8Array(count).fill(0xab);
     const start = process.hrtime.bigint();
     try {
-      await s.image!.read(offset, buf);
+      if (vmState) await readVmState(s.image!, offset, buf);
+      else await s.image!.read(offset, buf);
     } catch (e) {
       // readv reports its own name (qemu-io: "readv failed").
       s.io.out(`${argv[0] === "readv" ? "readv" : "read"} failed: ${requestError(e)}\n`);
@@ -217,10 +233,12 @@ const writeCmd: Command = {
     let pat = 0xcd;
     let patGiven = false;
     let source: string | undefined;
+    let vmState = false;
     for (const o of options) {
       switch (o.key) {
         case "b":
-          throw new CliError("write -b (VM state) is not supported by qio");
+          vmState = true;
+          break;
         case "c":
           compressed = true;
           break;
@@ -255,7 +273,7 @@ const writeCmd: Command = {
       s.io.out(usage(this));
       return false;
     }
-    if (fua && compressed) {
+    if (fua && (compressed || vmState)) {
       s.io.out("-f and -b or -c cannot be specified at the same time\n");
       return false;
     }
@@ -277,22 +295,14 @@ const writeCmd: Command = {
       s.io.out(`length cannot exceed ${MAX_REQUEST_BYTES} without -n, given ${operands[1]}\n`);
       return false;
     }
-    if (compressed) {
-      if (offset % 512 !== 0) {
-        s.io.out(`${offset} is not a sector-aligned value for 'offset'\n`);
-        return false;
-      }
-      if (count % 512 !== 0) {
-        s.io.out(`${count} is not a sector-aligned value for 'count'\n`);
-        return false;
-      }
-    }
+    if ((compressed || vmState) && !sectorAligned(s, offset, count)) return false;
     let buf: Uint8Array | undefined;
     if (!zero) buf = source !== undefined ? await fillFromFile(s, source, count) : new Uint8Array(count).fill(pat);
     const start = process.hrtime.bigint();
     try {
       const durable = fua || s.writethrough;
-      if (zero) await s.image!.writeZeroes(offset, count, { unmap, noFallback, fua: durable });
+      if (vmState) await writeVmState(s.image!, offset, buf ?? new Uint8Array(count));
+      else if (zero) await s.image!.writeZeroes(offset, count, { unmap, noFallback, fua: durable });
       else await s.image!.write(offset, buf!, { fua: durable, compressed });
     } catch (e) {
       s.io.out(`${argv[0] === "writev" ? "writev" : "write"} failed: ${requestError(e)}\n`);
@@ -969,6 +979,7 @@ export async function openForSession(s: Session, req: OpenRequest, errorPrefix?:
     ...(req.backingFormat !== undefined ? { backingFormat: req.backingFormat } : {}),
     discard: req.discard,
     ...(req.encrypt ? { encrypt: req.encrypt } : {}),
+    ...(req.backingEncrypt ? { backingEncrypt: req.backingEncrypt } : {}),
     ...(req.lazyRefcounts !== undefined ? { lazyRefcounts: req.lazyRefcounts } : {}),
     ...(req.qcow2Cache !== undefined ? { qcow2Cache: req.qcow2Cache } : {}),
     program: programNames.qio,
@@ -991,6 +1002,7 @@ async function openSnapshotMode(s: Session, req: OpenRequest): Promise<BlockImag
     ...(req.backing !== undefined ? { backing: req.backing } : {}),
     ...(req.backingFormat !== undefined ? { backingFormat: req.backingFormat } : {}),
     ...(req.encrypt ? { encrypt: req.encrypt } : {}),
+    ...(req.backingEncrypt ? { backingEncrypt: req.backingEncrypt } : {}),
     program: programNames.qio,
     onWarning: (w) => s.io.err(`${w}\n`),
     errorPrefix: req.filename === "" || req.imageOpts ? "can't open: " : `can't open device ${req.filename}: `,

@@ -18,6 +18,8 @@ export interface OpenRequest {
   backingFormat?: string;
   /** encrypt.* options (key secret id, format). */
   encrypt?: EncryptOptions;
+  /** backing.encrypt.* options. */
+  backingEncrypt?: EncryptOptions;
   /** lazy-refcounts runtime option (the image's own setting otherwise). */
   lazyRefcounts?: boolean;
   /** qcow2's cache options. */
@@ -49,6 +51,7 @@ export function applyBlockOptions(req: OpenRequest, text: string, imageOpts: boo
   if (o.locking !== undefined) out.locking = o.locking;
   if (o.discard !== undefined) out.discard = o.discard;
   if (o.encrypt !== undefined) out.encrypt = o.encrypt;
+  if (o.backingEncrypt !== undefined) out.backingEncrypt = o.backingEncrypt;
   if (o.lazyRefcounts !== undefined) out.lazyRefcounts = o.lazyRefcounts;
   if (o.nodeName !== undefined) out.nodeName = o.nodeName;
   if (o.qcow2Cache !== undefined) out.qcow2Cache = o.qcow2Cache;

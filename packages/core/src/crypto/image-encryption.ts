@@ -13,7 +13,8 @@
  */
 import { CRYPT_AES, CRYPT_LUKS, CRYPT_NONE, Qcow2Error, type ByteStore, type ImageHeader } from "@qcowkit/spec";
 import type { BlockStatusExtent } from "../block-image";
-import { luksInfo, readLuksVolume, unlockLuks, type LuksInfo, type LuksReader, type LuksVolume } from "./luks";
+import { luksInfo, readLuksVolume, unlockLuksMasterKey, type LuksInfo, type LuksReader, type LuksVolume } from "./luks";
+import type { LuksAccess, LuksWriter } from "./luks-keyslots";
 import { SECTOR_BYTES, SectorCipher, type CipherSpec } from "./sector-cipher";
 
 export type EncryptionFormat = "aes" | "luks";
@@ -60,6 +61,8 @@ export class ImageEncryption {
     readonly format: EncryptionFormat,
     private readonly cipher: SectorCipher | undefined,
     readonly luks: LuksVolume | undefined,
+    /** LUKS opened for I/O: the master key and the LUKS area's reader and writer (key slot management). */
+    readonly luksAccess?: LuksAccess,
   ) {}
 
   /** The sector number whose IV encrypts data at these offsets (LUKS: host, AES: guest). */
@@ -139,6 +142,15 @@ function luksAreaReader(meta: ByteStore, area: { offset: number; length: number 
   };
 }
 
+/** Writes the LUKS area of a qcow2 file (QEMU's qcow2_crypto_hdr_write_func), each write made durable. */
+function luksAreaWriter(meta: ByteStore, area: { offset: number; length: number }): LuksWriter {
+  return async (offset, bytes) => {
+    if (offset + bytes.byteLength > area.length) throw new Qcow2Error("INVALID_IMAGE", "Request for data outside of extension header");
+    await meta.write(area.offset + offset, bytes);
+    await meta.flush();
+  };
+}
+
 /**
  * Open the encryption of an image: undefined for an unencrypted one (after QEMU's check that no format was
  * asked for). `noIo`: only the header is read (no key needed, no cipher).
@@ -163,8 +175,9 @@ export async function openImageEncryption(
   if (unexpected !== undefined) throw invalid(`Parameter '${unexpected}' is unexpected`);
   let luks: LuksVolume | undefined;
   let read: LuksReader | undefined;
+  let area: { offset: number; length: number } | undefined;
   if (method === CRYPT_LUKS) {
-    const area = hdr.extensions.cryptoHeader;
+    area = hdr.extensions.cryptoHeader;
     if (!area) throw new Qcow2Error("INVALID_IMAGE", `Missing CRYPTO header for crypt method ${method}`);
     read = luksAreaReader(meta, area);
     luks = await readLuksVolume(read);
@@ -172,6 +185,8 @@ export async function openImageEncryption(
   if (noIo) return new ImageEncryption(format, undefined, luks);
   const secret = typeof opts?.keySecret === "function" ? opts.keySecret() : opts?.keySecret;
   if (secret === undefined) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
-  const cipher = luks ? await unlockLuks(luks, secretText(secret), read!) : await SectorCipher.create(QCOW_AES, qcowKey(secret));
-  return new ImageEncryption(format, cipher, luks);
+  if (!luks) return new ImageEncryption(format, await SectorCipher.create(QCOW_AES, qcowKey(secret)), undefined);
+  const masterKey = await unlockLuksMasterKey(luks, secretText(secret), read!);
+  const access: LuksAccess = { volume: luks, masterKey, read: read!, write: luksAreaWriter(meta, area!) };
+  return new ImageEncryption(format, await SectorCipher.create(luks.cipher, masterKey), luks, access);
 }

@@ -112,15 +112,49 @@ async function unlockSlot(volume: LuksVolume, slot: LuksKeySlot, password: Uint8
   return digest.every((b, i) => b === header.mkDigest[i]) ? masterKey : undefined;
 }
 
-/** Unlock the volume with `password`: the payload cipher. */
-export async function unlockLuks(volume: LuksVolume, password: Uint8Array, read: LuksReader): Promise<SectorCipher> {
+/** True when active key slot `index` opens with `password`. */
+export async function slotOpensWith(volume: LuksVolume, index: number, password: Uint8Array, read: LuksReader): Promise<boolean> {
+  const slot = volume.header.slots[index]!;
+  if (slot.state !== LUKS_SLOT_ENABLED) return false;
+  checkIterations(volume.header.mkDigestIterations);
+  return (await unlockSlot(volume, slot, password, read)) !== undefined;
+}
+
+/** Unlock the volume with `password`: the master key (key slots are tried in order). */
+export async function unlockLuksMasterKey(volume: LuksVolume, password: Uint8Array, read: LuksReader): Promise<Uint8Array> {
   checkIterations(volume.header.mkDigestIterations);
   for (const slot of volume.header.slots) {
     if (slot.state !== LUKS_SLOT_ENABLED) continue;
     const masterKey = await unlockSlot(volume, slot, password, read);
-    if (masterKey) return SectorCipher.create(volume.cipher, masterKey);
+    if (masterKey) return masterKey;
   }
   throw new Qcow2Error("INVALID_ARGUMENT", "Invalid password, cannot unlock any keyslot", { errno: "EPERM" });
+}
+
+/** Unlock the volume with `password`: the payload cipher. */
+export async function unlockLuks(volume: LuksVolume, password: Uint8Array, read: LuksReader): Promise<SectorCipher> {
+  return SectorCipher.create(volume.cipher, await unlockLuksMasterKey(volume, password, read));
+}
+
+/**
+ * Put `masterKey` into `slot` under `password` (QEMU's qcrypto_block_luks_store_key, before the header is
+ * written): a new salt, iterations for `iterTimeMs` of PBKDF2, the split key encrypted with the slot key.
+ * Returns the key material to write at the slot's key offset; the slot is not yet marked active.
+ */
+export async function sealKeySlot(
+  volume: Pick<LuksVolume, "cipher" | "hash">,
+  slot: LuksKeySlot,
+  password: Uint8Array,
+  masterKey: Uint8Array,
+  iterTimeMs: number,
+): Promise<Uint8Array> {
+  slot.salt = randomBytes(LUKS_SALT_BYTES);
+  const rate = await pbkdf2IterationsPerSecond(volume.hash, password, slot.salt, masterKey.byteLength);
+  slot.iterations = scaledIterations(rate, iterTimeMs, 1);
+  const slotKey = await pbkdf2(volume.hash, password, slot.salt, slot.iterations, masterKey.byteLength);
+  const material = await afSplit(volume.hash, masterKey, slot.stripes);
+  (await SectorCipher.create(volume.cipher, slotKey)).encrypt(0, material);
+  return material;
 }
 
 /** encrypt.* creation options of the luks format (QCryptoBlockCreateOptionsLUKS), as given. */
@@ -134,7 +168,7 @@ export interface LuksCreateOptions {
   iterTimeMs?: number;
 }
 
-const DEFAULT_ITER_TIME_MS = 2000;
+export const DEFAULT_ITER_TIME_MS = 2000;
 const MIN_ITERATIONS = 1000;
 
 function enumValue(value: string | undefined, allowed: readonly string[], name: string): string | undefined {
@@ -194,6 +228,20 @@ function randomUuid(): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
+/** QEMU's layout of a LUKS area for a key of `keyBytes`: slot key material from 4 KiB, each slot 4 KiB aligned. */
+function luksLayout(keyBytes: number): { firstSector: number; slotStride: number; payloadOffsetSector: number } {
+  const splitSectors = keyMaterialSectors(keyBytes, LUKS_STRIPES);
+  const alignSectors = LUKS_KEY_SLOT_ALIGN / LUKS_SECTOR_BYTES;
+  const slotStride = Math.ceil(splitSectors / alignSectors) * alignSectors;
+  const firstSector = LUKS_KEY_SLOT_OFFSET / LUKS_SECTOR_BYTES;
+  return { firstSector, slotStride, payloadOffsetSector: firstSector + LUKS_NUM_KEY_SLOTS * slotStride };
+}
+
+/** Bytes of the LUKS area a volume made with these options takes (QEMU's qcrypto_block_calculate_payload_offset). */
+export function luksAreaBytes(options: LuksCreateOptions): number {
+  return luksLayout(cipherKeyBytes(resolveLuksCreateOptions(options).cipher)).payloadOffsetSector * LUKS_SECTOR_BYTES;
+}
+
 export interface NewLuksVolume {
   /** Bytes of the LUKS area (up to the payload offset). */
   areaBytes: number;
@@ -215,21 +263,14 @@ export async function createLuks(options: LuksCreateOptions, password: Uint8Arra
   // Like cryptsetup, the digest gets an eighth of the slot's time.
   const mkDigestIterations = scaledIterations(mkRate, o.iterTimeMs, 8);
   const mkDigest = await pbkdf2(o.hash, masterKey, mkDigestSalt, mkDigestIterations, LUKS_DIGEST_BYTES);
-  const splitSectors = keyMaterialSectors(keyBytes, LUKS_STRIPES);
-  const slotStride = Math.ceil(splitSectors / (LUKS_KEY_SLOT_ALIGN / LUKS_SECTOR_BYTES)) * (LUKS_KEY_SLOT_ALIGN / LUKS_SECTOR_BYTES);
-  const firstSector = LUKS_KEY_SLOT_OFFSET / LUKS_SECTOR_BYTES;
+  const { firstSector, slotStride, payloadOffsetSector } = luksLayout(keyBytes);
   const slots: LuksKeySlot[] = [];
   for (let i = 0; i < LUKS_NUM_KEY_SLOTS; i++) {
     slots.push({ state: LUKS_SLOT_DISABLED, iterations: 0, salt: new Uint8Array(LUKS_SALT_BYTES), keyOffsetSector: firstSector + i * slotStride, stripes: LUKS_STRIPES });
   }
   // Slot 0: the master key, split and encrypted with the key derived from the password.
   const slot = slots[0]!;
-  slot.salt = randomBytes(LUKS_SALT_BYTES);
-  const slotRate = await pbkdf2IterationsPerSecond(o.hash, password, slot.salt, keyBytes);
-  slot.iterations = scaledIterations(slotRate, o.iterTimeMs, 1);
-  const slotKey = await pbkdf2(o.hash, password, slot.salt, slot.iterations, keyBytes);
-  const material = await afSplit(o.hash, masterKey, LUKS_STRIPES);
-  (await SectorCipher.create(o.cipher, slotKey)).encrypt(0, material);
+  const material = await sealKeySlot(o, slot, password, masterKey, o.iterTimeMs);
   slot.state = LUKS_SLOT_ENABLED;
   const c = o.cipher;
   const header: LuksHeader = {
@@ -237,7 +278,7 @@ export async function createLuks(options: LuksCreateOptions, password: Uint8Arra
     cipherName: "aes",
     cipherMode: `${c.mode}-${c.ivgen}${o.ivgenHash !== undefined ? `:${o.ivgenHash}` : ""}`,
     hashSpec: o.hash,
-    payloadOffsetSector: firstSector + LUKS_NUM_KEY_SLOTS * slotStride,
+    payloadOffsetSector,
     keyBytes,
     mkDigest,
     mkDigestSalt,
