@@ -4,7 +4,8 @@
  * cluster goes to the target, compressed, as soon as all its bytes have come. A cluster still waiting when
  * more than `maxPending` are, when the image is resized or read, or at `finish()`, goes out with its missing
  * bytes taken from what the target reads there now (zeros in a new image, or its backing file's data).
- * A cluster that is all zeros is written as zeros. Memory: at most `maxPending` clusters.
+ * A cluster that is all zeros is written as zeros; one that the target holds already (written again after it
+ * went out incomplete) is written plain. Memory: at most `maxPending` clusters.
  */
 import { Qcow2Error, isAllZero } from "@qcowkit/spec";
 import type { BlockImage, BlockStatusExtent, ResizeOptions, WriteOptions, ZeroOptions } from "./block-image";
@@ -89,8 +90,14 @@ export class CompressingTarget implements BlockImage {
   }
 
   private async writeWhole(at: number, data: Uint8Array): Promise<void> {
-    if (isAllZero(data)) await this.target.writeZeroes(at, data.byteLength);
-    else await this.target.write(at, data, { compressed: true });
+    if (isAllZero(data)) {
+      await this.target.writeZeroes(at, data.byteLength);
+      return;
+    }
+    // A compressed write cannot replace a cluster the target already holds (a cluster written again, after
+    // it went out with bytes missing): such a range is written plain.
+    const held = (await this.target.blockStatus(at, data.byteLength)).some((e) => e.depth === 0 && e.data);
+    await this.target.write(at, data, held ? {} : { compressed: true });
   }
 
   private async gather(cluster: number, offset: number, data: Uint8Array): Promise<void> {
