@@ -517,6 +517,12 @@ class PayloadKeep {
     }
     if (!this.spill || this.spilledCount === 0) return undefined;
     this.spilledCount--;
+    const at = this.spillTaken;
+    if (this.readWin && at >= this.readWin.from && at + length <= this.readWin.from + this.readWin.bytes.byteLength) {
+      // Within the window read last (each window is a buffer of its own): no copy.
+      this.spillTaken += length;
+      return this.readWin.bytes.subarray(at - this.readWin.from, at - this.readWin.from + length);
+    }
     const out = new Uint8Array(length);
     for (let done = 0; done < length; ) {
       const at = this.spillTaken + done;
