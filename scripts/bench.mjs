@@ -17,7 +17,7 @@
 //   - children run without NODE_EXTRA_CA_CERTS: Node parses that CA bundle at start-up of every process
 //     (~40 ms on our VMs), qcowkit never uses TLS, and the variable is a setting of the machine
 //     (--keep-env keeps it, to see its cost).
-// Usage: node scripts/bench.mjs [--size-mib N] [--rounds N] [--writes N] [--keep-env]   (after npm run setup)
+// Usage: node scripts/bench.mjs [--size-mib N] [--rounds N] [--writes N] [--keep-env] [--only ROWS]   (after npm run setup)
 import { spawn, spawnSync } from "node:child_process";
 import { randomFillSync } from "node:crypto";
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
@@ -30,6 +30,9 @@ const opt = (name, fallback) => (argv.includes(name) ? Number(argv[argv.indexOf(
 const sizeMiB = opt("--size-mib", 1024);
 const rounds = opt("--rounds", 11);
 const writes = opt("--writes", 5000);
+// --only convert|streams|floor|qio|compressed: run those rows only.
+const only = argv.includes("--only") ? argv[argv.indexOf("--only") + 1] : undefined;
+const want = (rows) => only === undefined || only === rows;
 const binFile = (name) => join(root, "apps", "cli", "bin", `${name}.js`);
 for (const b of ["qimg", "qio"]) {
   if (!existsSync(binFile(b)) || !existsSync(join(root, "apps", "cli", "dist", `${b}.js`))) throw new Error(`bench: ${b} not built; run npm run setup first`);
@@ -116,7 +119,7 @@ const bytes = sizeMiB * 1024 * 1024;
 
 const results = [];
 const rmAll = (...names) => () => names.forEach((n) => rmSync(p(n), { force: true }));
-results.push(
+if (want("convert")) results.push(
   await compare(
     `convert raw -> qcow2 (${sizeMiB} MiB)`,
     rmAll("q.qcow2", "o.qcow2"),
@@ -128,7 +131,7 @@ results.push(
 const qcow2Src = p("src.qcow2");
 spawnSync("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", src, qcow2Src]);
 rmAll("q.qcow2", "o.qcow2")();
-results.push(
+if (want("convert")) results.push(
   await compare(
     `convert qcow2 -> raw (${sizeMiB} MiB)`,
     rmAll("q.raw", "o.raw"),
@@ -147,7 +150,13 @@ function pipelinePeak(script) {
   const m = /rss=(\d+)/.exec(r.stderr);
   return m ? Number(m[1]) / 1024 : NaN;
 }
-for (const [title, prepare, qemuScript, oursScript] of [
+// Stream rows: paired rounds (QEMU twice, qimg once per round; scripts/bench/paired.mjs): the ratio of the
+// medians, each round's ratio at its worst and best, QEMU against itself (noise band) and qimg's peak RSS
+// (the highest of three runs). qimg keeps what its plan read past the 32 MiB cache in TMPDIR, set to this
+// tmpfs folder as qemu-img's intermediate file is.
+const { pairedRounds } = await import("./bench/paired.mjs");
+childEnv.TMPDIR = dir;
+for (const [title, prepare, qemuScript, oursScript] of want("streams") ? [
   [
     `stream raw -> qcow2 | cat (${sizeMiB} MiB)`,
     rmAll("q.qcow2", "q.out", "o.out"),
@@ -160,13 +169,24 @@ for (const [title, prepare, qemuScript, oursScript] of [
     `cat ${qcow2Src} > ${p("q.in")} && qemu-img convert -f qcow2 -O raw ${p("q.in")} ${p("q.raw")}`,
     `cat ${qcow2Src} | ${qimgCmd} convert -f qcow2 -O raw - ${p("o.raw")}`,
   ],
-]) {
-  const r = await compare(title, prepare, sh(qemuScript), sh(oursScript), bytes, () => pipelinePeak(oursScript));
-  results.push(r);
+] : []) {
+  const t = await pairedRounds({ rounds, run, median, prepare, qemuCmd: sh(qemuScript), oursCmd: sh(oursScript) });
+  let peak = 0;
+  for (let i = 0; i < 3; i++) {
+    prepare();
+    peak = Math.max(peak, pipelinePeak(oursScript));
+  }
+  const rate = (ms) => `${(bytes / 1048576 / (ms / 1000)).toFixed(0)} MiB/s`;
+  console.log(
+    `${title.padEnd(40)} qemu ${rate(t.qemuMs).padStart(11)}   qcowkit ${rate(t.oursMs).padStart(11)}   ratio ${t.ratio.toFixed(2)}x ` +
+      `(worst ${t.worst.toFixed(2)}x, best ${t.best.toFixed(2)}x)   qemu vs itself ${t.noise[0].toFixed(2)}-${t.noise[1].toFixed(2)}x   qcowkit peak RSS ${peak.toFixed(0)} MiB`,
+  );
+  results.push({ title, qemuMs: t.qemuMs, oursMs: t.oursMs, ratio: t.ratio, peakMiB: peak });
 }
+delete childEnv.TMPDIR;
 rmAll("q.raw", "o.raw", "src.qcow2", "q.qcow2", "q.out", "o.out", "q.in")();
 // The floor: a bare Node copy (no format logic) against qemu-img's raw copy, for reading the ratios above.
-const floor = await compare(
+const floor = !want("floor") ? undefined : await compare(
   `floor: bare Node copy vs raw->raw`,
   rmAll("q.copy", "o.copy"),
   ["qemu-img", ["convert", "-f", "raw", "-O", "raw", src, p("q.copy")]],
@@ -183,7 +203,7 @@ const fresh = () => {
     spawnSync("qemu-img", ["create", "-q", "-f", "qcow2", p(name), `${sizeMiB}M`]);
   }
 };
-const qio = await compare(
+const qio = !want("qio") ? undefined : await compare(
   `qio random 4k writes (${writes})`,
   fresh,
   ["qemu-io", ["-f", "qcow2", ...cmds, p("w.qcow2")]],
@@ -191,16 +211,16 @@ const qio = await compare(
   0,
 );
 // The watched run's preparation made both images afresh and wrote only ours: write qemu-io's again.
-spawnSync("qemu-io", ["-f", "qcow2", ...cmds, p("w.qcow2")]);
-const same = spawnSync("qemu-img", ["compare", p("w.qcow2"), p("v.qcow2")], { encoding: "utf8" });
+if (qio) spawnSync("qemu-io", ["-f", "qcow2", ...cmds, p("w.qcow2")]);
+const same = qio && spawnSync("qemu-img", ["compare", p("w.qcow2"), p("v.qcow2")], { encoding: "utf8" });
 // Compressed and encrypted images: at least 7 paired rounds, with min-max and QEMU's own noise band.
 console.log("");
 const { benchCompressedEncrypted } = await import("./bench/compressed-encrypted.mjs");
-await benchCompressedEncrypted({ dir, rounds: Math.max(rounds, 7), run, ours, median, mib: opt("--compress-mib", 128) });
-console.log(`\nqio and qemu-io images identical: ${same.status === 0 ? "yes" : "NO: " + same.stdout.trim()}`);
-console.log(`bare Node fs copy ${floor.ratio.toFixed(2)}x qemu-img's raw copy (reference: Node's start-up and its fs module, no format logic; qimg copies through the native addon)`);
+if (want("compressed")) await benchCompressedEncrypted({ dir, rounds: Math.max(rounds, 7), run, ours, median, mib: opt("--compress-mib", 128) });
+if (same) console.log(`\nqio and qemu-io images identical: ${same.status === 0 ? "yes" : "NO: " + same.stdout.trim()}`);
+if (floor) console.log(`bare Node fs copy ${floor.ratio.toFixed(2)}x qemu-img's raw copy (reference: Node's start-up and its fs module, no format logic; qimg copies through the native addon)`);
 if (strippedCa) console.log("NODE_EXTRA_CA_CERTS was removed from the tools' environment (see the comment at the top of this script)");
 console.log(
   `convert: minimum ratio ${Math.min(...results.map((r) => r.ratio)).toFixed(2)}x (target >= 0.80x); ` +
-    `max qcowkit RSS ${Math.max(...[...results, qio].map((r) => r.peakMiB)).toFixed(0)} MiB (target < 200 MiB)`,
+    `max qcowkit RSS ${Math.max(...[...results, ...(qio ? [qio] : [])].map((r) => r.peakMiB)).toFixed(0)} MiB (target < 200 MiB)`,
 );

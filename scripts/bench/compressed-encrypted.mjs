@@ -11,6 +11,7 @@ import { spawnSync } from "node:child_process";
 import { copyFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { randomFillSync } from "node:crypto";
 import { join } from "node:path";
+import { pairedRounds } from "./paired.mjs";
 
 /** Text-like data: words from a seeded vocabulary of 400 (zlib takes it to about a third). */
 function textData(byteLength, seed) {
@@ -39,29 +40,9 @@ export async function benchCompressedEncrypted({ dir, rounds, run, ours, median,
 
   /** Paired, alternating rounds; `prepare` runs before every run. */
   async function paired(title, prepare, qemuCmd, oursCmd, sizes) {
-    const q = [];
-    const q2 = [];
-    const o = [];
-    const once = async (cmd) => {
-      prepare();
-      return (await run(cmd[0], cmd[1], false)).ms;
-    };
-    await once(qemuCmd);
-    await once(oursCmd);
-    for (let r = 0; r < rounds; r++) {
-      if (r % 2 === 0) {
-        q.push(await once(qemuCmd));
-        o.push(await once(oursCmd));
-        q2.push(await once(qemuCmd));
-      } else {
-        o.push(await once(oursCmd));
-        q.push(await once(qemuCmd));
-        q2.push(await once(qemuCmd));
-      }
-    }
-    const noise = q.map((t, i) => t / q2[i]);
-    const qm = median([...q, ...q2]);
-    const om = median(o);
+    const t = await pairedRounds({ rounds, run, median, prepare, qemuCmd, oursCmd });
+    const { o, qemuMs: qm, oursMs: om } = t;
+    const noise = t.noise;
     const size = sizes ? sizes() : undefined;
     const sizeText = size ? `   size qemu ${(size.qemu / 1048576).toFixed(1)} MiB, qcowkit ${(size.ours / 1048576).toFixed(1)} MiB (${((size.ours / size.qemu) * 100).toFixed(1)} %)` : "";
     console.log(

@@ -131,36 +131,8 @@ export async function createQcow2(meta: ByteStore, options: Qcow2CreateOptions, 
   }
   if (o.encrypt) requireKeySecret(o.encrypt);
   const cs = o.clusterSize;
-  const clusterBits = Math.log2(cs);
   const refcountOrder = Math.log2(o.refcountBits);
-  let incompatible = 0n;
-  if (o.dataFile !== undefined) incompatible |= INCOMPAT_DATA_FILE;
-  if (o.extendedL2) incompatible |= INCOMPAT_EXTL2;
-  if (o.compressionType !== "zlib") incompatible |= INCOMPAT_COMPRESSION;
-  const hdr: ImageHeader = {
-    header: {
-      version: o.version,
-      backingFileOffset: 0,
-      backingFileSize: 0,
-      clusterBits,
-      size: 0,
-      cryptMethod: 0,
-      l1Size: 0,
-      l1TableOffset: 0,
-      refcountTableOffset: cs,
-      refcountTableClusters: 1,
-      nbSnapshots: 0,
-      snapshotsOffset: 0,
-      incompatibleFeatures: incompatible,
-      compatibleFeatures: o.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0n,
-      autoclearFeatures: o.dataFileRaw ? AUTOCLEAR_DATA_FILE_RAW : 0n,
-      refcountOrder,
-      headerLength: o.version >= 3 ? 112 : 72,
-      compressionType: o.compressionType === "zstd" ? 1 : 0,
-      unknownHeaderFields: new Uint8Array(0),
-    },
-    extensions: { unknown: [], ...(o.dataFile !== undefined ? { dataFile: o.dataFile } : {}) },
-  };
+  const hdr = newImageHeader(o, { size: 0, l1Size: 0, l1TableOffset: 0, refcountTableOffset: cs, refcountTableClusters: 1 });
   // Header, refcount table (one entry: the block at cluster 2) and the first refcount block (clusters 0-2).
   const start = new Uint8Array(3 * cs);
   start.set(encodeImageHeader(hdr), 0);
@@ -190,6 +162,57 @@ export async function createQcow2(meta: ByteStore, options: Qcow2CreateOptions, 
     // The data file store belongs to the caller only until here: the image closes it.
     await image.close();
   }
+}
+
+/** Where a new image's tables are, for its header. */
+export interface NewImageLayout {
+  size: number;
+  l1Size: number;
+  l1TableOffset: number;
+  refcountTableOffset: number;
+  refcountTableClusters: number;
+}
+
+/**
+ * The header of a new image made with `o` (validated by `validateCreateOptions`): feature bits, widths and the
+ * data file name from the options, the tables where `layout` puts them. With `withBacking`, the backing file
+ * name and format too (createQcow2 adds them once the image has its size; a stream writes them at once).
+ */
+export function newImageHeader(o: ReturnType<typeof validateCreateOptions>, layout: NewImageLayout, withBacking = false): ImageHeader {
+  let incompatible = 0n;
+  if (o.dataFile !== undefined) incompatible |= INCOMPAT_DATA_FILE;
+  if (o.extendedL2) incompatible |= INCOMPAT_EXTL2;
+  if (o.compressionType !== "zlib") incompatible |= INCOMPAT_COMPRESSION;
+  const backing = withBacking && o.backingFile !== undefined;
+  return {
+    header: {
+      version: o.version,
+      backingFileOffset: 0,
+      backingFileSize: 0,
+      clusterBits: Math.log2(o.clusterSize),
+      size: layout.size,
+      cryptMethod: 0,
+      l1Size: layout.l1Size,
+      l1TableOffset: layout.l1TableOffset,
+      refcountTableOffset: layout.refcountTableOffset,
+      refcountTableClusters: layout.refcountTableClusters,
+      nbSnapshots: 0,
+      snapshotsOffset: 0,
+      incompatibleFeatures: incompatible,
+      compatibleFeatures: o.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0n,
+      autoclearFeatures: o.dataFileRaw ? AUTOCLEAR_DATA_FILE_RAW : 0n,
+      refcountOrder: Math.log2(o.refcountBits),
+      headerLength: o.version >= 3 ? 112 : 72,
+      compressionType: o.compressionType === "zstd" ? 1 : 0,
+      unknownHeaderFields: new Uint8Array(0),
+    },
+    extensions: {
+      unknown: [],
+      ...(o.dataFile !== undefined ? { dataFile: o.dataFile } : {}),
+      ...(backing && o.backingFormat !== undefined ? { backingFormat: o.backingFormat } : {}),
+    },
+    ...(backing ? { backingFile: o.backingFile } : {}),
+  };
 }
 
 /**

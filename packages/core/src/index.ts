@@ -93,6 +93,7 @@ export { registerAesEngine, tableAesEngine } from "./crypto/aes-engine";
 export type { AesBlocks, AesEngine } from "./crypto/aes-engine";
 export { imageToStream } from "./stream-out";
 export type { ImageToStreamOptions } from "./stream-out";
+export { concatImages } from "./concat-image";
 export { streamToImage, readQcow2StreamHeader, probeStream, StreamBytes } from "./stream-in";
 export type { StreamToImageOptions, StreamToImageResult } from "./stream-in";
 export { isRemoteName, parseRemoteName, remoteFromOptions, type RemoteName } from "./remote/remote-name";

@@ -39,6 +39,7 @@ import {
 } from "@qcowkit/spec";
 import { MemoryStore } from "@qcowkit/datafile";
 import type { BlockImage } from "./block-image";
+import { CompressingTarget } from "./compressing-target";
 import { getCodec, type CompressionCodec } from "./compression";
 
 export interface StreamToImageOptions {
@@ -49,6 +50,8 @@ export interface StreamToImageOptions {
   growTarget?: boolean;
   /** The target reads as zeros already: zero runs and zero clusters are not written. */
   targetZeroInit?: boolean;
+  /** Store the data as compressed clusters (qemu-img convert -c; the target must be qcow2). */
+  compress?: boolean;
   /** Where bytes that cannot be placed yet are kept, created on first need (default: in memory). */
   scratch?: () => ByteStore | Promise<ByteStore>;
   signal?: AbortSignal;
@@ -164,13 +167,16 @@ export async function streamToImage(
   target: BlockImage,
   options: StreamToImageOptions = {},
 ): Promise<StreamToImageResult> {
+  // With compression, writes are gathered into whole clusters (compressing-target.ts).
+  const into = options.compress ? new CompressingTarget(target) : target;
   const bytes = new StreamBytes(stream, options.signal);
   try {
     const head = await bytes.read(4);
     const isQcow2 = !head.partial && viewOf(head.bytes).getUint32(0) === QCOW2_MAGIC;
     const format = options.format ?? (isQcow2 ? "qcow2" : "raw");
     if (format === "qcow2" && !isQcow2) throw new Qcow2Error("INVALID_IMAGE", "The stream is not in qcow2 format");
-    const result = format === "raw" ? await rawIn(bytes, head.bytes, target, options) : await qcow2In(bytes, head.bytes, target, options);
+    const result = format === "raw" ? await rawIn(bytes, head.bytes, into, options) : await qcow2In(bytes, head.bytes, into, options);
+    if (into instanceof CompressingTarget) await into.finish();
     bytes.release();
     return result;
   } catch (e) {

@@ -11,16 +11,16 @@
  * Every reference points forward, so `streamToImage` (stream-in.ts) converts such a stream in one pass.
  * The refcount structures precede the data and depend on how much data there is, so the stream is planned
  * first: a pass over the source's block status that reads the clusters block status calls data (to leave
- * zero clusters out, and to learn compressed sizes with -c). The first `bufferBytes` of cluster payloads
- * read by the plan are kept and not read again; past that, the emitting pass reads (and compresses) again.
+ * zero clusters out, and to learn compressed sizes with -c). The payloads it finds are kept for the emitting
+ * pass: the first `bufferBytes` in memory, the rest in the `scratch` store, in order (so no byte of the source
+ * is read twice). Without a scratch store, the emitting pass reads (and compresses) those past the budget again.
  */
 import {
-  INCOMPAT_COMPRESSION,
-  INCOMPAT_EXTL2,
   Qcow2Error,
   encodeCompressedDescriptor,
   encodeImageHeader,
   isAllZero,
+  rechunk,
   l1EntriesForSize,
   l2EntriesPerTable,
   maxRefcount,
@@ -32,12 +32,12 @@ import {
   setRefcount,
   setReftableEntry,
   viewOf,
+  type ByteStore,
   type CompressionType,
-  type ImageHeader,
 } from "@qcowkit/spec";
 import type { BlockImage, BlockStatusExtent } from "./block-image";
 import { getCodec, type CompressionCodec } from "./compression";
-import { validateCreateOptions } from "./create";
+import { newImageHeader, validateCreateOptions } from "./create";
 
 export interface ImageToStreamOptions {
   /** "qcow2" (default) or "raw". */
@@ -60,8 +60,14 @@ export interface ImageToStreamOptions {
   /** qcow2 incremental stream: only clusters whose content differs from `base` are carried (give `backingFile`
    *  too: the name the stream stores for it). */
   base?: BlockImage;
-  /** Payload bytes the plan keeps so that the emitting pass does not read them again (default 32 MiB). */
+  /** Payload bytes the plan keeps in memory for the emitting pass (default 32 MiB). */
   bufferBytes?: number;
+  /**
+   * Where the payloads the plan reads past `bufferBytes` wait for the emitting pass (opened on first need; the
+   * caller removes it afterwards). With it, no byte of the source is read twice and memory stays bounded;
+   * without it, those clusters are read (and compressed) again from the source.
+   */
+  scratch?: () => ByteStore | Promise<ByteStore>;
   /** Largest chunk the stream enqueues (default 2 MiB; at least one cluster). */
   chunkBytes?: number;
   signal?: AbortSignal;
@@ -85,7 +91,7 @@ export function imageToStream(image: BlockImage, options: ImageToStreamOptions =
       if (options[k] !== undefined && options[k] !== false) throw new Qcow2Error("INVALID_ARGUMENT", `Option '${k}' needs a qcow2 stream`);
     }
   }
-  const chunks = format === "raw" ? rawChunks(image, options) : coalesce(qcow2Chunks(image, options, qcow2Settings(image, options)), Math.max(512, options.chunkBytes ?? DEFAULT_CHUNK));
+  const chunks = format === "raw" ? rawChunks(image, options) : rechunk(qcow2Chunks(image, options, qcow2Settings(image, options)), Math.max(512, options.chunkBytes ?? DEFAULT_CHUNK));
   return fromAsyncIterator(chunks, options.signal);
 }
 
@@ -114,34 +120,6 @@ export function fromAsyncIterator(it: AsyncGenerator<Uint8Array>, signal?: Abort
     },
     { highWaterMark: 1 },
   );
-}
-
-/** Join small chunks (tables, single clusters, compressed payloads) into chunks of `size` bytes. */
-async function* coalesce(source: AsyncGenerator<Uint8Array>, size: number): AsyncGenerator<Uint8Array> {
-  let buf = new Uint8Array(size);
-  let fill = 0;
-  try {
-    for await (const chunk of source) {
-      if (fill === 0 && chunk.byteLength >= size) {
-        yield chunk;
-        continue;
-      }
-      for (let off = 0; off < chunk.byteLength; ) {
-        const n = Math.min(size - fill, chunk.byteLength - off);
-        buf.set(chunk.subarray(off, off + n), fill);
-        fill += n;
-        off += n;
-        if (fill === size) {
-          yield buf;
-          buf = new Uint8Array(size);
-          fill = 0;
-        }
-      }
-    }
-    if (fill > 0) yield buf.subarray(0, fill);
-  } finally {
-    await source.return(undefined);
-  }
 }
 
 function throwIfAborted(signal: AbortSignal | undefined): void {
@@ -224,10 +202,19 @@ function qcow2Settings(image: BlockImage, o: ImageToStreamOptions): { size: numb
 }
 
 async function* qcow2Chunks(image: BlockImage, o: ImageToStreamOptions, settings: ReturnType<typeof qcow2Settings>): AsyncGenerator<Uint8Array> {
+  const keep = new PayloadKeep(o.bufferBytes ?? DEFAULT_BUFFER, o.scratch, Math.max(o.chunkBytes ?? DEFAULT_CHUNK, settings.g.clusterSize));
+  try {
+    yield* plannedQcow2(image, o, settings, keep);
+  } finally {
+    await keep.close();
+  }
+}
+
+/** Plan the stream (reading the source once), lay it out, then emit it. */
+async function* plannedQcow2(image: BlockImage, o: ImageToStreamOptions, settings: ReturnType<typeof qcow2Settings>, keep: PayloadKeep): AsyncGenerator<Uint8Array> {
   const { size, v, g } = settings;
   const codec = o.compress ? await getCodec(v.compressionType) : undefined;
   const hasBacking = o.base !== undefined;
-  const cache = new PayloadCache(o.bufferBytes ?? DEFAULT_BUFFER);
   const progress = (done: number) => o.onProgress?.(done, 2 * size);
 
   // 1. Plan.
@@ -240,13 +227,13 @@ async function* qcow2Chunks(image: BlockImage, o: ImageToStreamOptions, settings
     } else {
       const payload = codec ? await compressCluster(codec, c.data, g.clusterSize) : c.data;
       value = payload.byteLength;
-      cache.offer(c.index, payload);
+      await keep.offer(c.index, payload);
     }
     if (value === ZERO && !hasBacking) value = 0;
     if (value === ZERO && g.version < 3) {
       // compat=0.10 has no zero flag: the zeros are carried as data.
       value = g.clusterSize;
-      cache.offer(c.index, new Uint8Array(g.clusterSize));
+      await keep.offer(c.index, new Uint8Array(g.clusterSize));
     }
     if (value === 0) continue;
     const t = Math.floor(c.index / g.l2Entries);
@@ -254,7 +241,7 @@ async function* qcow2Chunks(image: BlockImage, o: ImageToStreamOptions, settings
     if (!entries) plan.set(t, (entries = new Int32Array(g.l2Entries)));
     entries[c.index % g.l2Entries] = value;
   }
-  cache.seal();
+  await keep.seal();
 
   // 2. Layout: the data region (L2 tables and data) relative to its start, then the metadata in front of it.
   const tables = [...plan.keys()].sort((a, b) => a - b);
@@ -289,34 +276,7 @@ async function* qcow2Chunks(image: BlockImage, o: ImageToStreamOptions, settings
   const hostClusters = metaClusters + regionClusters;
 
   // 3. Emit: header, L1, refcount table, refcount blocks, then the region.
-  let incompatible = 0n;
-  if (g.extendedL2) incompatible |= INCOMPAT_EXTL2;
-  if (v.compressionType !== "zlib") incompatible |= INCOMPAT_COMPRESSION;
-  const hdr: ImageHeader = {
-    header: {
-      version: g.version,
-      backingFileOffset: 0,
-      backingFileSize: 0,
-      clusterBits: g.clusterBits,
-      size,
-      cryptMethod: 0,
-      l1Size: l1Entries,
-      l1TableOffset: l1Offset,
-      refcountTableOffset: rtOffset,
-      refcountTableClusters: rtClusters,
-      nbSnapshots: 0,
-      snapshotsOffset: 0,
-      incompatibleFeatures: incompatible,
-      compatibleFeatures: 0n,
-      autoclearFeatures: 0n,
-      refcountOrder: g.refcountOrder,
-      headerLength: g.version >= 3 ? 112 : 72,
-      compressionType: v.compressionType === "zstd" ? 1 : 0,
-      unknownHeaderFields: new Uint8Array(0),
-    },
-    extensions: { unknown: [], ...(o.backingFormat !== undefined ? { backingFormat: o.backingFormat } : {}) },
-    ...(o.backingFile !== undefined ? { backingFile: o.backingFile } : {}),
-  };
+  const hdr = newImageHeader(v, { size, l1Size: l1Entries, l1TableOffset: l1Offset, refcountTableOffset: rtOffset, refcountTableClusters: rtClusters }, true);
   yield encodeImageHeader(hdr);
 
   const l1 = new Uint8Array(l1Clusters * cs);
@@ -375,7 +335,7 @@ async function* qcow2Chunks(image: BlockImage, o: ImageToStreamOptions, settings
         written = p.at;
       }
       const index = t * g.l2Entries + p.entry;
-      let payload = cache.take(index);
+      let payload = await keep.take(index, p.value);
       if (!payload) {
         const raw = await reader.readCluster(index);
         payload = codec && p.value !== cs ? await compressCluster(codec, raw, cs) : raw;
@@ -481,29 +441,118 @@ class GrowableCounts {
   }
 }
 
-/** The first payloads of the plan, kept for the emitting pass while they fit in the budget. */
-class PayloadCache {
+/**
+ * The payloads the plan read, kept for the emitting pass, which takes them in the same order (guest order):
+ * the first `budget` bytes in memory; past that, appended to the spill store when there is one (written and
+ * read back in windows, so memory stays bounded), or else dropped, to be read again from the source.
+ */
+class PayloadKeep {
   private readonly kept = new Map<number, Uint8Array>();
   private bytes = 0;
-  private open = true;
-  constructor(private readonly budget: number) {}
-  offer(index: number, payload: Uint8Array): void {
-    if (!this.open) return;
-    if (this.bytes + payload.byteLength > this.budget) {
-      // Only a prefix is kept: everything after the first miss is read again, in order.
-      this.open = false;
+  private inMemory = true;
+  private spill: ByteStore | undefined;
+  /** Spill bytes written, and the window being filled. */
+  private spillEnd = 0;
+  private pending = new Uint8Array(0);
+  private pendingFill = 0;
+  /** Spill bytes taken back, and the window read ahead. */
+  private spillTaken = 0;
+  private readWin: { from: number; bytes: Uint8Array } | undefined;
+  private readAhead: { from: number; read: Promise<Uint8Array> } | undefined;
+  /** Payloads appended to the spill and not taken back yet. */
+  spilledCount = 0;
+  constructor(
+    private readonly budget: number,
+    private readonly openSpill: (() => ByteStore | Promise<ByteStore>) | undefined,
+    private readonly window: number,
+  ) {}
+
+  async offer(index: number, payload: Uint8Array): Promise<void> {
+    if (this.inMemory && this.bytes + payload.byteLength <= this.budget) {
+      // A copy: the payload may be a view into a whole read window.
+      this.kept.set(index, payload.slice());
+      this.bytes += payload.byteLength;
       return;
     }
-    this.kept.set(index, payload);
-    this.bytes += payload.byteLength;
+    // Only a prefix stays in memory: everything after the first miss goes on in order.
+    this.inMemory = false;
+    if (!this.openSpill) return;
+    this.spill ??= await this.openSpill();
+    if (this.pending.byteLength === 0) this.pending = new Uint8Array(this.window);
+    for (let at = 0; at < payload.byteLength; ) {
+      const n = Math.min(payload.byteLength - at, this.pending.byteLength - this.pendingFill);
+      this.pending.set(payload.subarray(at, at + n), this.pendingFill);
+      this.pendingFill += n;
+      at += n;
+      if (this.pendingFill === this.pending.byteLength) await this.writePending();
+    }
+    this.spilledCount++;
   }
-  seal(): void {
-    this.open = false;
+
+  private async writePending(): Promise<void> {
+    if (this.pendingFill === 0) return;
+    await this.spill!.write(this.spillEnd, this.pending.subarray(0, this.pendingFill));
+    this.spillEnd += this.pendingFill;
+    this.pendingFill = 0;
   }
-  take(index: number): Uint8Array | undefined {
+
+  /** The plan is complete: what is still in the write window goes to the spill. */
+  async seal(): Promise<void> {
+    this.inMemory = false;
+    if (this.spill) {
+      await this.writePending();
+      this.pending = new Uint8Array(0);
+    }
+  }
+
+  /**
+   * The payload of cluster `index` of `length` bytes: from memory, or the next one from the spill, or
+   * undefined when it must be read again from the source.
+   */
+  async take(index: number, length: number): Promise<Uint8Array | undefined> {
     const p = this.kept.get(index);
-    if (p) this.kept.delete(index);
-    return p;
+    if (p) {
+      this.kept.delete(index);
+      return p;
+    }
+    if (!this.spill || this.spilledCount === 0) return undefined;
+    this.spilledCount--;
+    const at = this.spillTaken;
+    if (this.readWin && at >= this.readWin.from && at + length <= this.readWin.from + this.readWin.bytes.byteLength) {
+      // Within the window read last (each window is a buffer of its own): no copy.
+      this.spillTaken += length;
+      return this.readWin.bytes.subarray(at - this.readWin.from, at - this.readWin.from + length);
+    }
+    const out = new Uint8Array(length);
+    for (let done = 0; done < length; ) {
+      const at = this.spillTaken + done;
+      if (!this.readWin || at >= this.readWin.from + this.readWin.bytes.byteLength) {
+        const bytes = this.readAhead?.from === at ? await this.readAhead.read : await this.readSpill(at);
+        this.readWin = { from: at, bytes };
+        const next = at + bytes.byteLength;
+        this.readAhead = next < this.spillEnd ? { from: next, read: this.readSpill(next) } : undefined;
+      }
+      const off = at - this.readWin.from;
+      const n = Math.min(length - done, this.readWin.bytes.byteLength - off);
+      out.set(this.readWin.bytes.subarray(off, off + n), done);
+      done += n;
+    }
+    this.spillTaken += length;
+    return out;
+  }
+
+  private readSpill(at: number): Promise<Uint8Array> {
+    const bytes = new Uint8Array(Math.min(this.window, this.spillEnd - at));
+    const read = this.spill!.read(at, bytes).then(() => bytes);
+    read.catch(() => undefined); // awaited by take()
+    return read;
+  }
+
+  async close(): Promise<void> {
+    await this.readAhead?.read.catch(() => undefined);
+    this.readAhead = undefined;
+    this.readWin = undefined;
+    this.kept.clear();
   }
 }
 

@@ -5,7 +5,7 @@
  * configuration is passed in (the Node entry reads it from AWS_* variables).
  */
 import { AwsV4Signer } from "aws4fetch";
-import { Qcow2Error } from "@qcowkit/spec";
+import { Qcow2Error, rechunk } from "@qcowkit/spec";
 import { RemoteStore, type RemoteFetch, type RemoteResponse, type RemoteSigner, type RemoteStoreOptions } from "./remote-store";
 
 export interface S3Config {
@@ -123,27 +123,6 @@ async function* chunksOf(source: ChunkSource): AsyncGenerator<Uint8Array> {
   }
 }
 
-/** Cut a chunk stream into parts of exactly `size` bytes (the last one shorter); one part buffer at a time. */
-async function* partsOf(source: ChunkSource, size: number): AsyncGenerator<Uint8Array> {
-  let part = new Uint8Array(size);
-  let filled = 0;
-  for await (const chunk of chunksOf(source)) {
-    let at = 0;
-    while (at < chunk.length) {
-      const n = Math.min(size - filled, chunk.length - at);
-      part.set(chunk.subarray(at, at + n), filled);
-      filled += n;
-      at += n;
-      if (filled === size) {
-        yield part;
-        part = new Uint8Array(size);
-        filled = 0;
-      }
-    }
-  }
-  if (filled > 0) yield part.subarray(0, filled);
-}
-
 function xmlText(xml: string, tag: string): string | undefined {
   const m = new RegExp(`<${tag}>([^<]*)</${tag}>`).exec(xml);
   return m ? m[1]!.replace(/&quot;/g, '"').replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&amp;/g, "&") : undefined;
@@ -208,7 +187,7 @@ export async function uploadS3Object(name: string, config: S3Config, source: Chu
     const inFlight = new Set<Promise<void>>();
     let failure: unknown;
     let number = 0;
-    for await (const part of partsOf(source, partSize)) {
+    for await (const part of rechunk(chunksOf(source), partSize)) {
       if (failure) break;
       const n = ++number;
       const p: Promise<void> = send("PUT", q(n), part).then(({ res }) => {

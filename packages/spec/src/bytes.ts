@@ -99,3 +99,35 @@ export function firstNonZeroByte(bytes: Uint8Array, from = 0, to: number = bytes
 export function isAllZero(bytes: Uint8Array): boolean {
   return firstNonZeroByte(bytes) < 0;
 }
+
+/**
+ * Re-cut a sequence of byte chunks into chunks of exactly `size` bytes (the last one may be shorter). Pieces
+ * that already span a whole chunk are passed on as subarrays, without a copy; small pieces are gathered into
+ * a new buffer per chunk, so a chunk handed out is never written again (the consumer may keep it).
+ */
+export async function* rechunk(source: AsyncIterable<Uint8Array>, size: number): AsyncGenerator<Uint8Array> {
+  if (!Number.isSafeInteger(size) || size <= 0) throw new RangeError(`rechunk: invalid chunk size ${size}`);
+  let buf: Uint8Array | undefined;
+  let fill = 0;
+  for await (const chunk of source) {
+    let at = 0;
+    while (at < chunk.byteLength) {
+      if (fill === 0 && chunk.byteLength - at >= size) {
+        yield chunk.subarray(at, at + size);
+        at += size;
+        continue;
+      }
+      buf ??= new Uint8Array(size);
+      const n = Math.min(size - fill, chunk.byteLength - at);
+      buf.set(chunk.subarray(at, at + n), fill);
+      fill += n;
+      at += n;
+      if (fill === size) {
+        yield buf;
+        buf = undefined;
+        fill = 0;
+      }
+    }
+  }
+  if (fill > 0) yield buf!.subarray(0, fill);
+}

@@ -4,7 +4,7 @@
 export { Qcow2Error, isQcow2Error, errnoText } from "./errors";
 export type { Qcow2ErrorCode, Errno, Qcow2ErrorOptions } from "./errors";
 export type { ByteStore, StorePreallocation } from "./byte-store";
-export { viewOf, getU64, setU64, encodeText, decodeText, alignUp, isAligned, isAllZero, firstNonZeroByte } from "./bytes";
+export { viewOf, getU64, setU64, encodeText, decodeText, alignUp, isAligned, isAllZero, firstNonZeroByte, rechunk } from "./bytes";
 export * from "./constants";
 export { decodeHeader, encodeHeader, encodedHeaderLength, HEADER_PROBE_BYTES } from "./header";
 export type { Qcow2Header } from "./header";

@@ -124,14 +124,21 @@ export async function spoolStream(
   return { path, remove: tmp.remove };
 }
 
-/** A scratch store for stream conversion, made on first need (said once on stderr), removed with `remove()`. */
-export function lazyScratch(what: string, err: (text: string) => void): { make(): Promise<ByteStore>; remove(): Promise<void> } {
+/**
+ * A scratch store for stream conversion, made on first need (said once on stderr with `why`), removed with
+ * `remove()`.
+ */
+export function lazyScratch(
+  what: string,
+  err: (text: string) => void,
+  why = "the stream refers back to earlier bytes; spooling them to",
+): { make(): Promise<ByteStore>; remove(): Promise<void> } {
   let made: { store: ByteStore; remove(): void } | undefined;
   return {
     async make() {
       const tmp = tempDirectory();
       const path = join(tmp.dir, "spool");
-      err(`qimg: ${what}: the stream refers back to earlier bytes; spooling them to ${path}\n`);
+      err(`qimg: ${what}: ${why} ${path}\n`);
       const store = await FileStore.open(path, { create: true, truncate: true });
       made = { store, remove: tmp.remove };
       return store;

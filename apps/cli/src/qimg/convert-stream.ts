@@ -10,11 +10,14 @@
  * - both: raw to raw is copied through; otherwise the source is spooled to a temporary file first.
  */
 import {
+  concatImages,
   imageToStream,
+  loadSnapshotReadOnly,
   probeStream,
   streamToImage,
   type BlockImage,
   type ImageToStreamOptions,
+  type SnapshotSelector,
 } from "@qcowkit/core/node";
 import { CliError, errorText } from "../cli/errors";
 import { closeQuietly, openCliImage, openOperand } from "../cli/open";
@@ -39,12 +42,23 @@ export interface StreamConvertArgs {
   imageOpts: boolean;
   bitmaps: boolean;
   targetIsZero: boolean;
-  hasSnapshot: boolean;
+  /** -l: a snapshot of the (single) source to read instead of its active image. */
+  snapshot?: SnapshotSelector;
 }
 
 /** Whether convert's operands involve a stream (then `convertWithStreams` does the work). */
 export function involvesStreams(sources: string[], target: string): boolean {
   return isStreamOperand(target, "out") || sources.some((s) => isStreamOperand(s, "in"));
+}
+
+/** -l: the single source reads as its snapshot from now on (convert to a file or to a stream). */
+export async function loadSourceSnapshot(sources: BlockImage[], snapshot: SnapshotSelector): Promise<void> {
+  if (sources.length > 1) throw new CliError("No support for concatenating multiple snapshot");
+  try {
+    await loadSnapshotReadOnly(sources[0]!, snapshot);
+  } catch (e) {
+    throw new CliError(`Failed to load snapshot: ${errorText(e)}`, { cause: e });
+  }
 }
 
 const refuse = (what: string) => new CliError(`${what} cannot be used when the target is a stream`);
@@ -68,10 +82,11 @@ function progressOnStderr(ctx: CommandContext, a: StreamConvertArgs): Progress {
 
 export async function convertWithStreams(sources: string[], target: string, a: StreamConvertArgs, ctx: CommandContext): Promise<number> {
   if (!isKnownFormat(a.outFmt)) throw new CliError(`Unknown file format '${a.outFmt}'`);
-  if (sources.length > 1) throw new CliError("Concatenating several images is not supported with streams");
-  const source = sources[0]!;
   const toStream = isStreamOperand(target, "out");
-  const fromStream = isStreamOperand(source, "in");
+  const fromStream = sources.some((s) => isStreamOperand(s, "in"));
+  // Several files concatenate into a stream target; a stream source has to be the only one.
+  if (sources.length > 1 && fromStream) throw new CliError("Concatenating several images is not supported with a stream source");
+  const source = sources[0]!;
   const bar = progressOnStderr(ctx, a);
   bar.print(0, 100);
   try {
@@ -86,12 +101,12 @@ export async function convertWithStreams(sources: string[], target: string, a: S
       }
       const spool = await spoolStream(probed.stream, source, (t) => ctx.io.err(t));
       try {
-        await toStreamTarget(spool.path, format, target, a, ctx, bar);
+        await toStreamTarget([spool.path], format, target, a, ctx, bar);
       } finally {
         spool.remove();
       }
     } else if (toStream) {
-      await toStreamTarget(source, a.fmt, target, a, ctx, bar);
+      await toStreamTarget(sources, a.fmt, target, a, ctx, bar);
     } else {
       await fromStreamSource(source, target, a, ctx, bar);
     }
@@ -109,25 +124,33 @@ function createOpts(a: StreamConvertArgs, ctx: CommandContext): QemuOpts {
   return opts;
 }
 
-async function toStreamTarget(source: string, fmt: string | undefined, target: string, a: StreamConvertArgs, ctx: CommandContext, bar: Progress): Promise<void> {
+async function toStreamTarget(sources: string[], fmt: string | undefined, target: string, a: StreamConvertArgs, ctx: CommandContext, bar: Progress): Promise<void> {
   const opts = createOpts(a, ctx);
   checkStreamableOptions(opts, a);
   if (a.compressed && a.outFmt !== "qcow2") throw new CliError("Compression not supported for this file format");
   const backingFile = opts.string("backing_file");
   const backingFmt = opts.string("backing_fmt");
+  if (backingFile !== undefined && sources.length > 1) {
+    throw new CliError("Having a backing file for the target makes no sense when concatenating multiple input images");
+  }
   if (backingFile !== undefined && backingFmt === undefined) throw new CliError("Use of backing file requires explicit backing format");
   const images: BlockImage[] = [];
   let endpoint: StreamEndpoint | undefined;
+  // Data read while planning the stream waits here once past the planning cache: the source is read once.
+  const scratch = lazyScratch(sources.join(" "), (t) => ctx.io.err(t), "the planned data exceeds the memory cache; keeping the rest in");
   try {
-    const src = (
-      await openOperand(source, a.imageOpts, {
+    for (const source of sources) {
+      const opened = await openOperand(source, a.imageOpts, {
         readOnly: true,
         forceShare: a.forceShare,
         ...(fmt !== undefined ? { format: fmt } : {}),
         onWarning: (w) => ctx.io.err(`${w}\n`),
-      })
-    ).image;
-    images.push(src);
+      });
+      images.push(opened.image);
+    }
+    if (a.snapshot !== undefined) await loadSourceSnapshot(images, a.snapshot);
+    // Several sources are one disk, one after the other (as qemu-img convert concatenates them).
+    const src = concatImages([...images]);
     let base: BlockImage | undefined;
     if (backingFile !== undefined) {
       // The stream has no folder: the backing file name is taken as given, from the current directory.
@@ -151,6 +174,7 @@ async function toStreamTarget(source: string, fmt: string | undefined, target: s
             ...(compat !== undefined ? { version: compat === "0.10" || compat === "v2" ? (2 as const) : (3 as const) } : {}),
             ...(compressionType !== undefined ? { compressionType } : {}),
             ...(backingFile !== undefined ? { backingFile, backingFormat: backingFmt!, base: base! } : {}),
+            scratch: () => scratch.make(),
           }
         : {}),
       ...(bar.enabled ? { onProgress: (done: number, total: number) => bar.status(done, total) } : {}),
@@ -170,12 +194,13 @@ async function toStreamTarget(source: string, fmt: string | undefined, target: s
     }
   } finally {
     endpoint?.close();
+    await scratch.remove();
     for (const img of images) await closeQuietly(img);
   }
 }
 
 async function fromStreamSource(source: string, target: string, a: StreamConvertArgs, ctx: CommandContext, bar: Progress): Promise<void> {
-  if (a.hasSnapshot) throw new CliError("-l cannot be used with a stream source");
+  if (a.snapshot !== undefined) throw new CliError("-l cannot be used with a stream source");
   if (a.bitmaps) throw new CliError("--bitmaps cannot be used with a stream source");
   const input = openStreamOperand(source, "in");
   const probed = await probeStream(readStream(input)).catch((e) => {
@@ -195,7 +220,7 @@ async function fromStreamSource(source: string, target: string, a: StreamConvert
     const fmt = probed.header?.extensions.backingFormat;
     if (fmt !== undefined) opts.set("backing_fmt", fmt);
   }
-  if (a.compressed) throw new CliError("-c cannot be used with a stream source");
+  if (a.compressed && a.outFmt !== "qcow2") throw new CliError("Compression not supported for this file format");
   const size = format === "qcow2" ? probed.header!.header.size : 0;
   if (!a.skipCreate) {
     try {
@@ -211,6 +236,7 @@ async function fromStreamSource(source: string, target: string, a: StreamConvert
       format,
       targetZeroInit: !a.skipCreate && backingFile === undefined,
       growTarget: format === "raw",
+      compress: a.compressed,
       scratch: () => scratch.make(),
       ...(bar.enabled ? { onProgress: (done: number, total: number) => bar.status(done, total) } : {}),
     });

@@ -14,7 +14,6 @@ import {
   addBitmap,
   convertImages,
   listBitmaps,
-  loadSnapshotReadOnly,
   mergeBitmap,
   type BlockImage,
   type SnapshotSelector,
@@ -31,7 +30,7 @@ import { CACHE_MODES } from "./compare";
 import { FORCE_SHARE_OPTION, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, parseCommand, type CommandContext, type QimgCommand } from "./context";
 import { addBackingOptions, createWithDriver, optionHelp } from "./create";
 import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat } from "./create-options";
-import { convertWithStreams, involvesStreams } from "./convert-stream";
+import { convertWithStreams, involvesStreams, loadSourceSnapshot } from "./convert-stream";
 
 /** -l: "snapshot.id=ID,snapshot.name=NAME" or "ID_OR_NAME". */
 export function parseSnapshotParam(text: string): SnapshotSelector {
@@ -224,7 +223,7 @@ export const convertCommand: QimgCommand = {
     if (operands.length < 2) throw new CliError("Must specify image file name");
     if (!CACHE_MODES.includes(a.srcCache)) throw new CliError(`Invalid source cache option: ${a.srcCache}`);
     if (involvesStreams(operands.slice(0, -1), outFilename!)) {
-      return convertWithStreams(operands.slice(0, -1), outFilename!, { ...a, outFmt, hasSnapshot: a.snapshot !== undefined }, ctx);
+      return convertWithStreams(operands.slice(0, -1), outFilename!, { ...a, outFmt }, ctx);
     }
     const bar = new Progress(ctx.io, a.progress && !a.quiet, 1.0);
     bar.print(0, 100);
@@ -240,14 +239,7 @@ export const convertCommand: QimgCommand = {
         });
         sources.push(opened.image);
       }
-      if (a.snapshot !== undefined) {
-        if (sources.length > 1) throw new CliError("No support for concatenating multiple snapshot");
-        try {
-          await loadSnapshotReadOnly(sources[0]!, a.snapshot);
-        } catch (e) {
-          throw new CliError(`Failed to load snapshot: ${errorText(e)}`, { cause: e });
-        }
-      }
+      if (a.snapshot !== undefined) await loadSourceSnapshot(sources, a.snapshot);
       if (a.bitmaps) await checkBitmaps(sources, a.skipBrokenBitmaps);
       const prepared = await prepareTarget(outFilename!, outFmt, a, sources, ctx);
       target = prepared.target;
