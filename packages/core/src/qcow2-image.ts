@@ -1544,7 +1544,7 @@ export class Qcow2Image implements BlockImage {
     this.assertOpen();
     this.checkRange(guestOffset, byteLength);
     if (byteLength === 0) return [];
-    return this.lock.read(() => this.guard(() => this.blockStatusUnlocked(guestOffset, byteLength)));
+    return this.lock.read(() => this.guard(() => this.blockStatusUnlocked(guestOffset, byteLength).finally(() => this.l2Cache.trim())));
   }
 
   /** Status of this layer only: undefined entries fall through to the backing chain. */
