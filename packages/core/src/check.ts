@@ -336,7 +336,7 @@ export async function countL1(ctx: CheckContext, l1Offset: number, l1Size: numbe
 }
 
 /** Bytes of L2 tables the check keeps (see CheckContext.l2Tables). */
-const L2_TABLE_CACHE_BYTES = 32 * 1024 * 1024;
+const L2_TABLE_CACHE_BYTES = 8 * 1024 * 1024;
 
 /** The L2 table at `l2Offset`, from the check's cache or the file. */
 async function readL2Table(ctx: CheckContext, l2Offset: number, what: string): Promise<Uint8Array> {

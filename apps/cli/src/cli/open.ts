@@ -55,9 +55,10 @@ export interface CliOpenOptions {
 
 /**
  * Settings of the whole invocation that apply to every image a command opens: `safe` is the shared --safe
- * flag (untrusted images: see @qcowkit/core's README, "Safe mode"), set once by each program's main.
+ * flag (untrusted images: see @qcowkit/core's README, "Safe mode"), set once by each program's main; `cacheSize`
+ * the metadata cache of each qcow2 image (the core's default when unset).
  */
-export const cliOpenDefaults: { safe: boolean } = { safe: false };
+export const cliOpenDefaults: { safe: boolean; cacheSize?: number } = { safe: false };
 
 /** QEMU's warning when a raw image was probed and is opened for writing (3 lines, on stderr). */
 export function probedRawWarning(filename: string): string {
@@ -91,6 +92,7 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     ...(opts.dataFileNullCo ? { dataFileStore: new NullStore(opts.dataFileNullCo.size, "null-co://", opts.readOnly, opts.dataFileNullCo.readZeroes) } : {}),
     ...(rules ? { wrapDataFile: (store: ByteStore) => new BlkdebugStore(store, rules) } : {}),
     ...(cliOpenDefaults.safe ? { safe: true } : {}),
+    ...(cliOpenDefaults.cacheSize !== undefined ? { cacheSize: cliOpenDefaults.cacheSize } : {}),
     ...(opts.encrypt ? { encrypt: encryptOpenOptions(opts.encrypt) } : {}),
     // One request at a time: small file I/O is cheaper done synchronously than through the thread pool.
     syncIoBytes: 64 * 1024,
