@@ -53,12 +53,8 @@ export interface CliOpenOptions {
   qcow2Cache?: Qcow2CacheOptions;
 }
 
-/**
- * Settings of the whole invocation that apply to every image a command opens: `safe` is the shared --safe
- * flag (untrusted images: see @qcowkit/core's README, "Safe mode"), set once by each program's main; `cacheSize`
- * the metadata cache of each qcow2 image (the core's default when unset).
- */
-export const cliOpenDefaults: { safe: boolean; cacheSize?: number } = { safe: false };
+export { cliOpenDefaults } from "./open-defaults";
+import { cliOpenDefaults } from "./open-defaults";
 
 /** QEMU's warning when a raw image was probed and is opened for writing (3 lines, on stderr). */
 export function probedRawWarning(filename: string): string {
