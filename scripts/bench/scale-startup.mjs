@@ -88,20 +88,16 @@ export function benchScaleStartup({ dir, rounds = 7, sizeMiB = 256, env = { ...p
   const srcQcow2 = p("ps.qcow2");
   quiet("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", src, srcQcow2]);
   const mw = ["-m", "8", "-W"];
-  row(`convert -m 8 -W raw -> qcow2 (${sizeMiB} MiB)`, {
-    rounds,
-    env: withoutCa,
-    prepare: rm("pq.qcow2", "po.qcow2"),
-    qemu: ["qemu-img", ["convert", ...mw, "-f", "raw", "-O", "qcow2", src, p("pq.qcow2")]],
-    ours: [bin("qimg"), ["convert", ...mw, "-f", "raw", "-O", "qcow2", src, p("po.qcow2")]],
-  });
-  row(`convert -m 8 -W qcow2 -> raw (${sizeMiB} MiB)`, {
-    rounds,
-    env: withoutCa,
-    prepare: rm("pq.raw", "po.raw"),
-    qemu: ["qemu-img", ["convert", ...mw, "-f", "qcow2", "-O", "raw", srcQcow2, p("pq.raw")]],
-    ours: [bin("qimg"), ["convert", ...mw, "-f", "qcow2", "-O", "raw", srcQcow2, p("po.raw")]],
-  });
+  for (const [from, input, to] of [["raw", src, "qcow2"], ["qcow2", srcQcow2, "raw"]]) {
+    const args = (out) => ["convert", ...mw, "-f", from, "-O", to, input, p(out)];
+    row(`convert -m 8 -W ${from} -> ${to} (${sizeMiB} MiB)`, {
+      rounds,
+      env: withoutCa,
+      prepare: rm(`pq.${to}`, `po.${to}`),
+      qemu: ["qemu-img", args(`pq.${to}`)],
+      ours: [bin("qimg"), args(`po.${to}`)],
+    });
+  }
   rm("ps.raw", "ps.qcow2", "pq.qcow2", "po.qcow2", "pq.raw", "po.raw")();
 
   // Start-up.
