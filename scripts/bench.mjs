@@ -5,7 +5,9 @@
 //   qcow2 on stdin -> raw (qimg) vs cat to a file plus qemu-img convert;
 //   qio vs qemu-io: 4 KiB random writes into a new image;
 //   and, for reference, a bare Node fs copy (scripts/bench/node-copy.mjs) vs qemu-img's raw->raw copy;
-//   convert -c (zlib, zstd) and qio writes on LUKS: scripts/bench/compressed-encrypted.mjs (--compress-mib N).
+//   convert -c (zlib, zstd) and qio writes on LUKS: scripts/bench/compressed-encrypted.mjs (--compress-mib N);
+//   convert -m 8 -W, start-up, check/map/convert of a 4 TiB sparse image: scripts/bench/scale-startup.mjs
+//   (--parallel-mib N).
 // Each measurement alternates the two tools over several rounds and reports the median time, the speed
 // ratio (qemu time / qcowkit time: >= 1 means qcowkit is at least as fast) and qcowkit's peak RSS.
 // How the figures are kept fair and steady (this VM's timings have outliers of 2-3x):
@@ -30,7 +32,7 @@ const opt = (name, fallback) => (argv.includes(name) ? Number(argv[argv.indexOf(
 const sizeMiB = opt("--size-mib", 1024);
 const rounds = opt("--rounds", 11);
 const writes = opt("--writes", 5000);
-// --only convert|streams|floor|qio|compressed: run those rows only.
+// --only convert|streams|floor|qio|compressed|scale: run those rows only.
 const only = argv.includes("--only") ? argv[argv.indexOf("--only") + 1] : undefined;
 const want = (rows) => only === undefined || only === rows;
 const binFile = (name) => join(root, "apps", "cli", "bin", `${name}.js`);
@@ -217,6 +219,12 @@ const same = qio && spawnSync("qemu-img", ["compare", p("w.qcow2"), p("v.qcow2")
 console.log("");
 const { benchCompressedEncrypted } = await import("./bench/compressed-encrypted.mjs");
 if (want("compressed")) await benchCompressedEncrypted({ dir, rounds: Math.max(rounds, 7), run, ours, median, mib: opt("--compress-mib", 128) });
+// Parallel uncompressed convert, start-up, and a 4 TiB sparse image (issue 17, items 5-8).
+if (want("scale")) {
+  console.log("");
+  const { benchScaleStartup } = await import("./bench/scale-startup.mjs");
+  benchScaleStartup({ dir, rounds: Math.max(rounds, 7), sizeMiB: opt("--parallel-mib", 256), env: childEnv });
+}
 if (same) console.log(`\nqio and qemu-io images identical: ${same.status === 0 ? "yes" : "NO: " + same.stdout.trim()}`);
 if (floor) console.log(`bare Node fs copy ${floor.ratio.toFixed(2)}x qemu-img's raw copy (reference: Node's start-up and its fs module, no format logic; qimg copies through the native addon)`);
 if (strippedCa) console.log("NODE_EXTRA_CA_CERTS was removed from the tools' environment (see the comment at the top of this script)");

@@ -367,8 +367,8 @@ export function parseCommandLine(argv: readonly string[]): ParsedCommandLine {
 export const HELP_TEXT = `Usage: qnbd [OPTIONS] FILE
 Serve a disk image over NBD (qemu-nbd compatible).
 
-  -h, --help                display this help and exit
-  -V, --version             output version information and exit
+  -h, --help                this text
+  -V, --version             the version
 
 Connection properties:
   -p, --port=PORT           TCP port to listen on (default 10809)

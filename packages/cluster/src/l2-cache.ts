@@ -14,10 +14,15 @@ export interface L2Table {
   dirty: boolean;
 }
 
+/** Dropped tables' bytes kept for reuse. */
+const MAX_SPARE_TABLES = 8;
+
 export class L2Cache {
   private readonly tables = new Map<number, L2Table>();
   /** Loads in flight, so concurrent readers of one table share a single read. */
   private readonly loading = new Map<number, Promise<L2Table>>();
+  /** Bytes of dropped tables nobody holds any more (see `trim`), read into again by the next loads. */
+  private readonly spare: Uint8Array[] = [];
 
   constructor(
     private readonly store: ByteStore,
@@ -36,10 +41,11 @@ export class L2Cache {
     const pending = this.loading.get(hostOffset);
     if (pending) return pending;
     const load = (async () => {
-      const bytes = new Uint8Array(this.tableBytes);
+      const bytes = this.spare.pop() ?? new Uint8Array(this.tableBytes);
       // An offset no store can address (2^53 and more, from a damaged L1 entry) lies past the end of the
       // file: the table reads as zeros there, as QEMU reads it (edit by the fuzz owner).
       if (Number.isSafeInteger(hostOffset + this.tableBytes)) await this.store.read(hostOffset, bytes);
+      else bytes.fill(0);
       const table: L2Table = { hostOffset, bytes, view: viewOf(bytes), dirty: false };
       // A concurrent create() may have installed a fresher table meanwhile.
       const now = this.tables.get(hostOffset);
@@ -96,12 +102,19 @@ export class L2Cache {
     return dirty.length;
   }
 
-  /** Drop least recently used clean tables until within capacity. */
-  trim(): void {
+  /**
+   * Drop least recently used clean tables until within capacity. With `reuse`, the owner vouches that no
+   * one holds a table of this cache any more (no operation is between its lookup and its last use of the
+   * bytes): the dropped tables' bytes are kept for the next loads, so a scan of a huge image reuses a few
+   * buffers instead of leaving one per L2 table to the garbage collector.
+   */
+  trim(reuse = false): void {
     if (this.tables.size <= this.capacity) return;
     for (const [offset, t] of this.tables) {
       if (this.tables.size <= this.capacity) break;
-      if (!t.dirty) this.tables.delete(offset);
+      if (t.dirty) continue;
+      this.tables.delete(offset);
+      if (reuse && this.spare.length < MAX_SPARE_TABLES && t.bytes.byteLength === this.tableBytes) this.spare.push(t.bytes);
     }
   }
 

@@ -43,6 +43,7 @@ import {
   getRefcount,
   refcountDecimal,
   isAllZero,
+  firstNonZeroByte,
   type Errno,
 } from "@qcowkit/spec";
 import { metadataOverlap, OVERLAP_ACTIVE_L2, OVERLAP_INACTIVE_L2 } from "./metadata-overlap";
@@ -223,6 +224,8 @@ export interface CheckContext {
    * cluster many times. Fixes change the cached bytes as they change the disk.
    */
   l2Tables: Map<number, Uint8Array>;
+  /** A table buffer evicted from `l2Tables`, reused by the next read (the check runs one table at a time). */
+  spareL2Table?: Uint8Array | undefined;
   onMessage: ((line: string, kind: CheckMessageKind) => void) | undefined;
   onReference?: CheckOptions["onReference"];
   onLeak?: CheckOptions["onLeak"];
@@ -333,7 +336,7 @@ export async function countL1(ctx: CheckContext, l1Offset: number, l1Size: numbe
 }
 
 /** Bytes of L2 tables the check keeps (see CheckContext.l2Tables). */
-const L2_TABLE_CACHE_BYTES = 32 * 1024 * 1024;
+const L2_TABLE_CACHE_BYTES = 8 * 1024 * 1024;
 
 /** The L2 table at `l2Offset`, from the check's cache or the file. */
 async function readL2Table(ctx: CheckContext, l2Offset: number, what: string): Promise<Uint8Array> {
@@ -343,11 +346,17 @@ async function readL2Table(ctx: CheckContext, l2Offset: number, what: string): P
     ctx.l2Tables.set(l2Offset, cached);
     return cached;
   }
-  const table = new Uint8Array(l2TableBytes(ctx.image));
+  // The table dropped last time is read into again: a check of an image with thousands of L2 tables
+  // keeps the cache's bytes, not a fresh buffer per table waiting for the garbage collector.
+  const table = ctx.spareL2Table ?? new Uint8Array(l2TableBytes(ctx.image));
+  ctx.spareL2Table = undefined;
   await readMeta(ctx, l2Offset, table, what);
   ctx.l2Tables.set(l2Offset, table);
   if (ctx.l2Tables.size * table.byteLength > L2_TABLE_CACHE_BYTES) {
-    ctx.l2Tables.delete(ctx.l2Tables.keys().next().value!);
+    const [oldest, dropped] = ctx.l2Tables.entries().next().value!;
+    ctx.l2Tables.delete(oldest);
+    tableChanged(dropped);
+    ctx.spareL2Table = dropped;
   }
   return table;
 }
@@ -364,6 +373,17 @@ function isZeroTable(table: Uint8Array): boolean {
 /** The table's bytes were changed: forget what was known about them. */
 function tableChanged(table: Uint8Array): void {
   zeroTables.delete(table);
+}
+
+/**
+ * The first entry at or after `from` with a non-zero byte (the table's length when none): an all-zero entry
+ * is unallocated with an empty bitmap, which neither pass counts or reports, so sparse tables are skipped
+ * a word at a time instead of decoded entry by entry.
+ */
+function nextUsedEntry(table: Uint8Array, from: number, ext: boolean): number {
+  const entryBytes = ext ? 16 : 8;
+  const at = firstNonZeroByte(table, from * entryBytes);
+  return at < 0 ? table.byteLength / entryBytes : Math.floor(at / entryBytes);
 }
 
 /** Bytes of one L2 table. */
@@ -383,7 +403,7 @@ async function countL2(ctx: CheckContext, l2Offset: number, active: boolean): Pr
   const entries = image.map.l2Entries;
   ctx.nextContiguous = 0; // contiguity is judged within one L2 table
   if (isZeroTable(table)) return; // nothing allocated, nothing to count
-  for (let i = 0; i < entries; i++) {
+  for (let i = nextUsedEntry(table, 0, ext); i < entries; i = nextUsedEntry(table, i + 1, ext)) {
     const at = l2EntryPosition(i, ext);
     let hi = v.getUint32(at);
     const lo = v.getUint32(at + 4);
@@ -817,7 +837,7 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
     if (isZeroTable(table)) continue;
     const v = viewOf(table);
     let dirty = 0;
-    for (let j = 0; j < image.map.l2Entries; j++) {
+    for (let j = nextUsedEntry(table, 0, ext); j < image.map.l2Entries; j = nextUsedEntry(table, j + 1, ext)) {
       const at = l2EntryPosition(j, ext);
       const hi = v.getUint32(at);
       const lo = v.getUint32(at + 4);

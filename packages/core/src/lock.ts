@@ -40,6 +40,11 @@ export class RwLock {
     }
   }
 
+  /** Exactly one reader holds the lock and no writer does: the caller, when it holds it for reading. */
+  get soleReader(): boolean {
+    return this.readers === 1 && !this.writer;
+  }
+
   private dispatch(): void {
     while (this.queue.length > 0 && !this.writer) {
       const head = this.queue[0]!;

@@ -586,7 +586,8 @@ export class Qcow2Image implements BlockImage {
       throw e;
     }
     await Promise.all(pending);
-    this.l2Cache.trim();
+    // A read alone under the lock holds no table once done: the dropped tables' bytes can be reused.
+    this.l2Cache.trim(this.lock.soleReader);
   }
 
   /** encryption: guest data read from the data store is decrypted (whole sectors are read for it). */
@@ -1596,7 +1597,7 @@ export class Qcow2Image implements BlockImage {
     this.assertOpen();
     this.checkRange(guestOffset, byteLength);
     if (byteLength === 0) return [];
-    return this.lock.read(() => this.guard(() => this.blockStatusUnlocked(guestOffset, byteLength)));
+    return this.lock.read(() => this.guard(() => this.blockStatusUnlocked(guestOffset, byteLength).finally(() => this.l2Cache.trim(this.lock.soleReader))));
   }
 
   /** Status of this layer only: undefined entries fall through to the backing chain. */

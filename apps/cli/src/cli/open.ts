@@ -55,11 +55,8 @@ export interface CliOpenOptions {
   qcow2Cache?: Qcow2CacheOptions;
 }
 
-/**
- * Settings of the whole invocation that apply to every image a command opens: `safe` is the shared --safe
- * flag (untrusted images: see @qcowkit/core's README, "Safe mode"), set once by each program's main.
- */
-export const cliOpenDefaults: { safe: boolean } = { safe: false };
+export { cliOpenDefaults } from "./open-defaults";
+import { cliOpenDefaults } from "./open-defaults";
 
 /** QEMU's warning when a raw image was probed and is opened for writing (3 lines, on stderr). */
 export function probedRawWarning(filename: string): string {
@@ -93,6 +90,7 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     ...(opts.dataFileNullCo ? { dataFileStore: new NullStore(opts.dataFileNullCo.size, "null-co://", opts.readOnly, opts.dataFileNullCo.readZeroes) } : {}),
     ...(rules ? { wrapDataFile: (store: ByteStore) => new BlkdebugStore(store, rules) } : {}),
     ...(cliOpenDefaults.safe ? { safe: true } : {}),
+    ...(cliOpenDefaults.cacheSize !== undefined ? { cacheSize: cliOpenDefaults.cacheSize } : {}),
     ...(opts.encrypt ? { encrypt: encryptOpenOptions(opts.encrypt) } : {}),
     ...(opts.backingEncrypt ? { backingEncrypt: encryptOpenOptions(opts.backingEncrypt) } : {}),
     // One request at a time: small file I/O is cheaper done synchronously than through the thread pool.

@@ -170,8 +170,9 @@ function parseArgs(options: Array<{ key: string; value: string | undefined }>, c
         break;
       }
       case "W":
-        // Out-of-order writes: accepted; the engine places writes in the order they were issued, so the
-        // result is the in-order one either way.
+        // Out-of-order writes: accepted. Writes in flight still take their clusters in the order they were
+        // issued (the engine allocates under one lock, first come first served), so the target is the same
+        // file with or without -W; QEMU's may differ in layout with -W, never in content.
         break;
       case "U":
         a.forceShare = true;
@@ -332,15 +333,22 @@ function checkBacking(backingFile: string | undefined, sourceCount: number, hasF
   if (!hasFormat) throw new CliError("Use of backing file requires explicit backing format");
 }
 
+/** How convert's -m requests are spent (`readAhead`, `writesInFlight` of convertImages). */
+function inFlight(a: ConvertArgs): { readAhead: number; writesInFlight: number } {
+  if (a.compressed) return { readAhead: 2, writesInFlight: a.coroutines };
+  return { readAhead: Math.max(2, Math.ceil(a.coroutines / 2)), writesInFlight: Math.max(1, Math.floor(a.coroutines / 2)) };
+}
+
 async function copy(sources: BlockImage[], target: BlockImage, prepared: PreparedTarget, a: ConvertArgs, bar: Progress): Promise<void> {
   const targetHasBacking = prepared.hasBacking;
   try {
     await convertImages(sources, target, {
       sparseBytes: a.sparseBytes,
       compressed: a.compressed,
-      // Compression runs on the thread pool: -m clusters in flight spread it over the cores (placed in order).
-      // Uncompressed copies keep one write at a time (more measured no faster on tmpfs).
-      writesInFlight: a.compressed ? a.coroutines : 1,
+      // -m requests in flight, as QEMU's coroutines. Compressed: -m clusters compress at once on the thread
+      // pool (placed in order). Uncompressed copies through memory: the -m buffers are shared between reads
+      // ahead and writes in flight. Either way the target is the one an in-order copy makes (see -W).
+      ...inFlight(a),
       targetHasBacking,
       targetIsNew: !a.skipCreate,
       // A new target without a backing file reads as zeros; with -n only when the user says so.

@@ -16,11 +16,11 @@ export function versionText(): string {
 
 export function helpText(): string {
   return `${versionText()}usage: ${PROG} [standard options] command [command options]
-QEMU disk image utility (qcowkit implementation, qcow2 and raw only)
+Creates, inspects, checks and copies disk images (qcowkit; qcow2 and raw).
 
-    '-h', '--help'       display this help and exit
-    '-V', '--version'    output version information and exit
-    '-T', '--trace'      accepted for compatibility and ignored
+    '-h', '--help'       this text
+    '-V', '--version'    the version
+    '-T', '--trace'      accepted, without effect
 
 Command syntax:
   amend [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename
@@ -40,41 +40,36 @@ Command syntax:
   resize [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
 
 Command parameters:
-  'filename' is a disk image filename
-  'fmt' is the disk image format: qcow2 or raw. It is guessed automatically when omitted
-  'size' is the disk image size in bytes. Optional suffixes
-    'k' or 'K' (kilobyte, 1024), 'M' (megabyte, 1024k), 'G' (gigabyte, 1024M),
-    'T' (terabyte, 1024G), 'P' (petabyte, 1024T) and 'E' (exabyte, 1024P)  are
-    supported. 'b' is ignored.
-  'output_filename' is the destination disk image filename
-  'output_fmt' is the destination format
-  'options' is a comma separated list of format specific options in a
-    name=value format. Use -o help for an overview of the options supported by
-    the used format
-  '-c' indicates that target image must be compressed (qcow2 only)
-  '-u' allows unsafe backing chains: the backing file is not opened at creation
-  '-p' show progress of command (only certain commands)
-  '-q' use Quiet mode - do not print any output (except errors)
-  '-S' indicates the consecutive number of bytes (defaults to 4k) that must
-       contain only zeros for ${PROG} to create a sparse image during
-       conversion. If the number of bytes is 0, the source will not be scanned for
-       unallocated or zero sectors, and the destination image will always be
-       fully allocated
-  '--output' takes the format in which the output must be done (human or json)
-  '-n' skips the target volume creation (useful if the volume is created
-       prior to running ${PROG})
+  'filename'         an image file (or an NBD address)
+  'fmt'              qcow2 or raw; probed from the file's first bytes when left out
+  'size'             in bytes, or with a binary suffix: k or K (1024), M, G, T, P or E
+                     (each 1024 times the one before); a trailing 'b' changes nothing
+  'output_filename'  the image that convert, dd or measure writes or sizes
+  'output_fmt'       the format of that image
+  'options'          name=value pairs separated by commas; '-o help' lists what a
+                     format takes
+  '-c'               write the target's clusters compressed (qcow2 targets)
+  '-u'               create or rebase without opening the backing file
+  '-p'               print a progress figure while the command runs (some commands)
+  '-q'               print nothing but errors
+  '-S'               how many zero bytes in a row (4k unless given) convert leaves
+                     as a hole in the target; 0 copies every byte and allocates the
+                     whole target
+  '--output'         human (the default) or json
+  '-n'               write into an existing target instead of creating it
 
-Parameters to check subcommand:
-  '-r' tries to repair any inconsistencies that are found during the check.
+check:
+  '-r'               repair what the check finds: 'leaks' or 'all'
 
-Parameters to compare subcommand:
-  '-f' first image format
-  '-F' second image format
-  '-s' run in Strict mode - fail on different image size or sector allocation
+compare:
+  '-f', '-F'         the formats of the first and of the second image
+  '-s'               strict: images of different sizes, or with different
+                     allocation, count as different
 
 Supported formats: qcow2 raw
 
-Not supported: object types other than secret, protocols other than local files and NBD.
+qcowkit does not take --object types other than secret, nor images other than local
+files and NBD exports.
 `;
 }
 

@@ -3,56 +3,49 @@
  */
 import { getopt } from "../cli/getopt";
 import { reportError, UsageError, type Output } from "../cli/errors";
-import { cliOpenDefaults } from "../cli/open";
+import { cliOpenDefaults } from "../cli/open-defaults";
 import { resetSecrets } from "../cli/secrets";
-import { amendCommand } from "./amend";
-import { checkCommand } from "./check";
-import { compareCommand } from "./compare";
-import { PROG, makeContext, type QimgCommand } from "./context";
-import { convertCommand } from "./convert";
-import { createCommand } from "./create";
+import { PROG, makeContext, acceptingStreamInput, type CommandContext, type QimgCommand } from "./context";
 import { helpText, versionText } from "./help";
-import { infoCommand } from "./info";
-import { mapCommand } from "./map";
-import { resizeCommand } from "./resize";
-import { snapshotCommand } from "./snapshot";
-import { measureCommand } from "./measure";
-import { rebaseCommand } from "./rebase";
-import { commitCommand } from "./commit";
-import { bitmapCommand } from "./bitmap";
-import { ddCommand } from "./dd";
-import { acceptingStreamInput, type CommandContext } from "./context";
-import { isStreamOperand, withSpooledInput } from "../cli/stream-io";
-import { benchCommand } from "./bench";
 
+/** Metadata cache of each qcow2 image qimg opens (L2 tables, and a quarter as much for refcount blocks). */
+const QIMG_CACHE_BYTES = 4 * 1024 * 1024;
 
 /** info, check and map on a stream: the stream is spooled to a temporary file. */
-function streamable(command: QimgCommand): QimgCommand {
+async function streamable(command: QimgCommand): Promise<QimgCommand> {
+  const { isStreamOperand, withSpooledInput } = await import("../cli/stream-io");
   return acceptingStreamInput(command, (arg) => isStreamOperand(arg, "in"), (operand, ctx: CommandContext, use) => withSpooledInput(operand, (t) => ctx.io.err(t), use));
 }
 
-const COMMANDS: QimgCommand[] = [
-  amendCommand,
-  streamable(checkCommand),
-  compareCommand,
-  convertCommand,
-  createCommand,
-  streamable(infoCommand),
-  streamable(mapCommand),
-  resizeCommand,
-  snapshotCommand,
-  commitCommand,
-  rebaseCommand,
-  measureCommand,
-  bitmapCommand,
-  ddCommand,
-  benchCommand,
-];
+/**
+ * The commands, each loaded when it runs: `qimg --version` or `qimg info` loads neither convert's code nor
+ * what only other commands need (start-up time, issue 17; the bundle keeps each in its own chunk).
+ */
+const COMMANDS: Record<string, () => Promise<QimgCommand>> = {
+  amend: async () => (await import("./amend")).amendCommand,
+  check: async () => streamable((await import("./check")).checkCommand),
+  compare: async () => (await import("./compare")).compareCommand,
+  convert: async () => (await import("./convert")).convertCommand,
+  create: async () => (await import("./create")).createCommand,
+  info: async () => streamable((await import("./info")).infoCommand),
+  map: async () => streamable((await import("./map")).mapCommand),
+  resize: async () => (await import("./resize")).resizeCommand,
+  snapshot: async () => (await import("./snapshot")).snapshotCommand,
+  commit: async () => (await import("./commit")).commitCommand,
+  rebase: async () => (await import("./rebase")).rebaseCommand,
+  measure: async () => (await import("./measure")).measureCommand,
+  bitmap: async () => (await import("./bitmap")).bitmapCommand,
+  dd: async () => (await import("./dd")).ddCommand,
+  bench: async () => (await import("./bench")).benchCommand,
+};
 
 /** Run qimg with `args` (argv without node and the script); returns the exit code. */
 export async function runQimg(args: string[], io: Output): Promise<number> {
   const ctx = makeContext(io);
   resetSecrets();
+  // qimg's commands walk images front to back: a small metadata cache per image is enough for them, and
+  // keeps the peak memory of a convert, map or check of a huge image flat (QIMG_CACHE_BYTES).
+  cliOpenDefaults.cacheSize = QIMG_CACHE_BYTES;
   try {
     const parsed = getopt(args, {
       short: "+:hVT:",
@@ -82,9 +75,9 @@ export async function runQimg(args: string[], io: Output): Promise<number> {
     const rest = commandArgs.filter((a, i) => a !== "--safe" || (end >= 0 && i > end));
     if (rest.length !== commandArgs.length) cliOpenDefaults.safe = true;
     if (name === undefined) throw new UsageError("Not enough arguments");
-    const command = COMMANDS.find((c) => c.name === name);
-    if (!command) throw new UsageError(`Command not found: ${name}`);
-    return await command.run(rest, ctx);
+    const load = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
+    if (!load) throw new UsageError(`Command not found: ${name}`);
+    return await (await load()).run(rest, ctx);
   } catch (error) {
     return reportError(PROG, error, io);
   }

@@ -16,32 +16,31 @@ const prog = (): string => programNames.qio;
 
 export function qioUsage(): string {
   return `Usage: ${prog()} [OPTIONS]... [-c STRING]... [file]
-QEMU Disk exerciser (qcowkit implementation, qcow2 and raw only)
+Runs reads, writes and other requests against a disk image (qcowkit; qcow2 and raw).
 
   --object OBJECTDEF   define a secret: secret,id=ID,data=TEXT|file=PATH[,format=raw|base64]
   --image-opts         treat file as option string: driver=qcow2,file.filename=IMG,
                        data-file.filename=DATA (data file override), backing.file.filename=B,
                        backing=null, read-only=on|off, discard=ignore|unmap, file.locking=on|off,
                        encrypt.key-secret=ID, encrypt.format=aes|luks
-  -c, --cmd STRING     execute command with its arguments
-                       from the given string
-  -f, --format FMT     specifies the block driver to use (qcow2 or raw)
-  -r, --read-only      export read-only
-  -s, --snapshot       use snapshot file (writes go to a temporary overlay)
+  -c, --cmd STRING     a qio command line to run (repeatable; run in order)
+  -f, --format FMT     the image's format, qcow2 or raw (probed when left out)
+  -r, --read-only      open the image without write access
+  -s, --snapshot       send writes to a temporary overlay, leaving the image as it was
   -n, --nocache        accepted and ignored (short for -t none)
   -C, --copy-on-read   accepted and ignored
   -m, --misalign       accepted and ignored
   -k, --native-aio     accepted and ignored
   -i, --aio=MODE       accepted and ignored
   -t, --cache=MODE     checked and ignored
-  -d, --discard=MODE   use the given discard mode for the image (ignore or unmap)
+  -d, --discard=MODE   what discards do to the file: ignore or unmap
   -T, --trace [[enable=]<pattern>][,events=<file>][,file=<file>]
                        accepted and ignored
-  -U, --force-share    force shared permissions
-  -h, --help           display this help and exit
-  -V, --version        output version information and exit
+  -U, --force-share    open even when another process holds the image's lock
+  -h, --help           this text
+  -V, --version        the version
 
-See '${prog()} -c help' for information on available commands.
+'${prog()} -c help' lists the commands.
 `;
 }
 

@@ -8,18 +8,18 @@
  * Node bundles Chromium's zlib, whose match finder differs from the zlib QEMU links: for the same settings
  * its deflate streams are valid and about as small, but not byte for byte the same as QEMU's.
  */
-import { constants, deflateRaw } from "node:zlib";
+import { builtin } from "./builtin";
 import { Qcow2Error } from "@qcowkit/spec";
 import { registerCodec, registerCodecLoader, zlibCodec, type CompressionCodec } from "../compression";
 import { loadZstdCodec } from "../zstd";
 
-/** QEMU's deflateInit2 arguments for compressed clusters. */
-export const QEMU_DEFLATE_OPTIONS = {
-  level: constants.Z_DEFAULT_COMPRESSION,
+/** QEMU's deflateInit2 arguments for compressed clusters (zlib's Z_DEFAULT_COMPRESSION and Z_DEFAULT_STRATEGY). */
+export const QEMU_DEFLATE_OPTIONS: { readonly level: number; readonly windowBits: 12; readonly memLevel: 9; readonly strategy: number } = {
+  level: -1,
   windowBits: 12,
   memLevel: 9,
-  strategy: constants.Z_DEFAULT_STRATEGY,
-} as const;
+  strategy: 0,
+};
 
 /** QEMU's zstd level for compressed clusters (the library default). */
 const ZSTD_LEVEL = 3;
@@ -31,7 +31,7 @@ function bytesOf(b: Uint8Array): Uint8Array {
 
 function deflateCluster(data: Uint8Array): Promise<Uint8Array> {
   return new Promise((resolve, reject) => {
-    deflateRaw(data, QEMU_DEFLATE_OPTIONS, (err, out) => {
+    builtin("node:zlib").deflateRaw(data, QEMU_DEFLATE_OPTIONS, (err, out) => {
       if (err) reject(new Qcow2Error("IO_ERROR", `Could not compress cluster: ${err.message}`, { cause: err }));
       else resolve(bytesOf(out));
     });

@@ -4,14 +4,14 @@
  * ECB is stateless, so one cipher and one decipher per key serve every call; with padding off, each
  * `update` returns exactly the blocks it was given, in a new Buffer (handed back as it is: no copy).
  */
-import { createCipheriv, createDecipheriv, createHash } from "node:crypto";
+import { builtin } from "./builtin";
 import { Qcow2Error } from "@qcowkit/spec";
 import type { AesBlocks, AesEngine } from "../crypto/aes-engine";
 import type { SyncDigest } from "../crypto/hash";
 
 /** Hashes on the calling thread (LUKS's key splitter makes thousands of small ones). */
 export const nodeDigest: SyncDigest = (alg, data) => {
-  const d = createHash(alg).update(data).digest();
+  const d = builtin("node:crypto").createHash(alg).update(data).digest();
   return new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
 };
 
@@ -20,6 +20,7 @@ export const nodeAesEngine: AesEngine = (key) => {
     throw new Qcow2Error("INVALID_ARGUMENT", `Invalid AES key length ${key.byteLength}`);
   }
   const name = `aes-${key.byteLength * 8}-ecb`;
+  const { createCipheriv, createDecipheriv } = builtin("node:crypto");
   const enc = createCipheriv(name, key, null).setAutoPadding(false);
   const dec = createDecipheriv(name, key, null).setAutoPadding(false);
   const run = (c: typeof enc | typeof dec, data: Uint8Array): Uint8Array => {

@@ -3,8 +3,8 @@
  * as ReadableStreams and as the destination of one, and Node Readable/Writable wrappers. Node only.
  */
 import { read, write } from "node:fs";
-import { Readable, Writable } from "node:stream";
-import { pipeline } from "node:stream/promises";
+import type { Readable, Writable } from "node:stream";
+import { builtin } from "./builtin";
 import { Qcow2Error } from "@qcowkit/spec";
 
 const CHUNK = 1024 * 1024;
@@ -87,15 +87,15 @@ export async function writeStreamToFd(stream: ReadableStream<Uint8Array>, fd: nu
 
 /** A Node Readable (process.stdin, a socket, a file stream) as a Web ReadableStream. */
 export function webStreamFromNode(readable: Readable): ReadableStream<Uint8Array> {
-  return Readable.toWeb(readable) as unknown as ReadableStream<Uint8Array>;
+  return builtin("node:stream").Readable.toWeb(readable) as unknown as ReadableStream<Uint8Array>;
 }
 
 /** A Web ReadableStream as a Node Readable (for pipe(), HTTP responses, ...). */
 export function nodeReadableFromWeb(stream: ReadableStream<Uint8Array>): Readable {
-  return Readable.fromWeb(stream as unknown as import("node:stream/web").ReadableStream<Uint8Array>);
+  return builtin("node:stream").Readable.fromWeb(stream as unknown as import("node:stream/web").ReadableStream<Uint8Array>);
 }
 
 /** Pipe a Web stream into a Node Writable with backpressure; resolves when the writable has finished. */
 export async function pipeWebStreamTo(stream: ReadableStream<Uint8Array>, writable: Writable): Promise<void> {
-  await pipeline(nodeReadableFromWeb(stream), writable);
+  await builtin("node:stream/promises").pipeline(nodeReadableFromWeb(stream), writable);
 }

@@ -5,9 +5,8 @@
  * and SSL_CERT_FILE (read here, as OpenSSL and curl do).
  */
 import { readFileSync } from "node:fs";
-import * as http from "node:http";
-import * as https from "node:https";
-import * as tls from "node:tls";
+import type * as http from "node:http";
+import { createRequire } from "node:module";
 import type { RemoteResponse } from "../remote-store";
 import type { UploadFetch } from "../s3";
 
@@ -20,6 +19,12 @@ export interface NodeFetchOptions {
   maxSockets?: number;
 }
 
+// node:http, node:https and node:tls are loaded by the first request: processes that open only local files
+// (most qimg commands) do not pay for them at start-up.
+const load = createRequire(import.meta.url);
+const httpModule = () => load("node:http") as typeof import("node:http");
+const httpsModule = () => load("node:https") as typeof import("node:https");
+
 const agents = new Map<string, http.Agent>();
 
 function agentFor(protocol: string, opts: NodeFetchOptions): http.Agent {
@@ -30,12 +35,12 @@ function agentFor(protocol: string, opts: NodeFetchOptions): http.Agent {
   if (!agent) {
     const common = { keepAlive: true, maxSockets: opts.maxSockets ?? 16 };
     agent = protocol === "https:"
-      ? new https.Agent({
+      ? new (httpsModule().Agent)({
           ...common,
           rejectUnauthorized: verify,
           ...(extraCa !== undefined ? { ca: [...(Array.isArray(extraCa) ? extraCa : [extraCa]), ...tlsRootCertificates()] } : {}),
         })
-      : new http.Agent(common);
+      : new (httpModule().Agent)(common);
     agents.set(key, agent);
   }
   return agent;
@@ -43,7 +48,7 @@ function agentFor(protocol: string, opts: NodeFetchOptions): http.Agent {
 
 /** Giving `ca` replaces Node's bundled roots: keep them beside the extra ones. */
 function tlsRootCertificates(): readonly string[] {
-  return tls.rootCertificates;
+  return (load("node:tls") as typeof import("node:tls")).rootCertificates;
 }
 
 let envCaCache: string | null | undefined;
@@ -67,7 +72,7 @@ export function nodeFetch(opts: NodeFetchOptions = {}): UploadFetch {
   return (url, init) =>
     new Promise<RemoteResponse>((resolve, reject) => {
       const u = new URL(url);
-      const mod = u.protocol === "https:" ? https : http;
+      const mod = u.protocol === "https:" ? httpsModule() : httpModule();
       const req = mod.request(u, {
         method: init.method,
         headers: { ...init.headers, ...(init.body ? { "content-length": String(init.body.length) } : {}) },

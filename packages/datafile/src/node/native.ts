@@ -1,6 +1,6 @@
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { Qcow2Error, errnoText } from "@qcowkit/spec";
 import { printableName } from "../printable-name";
 import { fromSystemError, systemErrorText } from "./system-error";
@@ -130,7 +130,15 @@ const addonFiles = [addonFile, prebuiltFile];
 function candidatePaths(file: string): string[] {
   // Source layout: src/node/native.ts; bundled layout: dist/node.js. Both sit below the package root.
   const paths = [new URL(`../../${file}`, import.meta.url), new URL(`../${file}`, import.meta.url)];
-  return paths.filter((url) => url.protocol === "file:").map((url) => fileURLToPath(url));
+  const found = paths.filter((url) => url.protocol === "file:").map((url) => fileURLToPath(url));
+  // Bundled into an app (the qimg, qio and qnbd bins are single files): the addon stays in this package,
+  // found through the app's dependency on it (its main file is dist/index.js, below the package root).
+  try {
+    found.push(fileURLToPath(new URL(`../${file}`, pathToFileURL(createRequire(import.meta.url).resolve("@qcowkit/datafile")))));
+  } catch {
+    // Not resolvable from here: this module is the package itself.
+  }
+  return found;
 }
 
 /** Loads one addon file: the addon, or why it cannot be used. */
