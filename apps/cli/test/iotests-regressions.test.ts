@@ -541,3 +541,36 @@ describe("issue 19: check differences on hostile images", () => {
     expect(q.stderr).toContain("overlaps with snapshot table");
   });
 });
+
+describe("issue 19: snapshots over damaged tables (iotest 080)", () => {
+  for (const [label, entry] of [
+    ["an L2 entry past any refcount table growth: EFBIG", [0xbf, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]],
+    ["an L2 entry no refcount block covers: EAGAIN, as QEMU's refcount update answers", [0x80, 0, 0, 0xff, 0xff, 0xff, 0, 0]],
+  ] as Array<[string, number[]]>) {
+    it(`snapshot -c with ${label}`, async () => {
+      const dirs = await sameSteps(
+        `snap-huge-${entry[0]}`,
+        async (d) => {
+          await fresh([], "write 0 512")(d);
+          poke(d, "t.qcow2", 0x40000, entry);
+        },
+        [["img", "snapshot", "-c", "test", "t.qcow2"]],
+      );
+      const list = async (d: string) => (await qemuImg(["snapshot", "-l", "t.qcow2"], d)).stdout;
+      expect(await list(dirs.o)).toBe(await list(dirs.q));
+    });
+  }
+
+  it("snapshot -a of a snapshot whose L1 table offset is invalid: the driver's message, then the failure", async () => {
+    await sameSteps(
+      "snap-apply-bad-l1",
+      async (d) => {
+        await fresh([], "write 0 512")(d);
+        await img(d, "snapshot", "-c", "test", "t.qcow2");
+        const h = new DataView(fs.readFileSync(path.join(d, "t.qcow2")).buffer);
+        poke(d, "t.qcow2", Number(h.getBigUint64(64)), [0, 0, 0, 0, 0, 0x40, 2, 0]);
+      },
+      [["img", "snapshot", "-a", "test", "t.qcow2"], ["img", "snapshot", "-d", "test", "t.qcow2"]],
+    );
+  });
+});
