@@ -580,6 +580,7 @@ export class Qcow2Image implements BlockImage {
 
   /** encryption: guest data read from the data store is decrypted (whole sectors are read for it). */
   private readData(hostOffset: number, guestOffset: number, dst: Uint8Array): Promise<void> {
+    this.meta.debugEvent?.("read_aio");
     if (this.encryption) return this.encryption.read(this.data, hostOffset, guestOffset, dst);
     return this.data.read(hostOffset, dst);
   }
@@ -771,6 +772,7 @@ export class Qcow2Image implements BlockImage {
 
   /** Write guest data at a host offset of the data store, with QEMU's overlap check for the qcow2 file. */
   private async writeData(hostOffset: number, bytes: Payload, guestOffset: number): Promise<void> {
+    this.meta.debugEvent?.("write_aio");
     if (bytes instanceof StoreSlice) {
       // Never encrypted (writeFromStores refuses): copied store to store.
       if (!this.hasDataFile) this.checkOverlap(hostOffset, bytes.byteLength);

@@ -971,6 +971,8 @@ export async function openForSession(s: Session, req: OpenRequest, errorPrefix?:
     ...(req.encrypt ? { encrypt: req.encrypt } : {}),
     ...(req.lazyRefcounts !== undefined ? { lazyRefcounts: req.lazyRefcounts } : {}),
     ...(req.qcow2Cache !== undefined ? { qcow2Cache: req.qcow2Cache } : {}),
+    ...(req.fileBlkdebug !== undefined ? { fileBlkdebug: req.fileBlkdebug } : {}),
+    ...(req.dataFileBlkdebug !== undefined ? { dataFileBlkdebug: req.dataFileBlkdebug } : {}),
     program: programNames.qio,
     onWarning: (w) => s.io.err(`${w}\n`),
     errorPrefix: errorPrefix ?? (req.filename === "" || req.imageOpts ? "can't open: " : `can't open device ${req.filename}: `),
