@@ -5,7 +5,8 @@
  */
 import { isRemoteName, openImage, type BlockImage, type OpenImageOptions } from "@qcowkit/core/node";
 import { readFileSync } from "node:fs";
-import { BlkdebugStore, NullStore, parseBlkdebugConfig, type BlkdebugConfig, type ByteStore } from "@qcowkit/datafile";
+import { BlkdebugStore, NullStore, parseBlkdebugConfig, type BlkdebugConfig, type BlkdebugLimits, type ByteStore } from "@qcowkit/datafile";
+import { withBlkdebugLimits } from "./blkdebug-limits";
 import { Qcow2Error } from "@qcowkit/spec";
 import {
   blockOptionsFromPairs,
@@ -62,6 +63,8 @@ export interface CliOpenOptions {
   dataFileBlkdebug?: BlkdebugNodeOptions;
   /** The image file is opened under blkdebug with these rules (merged with those of a `blkdebug:` name). */
   fileBlkdebug?: BlkdebugNodeOptions;
+  /** A blkdebug node over the image with these request limits. */
+  topBlkdebug?: BlkdebugLimits;
   /** qcow2's cache options: checked against the image (l2-cache-entry-size against its cluster size). */
   qcow2Cache?: Qcow2CacheOptions;
 }
@@ -178,6 +181,7 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
       throw new CliError(`${prefix}${errorText(e)}`, { exitCode: opts.exitCode ?? 1, cause: e });
     }
   }
+  if (opts.topBlkdebug) image = withBlkdebugLimits(image, opts.topBlkdebug);
   // QEMU names the image by its canonical name here (an NBD export's, however it was given).
   if (opts.format === undefined && image.format === "raw" && !opts.readOnly) opts.onWarning(probedRawWarning(image.filename));
   return image;
@@ -199,6 +203,7 @@ export function blockOpenOptions(o: BlockOptions): Partial<CliOpenOptions> {
     ...(o.qcow2Cache !== undefined ? { qcow2Cache: o.qcow2Cache } : {}),
     ...(o.dataFileBlkdebug !== undefined ? { dataFileBlkdebug: o.dataFileBlkdebug } : {}),
     ...(o.fileBlkdebug !== undefined ? { fileBlkdebug: o.fileBlkdebug } : {}),
+    ...(o.topBlkdebug !== undefined ? { topBlkdebug: o.topBlkdebug } : {}),
     ...(o.nullCo !== undefined ? { nullCo: o.nullCo } : {}),
     ...(o.dataFileNullCo !== undefined ? { dataFileNullCo: o.dataFileNullCo } : {}),
   };
