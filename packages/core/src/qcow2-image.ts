@@ -12,6 +12,7 @@
  * Concurrency: reads and in-place writes share a readers-writer lock; anything that changes metadata
  * (allocating writes, zeroing, discard, flush, resize) takes it exclusively.
  */
+import { flushForClose } from "./close-flush";
 import { ClusterMap, L1Table, L2Cache, type L2Table } from "@qcowkit/cluster";
 import { Refcounts } from "@qcowkit/refcount";
 import {
@@ -967,7 +968,14 @@ export class Qcow2Image implements BlockImage {
     if (this.hasDataFile) hostStart = clusterStart;
     else if (reuse) hostStart = oldHost;
     else hostStart = (await this.refcounts.allocate(count)) * cs;
-    await this.writeAllocatedRun(t, clusterStart, count, hostStart, pos, data.subarray(0, runEnd - pos));
+    try {
+      await this.writeAllocatedRun(t, clusterStart, count, hostStart, pos, data.subarray(0, runEnd - pos));
+    } catch (e) {
+      // QEMU's allocation abort: fresh clusters whose data write failed before the L2 entries took them are given back.
+      const fresh = !this.hasDataFile && !reuse && l2HostOffset(...this.entryHalves(t, this.map.l2Index(clusterStart))) !== hostStart;
+      if (fresh) await this.refcounts.update(hostStart / cs, count, -1).catch(() => undefined);
+      throw e;
+    }
     return runEnd;
   }
 
@@ -1939,7 +1947,7 @@ export class Qcow2Image implements BlockImage {
       if (!this.readOnly && !this.corruptSignalled) {
         for (const hook of this.closeHooks) await hook();
         await this.lock.write(async () => {
-          await this.flushUnlocked();
+          await flushForClose(this, (line) => this.warn(line));
           if (this.lazyRefcounts && this.isDirty && this.dirtyMarked) {
             await this.refcounts.writeBack();
             await this.meta.flush();

@@ -123,6 +123,9 @@ export class BlkdebugStore implements ByteStore {
   private active: BlkdebugInjectError[] = [];
   private state = 1;
   private readonly rawAbove: boolean;
+  /** QEMU's write generation: a flush with no write since the last successful one does not reach the node. */
+  private writeGen = 0;
+  private flushedGen = 0;
 
   constructor(
     private readonly inner: ByteStore,
@@ -208,13 +211,16 @@ export class BlkdebugStore implements ByteStore {
 
   async write(offset: number, data: Uint8Array): Promise<void> {
     if (this.rawAbove) this.debugEvent("write_aio");
+    this.writeGen++;
     this.check("write", offset, data.byteLength);
     await this.inner.write(offset, data);
   }
 
   async flush(): Promise<void> {
-    this.check("flush", 0, 0);
+    const gen = this.writeGen;
+    if (gen !== this.flushedGen) this.check("flush", 0, 0);
     await this.inner.flush();
+    this.flushedGen = gen;
   }
 
   size(): Promise<number> {
@@ -222,15 +228,18 @@ export class BlkdebugStore implements ByteStore {
   }
 
   resize(size: number, preallocation?: StorePreallocation): Promise<void> {
+    this.writeGen++;
     return this.inner.resize(size, preallocation);
   }
 
   async discard(offset: number, length: number): Promise<void> {
+    this.writeGen++;
     this.check("discard", offset, length);
     await this.inner.discard(offset, length);
   }
 
   async writeZeroes(offset: number, length: number, unmap?: boolean): Promise<void> {
+    this.writeGen++;
     this.check("write-zeroes", offset, length);
     await this.inner.writeZeroes(offset, length, unmap);
   }
@@ -245,7 +254,7 @@ export class BlkdebugStore implements ByteStore {
 }
 
 function checkEvent(name: string): void {
-  if (!BLKDEBUG_EVENTS.includes(name)) throw new Qcow2Error("INVALID_ARGUMENT", `Invalid parameter '${name}'`);
+  if (!BLKDEBUG_EVENTS.includes(name)) throw new Qcow2Error("INVALID_ARGUMENT", `invalid parameter value: ${name}`);
 }
 
 /**

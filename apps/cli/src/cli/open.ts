@@ -7,7 +7,7 @@ import { isRemoteName, openImage, type BlockImage, type OpenImageOptions } from 
 import { readFileSync } from "node:fs";
 import { BlkdebugStore, NullStore, parseBlkdebugConfig, type BlkdebugConfig, type BlkdebugLimits, type ByteStore } from "@qcowkit/datafile";
 import { withBlkdebugLimits } from "./blkdebug-limits";
-import { Qcow2Error } from "@qcowkit/spec";
+import { Qcow2Error, errnoText, type Errno } from "@qcowkit/spec";
 import {
   blockOptionsFromPairs,
   checkQcow2Cache,
@@ -106,7 +106,8 @@ export function blkdebugConfig(node: BlkdebugNodeOptions): BlkdebugConfig {
       text = readFileSync(node.configFile, "utf8");
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      throw new Qcow2Error("IO_ERROR", `Could not read blkdebug config file: ${errorText(e)}`, { ...(code === "ENOENT" ? { errno: "ENOENT" } : {}) });
+      const errno = code !== undefined && code in errnoText ? (code as Errno) : undefined;
+      throw new Qcow2Error("IO_ERROR", `Could not read blkdebug config file: ${errno ? errnoText[errno] : errorText(e)}`, errno ? { errno } : {});
     }
     fromFile = parseBlkdebugConfig(text);
   }
@@ -143,7 +144,15 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
   const o: OpenImageOptions = {
     readOnly: opts.readOnly,
     // "qcow2: ..." lines go out as they are; "warning: ..." ones get the program name, as QEMU's warn_report.
-    onWarning: (message) => opts.onWarning(message.startsWith("warning: ") ? `${opts.program ?? programNames.qimg}: ${message}` : message),
+    // "error: ..." lines are QEMU's error_report: the program name and the message.
+    onWarning: (message) =>
+      opts.onWarning(
+        message.startsWith("warning: ")
+          ? `${opts.program ?? programNames.qimg}: ${message}`
+          : message.startsWith("error: ")
+            ? `${opts.program ?? programNames.qimg}: ${message.slice("error: ".length)}`
+            : message,
+      ),
     ...(opts.format !== undefined ? { format: opts.format } : {}),
     ...(opts.forceShare ? { shareRW: true } : {}),
     ...(opts.locking !== undefined ? { locking: opts.locking } : {}),
