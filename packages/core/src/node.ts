@@ -89,6 +89,11 @@ export interface OpenImageOptions {
    * image's file child: blkdebug). Not applied to backing files.
    */
   wrapFile?: (store: ByteStore) => ByteStore;
+  /**
+   * Backing file names the caller opens itself (`json:{...}` block node descriptions, which only the caller
+   * understands): the opened image (read-only), or undefined for a name the resolver should open as usual.
+   */
+  openBackingName?: (name: string, format: string | undefined) => Promise<BlockImage> | undefined;
   /** The external data file as an open store (a null-co node, say) in place of a file name. */
   dataFileStore?: ByteStore;
   /** null-co:// options: size (default 1 GiB), read-zeroes (default off: reads leave the buffer as it was). */
@@ -207,6 +212,8 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
           openedInside,
         } as OpenImageOptions);
       try {
+        const custom = opts.confineReferences || opts.safe ? undefined : opts.openBackingName?.(name, format);
+        if (custom) return await custom;
         let path: string;
         const stored = name !== opts.backing;
         if (opts.safe && format === undefined) {

@@ -168,6 +168,11 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     ...(opts.dataFileNullCo ? { dataFileStore: new NullStore(opts.dataFileNullCo.size, "null-co://", opts.readOnly, opts.dataFileNullCo.readZeroes) } : {}),
     ...(dataConfig ? { wrapDataFile: (store: ByteStore) => new BlkdebugStore(store, dataConfig) } : {}),
     ...(fileConfig ? { wrapFile: (store: ByteStore) => new BlkdebugStore(store, fileConfig) } : {}),
+    // A json: backing file name describes its node (blkdebug over the file, say): opened as a json: name.
+    openBackingName: (name: string, format: string | undefined) =>
+      name.startsWith("json:") && !isRemoteName(name)
+        ? openCliImage(name, { readOnly: true, onWarning: opts.onWarning, ...(format !== undefined ? { format } : {}), errorPrefix: `Could not open '${name}': ` })
+        : undefined,
     ...(cliOpenDefaults.safe ? { safe: true } : {}),
     ...(opts.encrypt ? { encrypt: encryptOpenOptions(opts.encrypt) } : {}),
     // One request at a time: small file I/O is cheaper done synchronously than through the thread pool.
