@@ -109,6 +109,26 @@ describe("blkdebug nodes in options", () => {
     await sameCheck(a, b, "json");
   });
 
+  it("a json: backing file name with blkdebug: qemu-img commit fails as QEMU's block job, the base untouched", async () => {
+    const dir = subDir(root, "json-backing");
+    const make = async (tag: string): Promise<string> => {
+      const base = path.join(dir, `${tag}.base.qcow2`);
+      const top = path.join(dir, `${tag}.qcow2`);
+      await qemuImg(["create", "-q", "-f", "qcow2", base, "1M"]);
+      const backing = `json:{'driver': 'qcow2', 'file': { 'driver': 'blkdebug', 'inject-error': [{ 'event': 'write_aio', 'errno': 28, 'once': true }], 'image': { 'driver': 'file', 'filename': '${base}' }}}`;
+      await qemuImg(["create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", top]);
+      await qemuIo(["-c", "write -P 5 0 64k", top]);
+      return top;
+    };
+    const [a, b] = [await make("ours"), await make("theirs")];
+    const [oWrite, tWrite] = await Promise.all([qio(["-c", "read -P 0 64k 64k", a]), qemuIo(["-c", "read -P 0 64k 64k", b])]);
+    expectSame(oWrite, tWrite, a, b, "read through the json: backing name");
+    const [o, t] = await Promise.all([qimg(["commit", a]), qemuImg(["commit", b])]);
+    expectSame(o, t, a, b, "commit");
+    expect(o.stderr).toContain("Block job failed: No space left on device");
+    await sameCheck(a.replace(".qcow2", ".base.qcow2"), b.replace(".qcow2", ".base.qcow2"), "base");
+  });
+
   it("driver=blkdebug over qcow2: write-zeroes and discard split by the limits as QEMU splits them", async () => {
     const dir = subDir(root, "limits");
     const [a, b] = await twins(dir, "64M", ["-o", "cluster_size=1M"], ["write -P 22 0 60M"]);
