@@ -52,6 +52,7 @@ export class L1Table {
     for (const s of sectors) {
       const start = s * SECTOR;
       const end = Math.min(this.bytes.byteLength, start + SECTOR);
+      store.debugEvent?.("l1_update");
       await store.write(this.hostOffset + start, this.bytes.subarray(start, end));
       this.dirtySectors.delete(s);
     }

@@ -44,6 +44,7 @@ export class L2Cache {
       const bytes = this.spare.pop() ?? new Uint8Array(this.tableBytes);
       // An offset no store can address (2^53 and more, from a damaged L1 entry) lies past the end of the
       // file: the table reads as zeros there, as QEMU reads it (edit by the fuzz owner).
+      this.store.debugEvent?.("l2_load");
       if (Number.isSafeInteger(hostOffset + this.tableBytes)) await this.store.read(hostOffset, bytes);
       else bytes.fill(0);
       const table: L2Table = { hostOffset, bytes, view: viewOf(bytes), dirty: false };
@@ -93,6 +94,7 @@ export class L2Cache {
     for (const t of dirty) {
       t.dirty = false;
       try {
+        this.store.debugEvent?.("l2_update");
         await this.store.write(t.hostOffset, t.bytes);
       } catch (e) {
         t.dirty = true;

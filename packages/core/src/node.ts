@@ -85,6 +85,16 @@ export interface OpenImageOptions {
   discard?: "ignore" | "unmap";
   /** Put a layer over the external data file once opened (QEMU's filter drivers over the data-file child: blkdebug). */
   wrapDataFile?: (store: ByteStore) => ByteStore;
+  /**
+   * Put a layer over the image file once opened, before its format is probed (QEMU's filter drivers over the
+   * image's file child: blkdebug). Not applied to backing files.
+   */
+  wrapFile?: (store: ByteStore) => ByteStore;
+  /**
+   * Backing file names the caller opens itself (`json:{...}` block node descriptions, which only the caller
+   * understands): the opened image (read-only), or undefined for a name the resolver should open as usual.
+   */
+  openBackingName?: (name: string, format: string | undefined) => Promise<BlockImage> | undefined;
   /** The external data file as an open store (a null-co node, say) in place of a file name. */
   dataFileStore?: ByteStore;
   /** null-co:// options: size (default 1 GiB), read-zeroes (default off: reads leave the buffer as it was). */
@@ -200,6 +210,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
           // The options of the top image's own children do not apply to its backing image.
           dataFileStore: undefined,
           wrapDataFile: undefined,
+          wrapFile: undefined,
           lazyRefcounts: undefined,
           nullCo: undefined,
           encrypt: opts.backingEncrypt,
@@ -208,6 +219,8 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
           openedInside,
         } as OpenImageOptions);
       try {
+        const custom = opts.confineReferences || opts.safe ? undefined : opts.openBackingName?.(name, format);
+        if (custom) return await custom;
         let path: string;
         const stored = name !== opts.backing;
         if (opts.safe && format === undefined) {
@@ -293,12 +306,13 @@ export async function openImage(name: string, opts: OpenImageOptions = {}): Prom
   if (unlocked !== undefined) opts.onWarning?.(unlocked);
   try {
     if (opts.openedInside) await assertOpenedInside(store.fd, path, opts.openedInside);
+    const file = opts.wrapFile ? opts.wrapFile(store) : store;
     let format: ImageFormat;
     if (opts.format !== undefined) format = checkFormat(opts.format);
     else if (opts.safe) throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the image format in safe mode; give the format", { errno: "EPERM" });
-    else format = await probeFormat(store, path);
-    if (format === "raw") return await RawImage.open(store, { probed: opts.format === undefined });
-    if (format === "luks") return await LuksImage.open(store, luksOpenOptions(opts));
+    else format = await probeFormat(file, path);
+    if (format === "raw") return await RawImage.open(file, { probed: opts.format === undefined });
+    if (format === "luks") return await LuksImage.open(file, luksOpenOptions(opts));
     let chain = opts.chain;
     if (chain === undefined) {
       try {
@@ -308,7 +322,7 @@ export async function openImage(name: string, opts: OpenImageOptions = {}): Prom
       }
     }
     // Qcow2Image.open closes the store itself when it fails after taking it over.
-    return withBitmapMethods(await Qcow2Image.open(store, qcow2OpenOptions(path, opts, readOnly, chain)));
+    return withBitmapMethods(await Qcow2Image.open(file, qcow2OpenOptions(path, opts, readOnly, chain)));
   } catch (e) {
     await store.close().catch(() => undefined);
     throw e;

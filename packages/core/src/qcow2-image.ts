@@ -12,6 +12,7 @@
  * Concurrency: reads and in-place writes share a readers-writer lock; anything that changes metadata
  * (allocating writes, zeroing, discard, flush, resize) takes it exclusively.
  */
+import { flushForClose } from "./close-flush";
 import { ClusterMap, L1Table, L2Cache, type L2Table } from "@qcowkit/cluster";
 import { Refcounts } from "@qcowkit/refcount";
 import {
@@ -592,6 +593,7 @@ export class Qcow2Image implements BlockImage {
 
   /** encryption: guest data read from the data store is decrypted (whole sectors are read for it). */
   private readData(hostOffset: number, guestOffset: number, dst: Uint8Array): Promise<void> {
+    this.meta.debugEvent?.("read_aio");
     if (this.encryption) return this.encryption.read(this.data, hostOffset, guestOffset, dst);
     return this.data.read(hostOffset, dst);
   }
@@ -783,6 +785,7 @@ export class Qcow2Image implements BlockImage {
 
   /** Write guest data at a host offset of the data store, with QEMU's overlap check for the qcow2 file. */
   private async writeData(hostOffset: number, bytes: Payload, guestOffset: number): Promise<void> {
+    this.meta.debugEvent?.("write_aio");
     if (bytes instanceof StoreSlice) {
       // Never encrypted (writeFromStores refuses): copied store to store.
       if (!this.hasDataFile) this.checkOverlap(hostOffset, bytes.byteLength);
@@ -989,7 +992,14 @@ export class Qcow2Image implements BlockImage {
     if (this.hasDataFile) hostStart = clusterStart;
     else if (reuse) hostStart = oldHost;
     else hostStart = (await this.refcounts.allocate(count)) * cs;
-    await this.writeAllocatedRun(t, clusterStart, count, hostStart, pos, data.subarray(0, runEnd - pos));
+    try {
+      await this.writeAllocatedRun(t, clusterStart, count, hostStart, pos, data.subarray(0, runEnd - pos));
+    } catch (e) {
+      // QEMU's allocation abort: fresh clusters whose data write failed before the L2 entries took them are given back.
+      const fresh = !this.hasDataFile && !reuse && l2HostOffset(...this.entryHalves(t, this.map.l2Index(clusterStart))) !== hostStart;
+      if (fresh) await this.refcounts.update(hostStart / cs, count, -1).catch(() => undefined);
+      throw e;
+    }
     return runEnd;
   }
 
@@ -1991,7 +2001,7 @@ export class Qcow2Image implements BlockImage {
       if (!this.readOnly && !this.corruptSignalled) {
         for (const hook of this.closeHooks) await hook();
         await this.lock.write(async () => {
-          await this.flushUnlocked();
+          await flushForClose(this, (line) => this.warn(line));
           if (this.lazyRefcounts && this.isDirty && this.dirtyMarked) {
             await this.refcounts.writeBack();
             await this.meta.flush();

@@ -6,7 +6,18 @@
  * @module @qcowkit/datafile
  */
 export { MemoryStore, isAllZero, type MemoryStoreOptions } from "./memory-store";
-export { BlkdebugStore, BLKDEBUG_IO_TYPES, type BlkdebugInjectError, type BlkdebugIoType } from "./blkdebug-store";
+export {
+  BlkdebugStore,
+  BLKDEBUG_EVENTS,
+  BLKDEBUG_IO_TYPES,
+  checkBlkdebugLimits,
+  parseBlkdebugConfig,
+  type BlkdebugConfig,
+  type BlkdebugInjectError,
+  type BlkdebugIoType,
+  type BlkdebugLimits,
+  type BlkdebugSetState,
+} from "./blkdebug-store";
 export { BlobStore, type BlobLike } from "./blob-store";
 export { SyncHandleStore, type SyncAccessHandleLike } from "./sync-handle-store";
 export { NullStore, NULL_CO_DEFAULT_SIZE } from "./null-store";

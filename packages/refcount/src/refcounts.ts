@@ -140,6 +140,7 @@ export class Refcounts {
     const bytes = new Uint8Array(this.clusterSize);
     // Past any addressable offset (2^53 and more) the block lies past the end of the file: zeros, as QEMU
     // reads it.
+    this.store.debugEvent?.("refblock_load");
     if (Number.isSafeInteger(hostOffset + this.clusterSize)) await this.store.read(hostOffset, bytes);
     const block: CachedBlock = { blockIndex, hostOffset, bytes, dirty: false };
     this.cache.put(block);
@@ -156,6 +157,7 @@ export class Refcounts {
 
   private async writeBlock(b: CachedBlock): Promise<void> {
     if (this.readOnly) throw new Qcow2Error("READ_ONLY", "Refcount update on a read-only image");
+    this.store.debugEvent?.("refblock_update_part");
     await this.store.write(b.hostOffset, b.bytes);
     b.dirty = false;
   }
@@ -398,6 +400,7 @@ export class Refcounts {
   async allocate(count: number): Promise<number> {
     if (this.readOnly) throw new Qcow2Error("READ_ONLY", "Allocation on a read-only image");
     if (count <= 0) throw new Qcow2Error("INTERNAL", "allocate: count must be positive");
+    this.store.debugEvent?.("cluster_alloc");
     for (;;) {
       const start = await this.findFree(count);
       if (start + count > Number.MAX_SAFE_INTEGER / this.clusterSize) {
@@ -458,6 +461,7 @@ export class Refcounts {
    * a larger table is built after the covered area (see `refcountArea`).
    */
   private async createBlock(blockIndex: number, forCluster: number, avoidStart = 0, avoidCount = 0): Promise<CachedBlock> {
+    this.store.debugEvent?.("refblock_alloc");
     let location = await this.findFree(1);
     if (location >= avoidStart && location < avoidStart + avoidCount) {
       location = await this.findFree(1, avoidStart + avoidCount);

@@ -39,6 +39,12 @@ export interface ByteStore {
    * or memory): callers then prefer it to writing zero buffers, as QEMU does for copy-on-write regions.
    */
   readonly efficientZeroes?: boolean;
+  /**
+   * QEMU's block debug events (BLKDBG_*: "l2_update", "write_aio", ...), raised by a format engine on the store
+   * under it at the points where QEMU's qcow2 driver raises them on its file child. A blkdebug filter reacts
+   * to them (see BlkdebugStore in @qcowkit/datafile); other stores leave the method out.
+   */
+  debugEvent?(event: string): void;
   /** Bytes of storage actually allocated (st_blocks * 512 for files), when the backend knows. */
   allocatedSize?(): Promise<number | undefined>;
   /**

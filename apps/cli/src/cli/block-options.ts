@@ -3,7 +3,7 @@
  * --image-opts takes in qimg and qio, and qio's `open -o`. The keys qcowkit understands are BLOCK_OPTION_KEYS;
  * others are refused in QEMU's words.
  */
-import { BLKDEBUG_IO_TYPES, type BlkdebugInjectError, type BlkdebugIoType } from "@qcowkit/datafile";
+import { BLKDEBUG_IO_TYPES, checkBlkdebugLimits, type BlkdebugInjectError, type BlkdebugIoType, type BlkdebugLimits, type BlkdebugSetState } from "@qcowkit/datafile";
 import { CliError } from "./errors";
 import { parseOptValue, splitOptionList } from "./qemu-opts";
 import { takeRemoteOptions } from "./remote-options";
@@ -28,14 +28,99 @@ export interface BlockOptions {
   dataFileNullCo?: NullCoOptions;
   /** driver=null-co: its options. */
   nullCo?: NullCoOptions;
-  /** The data file is under a blkdebug node with these inject-error rules. */
-  dataFileBlkdebug?: BlkdebugInjectError[];
+  /** The data file is under a blkdebug node with these rules. */
+  dataFileBlkdebug?: BlkdebugNodeOptions;
+  /** The image file is under a blkdebug node (`file.driver=blkdebug`, or a `blkdebug:` filename). */
+  fileBlkdebug?: BlkdebugNodeOptions;
+  /** `driver=blkdebug` over the format node: its request limits (checked; the bytes are the same). */
+  topBlkdebug?: BlkdebugLimits;
   /** node-name: accepted (QEMU's graph name; qcowkit has one node per image). */
   nodeName?: string;
   /** encrypt.*: the key secret's id, the format, and the names (after "encrypt.") of any other encrypt option. */
   encrypt?: EncryptOptions;
   /** backing.encrypt.*: the backing image's. */
   backingEncrypt?: EncryptOptions;
+}
+
+/** A blkdebug node's options: rules given inline, a config file's name, request limits. */
+export interface BlkdebugNodeOptions extends BlkdebugLimits {
+  configFile?: string;
+  injectError: BlkdebugInjectError[];
+  setState: BlkdebugSetState[];
+  /** A raw format node sits on it (`data-file.driver=raw,data-file.file.driver=blkdebug`). */
+  rawAbove?: boolean;
+}
+
+const BLKDEBUG_LIMIT_KEYS: Record<string, keyof BlkdebugLimits> = {
+  align: "align",
+  "max-transfer": "maxTransfer",
+  "opt-write-zero": "optWriteZero",
+  "max-write-zero": "maxWriteZero",
+  "opt-discard": "optDiscard",
+  "max-discard": "maxDiscard",
+};
+
+/**
+ * Take the options of the blkdebug node at `prefix` ("", "file.", "data-file.", "data-file.file.") out of
+ * `options`, when that node's driver is blkdebug. Its image's name and (for the top node) its image's
+ * options come back separately: `imageKeys` are the image node's own keys without "image.".
+ */
+function takeBlkdebug(
+  options: Array<[string, string]>,
+  prefix: string,
+): { node: BlkdebugNodeOptions; image?: string; imageKeys: Array<[string, string]> } | undefined {
+  if (!options.some(([k, v]) => k === `${prefix}driver` && v === "blkdebug")) return undefined;
+  const node: BlkdebugNodeOptions = { injectError: [], setState: [] };
+  let image: string | undefined;
+  const imageKeys: Array<[string, string]> = [];
+  const rest: Array<[string, string]> = [];
+  for (const [key, value] of options) {
+    if (!key.startsWith(prefix)) {
+      rest.push([key, value]);
+      continue;
+    }
+    const k = key.slice(prefix.length);
+    const rule = /^(inject-error|set-state)\.(\d+)\.([\w-]+)$/.exec(k);
+    if (k === "driver") continue;
+    else if (k === "config") node.configFile = value;
+    else if (k === "image" || k === "x-image" || k === "image.filename") image = value;
+    else if (BLKDEBUG_LIMIT_KEYS[k] !== undefined) {
+      node[BLKDEBUG_LIMIT_KEYS[k]] = Number(parseOptValue({ name: k, type: "size", help: "" }, value).parsed as bigint);
+    } else if (rule) blkdebugRuleField(node, rule[1]!, Number(rule[2]), rule[3]!, key, value);
+    else if (k === "node-name" || k.startsWith("take-child-perms.") || k.startsWith("unshare-child-perms.")) continue;
+    else if (k.startsWith("image.")) imageKeys.push([k.slice("image.".length), value]);
+    else if (prefix === "" && (k === "read-only" || k === "force-share" || k === "discard" || k.startsWith("cache."))) rest.push([key, value]);
+    else throw new CliError(`Block format 'blkdebug' does not support the option '${k}'`);
+  }
+  options.splice(0, options.length, ...rest);
+  checkBlkdebugLimitsCli(node);
+  return { node, ...(image !== undefined ? { image } : {}), imageKeys };
+}
+
+function blkdebugRuleField(node: BlkdebugNodeOptions, list: string, index: number, field: string, key: string, value: string): void {
+  const number = (): number => {
+    if (!/^\d+$/.test(value)) throw new CliError(`Parameter '${key}' expects a number`);
+    return Number(value);
+  };
+  if (list === "set-state") {
+    const rule = (node.setState[index] ??= { event: "" });
+    if (field === "event") rule.event = value;
+    else if (field === "state") rule.state = number();
+    else if (field === "new_state") rule.newState = number();
+    else throw new CliError(`Invalid parameter '${field}'`);
+    return;
+  }
+  const rule = (node.injectError[index] ??= { event: "" });
+  if (field === "event") rule.event = value;
+  else if (field === "state") rule.state = number();
+  else if (field === "iotype") {
+    if (!(BLKDEBUG_IO_TYPES as readonly string[]).includes(value)) throw new CliError(`Invalid parameter '${value}'`);
+    rule.iotype = value as BlkdebugIoType;
+  } else if (field === "errno") rule.errno = number();
+  else if (field === "sector") rule.offset = number() * 512;
+  else if (field === "once") rule.once = parseBool(key, value);
+  else if (field === "immediately") rule.immediately = parseBool(key, value);
+  else throw new CliError(`Invalid parameter '${field}'`);
 }
 
 export interface NullCoOptions {
@@ -121,6 +206,14 @@ const QCOW2_TUNING_BOOLS = ["pass-discard-request", "pass-discard-snapshot", "pa
 const OVERLAP_CHECK_TEMPLATES = ["none", "constant", "cached", "all"];
 const OVERLAP_CHECK_PARTS = ["main-header", "active-l1", "active-l2", "refcount-table", "refcount-block", "snapshot-table", "inactive-l1", "inactive-l2", "bitmap-directory"];
 
+function checkBlkdebugLimitsCli(l: BlkdebugLimits): void {
+  try {
+    checkBlkdebugLimits(l);
+  } catch (e) {
+    throw new CliError((e as Error).message);
+  }
+}
+
 export function parseDiscard(mode: string): "ignore" | "unmap" {
   if (mode === "ignore" || mode === "off") return "ignore";
   if (mode === "unmap" || mode === "on") return "unmap";
@@ -174,6 +267,31 @@ export function blockOptionsFromPairs(
   if (remote.names["file."] !== undefined) out.filename = remote.names["file."];
   if (remote.names["data-file."] !== undefined) out.dataFile = remote.names["data-file."];
   options.splice(0, options.length, ...remote.rest);
+  // blkdebug nodes: over the format node (driver=blkdebug), under it (file.driver=blkdebug), over the data file.
+  const top = takeBlkdebug(options, "");
+  if (top) {
+    const { align, maxTransfer, optWriteZero, maxWriteZero, optDiscard, maxDiscard, injectError, setState, configFile } = top.node;
+    if (injectError.length > 0 || setState.length > 0 || configFile !== undefined) {
+      throw new CliError("blkdebug rules over a format node are not supported; put blkdebug under it (file.driver=blkdebug)");
+    }
+    out.topBlkdebug = { align, maxTransfer, optWriteZero, maxWriteZero, optDiscard, maxDiscard };
+    if (top.image !== undefined) out.filename = top.image;
+    options.push(...top.imageKeys);
+  }
+  const fileNode = takeBlkdebug(options, "file.");
+  if (fileNode) {
+    out.fileBlkdebug = fileNode.node;
+    if (fileNode.image !== undefined) out.filename = fileNode.image;
+    for (const [k, v] of fileNode.imageKeys) if (k !== "driver" || v !== "file") throw new CliError(`Block format 'blkdebug' does not support the option 'image.${k}'`);
+  }
+  const rawData = options.some(([k, v]) => k === "data-file.driver" && v === "raw");
+  const dataNode = takeBlkdebug(options, rawData ? "data-file.file." : "data-file.");
+  if (dataNode) {
+    out.dataFileBlkdebug = { ...dataNode.node, ...(rawData ? { rawAbove: true } : {}) };
+    if (dataNode.image !== undefined) out.dataFile = dataNode.image;
+    for (const [k, v] of dataNode.imageKeys) if (k !== "driver" || v !== "file") throw new CliError(`Block format 'blkdebug' does not support the option 'image.${k}'`);
+    if (rawData) options.splice(0, options.length, ...options.filter(([k]) => k !== "data-file.driver"));
+  }
   let driver = opts.defaultFormat;
   for (const [key, value] of options) if (key === "driver") driver = value;
   const hasFile = out.filename !== undefined || options.some(([key]) => key === "file" || key === "file.filename");
@@ -205,10 +323,6 @@ export function blockOptionsFromPairs(
       case "file.driver":
       case "data-file.driver":
       case "data-file.image.driver":
-        if (key === "data-file.driver" && value === "blkdebug") {
-          out.dataFileBlkdebug ??= [];
-          break;
-        }
         if (key === "data-file.driver" && value === "null-co") {
           out.dataFileNullCo ??= {};
           break;
@@ -265,7 +379,10 @@ export function blockOptionsFromPairs(
       case "file.node-name":
       case "data-file.node-name":
       case "backing.node-name":
+        break;
       case "file.align":
+        // The file driver's own request alignment: checked as blkdebug checks it, no effect on the bytes.
+        checkBlkdebugLimitsCli({ align: Number(parseOptValue({ name: "align", type: "size", help: "" }, value).parsed as bigint) });
         break;
       case "cache-clean-interval":
         if (!/^\d+$/.test(value)) throw new CliError(`Parameter '${key}' expects a non-negative number below 2^64`);
@@ -283,20 +400,6 @@ export function blockOptionsFromPairs(
         }
         if (QCOW2_TUNING_BOOLS.includes(key) || (key.startsWith("overlap-check.") && OVERLAP_CHECK_PARTS.includes(key.slice(14)))) {
           parseBool(key, value);
-          break;
-        }
-        const inject = /^data-file\.inject-error\.(\d+)\.(event|iotype|errno|sector|once|immediately|state)$/.exec(key);
-        if (inject) {
-          const rules = (out.dataFileBlkdebug ??= []);
-          const rule = (rules[Number(inject[1])] ??= { event: "" });
-          const field = inject[2]!;
-          if (field === "event") rule.event = value;
-          else if (field === "iotype") {
-            if (!(BLKDEBUG_IO_TYPES as readonly string[]).includes(value)) throw new CliError(`Invalid parameter '${value}'`);
-            rule.iotype = value as BlkdebugIoType;
-          } else if (field === "errno") rule.errno = Number(value);
-          else if (field === "sector") rule.offset = Number(value) * 512;
-          else if (field === "once") rule.once = parseBool(key, value);
           break;
         }
         if (key.startsWith("encrypt.") || key.startsWith("backing.encrypt.")) {

@@ -4,8 +4,20 @@
  * them ("Could not open 'x': ..." for qemu-img, "can't open device x: ..." for qemu-io).
  */
 import { isRemoteName, openImage, toQemuJsonLine, type BlockImage, type JsonValue, type OpenImageOptions } from "@qcowkit/core/node";
-import { BlkdebugStore, NullStore, type BlkdebugInjectError, type ByteStore } from "@qcowkit/datafile";
-import { blockOptionsFromPairs, checkQcow2Cache, parseBlockOptions, type BlockOptions, type EncryptOptions, type NullCoOptions, type Qcow2CacheOptions } from "./block-options";
+import { readFileSync } from "node:fs";
+import { BlkdebugStore, NullStore, parseBlkdebugConfig, type BlkdebugConfig, type BlkdebugLimits, type ByteStore } from "@qcowkit/datafile";
+import { withBlkdebugLimits } from "./blkdebug-limits";
+import { Qcow2Error, errnoText, type Errno } from "@qcowkit/spec";
+import {
+  blockOptionsFromPairs,
+  checkQcow2Cache,
+  parseBlockOptions,
+  type BlkdebugNodeOptions,
+  type BlockOptions,
+  type EncryptOptions,
+  type NullCoOptions,
+  type Qcow2CacheOptions,
+} from "./block-options";
 import { jsonFilenameOptions } from "./json-filename";
 import { encryptOpenOptions } from "./secrets";
 import { programNames } from "./program";
@@ -49,8 +61,12 @@ export interface CliOpenOptions {
   dataFileNullCo?: NullCoOptions;
   /** The options of a null-co image. */
   nullCo?: NullCoOptions;
-  /** The data file is opened under blkdebug with these inject-error rules. */
-  dataFileBlkdebug?: BlkdebugInjectError[];
+  /** The data file is opened under blkdebug with these rules. */
+  dataFileBlkdebug?: BlkdebugNodeOptions;
+  /** The image file is opened under blkdebug with these rules (merged with those of a `blkdebug:` name). */
+  fileBlkdebug?: BlkdebugNodeOptions;
+  /** A blkdebug node over the image with these request limits. */
+  topBlkdebug?: BlkdebugLimits;
   /** qcow2's cache options: checked against the image (l2-cache-entry-size against its cluster size). */
   qcow2Cache?: Qcow2CacheOptions;
 }
@@ -67,14 +83,75 @@ export function probedRawWarning(filename: string): string {
   );
 }
 
+/**
+ * `blkdebug:CONFIG:FILE` (QEMU's name of a blkdebug node over FILE, CONFIG its rules file, possibly empty):
+ * the file's name and the node's options, or undefined for another name.
+ */
+export function parseBlkdebugFilename(filename: string): { file: string; node: BlkdebugNodeOptions } | undefined {
+  if (!filename.startsWith("blkdebug:")) return undefined;
+  const rest = filename.slice("blkdebug:".length);
+  const colon = rest.indexOf(":");
+  if (colon < 0) throw new CliError("blkdebug requires both config file and image path");
+  const config = rest.slice(0, colon);
+  return { file: rest.slice(colon + 1), node: { injectError: [], setState: [], ...(config !== "" ? { configFile: config } : {}) } };
+}
+
+/** A blkdebug node's rules: those of its config file (read here), then those given inline. */
+export function blkdebugConfig(node: BlkdebugNodeOptions): BlkdebugConfig {
+  let fromFile: ReturnType<typeof parseBlkdebugConfig> = { injectError: [], setState: [] };
+  if (node.configFile !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(node.configFile, "utf8");
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      const errno = code !== undefined && code in errnoText ? (code as Errno) : undefined;
+      throw new Qcow2Error("IO_ERROR", `Could not read blkdebug config file: ${errno ? errnoText[errno] : errorText(e)}`, errno ? { errno } : {});
+    }
+    fromFile = parseBlkdebugConfig(text);
+  }
+  const { configFile: _c, injectError, setState, ...limits } = node;
+  return { ...limits, injectError: [...fromFile.injectError, ...injectError], setState: [...fromFile.setState, ...setState] };
+}
+
+/** Merge two blkdebug nodes' options (a `blkdebug:` name and file.* options): rules of both, `b`'s limits win. */
+function mergeBlkdebug(a: BlkdebugNodeOptions | undefined, b: BlkdebugNodeOptions | undefined): BlkdebugNodeOptions | undefined {
+  if (!a || !b) return a ?? b;
+  return { ...a, ...b, injectError: [...a.injectError, ...b.injectError], setState: [...a.setState, ...b.setState] };
+}
+
 export async function openCliImage(filename: string, opts: CliOpenOptions): Promise<BlockImage> {
   // json: names of the curl driver (http/https) are remote images, which the core opens itself.
   if (filename.startsWith("json:") && !isRemoteName(filename)) return openJsonFilename(filename, opts);
-  const rules = opts.dataFileBlkdebug;
+  let fileNode = opts.fileBlkdebug;
+  let path = filename;
+  let dataNode = opts.dataFileBlkdebug;
+  let fileConfig: BlkdebugConfig | undefined;
+  let dataConfig: BlkdebugConfig | undefined;
+  try {
+    const named = parseBlkdebugFilename(filename);
+    if (named) {
+      path = named.file;
+      fileNode = mergeBlkdebug(named.node, fileNode);
+    }
+    if (fileNode) fileConfig = blkdebugConfig(fileNode);
+    if (dataNode) dataConfig = blkdebugConfig(dataNode);
+  } catch (e) {
+    const prefix = opts.errorPrefix ?? `Could not open '${filename}': `;
+    throw new CliError(`${prefix}${errorText(e)}`, { exitCode: opts.exitCode ?? 1, cause: e });
+  }
   const o: OpenImageOptions = {
     readOnly: opts.readOnly,
     // "qcow2: ..." lines go out as they are; "warning: ..." ones get the program name, as QEMU's warn_report.
-    onWarning: (message) => opts.onWarning(message.startsWith("warning: ") ? `${opts.program ?? programNames.qimg}: ${message}` : message),
+    // "error: ..." lines are QEMU's error_report: the program name and the message.
+    onWarning: (message) =>
+      opts.onWarning(
+        message.startsWith("warning: ")
+          ? `${opts.program ?? programNames.qimg}: ${message}`
+          : message.startsWith("error: ")
+            ? `${opts.program ?? programNames.qimg}: ${message.slice("error: ".length)}`
+            : message,
+      ),
     ...(opts.format !== undefined ? { format: opts.format } : {}),
     ...(opts.forceShare ? { shareRW: true } : {}),
     ...(opts.locking !== undefined ? { locking: opts.locking } : {}),
@@ -88,7 +165,13 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     ...(opts.lazyRefcounts !== undefined ? { lazyRefcounts: opts.lazyRefcounts } : {}),
     ...(opts.nullCo !== undefined ? { nullCo: opts.nullCo } : {}),
     ...(opts.dataFileNullCo ? { dataFileStore: new NullStore(opts.dataFileNullCo.size, "null-co://", opts.readOnly, opts.dataFileNullCo.readZeroes) } : {}),
-    ...(rules ? { wrapDataFile: (store: ByteStore) => new BlkdebugStore(store, rules) } : {}),
+    ...(dataConfig ? { wrapDataFile: (store: ByteStore) => new BlkdebugStore(store, dataConfig) } : {}),
+    ...(fileConfig ? { wrapFile: (store: ByteStore) => new BlkdebugStore(store, fileConfig) } : {}),
+    // A json: backing file name describes its node (blkdebug over the file, say): opened as a json: name.
+    openBackingName: (name: string, format: string | undefined) =>
+      name.startsWith("json:") && !isRemoteName(name)
+        ? openCliImage(name, { readOnly: true, onWarning: opts.onWarning, ...(format !== undefined ? { format } : {}), errorPrefix: `Could not open '${name}': ` })
+        : undefined,
     ...(cliOpenDefaults.safe ? { safe: true } : {}),
     ...(cliOpenDefaults.cacheSize !== undefined ? { cacheSize: cliOpenDefaults.cacheSize } : {}),
     ...(opts.encrypt ? { encrypt: encryptOpenOptions(opts.encrypt) } : {}),
@@ -99,7 +182,7 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
   let image: BlockImage;
   try {
     // NBD names (nbd://, nbd+unix://, nbd:) are opened by the core's NBD client.
-    image = await openImage(filename, o);
+    image = await openImage(path, o);
   } catch (e) {
     const prefix = opts.errorPrefix ?? `Could not open '${filename}': `;
     throw new CliError(`${prefix}${errorText(e)}`, { exitCode: opts.exitCode ?? 1, cause: e });
@@ -113,6 +196,7 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
       throw new CliError(`${prefix}${errorText(e)}`, { exitCode: opts.exitCode ?? 1, cause: e });
     }
   }
+  if (opts.topBlkdebug) image = withBlkdebugLimits(image, opts.topBlkdebug);
   // QEMU names the image by its canonical name here (an NBD export's, however it was given).
   if (opts.format === undefined && image.format === "raw" && !opts.readOnly) opts.onWarning(probedRawWarning(image.filename));
   return image;
@@ -134,6 +218,8 @@ export function blockOpenOptions(o: BlockOptions): Partial<CliOpenOptions> {
     ...(o.lazyRefcounts !== undefined ? { lazyRefcounts: o.lazyRefcounts } : {}),
     ...(o.qcow2Cache !== undefined ? { qcow2Cache: o.qcow2Cache } : {}),
     ...(o.dataFileBlkdebug !== undefined ? { dataFileBlkdebug: o.dataFileBlkdebug } : {}),
+    ...(o.fileBlkdebug !== undefined ? { fileBlkdebug: o.fileBlkdebug } : {}),
+    ...(o.topBlkdebug !== undefined ? { topBlkdebug: o.topBlkdebug } : {}),
     ...(o.nullCo !== undefined ? { nullCo: o.nullCo } : {}),
     ...(o.dataFileNullCo !== undefined ? { dataFileNullCo: o.dataFileNullCo } : {}),
   };

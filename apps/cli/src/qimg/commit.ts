@@ -6,6 +6,7 @@
  */
 import { realpathSync } from "node:fs";
 import { Qcow2Image, commitLayers, isRemoteName, makeEmpty, openImage, type BlockImage } from "@qcowkit/core/node";
+import { isQcow2Error } from "@qcowkit/spec";
 import { combinePath } from "../cli/chain";
 import { CliError, UsageError, errorText } from "../cli/errors";
 import { getopt } from "../cli/getopt";
@@ -109,7 +110,10 @@ export const commitCommand: QimgCommand = {
           throw new CliError(`Cannot commit into the remote base '${stored}': it is read-only; publish the result with qimg convert -O qcow2 ${filename} s3://BUCKET/KEY`);
         }
         try {
-          if (isBase) {
+          if (isBase && stored.startsWith("json:")) {
+            // A json: name describes its node (blkdebug over the file, say).
+            base = await openCliImage(stored, { readOnly: false, ...(fmt !== undefined ? { format: fmt } : {}), onWarning: (w) => ctx.io.err(`${w}\n`) });
+          } else if (isBase) {
             base = await openImage(path, { readOnly: false, ...(fmt !== undefined ? { format: fmt } : {}), ...encrypt });
           } else {
             layers.push(await openImage(path, { readOnly: true, backing: null, ...(fmt !== undefined ? { format: fmt } : {}), ...encrypt }));
@@ -127,7 +131,13 @@ export const commitCommand: QimgCommand = {
         throw new CliError("Image does not have a backing file");
       }
       bar.print(0);
-      await commitLayers(layers, base!, { onProgress: (done, total) => bar.status(done, total) });
+      try {
+        await commitLayers(layers, base!, { onProgress: (done, total) => bar.status(done, total) });
+      } catch (e) {
+        // QEMU's commit is a block job: an I/O error ends the job and is reported as its failure.
+        if (isQcow2Error(e) && (e.code === "IO_ERROR" || e.code === "NO_SPACE")) throw new CliError(`Block job failed: ${errorText(e)}`, { cause: e });
+        throw e;
+      }
       bar.print(100);
       await base!.close();
       base = undefined;

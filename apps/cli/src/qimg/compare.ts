@@ -6,7 +6,8 @@
  */
 import { compareImages, type BlockImage, type CompareResult } from "@qcowkit/core/node";
 import { strerror } from "../cli/errno";
-import { CliError, EXIT, UsageError } from "../cli/errors";
+import { CliError, EXIT, UsageError, reportError } from "../cli/errors";
+import { programNames } from "../cli/program";
 import { openOperand, usingImage } from "../cli/open";
 import { Progress } from "../cli/progress";
 import { FORCE_SHARE_OPTION, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, parseCommand, type CommandContext, type QimgCommand } from "./context";
@@ -76,12 +77,23 @@ async function compare(
     if (!o.quiet) ctx.io.out(`${line}\n`);
   };
   o.bar.print(0, 100);
+  // qemu-img's stdout is a buffered stream: its size warning reaches a pipe only at exit, after an error
+  // printed meanwhile (stderr). Printed here in that order.
+  let sizeWarning = false;
   const result: CompareResult = await compareImages(image1, image2, {
     strict: o.strict,
-    onEvent: () => say("Warning: Image size mismatch!"),
+    onEvent: () => {
+      sizeWarning = true;
+    },
     onProgress: (delta) => o.bar.print(delta, 100),
   });
   const nameOf = (which: 1 | 2) => (which === 1 ? o.name1 : o.name2);
+  if (sizeWarning && (result.kind === "status-failed" || result.kind === "read-failed")) {
+    const code = reportError(programNames.qimg, failure(result, nameOf), ctx.io);
+    say("Warning: Image size mismatch!");
+    return code;
+  }
+  if (sizeWarning) say("Warning: Image size mismatch!");
   switch (result.kind) {
     case "identical":
       say("Images are identical.");
@@ -96,10 +108,17 @@ async function compare(
       say(`Content mismatch at offset ${result.offset}!`);
       return EXIT.COMPARE_DIFFERENT;
     case "status-failed":
-      throw new CliError(`Sector allocation test failed for ${nameOf(result.image)}`, { exitCode: EXIT.COMPARE_STATUS_FAILED });
     case "read-failed":
-      throw new CliError(`Error while reading offset ${result.offset} of ${nameOf(result.image)}: ${strerror(result.error)}`, {
-        exitCode: EXIT.COMPARE_READ_FAILED,
-      });
+      throw failure(result, nameOf);
   }
+}
+
+/** The error of a failed block status or read. */
+function failure(result: Extract<CompareResult, { kind: "status-failed" | "read-failed" }>, nameOf: (which: 1 | 2) => string): CliError {
+  if (result.kind === "status-failed") {
+    return new CliError(`Sector allocation test failed for ${nameOf(result.image)}`, { exitCode: EXIT.COMPARE_STATUS_FAILED });
+  }
+  return new CliError(`Error while reading offset ${result.offset} of ${nameOf(result.image)}: ${strerror(result.error)}`, {
+    exitCode: EXIT.COMPARE_READ_FAILED,
+  });
 }

@@ -119,6 +119,7 @@ function sectorAligned(s: Session, offset: number, count: number): boolean {
 const readCmd: Command = {
   help: " Reads LEN bytes at offset OFF of the open image.\n  -C  print the statistics as one machine-readable line\n  -P  check that every byte read equals PATTERN (-s and -l narrow the check to a part)\n  -q  print nothing but errors\n  -v  hex dump of the data read\n",
   name: "read",
+  alias: "r",
   args: "[-abCqv] [-P pattern [-s off] [-l len]] off len",
   oneline: "reads a number of bytes at a specified offset",
   argmin: 2,
@@ -215,6 +216,7 @@ async function fillFromFile(s: Session, file: string, count: number): Promise<Ui
 const writeCmd: Command = {
   help: " Writes LEN bytes at offset OFF of the open image, filled with 0xcd unless told otherwise.\n  -P  fill with PATTERN\n  -s  fill with the content of SOURCE_FILE (repeated)\n  -z  write zeros without data (-u: the range may be deallocated, -n: fail instead of writing zero bytes)\n  -c  write compressed clusters\n  -f  durable on return (FUA)\n  -C  print the statistics as one machine-readable line\n  -q  print nothing but errors\n",
   name: "write",
+  alias: "w",
   args: "[-bcCfnquz] [-P pattern | -s source_file] off len",
   oneline: "writes a number of bytes at a specified offset",
   argmin: 2,
@@ -982,6 +984,9 @@ export async function openForSession(s: Session, req: OpenRequest, errorPrefix?:
     ...(req.backingEncrypt ? { backingEncrypt: req.backingEncrypt } : {}),
     ...(req.lazyRefcounts !== undefined ? { lazyRefcounts: req.lazyRefcounts } : {}),
     ...(req.qcow2Cache !== undefined ? { qcow2Cache: req.qcow2Cache } : {}),
+    ...(req.fileBlkdebug !== undefined ? { fileBlkdebug: req.fileBlkdebug } : {}),
+    ...(req.dataFileBlkdebug !== undefined ? { dataFileBlkdebug: req.dataFileBlkdebug } : {}),
+    ...(req.topBlkdebug !== undefined ? { topBlkdebug: req.topBlkdebug } : {}),
     program: programNames.qio,
     onWarning: (w) => s.io.err(`${w}\n`),
     errorPrefix: errorPrefix ?? (req.filename === "" || req.imageOpts ? "can't open: " : `can't open device ${req.filename}: `),

@@ -2,7 +2,8 @@
  * What qio opens: a file name, or block driver options given to --image-opts or to the open command's -o
  * (see cli/block-options.ts).
  */
-import { parseBlockOptions, type EncryptOptions, type Qcow2CacheOptions } from "../cli/block-options";
+import type { BlkdebugLimits } from "@qcowkit/datafile";
+import { parseBlockOptions, type BlkdebugNodeOptions, type EncryptOptions, type Qcow2CacheOptions } from "../cli/block-options";
 
 export { parseDiscard } from "../cli/block-options";
 
@@ -28,6 +29,11 @@ export interface OpenRequest {
   nodeName?: string;
   /** -s: writes go to a temporary overlay, deleted on close; the image itself is only read. */
   snapshot?: boolean;
+  /** blkdebug nodes under the image file and over the data file. */
+  fileBlkdebug?: BlkdebugNodeOptions;
+  dataFileBlkdebug?: BlkdebugNodeOptions;
+  /** A blkdebug node over the image: its request limits. */
+  topBlkdebug?: BlkdebugLimits;
   /** Described by --image-opts: QEMU names no device when the open fails ("can't open: ..."). */
   imageOpts?: boolean;
 }
@@ -55,6 +61,9 @@ export function applyBlockOptions(req: OpenRequest, text: string, imageOpts: boo
   if (o.lazyRefcounts !== undefined) out.lazyRefcounts = o.lazyRefcounts;
   if (o.nodeName !== undefined) out.nodeName = o.nodeName;
   if (o.qcow2Cache !== undefined) out.qcow2Cache = o.qcow2Cache;
+  if (o.fileBlkdebug !== undefined) out.fileBlkdebug = o.fileBlkdebug;
+  if (o.dataFileBlkdebug !== undefined) out.dataFileBlkdebug = o.dataFileBlkdebug;
+  if (o.topBlkdebug !== undefined) out.topBlkdebug = o.topBlkdebug;
   if (imageOpts) out.imageOpts = true;
   return out;
 }

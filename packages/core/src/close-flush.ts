@@ -1,0 +1,35 @@
+/**
+ * The final flush of a qcow2 image being closed, reported as QEMU's qcow2 reports it: QEMU flushes its L2
+ * table cache and then its refcount block cache (each: write the dirty tables, flush the file) and reports
+ * each failure on its own line ("Failed to flush the L2 table cache: Input/output error"); the close goes on.
+ * Here the first step is the whole crash-safe writeback, the second the refcount blocks alone. The first
+ * failure is thrown afterwards (callers that close quietly, as qemu-io does, ignore it).
+ */
+import { errnoText, isQcow2Error } from "@qcowkit/spec";
+import type { Qcow2Image } from "./qcow2-image";
+
+function reason(e: unknown): string {
+  if (isQcow2Error(e)) return errnoText[e.errno];
+  return e instanceof Error ? e.message : String(e);
+}
+
+export async function flushForClose(image: Qcow2Image, report: (line: string) => void): Promise<void> {
+  // QEMU's cache flushes reach the qcow2 file only; the data file's flush fails quietly. Metadata pointing at
+  // data that did not reach the data file is not written (data before the L2 entry that maps it).
+  if (image.data !== image.meta) await image.data.flush();
+  let first: unknown;
+  try {
+    await image.flushUnlocked();
+    return;
+  } catch (e) {
+    first = e;
+    report(`error: Failed to flush the L2 table cache: ${reason(e)}`);
+  }
+  try {
+    await image.refcounts.writeBack();
+    await image.meta.flush();
+  } catch (e) {
+    report(`error: Failed to flush the refcount block cache: ${reason(e)}`);
+  }
+  throw first;
+}
