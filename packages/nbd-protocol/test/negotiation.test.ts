@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
-import * as C from "../../src/protocol/constants";
-import { availableContexts, listContexts, selectContexts } from "../../src/protocol/meta-context";
-import { Negotiator, transmissionFlags, type ExportDescriptor } from "../../src/protocol/negotiation";
-import { u16, u32 } from "../raw-client";
+import * as C from "../src/constants";
+import { availableContexts, listContexts, selectContexts } from "../src/meta-context";
+import { Negotiator, transmissionFlags, type ExportDescriptor } from "../src/negotiation";
+import { u16, u32 } from "./helpers";
 
 const exp: ExportDescriptor = {
   name: "disk",
