@@ -632,35 +632,39 @@ export class NbdConnection {
   }
 
   private async read(req: NbdRequest, cost: number): Promise<void> {
-    // After a failed read the buffer is not reused: a device call that failed early might still write to it.
-    const data = this.pool.acquire(req.length);
-    await this.readInto(req, data, cost, () => this.pool.release(data));
+    // The reply header goes in front of the data, in the same pooled buffer: no header allocation, and one
+    // piece for the socket instead of two. After a failed read the buffer is not reused: a device call that
+    // failed early might still write to it.
+    const prefix = this.structured ? W.OFFSET_DATA_PREFIX_LENGTH : W.SIMPLE_REPLY_LENGTH;
+    const buffer = this.pool.acquire(prefix + req.length);
+    await this.readInto(req, buffer, prefix, cost, () => this.pool.release(buffer));
   }
 
-  /** Reads a request's data into `data` and sends it; `recycle` is called once the data has been sent. */
-  private async readInto(req: NbdRequest, data: Buffer, cost: number, recycle: () => void): Promise<void> {
+  /**
+   * Reads a request's data into `buffer` after `prefix` bytes (room for the reply header) and sends the reply;
+   * `recycle` is called once it has been sent.
+   */
+  private async readInto(req: NbdRequest, buffer: Buffer, prefix: number, cost: number, recycle: () => void): Promise<void> {
     const dev = this.exp.device;
     const { offset, length } = req;
+    const data = buffer.subarray(prefix);
     if (!this.structured) {
       if (length > 0) await dev.read(offset, data);
-      const h = Buffer.allocUnsafe(W.SIMPLE_REPLY_LENGTH);
-      writeSimpleReply(h, 0, 0, req);
-      this.send(length > 0 ? [h, data] : [h], cost, recycle);
+      writeSimpleReply(buffer, 0, 0, req);
+      this.send([buffer], cost, recycle);
       return;
     }
     if (length === 0) {
-      const h = Buffer.allocUnsafe(W.STRUCTURED_HEADER_LENGTH);
-      writeChunkHeader(h, 0, req, W.NBD_REPLY_TYPE_NONE, true, 0);
-      this.send([h], cost, recycle);
+      writeChunkHeader(buffer, 0, req, W.NBD_REPLY_TYPE_NONE, true, 0);
+      this.send([buffer.subarray(0, W.STRUCTURED_HEADER_LENGTH)], cost, recycle);
       return;
     }
     const sparse = (req.flags & W.NBD_CMD_FLAG_DF) === 0 && length >= this.limits.sparseReadMinimum;
     if (!sparse) {
       // One OFFSET_DATA chunk (the common small read): no run lists on the hot path.
       await dev.read(offset, data);
-      const h = Buffer.allocUnsafe(W.OFFSET_DATA_PREFIX_LENGTH);
-      writeOffsetDataPrefix(h, 0, req, offset, length, true);
-      this.send([h, data], cost, recycle);
+      writeOffsetDataPrefix(buffer, 0, req, offset, length, true);
+      this.send([buffer], cost, recycle);
       return;
     }
     const runs = readRuns(await dev.blockStatus(offset, length), offset, length);
@@ -668,17 +672,27 @@ export class NbdConnection {
       runs.filter((r) => !r.zero).map((r) => dev.read(r.offset, data.subarray(r.offset - offset, r.offset - offset + r.length))),
     );
     for (const r of reads) if (r.status === "rejected") throw r.reason;
+    // A first data run uses the room in front of the data; the other chunk headers share one allocation.
+    const inPlace = !runs[0]!.zero;
+    let headerBytes = 0;
+    runs.forEach((r, i) => {
+      if (!(i === 0 && inPlace)) headerBytes += r.zero ? W.OFFSET_HOLE_LENGTH : W.OFFSET_DATA_PREFIX_LENGTH;
+    });
+    const headers = Buffer.allocUnsafe(headerBytes);
+    let at = 0;
     const parts: Uint8Array[] = [];
     runs.forEach((r, i) => {
       const done = i === runs.length - 1;
-      if (r.zero) {
-        const h = Buffer.allocUnsafe(W.OFFSET_HOLE_LENGTH);
-        writeOffsetHole(h, 0, req, r.offset, r.length, done);
-        parts.push(h);
+      const start = r.offset - offset;
+      if (i === 0 && inPlace) {
+        writeOffsetDataPrefix(buffer, 0, req, r.offset, r.length, done);
+        parts.push(buffer.subarray(0, prefix + r.length));
+      } else if (r.zero) {
+        writeOffsetHole(headers, at, req, r.offset, r.length, done);
+        parts.push(headers.subarray(at, (at += W.OFFSET_HOLE_LENGTH)));
       } else {
-        const h = Buffer.allocUnsafe(W.OFFSET_DATA_PREFIX_LENGTH);
-        writeOffsetDataPrefix(h, 0, req, r.offset, r.length, done);
-        parts.push(h, data.subarray(r.offset - offset, r.offset - offset + r.length));
+        writeOffsetDataPrefix(headers, at, req, r.offset, r.length, done);
+        parts.push(headers.subarray(at, (at += W.OFFSET_DATA_PREFIX_LENGTH)), data.subarray(start, start + r.length));
       }
     });
     this.send(parts, cost, recycle);

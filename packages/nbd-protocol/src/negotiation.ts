@@ -98,7 +98,7 @@ export class Negotiator {
 
   handleOption(option: number, data: Uint8Array): OptionOutcome {
     if (this.opts.tlsRequired && !this.tlsActive) {
-      if (option === C.NBD_OPT_EXPORT_NAME) return close("C.NBD_OPT_EXPORT_NAME before TLS");
+      if (option === C.NBD_OPT_EXPORT_NAME) return close("NBD_OPT_EXPORT_NAME before TLS");
       if (option !== C.NBD_OPT_STARTTLS && option !== C.NBD_OPT_ABORT) {
         return error(option, C.NBD_REP_ERR_TLS_REQD, `Option 0x${option.toString(16)} not permitted before TLS`);
       }
@@ -109,7 +109,7 @@ export class Negotiator {
       case C.NBD_OPT_ABORT:
         return { replies: [encodeOptionReply(option, C.NBD_REP_ACK)], action: "abort" };
       case C.NBD_OPT_LIST:
-        if (data.byteLength !== 0) return error(option, C.NBD_REP_ERR_INVALID, "C.NBD_OPT_LIST takes no data");
+        if (data.byteLength !== 0) return error(option, C.NBD_REP_ERR_INVALID, "NBD_OPT_LIST takes no data");
         return {
           replies: [
             encodeOptionReply(option, C.NBD_REP_SERVER, encodeServerEntry(this.exp.name, this.exp.description)),
@@ -123,7 +123,7 @@ export class Negotiator {
       case C.NBD_OPT_GO:
         return this.infoOrGo(option, data);
       case C.NBD_OPT_STRUCTURED_REPLY:
-        if (data.byteLength !== 0) return error(option, C.NBD_REP_ERR_INVALID, "C.NBD_OPT_STRUCTURED_REPLY takes no data");
+        if (data.byteLength !== 0) return error(option, C.NBD_REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
         if (this.structuredReplies) return error(option, C.NBD_REP_ERR_INVALID, "structured reply already negotiated");
         this.structuredReplies = true;
         return { replies: [encodeOptionReply(option, C.NBD_REP_ACK)], action: "continue" };
@@ -147,7 +147,7 @@ export class Negotiator {
 
   private startTls(data: Uint8Array): OptionOutcome {
     const option = C.NBD_OPT_STARTTLS;
-    if (data.byteLength !== 0) return error(option, C.NBD_REP_ERR_INVALID, "C.NBD_OPT_STARTTLS takes no data");
+    if (data.byteLength !== 0) return error(option, C.NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
     if (this.tlsActive) return error(option, C.NBD_REP_ERR_INVALID, "TLS already enabled");
     if (!this.opts.tlsRequired) return error(option, C.NBD_REP_ERR_POLICY, "TLS not configured");
     return { replies: [encodeOptionReply(option, C.NBD_REP_ACK)], action: "starttls" };

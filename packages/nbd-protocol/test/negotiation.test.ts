@@ -168,3 +168,25 @@ describe("meta-context queries", () => {
     expect(selectContexts(ctx, ["qemu:dirty-bitmap:a"]).map((c) => c.id)).toEqual([3]);
   });
 });
+
+describe("Negotiator messages", () => {
+  it("refuses options that take no data with a message naming the option", () => {
+    const n = new Negotiator(exp, { tlsRequired: false });
+    for (const [option, name] of [
+      [C.NBD_OPT_LIST, "NBD_OPT_LIST"],
+      [C.NBD_OPT_STRUCTURED_REPLY, "NBD_OPT_STRUCTURED_REPLY"],
+      [C.NBD_OPT_STARTTLS, "NBD_OPT_STARTTLS"],
+    ] as const) {
+      const [reply] = parse(n.handleOption(option, Uint8Array.of(1)).replies);
+      expect(reply!.type).toBe(C.NBD_REP_ERR_INVALID);
+      expect(reply!.data.toString()).toBe(`${name} takes no data`);
+    }
+  });
+
+  it("refuses malformed GO data with the decoder's message", () => {
+    const n = new Negotiator(exp, { tlsRequired: false });
+    const [reply] = parse(n.handleOption(C.NBD_OPT_GO, u32(0)).replies);
+    expect(reply!.type).toBe(C.NBD_REP_ERR_INVALID);
+    expect(reply!.data.toString()).toBe("option length too short");
+  });
+});
