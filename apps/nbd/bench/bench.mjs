@@ -1,14 +1,21 @@
 #!/usr/bin/env node
-// Benchmark: qnbd against qemu-nbd, both serving the same kind of image on tmpfs (qcow2 by default; raw, or
-// qcow2 with an external data file, on request), driven by the same clients.
-//   nbdcopy sequential write and read of SIZE (default 256 MiB);
-//   fio 4 KiB randread and randwrite at iodepth 32 through fio's nbd engine (RUNTIME seconds each).
-// Prints MB/s or IOPS for both servers, the ratio qnbd/qemu-nbd, and qnbd's peak RSS.
-// Usage: node apps/nbd/bench/bench.mjs [--format qcow2|raw|datafile] [--size-mib N] [--runtime S] [--repeat N]
-//        [--only WORD] (run only the workloads whose name contains WORD, e.g. randread; repeatable)
-//        [--dir DIR] (where the images go; default /dev/shm, tmpfs)
+// Benchmark: qnbd against qemu-nbd (and qemu-nbd against itself, for the noise band), on tmpfs, driven by the
+// same clients. The matrix, each part selectable:
+//   transports: Unix socket and TCP (loopback);
+//   images: qcow2, raw, qcow2 with an external data file;
+//   states: fresh (a new, empty image) and allocated (every cluster written beforehand);
+//   workloads: nbdcopy sequential write and read of SIZE (default 1 GiB), fio 4 KiB randread and randwrite at
+//   iodepth 32 through fio's nbd engine (RUNTIME seconds each).
+// Every measurement gets its own server process on its own copy of the image, so rounds are independent and
+// each process's peak RSS (VmHWM) belongs to one workload. Rounds are paired and alternate the order of the
+// three servers (qemu-nbd, qemu-nbd again, qnbd). Reported per row: medians, qnbd's min-max, the ratio
+// qnbd/qemu-nbd (>= 1: qnbd at least as fast), the noise band (qemu-nbd's second copy against its first),
+// and median peak RSS of both servers. A bare `node -e` process's peak RSS is printed as Node's baseline.
+// Usage: node apps/nbd/bench/bench.mjs [--size-mib N] [--runtime S] [--rounds N]
+//        [--transport unix|tcp]... [--format qcow2|raw|datafile]... [--state fresh|allocated]...
+//        [--only WORD]... (workloads whose name contains WORD, e.g. randread)  [--dir DIR] (default /dev/shm)
 // (after npm run setup)
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
@@ -21,16 +28,25 @@ const opt = (name, fallback) => {
   const i = args.indexOf(name);
   return i >= 0 ? Number(args[i + 1]) : fallback;
 };
-const sizeMiB = opt("--size-mib", 256);
+const many = (name, all) => {
+  const picked = args.flatMap((a, i) => (a === name ? [args[i + 1]] : []));
+  return picked.length > 0 ? picked : all;
+};
+const sizeMiB = opt("--size-mib", 1024);
 const runtime = opt("--runtime", 10);
-const repeat = opt("--repeat", 2);
-const only = args.flatMap((a, i) => (a === "--only" ? [args[i + 1]] : []));
-const formatArg = args.includes("--format") ? args[args.indexOf("--format") + 1] : "qcow2";
+const rounds = opt("--rounds", 7);
+const only = many("--only", []);
+const transports = many("--transport", ["unix", "tcp"]);
+const formats = many("--format", ["qcow2", "raw", "datafile"]);
+const states = many("--state", ["fresh", "allocated"]);
 const size = sizeMiB * 1024 * 1024;
 
 if (!fs.existsSync(path.join(appDir, "dist", "qnbd.js"))) {
   console.error("bench: build qnbd first (cd apps/nbd && pnpm exec tsup)");
   process.exit(1);
+}
+for (const tool of ["qemu-nbd", "qemu-img", "nbdcopy", "fio"]) {
+  if (spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0) throw new Error(`bench: ${tool} missing`);
 }
 
 const baseDir = args.includes("--dir") ? args[args.indexOf("--dir") + 1] : "/dev/shm";
@@ -42,10 +58,12 @@ const cleanup = () => {
 };
 process.on("exit", cleanup);
 for (const s of ["SIGINT", "SIGTERM"]) process.on(s, () => process.exit(130));
+const childEnv = { ...process.env };
+delete childEnv.NODE_EXTRA_CA_CERTS;
 
-function run(cmd, argv, timeoutMs = 600_000) {
+function run(cmd, argv, { timeoutMs = 900_000, cwd } = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, argv, { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(cmd, argv, { stdio: ["ignore", "pipe", "pipe"], env: childEnv, cwd });
     let out = "";
     let err = "";
     child.stdout.on("data", (d) => (out += d));
@@ -69,56 +87,29 @@ function freePort() {
   });
 }
 
-async function waitListening(port) {
-  const deadline = Date.now() + 10_000;
+async function waitListening(connectOpts, child) {
+  const deadline = Date.now() + 20_000;
   while (Date.now() < deadline) {
     const ok = await new Promise((resolve) => {
-      const s = net.connect(port, "127.0.0.1");
+      const s = net.connect(connectOpts);
       s.once("connect", () => (s.destroy(), resolve(true)));
       s.once("error", () => resolve(false));
     });
     if (ok) return;
+    if (child && child.exitCode !== null) throw new Error(`server exited with status ${child.exitCode}`);
     await new Promise((r) => setTimeout(r, 50));
   }
-  throw new Error(`nothing listens on ${port}`);
+  throw new Error(`nothing listens on ${JSON.stringify(connectOpts)}`);
 }
 
-/** Starts a server on a fresh image; both get -t -e 0 (persistent, any number of clients, multi-conn). */
-async function startServer(kind) {
-  let image;
-  let format = "raw";
-  if (formatArg === "raw") {
-    image = path.join(dir, `${kind}.raw`);
-    fs.writeFileSync(image, "");
-    fs.truncateSync(image, size);
-  } else {
-    image = path.join(dir, `${kind}.qcow2`);
-    format = "qcow2";
-    const o = formatArg === "datafile" ? ["-o", `data_file=${path.join(dir, `${kind}.data`)}`] : [];
-    await run("qemu-img", ["create", "-q", "-f", "qcow2", ...o, image, String(size)]);
-  }
-  const port = await freePort();
-  const common = ["-f", format, "-t", "-e", "0", "-b", "127.0.0.1", "-p", String(port), image];
-  const child =
-    kind === "qnbd"
-      ? spawn(process.execPath, [qnbdBin, ...common], { stdio: "ignore" })
-      : spawn("qemu-nbd", common, { stdio: "ignore" });
-  children.add(child);
-  await waitListening(port);
-  return { kind, child, uri: `nbd://127.0.0.1:${port}/`, image };
-}
-
-/** Peak resident set (VmHWM), MiB. For qnbd about 40 MiB of it is the node binary's own file pages. */
+/** Peak resident set (VmHWM) of a process, MiB. */
 function peakRssMiB(pid) {
-  const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
-  const kb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0);
-  return kb / 1024;
-}
-
-/** Current anonymous resident memory (RssAnon), MiB: heap, buffers and malloc arenas. */
-function anonRssMiB(pid) {
-  const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
-  return Number(/RssAnon:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+  try {
+    const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
+    return Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+  } catch {
+    return NaN;
+  }
 }
 
 async function timed(fn) {
@@ -127,6 +118,9 @@ async function timed(fn) {
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+// Random data to write: incompressible, so no layer can take a shortcut.
 const source = path.join(dir, "source.raw");
 {
   const fd = fs.openSync(source, "w");
@@ -138,55 +132,133 @@ const source = path.join(dir, "source.raw");
   fs.closeSync(fd);
 }
 
-const workloads = [
-  {
-    name: `nbdcopy seq write ${sizeMiB} MiB`,
-    unit: "MB/s",
-    run: async (s) => size / 1e6 / (await timed(() => run("nbdcopy", ["--flush", source, s.uri]))),
-  },
-  {
-    name: `nbdcopy seq read ${sizeMiB} MiB`,
-    unit: "MB/s",
-    run: async (s) => size / 1e6 / (await timed(() => run("nbdcopy", [s.uri, "null:"]))),
-  },
-  ...["randread", "randwrite"].map((rw) => ({
-    name: `fio ${rw} 4k qd32`,
-    unit: "IOPS",
-    run: async (s) => {
-      const out = await run("fio", [
-        "--name=bench", "--ioengine=nbd", `--uri=${s.uri}`, `--rw=${rw}`, "--bs=4k", "--iodepth=32",
-        `--size=${sizeMiB}M`, "--time_based", `--runtime=${runtime}`, "--ramp_time=1", "--output-format=json",
-      ]);
-      const job = JSON.parse(out.slice(out.indexOf("{"))).jobs[0];
-      return rw === "randread" ? job.read.iops : job.write.iops;
-    },
-  })),
-];
-
-console.log(`serving ${formatArg} images of ${sizeMiB} MiB`);
-const servers = { "qemu-nbd": await startServer("qemu-nbd"), qnbd: await startServer("qnbd") };
-// Fill both images once so reads are of data, not of never-written blocks.
-await run("nbdcopy", ["--flush", source, servers["qemu-nbd"].uri]);
-await run("nbdcopy", ["--flush", source, servers.qnbd.uri]);
-console.log(`qnbd peak RSS after filling: ${peakRssMiB(servers.qnbd.child.pid).toFixed(0)} MiB`);
-
-const rows = [];
-for (const w of workloads.filter((w) => only.length === 0 || only.some((o) => w.name.includes(o)))) {
-  const best = { "qemu-nbd": 0, qnbd: 0 };
-  for (let i = 0; i < repeat; i++) {
-    for (const kind of ["qemu-nbd", "qnbd"]) best[kind] = Math.max(best[kind], await w.run(servers[kind]));
+/** Template images per format and state; each measurement serves a copy. */
+const templates = new Map();
+async function template(format, state) {
+  const key = `${format}-${state}`;
+  if (templates.has(key)) return templates.get(key);
+  const base = path.join(dir, `template-${key}`);
+  const t = { image: `${base}.${format === "raw" ? "raw" : "qcow2"}`, data: format === "datafile" ? `${base}.data` : undefined };
+  if (format === "raw") {
+    if (state === "allocated") fs.copyFileSync(source, t.image);
+    else fs.writeFileSync(t.image, ""), fs.truncateSync(t.image, size);
+  } else {
+    // The data file is named relative (QEMU resolves it from the working directory: servers start in the copy's
+    // folder), so a copy of both next to each other is self-contained.
+    const o = t.data ? ["-o", `data_file=${path.basename(t.data)}`] : [];
+    await run("qemu-img", ["create", "-q", "-f", "qcow2", ...o, path.basename(t.image), String(size)], { cwd: dir });
+    if (state === "allocated") await run("qemu-img", ["convert", "-n", "-f", "raw", "-O", "qcow2", source, t.image], { cwd: dir });
   }
-  rows.push({ name: w.name, unit: w.unit, ...best, ratio: best.qnbd / best["qemu-nbd"] });
-  const r = rows.at(-1);
-  console.log(
-    `${r.name.padEnd(28)} qemu-nbd ${r["qemu-nbd"].toFixed(0).padStart(8)} ${r.unit.padEnd(4)}  ` +
-      `qnbd ${r.qnbd.toFixed(0).padStart(8)} ${r.unit.padEnd(4)}  ratio ${r.ratio.toFixed(2)}  ` +
-      `(qnbd peak RSS so far ${peakRssMiB(servers.qnbd.child.pid).toFixed(0)} MiB)`,
-  );
+  templates.set(key, t);
+  return t;
 }
+
+/** A copy of the template for one measurement (a data-file image keeps its data file's name relative to it). */
+function imageCopy(t, tag) {
+  const sub = fs.mkdtempSync(path.join(dir, `${tag}-`));
+  const image = path.join(sub, path.basename(t.image));
+  fs.copyFileSync(t.image, image);
+  if (t.data) fs.copyFileSync(t.data, path.join(sub, path.basename(t.data)));
+  return { image, sub };
+}
+
+/** Starts one server (persistent, shared, multi-conn) on a copy of the template; resolves with its URI. */
+async function startServer(kind, format, state, transport) {
+  const t = await template(format, state);
+  const { image, sub } = imageCopy(t, kind);
+  const listen =
+    transport === "unix"
+      ? { argv: ["-k", path.join(sub, "s.sock")], connect: { path: path.join(sub, "s.sock") }, uri: `nbd+unix:///?socket=${path.join(sub, "s.sock")}` }
+      : await (async () => {
+          const port = await freePort();
+          return { argv: ["-b", "127.0.0.1", "-p", String(port)], connect: { port, host: "127.0.0.1" }, uri: `nbd://127.0.0.1:${port}/` };
+        })();
+  const common = ["-f", format === "raw" ? "raw" : "qcow2", "-t", "-e", "0", ...listen.argv, image];
+  const child =
+    kind === "qnbd"
+      ? spawn(process.execPath, [qnbdBin, ...common], { stdio: "ignore", env: childEnv, cwd: sub })
+      : spawn("qemu-nbd", common, { stdio: "ignore", env: childEnv, cwd: sub });
+  children.add(child);
+  await waitListening(listen.connect, child);
+  return {
+    uri: listen.uri,
+    stop: async () => {
+      const rss = peakRssMiB(child.pid);
+      child.kill("SIGTERM");
+      if (child.exitCode === null) await new Promise((r) => child.once("exit", r));
+      children.delete(child);
+      fs.rmSync(sub, { recursive: true, force: true });
+      return rss;
+    },
+  };
+}
+
+const fio = (rw) => async (uri) => {
+  const out = await run("fio", [
+    "--name=bench", "--ioengine=nbd", `--uri=${uri}`, `--rw=${rw}`, "--bs=4k", "--iodepth=32",
+    `--size=${sizeMiB}M`, "--time_based", `--runtime=${runtime}`, "--ramp_time=1", "--output-format=json",
+  ]);
+  const job = JSON.parse(out.slice(out.indexOf("{"))).jobs[0];
+  return rw === "randread" ? job.read.iops : job.write.iops;
+};
+
+const workloads = [
+  { name: `nbdcopy write ${sizeMiB} MiB`, unit: "MB/s", run: async (uri) => size / 1e6 / (await timed(() => run("nbdcopy", ["--flush", source, uri]))) },
+  { name: `nbdcopy read ${sizeMiB} MiB`, unit: "MB/s", run: async (uri) => size / 1e6 / (await timed(() => run("nbdcopy", [uri, "null:"]))) },
+  { name: "fio randread 4k qd32", unit: "IOPS", run: fio("randread") },
+  { name: "fio randwrite 4k qd32", unit: "IOPS", run: fio("randwrite") },
+].filter((w) => only.length === 0 || only.some((o) => w.name.includes(o)));
+
+/** One measurement: a fresh server on a fresh copy, the workload, the server's peak RSS. */
+async function measure(kind, w, format, state, transport) {
+  const server = await startServer(kind, format, state, transport);
+  try {
+    const value = await w.run(server.uri);
+    return { value, rss: await server.stop() };
+  } catch (e) {
+    await server.stop();
+    throw e;
+  }
+}
+
+const baseline = await new Promise((resolve) => {
+  const c = spawn(process.execPath, ["-e", "setTimeout(() => {}, 300)"], { env: childEnv });
+  setTimeout(() => resolve(peakRssMiB(c.pid)), 200);
+});
 console.log(
-  `qnbd peak RSS: ${peakRssMiB(servers.qnbd.child.pid).toFixed(0)} MiB, anonymous now ${anonRssMiB(servers.qnbd.child.pid).toFixed(0)} MiB ` +
-    `(qemu-nbd: ${peakRssMiB(servers["qemu-nbd"].child.pid).toFixed(0)} MiB, ${anonRssMiB(servers["qemu-nbd"].child.pid).toFixed(0)} MiB)`,
+  `qnbd vs qemu-nbd on ${dir}: ${sizeMiB} MiB images, ${rounds} paired alternating rounds, medians; ` +
+    `Node's own baseline peak RSS ${baseline.toFixed(0)} MiB`,
 );
-for (const s of Object.values(servers)) s.child.kill("SIGTERM");
+console.log("ratio = qnbd / qemu-nbd (>= 1: qnbd faster); noise = qemu-nbd (2nd) / qemu-nbd\n");
+const kinds = ["qemu-nbd", "qemu-nbd#2", "qnbd"];
+for (const format of formats) {
+  for (const transport of transports) {
+    for (const state of states) {
+      for (const w of workloads) {
+        const values = { "qemu-nbd": [], "qemu-nbd#2": [], qnbd: [] };
+        const rss = { "qemu-nbd": [], "qemu-nbd#2": [], qnbd: [] };
+        // One uncounted warm-up of each (tmpfs pages, page cache, CPU frequency).
+        for (const kind of kinds) await measure(kind === "qnbd" ? "qnbd" : "qemu-nbd", w, format, state, transport);
+        for (let r = 0; r < rounds; r++) {
+          const order = r % 2 === 0 ? kinds : [...kinds].reverse();
+          for (const kind of order) {
+            const m = await measure(kind === "qnbd" ? "qnbd" : "qemu-nbd", w, format, state, transport);
+            values[kind].push(m.value);
+            rss[kind].push(m.rss);
+          }
+        }
+        const q = median(values["qemu-nbd"]);
+        const q2 = median(values["qemu-nbd#2"]);
+        const o = median(values.qnbd);
+        const f = (v) => v.toFixed(0).padStart(7);
+        console.log(
+          `${format.padEnd(8)} ${transport.padEnd(4)} ${state.padEnd(9)} ${w.name.padEnd(24)} ` +
+            `qemu-nbd ${f(q)} ${w.unit.padEnd(4)} qnbd ${f(o)} (${Math.min(...values.qnbd).toFixed(0)}-${Math.max(...values.qnbd).toFixed(0)}) ` +
+            `ratio ${(o / q).toFixed(2)} noise ${(q2 / q).toFixed(2)}  ` +
+            `peak RSS qemu-nbd ${median(rss["qemu-nbd"]).toFixed(0)} MiB, qnbd ${median(rss.qnbd).toFixed(0)} MiB`,
+        );
+      }
+    }
+  }
+}
 process.exit(0);

@@ -5,51 +5,40 @@
  * outstanding or too many payload/reply bytes are held (its own and the server-wide budget).
  */
 import type { Socket } from "node:net";
+import { isQcow2Error } from "@qcowkit/spec";
 import * as tls from "node:tls";
 import type { BlockImage, BlockStatusExtent } from "./device";
 import type { MemoryBudget } from "./budget";
 import { BufferPool } from "./buffer-pool";
+import * as W from "@qcowkit/nbd-protocol";
 import {
-  NBD_CMD_BLOCK_STATUS,
-  NBD_CMD_CACHE,
-  NBD_CMD_DISC,
-  NBD_CMD_FLAG_DF,
-  NBD_CMD_FLAG_FAST_ZERO,
-  NBD_CMD_FLAG_FUA,
-  NBD_CMD_FLAG_NO_HOLE,
-  NBD_CMD_FLAG_REQ_ONE,
-  NBD_CMD_FLUSH,
-  NBD_CMD_READ,
-  NBD_CMD_TRIM,
-  NBD_CMD_WRITE,
-  NBD_CMD_WRITE_ZEROES,
-  NBD_EINVAL,
-  NBD_REPLY_TYPE_NONE,
-  OPTION_HEADER_LENGTH,
-  REQUEST_HEADER_LENGTH,
-  SIMPLE_REPLY_LENGTH,
-  STRUCTURED_HEADER_LENGTH,
+  ByteQueue,
+  Negotiator,
+  allocationDepthFlags,
+  allocationFlags,
+  checkRequest,
   commandNames,
-  optionNames,
-} from "./protocol/constants";
-import { errorMessageOf, nbdErrnoOf } from "./protocol/errno";
-import { decodeClientFlags, decodeOptionHeader, encodeGreeting } from "./protocol/handshake";
-import { InputBuffer } from "./protocol/input-buffer";
-import type { MetaContext } from "./protocol/meta-context";
-import { Negotiator, type ExportDescriptor } from "./protocol/negotiation";
-import {
-  OFFSET_DATA_PREFIX_LENGTH,
-  OFFSET_HOLE_LENGTH,
+  decodeClientFlags,
+  decodeOptionHeader,
+  decodeRequestHeader,
+  dirtyFlags,
   encodeBlockStatusChunk,
   encodeErrorChunk,
+  encodeGreeting,
+  errorMessageOf,
+  nbdErrnoOf,
+  optionNames,
+  statusRuns,
   writeChunkHeader,
   writeOffsetDataPrefix,
   writeOffsetHole,
   writeSimpleReply,
+  type ExportDescriptor,
+  type MetaContext,
+  type NbdRequest,
   type StatusRun,
-} from "./protocol/reply";
-import { checkRequest, decodeRequestHeader, type NbdRequest, type TransmissionLimits } from "./protocol/request";
-import { allocationDepthFlags, allocationFlags, dirtyFlags, statusRuns } from "./protocol/block-status";
+  type TransmissionLimits,
+} from "@qcowkit/nbd-protocol";
 
 export type CacheMode = "none" | "writeback" | "writethrough" | "directsync" | "unsafe";
 export type DiscardMode = "ignore" | "unmap";
@@ -132,7 +121,7 @@ export class NbdConnection {
 
   private sock: Socket;
   private state: State = "flags";
-  private readonly input = new InputBuffer();
+  private readonly input = new ByteQueue();
   private readonly negotiator: Negotiator;
   private readonly limits: ConnectionLimits;
   private readonly exp: ExportConfig;
@@ -331,9 +320,9 @@ export class NbdConnection {
 
   /** Bytes a request is charged from its header until its reply is out (a refused one holds no payload). */
   private costOf(req: NbdRequest): number {
-    if (req.type === NBD_CMD_DISC) return 0;
+    if (req.type === W.NBD_CMD_DISC) return 0;
     if (checkRequest(req, this.requestLimits!) !== null) return REQUEST_OVERHEAD;
-    return REQUEST_OVERHEAD + (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0);
+    return REQUEST_OVERHEAD + (req.type === W.NBD_CMD_READ || req.type === W.NBD_CMD_WRITE ? req.length : 0);
   }
 
   private readonly wake = (): void => {
@@ -367,8 +356,8 @@ export class NbdConnection {
       switch (this.state) {
         case "flags": {
           if (this.input.length < 4) return;
-          const flags = decodeClientFlags(this.input.take(4));
-          if (flags === null) return this.abort("client sent unknown flags");
+          const flags = decoded(() => decodeClientFlags(this.input.take(4)));
+          if (flags === undefined) return this.abort("client sent unknown flags");
           this.negotiator.noZeroes = flags.noZeroes;
           this.state = "option";
           break;
@@ -376,10 +365,10 @@ export class NbdConnection {
         case "option": {
           if (this.throttled) return;
           if (this.handshakeBlocked()) return this.throttle();
-          if (this.input.length < OPTION_HEADER_LENGTH) return;
+          if (this.input.length < W.OPTION_HEADER_LENGTH) return;
           if (++this.options > this.limits.maxOptions) return this.abort(`more than ${this.limits.maxOptions} options`);
-          const header = decodeOptionHeader(this.input.take(OPTION_HEADER_LENGTH));
-          if (header === null) return this.abort("bad option magic");
+          const header = decoded(() => decodeOptionHeader(this.input.take(W.OPTION_HEADER_LENGTH)));
+          if (header === undefined) return this.abort("bad option magic");
           if (header.length > this.limits.maxOptionData) {
             return this.abort(`option ${header.option} data of ${header.length} bytes is too large`);
           }
@@ -398,10 +387,9 @@ export class NbdConnection {
           if (this.outstanding >= this.limits.maxOutstanding) return this.throttle();
           let req = this.held;
           if (req === undefined) {
-            if (this.input.length < REQUEST_HEADER_LENGTH) return;
-            const decoded = decodeRequestHeader(this.input.take(REQUEST_HEADER_LENGTH));
-            if (decoded === null) return this.abort("bad request magic");
-            req = decoded;
+            if (this.input.length < W.REQUEST_HEADER_LENGTH) return;
+            req = decoded(() => decodeRequestHeader(this.input.take(W.REQUEST_HEADER_LENGTH)));
+            if (req === undefined) return this.abort("bad request magic");
           }
           // The header is read first so that the request's whole cost is known before anything is held for it.
           if (this.requestBlocked(req)) {
@@ -533,13 +521,13 @@ export class NbdConnection {
   }
 
   private acceptRequest(req: NbdRequest): void {
-    if (req.type === NBD_CMD_DISC) {
+    if (req.type === W.NBD_CMD_DISC) {
       this.log("client sent disconnect");
       this.beginClosing();
       return;
     }
     const fault = checkRequest(req, this.requestLimits!);
-    const carriesPayload = req.type === NBD_CMD_WRITE;
+    const carriesPayload = req.type === W.NBD_CMD_WRITE;
     if (fault !== null) {
       this.log(`${commandNames[req.type] ?? `command ${req.type}`} refused: ${fault.message}`);
       this.charge(REQUEST_OVERHEAD);
@@ -551,7 +539,7 @@ export class NbdConnection {
       }
       return;
     }
-    const payloadBytes = req.type === NBD_CMD_READ || carriesPayload ? req.length : 0;
+    const payloadBytes = req.type === W.NBD_CMD_READ || carriesPayload ? req.length : 0;
     this.charge(REQUEST_OVERHEAD + payloadBytes);
     if (carriesPayload && req.length > 0) {
       this.pending = req;
@@ -572,7 +560,7 @@ export class NbdConnection {
   // ---- request execution ----------------------------------------------------------------------------
 
   private async execute(req: NbdRequest, payload: Uint8Array | undefined): Promise<void> {
-    const cost = REQUEST_OVERHEAD + (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0);
+    const cost = REQUEST_OVERHEAD + (req.type === W.NBD_CMD_READ || req.type === W.NBD_CMD_WRITE ? req.length : 0);
     try {
       await this.run(req, payload, cost);
       // The device is done with a WRITE payload once the call succeeded. After a failure the buffer is left
@@ -589,35 +577,35 @@ export class NbdConnection {
   /** Runs a checked request and sends its successful reply; throws (before sending anything) on failure. */
   private async run(req: NbdRequest, payload: Uint8Array | undefined, cost: number): Promise<void> {
     const dev = this.exp.device;
-    const fua = this.durableWrites || ((req.flags & NBD_CMD_FLAG_FUA) !== 0 && this.exp.cache !== "unsafe");
+    const fua = this.durableWrites || ((req.flags & W.NBD_CMD_FLAG_FUA) !== 0 && this.exp.cache !== "unsafe");
     switch (req.type) {
-      case NBD_CMD_READ:
+      case W.NBD_CMD_READ:
         return this.read(req, cost);
-      case NBD_CMD_WRITE:
+      case W.NBD_CMD_WRITE:
         if (req.length > 0) await dev.write(req.offset, payload!, fua ? { fua } : undefined);
         break;
-      case NBD_CMD_WRITE_ZEROES:
+      case W.NBD_CMD_WRITE_ZEROES:
         if (req.length > 0) {
           await dev.writeZeroes(req.offset, req.length, {
-            unmap: this.exp.discard === "unmap" && (req.flags & NBD_CMD_FLAG_NO_HOLE) === 0,
-            noFallback: (req.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0,
+            unmap: this.exp.discard === "unmap" && (req.flags & W.NBD_CMD_FLAG_NO_HOLE) === 0,
+            noFallback: (req.flags & W.NBD_CMD_FLAG_FAST_ZERO) !== 0,
             fua,
           });
         }
         break;
-      case NBD_CMD_TRIM:
+      case W.NBD_CMD_TRIM:
         if (this.exp.discard === "unmap" && req.length > 0) {
           await dev.discard(req.offset, req.length);
           if (fua) await dev.flush();
         }
         break;
-      case NBD_CMD_FLUSH:
+      case W.NBD_CMD_FLUSH:
         if (this.exp.cache !== "unsafe") await dev.flush();
         break;
-      case NBD_CMD_CACHE:
+      case W.NBD_CMD_CACHE:
         // Advisory; the checked range is all there is to do.
         break;
-      case NBD_CMD_BLOCK_STATUS:
+      case W.NBD_CMD_BLOCK_STATUS:
         return this.blockStatus(req, cost);
     }
     this.replyOk(req, cost);
@@ -628,51 +616,55 @@ export class NbdConnection {
   }
 
   private replyOk(req: NbdRequest, cost: number): void {
-    const b = Buffer.allocUnsafe(SIMPLE_REPLY_LENGTH);
+    const b = Buffer.allocUnsafe(W.SIMPLE_REPLY_LENGTH);
     writeSimpleReply(b, 0, 0, req);
     this.send([b], cost);
   }
 
   private replyError(req: NbdRequest, errno: number, message: string, cost: number): void {
     if (this.structured) {
-      this.send([encodeErrorChunk(req, errno || NBD_EINVAL, message)], cost);
+      this.send([encodeErrorChunk(req, errno || W.NBD_EINVAL, message)], cost);
       return;
     }
-    const b = Buffer.allocUnsafe(SIMPLE_REPLY_LENGTH);
-    writeSimpleReply(b, 0, errno || NBD_EINVAL, req);
+    const b = Buffer.allocUnsafe(W.SIMPLE_REPLY_LENGTH);
+    writeSimpleReply(b, 0, errno || W.NBD_EINVAL, req);
     this.send([b], cost);
   }
 
   private async read(req: NbdRequest, cost: number): Promise<void> {
-    // After a failed read the buffer is not reused: a device call that failed early might still write to it.
-    const data = this.pool.acquire(req.length);
-    await this.readInto(req, data, cost, () => this.pool.release(data));
+    // The reply header goes in front of the data, in the same pooled buffer: no header allocation, and one
+    // piece for the socket instead of two. After a failed read the buffer is not reused: a device call that
+    // failed early might still write to it.
+    const prefix = this.structured ? W.OFFSET_DATA_PREFIX_LENGTH : W.SIMPLE_REPLY_LENGTH;
+    const buffer = this.pool.acquire(prefix + req.length);
+    await this.readInto(req, buffer, prefix, cost, () => this.pool.release(buffer));
   }
 
-  /** Reads a request's data into `data` and sends it; `recycle` is called once the data has been sent. */
-  private async readInto(req: NbdRequest, data: Buffer, cost: number, recycle: () => void): Promise<void> {
+  /**
+   * Reads a request's data into `buffer` after `prefix` bytes (room for the reply header) and sends the reply;
+   * `recycle` is called once it has been sent.
+   */
+  private async readInto(req: NbdRequest, buffer: Buffer, prefix: number, cost: number, recycle: () => void): Promise<void> {
     const dev = this.exp.device;
     const { offset, length } = req;
+    const data = buffer.subarray(prefix);
     if (!this.structured) {
       if (length > 0) await dev.read(offset, data);
-      const h = Buffer.allocUnsafe(SIMPLE_REPLY_LENGTH);
-      writeSimpleReply(h, 0, 0, req);
-      this.send(length > 0 ? [h, data] : [h], cost, recycle);
+      writeSimpleReply(buffer, 0, 0, req);
+      this.send([buffer], cost, recycle);
       return;
     }
     if (length === 0) {
-      const h = Buffer.allocUnsafe(STRUCTURED_HEADER_LENGTH);
-      writeChunkHeader(h, 0, req, NBD_REPLY_TYPE_NONE, true, 0);
-      this.send([h], cost, recycle);
+      writeChunkHeader(buffer, 0, req, W.NBD_REPLY_TYPE_NONE, true, 0);
+      this.send([buffer.subarray(0, W.STRUCTURED_HEADER_LENGTH)], cost, recycle);
       return;
     }
-    const sparse = (req.flags & NBD_CMD_FLAG_DF) === 0 && length >= this.limits.sparseReadMinimum;
+    const sparse = (req.flags & W.NBD_CMD_FLAG_DF) === 0 && length >= this.limits.sparseReadMinimum;
     if (!sparse) {
       // One OFFSET_DATA chunk (the common small read): no run lists on the hot path.
       await dev.read(offset, data);
-      const h = Buffer.allocUnsafe(OFFSET_DATA_PREFIX_LENGTH);
-      writeOffsetDataPrefix(h, 0, req, offset, length, true);
-      this.send([h, data], cost, recycle);
+      writeOffsetDataPrefix(buffer, 0, req, offset, length, true);
+      this.send([buffer], cost, recycle);
       return;
     }
     const runs = readRuns(await dev.blockStatus(offset, length), offset, length);
@@ -680,17 +672,27 @@ export class NbdConnection {
       runs.filter((r) => !r.zero).map((r) => dev.read(r.offset, data.subarray(r.offset - offset, r.offset - offset + r.length))),
     );
     for (const r of reads) if (r.status === "rejected") throw r.reason;
+    // A first data run uses the room in front of the data; the other chunk headers share one allocation.
+    const inPlace = !runs[0]!.zero;
+    let headerBytes = 0;
+    runs.forEach((r, i) => {
+      if (!(i === 0 && inPlace)) headerBytes += r.zero ? W.OFFSET_HOLE_LENGTH : W.OFFSET_DATA_PREFIX_LENGTH;
+    });
+    const headers = Buffer.allocUnsafe(headerBytes);
+    let at = 0;
     const parts: Uint8Array[] = [];
     runs.forEach((r, i) => {
       const done = i === runs.length - 1;
-      if (r.zero) {
-        const h = Buffer.allocUnsafe(OFFSET_HOLE_LENGTH);
-        writeOffsetHole(h, 0, req, r.offset, r.length, done);
-        parts.push(h);
+      const start = r.offset - offset;
+      if (i === 0 && inPlace) {
+        writeOffsetDataPrefix(buffer, 0, req, r.offset, r.length, done);
+        parts.push(buffer.subarray(0, prefix + r.length));
+      } else if (r.zero) {
+        writeOffsetHole(headers, at, req, r.offset, r.length, done);
+        parts.push(headers.subarray(at, (at += W.OFFSET_HOLE_LENGTH)));
       } else {
-        const h = Buffer.allocUnsafe(OFFSET_DATA_PREFIX_LENGTH);
-        writeOffsetDataPrefix(h, 0, req, r.offset, r.length, done);
-        parts.push(h, data.subarray(r.offset - offset, r.offset - offset + r.length));
+        writeOffsetDataPrefix(headers, at, req, r.offset, r.length, done);
+        parts.push(headers.subarray(at, (at += W.OFFSET_DATA_PREFIX_LENGTH)), data.subarray(start, start + r.length));
       }
     });
     this.send(parts, cost, recycle);
@@ -699,7 +701,7 @@ export class NbdConnection {
   private async blockStatus(req: NbdRequest, cost: number): Promise<void> {
     const dev = this.exp.device;
     const { offset, length } = req;
-    const reqOne = (req.flags & NBD_CMD_FLAG_REQ_ONE) !== 0;
+    const reqOne = (req.flags & W.NBD_CMD_FLAG_REQ_ONE) !== 0;
     let extents: Promise<BlockStatusExtent[]> | undefined;
     const allocation = () => (extents ??= dev.blockStatus(offset, length));
     const results = await Promise.all(
@@ -719,6 +721,16 @@ export class NbdConnection {
     );
     const parts = results.map((runs, i) => encodeBlockStatusChunk(req, this.contexts[i]!.id, runs, i === results.length - 1));
     this.send(parts, cost);
+  }
+}
+
+/** What a decoder returns, or undefined when the peer's bytes are malformed (the connection is then closed). */
+function decoded<T>(decode: () => T): T | undefined {
+  try {
+    return decode();
+  } catch (e) {
+    if (isQcow2Error(e)) return undefined;
+    throw e;
   }
 }
 

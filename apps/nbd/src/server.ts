@@ -17,8 +17,7 @@ import {
   type ExportConfig,
 } from "./connection";
 import type { BlockImage } from "./device";
-import { NBD_MAX_PAYLOAD } from "./protocol/constants";
-import { availableContexts } from "./protocol/meta-context";
+import { NBD_MAX_PAYLOAD, availableContexts } from "@qcowkit/nbd-protocol";
 
 export interface ExportSettings {
   device: BlockImage;

@@ -20,7 +20,7 @@ describe("API documentation (pnpm docs:api)", () => {
     expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(0);
     expect(existsSync(join(t.dir, "index.html"))).toBe(true);
     const pages = readdirSync(join(t.dir, "modules"));
-    for (const mod of ["spec", "cluster", "refcount", "datafile", "datafile_node", "core", "core_node", "core_browser"]) {
+    for (const mod of ["spec", "cluster", "refcount", "datafile", "datafile_node", "nbd-protocol", "core", "core_node", "core_browser"]) {
       expect(pages).toContain(`_qcowkit_${mod}.html`);
     }
   }, 180_000);

@@ -1,6 +1,6 @@
 /**
- * The shape of the monorepo: dependencies point one way (spec <- cluster, refcount, datafile <- core <-
- * apps), and everything below the Node file backend is runtime-agnostic (no node: imports, no Buffer,
+ * The shape of the monorepo: dependencies point one way (spec <- cluster, refcount, datafile, nbd-protocol <-
+ * core <- apps; qnbd also uses nbd-protocol directly), and everything below the Node file backend is runtime-agnostic (no node: imports, no Buffer,
  * no process), so the same core runs in a browser.
  */
 import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
@@ -59,9 +59,10 @@ const allowed: Record<string, string[]> = {
   "@qcowkit/cluster": ["@qcowkit/spec"],
   "@qcowkit/refcount": ["@qcowkit/spec"],
   "@qcowkit/datafile": ["@qcowkit/spec"],
-  "@qcowkit/core": ["@qcowkit/spec", "@qcowkit/cluster", "@qcowkit/refcount", "@qcowkit/datafile"],
+  "@qcowkit/nbd-protocol": ["@qcowkit/spec"],
+  "@qcowkit/core": ["@qcowkit/spec", "@qcowkit/cluster", "@qcowkit/refcount", "@qcowkit/datafile", "@qcowkit/nbd-protocol"],
   "@qcowkit/cli": ["@qcowkit/spec", "@qcowkit/datafile", "@qcowkit/core"],
-  "@qcowkit/nbd": ["@qcowkit/spec", "@qcowkit/datafile", "@qcowkit/core"],
+  "@qcowkit/nbd": ["@qcowkit/spec", "@qcowkit/datafile", "@qcowkit/nbd-protocol", "@qcowkit/core"],
   "@qcowkit/web": ["@qcowkit/spec", "@qcowkit/datafile", "@qcowkit/core"],
   "@qcowkit/conformance": [],
 };
@@ -71,7 +72,7 @@ describe("monorepo shape", () => {
     ...readdirSync(join(root, "packages")).map((d) => join(root, "packages", d)),
     ...readdirSync(join(root, "apps")).map((d) => join(root, "apps", d)),
   ];
-  it("has the nine packages and apps, each with its fixed name", () => {
+  it("has the ten packages and apps, each with its fixed name", () => {
     const names = dirs.map((d) => JSON.parse(readFileSync(join(d, "package.json"), "utf8")).name).sort();
     expect(names).toEqual(Object.keys(allowed).sort());
   });
@@ -83,14 +84,14 @@ describe("monorepo shape", () => {
       for (const d of deps) expect(allowed[pkg.name], `${pkg.name} -> ${d}`).toContain(d);
       // Source imports must stay inside the declared dependencies too.
       for (const f of files(join(dir, "src"))) {
-        for (const m of stripComments(readFileSync(f, "utf8")).matchAll(/from "(@qcowkit\/[a-z]+)/g)) {
+        for (const m of stripComments(readFileSync(f, "utf8")).matchAll(/from "(@qcowkit\/[a-z-]+)/g)) {
           expect(deps, `${relative(root, f)} imports ${m[1]}`).toContain(m[1]);
         }
       }
     });
   }
 
-  for (const name of ["spec", "cluster", "refcount", "datafile", "core"]) {
+  for (const name of ["spec", "cluster", "refcount", "datafile", "nbd-protocol", "core"]) {
     it(`@qcowkit/${name} is runtime-agnostic outside its Node entry`, () => {
       const src = join(root, "packages", name, "src");
       for (const f of files(src)) {
@@ -102,7 +103,7 @@ describe("monorepo shape", () => {
     });
   }
 
-  for (const name of ["spec", "cluster", "refcount", "datafile", "core"]) {
+  for (const name of ["spec", "cluster", "refcount", "datafile", "nbd-protocol", "core"]) {
     it(`@qcowkit/${name} has no import cycles between its source files`, () => {
       expect(importCycles(join(root, "packages", name, "src"))).toEqual([]);
     });

@@ -14,7 +14,7 @@ import { isQcow2Error } from "@qcowkit/spec";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { buildWithDependencies } from "../../../scripts/build-for-tests.mjs";
 import { NbdClient } from "../src/nbd/client";
-import { BASE_ALLOCATION, QEMU_ALLOCATION_DEPTH } from "../src/nbd/constants";
+import { BASE_ALLOCATION, QEMU_ALLOCATION_DEPTH } from "@qcowkit/nbd-protocol";
 import { NbdImage } from "../src/nbd/nbd-image";
 import type { NbdReceiver, NbdTransport } from "../src/nbd/transport";
 import { parseNbdFilename } from "../src/nbd/uri";

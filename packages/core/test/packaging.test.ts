@@ -18,7 +18,8 @@ const libs: Record<string, string[]> = {
   cluster: ["spec"],
   refcount: ["spec"],
   datafile: ["spec"],
-  core: ["spec", "cluster", "refcount", "datafile"],
+  "nbd-protocol": ["spec"],
+  core: ["spec", "cluster", "refcount", "datafile", "nbd-protocol"],
 };
 /** One export each package must provide once installed. */
 const probe: Record<string, string> = {
@@ -26,6 +27,7 @@ const probe: Record<string, string> = {
   cluster: "ClusterMap",
   refcount: "Refcounts",
   datafile: "MemoryStore",
+  "nbd-protocol": "decodeRequestHeader",
   core: "Qcow2Image",
 };
 const license = readFileSync(join(root, "LICENSE"), "utf8");
@@ -49,7 +51,7 @@ beforeAll(() => {
     });
   }
   for (const f of readdirSync(out)) {
-    const m = /^qcowkit-(\w+)-/.exec(f);
+    const m = /^qcowkit-([a-z-]+?)-\d/.exec(f);
     if (m) tarballs[m[1]!] = join(out, f);
   }
 }, 300_000);

@@ -1,12 +1,12 @@
 import { describe, expect, it } from "vitest";
-import { BufferPool } from "../../src/buffer-pool";
+import { BufferPool, HEADROOM } from "../../src/buffer-pool";
 
 describe("BufferPool", () => {
   it("reuses released large buffers and never small or foreign ones", () => {
     const pool = new BufferPool(1 << 20);
     const a = pool.acquire(100_000);
     expect(a.length).toBe(100_000);
-    expect(a.buffer.byteLength).toBe(131072);
+    expect(a.buffer.byteLength).toBe(131072 + HEADROOM);
     pool.release(a);
     pool.release(a); // a second release must not hand the buffer out twice
     const b = pool.acquire(70_000);
@@ -20,11 +20,19 @@ describe("BufferPool", () => {
   });
 
   it("keeps at most its retention limit of idle buffers", () => {
-    const pool = new BufferPool(256 * 1024);
+    const pool = new BufferPool(2 * (128 * 1024 + HEADROOM));
     const bufs = [pool.acquire(128 * 1024), pool.acquire(128 * 1024), pool.acquire(128 * 1024)];
     for (const b of bufs) pool.release(b);
     const again = [pool.acquire(128 * 1024), pool.acquire(128 * 1024), pool.acquire(128 * 1024)];
     const reused = again.filter((x) => bufs.some((b) => b.buffer === x.buffer));
     expect(reused).toHaveLength(2);
+  });
+
+  it("has room for a reply header in front of a power-of-two payload, in the same size class", () => {
+    const pool = new BufferPool(1 << 20);
+    const withHeader = pool.acquire(28 + 65536);
+    expect(withHeader.buffer.byteLength).toBe(65536 + HEADROOM);
+    pool.release(withHeader);
+    expect(pool.acquire(65536).buffer).toBe(withHeader.buffer);
   });
 });

@@ -6,7 +6,7 @@
  */
 import { Qcow2Error } from "@qcowkit/spec";
 import type { NbdClient, NbdStatusRun } from "./client";
-import { BASE_ALLOCATION, NBD_DEFAULT_MAX_PAYLOAD, QEMU_ALLOCATION_DEPTH } from "./constants";
+import { BASE_ALLOCATION, NBD_MAX_PAYLOAD, QEMU_ALLOCATION_DEPTH } from "@qcowkit/nbd-protocol";
 
 /** One run of the export with its status. */
 export interface NbdExtent {
@@ -47,7 +47,7 @@ export class NbdBlockIo {
     const info = client.info;
     // Without advertised sizes, 512-byte units (the spec's advice for clients), unless the export is not made of them.
     this.alignment = info.blockSizeAdvertised ? info.minimumBlockSize : info.size % 512 === 0 ? 512 : 1;
-    this.ioChunk = Math.max(this.alignment, floorTo(Math.min(info.maximumPayload, NBD_DEFAULT_MAX_PAYLOAD), this.alignment));
+    this.ioChunk = Math.max(this.alignment, floorTo(Math.min(info.maximumPayload, NBD_MAX_PAYLOAD), this.alignment));
     this.effectChunk = Math.max(this.alignment, floorTo(EFFECT_CHUNK_BYTES, this.alignment));
   }
 

@@ -6,46 +6,24 @@
  * server that breaks the protocol fails the connection (every request gets EIO) and is never trusted with
  * memory beyond what the request asked for; a silent server is given up on after the idle timeout.
  */
-import { Qcow2Error, errnoText, getU64, setU64, viewOf, decodeText } from "@qcowkit/spec";
+import * as W from "@qcowkit/nbd-protocol";
 import {
-  NBD_CMD_BLOCK_STATUS,
-  NBD_CMD_DISC,
-  NBD_CMD_FLAG_DF,
-  NBD_CMD_FLAG_FAST_ZERO,
-  NBD_CMD_FLAG_FUA,
-  NBD_CMD_FLAG_NO_HOLE,
-  NBD_CMD_FLAG_REQ_ONE,
-  NBD_CMD_FLUSH,
-  NBD_CMD_READ,
-  NBD_CMD_TRIM,
-  NBD_CMD_WRITE,
-  NBD_CMD_WRITE_ZEROES,
-  NBD_FLAG_READ_ONLY,
-  NBD_FLAG_SEND_DF,
-  NBD_FLAG_SEND_FAST_ZERO,
-  NBD_FLAG_SEND_FLUSH,
-  NBD_FLAG_SEND_FUA,
-  NBD_FLAG_SEND_TRIM,
-  NBD_FLAG_SEND_WRITE_ZEROES,
-  NBD_MAX_STATUS_DESCRIPTORS,
-  NBD_OPT_ABORT,
-  NBD_OPTS_MAGIC,
-  NBD_REPLY_FLAG_DONE,
-  NBD_REPLY_TYPE_BLOCK_STATUS,
-  NBD_REPLY_TYPE_ERROR_BIT,
-  NBD_REPLY_TYPE_ERROR_OFFSET,
-  NBD_REPLY_TYPE_NONE,
-  NBD_REPLY_TYPE_OFFSET_DATA,
-  NBD_REPLY_TYPE_OFFSET_HOLE,
-  NBD_REQUEST_MAGIC,
-  NBD_SIMPLE_REPLY_MAGIC,
-  NBD_STRUCTURED_REPLY_MAGIC,
-  REQUEST_HEADER_BYTES,
-  SIMPLE_REPLY_BYTES,
-  STRUCTURED_HEADER_BYTES,
-} from "./constants";
+  checkChunkLength,
+  codeOfErrno,
+  decodeBlockStatusChunk,
+  decodeChunkHeader,
+  decodeErrorChunk,
+  decodeOffsetHole,
+  decodeSimpleReply,
+  encodeOption,
+  errnoOfNbdError,
+  nbdError,
+  readU64,
+  writeRequestHeader,
+  type NbdError,
+} from "@qcowkit/nbd-protocol";
+import { Qcow2Error, errnoText, isQcow2Error } from "@qcowkit/spec";
 import { negotiate, type NbdExportInfo, type NbdHandshakeOptions } from "./handshake";
-import { codeOfErrno, errnoOfNbdError, nbdError, oneLine, type NbdError } from "./messages";
 import type { NbdTransport } from "./transport";
 import { NbdWire } from "./wire";
 
@@ -64,9 +42,9 @@ export interface NbdStatusRun {
 
 const DEFAULT_TIMEOUT_MS = 60_000;
 const DEFAULT_MAX_IN_FLIGHT = 16;
-/** Longest error chunk payload read: the 4096-byte message limit plus the fixed fields, with room to spare. */
-const MAX_ERROR_CHUNK_BYTES = 6 + 65535 + 8;
 const MAX_U32 = 0xffffffff;
+/** How this client's protocol errors begin. */
+const PROTOCOL_ERROR = "NBD protocol error: ";
 
 interface Pending {
   cookie: number;
@@ -117,11 +95,7 @@ export class NbdClient {
     } catch (e) {
       if (!wire.closed && (e as NbdError).optionRefused) {
         // A soft disconnect: the server refused an option and is still talking to us.
-        const abort = new Uint8Array(16);
-        const v = viewOf(abort);
-        v.setBigUint64(0, NBD_OPTS_MAGIC);
-        v.setUint32(8, NBD_OPT_ABORT);
-        wire.send(abort);
+        wire.send(encodeOption(W.NBD_OPT_ABORT));
       }
       await wire.end();
       throw e;
@@ -133,28 +107,28 @@ export class NbdClient {
     return this.info.size;
   }
   get readOnly(): boolean {
-    return (this.info.transmissionFlags & NBD_FLAG_READ_ONLY) !== 0;
+    return (this.info.transmissionFlags & W.NBD_FLAG_READ_ONLY) !== 0;
   }
   private has(flag: number): boolean {
     return (this.info.transmissionFlags & flag) !== 0;
   }
   get canFlush(): boolean {
-    return this.has(NBD_FLAG_SEND_FLUSH);
+    return this.has(W.NBD_FLAG_SEND_FLUSH);
   }
   get canFua(): boolean {
-    return this.has(NBD_FLAG_SEND_FUA);
+    return this.has(W.NBD_FLAG_SEND_FUA);
   }
   get canTrim(): boolean {
-    return this.has(NBD_FLAG_SEND_TRIM);
+    return this.has(W.NBD_FLAG_SEND_TRIM);
   }
   get canWriteZeroes(): boolean {
-    return this.has(NBD_FLAG_SEND_WRITE_ZEROES);
+    return this.has(W.NBD_FLAG_SEND_WRITE_ZEROES);
   }
   get canFastZero(): boolean {
-    return this.has(NBD_FLAG_SEND_FAST_ZERO) && this.canWriteZeroes;
+    return this.has(W.NBD_FLAG_SEND_FAST_ZERO) && this.canWriteZeroes;
   }
   get canDf(): boolean {
-    return this.has(NBD_FLAG_SEND_DF) && this.info.structuredReplies;
+    return this.has(W.NBD_FLAG_SEND_DF) && this.info.structuredReplies;
   }
   /** True when the metadata context was selected during the handshake. */
   hasContext(name: string): boolean {
@@ -168,21 +142,21 @@ export class NbdClient {
   /** Fill `into` with the export's bytes at `offset` (one request: at most the maximum payload). */
   async read(offset: number, into: Uint8Array, opts: { df?: boolean } = {}): Promise<void> {
     this.checkRange(offset, into.byteLength, true);
-    const flags = opts.df && this.canDf ? NBD_CMD_FLAG_DF : 0;
-    await this.request(NBD_CMD_READ, flags, offset, into.byteLength, { into });
+    const flags = opts.df && this.canDf ? W.NBD_CMD_FLAG_DF : 0;
+    await this.request(W.NBD_CMD_READ, flags, offset, into.byteLength, { into });
   }
 
   /** Write `data` at `offset` (one request: at most the maximum payload). */
   async write(offset: number, data: Uint8Array, opts: { fua?: boolean } = {}): Promise<void> {
     this.checkWritable();
     this.checkRange(offset, data.byteLength, true);
-    await this.request(NBD_CMD_WRITE, this.fuaFlag(opts.fua), offset, data.byteLength, { payload: data });
+    await this.request(W.NBD_CMD_WRITE, this.fuaFlag(opts.fua), offset, data.byteLength, { payload: data });
   }
 
   /** NBD_CMD_FLUSH; nothing to do when the server does not take flushes. */
   async flush(): Promise<void> {
     if (!this.canFlush) return;
-    await this.request(NBD_CMD_FLUSH, 0, 0, 0);
+    await this.request(W.NBD_CMD_FLUSH, 0, 0, 0);
   }
 
   /** NBD_CMD_TRIM (the server may ignore it); nothing to do when the server does not take trims. */
@@ -190,7 +164,7 @@ export class NbdClient {
     this.checkWritable();
     this.checkRange(offset, length, false);
     if (!this.canTrim || length === 0) return;
-    await this.request(NBD_CMD_TRIM, this.fuaFlag(opts.fua), offset, length);
+    await this.request(W.NBD_CMD_TRIM, this.fuaFlag(opts.fua), offset, length);
   }
 
   /**
@@ -204,8 +178,8 @@ export class NbdClient {
       throw new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
     }
     if (length === 0) return;
-    const flags = this.fuaFlag(opts.fua) | (opts.noHole ? NBD_CMD_FLAG_NO_HOLE : 0) | (opts.fastZero ? NBD_CMD_FLAG_FAST_ZERO : 0);
-    await this.request(NBD_CMD_WRITE_ZEROES, flags, offset, length);
+    const flags = this.fuaFlag(opts.fua) | (opts.noHole ? W.NBD_CMD_FLAG_NO_HOLE : 0) | (opts.fastZero ? W.NBD_CMD_FLAG_FAST_ZERO : 0);
+    await this.request(W.NBD_CMD_WRITE_ZEROES, flags, offset, length);
   }
 
   /**
@@ -219,7 +193,7 @@ export class NbdClient {
     this.checkRange(offset, length, false);
     if (length === 0) throw new Qcow2Error("INVALID_ARGUMENT", "Block status of an empty range", { errno: "EINVAL" });
     const status = new Map<number, NbdStatusRun[]>();
-    await this.request(NBD_CMD_BLOCK_STATUS, opts.reqOne ? NBD_CMD_FLAG_REQ_ONE : 0, offset, length, { status, reqOne: opts.reqOne ?? false });
+    await this.request(W.NBD_CMD_BLOCK_STATUS, opts.reqOne ? W.NBD_CMD_FLAG_REQ_ONE : 0, offset, length, { status, reqOne: opts.reqOne ?? false });
     const out = new Map<string, NbdStatusRun[]>();
     for (const [id, runs] of status) out.set(this.contextNames.get(id)!, runs);
     return out;
@@ -236,14 +210,14 @@ export class NbdClient {
       await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     }
     if (this.failure === undefined && !this.wire.closed) {
-      this.wire.send(this.header(NBD_CMD_DISC, 0, 0, 0, 0));
+      this.wire.send(this.header(W.NBD_CMD_DISC, 0, 0, 0, 0));
     }
     this.failure ??= new Error("Connection closed");
     await this.wire.end();
   }
 
   private fuaFlag(fua: boolean | undefined): number {
-    return fua && this.canFua ? NBD_CMD_FLAG_FUA : 0;
+    return fua && this.canFua ? W.NBD_CMD_FLAG_FUA : 0;
   }
 
   private checkOpen(): void {
@@ -274,15 +248,8 @@ export class NbdClient {
   }
 
   private header(type: number, flags: number, cookie: number, offset: number, length: number): Uint8Array {
-    const b = new Uint8Array(REQUEST_HEADER_BYTES);
-    const v = viewOf(b);
-    v.setUint32(0, NBD_REQUEST_MAGIC);
-    v.setUint16(4, flags);
-    v.setUint16(6, type);
-    v.setUint32(8, 0);
-    v.setUint32(12, cookie);
-    setU64(v, 16, offset);
-    v.setUint32(24, length);
+    const b = new Uint8Array(W.REQUEST_HEADER_LENGTH);
+    writeRequestHeader(b, 0, { flags, type, cookieHi: 0, cookieLo: cookie, offset, length });
     return b;
   }
 
@@ -349,13 +316,14 @@ export class NbdClient {
     try {
       for (;;) {
         await input.need(4);
-        const magic = viewOf(input.take(4)).getUint32(0);
-        if (magic === NBD_SIMPLE_REPLY_MAGIC) await this.simpleReply();
-        else if (magic === NBD_STRUCTURED_REPLY_MAGIC && this.info.structuredReplies) await this.structuredChunk();
+        const magic = input.peekU32();
+        if (magic === W.NBD_SIMPLE_REPLY_MAGIC) await this.simpleReply();
+        else if (magic === W.NBD_STRUCTURED_REPLY_MAGIC && this.info.structuredReplies) await this.structuredChunk();
         else throw this.protocolError(`Unexpected reply magic 0x${magic.toString(16)}`);
       }
     } catch (e) {
-      const error = e instanceof Error ? e : new Error(String(e));
+      // A decoder's fault (a Qcow2Error of the protocol codec) reads as a protocol error of this connection.
+      const error = isQcow2Error(e) && !e.message.startsWith(PROTOCOL_ERROR) ? this.protocolError(e.message) : e instanceof Error ? e : new Error(String(e));
       this.failure ??= error;
       this.wire.fail(error);
       if (this.pending.size > 0) {
@@ -380,18 +348,17 @@ export class NbdClient {
 
   private async simpleReply(): Promise<void> {
     const input = this.wire.input;
-    await input.need(SIMPLE_REPLY_BYTES - 4);
-    const v = viewOf(input.take(SIMPLE_REPLY_BYTES - 4));
-    const error = v.getUint32(0);
-    const p = this.findPending(v.getUint32(4), v.getUint32(8));
-    if (p.type === NBD_CMD_READ && this.info.structuredReplies) {
+    await input.need(W.SIMPLE_REPLY_LENGTH);
+    const { errno: error, cookieHi, cookieLo } = decodeSimpleReply(input.take(W.SIMPLE_REPLY_LENGTH));
+    const p = this.findPending(cookieHi, cookieLo);
+    if (p.type === W.NBD_CMD_READ && this.info.structuredReplies) {
       // That read fails with EINVAL (as in QEMU); the stream cannot be trusted after it.
       this.take(p);
       p.reject(new Qcow2Error("INVALID_ARGUMENT", "NBD protocol error: simple reply to a READ after structured replies were negotiated", { errno: "EINVAL" }));
       throw this.protocolError("Simple reply to a READ after structured replies were negotiated");
     }
-    if (p.type === NBD_CMD_BLOCK_STATUS && error === 0) throw this.protocolError("Simple reply to BLOCK_STATUS without an error");
-    if (error === 0 && p.type === NBD_CMD_READ && p.length > 0) {
+    if (p.type === W.NBD_CMD_BLOCK_STATUS && error === 0) throw this.protocolError("Simple reply to BLOCK_STATUS without an error");
+    if (error === 0 && p.type === W.NBD_CMD_READ && p.length > 0) {
       await input.need(p.length);
       input.copyTo(p.into!, 0, p.length);
     }
@@ -402,57 +369,38 @@ export class NbdClient {
 
   private async structuredChunk(): Promise<void> {
     const input = this.wire.input;
-    await input.need(STRUCTURED_HEADER_BYTES - 4);
-    const h = viewOf(input.take(STRUCTURED_HEADER_BYTES - 4));
-    const flags = h.getUint16(0);
-    const type = h.getUint16(2);
-    const p = this.findPending(h.getUint32(4), h.getUint32(8));
-    const length = h.getUint32(12);
-    const done = (flags & NBD_REPLY_FLAG_DONE) !== 0;
+    await input.need(W.STRUCTURED_HEADER_LENGTH);
+    const h = decodeChunkHeader(input.take(W.STRUCTURED_HEADER_LENGTH));
+    const { type, length, done } = h;
+    const p = this.findPending(h.cookieHi, h.cookieLo);
     const name = `reply chunk type ${type}`;
+    checkChunkLength(h);
 
-    if (type === NBD_REPLY_TYPE_NONE) {
-      if (length !== 0) throw this.protocolError(`NONE chunk with a payload of ${length} bytes`);
-      if (!done) throw this.protocolError("NONE chunk without the DONE flag");
-    } else if (type === NBD_REPLY_TYPE_OFFSET_DATA) {
-      if (p.type !== NBD_CMD_READ) throw this.protocolError(`Unexpected ${name} for a request that is not a READ`);
-      if (length < 9 || length - 8 > p.length) throw this.protocolError(`OFFSET_DATA chunk of ${length} bytes for a read of ${p.length}`);
+    if (type === W.NBD_REPLY_TYPE_NONE) {
+      // Nothing to read.
+    } else if (type === W.NBD_REPLY_TYPE_OFFSET_DATA) {
+      if (p.type !== W.NBD_CMD_READ) throw this.protocolError(`Unexpected ${name} for a request that is not a READ`);
+      if (length - 8 > p.length) throw this.protocolError(`OFFSET_DATA chunk of ${length} bytes for a read of ${p.length}`);
       await input.need(length);
-      const at = this.chunkOffset(p, getU64(viewOf(input.take(8)), 0), length - 8);
+      const at = this.chunkOffset(p, readU64(input.take(8), 0), length - 8);
       input.copyTo(p.into!, at, length - 8);
-    } else if (type === NBD_REPLY_TYPE_OFFSET_HOLE) {
-      if (p.type !== NBD_CMD_READ) throw this.protocolError(`Unexpected ${name} for a request that is not a READ`);
-      if (length !== 12) throw this.protocolError(`OFFSET_HOLE chunk with a payload of ${length} bytes`);
-      await input.need(12);
-      const v = viewOf(input.take(12));
-      const holeLength = v.getUint32(8);
-      if (holeLength === 0) throw this.protocolError("OFFSET_HOLE chunk of 0 bytes");
-      const at = this.chunkOffset(p, getU64(v, 0), holeLength);
-      p.into!.fill(0, at, at + holeLength);
-    } else if (type === NBD_REPLY_TYPE_BLOCK_STATUS) {
-      if (p.type !== NBD_CMD_BLOCK_STATUS) throw this.protocolError(`Unexpected ${name} for a request that is not a BLOCK_STATUS`);
-      if (length < 12 || (length - 4) % 8 !== 0 || (length - 4) / 8 > NBD_MAX_STATUS_DESCRIPTORS) {
-        throw this.protocolError(`BLOCK_STATUS chunk with a payload of ${length} bytes`);
-      }
+    } else if (type === W.NBD_REPLY_TYPE_OFFSET_HOLE) {
+      if (p.type !== W.NBD_CMD_READ) throw this.protocolError(`Unexpected ${name} for a request that is not a READ`);
+      await input.need(length);
+      const hole = decodeOffsetHole(input.take(length));
+      const at = this.chunkOffset(p, hole.offset, hole.length);
+      p.into!.fill(0, at, at + hole.length);
+    } else if (type === W.NBD_REPLY_TYPE_BLOCK_STATUS) {
+      if (p.type !== W.NBD_CMD_BLOCK_STATUS) throw this.protocolError(`Unexpected ${name} for a request that is not a BLOCK_STATUS`);
       await input.need(length);
       this.statusChunk(p, input.take(length));
-    } else if ((type & NBD_REPLY_TYPE_ERROR_BIT) !== 0) {
-      const fixed = type === NBD_REPLY_TYPE_ERROR_OFFSET ? 14 : 6;
-      if (length < fixed || length > MAX_ERROR_CHUNK_BYTES) throw this.protocolError(`Error chunk with a payload of ${length} bytes`);
+    } else if ((type & W.NBD_REPLY_TYPE_ERROR_BIT) !== 0) {
       await input.need(length);
-      const payload = input.take(length);
-      const v = viewOf(payload);
-      const errno = v.getUint32(0);
-      const messageLength = v.getUint16(4);
-      if (errno === 0) throw this.protocolError("Error chunk with error value 0");
-      if (messageLength > length - fixed) throw this.protocolError("Error chunk message longer than the chunk");
-      if (type === NBD_REPLY_TYPE_ERROR_OFFSET) {
-        const errorOffset = getU64(v, 6 + messageLength);
-        if (errorOffset < p.offset || errorOffset >= p.offset + Math.max(p.length, 1)) {
-          throw this.protocolError("ERROR_OFFSET chunk outside the request");
-        }
+      const chunk = decodeErrorChunk(type, input.take(length));
+      if (chunk.offset !== undefined && (chunk.offset < p.offset || chunk.offset >= p.offset + Math.max(p.length, 1))) {
+        throw this.protocolError("ERROR_OFFSET chunk outside the request");
       }
-      p.error ??= { errno, message: oneLine(decodeText(payload.subarray(6, 6 + messageLength))) };
+      p.error ??= { errno: chunk.errno, message: chunk.message };
     } else {
       throw this.protocolError(`Unexpected ${name}`);
     }
@@ -499,32 +447,21 @@ export class NbdClient {
   }
 
   private statusChunk(p: Pending, payload: Uint8Array): void {
-    const v = viewOf(payload);
-    const id = v.getUint32(0);
+    const { contextId: id, runs } = decodeBlockStatusChunk(payload, p.length);
     if (!this.contextNames.has(id)) throw this.protocolError(`BLOCK_STATUS chunk for unknown context id ${id}`);
     if (p.status!.has(id)) throw this.protocolError(`Two BLOCK_STATUS chunks for context id ${id}`);
     const count = (payload.byteLength - 4) / 8;
     if (p.reqOne && count !== 1) throw this.protocolError(`BLOCK_STATUS chunk with ${count} descriptors for a REQ_ONE request`);
-    const runs: NbdStatusRun[] = [];
-    let total = 0;
-    for (let i = 0; i < count && total < p.length; i++) {
-      const length = v.getUint32(4 + 8 * i);
-      if (length === 0) throw this.protocolError("BLOCK_STATUS descriptor of 0 bytes");
-      // The last descriptor may reach past the request; what lies beyond is not ours to keep.
-      const clipped = Math.min(length, p.length - total);
-      runs.push({ length: clipped, flags: v.getUint32(8 + 8 * i) });
-      total += clipped;
-    }
     p.status!.set(id, runs);
   }
 
   /** Why a successful-looking reply is not a complete answer, or undefined when it is. */
   private incompleteReply(p: Pending): string | undefined {
-    if (p.type === NBD_CMD_READ && p.length > 0) {
+    if (p.type === W.NBD_CMD_READ && p.length > 0) {
       const c = p.covered!;
       if (c.length !== 1 || c[0]![0] !== 0 || c[0]![1] !== p.length) return "NBD server sent an incomplete read reply";
     }
-    if (p.type === NBD_CMD_BLOCK_STATUS) {
+    if (p.type === W.NBD_CMD_BLOCK_STATUS) {
       for (const [id, name] of this.contextNames) {
         if (!p.status!.has(id)) return `NBD server sent no block status for context '${name}'`;
       }
@@ -538,6 +475,6 @@ export class NbdClient {
   }
 
   private protocolError(message: string): Error {
-    return nbdError("IO_ERROR", `NBD protocol error: ${message}`, { errno: "EIO" });
+    return nbdError("IO_ERROR", `${PROTOCOL_ERROR}${message}`, { errno: "EIO" });
   }
 }

@@ -8,7 +8,7 @@ import { Qcow2Error } from "@qcowkit/spec";
 import { mergeExtents, type BlockImage, type BlockStatusExtent, type ResizeOptions, type WriteOptions, type ZeroOptions } from "../block-image";
 import { NbdBlockIo } from "./block-io";
 import type { NbdClient } from "./client";
-import { NBD_STATE_HOLE, NBD_STATE_ZERO } from "./constants";
+import { NBD_STATE_HOLE, NBD_STATE_ZERO } from "@qcowkit/nbd-protocol";
 
 export interface NbdImageOptions {
   /** Name for messages and map output (QEMU's form of the export's URI). */

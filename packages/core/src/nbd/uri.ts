@@ -6,7 +6,7 @@
  * (qemu-img info's "image:", map's file column).
  */
 import { Qcow2Error } from "@qcowkit/spec";
-import { NBD_DEFAULT_PORT } from "./constants";
+import { NBD_DEFAULT_PORT } from "@qcowkit/nbd-protocol";
 
 export type NbdAddress = { kind: "unix"; path: string } | { kind: "tcp"; host: string; port: string };
 

@@ -3,14 +3,14 @@
  * waits for the server (a handshake step, or requests in flight), a server that sends nothing for
  * `timeoutMs` is given up on: the connection fails and every waiter gets a one-line error instead of a hang.
  */
-import { ReceiveBuffer } from "./receive-buffer";
+import { ByteQueue } from "@qcowkit/nbd-protocol";
 import type { NbdTransport } from "./transport";
 
 /** How a stream that ended without an error reads (QEMU's wording). */
 export const END_OF_FILE = "Unexpected end-of-file before all data were read";
 
 export class NbdWire {
-  readonly input = new ReceiveBuffer();
+  readonly input = new ByteQueue();
   private lastActivity = Date.now();
   private waiting = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;

@@ -1,23 +1,12 @@
 /**
- * How NBD failures read: QEMU 7.2's wording for refused options and broken handshakes (its NBD client's
- * messages, with the server's own text on a second "server reported:" line), and NBD error values as errnos.
+ * Errors both ways: NBD error values from and to errnos, option refusals in QEMU 7.2's wording (its NBD
+ * client's messages, with the server's own text on a second "server reported:" line), and the typed error a
+ * decoder throws for malformed input.
  */
-import { Qcow2Error, type Errno, type Qcow2ErrorCode } from "@qcowkit/spec";
-import {
-  NBD_REP_ACK,
-  NBD_REP_ERR_BLOCK_SIZE_REQD,
-  NBD_REP_ERR_INVALID,
-  NBD_REP_ERR_PLATFORM,
-  NBD_REP_ERR_POLICY,
-  NBD_REP_ERR_SHUTDOWN,
-  NBD_REP_ERR_TLS_REQD,
-  NBD_REP_ERR_TOO_BIG,
-  NBD_REP_ERR_UNKNOWN,
-  NBD_REP_ERR_UNSUP,
-  NBD_REP_INFO,
-  NBD_REP_META_CONTEXT,
-  NBD_REP_SERVER,
-} from "./constants";
+import { Qcow2Error, isQcow2Error, type Errno, type Qcow2ErrorCode } from "@qcowkit/spec";
+import { oneLine } from "./bytes";
+import * as C from "./constants";
+import { optionNames } from "./constants";
 
 /**
  * A Qcow2Error with QEMU's follow-up line (printed by frontends after the message, without a prefix);
@@ -33,39 +22,30 @@ export function nbdError(code: Qcow2ErrorCode, message: string, opts: { errno?: 
   return opts.hint !== undefined ? Object.assign(e, { hint: opts.hint }) : e;
 }
 
-const optionNames: Readonly<Record<number, string>> = {
-  1: "export name",
-  2: "abort",
-  3: "list",
-  4: "peek export",
-  5: "starttls",
-  6: "info",
-  7: "go",
-  8: "structured reply",
-  9: "list meta context",
-  10: "set meta context",
-  11: "extended headers",
-};
-
+/** What every decoder throws for bytes that break the protocol: IO_ERROR, errno EIO, the fault in one line. */
+export function protocolError(message: string): NbdError {
+  return nbdError("IO_ERROR", message, { errno: "EIO" });
+}
 /** "7 (go)": an option as QEMU names it in messages. */
 export function optionLabel(option: number): string {
-  return `${option} (${optionNames[option] ?? "<unknown>"})`;
+  const name = optionNames[option];
+  return `${option} (${name !== undefined ? name.toLowerCase().replace(/_/g, " ") : "<unknown>"})`;
 }
 
 const replyNames: Readonly<Record<number, string>> = {
-  [NBD_REP_ACK]: "ack",
-  [NBD_REP_SERVER]: "server",
-  [NBD_REP_INFO]: "info",
-  [NBD_REP_META_CONTEXT]: "meta context",
-  [NBD_REP_ERR_UNSUP]: "unsupported",
-  [NBD_REP_ERR_POLICY]: "denied by policy",
-  [NBD_REP_ERR_INVALID]: "invalid",
-  [NBD_REP_ERR_PLATFORM]: "platform lacks support",
-  [NBD_REP_ERR_TLS_REQD]: "TLS required",
-  [NBD_REP_ERR_UNKNOWN]: "export unknown",
-  [NBD_REP_ERR_SHUTDOWN]: "server shutting down",
-  [NBD_REP_ERR_BLOCK_SIZE_REQD]: "block size required",
-  [NBD_REP_ERR_TOO_BIG]: "option too big",
+  [C.NBD_REP_ACK]: "ack",
+  [C.NBD_REP_SERVER]: "server",
+  [C.NBD_REP_INFO]: "info",
+  [C.NBD_REP_META_CONTEXT]: "meta context",
+  [C.NBD_REP_ERR_UNSUP]: "unsupported",
+  [C.NBD_REP_ERR_POLICY]: "denied by policy",
+  [C.NBD_REP_ERR_INVALID]: "invalid",
+  [C.NBD_REP_ERR_PLATFORM]: "platform lacks support",
+  [C.NBD_REP_ERR_TLS_REQD]: "TLS required",
+  [C.NBD_REP_ERR_UNKNOWN]: "export unknown",
+  [C.NBD_REP_ERR_SHUTDOWN]: "server shutting down",
+  [C.NBD_REP_ERR_BLOCK_SIZE_REQD]: "block size required",
+  [C.NBD_REP_ERR_TOO_BIG]: "option too big",
 };
 
 /** "3 (info)": an option reply type as QEMU names it. */
@@ -83,35 +63,35 @@ export function optionRefusal(option: number, replyType: number, serverText: str
   let extra: string | undefined;
   let errno: Errno = "EINVAL";
   switch (replyType >>> 0) {
-    case NBD_REP_ERR_UNSUP:
+    case C.NBD_REP_ERR_UNSUP:
       message = `Unsupported option ${label}`;
       errno = "ENOTSUP";
       break;
-    case NBD_REP_ERR_POLICY:
+    case C.NBD_REP_ERR_POLICY:
       message = `Denied by server for option ${label}`;
       errno = "EPERM";
       break;
-    case NBD_REP_ERR_INVALID:
+    case C.NBD_REP_ERR_INVALID:
       message = `Invalid parameters for option ${label}`;
       break;
-    case NBD_REP_ERR_PLATFORM:
+    case C.NBD_REP_ERR_PLATFORM:
       message = `Server lacks support for option ${label}`;
       errno = "ENOTSUP";
       break;
-    case NBD_REP_ERR_TLS_REQD:
+    case C.NBD_REP_ERR_TLS_REQD:
       message = `TLS negotiation required before option ${label}`;
       extra = "Did you forget a valid tls-creds?";
       errno = "EPERM";
       break;
-    case NBD_REP_ERR_UNKNOWN:
+    case C.NBD_REP_ERR_UNKNOWN:
       message = "Requested export not available";
       errno = "ENOENT";
       break;
-    case NBD_REP_ERR_SHUTDOWN:
+    case C.NBD_REP_ERR_SHUTDOWN:
       message = `Server shutting down before option ${label}`;
       errno = "EIO";
       break;
-    case NBD_REP_ERR_BLOCK_SIZE_REQD:
+    case C.NBD_REP_ERR_BLOCK_SIZE_REQD:
       message = `Server requires INFO_BLOCK_SIZE for option ${label}`;
       break;
     default:
@@ -125,11 +105,6 @@ export function optionRefusal(option: number, replyType: number, serverText: str
   return Object.assign(e, { optionRefused: true });
 }
 
-/** Control characters of server-provided text become spaces (messages stay one line each). */
-export function oneLine(text: string): string {
-  // eslint-disable-next-line no-control-regex
-  return text.replace(/[\u0000-\u001f\u007f]/g, " ");
-}
 
 /**
  * NBD error values as errnos (the NBD spec's list). Values the spec does not name are EINVAL, as the spec
@@ -138,16 +113,16 @@ export function oneLine(text: string): string {
  */
 export function errnoOfNbdError(value: number): Errno {
   switch (value) {
-    case 1:
+    case C.NBD_EPERM:
       return "EPERM";
-    case 5:
-    case 12:
-    case 75:
-    case 108:
+    case C.NBD_EIO:
+    case C.NBD_ENOMEM:
+    case C.NBD_EOVERFLOW:
+    case C.NBD_ESHUTDOWN:
       return "EIO";
-    case 28:
+    case C.NBD_ENOSPC:
       return "ENOSPC";
-    case 95:
+    case C.NBD_ENOTSUP:
       return "ENOTSUP";
     default:
       return "EINVAL";
@@ -164,4 +139,43 @@ export function codeOfErrno(errno: Errno): Qcow2ErrorCode {
     default:
       return "IO_ERROR";
   }
+}
+
+/**
+ * POSIX errno names to NBD error values (the table QEMU's server uses: EROFS is EPERM, EFBIG and EDQUOT are
+ * ENOSPC, any other errno is EINVAL).
+ */
+const nbdErrnoByName: Readonly<Record<string, number>> = {
+  EPERM: C.NBD_EPERM,
+  EROFS: C.NBD_EPERM,
+  EACCES: C.NBD_EPERM,
+  EIO: C.NBD_EIO,
+  ENOMEM: C.NBD_ENOMEM,
+  EINVAL: C.NBD_EINVAL,
+  ENOSPC: C.NBD_ENOSPC,
+  EFBIG: C.NBD_ENOSPC,
+  EDQUOT: C.NBD_ENOSPC,
+  EOVERFLOW: C.NBD_EOVERFLOW,
+  ENOTSUP: C.NBD_ENOTSUP,
+  EOPNOTSUPP: C.NBD_ENOTSUP,
+  ESHUTDOWN: C.NBD_ESHUTDOWN,
+};
+
+/**
+ * The NBD error value for an error a device threw: a Qcow2Error by its `errno`, a runtime error by its `code`
+ * (Node's system errors); anything unrecognised (a bug, a foreign exception) is EIO.
+ */
+export function nbdErrnoOf(error: unknown): number {
+  let name: unknown;
+  if (isQcow2Error(error)) name = error.errno;
+  else if (error instanceof Error) name = (error as { code?: unknown }).code;
+  if (typeof name !== "string") return C.NBD_EIO;
+  return nbdErrnoByName[name] ?? (/^E[A-Z0-9]+$/.test(name) ? C.NBD_EINVAL : C.NBD_EIO);
+}
+
+/** One line describing the error, for NBD_REPLY_TYPE_ERROR messages (at most `limit` characters). */
+export function errorMessageOf(error: unknown, limit = 1024): string {
+  const text = error instanceof Error ? error.message : String(error);
+  const line = text.split("\n", 1)[0] ?? "";
+  return line.length > limit ? line.slice(0, limit) : line;
 }

@@ -1,8 +1,9 @@
 /**
- * Bytes received from an NBD server, consumed in exact amounts by one reader at a time. Messages inside one
- * received chunk are handed out as views; only messages spanning chunks are copied.
+ * Bytes received from a peer, consumed in order and in exact amounts. A message inside one received chunk is
+ * handed out as a view (no copy); only a message spanning chunks is copied, once, into memory from the
+ * caller's allocator. One reader may wait for bytes to arrive (`need`); `fail` ends the stream for it.
  */
-export class ReceiveBuffer {
+export class ByteQueue {
   private chunks: Uint8Array[] = [];
   /** Read position inside chunks[0]. */
   private head = 0;
@@ -31,7 +32,7 @@ export class ReceiveBuffer {
     }
   }
 
-  /** The stream ended (the server hung up, or the client gave up on it): waiting readers fail with `error`. */
+  /** The stream ended: the waiting reader, and any later one, fails with `error` (the first one given). */
   fail(error: Error): void {
     this.failure ??= error;
     const w = this.waiter;
@@ -45,14 +46,33 @@ export class ReceiveBuffer {
   need(bytes: number): Promise<void> {
     if (this.buffered >= bytes) return Promise.resolve();
     if (this.failure) return Promise.reject(this.failure);
-    if (this.waiter) return Promise.reject(new Error("ReceiveBuffer: two readers at once"));
+    if (this.waiter) return Promise.reject(new Error("ByteQueue: two readers at once"));
     return new Promise((resolve, reject) => {
       this.waiter = { bytes, resolve, reject };
     });
   }
 
-  /** Removes and returns the next `n` buffered bytes (a view when they lie in one chunk). */
-  take(n: number): Uint8Array {
+  /** The 32-bit big-endian value at the read position, not consumed (4 bytes must be buffered). */
+  peekU32(): number {
+    if (this.buffered < 4) throw new RangeError(`peekU32 with ${this.buffered} bytes buffered`);
+    let value = 0;
+    let chunk = 0;
+    let at = this.head;
+    for (let i = 0; i < 4; i++) {
+      while (at >= this.chunks[chunk]!.byteLength) {
+        chunk++;
+        at = 0;
+      }
+      value = value * 256 + this.chunks[chunk]![at++]!;
+    }
+    return value;
+  }
+
+  /**
+   * Removes and returns the next `n` bytes: a view when they lie in one chunk, else a copy in memory from
+   * `allocate` (default: a new array).
+   */
+  take(n: number, allocate?: (length: number) => Uint8Array): Uint8Array {
     if (n > this.buffered) throw new RangeError(`take(${n}) with ${this.buffered} bytes buffered`);
     const first = this.chunks[0];
     if (n === 0 || first === undefined) return new Uint8Array(0);
@@ -61,12 +81,12 @@ export class ReceiveBuffer {
       this.advance(n);
       return view;
     }
-    const out = new Uint8Array(n);
+    const out = allocate ? allocate(n) : new Uint8Array(n);
     this.copyTo(out, 0, n);
     return out;
   }
 
-  /** Removes the next `n` buffered bytes into `target` at `at`. */
+  /** Removes the next `n` bytes into `target` at `at`. */
   copyTo(target: Uint8Array, at: number, n: number): void {
     if (n > this.buffered) throw new RangeError(`copyTo(${n}) with ${this.buffered} bytes buffered`);
     let copied = 0;
@@ -79,15 +99,25 @@ export class ReceiveBuffer {
     }
   }
 
-  /** Drops the next `n` buffered bytes. */
-  skip(n: number): void {
-    if (n > this.buffered) throw new RangeError(`skip(${n}) with ${this.buffered} bytes buffered`);
-    let left = n;
+  /** Drops up to `n` bytes; returns how many were dropped. */
+  skip(n: number): number {
+    const count = Math.min(n, this.buffered);
+    let left = count;
     while (left > 0) {
       const step = Math.min(left, this.chunks[0]!.byteLength - this.head);
       this.advance(step);
       left -= step;
     }
+    return count;
+  }
+
+  /** Removes and returns everything buffered, as separate chunks. */
+  drain(): Uint8Array[] {
+    const out = this.chunks.map((c, i) => (i === 0 ? c.subarray(this.head) : c));
+    this.chunks = [];
+    this.head = 0;
+    this.buffered = 0;
+    return out;
   }
 
   private advance(n: number): void {

@@ -1,20 +1,31 @@
 /**
- * Turning device extents into NBD block status descriptors for each metadata context: base:allocation
- * (HOLE = no data, ZERO = reads as zeros), qemu:allocation-depth (0 absent, 1 this image, 2 first backing
- * file, ...) and qemu:dirty-bitmap (bit 0 dirty).
+ * Turning extents into NBD block status descriptors for each metadata context: base:allocation (HOLE = no
+ * data, ZERO = reads as zeros), qemu:allocation-depth (0 absent, 1 this image, 2 first backing file, ...)
+ * and qemu:dirty-bitmap (bit 0 dirty).
  */
-import type { BlockStatusExtent } from "../device";
 import { NBD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO } from "./constants";
 import type { StatusRun } from "./reply";
+
+/** What block status needs to know of a run of the export. */
+export interface ExtentState {
+  /** Whether the run holds data (else it is a hole). */
+  data: boolean;
+  /** Whether it reads as zeros. */
+  zero: boolean;
+  /** Whether some image of the chain holds it. */
+  present: boolean;
+  /** 0 for the top image, 1 for its backing file, ... (meaningful when present). */
+  depth: number;
+}
 
 /** Most descriptors put in one chunk (the spec asks for no more than 2^20; the client asks again for the rest). */
 export const MAX_STATUS_RUNS = 1 << 16;
 
-export function allocationFlags(e: BlockStatusExtent): number {
+export function allocationFlags(e: Pick<ExtentState, "data" | "zero">): number {
   return (e.data ? 0 : NBD_STATE_HOLE) | (e.zero ? NBD_STATE_ZERO : 0);
 }
 
-export function allocationDepthFlags(e: BlockStatusExtent): number {
+export function allocationDepthFlags(e: Pick<ExtentState, "present" | "depth">): number {
   return e.present ? e.depth + 1 : 0;
 }
 

@@ -1,8 +1,8 @@
 import { Qcow2Error } from "@qcowkit/spec";
 import { describe, expect, it } from "vitest";
-import type { BlockStatusExtent } from "../../src/device";
-import { allocationDepthFlags, allocationFlags, dirtyFlags, statusRuns } from "../../src/protocol/block-status";
-import { errorMessageOf, nbdErrnoOf } from "../../src/protocol/errno";
+import { allocationDepthFlags, allocationFlags, dirtyFlags, errorMessageOf, nbdErrnoOf, statusRuns, type ExtentState } from "../src/index";
+
+type BlockStatusExtent = ExtentState & { offset: number; length: number };
 
 const ext = (offset: number, length: number, kind: "data" | "hole" | "zero", depth = 0): BlockStatusExtent => ({
   offset,

@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
-import * as C from "../../src/protocol/constants";
-import { availableContexts, listContexts, selectContexts } from "../../src/protocol/meta-context";
-import { Negotiator, transmissionFlags, type ExportDescriptor } from "../../src/protocol/negotiation";
-import { u16, u32 } from "../raw-client";
+import * as C from "../src/constants";
+import { availableContexts, listContexts, selectContexts } from "../src/meta-context";
+import { Negotiator, transmissionFlags, type ExportDescriptor } from "../src/negotiation";
+import { u16, u32 } from "./helpers";
 
 const exp: ExportDescriptor = {
   name: "disk",
@@ -166,5 +166,27 @@ describe("meta-context queries", () => {
   it("list and select by name", () => {
     expect(listContexts(ctx, ["qemu:allocation-depth"])).toEqual([]);
     expect(selectContexts(ctx, ["qemu:dirty-bitmap:a"]).map((c) => c.id)).toEqual([3]);
+  });
+});
+
+describe("Negotiator messages", () => {
+  it("refuses options that take no data with a message naming the option", () => {
+    const n = new Negotiator(exp, { tlsRequired: false });
+    for (const [option, name] of [
+      [C.NBD_OPT_LIST, "NBD_OPT_LIST"],
+      [C.NBD_OPT_STRUCTURED_REPLY, "NBD_OPT_STRUCTURED_REPLY"],
+      [C.NBD_OPT_STARTTLS, "NBD_OPT_STARTTLS"],
+    ] as const) {
+      const [reply] = parse(n.handleOption(option, Uint8Array.of(1)).replies);
+      expect(reply!.type).toBe(C.NBD_REP_ERR_INVALID);
+      expect(reply!.data.toString()).toBe(`${name} takes no data`);
+    }
+  });
+
+  it("refuses malformed GO data with the decoder's message", () => {
+    const n = new Negotiator(exp, { tlsRequired: false });
+    const [reply] = parse(n.handleOption(C.NBD_OPT_GO, u32(0)).replies);
+    expect(reply!.type).toBe(C.NBD_REP_ERR_INVALID);
+    expect(reply!.data.toString()).toBe("option length too short");
   });
 });

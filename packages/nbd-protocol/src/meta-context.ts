@@ -3,6 +3,7 @@
  * `qemu:allocation-depth` and `qemu:dirty-bitmap:NAME` (qemu docs/interop/nbd.rst), with the list-only
  * wildcards `base:`, `qemu:` and `qemu:dirty-bitmap:`.
  */
+import { BASE_ALLOCATION, QEMU_ALLOCATION_DEPTH, QEMU_DIRTY_BITMAP_PREFIX } from "./constants";
 
 export type MetaContextKind =
   | { kind: "allocation" }
@@ -15,9 +16,6 @@ export type MetaContext = MetaContextKind & {
   name: string;
 };
 
-export const BASE_ALLOCATION = "base:allocation";
-export const QEMU_ALLOCATION_DEPTH = "qemu:allocation-depth";
-export const QEMU_DIRTY_BITMAP_PREFIX = "qemu:dirty-bitmap:";
 
 /** The contexts of one export, with stable ids: 1 base:allocation, 2 allocation depth, 3.. bitmaps. */
 export function availableContexts(opts: { allocationDepth: boolean; bitmaps: readonly string[] }): MetaContext[] {

@@ -4,41 +4,10 @@
  * outcome. TLS, when configured, is mandatory (FORCEDTLS): every option but STARTTLS and ABORT is refused
  * with NBD_REP_ERR_TLS_REQD until the upgrade.
  */
+import { isQcow2Error } from "@qcowkit/spec";
 import { decodeNbdString } from "./bytes";
-import {
-  NBD_FLAG_CAN_MULTI_CONN,
-  NBD_FLAG_HAS_FLAGS,
-  NBD_FLAG_READ_ONLY,
-  NBD_FLAG_SEND_CACHE,
-  NBD_FLAG_SEND_DF,
-  NBD_FLAG_SEND_FAST_ZERO,
-  NBD_FLAG_SEND_FLUSH,
-  NBD_FLAG_SEND_FUA,
-  NBD_FLAG_SEND_TRIM,
-  NBD_FLAG_SEND_WRITE_ZEROES,
-  NBD_INFO_DESCRIPTION,
-  NBD_INFO_NAME,
-  NBD_MAX_STRING_LENGTH,
-  NBD_OPT_ABORT,
-  NBD_OPT_EXPORT_NAME,
-  NBD_OPT_GO,
-  NBD_OPT_INFO,
-  NBD_OPT_LIST,
-  NBD_OPT_LIST_META_CONTEXT,
-  NBD_OPT_SET_META_CONTEXT,
-  NBD_OPT_STARTTLS,
-  NBD_OPT_STRUCTURED_REPLY,
-  NBD_REP_ACK,
-  NBD_REP_ERR_INVALID,
-  NBD_REP_ERR_POLICY,
-  NBD_REP_ERR_TLS_REQD,
-  NBD_REP_ERR_UNKNOWN,
-  NBD_REP_ERR_UNSUP,
-  NBD_REP_INFO,
-  NBD_REP_META_CONTEXT,
-  NBD_REP_SERVER,
-  optionNames,
-} from "./constants";
+import * as C from "./constants";
+import { optionNames } from "./constants";
 import {
   decodeInfoRequest,
   decodeMetaContextRequest,
@@ -73,11 +42,11 @@ export interface ExportDescriptor {
 
 /** The transmission flags of an export; SEND_DF only once structured replies are negotiated. */
 export function transmissionFlags(exp: ExportDescriptor, structuredReplies: boolean): number {
-  let flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_CACHE;
-  if (exp.readOnly) flags |= NBD_FLAG_READ_ONLY;
-  else flags |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
-  if (structuredReplies) flags |= NBD_FLAG_SEND_DF;
-  if (exp.multiConn) flags |= NBD_FLAG_CAN_MULTI_CONN;
+  let flags = C.NBD_FLAG_HAS_FLAGS | C.NBD_FLAG_SEND_FLUSH | C.NBD_FLAG_SEND_FUA | C.NBD_FLAG_SEND_CACHE;
+  if (exp.readOnly) flags |= C.NBD_FLAG_READ_ONLY;
+  else flags |= C.NBD_FLAG_SEND_TRIM | C.NBD_FLAG_SEND_WRITE_ZEROES | C.NBD_FLAG_SEND_FAST_ZERO;
+  if (structuredReplies) flags |= C.NBD_FLAG_SEND_DF;
+  if (exp.multiConn) flags |= C.NBD_FLAG_CAN_MULTI_CONN;
   return flags;
 }
 
@@ -129,45 +98,45 @@ export class Negotiator {
 
   handleOption(option: number, data: Uint8Array): OptionOutcome {
     if (this.opts.tlsRequired && !this.tlsActive) {
-      if (option === NBD_OPT_EXPORT_NAME) return close("NBD_OPT_EXPORT_NAME before TLS");
-      if (option !== NBD_OPT_STARTTLS && option !== NBD_OPT_ABORT) {
-        return error(option, NBD_REP_ERR_TLS_REQD, `Option 0x${option.toString(16)} not permitted before TLS`);
+      if (option === C.NBD_OPT_EXPORT_NAME) return close("NBD_OPT_EXPORT_NAME before TLS");
+      if (option !== C.NBD_OPT_STARTTLS && option !== C.NBD_OPT_ABORT) {
+        return error(option, C.NBD_REP_ERR_TLS_REQD, `Option 0x${option.toString(16)} not permitted before TLS`);
       }
     }
     switch (option) {
-      case NBD_OPT_EXPORT_NAME:
+      case C.NBD_OPT_EXPORT_NAME:
         return this.exportName(data);
-      case NBD_OPT_ABORT:
-        return { replies: [encodeOptionReply(option, NBD_REP_ACK)], action: "abort" };
-      case NBD_OPT_LIST:
-        if (data.byteLength !== 0) return error(option, NBD_REP_ERR_INVALID, "NBD_OPT_LIST takes no data");
+      case C.NBD_OPT_ABORT:
+        return { replies: [encodeOptionReply(option, C.NBD_REP_ACK)], action: "abort" };
+      case C.NBD_OPT_LIST:
+        if (data.byteLength !== 0) return error(option, C.NBD_REP_ERR_INVALID, "NBD_OPT_LIST takes no data");
         return {
           replies: [
-            encodeOptionReply(option, NBD_REP_SERVER, encodeServerEntry(this.exp.name, this.exp.description)),
-            encodeOptionReply(option, NBD_REP_ACK),
+            encodeOptionReply(option, C.NBD_REP_SERVER, encodeServerEntry(this.exp.name, this.exp.description)),
+            encodeOptionReply(option, C.NBD_REP_ACK),
           ],
           action: "continue",
         };
-      case NBD_OPT_STARTTLS:
+      case C.NBD_OPT_STARTTLS:
         return this.startTls(data);
-      case NBD_OPT_INFO:
-      case NBD_OPT_GO:
+      case C.NBD_OPT_INFO:
+      case C.NBD_OPT_GO:
         return this.infoOrGo(option, data);
-      case NBD_OPT_STRUCTURED_REPLY:
-        if (data.byteLength !== 0) return error(option, NBD_REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
-        if (this.structuredReplies) return error(option, NBD_REP_ERR_INVALID, "structured reply already negotiated");
+      case C.NBD_OPT_STRUCTURED_REPLY:
+        if (data.byteLength !== 0) return error(option, C.NBD_REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
+        if (this.structuredReplies) return error(option, C.NBD_REP_ERR_INVALID, "structured reply already negotiated");
         this.structuredReplies = true;
-        return { replies: [encodeOptionReply(option, NBD_REP_ACK)], action: "continue" };
-      case NBD_OPT_LIST_META_CONTEXT:
-      case NBD_OPT_SET_META_CONTEXT:
+        return { replies: [encodeOptionReply(option, C.NBD_REP_ACK)], action: "continue" };
+      case C.NBD_OPT_LIST_META_CONTEXT:
+      case C.NBD_OPT_SET_META_CONTEXT:
         return this.metaContext(option, data);
       default:
-        return error(option, NBD_REP_ERR_UNSUP, `Unsupported option ${option} (${optionNames[option] ?? "unknown"})`);
+        return error(option, C.NBD_REP_ERR_UNSUP, `Unsupported option ${option} (${optionNames[option] ?? "unknown"})`);
     }
   }
 
   private exportName(data: Uint8Array): OptionOutcome {
-    const name = data.byteLength <= NBD_MAX_STRING_LENGTH ? decodeNbdString(data) : null;
+    const name = data.byteLength <= C.NBD_MAX_STRING_LENGTH ? decodeNbdString(data) : null;
     if (name === null) return close("invalid export name");
     if (name !== this.exp.name) return close(`export '${name}' not present`);
     return {
@@ -177,53 +146,63 @@ export class Negotiator {
   }
 
   private startTls(data: Uint8Array): OptionOutcome {
-    const option = NBD_OPT_STARTTLS;
-    if (data.byteLength !== 0) return error(option, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
-    if (this.tlsActive) return error(option, NBD_REP_ERR_INVALID, "TLS already enabled");
-    if (!this.opts.tlsRequired) return error(option, NBD_REP_ERR_POLICY, "TLS not configured");
-    return { replies: [encodeOptionReply(option, NBD_REP_ACK)], action: "starttls" };
+    const option = C.NBD_OPT_STARTTLS;
+    if (data.byteLength !== 0) return error(option, C.NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+    if (this.tlsActive) return error(option, C.NBD_REP_ERR_INVALID, "TLS already enabled");
+    if (!this.opts.tlsRequired) return error(option, C.NBD_REP_ERR_POLICY, "TLS not configured");
+    return { replies: [encodeOptionReply(option, C.NBD_REP_ACK)], action: "starttls" };
   }
 
   private infoOrGo(option: number, data: Uint8Array): OptionOutcome {
-    const request = decodeInfoRequest(data);
-    if (typeof request === "string") return error(option, NBD_REP_ERR_INVALID, request);
+    const request = decodeOrRefuse(option, () => decodeInfoRequest(data));
+    if ("replies" in request) return request;
     if (request.exportName !== this.exp.name) {
-      return error(option, NBD_REP_ERR_UNKNOWN, `export '${request.exportName}' not present`);
+      return error(option, C.NBD_REP_ERR_UNKNOWN, `export '${request.exportName}' not present`);
     }
     const replies: Uint8Array[] = [];
-    const info = (payload: Uint8Array) => replies.push(encodeOptionReply(option, NBD_REP_INFO, payload));
-    if (request.infoTypes.includes(NBD_INFO_NAME)) info(encodeInfoName(this.exp.name));
-    if (request.infoTypes.includes(NBD_INFO_DESCRIPTION) && this.exp.description !== "") {
+    const info = (payload: Uint8Array) => replies.push(encodeOptionReply(option, C.NBD_REP_INFO, payload));
+    if (request.infoTypes.includes(C.NBD_INFO_NAME)) info(encodeInfoName(this.exp.name));
+    if (request.infoTypes.includes(C.NBD_INFO_DESCRIPTION) && this.exp.description !== "") {
       info(encodeInfoDescription(this.exp.description));
     }
     // Block sizes are always sent (a client that did not ask may ignore them; they are the defaults anyway).
     info(encodeInfoBlockSize(this.exp.minimumBlockSize, this.exp.preferredBlockSize, this.exp.maximumPayload));
     info(encodeInfoExport(this.exp.size, this.transmissionFlags));
-    replies.push(encodeOptionReply(option, NBD_REP_ACK));
-    return { replies, action: option === NBD_OPT_GO ? "transmission" : "continue" };
+    replies.push(encodeOptionReply(option, C.NBD_REP_ACK));
+    return { replies, action: option === C.NBD_OPT_GO ? "transmission" : "continue" };
   }
 
   private metaContext(option: number, data: Uint8Array): OptionOutcome {
-    const isSet = option === NBD_OPT_SET_META_CONTEXT;
+    const isSet = option === C.NBD_OPT_SET_META_CONTEXT;
     // A SET replaces the previous selection even when it fails.
     if (isSet) this.selectedContexts = [];
     if (!this.structuredReplies) {
-      return error(option, NBD_REP_ERR_INVALID, "request of meta contexts needs structured replies");
+      return error(option, C.NBD_REP_ERR_INVALID, "request of meta contexts needs structured replies");
     }
-    const request = decodeMetaContextRequest(data);
-    if (typeof request === "string") return error(option, NBD_REP_ERR_INVALID, request);
+    const request = decodeOrRefuse(option, () => decodeMetaContextRequest(data));
+    if ("replies" in request) return request;
     if (request.exportName !== this.exp.name) {
-      return error(option, NBD_REP_ERR_UNKNOWN, `export '${request.exportName}' not present`);
+      return error(option, C.NBD_REP_ERR_UNKNOWN, `export '${request.exportName}' not present`);
     }
     const contexts = isSet
       ? selectContexts(this.exp.contexts, request.queries)
       : listContexts(this.exp.contexts, request.queries);
     if (isSet) this.selectedContexts = contexts;
     const replies = contexts.map((c) =>
-      encodeOptionReply(option, NBD_REP_META_CONTEXT, encodeMetaContext(isSet ? c.id : 0, c.name)),
+      encodeOptionReply(option, C.NBD_REP_META_CONTEXT, encodeMetaContext(isSet ? c.id : 0, c.name)),
     );
-    replies.push(encodeOptionReply(option, NBD_REP_ACK));
+    replies.push(encodeOptionReply(option, C.NBD_REP_ACK));
     return { replies, action: "continue" };
+  }
+}
+
+/** Malformed option data is refused with NBD_REP_ERR_INVALID and the decoder's message. */
+function decodeOrRefuse<T extends object>(option: number, decode: () => T): T | OptionOutcome {
+  try {
+    return decode();
+  } catch (e) {
+    if (!isQcow2Error(e)) throw e;
+    return error(option, C.NBD_REP_ERR_INVALID, e.message);
   }
 }
 

@@ -1,0 +1,111 @@
+/**
+ * @qcowkit/nbd-protocol: the NBD wire protocol (NetworkBlockDevice/nbd doc/proto.md) without sockets,
+ * shared by the core's NBD client and qnbd's server. Runtime-agnostic: Uint8Array in, Uint8Array out.
+ *
+ * @module @qcowkit/nbd-protocol
+ */
+export * from "./constants";
+export {
+  readU16,
+  readU32,
+  readU64,
+  writeU16,
+  writeU32,
+  writeU64,
+  hexU64,
+  decodeNbdString,
+  decodePeerText,
+  oneLine,
+  truncateString,
+} from "./bytes";
+export { ByteQueue } from "./byte-queue";
+export {
+  nbdError,
+  protocolError,
+  optionLabel,
+  replyLabel,
+  optionRefusal,
+  errnoOfNbdError,
+  codeOfErrno,
+  nbdErrnoOf,
+  errorMessageOf,
+  type NbdError,
+} from "./errors";
+export {
+  encodeGreeting,
+  decodeGreeting,
+  KNOWN_CLIENT_FLAGS,
+  encodeClientFlags,
+  decodeClientFlags,
+  encodeOption,
+  decodeOptionHeader,
+  encodeOptionReply,
+  decodeOptionReplyHeader,
+  encodeOptionError,
+  encodeExportNameReply,
+  decodeExportNameReply,
+  decodeOldstyleExport,
+  encodeInfoExport,
+  encodeInfoName,
+  encodeInfoDescription,
+  encodeInfoBlockSize,
+  decodeInfo,
+  encodeServerEntry,
+  encodeExportName,
+  encodeInfoRequest,
+  decodeInfoRequest,
+  encodeMetaContextRequest,
+  decodeMetaContextRequest,
+  encodeMetaContext,
+  decodeMetaContext,
+  type ClientFlags,
+  type OptionHeader,
+  type OptionReplyHeader,
+  type ExportInfo,
+  type InfoReply,
+  type InfoRequest,
+  type MetaContextRequest,
+} from "./handshake";
+export {
+  writeRequestHeader,
+  decodeRequestHeader,
+  checkRequest,
+  isKnownCommand,
+  type NbdRequest,
+  type TransmissionLimits,
+  type RequestFault,
+} from "./request";
+export {
+  writeSimpleReply,
+  writeChunkHeader,
+  writeOffsetDataPrefix,
+  writeOffsetHole,
+  OFFSET_DATA_PREFIX_LENGTH,
+  OFFSET_HOLE_LENGTH,
+  encodeSimpleReply,
+  encodeNoneChunk,
+  encodeErrorChunk,
+  encodeBlockStatusChunk,
+  decodeSimpleReply,
+  decodeChunkHeader,
+  checkChunkLength,
+  MAX_ERROR_CHUNK_LENGTH,
+  decodeOffsetHole,
+  decodeErrorChunk,
+  decodeBlockStatusChunk,
+  type Cookie,
+  type StatusRun,
+  type SimpleReply,
+  type ChunkHeader,
+  type ErrorChunk,
+} from "./reply";
+export { MAX_STATUS_RUNS, allocationFlags, allocationDepthFlags, dirtyFlags, statusRuns, type ExtentState } from "./block-status";
+export { availableContexts, listContexts, selectContexts, type MetaContext, type MetaContextKind } from "./meta-context";
+export {
+  Negotiator,
+  transmissionFlags,
+  type ExportDescriptor,
+  type NegotiationAction,
+  type NegotiatorOptions,
+  type OptionOutcome,
+} from "./negotiation";
