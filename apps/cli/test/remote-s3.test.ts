@@ -85,6 +85,22 @@ describe("S3 objects (s3rver)", () => {
     expect(fs.readFileSync(path.join(dir, "back2.raw")).equals(fs.readFileSync(raw))).toBe(true);
   });
 
+  it("several sources concatenate into a qcow2 object, -c, as qemu-img concatenates them into a file", async () => {
+    const raw = await localRaw();
+    const second = path.join(dir, "second.qcow2");
+    await ok(qemuImg(["create", "-q", "-f", "qcow2", second, "3M"]));
+    await ok(qemuIo(["-f", "qcow2", "-c", "write -P 0x71 1M 1M", second]));
+    const ref = path.join(dir, "concat-ref.qcow2");
+    await ok(qemuImg(["convert", "-O", "qcow2", raw, second, ref]));
+    const r = await qimgS3(["convert", "-c", "-O", "qcow2", raw, second, "s3://b/concat.qcow2"]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const got = path.join(dir, "got-concat.qcow2");
+    await getObject("s3://b/concat.qcow2", got);
+    expect(await ok(qemuImg(["check", got]))).toContain("No errors were found on the image.");
+    expect(await ok(qemuImg(["compare", ref, got]))).toBe("Images are identical.\n");
+  });
+
   it("create -f qcow2 on s3:// writes the same bytes qemu-img create writes to a file", async () => {
     const out = await ok(qimgS3(["create", "-f", "qcow2", "s3://b/new.qcow2", "1G"]));
     expect(out).toBe("Formatting 's3://b/new.qcow2', fmt=qcow2 cluster_size=65536 extended_l2=off compression_type=zlib size=1073741824 lazy_refcounts=off refcount_bits=16\n");

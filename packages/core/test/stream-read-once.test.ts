@@ -3,6 +3,7 @@
  * larger than the planning cache (`bufferBytes`), with and without compression; memory stays bounded on a
  * 1 TiB sparse source. Every stream is checked with qemu-img check and compared with the source.
  */
+import { randomFillSync } from "node:crypto";
 import { closeSync, openSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
@@ -126,6 +127,24 @@ describe("imageToStream reads a seekable source once", () => {
       }
     });
   }
+
+  it("with the default 32 MiB planning cache, a 36 MiB source of random data: read once, the rest in scratch", async () => {
+    const src = name("raw");
+    const bytes = new Uint8Array(36 * MIB);
+    randomFillSync(bytes);
+    writeFileSync(src, bytes);
+    const { store, timesRead } = countingStore(await FileStore.open(src, { readOnly: true }), bytes.byteLength);
+    const image = await RawImage.open(store);
+    try {
+      const { file, scratchBytes } = await streamOut(image, { scratch: useScratch });
+      expect(readStats(timesRead)).toEqual({ most: 1, bytesRead: 36 * MIB });
+      expect(scratchBytes).toBe(4 * MIB);
+      expectCheckClean(file);
+      expectSame(src, "raw", file);
+    } finally {
+      await image.close();
+    }
+  });
 
   it("without a scratch store the emitting pass reads again (what the scratch store avoids)", async () => {
     const src = makeRaw(3);

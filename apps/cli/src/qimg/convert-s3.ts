@@ -5,11 +5,12 @@
  * stream writer (`imageToStream`, docs/streams.md). Options that need to seek in the target are refused.
  */
 import * as core from "@qcowkit/core/node";
-import { s3ConfigFromEnv, type BlockImage } from "@qcowkit/core/node";
+import { concatImages, s3ConfigFromEnv, type BlockImage } from "@qcowkit/core/node";
 import { isS3Name, nodeFetch, uploadS3Object } from "@qcowkit/datafile/node";
 import { CliError, errorText } from "../cli/errors";
 import { closeQuietly, openOperand } from "../cli/open";
 import { QemuOpts, appendDescs } from "../cli/qemu-opts";
+import { lazyScratch } from "../cli/stream-io";
 import type { CommandContext } from "./context";
 import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat } from "./create-options";
 
@@ -62,6 +63,8 @@ export async function convertToS3(sources: string[], target: string, a: S3Conver
   const prealloc = opts.string("preallocation");
   if (prealloc !== undefined && prealloc !== "off") throw refuse("Option 'preallocation'");
   const images: BlockImage[] = [];
+  // As for a stream target: what the plan reads past its memory cache waits here, so sources are read once.
+  const scratch = lazyScratch(sources.join(" "), (t) => ctx.io.err(t), "the planned data exceeds the memory cache; keeping the rest in");
   try {
     for (const name of sources) {
       const opened = await openOperand(name, a.imageOpts, {
@@ -78,15 +81,16 @@ export async function convertToS3(sources: string[], target: string, a: S3Conver
     } else {
       const imageToStream = (core as unknown as Record<string, unknown>)["imageToStream"] as ImageToStream | undefined;
       if (imageToStream === undefined) throw new CliError("qcow2 output to S3 needs the stream writer (imageToStream), which this build lacks");
-      if (images.length > 1) throw new CliError("Concatenating several images into a qcow2 S3 object is not supported");
       const compat = opts.string("compat");
       const cluster = opts.integer("cluster_size");
       const refcountBits = opts.integer("refcount_bits");
       const extendedL2 = opts.bool("extended_l2");
       const compressionType = opts.string("compression_type");
       try {
-        stream = imageToStream(images[0]!, {
+        // Several sources are one disk, one after the other (as qemu-img convert concatenates them).
+        stream = imageToStream(concatImages(images), {
           format: "qcow2",
+          scratch: () => scratch.make(),
           compress: a.compressed,
           ...(cluster !== undefined ? { clusterSize: Number(cluster) } : {}),
           ...(refcountBits !== undefined ? { refcountBits: Number(refcountBits) } : {}),
@@ -105,6 +109,7 @@ export async function convertToS3(sources: string[], target: string, a: S3Conver
     }
     return 0;
   } finally {
+    await scratch.remove();
     for (const image of images) await closeQuietly(image);
   }
 }
