@@ -876,6 +876,7 @@ export class Qcow2Image implements BlockImage {
     await this.meta.flush();
     const bytes = new Uint8Array(this.clusterSize);
     if (old !== 0) bytes.set((await this.l2Cache.get(old)).bytes);
+    this.meta.debugEvent?.("l2_alloc_write");
     const table = this.l2Cache.create(newOffset, bytes);
     this.l1.set(l1Index, newOffset, true);
     const meta = this.metadataClusterSet();
