@@ -103,6 +103,26 @@ describe("qimg amend: LUKS key slots", () => {
   });
 });
 
+describe("qimg amend: key slot options on qcow2 images QEMU refuses them for", () => {
+  it("gives qemu-img's message for an unencrypted image, a legacy AES one, and a missing state", async () => {
+    await ok(qemuImg(["create", "-q", "-f", "qcow2", "plain.qcow2", "1M"], dir));
+    await ok(qemuImg(["create", "-q", "-f", "qcow2", ...SECRETS, "-o", "encrypt.format=aes,encrypt.key-secret=sec0", "aes.qcow2", "1M"], dir));
+    expect((await qemuCreate(["create", "-q", "-f", "qcow2", ...SECRETS, "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", "l.qcow2", "1M"])).code).toBe(0);
+    const q = (file: string) => `driver=qcow2,file.filename=${file},encrypt.key-secret=sec0`;
+    const cases = [
+      ["amend", "-o", "encrypt.iter-time=10", "plain.qcow2"],
+      ["amend", ...SECRETS, "--image-opts", q("aes.qcow2"), "-o", "encrypt.state=active"],
+      ["amend", ...SECRETS, "--image-opts", q("l.qcow2"), "-o", "encrypt.iter-time=10"],
+    ];
+    for (const args of cases) {
+      const ours = asQemu(await qimg(args, dir), "qemu-img");
+      const theirs = await qemuImg(args, dir);
+      expect(theirs.code, args.join(" ")).toBe(1);
+      expect({ code: ours.code, stderr: ours.stderr }, args.join(" ")).toEqual({ code: theirs.code, stderr: theirs.stderr });
+    }
+  });
+});
+
 describe("qimg measure of a LUKS-encrypted qcow2 target", () => {
   it("counts the LUKS area as qemu-img does", async () => {
     const args = ["measure", ...SECRETS, "-O", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=sec0", "--size", "1G"];

@@ -59,9 +59,8 @@ function toAmendOptions(opts: QemuOpts): AmendOptions {
   return o;
 }
 
-/** The key slot options (qcow2: encrypt.state and so on; luks: state), undefined when none is given. */
-function keyslotOptions(opts: QemuOpts, prefix: string): LuksAmendOptions | undefined {
-  if (!opts.names().some((n) => n.startsWith(prefix))) return undefined;
+/** The key slot options (qcow2: encrypt.state and so on; luks: state). */
+function keyslotOptions(opts: QemuOpts, prefix: string): LuksAmendOptions {
   const state = opts.string(`${prefix}state`);
   if (state === undefined) throw new CliError("Parameter 'state' is missing");
   if (state !== "active" && state !== "inactive") throw new CliError(`Parameter 'state' does not accept value '${state}'`);
@@ -151,11 +150,12 @@ export const amendCommand: QimgCommand = {
         throw new CliError(`Format driver '${image.format}' does not support option amendment`);
       }
       const parsed = parseAmendOptions(optionText, ctx, image.format);
-      const keyslots = keyslotOptions(parsed, image instanceof LuksImage ? "" : "encrypt.");
+      const prefix = image instanceof LuksImage ? "" : "encrypt.";
+      const changesKeyslots = parsed.names().some((n) => n.startsWith(prefix));
       bar.print(0);
       try {
         // QEMU changes the key slots first (a refusal there leaves the rest of the image as it was).
-        if (keyslots) await amendEncryption(image, keyslots, force);
+        if (changesKeyslots) await amendEncryption(image, () => keyslotOptions(parsed, prefix), force);
         if (image instanceof Qcow2Image) await amendQcow2(image, { ...toAmendOptions(parsed), onProgress: (done, total) => bar.status(done, total) });
       } catch (e) {
         const message = errorText(e);
