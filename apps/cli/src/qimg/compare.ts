@@ -78,12 +78,13 @@ async function compare(
   };
   o.bar.print(0, 100);
   // qemu-img's stdout is a buffered stream: its size warning reaches a pipe only at exit, after an error
-  // printed meanwhile (stderr). Printed here in that order.
+  // printed meanwhile (stderr), unless a progress line flushes stdout first (-p): then it comes at once.
   let sizeWarning = false;
   const result: CompareResult = await compareImages(image1, image2, {
     strict: o.strict,
     onEvent: () => {
-      sizeWarning = true;
+      if (o.bar.enabled) say("Warning: Image size mismatch!");
+      else sizeWarning = true;
     },
     onProgress: (delta) => o.bar.print(delta, 100),
   });
