@@ -76,6 +76,7 @@ const MIB = 1024 * 1024;
 /** Raw streams into a growing target: it is resized in steps of this size. */
 const GROW_STEP = 1024 * MIB;
 
+const abortReason = (signal: AbortSignal): unknown => signal.reason ?? new Qcow2Error("IO_ERROR", "The operation was aborted");
 const truncated = (at: number) => new Qcow2Error("INVALID_IMAGE", `Truncated stream: it ends at byte ${at}`);
 
 /** Reads a ReadableStream by exact byte counts, counting its position. */
@@ -87,15 +88,26 @@ export class StreamBytes {
   position = 0;
   private ended = false;
 
+  /** Rejects when the signal aborts, so that a read waiting on a stalled stream ends too. */
+  private readonly aborted?: Promise<never>;
+  private readonly onAbort?: () => void;
+
   constructor(stream: ReadableStream<Uint8Array>, private readonly signal?: AbortSignal) {
     this.reader = stream.getReader();
+    if (signal && !signal.aborted) {
+      this.aborted = new Promise<never>((_, reject) => {
+        this.onAbort = () => reject(abortReason(signal));
+        signal.addEventListener("abort", this.onAbort, { once: true });
+      });
+      this.aborted.catch(() => undefined);
+    }
   }
 
   private async fill(): Promise<boolean> {
     while (this.at >= this.chunk.byteLength) {
       if (this.ended) return false;
-      if (this.signal?.aborted) throw this.signal.reason ?? new Qcow2Error("IO_ERROR", "The operation was aborted");
-      const r = await this.reader.read();
+      if (this.signal?.aborted) throw abortReason(this.signal);
+      const r = await (this.aborted ? Promise.race([this.reader.read(), this.aborted]) : this.reader.read());
       if (r.done) {
         this.ended = true;
         return false;
@@ -152,11 +164,17 @@ export class StreamBytes {
     while (await this.some(4 * MIB));
   }
 
+  private unlisten(): void {
+    if (this.onAbort) this.signal?.removeEventListener("abort", this.onAbort);
+  }
+
   release(): void {
+    this.unlisten();
     this.reader.releaseLock();
   }
 
   async cancel(reason?: unknown): Promise<void> {
+    this.unlisten();
     await this.reader.cancel(reason).catch(() => undefined);
   }
 }

@@ -6,7 +6,8 @@
 import { MemoryStore } from "@qcowkit/datafile";
 import { Qcow2Image, createQcow2, imageToStream, streamToImage } from "@qcowkit/core";
 
-async function newImage(size: number): Promise<Qcow2Image> {
+/** A new empty qcow2 image of `size` bytes in memory, open for writing. */
+export async function newImage(size: number): Promise<Qcow2Image> {
   const store = new MemoryStore();
   // createQcow2 closes the store it wrote; keep this one open for the image.
   const keepOpen = new Proxy(store, { get: (t, k) => (k === "close" ? async () => undefined : Reflect.get(t, k, t)) });
