@@ -90,7 +90,7 @@ export class StreamBytes {
 
   /** Rejects when the signal aborts, so that a read waiting on a stalled stream ends too. */
   private readonly aborted?: Promise<never>;
-  private readonly onAbort?: () => void;
+  private onAbort?: () => void;
 
   constructor(stream: ReadableStream<Uint8Array>, private readonly signal?: AbortSignal) {
     this.reader = stream.getReader();
