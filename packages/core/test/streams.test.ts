@@ -239,6 +239,35 @@ describe("streamToImage", () => {
     expectSame(src, out);
   });
 
+  it("a QEMU image whose metadata precedes its data (preallocation=metadata) goes in one pass, nothing spilled", async () => {
+    // qemu-img lays it out header, refcount structures, L1, then each L2 table before the data clusters it
+    // maps (L2 at 0x4000 and 0x205000 here): every reference points forward, as in the metadata-first
+    // streams the issue names.
+    const src = name("qcow2");
+    qemu("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "preallocation=metadata,cluster_size=4096", src, "4M"]);
+    qemu("qemu-io", ["-f", "qcow2", "-c", "write -P 12 0 300k", "-c", "write -P 13 3M 64k", src]);
+    const out = name("qcow2");
+    await createImage(out, { size: 4 * 1024 * 1024 });
+    const target = await openImage(out);
+    let made = 0;
+    try {
+      const r = await streamToImage(streamOf(readFileSync(src)), target, {
+        targetZeroInit: true,
+        scratch: () => {
+          made++;
+          throw new Error("no scratch store expected");
+        },
+      });
+      expect(r.spilled).toBe(false);
+      expect(r.bytesRead).toBe(statSync(src).size);
+    } finally {
+      await target.close();
+    }
+    expect(made).toBe(0);
+    expectSame(src, out);
+    expectCheckClean(out);
+  });
+
   it("reads QEMU's own compressed images (zstd) in one pass", async () => {
     const src = makeSource("4M", 31);
     const comp = name("qcow2");
