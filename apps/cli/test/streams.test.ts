@@ -178,6 +178,14 @@ describe("qimg convert to a stream", () => {
     expect(Number(sh(`$Q convert -O qcow2 big.qcow2 - | wc -c`).stdout.toString())).toBeLessThan(4 * 1024 * 1024);
     await checkClean(p("big2.qcow2"));
     await same(p("big.qcow2"), p("big2.qcow2"));
+    // Into a raw file: 1 TiB, sparse (only the data is written), memory as small.
+    const raw = sh(`rm -f big2.raw; $Q convert -O qcow2 big.qcow2 - | /usr/bin/time -f 'rss=%M' "$NODE_BIN" "$QIMG_JS" convert -f qcow2 -O raw - big2.raw`);
+    expect(raw.code, raw.stderr).toBe(0);
+    expect(Number(/rss=(\d+)/.exec(raw.stderr)![1])).toBeLessThan(300 * 1024);
+    expect(statSync(p("big2.raw")).size).toBe(1024 ** 4);
+    expect(statSync(p("big2.raw")).blocks * 512).toBeLessThan(16 * 1024 * 1024);
+    await same(p("big.qcow2"), p("big2.raw"), "qcow2", "raw");
+    sh(`rm -f big2.raw`);
   });
 
   it("refuses options a stream cannot honour, in one line, writing nothing", () => {
