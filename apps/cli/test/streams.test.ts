@@ -164,6 +164,16 @@ describe("qimg convert to a stream", () => {
     expect(received["backing-filename"]).toBe("disk.raw");
     await checkClean(p("received.qcow2"));
     await same(p("received.qcow2"), p("today.raw"), "qcow2", "raw");
+    // Stream to stream: the backing file is found from the current directory; flattened without -B, an
+    // incremental stream again with it.
+    const flat = sh(`cat diff.qcow2 | $Q convert -O raw - - | cmp - today.raw`);
+    expect(flat.code, flat.stderr).toBe(0);
+    expect(flat.stderr).toMatch(/^qimg: -: spooling the stream to \S+\n$/);
+    expect(sh(`cat diff.qcow2 | $Q convert -O qcow2 -B disk.raw -F raw - - > rediff.qcow2`).code).toBe(0);
+    await checkClean(p("rediff.qcow2"));
+    await same(p("rediff.qcow2"), p("today.raw"), "qcow2", "raw");
+    const remap = JSON.parse((await qemuImg(["map", "--output=json", p("rediff.qcow2")])).stdout) as Array<{ depth: number; data: boolean; length: number }>;
+    expect(remap.filter((e) => e.depth === 0 && e.data).reduce((s, e) => s + e.length, 0)).toBe(65536);
     const toRaw = sh(`cat diff.qcow2 | $Q convert -O raw - flat.raw`);
     expect(toRaw.stderr).toBe("qimg: The stream has a backing file (disk.raw): convert it to qcow2, or give -B\n");
     expect(toRaw.code).toBe(1);
