@@ -88,26 +88,37 @@ export class StreamBytes {
   position = 0;
   private ended = false;
 
-  /** Rejects when the signal aborts, so that a read waiting on a stalled stream ends too. */
-  private readonly aborted?: Promise<never>;
-  private onAbort?: () => void;
-
   constructor(stream: ReadableStream<Uint8Array>, private readonly signal?: AbortSignal) {
     this.reader = stream.getReader();
-    if (signal && !signal.aborted) {
-      this.aborted = new Promise<never>((_, reject) => {
-        this.onAbort = () => reject(abortReason(signal));
-        signal.addEventListener("abort", this.onAbort, { once: true });
-      });
-      this.aborted.catch(() => undefined);
-    }
+  }
+
+  /** The next chunk; rejects as soon as the signal aborts, also while the stream is stalled. */
+  private next(): Promise<Awaited<ReturnType<ReadableStreamDefaultReader<Uint8Array>["read"]>>> {
+    const signal = this.signal;
+    if (!signal) return this.reader.read();
+    // A listener per read, removed when the read settles (one promise raced by every read would keep a
+    // reaction per chunk alive for the whole stream).
+    return new Promise((resolve, reject) => {
+      const onAbort = () => reject(abortReason(signal));
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.reader.read().then(
+        (r) => {
+          signal.removeEventListener("abort", onAbort);
+          resolve(r);
+        },
+        (e: unknown) => {
+          signal.removeEventListener("abort", onAbort);
+          reject(e);
+        },
+      );
+    });
   }
 
   private async fill(): Promise<boolean> {
     while (this.at >= this.chunk.byteLength) {
       if (this.ended) return false;
       if (this.signal?.aborted) throw abortReason(this.signal);
-      const r = await (this.aborted ? Promise.race([this.reader.read(), this.aborted]) : this.reader.read());
+      const r = await this.next();
       if (r.done) {
         this.ended = true;
         return false;
@@ -164,17 +175,11 @@ export class StreamBytes {
     while (await this.some(4 * MIB));
   }
 
-  private unlisten(): void {
-    if (this.onAbort) this.signal?.removeEventListener("abort", this.onAbort);
-  }
-
   release(): void {
-    this.unlisten();
     this.reader.releaseLock();
   }
 
   async cancel(reason?: unknown): Promise<void> {
-    this.unlisten();
     await this.reader.cancel(reason).catch(() => undefined);
   }
 }

@@ -85,6 +85,24 @@ describe("streamToImage: AbortSignal and progress", () => {
     });
   }
 
+  it("leaves no abort listener behind: one per pending read, removed when the read settles", async () => {
+    const src = await sourceImage(4, 7);
+    const bytes = await collect(imageToStream(src));
+    const { stream } = pulledStream(bytes);
+    const signal = new AbortController().signal;
+    let live = 0;
+    let most = 0;
+    let added = 0;
+    const add = signal.addEventListener.bind(signal);
+    const remove = signal.removeEventListener.bind(signal);
+    signal.addEventListener = ((...a: Parameters<AbortSignal["addEventListener"]>) => (added++, (most = Math.max(most, ++live)), add(...a))) as AbortSignal["addEventListener"];
+    signal.removeEventListener = ((...a: Parameters<AbortSignal["removeEventListener"]>) => (live--, remove(...a))) as AbortSignal["removeEventListener"];
+    await streamToImage(stream, await newImage(16 * MIB), { signal });
+    expect(added).toBeGreaterThan(50); // a 64 KiB chunk per read
+    expect(most).toBe(1);
+    expect(live).toBe(0);
+  });
+
   it("an already aborted signal reads nothing", async () => {
     const { stream, state } = pulledStream(new Uint8Array(MIB));
     const ac = new AbortController();
