@@ -3,7 +3,7 @@
  * FIFOs, incremental streams, info/check/dd on stdin, progress on stderr only, refusals and broken streams.
  * Every qcow2 that comes out is checked with qemu-img check and compared with qemu-img compare.
  */
-import { spawn, spawnSync } from "node:child_process";
+import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
@@ -50,6 +50,27 @@ function makeDisk(name: string, mib: number, seed: number): void {
 
 makeDisk("disk", 6, 1);
 
+/**
+ * Start qimg with TMPDIR=`tmp`, wait until its stderr says `waitFor` (a temporary file is made by then), send
+ * SIGINT: it dies of the signal and leaves `tmp` empty.
+ */
+async function expectSigintCleansUp(args: string[], tmp: string, waitFor: string, feed?: (child: ChildProcessWithoutNullStreams) => void): Promise<void> {
+  sh(`mkdir -p ${tmp}`);
+  const child = spawn(process.execPath, [QIMG, ...args], { env: { ...process.env, TMPDIR: tmp }, stdio: ["pipe", "pipe", "pipe"] });
+  let err = "";
+  child.stderr.on("data", (d) => (err += d));
+  child.stdin.on("error", () => undefined);
+  feed?.(child);
+  for (let i = 0; i < 400 && !err.includes(waitFor); i++) await new Promise((r) => setTimeout(r, 50));
+  expect(err).toContain(waitFor);
+  const during = readdirSync(tmp).length;
+  const done = new Promise<string>((r) => child.on("exit", (code, signal) => r(`${code} ${signal}`)));
+  child.kill("SIGINT");
+  expect(during).toBe(1);
+  expect(await done).toBe("null SIGINT");
+  expect(readdirSync(tmp)).toEqual([]);
+}
+
 describe("qimg convert to a stream", () => {
   const cases: Array<[string, string]> = [
     ["defaults", ""],
@@ -57,6 +78,7 @@ describe("qimg convert to a stream", () => {
     ["2 MiB clusters", "-o cluster_size=2M"],
     ["extended L2", "-o extended_l2=on,cluster_size=64k"],
     ["compat 0.10, refcount default", "-o compat=0.10"],
+    ["refcount_bits=1", "-o refcount_bits=1"],
     ["-c zlib", "-c"],
     ["-c zstd, 4 KiB clusters, refcount_bits=8", "-c -o compression_type=zstd,cluster_size=4k,refcount_bits=8"],
   ];
@@ -142,6 +164,16 @@ describe("qimg convert to a stream", () => {
     expect(received["backing-filename"]).toBe("disk.raw");
     await checkClean(p("received.qcow2"));
     await same(p("received.qcow2"), p("today.raw"), "qcow2", "raw");
+    // Stream to stream: the backing file is found from the current directory; flattened without -B, an
+    // incremental stream again with it.
+    const flat = sh(`cat diff.qcow2 | $Q convert -O raw - - | cmp - today.raw`);
+    expect(flat.code, flat.stderr).toBe(0);
+    expect(flat.stderr).toMatch(/^qimg: -: spooling the stream to \S+\n$/);
+    expect(sh(`cat diff.qcow2 | $Q convert -O qcow2 -B disk.raw -F raw - - > rediff.qcow2`).code).toBe(0);
+    await checkClean(p("rediff.qcow2"));
+    await same(p("rediff.qcow2"), p("today.raw"), "qcow2", "raw");
+    const remap = JSON.parse((await qemuImg(["map", "--output=json", p("rediff.qcow2")])).stdout) as Array<{ depth: number; data: boolean; length: number }>;
+    expect(remap.filter((e) => e.depth === 0 && e.data).reduce((s, e) => s + e.length, 0)).toBe(65536);
     const toRaw = sh(`cat diff.qcow2 | $Q convert -O raw - flat.raw`);
     expect(toRaw.stderr).toBe("qimg: The stream has a backing file (disk.raw): convert it to qcow2, or give -B\n");
     expect(toRaw.code).toBe(1);
@@ -157,6 +189,14 @@ describe("qimg convert to a stream", () => {
     expect(Number(sh(`$Q convert -O qcow2 big.qcow2 - | wc -c`).stdout.toString())).toBeLessThan(4 * 1024 * 1024);
     await checkClean(p("big2.qcow2"));
     await same(p("big.qcow2"), p("big2.qcow2"));
+    // Into a raw file: 1 TiB, sparse (only the data is written), memory as small.
+    const raw = sh(`rm -f big2.raw; $Q convert -O qcow2 big.qcow2 - | /usr/bin/time -f 'rss=%M' "$NODE_BIN" "$QIMG_JS" convert -f qcow2 -O raw - big2.raw`);
+    expect(raw.code, raw.stderr).toBe(0);
+    expect(Number(/rss=(\d+)/.exec(raw.stderr)![1])).toBeLessThan(300 * 1024);
+    expect(statSync(p("big2.raw")).size).toBe(1024 ** 4);
+    expect(statSync(p("big2.raw")).blocks * 512).toBeLessThan(16 * 1024 * 1024);
+    await same(p("big.qcow2"), p("big2.raw"), "qcow2", "raw");
+    sh(`rm -f big2.raw`);
   });
 
   it("refuses options a stream cannot honour, in one line, writing nothing", () => {
@@ -165,6 +205,11 @@ describe("qimg convert to a stream", () => {
       ["-o data_file=x.data", "Option 'data_file'"],
       ["-o lazy_refcounts=on", "Option 'lazy_refcounts'"],
       ["-n", "-n"],
+      ["-n --target-is-zero", "-n"],
+      ["--bitmaps", "--bitmaps"],
+      ["-o data_file_raw=on", "Option 'data_file_raw'"],
+      ["-o encryption=on", "Option 'encryption'"],
+      ["--object secret,id=s0,data=pw -o encrypt.format=luks,encrypt.key-secret=s0", "Option 'encrypt.format'"],
     ] as const) {
       const r = sh(`$Q convert -O qcow2 ${opts} disk.qcow2 - | wc -c`);
       expect(r.stderr).toBe(`qimg: ${what} cannot be used when the target is a stream\n`);
@@ -228,20 +273,10 @@ describe("qimg convert from a stream", () => {
 
   it("SIGINT while spooling removes the temporary file", async () => {
     const tmp = path.join(dir, "tmp2");
-    sh(`mkdir -p ${tmp}`);
-    const child = spawn(process.execPath, [QIMG, "info", "-"], { env: { ...process.env, TMPDIR: tmp }, stdio: ["pipe", "pipe", "pipe"] });
-    let err = "";
-    child.stderr.on("data", (d) => (err += d));
-    child.stdout.resume();
-    child.stdin.on("error", () => undefined);
-    child.stdin.write(readFileSync(p("disk.qcow2")).subarray(0, 200000));
-    for (let i = 0; i < 100 && !err.includes("spooling"); i++) await new Promise((r) => setTimeout(r, 50));
-    const during = readdirSync(tmp).length;
-    const done = new Promise<string>((r) => child.on("exit", (code, signal) => r(`${code} ${signal}`)));
-    child.kill("SIGINT");
-    expect(during).toBe(1);
-    expect(await done).toBe("null SIGINT");
-    expect(readdirSync(tmp)).toEqual([]);
+    await expectSigintCleansUp(["info", "-"], tmp, "spooling", (child) => {
+      child.stdout.resume();
+      child.stdin.write(readFileSync(p("disk.qcow2")).subarray(0, 200000));
+    });
     expect(existsSync(tmp)).toBe(true);
   });
 });
@@ -311,5 +346,96 @@ describe("qimg convert with streams: concatenation, -l, -c from a stream, data p
     await checkClean(p("big.out.qcow2"));
     await same(p("big.raw"), p("big.out.qcow2"), "raw");
     sh(`rm -f big.raw big.out.qcow2`);
+  });
+});
+
+describe("qimg convert with streams: chains, sizes per option, progress, refusals, broken streams", () => {
+  it("a backing chain is flattened into the stream: no backing file, same content, back to raw byte-exact", async () => {
+    expectOk(sh(`qemu-img create -q -f qcow2 -b disk.qcow2 -F qcow2 chain-top.qcow2 && qemu-io -f qcow2 -c 'write -P 44 1M 300k' -c 'write -z 3M 128k' chain-top.qcow2 > /dev/null`));
+    expectOk(sh(`qemu-img convert -O raw chain-top.qcow2 chain-top.raw`));
+    expectOk(sh(`$Q convert -O qcow2 chain-top.qcow2 - | cat > chain-flat.qcow2`));
+    const info = JSON.parse(sh(`qemu-img info --output=json chain-flat.qcow2`).stdout.toString());
+    expect(info["backing-filename"]).toBeUndefined();
+    await checkClean(p("chain-flat.qcow2"));
+    await same(p("chain-top.qcow2"), p("chain-flat.qcow2"));
+    const back = sh(`cat chain-flat.qcow2 | $Q convert -O raw - - | cmp - chain-top.raw`);
+    expect(back.code).toBe(0);
+  });
+
+  it("for each create option, the stream is at most qimg convert's file plus one cluster (a 6 MiB disk: under 1 GiB)", () => {
+    for (const [opts, cluster] of [
+      ["-o cluster_size=512", 512],
+      ["-o cluster_size=2M", 2 * 1024 * 1024],
+      ["-o extended_l2=on", 65536],
+      ["-o refcount_bits=1", 65536],
+      ["-o compat=0.10", 65536],
+      ["-c", 65536],
+      ["-c -o compression_type=zstd,cluster_size=4k", 4096],
+    ] as const) {
+      const r = sh(`$Q convert -O qcow2 ${opts} disk.qcow2 - > opt-stream.qcow2 && rm -f opt-file.qcow2 && $Q convert -O qcow2 ${opts} disk.qcow2 opt-file.qcow2`);
+      expectOk(r);
+      const streamed = statSync(p("opt-stream.qcow2")).size;
+      const file = statSync(p("opt-file.qcow2")).size;
+      expect(streamed, opts).toBeLessThanOrEqual(file + cluster);
+    }
+  });
+
+  it("-p with a stream source: progress on stderr only, stdout carries exactly the image", async () => {
+    const r = sh(`cat disk.qcow2 | $Q convert -p -f qcow2 -O raw - - | cmp - disk.raw`);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/^ {4}\(0\.00\/100%\)\r/);
+    expect(r.stderr).toMatch(/\(100\.00\/100%\)\r\n$/);
+    expect(r.stderr.replace(/ {4}\(\d+\.\d\d\/100%\)\r/g, "").replace(/qimg: -: spooling the stream to \S+\n/, "")).toBe("\n");
+    const f = sh(`cat disk.qcow2 | $Q convert -p -f qcow2 -O qcow2 - prog-in.qcow2`);
+    expect(f.code).toBe(0);
+    expect(f.stdout.byteLength).toBe(0);
+    expect(f.stderr).toMatch(/^( {4}\(\d+\.\d\d\/100%\)\r)+\n$/);
+    await same(p("disk.qcow2"), p("prog-in.qcow2"));
+  });
+
+  it("a FIFO named like an image file is a stream target (fstat decides, not the name)", async () => {
+    const r = sh(`rm -f named.qcow2 && mkfifo named.qcow2 && { cat named.qcow2 > got-named.qcow2 & } && $Q convert -O qcow2 -c disk.qcow2 named.qcow2 && wait $!`);
+    expectOk(r);
+    expect(statSync(p("named.qcow2")).isFIFO()).toBe(true);
+    await checkClean(p("got-named.qcow2"));
+    await same(p("disk.qcow2"), p("got-named.qcow2"));
+  });
+
+  it("incremental over a qcow2 base, compat 0.10 (no zero flag: zeroed clusters are carried as data)", async () => {
+    expectOk(sh(`cp disk.qcow2 today.qcow2 && qemu-io -f qcow2 -c 'write -P 91 128k 10k' -c 'write -P 92 4M 64k' -c 'write -z 1920k 64k' today.qcow2 > /dev/null`));
+    // Cluster 30 (1920k) holds data in the base: zeroing it is a change.
+    expect(readFileSync(p("disk.raw")).subarray(30 * 65536, 31 * 65536).some((b) => b !== 0)).toBe(true);
+    expectOk(sh(`$Q convert -O qcow2 -o compat=0.10 -B disk.qcow2 -F qcow2 today.qcow2 - | cat > inc10.qcow2`));
+    await checkClean(p("inc10.qcow2"));
+    const info = JSON.parse(sh(`qemu-img info --output=json inc10.qcow2`).stdout.toString());
+    expect(info["format-specific"].data.compat).toBe("0.10");
+    expect(info["backing-filename"]).toBe("disk.qcow2");
+    const map = JSON.parse(sh(`qemu-img map --output=json inc10.qcow2`).stdout.toString()) as Array<{ depth: number; data: boolean; length: number }>;
+    const own = map.filter((e) => e.depth === 0 && e.data).reduce((s, e) => s + e.length, 0);
+    // Clusters 2 and 64 changed, cluster 30 was zeroed (carried as zero data).
+    expect(own).toBe(3 * 65536);
+    await same(p("inc10.qcow2"), p("today.qcow2"));
+    expectOk(sh(`cp disk.qcow2 applied10.qcow2 && cp inc10.qcow2 over10.qcow2 && qemu-img rebase -q -u -b applied10.qcow2 -F qcow2 over10.qcow2 && qemu-img commit -q over10.qcow2`));
+    await same(p("applied10.qcow2"), p("today.qcow2"));
+  });
+
+  it("a truncated or non-qcow2 stream into a stream target fails in one line, exit 1 (not zeros and success)", () => {
+    expectOk(sh(`$Q convert -O qcow2 disk.qcow2 - > whole2.qcow2`));
+    const size = statSync(p("whole2.qcow2")).size;
+    for (const cut of [300, 65536 * 3 + 5, size - 65536 - 777]) {
+      const r = sh(`head -c ${cut} whole2.qcow2 | $Q convert -f qcow2 -O raw - - | wc -c > /dev/null`);
+      expect(r.code, String(cut)).toBe(1);
+      expect(r.stderr).toMatch(/^(qimg: -: spooling the stream to \S+\n)?qimg: (error while converting '-': |Could not open '-': )Truncated stream: it ends at byte \d+\n$/);
+    }
+    const junk = sh(`head -c 300000 disk.raw | $Q convert -f qcow2 -O qcow2 - - | wc -c`);
+    expect(junk.stderr).toBe("qimg: Could not open '-': Image is not in qcow2 format\n");
+    expect(junk.code).toBe(1);
+  });
+
+  it("SIGINT while the planned data waits under TMPDIR removes the temporary file", async () => {
+    sh(`head -c 40000000 /dev/urandom > int.raw`);
+    // Nobody reads standard output: the stream stalls once the pipe is full, after the plan has spilled.
+    await expectSigintCleansUp(["convert", "-f", "raw", "-O", "qcow2", p("int.raw"), "-"], path.join(dir, "tmp4"), "keeping the rest");
+    sh(`rm -f int.raw`);
   });
 });

@@ -76,6 +76,7 @@ const MIB = 1024 * 1024;
 /** Raw streams into a growing target: it is resized in steps of this size. */
 const GROW_STEP = 1024 * MIB;
 
+const abortReason = (signal: AbortSignal): unknown => signal.reason ?? new Qcow2Error("IO_ERROR", "The operation was aborted");
 const truncated = (at: number) => new Qcow2Error("INVALID_IMAGE", `Truncated stream: it ends at byte ${at}`);
 
 /** Reads a ReadableStream by exact byte counts, counting its position. */
@@ -91,11 +92,33 @@ export class StreamBytes {
     this.reader = stream.getReader();
   }
 
+  /** The next chunk; rejects as soon as the signal aborts, also while the stream is stalled. */
+  private next(): Promise<Awaited<ReturnType<ReadableStreamDefaultReader<Uint8Array>["read"]>>> {
+    const signal = this.signal;
+    if (!signal) return this.reader.read();
+    // A listener per read, removed when the read settles (one promise raced by every read would keep a
+    // reaction per chunk alive for the whole stream).
+    return new Promise((resolve, reject) => {
+      const onAbort = () => reject(abortReason(signal));
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.reader.read().then(
+        (r) => {
+          signal.removeEventListener("abort", onAbort);
+          resolve(r);
+        },
+        (e: unknown) => {
+          signal.removeEventListener("abort", onAbort);
+          reject(e);
+        },
+      );
+    });
+  }
+
   private async fill(): Promise<boolean> {
     while (this.at >= this.chunk.byteLength) {
       if (this.ended) return false;
-      if (this.signal?.aborted) throw this.signal.reason ?? new Qcow2Error("IO_ERROR", "The operation was aborted");
-      const r = await this.reader.read();
+      if (this.signal?.aborted) throw abortReason(this.signal);
+      const r = await this.next();
       if (r.done) {
         this.ended = true;
         return false;

@@ -4,6 +4,8 @@
  */
 import { writeFileSync, readFileSync, statSync } from "node:fs";
 import { afterAll, describe, expect, it } from "vitest";
+import { encodeImageHeader } from "@qcowkit/spec";
+import { newImageHeader, validateCreateOptions } from "../src/create";
 import { createImage, imageToStream, openImage, streamToImage, type BlockImage, type ImageToStreamOptions } from "../src/node";
 import { collect } from "./browser/stream-consumer";
 import { qemu, qemuStatus, rng, tempDir } from "./helpers";
@@ -77,6 +79,49 @@ async function intoNewImage(bytes: Uint8Array, size: number, format: "qcow2" | "
   } finally {
     await target.close();
   }
+  return out;
+}
+
+/**
+ * `raw` as a qcow2 laid out as QEMU's scripts/qcow2-to-stdout.py lays out its streams: header, refcount
+ * table, refcount blocks (16-bit, every cluster counted once), L1 table, every L2 table, then the data clusters
+ * in guest order; clusters of zeros are left out.
+ */
+function metadataFirstQcow2(raw: Uint8Array, cs: number): Uint8Array {
+  const size = Math.ceil(raw.byteLength / 512) * 512;
+  const perL2 = cs / 8;
+  const guestClusters = Math.ceil(size / cs);
+  const data: number[] = [];
+  for (let g = 0; g < guestClusters; g++) if (raw.subarray(g * cs, (g + 1) * cs).some((b) => b !== 0)) data.push(g);
+  const tables = [...new Set(data.map((g) => Math.floor(g / perL2)))];
+  const l1Entries = Math.ceil(guestClusters / perL2);
+  const l1Clusters = Math.ceil((l1Entries * 8) / cs);
+  const perBlock = (cs * 8) / 16;
+  let rb = 1;
+  let rt = 1;
+  const total = () => 1 + rt + rb + l1Clusters + tables.length + data.length;
+  while (rb < Math.ceil(total() / perBlock) || rt < Math.ceil((rb * 8) / cs)) {
+    rb = Math.max(rb, Math.ceil(total() / perBlock));
+    rt = Math.max(rt, Math.ceil((rb * 8) / cs));
+  }
+  const rtOff = cs;
+  const rbOff = rtOff + rt * cs;
+  const l1Off = rbOff + rb * cs;
+  const l2Off = l1Off + l1Clusters * cs;
+  const dataOff = l2Off + tables.length * cs;
+  const out = new Uint8Array(total() * cs);
+  const opts = validateCreateOptions({ size, clusterSize: cs });
+  out.set(encodeImageHeader(newImageHeader(opts, { size, l1Size: l1Entries, l1TableOffset: l1Off, refcountTableOffset: rtOff, refcountTableClusters: rt })));
+  const v = new DataView(out.buffer);
+  const copied = 1n << 63n;
+  for (let i = 0; i < rb; i++) v.setBigUint64(rtOff + 8 * i, BigInt(rbOff + i * cs));
+  for (let c = 0; c < total(); c++) v.setUint16(rbOff + 2 * c, 1);
+  tables.forEach((t, k) => v.setBigUint64(l1Off + 8 * t, BigInt(l2Off + k * cs) | copied));
+  data.forEach((g, k) => {
+    const table = tables.indexOf(Math.floor(g / perL2));
+    v.setBigUint64(l2Off + table * cs + 8 * (g % perL2), BigInt(dataOff + k * cs) | copied);
+    out.set(raw.subarray(g * cs, (g + 1) * cs), dataOff + k * cs);
+  });
   return out;
 }
 
@@ -237,6 +282,60 @@ describe("streamToImage", () => {
     expect(made).toBe(1);
     expect(spilled).toBe(true);
     expectSame(src, out);
+  });
+
+  it("a QEMU image whose metadata precedes its data (preallocation=metadata) goes in one pass, nothing spilled", async () => {
+    // qemu-img lays it out header, refcount structures, L1, then each L2 table before the data clusters it
+    // maps (L2 at 0x4000 and 0x205000 here): every reference points forward, as in the metadata-first
+    // streams the issue names.
+    const src = name("qcow2");
+    qemu("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "preallocation=metadata,cluster_size=4096", src, "4M"]);
+    qemu("qemu-io", ["-f", "qcow2", "-c", "write -P 12 0 300k", "-c", "write -P 13 3M 64k", src]);
+    const out = name("qcow2");
+    await createImage(out, { size: 4 * 1024 * 1024 });
+    const target = await openImage(out);
+    let made = 0;
+    try {
+      const r = await streamToImage(streamOf(readFileSync(src)), target, {
+        targetZeroInit: true,
+        scratch: () => {
+          made++;
+          throw new Error("no scratch store expected");
+        },
+      });
+      expect(r.spilled).toBe(false);
+      expect(r.bytesRead).toBe(statSync(src).size);
+    } finally {
+      await target.close();
+    }
+    expect(made).toBe(0);
+    expectSame(src, out);
+    expectCheckClean(out);
+  });
+
+  it("a stream in qcow2-to-stdout.py's layout (all metadata, then all data) goes in one pass, nothing spilled", async () => {
+    const raw = new Uint8Array(10 * 1024 * 1024);
+    const r = rng(77);
+    for (let i = 0; i < 40; i++) raw.fill(1 + Math.floor(r() * 250), Math.floor(r() * 2500) * 4096, Math.floor(r() * 2500) * 4096 + 1 + Math.floor(r() * 9000));
+    const file = name("qcow2");
+    writeFileSync(file, metadataFirstQcow2(raw, 4096));
+    expectCheckClean(file); // the layout is a valid image, holding `raw`
+    const rawFile = name("raw");
+    writeFileSync(rawFile, raw);
+    expectSame(rawFile, file, "raw", "qcow2");
+    const out = name("qcow2");
+    await createImage(out, { size: raw.byteLength });
+    const target = await openImage(out);
+    try {
+      const res = await streamToImage(streamOf(readFileSync(file)), target, { targetZeroInit: true, scratch: () => Promise.reject(new Error("no scratch store expected")) });
+      expect(res.spilled).toBe(false);
+      expect(res.bytesRead).toBe(statSync(file).size);
+      const back = new Uint8Array(raw.byteLength);
+      await target.read(0, back);
+      expect(Buffer.compare(back, raw)).toBe(0);
+    } finally {
+      await target.close();
+    }
   });
 
   it("reads QEMU's own compressed images (zstd) in one pass", async () => {

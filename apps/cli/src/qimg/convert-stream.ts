@@ -9,6 +9,7 @@
  *   is read in order into a target that grows with it;
  * - both: raw to raw is copied through; otherwise the source is spooled to a temporary file first.
  */
+import { join, resolve } from "node:path";
 import {
   concatImages,
   imageToStream,
@@ -23,7 +24,7 @@ import { CliError, errorText } from "../cli/errors";
 import { closeQuietly, openCliImage, openOperand } from "../cli/open";
 import { Progress } from "../cli/progress";
 import { QemuOpts, appendDescs } from "../cli/qemu-opts";
-import { isStreamOperand, lazyScratch, openStreamOperand, readStream, spoolStream, writeStream, type StreamEndpoint } from "../cli/stream-io";
+import { isStreamOperand, lazyScratch, openStreamOperand, readStream, spoolStream, tempDirectory, writeStream, type StreamEndpoint } from "../cli/stream-io";
 import type { CommandContext } from "./context";
 import { addBackingOptions, createWithDriver } from "./create";
 import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat } from "./create-options";
@@ -92,18 +93,34 @@ export async function convertWithStreams(sources: string[], target: string, a: S
   try {
     if (fromStream && toStream) {
       const input = openStreamOperand(source, "in");
-      const probed = await probeStream(readStream(input));
+      const probed = await probeSource(source, input);
       const format = a.fmt ?? probed.format;
       if (format === "raw" && a.outFmt === "raw" && !a.compressed && a.options === undefined && a.backingFile === undefined) {
         await writeStream(probed.stream, openStreamOperand(target, "out"));
         bar.print(100, 0);
         return 0;
       }
-      const spool = await spoolStream(probed.stream, source, (t) => ctx.io.err(t));
-      try {
-        await toStreamTarget([spool.path], format, target, a, ctx, bar);
-      } finally {
-        spool.remove();
+      if (format !== "qcow2") {
+        const spool = await spoolStream(probed.stream, source, (t) => ctx.io.err(t));
+        try {
+          await toStreamTarget([spool.path], format, target, a, ctx, bar);
+        } finally {
+          spool.remove();
+        }
+      } else {
+        // Through streamToImage into a temporary qcow2 (not a byte copy opened as qcow2, which would read a
+        // truncated stream's missing end as zeros), then out as a stream.
+        checkStreamFormat(probed, source, format);
+        const tmp = tempDirectory();
+        try {
+          const path = join(tmp.dir, "spool");
+          ctx.io.err(`qimg: ${source}: spooling the stream to ${path}\n`);
+          const copy = { ...a, outFmt: "qcow2", compressed: false, options: undefined, backingFile: undefined, backingFmt: undefined, skipCreate: false };
+          await streamIntoFile(probed, source, format, path, copy, ctx, progressOnStderr(ctx, { ...a, progress: false }), true);
+          await toStreamTarget([path], format, target, a, ctx, bar, true);
+        } finally {
+          tmp.remove();
+        }
       }
     } else if (toStream) {
       await toStreamTarget(sources, a.fmt, target, a, ctx, bar);
@@ -124,7 +141,8 @@ function createOpts(a: StreamConvertArgs, ctx: CommandContext): QemuOpts {
   return opts;
 }
 
-async function toStreamTarget(sources: string[], fmt: string | undefined, target: string, a: StreamConvertArgs, ctx: CommandContext, bar: Progress): Promise<void> {
+/** `ownSource`: the source is a temporary copy qimg made, whose backing file name is qimg's own too. */
+async function toStreamTarget(sources: string[], fmt: string | undefined, target: string, a: StreamConvertArgs, ctx: CommandContext, bar: Progress, ownSource = false): Promise<void> {
   const opts = createOpts(a, ctx);
   checkStreamableOptions(opts, a);
   if (a.compressed && a.outFmt !== "qcow2") throw new CliError("Compression not supported for this file format");
@@ -140,8 +158,9 @@ async function toStreamTarget(sources: string[], fmt: string | undefined, target
   const scratch = lazyScratch(sources.join(" "), (t) => ctx.io.err(t), "the planned data exceeds the memory cache; keeping the rest in");
   try {
     for (const source of sources) {
-      const opened = await openOperand(source, a.imageOpts, {
+      const opened = await openOperand(source, a.imageOpts && !ownSource, {
         readOnly: true,
+        ...(ownSource ? { warnOutsideReferences: false } : {}),
         forceShare: a.forceShare,
         ...(fmt !== undefined ? { format: fmt } : {}),
         onWarning: (w) => ctx.io.err(`${w}\n`),
@@ -203,13 +222,43 @@ async function fromStreamSource(source: string, target: string, a: StreamConvert
   if (a.snapshot !== undefined) throw new CliError("-l cannot be used with a stream source");
   if (a.bitmaps) throw new CliError("--bitmaps cannot be used with a stream source");
   const input = openStreamOperand(source, "in");
-  const probed = await probeStream(readStream(input)).catch((e) => {
+  try {
+    const probed = await probeSource(source, input);
+    await streamIntoFile(probed, source, a.fmt ?? probed.format, target, a, ctx, bar);
+  } finally {
+    input.close();
+  }
+}
+
+/** The stream's format and header (its bytes kept); an error names the operand. */
+function probeSource(source: string, input: StreamEndpoint): ReturnType<typeof probeStream> {
+  return probeStream(readStream(input)).catch((e) => {
     throw new CliError(`Could not open '${source}': ${errorText(e)}`, { cause: e });
   });
-  const format = a.fmt ?? probed.format;
+}
+
+function checkStreamFormat(probed: Awaited<ReturnType<typeof probeStream>>, source: string, format: string): asserts format is "raw" | "qcow2" {
   if (format !== "raw" && format !== "qcow2") throw new CliError(`Streams of format '${format}' are not supported`);
   if (format === "qcow2" && probed.format !== "qcow2") throw new CliError(`Could not open '${source}': Image is not in qcow2 format`);
-  const streamBacking = probed.header?.backingFile;
+}
+
+/**
+ * Convert a probed stream into the file `target` (created unless -n). A backing file the stream names is kept:
+ * as stored, or for `temporary` (a target under TMPDIR) resolved from the current directory.
+ */
+async function streamIntoFile(
+  probed: Awaited<ReturnType<typeof probeStream>>,
+  source: string,
+  format: string,
+  target: string,
+  a: StreamConvertArgs,
+  ctx: CommandContext,
+  bar: Progress,
+  temporary = false,
+): Promise<void> {
+  checkStreamFormat(probed, source, format);
+  const stored = probed.header?.backingFile;
+  const streamBacking = stored === undefined || !temporary ? stored : resolve(stored);
   const opts = createOpts(a, ctx);
   let backingFile = opts.string("backing_file");
   if (streamBacking !== undefined && backingFile === undefined) {
@@ -229,7 +278,7 @@ async function fromStreamSource(source: string, target: string, a: StreamConvert
       throw new CliError(`${target}: error while converting ${a.outFmt}: ${errorText(e)}`, { cause: e });
     }
   }
-  const image = await openCliImage(target, { readOnly: false, format: a.outFmt, onWarning: (w) => ctx.io.err(`${w}\n`) });
+  const image = await openCliImage(target, { readOnly: false, format: a.outFmt, ...(temporary ? { warnOutsideReferences: false } : {}), onWarning: (w) => ctx.io.err(`${w}\n`) });
   const scratch = lazyScratch(source, (t) => ctx.io.err(t));
   try {
     await streamToImage(probed.stream, image, {
@@ -246,6 +295,5 @@ async function fromStreamSource(source: string, target: string, a: StreamConvert
   } finally {
     await scratch.remove();
     await closeQuietly(image);
-    input.close();
   }
 }
