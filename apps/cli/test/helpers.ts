@@ -23,7 +23,7 @@ export interface Run {
 export function run(
   program: string,
   args: readonly string[],
-  opts: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv; input?: string } = {},
+  opts: { cwd?: string | undefined; timeoutMs?: number; env?: NodeJS.ProcessEnv; input?: string | undefined } = {},
 ): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = execFile(

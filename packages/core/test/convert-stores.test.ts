@@ -156,7 +156,11 @@ async function convertInto(t: TargetCase, source: BlockImage, copying: boolean, 
   } else {
     target = await qcow2On(meta, t.options!, data);
   }
-  await convertImages([source], target, { targetZeroInit: true, sparseBytes: t.sparseBytes, batchBytes });
+  await convertImages([source], target, {
+    targetZeroInit: true,
+    ...(t.sparseBytes !== undefined && { sparseBytes: t.sparseBytes }),
+    ...(batchBytes !== undefined && { batchBytes }),
+  });
   await target.flush();
   return { target, meta, data };
 }

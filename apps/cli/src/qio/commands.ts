@@ -758,14 +758,16 @@ const reopenCmd: Command = {
       const given = splitOptionList(blockOptions).map((e) => e.split("=")[0]!);
       if (readOnly !== undefined && given.includes("read-only")) throw new CliError("Cannot set both -r/-w and 'read-only'");
       if (cache !== undefined && given.some((k) => k.startsWith("cache."))) throw new CliError("Cannot set both -c and the cache options");
-      const changed = applyBlockOptions({ ...old, format: undefined } as OpenRequest, blockOptions, false);
+      const { format: oldFormat, ...withoutFormat } = old;
+      const changed = applyBlockOptions(withoutFormat, blockOptions, false);
       for (const [field, name] of FIXED_ON_REOPEN) {
         const now = field === "format" ? s.image!.format : old[field];
         if (changed[field] !== undefined && changed[field] !== now) throw new CliError(`Cannot change the option '${name}'`);
       }
       const fileDriver = splitOptionList(blockOptions).find((e) => e.startsWith("file.driver="));
       if (fileDriver !== undefined && fileDriver !== "file.driver=file") throw new CliError("Cannot change the option 'driver'");
-      req = { ...changed, format: old.format };
+      const { format: _changedFormat, ...changedWithoutFormat } = changed;
+      req = { ...changedWithoutFormat, ...(oldFormat !== undefined && { format: oldFormat }) };
     }
     if (readOnly !== undefined) req.readOnly = readOnly;
     if (cache !== undefined) s.writethrough = checkCacheMode(cache);
