@@ -417,6 +417,12 @@ export async function createImage(name: string, opts: CreateImageOptions): Promi
     await dataStore?.close().catch(() => undefined);
     throw e;
   }
+  // createQcow2 leaves the files open (flushed): they are ours to close.
+  try {
+    await dataStore?.close();
+  } finally {
+    await meta.close();
+  }
 }
 
 /**
