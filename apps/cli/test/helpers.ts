@@ -105,6 +105,14 @@ export function filterTimings(text: string): string {
     .replace(/^(\d+,\d+),\d+:\d\d:\d\d\.\d\d,[0-9.]+,[0-9.]+$/gm, "$1,TIME");
 }
 
+/**
+ * A qemu-io command's usage line ("read [-abCqv] ... off len -- SUMMARY") with its summary replaced: the
+ * syntax is QEMU's and compared, the one-line summary after " -- " is in qio's own words.
+ */
+export function neutralUsageSummaries(text: string): string {
+  return text.replace(/^([a-z_]+(?: [^:\n]*)?) -- .*$/gm, "$1 -- SUMMARY");
+}
+
 /** qemu-img info --output=json with the fields that depend on the file system or the clock removed. */
 export function infoJson(text: string): unknown {
   const strip = (v: unknown): unknown => {
