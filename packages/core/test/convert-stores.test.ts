@@ -39,7 +39,7 @@ class PlainStore implements ByteStore {
   writeZeroes(offset: number, length: number, unmap?: boolean) {
     return this.inner.writeZeroes(offset, length, unmap);
   }
-  /** A no-op: createQcow2 closes the store it made the image in, and the tests go on using it. */
+  /** A no-op: an image closes the store it took over, and the tests go on reading it afterwards. */
   async close() {}
 }
 
