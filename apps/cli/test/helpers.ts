@@ -23,7 +23,7 @@ export interface Run {
 export function run(
   program: string,
   args: readonly string[],
-  opts: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv; input?: string } = {},
+  opts: { cwd?: string | undefined; timeoutMs?: number; env?: NodeJS.ProcessEnv; input?: string | undefined } = {},
 ): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = execFile(
@@ -103,6 +103,14 @@ export function filterTimings(text: string): string {
   return text
     .replace(/(\d+ ops); [0-9:.]+(?: sec)? \([^()\n]*\/sec and [^()\n]* ops\/sec\)/g, "$1; TIME")
     .replace(/^(\d+,\d+),\d+:\d\d:\d\d\.\d\d,[0-9.]+,[0-9.]+$/gm, "$1,TIME");
+}
+
+/**
+ * A qemu-io command's usage line ("read [-abCqv] ... off len -- SUMMARY") with its summary replaced: the
+ * syntax is QEMU's and compared, the one-line summary after " -- " is in qio's own words.
+ */
+export function neutralUsageSummaries(text: string): string {
+  return text.replace(/^([a-z_]+(?: [^:\n]*)?) -- .*$/gm, "$1 -- SUMMARY");
 }
 
 /** qemu-img info --output=json with the fields that depend on the file system or the clock removed. */

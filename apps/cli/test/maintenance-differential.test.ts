@@ -25,7 +25,7 @@ interface Layout {
   v2: boolean;
   extl2: boolean;
   refcountBits: number;
-  sizes: number[];
+  sizes: [number, number, number];
 }
 
 /** One step: arguments for qemu-img/qimg ("img") or qemu-io/qio ("io"). */
@@ -48,7 +48,7 @@ function plan(seed: number): { layout: Layout; steps: Step[] } {
   const refcountBits = v2 ? 16 : pick([1, 2, 4, 8, 16, 32, 64]);
   // Sizes in 512-byte units, mostly not whole clusters, up to 2 MiB; base may be shorter or longer.
   const size = () => (1 + int(4096)) * 512;
-  const sizes = [size(), size(), size()];
+  const sizes: [number, number, number] = [size(), size(), size()];
   const layout: Layout = { clusterSize, v2, extl2, refcountBits, sizes };
   const virtual = [...sizes];
   const backingOf: Array<string | undefined> = [undefined, "base.qcow2", "mid.qcow2"];

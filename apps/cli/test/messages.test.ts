@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { QIMG_BIN, QIO_BIN, filterTimings, normalizeQemu, ok, qemuImg, qemuIo, qimg, qio, run, tempDir } from "./helpers";
+import { QIMG_BIN, QIO_BIN, filterTimings, neutralUsageSummaries, normalizeQemu, ok, qemuImg, qemuIo, qimg, qio, run, tempDir } from "./helpers";
 
 const dir = tempDir("qimg-messages-");
 
@@ -105,8 +105,8 @@ describe("qio matches qemu-io", () => {
         args.map((a) => a.replace(/(^|[ =])(a\.qcow2|df\.qcow2|r\.raw)/g, `$1${prefix}-$2`));
       const q = await qemuIo(fix(`q${i}`), dir);
       const o = await qio(fix(`o${i}`), dir);
-      const qOut = filterTimings(normalizeQemu(q.stdout)).replace(/qemu-io/g, "qio").replace(new RegExp(`q${i}-`, "g"), "");
-      const oOut = filterTimings(o.stdout).replace(new RegExp(`o${i}-`, "g"), "");
+      const qOut = neutralUsageSummaries(filterTimings(normalizeQemu(q.stdout)).replace(/qemu-io/g, "qio").replace(new RegExp(`q${i}-`, "g"), ""));
+      const oOut = neutralUsageSummaries(filterTimings(o.stdout).replace(new RegExp(`o${i}-`, "g"), ""));
       const qErr = normalizeQemu(q.stderr).replace(new RegExp(`q${i}-`, "g"), "");
       const oErr = o.stderr.replace(new RegExp(`o${i}-`, "g"), "");
       // The usage text differs (qio's own); only its presence is compared.

@@ -8,7 +8,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { seededRandom } from "@qcowkit/datafile/testing";
 import { describe, expect, it } from "vitest";
-import { filterTimings, normalizeQemu, qemuImg, qemuIo, qio, subDir, tempDir } from "./helpers";
+import { filterTimings, neutralUsageSummaries, normalizeQemu, qemuImg, qemuIo, qio, subDir, tempDir } from "./helpers";
 
 const root = tempDir("qio-iotests-");
 
@@ -24,7 +24,7 @@ async function twins(dir: string, opts: string[] = []): Promise<[string, string]
 /** Run the same qemu-io arguments (IMG replaced) on both; expect the same output and exit code. */
 async function same(args: (img: string) => string[], ours: string, theirs: string): Promise<string> {
   const [o, t] = await Promise.all([qio(args(ours)), qemuIo(args(theirs))]);
-  const strip = (text: string, img: string) => filterTimings(text.split(img).join("IMG"));
+  const strip = (text: string, img: string) => neutralUsageSummaries(filterTimings(text.split(img).join("IMG")));
   expect(strip(o.stdout, ours)).toBe(strip(normalizeQemu(t.stdout), theirs));
   expect(strip(o.stderr, ours)).toBe(strip(normalizeQemu(t.stderr), theirs));
   expect(o.code).toBe(t.code);

@@ -370,19 +370,20 @@ Serve a disk image over NBD (qemu-nbd compatible).
   -h, --help                this text
   -V, --version             the version
 
-Connection properties:
-  -p, --port=PORT           TCP port to listen on (default 10809)
-  -b, --bind=IFACE          address to bind to (default 0.0.0.0)
+Where and whom to serve:
+  -p, --port=PORT           TCP port (10809 unless given)
+  -b, --bind=IFACE          listen on this address only (all addresses, 0.0.0.0,
+                            unless given)
   -k, --socket=PATH         listen on a Unix socket instead of TCP
   -e, --shared=NUM          serve up to NUM clients at once (default 1, 0 = no limit)
   -t, --persistent          keep running after the last client disconnects
   -v, --verbose             log connections and errors to stderr
-  -x, --export-name=NAME    export name (default is the empty string)
-  -D, --description=TEXT    export description shown to clients
+  -x, --export-name=NAME    the name clients ask for (empty unless given)
+  -D, --description=TEXT    a line of text clients may show for the export
       --handshake-limit=N   seconds a client may take to finish the handshake
                             (default 10, 0 = no limit)
 
-Exposing part of the image:
+Extra metadata for clients:
   -A, --allocation-depth    offer the qemu:allocation-depth metadata context
   -B, --bitmap=NAME         offer a persistent dirty bitmap (repeatable)
 
@@ -395,13 +396,13 @@ TLS:
       --object tls-creds-psk,id=ID,dir=DIR,endpoint=server
       --tls-creds=ID        use the credentials defined by --object
 
-General purpose options:
+Process:
       --fork                run in the background once the server is listening
       --pid-file=PATH       write the server's process ID to PATH
 
-Block device options:
+The image:
   -f, --format=FORMAT       image format (raw, qcow2); probed when absent
-  -r, --read-only           export read-only
+  -r, --read-only           clients may read but not write
   -n, --nocache             same as --cache=none
       --cache=MODE          none, writeback (default), writethrough, directsync, unsafe
       --discard=MODE        ignore (default) or unmap

@@ -46,7 +46,13 @@ type Builtin = (args: string[], ctx: BuiltinContext) => string;
 
 const hex = (v: bigint | number): string => `0x${v.toString(16)}`;
 
-function arity(args: string[], min: number, max: number, usage: string): void {
+/** A word list known to hold at least N words. */
+type AtLeast<N extends number, Known extends string[] = []> = Known["length"] extends N
+  ? [...Known, ...string[]]
+  : AtLeast<N, [...Known, string]>;
+
+/** Checks the word count; afterwards the first `min` words are known to be there. */
+function arity<N extends number>(args: string[], min: N, max: number, usage: string): asserts args is AtLeast<N> {
   if (args.length < min || args.length > max) throw new BuiltinError(`usage: ${usage}`);
 }
 
@@ -199,8 +205,9 @@ const BUILTINS: Record<string, Builtin> = {
       const n = Math.min(1 << 20, length - done);
       const b = readBytes(path(ctx, args[0]), offset + done, n);
       for (let i = 0; i < n; i++) {
-        if (i >= b.length) return `${args[0]}: end of file at ${offset + done + i}\n`;
-        if (b[i] !== byte) return `${args[0]}: mismatch at ${offset + done + i}: ${hex(b[i])} is not ${hex(byte)}\n`;
+        const found = b[i];
+        if (found === undefined) return `${args[0]}: end of file at ${offset + done + i}\n`;
+        if (found !== byte) return `${args[0]}: mismatch at ${offset + done + i}: ${hex(found)} is not ${hex(byte)}\n`;
       }
       done += n;
     }
@@ -276,7 +283,9 @@ export function isBuiltin(name: string): boolean {
 /** Runs a builtin; failures become output plus a non-zero status, like a failing command. */
 export function runBuiltin(name: string, args: string[], ctx: BuiltinContext): { output: string; exitCode: number } {
   try {
-    return { output: BUILTINS[name](args, ctx), exitCode: 0 };
+    const builtin = BUILTINS[name];
+    if (builtin === undefined) throw new BuiltinError("not a builtin");
+    return { output: builtin(args, ctx), exitCode: 0 };
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     const message = err.code && err.syscall ? `${err.code} (${err.syscall})` : err.message;

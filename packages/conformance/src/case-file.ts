@@ -37,7 +37,7 @@ const KNOWN_REQUIREMENTS = new Set(["nbd"]);
 export function parseCaseFile(fileName: string, text: string): CaseDefinition {
   const match = CASE_FILE.exec(fileName);
   if (!match) throw new CaseFileError(`${fileName}: case files are named NNN-some-name.case`);
-  const id = match[1];
+  const id = match[1]!; // the pattern's only group always takes part
   let title = "";
   let groups: string[] = [];
   let requires: string[] = [];
@@ -46,11 +46,11 @@ export function parseCaseFile(fileName: string, text: string): CaseDefinition {
   const lines = text.split("\n");
   let inHeader = true;
   for (let n = 0; n < lines.length; n++) {
-    const raw = lines[n];
+    const raw = lines[n]!;
     const trimmed = raw.trim();
     const header = /^#\s*(Title|Groups|Requires|Difference)(?:\s+([a-z0-9-]+))?:\s*(.*)$/.exec(trimmed);
     if (inHeader && header) {
-      const [, key, arg, value] = header;
+      const [, key, arg, value = ""] = header;
       if (key === "Title" && !arg) title = value;
       else if (key === "Groups" && !arg) groups = value.split(/\s+/).filter(Boolean);
       else if (key === "Requires" && !arg) requires = value.split(/\s+/).filter(Boolean);
@@ -67,7 +67,7 @@ export function parseCaseFile(fileName: string, text: string): CaseDefinition {
     const first = n;
     while (stepText.endsWith("\\") && n + 1 < lines.length) {
       n++;
-      stepText = `${stepText.slice(0, -1)} ${lines[n].trim()}`;
+      stepText = `${stepText.slice(0, -1)} ${lines[n]!.trim()}`;
     }
     steps.push({ line: first + 1, text: stepText });
   }

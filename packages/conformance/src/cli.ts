@@ -70,7 +70,7 @@ export function parseArgs(argv: readonly string[]): CliOptions {
     "-j", "--jobs", "--timeout", "--cases", "--golden",
   ]);
   for (let i = 0; i < argv.length; i++) {
-    let arg = argv[i];
+    let arg = argv[i]!;
     let value: string | undefined;
     const eq = arg.startsWith("--") ? arg.indexOf("=") : -1;
     if (eq > 0) {
@@ -78,30 +78,36 @@ export function parseArgs(argv: readonly string[]): CliOptions {
       arg = arg.slice(0, eq);
     }
     if (valued.has(arg) && value === undefined) {
-      if (i + 1 >= argv.length) throw new UsageError(`${arg} needs a value`);
       value = argv[++i];
+      if (value === undefined) throw new UsageError(`${arg} needs a value`);
     } else if (!valued.has(arg) && value !== undefined) {
       throw new UsageError(`${arg} takes no value`);
     }
+    const option = arg;
+    /** The value of an option that takes one (present: checked above). */
+    const given = (): string => {
+      if (value === undefined) throw new UsageError(`${option} needs a value`);
+      return value;
+    };
     const positive = (what: string): number => {
-      const n = Number(value);
+      const n = Number(given());
       if (!Number.isInteger(n) || n < 1) throw new UsageError(`${what} must be a positive integer`);
       return n;
     };
     switch (arg) {
-      case "--impl": o.impl = value!; break;
-      case "--qimg": o.qimg = value; break;
-      case "--qio": o.qio = value; break;
-      case "--qnbd": o.qnbd = value; break;
-      case "--img": o.img = value; break;
-      case "--io": o.io = value; break;
-      case "--nbd": o.nbd = value; break;
-      case "-g": case "--group": o.groups.push(value!); break;
-      case "-x": case "--exclude": o.exclude.push(value!); break;
+      case "--impl": o.impl = given(); break;
+      case "--qimg": o.qimg = given(); break;
+      case "--qio": o.qio = given(); break;
+      case "--qnbd": o.qnbd = given(); break;
+      case "--img": o.img = given(); break;
+      case "--io": o.io = given(); break;
+      case "--nbd": o.nbd = given(); break;
+      case "-g": case "--group": o.groups.push(given()); break;
+      case "-x": case "--exclude": o.exclude.push(given()); break;
       case "-j": case "--jobs": o.jobs = positive("--jobs"); break;
       case "--timeout": o.timeoutMs = positive("--timeout") * 1000; break;
-      case "--cases": o.casesDir = value!; break;
-      case "--golden": o.goldenDir = value!; break;
+      case "--cases": o.casesDir = given(); break;
+      case "--golden": o.goldenDir = given(); break;
       case "--update-golden": o.updateGolden = true; break;
       case "--keep": o.keep = true; break;
       case "--list": o.list = true; break;
@@ -119,8 +125,9 @@ export function parseArgs(argv: readonly string[]): CliOptions {
 
 export function makeDriver(o: CliOptions, env: NodeJS.ProcessEnv = process.env): Driver {
   if (o.impl === "qemu") return qemuDriver(env);
-  if (o.impl === "custom") return customDriver({ img: o.img, io: o.io, nbd: o.nbd }, env);
-  return qcowkitDriver({ qimg: o.qimg, qio: o.qio, qnbd: o.qnbd }, env);
+  // The options carry the custom commands (img, io, nbd) and qcowkit's paths (qimg, qio, qnbd) by those names.
+  if (o.impl === "custom") return customDriver(o, env);
+  return qcowkitDriver(o, env);
 }
 
 export interface CliIo {
@@ -153,9 +160,9 @@ export async function main(argv: readonly string[], io: CliIo = stdio): Promise<
       cases,
       goldenDir: o.goldenDir,
       updateGolden: o.updateGolden,
-      jobs: o.jobs,
+      ...(o.jobs !== undefined && { jobs: o.jobs }),
       keep: o.keep,
-      timeouts: o.timeoutMs ? { ...DEFAULT_TIMEOUTS, stepMs: o.timeoutMs } : undefined,
+      ...(o.timeoutMs && { timeouts: { ...DEFAULT_TIMEOUTS, stepMs: o.timeoutMs } }),
       onResult: (r) => io.write(formatResult(r)),
     });
     if (o.keep) io.write(`case directories kept in ${summary.workRoot}\n`);

@@ -15,28 +15,29 @@ function operations(a: string[], b: string[]): Op[] | undefined {
   if ((am.length + 1) * (bm.length + 1) > MAX_CELLS) return undefined;
   const width = bm.length + 1;
   const lcs = new Uint32Array((am.length + 1) * width);
+  /** Length of the longest common subsequence of am[i..] and bm[j..] (0 past either end). */
+  const common = (i: number, j: number): number => lcs[i * width + j] ?? 0;
   for (let i = am.length - 1; i >= 0; i--) {
     for (let j = bm.length - 1; j >= 0; j--) {
-      lcs[i * width + j] =
-        am[i] === bm[j] ? lcs[(i + 1) * width + j + 1] + 1 : Math.max(lcs[(i + 1) * width + j], lcs[i * width + j + 1]);
+      lcs[i * width + j] = am[i] === bm[j] ? common(i + 1, j + 1) + 1 : Math.max(common(i + 1, j), common(i, j + 1));
     }
   }
-  const ops: Op[] = [];
-  for (let k = 0; k < head; k++) ops.push({ kind: " ", line: a[k], a: k, b: k });
+  const ops: Op[] = a.slice(0, head).map((line, k) => ({ kind: " ", line, a: k, b: k }));
   let i = 0;
   let j = 0;
-  while (i < am.length || j < bm.length) {
-    if (i < am.length && j < bm.length && am[i] === bm[j]) {
-      ops.push({ kind: " ", line: am[i], a: head + i++, b: head + j++ });
-    } else if (i < am.length && (j === bm.length || lcs[(i + 1) * width + j] >= lcs[i * width + j + 1])) {
-      ops.push({ kind: "-", line: am[i], a: head + i++, b: head + j });
-    } else {
-      ops.push({ kind: "+", line: bm[j], a: head + i, b: head + j++ });
+  for (;;) {
+    const left = am[i];
+    const right = bm[j];
+    if (left === undefined && right === undefined) break;
+    if (left !== undefined && left === right) {
+      ops.push({ kind: " ", line: left, a: head + i++, b: head + j++ });
+    } else if (left !== undefined && (right === undefined || common(i + 1, j) >= common(i, j + 1))) {
+      ops.push({ kind: "-", line: left, a: head + i++, b: head + j });
+    } else if (right !== undefined) {
+      ops.push({ kind: "+", line: right, a: head + i, b: head + j++ });
     }
   }
-  for (let k = 0; k < tail; k++) {
-    ops.push({ kind: " ", line: a[a.length - tail + k], a: a.length - tail + k, b: b.length - tail + k });
-  }
+  a.slice(a.length - tail).forEach((line, k) => ops.push({ kind: " ", line, a: a.length - tail + k, b: b.length - tail + k }));
   return ops;
 }
 
@@ -55,19 +56,20 @@ export function unifiedDiff(expected: string, actual: string, expectedName: stri
   }
   const changed = ops.map((op, k) => (op.kind !== " " ? k : -1)).filter((k) => k >= 0);
   let k = 0;
-  while (k < changed.length) {
-    const start = Math.max(0, changed[k] - context);
-    let end = Math.min(ops.length, changed[k] + context + 1);
-    while (k + 1 < changed.length && changed[k + 1] - context <= end) {
+  for (let first = changed[0]; first !== undefined; first = changed[k]) {
+    const start = Math.max(0, first - context);
+    let end = Math.min(ops.length, first + context + 1);
+    for (let next = changed[k + 1]; next !== undefined && next - context <= end; next = changed[k + 1]) {
       k++;
-      end = Math.min(ops.length, changed[k] + context + 1);
+      end = Math.min(ops.length, next + context + 1);
     }
     k++;
     const hunk = ops.slice(start, end);
     const aCount = hunk.filter((o) => o.kind !== "+").length;
     const bCount = hunk.filter((o) => o.kind !== "-").length;
-    const aStart = hunk[0].a + (aCount ? 1 : 0);
-    const bStart = hunk[0].b + (bCount ? 1 : 0);
+    const firstOp = ops[start]!; // start <= first < ops.length: the hunk is never empty
+    const aStart = firstOp.a + (aCount ? 1 : 0);
+    const bStart = firstOp.b + (bCount ? 1 : 0);
     out.push(`@@ -${aStart},${aCount} +${bStart},${bCount} @@`);
     for (const o of hunk) out.push(`${o.kind}${o.line}`);
   }

@@ -50,9 +50,9 @@ export function findProgram(program: string, env: NodeJS.ProcessEnv = process.en
   return undefined;
 }
 
-function tool(argv: readonly string[], extraNames: readonly string[] = []): ToolCommand {
-  const names = new Set([argv[0], basename(argv[0]), ...extraNames]);
-  return { argv, names: [...names] };
+function tool(program: string, extraNames: readonly string[] = []): ToolCommand {
+  const names = new Set([program, basename(program), ...extraNames]);
+  return { argv: [program], names: [...names] };
 }
 
 /** Splits a command given as one string ("node ./my-img.js --flag") into words, with shell quoting. */
@@ -74,9 +74,9 @@ function requireProgram(role: ToolRole, program: string, env: NodeJS.ProcessEnv)
 export function qemuDriver(env: NodeJS.ProcessEnv = process.env): Driver {
   return {
     name: "qemu",
-    img: tool([requireProgram("img", "qemu-img", env)]),
-    io: tool([requireProgram("io", "qemu-io", env)]),
-    nbd: tool([requireProgram("nbd", "qemu-nbd", env)]),
+    img: tool(requireProgram("img", "qemu-img", env)),
+    io: tool(requireProgram("io", "qemu-io", env)),
+    nbd: tool(requireProgram("nbd", "qemu-nbd", env)),
   };
 }
 
@@ -105,12 +105,12 @@ export interface QcowkitPaths {
 export function qcowkitDriver(paths: QcowkitPaths = {}, env: NodeJS.ProcessEnv = process.env): Driver {
   const locate = (role: ToolRole, program: string, explicit: string | undefined, envName: string): ToolCommand => {
     const given = explicit ?? env[envName];
-    if (given) return tool([requireProgram(role, isAbsolute(given) ? given : resolve(given), env)], [program]);
+    if (given) return tool(requireProgram(role, isAbsolute(given) ? given : resolve(given), env), [program]);
     const found = findInAncestorBins(program) ?? findProgram(program, env);
     if (!found) {
       throw new DriverError(`${program} not found: pass --${program} PATH or set ${envName}, or put it on PATH`);
     }
-    return tool([found], [program]);
+    return tool(found, [program]);
   };
   return {
     name: "qcowkit",
@@ -131,19 +131,20 @@ const INTERPRETERS = new Set(["node", "python", "python3", "sh", "bash", "env", 
 /** Any other implementation, named by its commands; the NBD server is optional. */
 export function customDriver(commands: CustomCommands, env: NodeJS.ProcessEnv = process.env, name = "custom"): Driver {
   const make = (role: ToolRole, command: string): ToolCommand => {
-    const words = commandWords(command);
-    const program = requireProgram(role, words[0], env);
+    const [first, ...rest] = commandWords(command);
+    if (first === undefined) throw new DriverError(`the command for ${NEUTRAL_NAMES[role]} is empty`);
+    const program = requireProgram(role, first, env);
     // "node ./my-img.js": the tool names itself after the script, not the interpreter.
-    const script = INTERPRETERS.has(basename(words[0])) && words[1] ? words[1] : words[0];
+    const script = INTERPRETERS.has(basename(first)) && rest[0] ? rest[0] : first;
     const names = [basename(script), basename(script).replace(/\.[a-z]+$/, "")];
-    return { argv: [program, ...words.slice(1)], names: [...new Set(names)] };
+    return { argv: [program, ...rest], names: [...new Set(names)] };
   };
   if (!commands.img || !commands.io) throw new DriverError("--impl custom needs --img CMD and --io CMD");
   return {
     name,
     img: make("img", commands.img),
     io: make("io", commands.io),
-    nbd: commands.nbd ? make("nbd", commands.nbd) : undefined,
+    ...(commands.nbd && { nbd: make("nbd", commands.nbd) }),
   };
 }
 

@@ -66,11 +66,11 @@ export function filterOutput(text: string, ctx: FilterContext): string {
   return out;
 }
 
-const REDACTED_JSON_KEYS: Record<string, string> = {
-  "actual-size": "SIZE",
-  "date-sec": "DATE",
-  "date-nsec": "DATE",
-};
+const REDACTED_JSON_KEYS = new Map([
+  ["actual-size", "SIZE"],
+  ["date-sec", "DATE"],
+  ["date-nsec", "DATE"],
+]);
 
 /**
  * Canonical JSON (sorted keys, fixed layout) with file-system and clock values redacted. Text that is not a
@@ -79,8 +79,10 @@ const REDACTED_JSON_KEYS: Record<string, string> = {
 export function filterJson(text: string): string {
   const v = parseJson(text);
   if (!v) return text;
-  const redact = (key: string, x: JsonValue): JsonValue =>
-    key in REDACTED_JSON_KEYS ? { kind: "string", value: REDACTED_JSON_KEYS[key] } : x;
+  const redact = (key: string, x: JsonValue): JsonValue => {
+    const value = REDACTED_JSON_KEYS.get(key);
+    return value === undefined ? x : { kind: "string", value };
+  };
   return `${printJson(v, redact)}\n`;
 }
 

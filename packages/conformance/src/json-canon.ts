@@ -16,7 +16,7 @@ class JsonSyntaxError extends Error {}
 export function parseJson(text: string): JsonValue | undefined {
   let i = 0;
   const ws = (): void => {
-    while (i < text.length && " \t\r\n".includes(text[i])) i++;
+    while (i < text.length && " \t\r\n".includes(text.charAt(i))) i++;
   };
   const fail = (): never => {
     throw new JsonSyntaxError(`bad JSON at ${i}`);

@@ -47,7 +47,8 @@ function probeNbd(socketPath: string, timeoutMs: number): Promise<"ready" | "abs
       greeted = true;
       const reply = new Uint8Array(20);
       const dv = new DataView(reply.buffer);
-      dv.setUint32(0, ((got[16] << 8) | got[17]) & 3);
+      // The server's handshake flags (16 bits after the two magics): echo the ones we understand.
+      dv.setUint32(0, new DataView(got.buffer, got.byteOffset, got.byteLength).getUint16(16) & 3);
       for (let i = 0; i < 8; i++) reply[4 + i] = NBD_MAGIC.charCodeAt(8 + i);
       dv.setUint32(12, NBD_OPT_ABORT);
       dv.setUint32(16, 0);
@@ -66,11 +67,13 @@ export async function startNbdServer(
 ): Promise<{ server?: NbdServer; error?: string }> {
   const fd = openSync(opts.logPath, "w");
   let child: ChildProcess;
+  const [program = "", ...args] = argv;
   try {
-    child = spawn(argv[0], argv.slice(1), { cwd: opts.cwd, env: opts.env, stdio: ["ignore", fd, fd] });
+    if (program === "") throw new Error("empty command");
+    child = spawn(program, args, { cwd: opts.cwd, env: opts.env, stdio: ["ignore", fd, fd] });
   } catch (e) {
     closeSync(fd);
-    return { error: `${argv[0]}: ${(e as Error).message}` };
+    return { error: `${program}: ${(e as Error).message}` };
   }
   closeSync(fd);
   let status: number | undefined;

@@ -9,7 +9,8 @@ export function parseBigNumber(text: string): bigint {
   if (hexMatch) return BigInt(`0x${hexMatch[1]}`);
   const dec = /^(\d+)([kKMGT]?)$/.exec(text);
   if (!dec) throw new NumberSyntaxError(`not a number: "${text}"`);
-  return BigInt(dec[1]) * (dec[2] ? SUFFIX[dec[2]] : 1n);
+  const [, digits = "", suffix = ""] = dec;
+  return BigInt(digits) * (SUFFIX[suffix] ?? 1n);
 }
 
 /** A number that must be a safe integer (offsets and lengths). */

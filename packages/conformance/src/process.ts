@@ -71,10 +71,12 @@ export function runProcess(argv: readonly string[], opts: RunOptions): Promise<P
       timedOut = true;
       child.kill("SIGKILL");
     }, opts.timeoutMs);
+    const [program = "", ...args] = argv;
     try {
-      child = spawn(argv[0], argv.slice(1), { cwd: opts.cwd, env: opts.env, stdio: ["ignore", outFd, errFd] });
+      if (program === "") throw new Error("empty command");
+      child = spawn(program, args, { cwd: opts.cwd, env: opts.env, stdio: ["ignore", outFd, errFd] });
     } catch (e) {
-      finish(127, `${argv[0]}: ${(e as Error).message}\n`);
+      finish(127, `${program}: ${(e as Error).message}\n`);
       return;
     }
     child.on("error", (e) => finish(127, `${argv[0]}: ${e.message}\n`));

@@ -149,7 +149,8 @@ function describeExtension(type: number, data: Uint8Array): string[] {
     const out: string[] = [];
     for (let o = 0; o + 48 <= data.length; o += 48) {
       const name = latin1(data.subarray(o + 2, o + 48)).replace(/\0+$/, "");
-      out.push(`  ${FEATURE_TYPES[data[o]] ?? `type ${data[o]}`} bit ${data[o + 1]}: ${name}`);
+      const featureType = dv.getUint8(o);
+      out.push(`  ${FEATURE_TYPES[featureType] ?? `type ${featureType}`} bit ${dv.getUint8(o + 1)}: ${name}`);
     }
     return out;
   }

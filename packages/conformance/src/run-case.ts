@@ -27,7 +27,7 @@ const toolMarker = (role: ToolRole): string => `\u0000tool:${role}\u0000`;
 
 const ASYNC_BUILTINS = new Set(["nbd_start", "nbd_stop"]);
 
-function variables(testDir: string): Record<string, string> {
+function variables(testDir: string) {
   return {
     TEST_DIR: testDir,
     TEST_IMG: `${testDir}/t.qcow2`,
@@ -37,27 +37,36 @@ function variables(testDir: string): Record<string, string> {
   };
 }
 
-function lookupIn(vars: Record<string, string>, tools: (role: ToolRole) => string): (name: string) => string {
+function lookupIn(vars: Readonly<Record<string, string>>, tools: (role: ToolRole) => string): (name: string) => string {
   return (name) => {
-    if (name in TOOL_VARIABLES) return tools(TOOL_VARIABLES[name]);
-    if (Object.hasOwn(vars, name)) return vars[name];
+    const role = Object.hasOwn(TOOL_VARIABLES, name) ? TOOL_VARIABLES[name] : undefined;
+    if (role !== undefined) return tools(role);
+    const value = Object.hasOwn(vars, name) ? vars[name] : undefined;
+    if (value !== undefined) return value;
     throw new CaseStepError(`unknown variable $${name}`);
   };
 }
 
+/** A command or filter: a name and its arguments. */
+type Words = [string, ...string[]];
+
 interface ParsedStep {
-  readonly command: string[];
-  readonly filters: string[][];
+  readonly command: Words;
+  readonly filters: Words[];
 }
 
 function splitPipeline(tokens: Token[]): ParsedStep {
-  const segments: string[][] = [[]];
+  let current: string[] = [];
+  const segments = [current];
   for (const t of tokens) {
-    if (t === PIPE) segments.push([]);
-    else segments[segments.length - 1].push(t);
+    if (t === PIPE) segments.push((current = []));
+    else current.push(t);
   }
-  if (segments.some((s) => s.length === 0)) throw new CaseStepError("empty command or filter around |");
-  const [command, ...filters] = segments;
+  const [command, ...filters] = segments.map(([name, ...args]): Words => {
+    if (name === undefined) throw new CaseStepError("empty command or filter around |");
+    return [name, ...args];
+  });
+  if (command === undefined) throw new CaseStepError("empty step");
   return { command, filters };
 }
 
@@ -124,7 +133,7 @@ export async function runCase(def: CaseDefinition, opts: CaseRunOptions): Promis
   };
 
   /** Runs one command; the output comes back filtered. */
-  const execute = async (command: string[]): Promise<{ output: string; exitCode: number }> => {
+  const execute = async (command: Words): Promise<{ output: string; exitCode: number }> => {
     const role = /^\u0000tool:(img|io|nbd)\u0000$/.exec(command[0])?.[1] as ToolRole | undefined;
     if (role) {
       const argv = [...tool(role), ...command.slice(1)];

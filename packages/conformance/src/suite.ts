@@ -77,24 +77,24 @@ async function judge(def: CaseDefinition, opts: SuiteOptions, workRoot: string):
     output = await runCase(def, {
       driver: opts.driver,
       workRoot,
-      timeouts: opts.timeouts,
-      keep: opts.keep,
-      env: opts.env,
+      ...(opts.timeouts && { timeouts: opts.timeouts }),
+      ...(opts.keep !== undefined && { keep: opts.keep }),
+      ...(opts.env && { env: opts.env }),
     });
   } catch (e) {
     return { ...base, status: "fail", reason: (e as Error).message };
   }
-  const note = difference ? `documented difference: ${difference}` : undefined;
+  const note = difference ? { reason: `documented difference: ${difference}` } : {};
   if (opts.updateGolden) {
     const old = existsSync(golden) ? readFileSync(golden, "utf8") : undefined;
     if (old !== output) writeFileSync(golden, output);
-    return { ...base, status: "pass", output, reason: old === output ? note : `wrote ${goldenName}` };
+    return { ...base, status: "pass", output, ...(old === output ? note : { reason: `wrote ${goldenName}` }) };
   }
   if (!existsSync(golden)) {
     return { ...base, status: "fail", output, reason: `no ${goldenName}; make it with --impl qemu --update-golden` };
   }
   const diff = unifiedDiff(readFileSync(golden, "utf8"), output, goldenName, "output");
-  return diff ? { ...base, status: "fail", output, diff, reason: note } : { ...base, status: "pass", output, reason: note };
+  return diff ? { ...base, status: "fail", output, diff, ...note } : { ...base, status: "pass", output, ...note };
 }
 
 /** Runs the cases with bounded parallelism and reports them in order. */
@@ -105,11 +105,13 @@ export async function runSuite(opts: SuiteOptions): Promise<SuiteResult> {
   let reported = 0;
   let next = 0;
   const worker = async (): Promise<void> => {
-    while (next < opts.cases.length) {
+    for (;;) {
       const k = next++;
-      results[k] = await judge(opts.cases[k], opts, workRoot);
-      while (reported < results.length && results[reported]) {
-        const r = results[reported++]!;
+      const def = opts.cases[k];
+      if (def === undefined) return;
+      results[k] = await judge(def, opts, workRoot);
+      for (let r = results[reported]; r !== undefined; r = results[reported]) {
+        reported++;
         opts.onResult?.(r);
       }
     }
@@ -132,7 +134,7 @@ export function selectCases(
   const wanted = (sel.ids ?? []).map((s) => {
     const m = /^(\d{1,3})(?:-.*)?(?:\.case)?$/.exec(s.replace(/^.*\//, ""));
     if (!m) throw new Error(`not a case number: ${s}`);
-    return m[1].padStart(3, "0");
+    return m[1]!.padStart(3, "0"); // the pattern's first group always takes part
   });
   for (const id of wanted) if (!cases.some((c) => c.id === id)) throw new Error(`no case ${id}`);
   return cases.filter(

@@ -33,7 +33,7 @@ export function splitWords(line: string, lookup: (name: string) => string): Toke
       i = close + 1;
     } else {
       let j = i + 1;
-      while (j < line.length && NAME_CHAR.test(line[j])) j++;
+      while (j < line.length && NAME_CHAR.test(line.charAt(j))) j++;
       name = line.slice(i + 1, j);
       i = j;
     }
@@ -71,7 +71,7 @@ export function splitWords(line: string, lookup: (name: string) => string): Toke
           i++;
           break;
         }
-        if (d === "\\" && i + 1 < line.length && '"\\$'.includes(line[i + 1])) {
+        if (d === "\\" && i + 1 < line.length && '"\\$'.includes(line.charAt(i + 1))) {
           word += line[i + 1];
           i += 2;
         } else if (d === "$") {

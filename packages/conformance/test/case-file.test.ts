@@ -3,10 +3,14 @@ import { CaseFileError, parseCaseFile } from "../src/case-file";
 import { unifiedDiff } from "../src/diff";
 import { PIPE, quoteWords, splitWords, StepSyntaxError } from "../src/words";
 
-const vars: Record<string, string> = { TEST_DIR: "/t", X: "a b" };
+const vars = new Map([
+  ["TEST_DIR", "/t"],
+  ["X", "a b"],
+]);
 const lookup = (name: string): string => {
-  if (!(name in vars)) throw new StepSyntaxError(`unknown $${name}`);
-  return vars[name];
+  const value = vars.get(name);
+  if (value === undefined) throw new StepSyntaxError(`unknown $${name}`);
+  return value;
 };
 
 describe("step words", () => {

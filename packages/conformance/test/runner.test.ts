@@ -23,17 +23,17 @@ describe("a deliberately different implementation fails", () => {
     );
     const r = await runSuite({ driver: customDriver({ img, io: "qemu-io" }), cases: pick("001"), goldenDir: PACKAGE_GOLDEN_DIR });
     expect(r.failed).toBe(1);
-    expect(r.results[0].status).toBe("fail");
-    expect(r.results[0].diff).toContain("-No errors were found on the image.");
-    expect(r.results[0].diff).toContain("+No errors found on the image.");
+    expect(r.results[0]?.status).toBe("fail");
+    expect(r.results[0]?.diff).toContain("-No errors were found on the image.");
+    expect(r.results[0]?.diff).toContain("+No errors found on the image.");
   });
 
   it("when exit statuses differ (a qemu-io that always exits 0)", async () => {
     const dir = scratchDir("exit0");
     const io = wrapperScript(dir, "happy-io.mjs", "qemu-io", "return [out, err, 0];");
     const r = await runSuite({ driver: customDriver({ img: "qemu-img", io }), cases: pick("014"), goldenDir: PACKAGE_GOLDEN_DIR });
-    expect(r.results[0].status).toBe("fail");
-    expect(r.results[0].diff).toContain("-[exit 1]");
+    expect(r.results[0]?.status).toBe("fail");
+    expect(r.results[0]?.diff).toContain("-[exit 1]");
   });
 
   it("when data differs (a qemu-io whose pattern reads all fail)", async () => {
@@ -45,16 +45,16 @@ describe("a deliberately different implementation fails", () => {
       'return [out, err + (out.includes("read ") ? "Pattern verification failed at offset 0, 1 bytes\\n" : ""), status];',
     );
     const r = await runSuite({ driver: customDriver({ img: "qemu-img", io }), cases: pick("024"), goldenDir: PACKAGE_GOLDEN_DIR });
-    expect(r.results[0].status).toBe("fail");
-    expect(r.results[0].diff).toContain("+Pattern verification failed");
+    expect(r.results[0]?.status).toBe("fail");
+    expect(r.results[0]?.diff).toContain("+Pattern verification failed");
   });
 
   it("but not when only its program name differs, which the filters neutralise", async () => {
     const dir = scratchDir("named");
     const img = wrapperScript(dir, "myimg", "qemu-img", 'return [out, err.replace(/qemu-img:/g, "myimg:"), status];');
     const r = await runSuite({ driver: customDriver({ img, io: "qemu-io" }), cases: pick("009"), goldenDir: PACKAGE_GOLDEN_DIR });
-    expect(r.results[0].reason).toBeUndefined();
-    expect(r.results[0].status).toBe("pass");
+    expect(r.results[0]?.reason).toBeUndefined();
+    expect(r.results[0]?.status).toBe("pass");
   });
 });
 
@@ -87,14 +87,14 @@ describe("documented differences and golden updates", () => {
     expect(readFileSync(join(goldenDir, "900.out"), "utf8")).toContain("No errors were found on the image.");
 
     const updated = await runSuite({ driver: other, cases, goldenDir, updateGolden: true });
-    expect(updated.results[0].reason).toBe("wrote golden/900.custom.out");
-    expect(updated.results[1].status).toBe("fail");
-    expect(updated.results[1].reason).toMatch(/records QEMU's behaviour/);
+    expect(updated.results[0]?.reason).toBe("wrote golden/900.custom.out");
+    expect(updated.results[1]?.status).toBe("fail");
+    expect(updated.results[1]?.reason).toMatch(/records QEMU's behaviour/);
     expect(readFileSync(join(goldenDir, "901.out"), "utf8")).toContain("No errors were found on the image.");
 
     const judged = await runSuite({ driver: other, cases, goldenDir });
     expect(judged.results[0]).toMatchObject({ status: "pass", reason: expect.stringMatching(/^documented difference: /) });
-    expect(judged.results[1].status).toBe("fail");
+    expect(judged.results[1]?.status).toBe("fail");
     expect((await runSuite({ driver: qemuDriver(), cases, goldenDir })).passed).toBe(2);
   });
 

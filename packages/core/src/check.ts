@@ -47,6 +47,7 @@ import {
   type Errno,
 } from "@qcowkit/spec";
 import { metadataOverlap, OVERLAP_ACTIVE_L2, OVERLAP_INACTIVE_L2 } from "./metadata-overlap";
+import { OperationSteps, type OperationOptions } from "./operation";
 import type { Qcow2Image } from "./qcow2-image";
 import { SequentialReader, type SnapshotInfo } from "./snapshots";
 
@@ -90,7 +91,9 @@ export function checkFailureText(f: CheckFailure): string {
   return f === "ENOMEDIUM" ? "No medium found" : errnoText[f];
 }
 
-export interface CheckOptions {
+export interface CheckOptions extends OperationOptions {
+  /** L1 entries counted, of those of the active table and of the snapshots' tables. */
+  onProgress?: (done: number, total: number) => void;
   /** FIX_LEAKS | FIX_ERRORS, 0 (default) to only check. The image must be writable to fix. */
   fix?: number;
   /** Receives every message line as it is produced. */
@@ -229,6 +232,8 @@ export interface CheckContext {
   onMessage: ((line: string, kind: CheckMessageKind) => void) | undefined;
   onReference?: CheckOptions["onReference"];
   onLeak?: CheckOptions["onLeak"];
+  /** Cancelling and progress: one step per L1 entry. */
+  steps: OperationSteps;
 }
 
 export function emptyReport(): CheckReport {
@@ -319,7 +324,8 @@ export async function countL1(ctx: CheckContext, l1Offset: number, l1Size: numbe
   const l1 = new Uint8Array(l1Size * 8);
   await readMeta(ctx, l1Offset, l1, "ERROR: I/O error in check_refcounts_l1");
   const v = viewOf(l1);
-  for (let i = 0; i < l1Size; i++) {
+  for (let i = 0; i < l1Size; i++, ctx.steps.advance(1)) {
+    ctx.steps.check();
     if (v.getUint32(i * 8) === 0 && v.getUint32(i * 8 + 4) === 0) continue;
     if (l1EntryHasReservedBits(v, i)) {
       say(ctx, `ERROR found L1 entry with reserved bits set: ${hex(l1EntryRaw(v, i))}`);
@@ -555,6 +561,7 @@ export async function calculateRefcounts(ctx: CheckContext): Promise<void> {
   const h = image.header;
   const cs = image.clusterSize;
   countReference(ctx, 0, cs, "header");
+  ctx.steps.total = ctx.snapshots.reduce((n, sn) => n + sn.l1Size, h.l1Size);
   await countL1(ctx, h.l1TableOffset, h.l1Size, true);
   if ((h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n && ctx.snapshots.length > 0) {
     say(ctx, `ERROR ${ctx.snapshots.length} snapshots in image with data file`);
@@ -1024,6 +1031,7 @@ export async function newCheckContext(image: Qcow2Image, opts: CheckOptions): Pr
     onMessage: opts.onMessage,
     ...(opts.onReference ? { onReference: opts.onReference } : {}),
     ...(opts.onLeak ? { onLeak: opts.onLeak } : {}),
+    steps: new OperationSteps(opts),
   };
 }
 
@@ -1122,7 +1130,7 @@ export async function runCheck(ctx: CheckContext, repair?: RepairSteps): Promise
       ctx.report.failure = e.errno;
       return;
     }
-    if (!(e instanceof Qcow2Error)) throw e;
+    if (!(e instanceof Qcow2Error) || e.code === "ABORTED") throw e;
     ctx.report.checkErrors++;
     ctx.report.failure = e.errno;
   }

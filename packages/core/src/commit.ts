@@ -7,12 +7,13 @@ import { L1Table } from "@qcowkit/cluster";
 import { Refcounts } from "@qcowkit/refcount";
 import { CRYPT_LUKS, INCOMPAT_DIRTY, setRefcount, setReftableEntry, setU64, viewOf } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
+import { throwIfAborted, type OperationOptions } from "./operation";
 import { Qcow2Image } from "./qcow2-image";
 
 const COPY_CHUNK = 2 * 1024 * 1024;
 
-export interface CommitOptions {
-  /** Called with the bytes done and the total after each chunk. */
+export interface CommitOptions extends OperationOptions {
+  /** Guest bytes examined of all the layers' (each layer counts its size), after each 2 MiB chunk. */
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -30,6 +31,7 @@ export async function commitLayers(layers: readonly BlockImage[], base: BlockIma
   for (const layer of [...layers].reverse()) {
     const end = Math.min(size, layer.virtualSize);
     for (let pos = 0; pos < end; pos += COPY_CHUNK) {
+      throwIfAborted(opts.signal);
       const n = Math.min(COPY_CHUNK, end - pos);
       for (const e of await layer.blockStatus(pos, n)) {
         if (!e.present || e.depth !== 0) continue;

@@ -17,6 +17,7 @@ import type { BlockImage, BlockStatusExtent } from "./block-image";
 import { Qcow2Image } from "./qcow2-image";
 import { RawImage } from "./raw-image";
 import { StoreSlice, type StoreRun } from "./store-slice";
+import { abortable, type OperationOptions } from "./operation";
 
 const SECTOR = 512;
 /** qemu-img's IO_BUF_SIZE. */
@@ -38,7 +39,7 @@ export class ConvertFailure extends Error {
   }
 }
 
-export interface ConvertOptions {
+export interface ConvertOptions extends OperationOptions {
   /** Minimum run of zero bytes that becomes sparse (-S); a multiple of 512; 0 writes everything. Default 4096. */
   sparseBytes?: number;
   /** Write compressed clusters (-c). */
@@ -66,8 +67,12 @@ export interface ConvertOptions {
    * batches copy faster.
    */
   batchBytes?: number;
-  /** qemu_progress_print(percent, 0): the percentage of the data to copy that is done. */
-  onProgress?: (percent: number) => void;
+  /**
+   * Bytes copied of the bytes to copy (data, and zeros with -S 0), after each piece (qemu-img convert -p shows
+   * `100 * done / total`, 100 when there is nothing to copy). Asking for it costs a first pass over the
+   * sources' metadata to find the total.
+   */
+  onProgress?: (done: number, total: number) => void;
 }
 
 type Status = "data" | "zero" | "backing";
@@ -330,12 +335,12 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
 
   // First pass (metadata only, and only for a progress report): how much will be copied.
   let toCopy = 0;
-  if (opts.onProgress) for await (const c of planChunks(sources, plan)) if (counts(c)) toCopy += c.length;
+  if (opts.onProgress) for await (const c of abortable(planChunks(sources, plan), opts.signal)) if (counts(c)) toCopy += c.length;
   let copied = 0;
   const chunkDone = (c: Chunk) => {
     if (!counts(c)) return;
     copied += c.length;
-    opts.onProgress?.(toCopy > 0 ? (100 * copied) / toCopy : 100);
+    opts.onProgress?.(copied, toCopy);
   };
 
   const zeroTarget = async (offset: number, length: number) => {
@@ -424,6 +429,7 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
         await p.read;
         // Start the next read before writing this chunk: reading and writing overlap.
         const refill = fill();
+        refill.catch(() => undefined); // Awaited below, after the write is issued: never unhandled meanwhile.
         const w = writeChunk(p.chunk, p.buf).then(() => {
           if (p.buf) free.push(new Uint8Array(p.buf.buffer, p.buf.byteOffset, IO_BUFFER_BYTES));
           chunkDone(p.chunk);
@@ -647,7 +653,9 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
     if (viaMemory.length > 0) await copyThroughMemory(viaMemory[Symbol.iterator]());
   };
 
-  const chunks = planChunks(sources, plan);
+  // Cancelling stops the plan: no new chunk is read or written, those in flight settle, and the abort error
+  // comes out of the copy loops below like a read error would.
+  const chunks = abortable(planChunks(sources, plan), opts.signal);
   try {
     if (compressed || typeof target.writeFromStores !== "function" || sources.some((s) => typeof s.storeRuns !== "function")) {
       await copyThroughMemory(chunks);

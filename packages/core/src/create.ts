@@ -121,8 +121,23 @@ export function validateCreateOptions(o: Qcow2CreateOptions): Required<Omit<Qcow
 }
 
 /**
+ * `store` for an image that must not close it: close() is a no-op (the image flushes before closing), everything
+ * else is the store's own (bound to it, so getters and private state keep working).
+ */
+function keepOpen(store: ByteStore): ByteStore {
+  return new Proxy(store, {
+    get(target, key) {
+      if (key === "close") return async () => undefined;
+      const value = Reflect.get(target, key, target) as unknown;
+      return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
+
+/**
  * Write a new qcow2 image into `meta` (which should be empty). The external data file, when named, must be
  * passed in `ctx.dataStore`; it is sized to the virtual size. Returns nothing; open the image to use it.
+ * Both stores are the caller's: they are left open (and flushed), for the caller to use or close.
  */
 export async function createQcow2(meta: ByteStore, options: Qcow2CreateOptions, ctx: CreateContext = {}): Promise<void> {
   const o = validateCreateOptions(options);
@@ -143,10 +158,10 @@ export async function createQcow2(meta: ByteStore, options: Qcow2CreateOptions, 
   await meta.write(0, start);
   await meta.flush();
 
-  const image = await Qcow2Image.open(meta, {
+  const image = await Qcow2Image.open(keepOpen(meta), {
     readOnly: false,
     backing: null,
-    ...(ctx.dataStore ? { dataFile: ctx.dataStore } : {}),
+    ...(ctx.dataStore ? { dataFile: keepOpen(ctx.dataStore) } : {}),
     filename: meta.name,
   });
   try {
@@ -159,7 +174,7 @@ export async function createQcow2(meta: ByteStore, options: Qcow2CreateOptions, 
     if (o.encrypt) await setUpImageEncryption(image, o.encrypt);
     await image.flush();
   } finally {
-    // The data file store belongs to the caller only until here: the image closes it.
+    // Flushes both files; the stores themselves stay open.
     await image.close();
   }
 }

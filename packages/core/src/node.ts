@@ -200,24 +200,31 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
     },
     async openBacking(name: string, format: string | undefined, ctx: ResolveContext): Promise<BlockImage> {
       // A backing image opens read-only with the caller's settings, without the caller's overrides.
-      const openBackingImage = (path: string, chain: string[], openedInside?: ConfinedReference): Promise<BlockImage> =>
-        openImage(path, {
-          ...opts,
-          ...(format !== undefined ? { format } : { format: undefined }),
-          readOnly: true,
-          backing: undefined,
-          dataFile: undefined,
+      const openBackingImage = (path: string, chain: string[], openedInside?: ConfinedReference): Promise<BlockImage> => {
+        const {
+          format: _format,
+          backing: _backing,
+          dataFile: _dataFile,
           // The options of the top image's own children do not apply to its backing image.
-          dataFileStore: undefined,
-          wrapDataFile: undefined,
-          wrapFile: undefined,
-          lazyRefcounts: undefined,
-          nullCo: undefined,
-          encrypt: opts.backingEncrypt,
-          backingEncrypt: undefined,
+          dataFileStore: _dataFileStore,
+          wrapDataFile: _wrapDataFile,
+          wrapFile: _wrapFile,
+          lazyRefcounts: _lazyRefcounts,
+          nullCo: _nullCo,
+          encrypt: _encrypt,
+          backingEncrypt,
+          openedInside: _openedInside,
+          ...inherited
+        } = opts;
+        return openImage(path, {
+          ...inherited,
+          ...(format !== undefined && { format }),
+          ...(backingEncrypt && { encrypt: backingEncrypt }),
+          ...(openedInside && { openedInside }),
+          readOnly: true,
           chain,
-          openedInside,
-        } as OpenImageOptions);
+        });
+      };
       try {
         const custom = opts.confineReferences || opts.safe ? undefined : opts.openBackingName?.(name, format);
         if (custom) return await custom;
@@ -409,6 +416,12 @@ export async function createImage(name: string, opts: CreateImageOptions): Promi
     await meta.close().catch(() => undefined);
     await dataStore?.close().catch(() => undefined);
     throw e;
+  }
+  // createQcow2 leaves the files open (flushed): they are ours to close.
+  try {
+    await dataStore?.close();
+  } finally {
+    await meta.close();
   }
 }
 

@@ -5,12 +5,16 @@
  */
 import { Qcow2Error } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
+import { throwIfAborted, type OperationOptions } from "./operation";
 import { Qcow2Image } from "./qcow2-image";
 
 const IO_BUF_SIZE = 2 * 1024 * 1024;
 const SECTOR = 512;
 
-export interface RebaseOptions {
+/** The piece of the image compared at a time: qemu-img rebase -p moves 100 / (size / this) per compared piece. */
+export const REBASE_CHUNK_BYTES = IO_BUF_SIZE;
+
+export interface RebaseOptions extends OperationOptions {
   /** Only change the stored name (qemu-img rebase -u). */
   unsafe?: boolean;
   /**
@@ -18,8 +22,11 @@ export interface RebaseOptions {
    * allocates are skipped (they read the same either way).
    */
   prefixDepth?: number;
-  /** Called once per compared chunk with QEMU's progress step (percent of the whole). */
-  onProgress?: (percentStep: number) => void;
+  /**
+   * Called once per compared chunk (at most REBASE_CHUNK_BYTES; ranges the image allocates itself are not
+   * compared) with the guest bytes examined so far and the image size.
+   */
+  onProgress?: (done: number, total: number) => void;
 }
 
 /** Set the stored backing file name and format (undefined name: no backing file); QEMU's refusals. */
@@ -77,11 +84,11 @@ export async function copyBackingDifferences(
   const size = image.virtualSize;
   const oldSize = oldBacking?.virtualSize ?? 0;
   const newSize = newBacking?.virtualSize ?? 0;
-  const step = size !== 0 ? 100 / (size / Math.min(size, IO_BUF_SIZE)) : 0;
   const bufOld = new Uint8Array(IO_BUF_SIZE);
   const bufNew = new Uint8Array(IO_BUF_SIZE);
   let offset = 0;
   while (offset < size) {
+    throwIfAborted(opts.signal);
     let n = Math.min(IO_BUF_SIZE, size - offset);
     // Like bdrv_is_allocated: the run of sectors that this image allocates, or does not.
     const extents = await image.blockStatus(offset, n);
@@ -136,7 +143,7 @@ export async function copyBackingDifferences(
       written += run;
     }
     offset += n;
-    opts.onProgress?.(step);
+    opts.onProgress?.(offset, size);
   }
   await image.flush();
 }

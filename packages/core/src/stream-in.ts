@@ -41,8 +41,9 @@ import { MemoryStore } from "@qcowkit/datafile";
 import type { BlockImage } from "./block-image";
 import { CompressingTarget } from "./compressing-target";
 import { getCodec, type CompressionCodec } from "./compression";
+import { abortError, throwIfAborted, type OperationOptions } from "./operation";
 
-export interface StreamToImageOptions {
+export interface StreamToImageOptions extends OperationOptions {
   /** Default: probed from the first bytes (qcow2 magic, else raw). */
   format?: "raw" | "qcow2";
   /** Raw streams, whose size is known at their end only: grow the target as bytes come, then size it exactly
@@ -54,7 +55,6 @@ export interface StreamToImageOptions {
   compress?: boolean;
   /** Where bytes that cannot be placed yet are kept, created on first need (default: in memory). */
   scratch?: () => ByteStore | Promise<ByteStore>;
-  signal?: AbortSignal;
   /** Guest bytes written so far (raw: bytes read), of the virtual size (0 while unknown). */
   onProgress?: (done: number, total: number) => void;
 }
@@ -76,7 +76,7 @@ const MIB = 1024 * 1024;
 /** Raw streams into a growing target: it is resized in steps of this size. */
 const GROW_STEP = 1024 * MIB;
 
-const abortReason = (signal: AbortSignal): unknown => signal.reason ?? new Qcow2Error("IO_ERROR", "The operation was aborted");
+const abortReason = (signal: AbortSignal): unknown => abortError(signal);
 const truncated = (at: number) => new Qcow2Error("INVALID_IMAGE", `Truncated stream: it ends at byte ${at}`);
 
 /** Reads a ReadableStream by exact byte counts, counting its position. */
@@ -117,7 +117,7 @@ export class StreamBytes {
   private async fill(): Promise<boolean> {
     while (this.at >= this.chunk.byteLength) {
       if (this.ended) return false;
-      if (this.signal?.aborted) throw abortReason(this.signal);
+      throwIfAborted(this.signal);
       const r = await this.next();
       if (r.done) {
         this.ended = true;

@@ -37,9 +37,10 @@ import {
 } from "@qcowkit/spec";
 import type { BlockImage, BlockStatusExtent } from "./block-image";
 import { getCodec, type CompressionCodec } from "./compression";
+import { abortError, throwIfAborted, type OperationOptions } from "./operation";
 import { newImageHeader, validateCreateOptions } from "./create";
 
-export interface ImageToStreamOptions {
+export interface ImageToStreamOptions extends OperationOptions {
   /** "qcow2" (default) or "raw". */
   format?: "raw" | "qcow2";
   /** qcow2: bytes per cluster, a power of two from 512 to 2 MiB (default 64 KiB). */
@@ -70,7 +71,6 @@ export interface ImageToStreamOptions {
   scratch?: () => ByteStore | Promise<ByteStore>;
   /** Largest chunk the stream enqueues (default 2 MiB; at least one cluster). */
   chunkBytes?: number;
-  signal?: AbortSignal;
   /** Guest bytes handled so far, of `total` (planning counts as the first half for qcow2). */
   onProgress?: (done: number, total: number) => void;
 }
@@ -97,13 +97,12 @@ export function imageToStream(image: BlockImage, options: ImageToStreamOptions =
 
 /** A pull-driven stream over an async iterator: nothing is produced before the consumer asks. */
 export function fromAsyncIterator(it: AsyncGenerator<Uint8Array>, signal?: AbortSignal): ReadableStream<Uint8Array> {
-  const abortReason = () => signal?.reason ?? new Qcow2Error("IO_ERROR", "The operation was aborted");
   return new ReadableStream<Uint8Array>(
     {
       async pull(controller) {
         if (signal?.aborted) {
           await it.return(undefined);
-          controller.error(abortReason());
+          controller.error(abortError(signal));
           return;
         }
         try {
@@ -120,10 +119,6 @@ export function fromAsyncIterator(it: AsyncGenerator<Uint8Array>, signal?: Abort
     },
     { highWaterMark: 1 },
   );
-}
-
-function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw signal.reason ?? new Qcow2Error("IO_ERROR", "The operation was aborted");
 }
 
 async function* rawChunks(image: BlockImage, o: ImageToStreamOptions): AsyncGenerator<Uint8Array> {

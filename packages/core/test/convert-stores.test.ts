@@ -39,7 +39,7 @@ class PlainStore implements ByteStore {
   writeZeroes(offset: number, length: number, unmap?: boolean) {
     return this.inner.writeZeroes(offset, length, unmap);
   }
-  /** A no-op: createQcow2 closes the store it made the image in, and the tests go on using it. */
+  /** A no-op: an image closes the store it took over, and the tests go on reading it afterwards. */
   async close() {}
 }
 
@@ -156,7 +156,11 @@ async function convertInto(t: TargetCase, source: BlockImage, copying: boolean, 
   } else {
     target = await qcow2On(meta, t.options!, data);
   }
-  await convertImages([source], target, { targetZeroInit: true, sparseBytes: t.sparseBytes, batchBytes });
+  await convertImages([source], target, {
+    targetZeroInit: true,
+    ...(t.sparseBytes !== undefined && { sparseBytes: t.sparseBytes }),
+    ...(batchBytes !== undefined && { batchBytes }),
+  });
   await target.flush();
   return { target, meta, data };
 }

@@ -54,7 +54,7 @@ afterEach(async () => {
   for (const i of images.splice(0)) await i.close().catch(() => undefined);
 });
 
-async function failure(p: Promise<unknown>): Promise<{ message: string; code?: string; hint?: string; causeHint?: string }> {
+async function failure(p: Promise<unknown>): Promise<{ message: string; code: string | undefined; hint: string | undefined; causeHint: string | undefined }> {
   try {
     const img = await p;
     images.push(img as BlockImage);

@@ -3,7 +3,10 @@
  * parts of a copy-on-write base were zeroed or discarded without copying them.
  */
 export class ExtentSet {
-  /** Flat list: start0, end0, start1, end1, ... sorted, non-overlapping, non-adjacent. */
+  /**
+   * Flat list: start0, end0, start1, end1, ... sorted, non-overlapping, non-adjacent. Its length is always
+   * even, so an even index below the length has its end at index + 1 (the `!` below rely on this).
+   */
   private bounds: number[] = [];
 
   /** Number of disjoint extents held. */
@@ -20,9 +23,9 @@ export class ExtentSet {
     let last = first;
     let newStart = start;
     let newEnd = end;
-    while (last < bounds.length && bounds[last] <= end) {
-      newStart = Math.min(newStart, bounds[last]);
-      newEnd = Math.max(newEnd, bounds[last + 1]);
+    while (last < bounds.length && bounds[last]! <= end) {
+      newStart = Math.min(newStart, bounds[last]!);
+      newEnd = Math.max(newEnd, bounds[last + 1]!);
       last += 2;
     }
     bounds.splice(first, last - first, newStart, newEnd);
@@ -33,7 +36,7 @@ export class ExtentSet {
     const bounds = this.bounds;
     const index = this.firstEndingAtOrAfter(limit + 1);
     if (index >= bounds.length) return;
-    if (bounds[index] < limit) {
+    if (bounds[index]! < limit) {
       bounds[index + 1] = limit;
       bounds.length = index + 2;
     } else {
@@ -44,8 +47,8 @@ export class ExtentSet {
   /** Call `visit` with each part of `[start, end)` covered by the set, in order. */
   forEachOverlap(start: number, end: number, visit: (overlapStart: number, overlapEnd: number) => void): void {
     const bounds = this.bounds;
-    for (let i = this.firstEndingAtOrAfter(start + 1); i < bounds.length && bounds[i] < end; i += 2) {
-      visit(Math.max(start, bounds[i]), Math.min(end, bounds[i + 1]));
+    for (let i = this.firstEndingAtOrAfter(start + 1); i < bounds.length && bounds[i]! < end; i += 2) {
+      visit(Math.max(start, bounds[i]!), Math.min(end, bounds[i + 1]!));
     }
   }
 
@@ -56,7 +59,7 @@ export class ExtentSet {
     let high = bounds.length / 2;
     while (low < high) {
       const mid = (low + high) >>> 1;
-      if (bounds[mid * 2 + 1] >= position) high = mid;
+      if (bounds[mid * 2 + 1]! >= position) high = mid;
       else low = mid + 1;
     }
     return low * 2;

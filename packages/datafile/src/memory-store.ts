@@ -76,25 +76,24 @@ export class MemoryStore implements ByteStore {
     const storedEnd = Math.min(end, this.byteSize);
     if (storedEnd < end) into.fill(0, Math.max(0, storedEnd - offset));
     // Copy held chunks first (synchronously), then fill the runs this store does not hold.
-    const unheldRuns: number[] = [];
+    const unheldRuns: { start: number; end: number }[] = [];
     let position = offset;
     while (position < storedEnd) {
       const index = this.chunkIndex(position);
       const chunkStart = index * this.chunkSize;
       const pieceEnd = Math.min(storedEnd, chunkStart + this.chunkSize);
       const chunk = this.chunks.get(index);
+      const lastRun = unheldRuns.at(-1);
       if (chunk) {
         into.set(chunk.subarray(position - chunkStart, pieceEnd - chunkStart), position - offset);
-      } else if (unheldRuns.length > 0 && unheldRuns[unheldRuns.length - 1] === position) {
-        unheldRuns[unheldRuns.length - 1] = pieceEnd;
+      } else if (lastRun?.end === position) {
+        lastRun.end = pieceEnd;
       } else {
-        unheldRuns.push(position, pieceEnd);
+        unheldRuns.push({ start: position, end: pieceEnd });
       }
       position = pieceEnd;
     }
-    for (let i = 0; i < unheldRuns.length; i += 2) {
-      await this.readUnheld(unheldRuns[i], unheldRuns[i + 1], into, offset);
-    }
+    for (const run of unheldRuns) await this.readUnheld(run.start, run.end, into, offset);
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {

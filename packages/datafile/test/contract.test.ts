@@ -16,9 +16,9 @@ afterAll(async () => {
   await rm(directory, { recursive: true, force: true });
 });
 
-async function fileStore(bytes: Uint8Array | undefined, readOnly: boolean | undefined): Promise<FileStore> {
+async function fileStore(bytes: Uint8Array, readOnly: boolean): Promise<FileStore> {
   const path = join(directory, `store-${++fileCounter}.raw`);
-  await writeFile(path, bytes ?? new Uint8Array(0));
+  await writeFile(path, bytes);
   return FileStore.open(path, { readOnly });
 }
 

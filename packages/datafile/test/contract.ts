@@ -1,14 +1,16 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { isQcow2Error, type ByteStore, type StorePreallocation } from "@qcowkit/spec";
 
-/** What a contract factory must be able to build. */
+/** What a test asks of a contract factory. */
 export interface ContractStoreInit {
-  /** Initial contents (the store's size is their length). */
+  /** Initial contents (the store's size is their length); none by default. */
   bytes?: Uint8Array;
+  /** False by default. */
   readOnly?: boolean;
 }
 
-export type ContractStoreFactory = (init: ContractStoreInit) => Promise<ByteStore>;
+/** What a contract factory must be able to build: the request with its defaults filled in. */
+export type ContractStoreFactory = (init: Required<ContractStoreInit>) => Promise<ByteStore>;
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -68,7 +70,7 @@ export function describeByteStoreContract(name: string, create: ContractStoreFac
   describe(`ByteStore contract: ${name}`, () => {
     const opened: ByteStore[] = [];
     const make = async (init: ContractStoreInit = {}) => {
-      const store = await create(init);
+      const store = await create({ bytes: init.bytes ?? new Uint8Array(0), readOnly: init.readOnly ?? false });
       opened.push(store);
       return store;
     };

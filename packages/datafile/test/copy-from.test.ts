@@ -26,7 +26,7 @@ function newPath(): string {
 async function fileStore(bytes: Uint8Array, native: boolean, name?: string): Promise<FileStore> {
   const path = newPath();
   writeFileSync(path, bytes);
-  return FileStore.open(path, { native, name });
+  return FileStore.open(path, { native, ...(name !== undefined && { name }) });
 }
 
 /** `bytes` grown with zeros to at least `size` (a copy). */
@@ -217,7 +217,7 @@ for (const native of modes) {
         [0, 0, -1],
         [2 ** 53 - 5, 0, 10],
         [0, 2 ** 53 - 5, 10],
-      ]) {
+      ] as const) {
         const error = await rejection(target.copyFrom(source, from, to, length));
         expect(error.code, `${from} ${to} ${length}`).toBe("INTERNAL");
       }
@@ -363,7 +363,7 @@ for (const native of modes) {
         [-1, 10],
         [0, 0.5],
         [2 ** 53 - 5, 10],
-      ]) {
+      ] as const) {
         expect((await rejection(store.zeroSectors(offset, length))).code).toBe("INTERNAL");
       }
       await store.close();
@@ -396,7 +396,7 @@ describe.skipIf(nativeTurnedOff)("native and JavaScript agree", () => {
         [0, size + 5000],
         [Math.floor(random() * 1000), size - 2000],
         [Math.floor(random() * size), Math.floor(random() * size)],
-      ]) {
+      ] as const) {
         const fromNative = await native.zeroSectors(offset, length);
         expectBytes(fromNative, await plain.zeroSectors(offset, length));
         expectBytes(fromNative, referenceZeroSectors(bytes, offset, length));
@@ -419,8 +419,9 @@ describe.skipIf(nativeTurnedOff)("native and JavaScript agree", () => {
       await target.close();
       results.push(readFileSync(path));
     }
-    expectBytes(results[0], results[1]);
-    expectBytes(results[0], expectedCopy(pattern(3 * MiB, 21), sourceBytes, 12_345, 1 * MiB + 3, 8 * MiB));
+    expect(results).toHaveLength(2);
+    expectBytes(results[0]!, results[1]!);
+    expectBytes(results[0]!, expectedCopy(pattern(3 * MiB, 21), sourceBytes, 12_345, 1 * MiB + 3, 8 * MiB));
   });
 });
 
@@ -524,7 +525,7 @@ describe("MemoryStore copyFrom and zeroSectors", () => {
     for (const [from, to, length] of [
       [100, 100 + 1 * MiB + 17, 2 * MiB + 3],
       [1 * MiB, 5, 3 * MiB],
-    ]) {
+    ] as const) {
       await store.copyFrom(store, from, to, length);
       const grown = padded(bytes, Math.max(from, to) + length);
       grown.copyWithin(to, from, from + length);

@@ -130,7 +130,7 @@ describe("seeded reordering", () => {
   const run = async (seed: number, keepProbability?: number) => {
     const store = new FaultInjectingStore(new MemoryStore({ size: blocks * 4096 }));
     for (let i = 0; i < blocks; i++) await store.write(i * 4096, pattern(4096, 100 + i));
-    const image = await store.crashImage({ seed, keepProbability });
+    const image = await store.crashImage({ seed, ...(keepProbability !== undefined && { keepProbability }) });
     const kept: number[] = [];
     for (let i = 0; i < blocks; i++) {
       const bytes = await readBytes(image, i * 4096, 4096);
@@ -165,7 +165,7 @@ describe("seeded reordering", () => {
   it("the constructor's keepUnflushed is the default for crashImage()", async () => {
     const make = async (keep: boolean) => {
       const store = new FaultInjectingStore(new MemoryStore({ size: 4096 }), {
-        keepUnflushed: keep ? { seed: 1, keepProbability: 1 } : undefined,
+        ...(keep && { keepUnflushed: { seed: 1, keepProbability: 1 } }),
       });
       await store.write(0, pattern(4096, 12));
       return readBytes(await store.crashImage(), 0, 4096);

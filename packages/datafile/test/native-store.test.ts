@@ -335,7 +335,7 @@ describe("FileStore with the native addon turned off", () => {
       await store.writeZeroes(40 * KiB, 4 * KiB, true);
       const back = new Uint8Array(64 * KiB);
       await store.read(0, back);
-      for (const [start, end] of [[4, 12], [20, 28], [40, 44]]) {
+      for (const [start, end] of [[4, 12], [20, 28], [40, 44]] as const) {
         expect(back.subarray(start * KiB, end * KiB).every((b) => b === 0)).toBe(true);
       }
       expect(back.subarray(12 * KiB, 20 * KiB)).toEqual(data.subarray(12 * KiB, 20 * KiB));

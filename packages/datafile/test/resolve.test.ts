@@ -113,7 +113,7 @@ describe("checkSafeReference", () => {
   ];
   for (const [image, name, kind, cwd, expected] of allowed) {
     it(`allows ${kind} '${name}' of '${image}'${cwd ? ` from ${cwd}` : ""}`, () => {
-      expect(checkSafeReference(image, name, kind, { cwd })).toBe(expected);
+      expect(checkSafeReference(image, name, kind, cwd === undefined ? {} : { cwd })).toBe(expected);
     });
   }
 
@@ -135,7 +135,7 @@ describe("checkSafeReference", () => {
   ];
   for (const [image, name, kind, cwd, pattern] of refused) {
     it(`refuses ${kind} '${JSON.stringify(name)}' of '${image}'${cwd ? ` from ${cwd}` : ""}`, () => {
-      const error = thrown(() => checkSafeReference(image, name, kind, { cwd }));
+      const error = thrown(() => checkSafeReference(image, name, kind, cwd === undefined ? {} : { cwd }));
       expect(error.code).toBe("NOT_SUPPORTED");
       expect(error.errno).toBe("EPERM");
       expect(error.message).toMatch(/^Refusing (data|backing) file '.*' in safe mode: /);
@@ -204,7 +204,7 @@ describe("resolution matches QEMU 7.2", () => {
     const result = spawnSync("qemu-io", ["-r", "-c", "read -v 0 1", image], { cwd, encoding: "utf8" });
     expect(result.error).toBeUndefined(); // qemu-io must be installed
     const match = /^00000000:\s+([0-9a-f]{2})/m.exec(result.stdout);
-    if (match) return { byte: Number.parseInt(match[1], 16) };
+    if (match) return { byte: Number.parseInt(match[1]!, 16) };
     return { error: result.stderr.trim() };
   }
 

@@ -20,7 +20,7 @@ async function sourceFiles(directory: string): Promise<string[]> {
 function importedModules(text: string): string[] {
   const found: string[] = [];
   const patterns = [/\bfrom\s*["']([^"']+)["']/g, /\bimport\s*\(\s*["']([^"']+)["']/g, /\bimport\s+["']([^"']+)["']/g, /\brequire\s*\(\s*["']([^"']+)["']/g];
-  for (const pattern of patterns) for (const match of text.matchAll(pattern)) found.push(match[1]);
+  for (const pattern of patterns) for (const match of text.matchAll(pattern)) found.push(match[1]!);
   return found;
 }
 

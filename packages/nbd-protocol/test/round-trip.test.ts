@@ -82,7 +82,7 @@ describe("handshake round trips", () => {
     expect([...option.subarray(C.OPTION_HEADER_LENGTH)]).toEqual([9, 8, 7]);
     const reply = encodeOptionReply(C.NBD_OPT_GO, C.NBD_REP_ERR_UNKNOWN, data);
     expect(decodeOptionReplyHeader(reply)).toEqual({ option: C.NBD_OPT_GO, replyType: C.NBD_REP_ERR_UNKNOWN, length: 3 });
-    reply[3] ^= 1;
+    reply[3] = reply[3]! ^ 1;
     expect(fault(() => decodeOptionReplyHeader(reply))).toBe("Unexpected option reply magic");
   });
 

@@ -28,7 +28,9 @@ export type Qcow2ErrorCode =
   /** Another user holds a conflicting lock on the image. */
   | "LOCKED"
   /** A bug in qcowkit. */
-  | "INTERNAL";
+  | "INTERNAL"
+  /** The caller cancelled the operation through its AbortSignal (the signal's reason is the `cause`). */
+  | "ABORTED";
 
 export type Errno =
   | "EINVAL"
@@ -43,7 +45,8 @@ export type Errno =
   | "EFBIG"
   | "EEXIST"
   | "ERANGE"
-  | "ENOMEDIUM";
+  | "ENOMEDIUM"
+  | "ECANCELED";
 
 const defaultErrno: Record<Qcow2ErrorCode, Errno> = {
   INVALID_IMAGE: "EINVAL",
@@ -58,6 +61,7 @@ const defaultErrno: Record<Qcow2ErrorCode, Errno> = {
   NOT_FOUND: "ENOENT",
   LOCKED: "EAGAIN",
   INTERNAL: "EIO",
+  ABORTED: "ECANCELED",
 };
 
 /** POSIX strerror() texts, as QEMU prints them after a colon. */
@@ -75,6 +79,7 @@ export const errnoText: Record<Errno, string> = {
   EEXIST: "File exists",
   ERANGE: "Numerical result out of range",
   ENOMEDIUM: "No medium found",
+  ECANCELED: "Operation canceled",
 };
 
 export interface Qcow2ErrorOptions {

@@ -270,11 +270,11 @@ export function blockOptionsFromPairs(
   // blkdebug nodes: over the format node (driver=blkdebug), under it (file.driver=blkdebug), over the data file.
   const top = takeBlkdebug(options, "");
   if (top) {
-    const { align, maxTransfer, optWriteZero, maxWriteZero, optDiscard, maxDiscard, injectError, setState, configFile } = top.node;
+    const { injectError, setState, configFile, rawAbove: _rawAbove, ...limits } = top.node;
     if (injectError.length > 0 || setState.length > 0 || configFile !== undefined) {
       throw new CliError("blkdebug rules over a format node are not supported; put blkdebug under it (file.driver=blkdebug)");
     }
-    out.topBlkdebug = { align, maxTransfer, optWriteZero, maxWriteZero, optDiscard, maxDiscard };
+    out.topBlkdebug = limits;
     if (top.image !== undefined) out.filename = top.image;
     options.push(...top.imageKeys);
   }

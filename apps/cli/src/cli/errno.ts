@@ -15,6 +15,7 @@ const ERRNO_NUMBER: Record<Errno, number> = {
   ERANGE: 34,
   ENOTSUP: 95,
   ENOMEDIUM: 123,
+  ECANCELED: 125,
 };
 
 /** The errno of an error (EIO for anything that is not a Qcow2Error). */

@@ -8,6 +8,8 @@ import type { Output } from "./errors";
 export class Progress {
   private current = 0;
   private lastPrint = 0;
+  /** Text qemu-img has written to its buffered stdout since the last flush; a progress line flushes it. */
+  private unflushed = "";
 
   constructor(
     private readonly io: Output,
@@ -24,8 +26,21 @@ export class Progress {
     this.current = current;
     if (current > this.lastPrint + this.minSkip || current < this.lastPrint - this.minSkip || current === 0 || current === 100) {
       this.lastPrint = current;
-      this.io.out(`    (${printfFixed2(current)}/100%)\r`);
+      this.io.out(`${this.unflushed}    (${printfFixed2(current)}/100%)\r`);
+      this.unflushed = "";
     }
+  }
+
+  /** Stdout text that goes out with the next progress line (as qemu-img's buffered stdout would). */
+  hold(text: string): void {
+    this.unflushed += text;
+  }
+
+  /** The held text that no progress line has sent yet; it is forgotten here. */
+  takeHeld(): string {
+    const text = this.unflushed;
+    this.unflushed = "";
+    return text;
   }
 
   /** A `done` of `total` status callback. */

@@ -77,17 +77,17 @@ async function compare(
     if (!o.quiet) ctx.io.out(`${line}\n`);
   };
   o.bar.print(0, 100);
-  // qemu-img's stdout is a buffered stream: its size warning reaches a pipe only at exit, after an error
-  // printed meanwhile (stderr), unless a progress line flushes stdout first (-p): then it comes at once.
-  let sizeWarning = false;
+  // qemu-img's stdout is a buffered stream: its size warning reaches a pipe with the next progress line
+  // (each flushes), else only at exit, after an error printed meanwhile (stderr). Printed here in that order.
+  const sizeWarningLine = "Warning: Image size mismatch!\n";
   const result: CompareResult = await compareImages(image1, image2, {
     strict: o.strict,
     onEvent: () => {
-      if (o.bar.enabled) say("Warning: Image size mismatch!");
-      else sizeWarning = true;
+      o.bar.hold(sizeWarningLine);
     },
     onProgress: (delta) => o.bar.print(delta, 100),
   });
+  const sizeWarning = o.bar.takeHeld() === sizeWarningLine;
   const nameOf = (which: 1 | 2) => (which === 1 ? o.name1 : o.name2);
   if (sizeWarning && (result.kind === "status-failed" || result.kind === "read-failed")) {
     const code = reportError(programNames.qimg, failure(result, nameOf), ctx.io);

@@ -355,7 +355,7 @@ async function copy(sources: BlockImage[], target: BlockImage, prepared: Prepare
       // An NBD export keeps its old contents when "created" (QEMU: no zero init), so zeros are written there.
       targetZeroInit:
         a.targetIsZero || (!a.skipCreate && prepared.zeroInit && a.sparseBytes !== 0 && !targetHasBacking && !(target instanceof NbdImage)),
-      ...(bar.enabled ? { onProgress: (percent: number) => bar.print(percent, 0) } : {}),
+      ...(bar.enabled ? { onProgress: (done: number, total: number) => bar.print(total > 0 ? (100 * done) / total : 100, 0) } : {}),
     });
   } catch (e) {
     if (!(e instanceof ConvertFailure)) throw e;

@@ -6,7 +6,7 @@
  * -b "" removes the backing file.
  */
 import { realpathSync } from "node:fs";
-import { changeBackingFile, copyBackingDifferences, openImage, type BlockImage } from "@qcowkit/core/node";
+import { changeBackingFile, copyBackingDifferences, openImage, REBASE_CHUNK_BYTES, type BlockImage } from "@qcowkit/core/node";
 import { combinePath } from "../cli/chain";
 import { strerror } from "../cli/errno";
 import { CliError, UsageError, errorText } from "../cli/errors";
@@ -108,9 +108,12 @@ export const rebaseCommand: QimgCommand = {
           target = old;
           for (let d = 1; d < prefixDepth; d++) target = (target as { backing?: BlockImage | null }).backing ?? null;
         }
+        // qemu-img rebase -p moves by a fixed step per compared piece, whatever its length.
+        const size = image.virtualSize;
+        const step = size !== 0 ? 100 / (size / Math.min(size, REBASE_CHUNK_BYTES)) : 0;
         await copyBackingDifferences(image, old, target, {
           ...(prefixDepth !== undefined ? { prefixDepth } : {}),
-          onProgress: (step) => bar.print(step, 100),
+          onProgress: () => bar.print(step, 100),
         });
       }
       const name = backing !== undefined && backing !== "" ? backing : undefined;

@@ -726,10 +726,10 @@ const openCmd: Command = {
 const FIXED_ON_REOPEN: Array<[keyof OpenRequest, string]> = [["nodeName", "node-name"], ["format", "driver"]];
 
 const reopenCmd: Command = {
-  help: " Reopens the open image with changed options (the others stay as they were).\n  -r  read-only\n  -w  read-write\n  -c  cache mode\n  -o  block driver options, e.g. lazy-refcounts=on\n",
+  help: " Applies the options given to the open image; those not given keep their values.\n  -r  read-only\n  -w  read-write\n  -c  cache mode\n  -o  block driver options, e.g. lazy-refcounts=on\n",
   name: "reopen",
   args: "[(-r|-w)] [-c cache] [-o options]",
-  oneline: "reopen the image with changed options",
+  oneline: "open the image again with other options",
   argmin: 0,
   argmax: -1,
   needsImage: true,
@@ -758,14 +758,16 @@ const reopenCmd: Command = {
       const given = splitOptionList(blockOptions).map((e) => e.split("=")[0]!);
       if (readOnly !== undefined && given.includes("read-only")) throw new CliError("Cannot set both -r/-w and 'read-only'");
       if (cache !== undefined && given.some((k) => k.startsWith("cache."))) throw new CliError("Cannot set both -c and the cache options");
-      const changed = applyBlockOptions({ ...old, format: undefined } as OpenRequest, blockOptions, false);
+      const { format: oldFormat, ...withoutFormat } = old;
+      const changed = applyBlockOptions(withoutFormat, blockOptions, false);
       for (const [field, name] of FIXED_ON_REOPEN) {
         const now = field === "format" ? s.image!.format : old[field];
         if (changed[field] !== undefined && changed[field] !== now) throw new CliError(`Cannot change the option '${name}'`);
       }
       const fileDriver = splitOptionList(blockOptions).find((e) => e.startsWith("file.driver="));
       if (fileDriver !== undefined && fileDriver !== "file.driver=file") throw new CliError("Cannot change the option 'driver'");
-      req = { ...changed, format: old.format };
+      const { format: _changedFormat, ...changedWithoutFormat } = changed;
+      req = { ...changedWithoutFormat, ...(oldFormat !== undefined && { format: oldFormat }) };
     }
     if (readOnly !== undefined) req.readOnly = readOnly;
     if (cache !== undefined) s.writethrough = checkCacheMode(cache);
@@ -841,7 +843,7 @@ const sleepCmd: Command = {
 const sigraiseCmd: Command = {
   name: "sigraise",
   args: "signal",
-  oneline: "send the process a signal",
+  oneline: "deliver SIGNAL to this process (for tests)",
   argmin: 1,
   argmax: 1,
   needsImage: false,
@@ -874,7 +876,7 @@ const helpCmd: Command = {
       return true;
     }
     for (const c of [...COMMANDS].sort((a, b) => (a.name < b.name ? -1 : 1))) s.io.out(usage(c));
-    s.io.out("\nUse 'help commandname' for extended help.\n");
+    s.io.out("\n'help COMMAND' describes one command in full.\n");
     return true;
   },
 };

@@ -49,8 +49,8 @@ function buildTables(): void {
     const v = INV_SBOX[i]!;
     const d = ((mul(v, 14) << 24) | (mul(v, 9) << 16) | (mul(v, 13) << 8) | mul(v, 11)) >>> 0;
     for (let t = 0, ew = e, dw = d; t < 4; t++, ew = rotr8(ew), dw = rotr8(dw)) {
-      ENC[t][i] = ew;
-      DEC[t][i] = dw;
+      ENC[t]![i] = ew;
+      DEC[t]![i] = dw;
     }
   }
 }

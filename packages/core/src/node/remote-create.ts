@@ -42,16 +42,9 @@ export async function createRemoteImage(name: string, format: "qcow2" | "raw", o
     if (opts.preallocation !== undefined && opts.preallocation !== "off") {
       throw new Qcow2Error("NOT_SUPPORTED", `Preallocation '${opts.preallocation}' is not supported for S3 objects`, { errno: "ENOTSUP" });
     }
+    // createQcow2 leaves the store open: its bytes are uploaded from there.
     const memory = new MemoryStore();
-    // createQcow2 closes its store when done: hand it a view whose close keeps the bytes for the upload.
-    const keepOpen = new Proxy(memory, {
-      get(target, key) {
-        if (key === "close") return async () => undefined;
-        const value = Reflect.get(target, key, target) as unknown;
-        return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-      },
-    });
-    await createQcow2(keepOpen, opts);
+    await createQcow2(memory, opts);
     source = storeBytes(memory);
   }
   await uploadS3Object(name, config, source, { fetch: nodeFetch() });
