@@ -115,7 +115,8 @@ export async function convertWithStreams(sources: string[], target: string, a: S
         try {
           const path = join(tmp.dir, "spool");
           ctx.io.err(`qimg: ${source}: spooling the stream to ${path}\n`);
-          const copy = { ...a, outFmt: "qcow2", compressed: false, options: undefined, backingFile: undefined, backingFmt: undefined, skipCreate: false };
+          const { options: _options, backingFile: _backingFile, backingFmt: _backingFmt, ...rest } = a;
+          const copy: StreamConvertArgs = { ...rest, outFmt: "qcow2", compressed: false, skipCreate: false };
           await streamIntoFile(probed, source, format, path, copy, ctx, progressOnStderr(ctx, { ...a, progress: false }), true);
           await toStreamTarget([path], format, target, a, ctx, bar, true);
         } finally {
