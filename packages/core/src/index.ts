@@ -30,6 +30,8 @@ export type { CheckResult, RepairMode, RepairOptions } from "./repair";
 export { createQcow2, validateCreateOptions } from "./create";
 export type { Qcow2CreateOptions, CreateContext } from "./create";
 export { RawImage } from "./raw-image";
+export { ImageStore } from "./image-store";
+export { CompressFilter } from "./compress-filter";
 export { probeFormatName, PROBE_BYTES, type ProbedFormat } from "./probe";
 export { imageInfo, qcow2SpecificInfo, readBitmapInfo } from "./info";
 export type { ImageInfo, ImageInfoOptions, ImageInfoSpecificQcow2, Qcow2BitmapInfo, SnapshotInfoQapi } from "./info";

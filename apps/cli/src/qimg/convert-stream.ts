@@ -23,7 +23,7 @@ import { QemuOpts, appendDescs } from "../cli/qemu-opts";
 import { isStreamOperand, lazyScratch, openStreamOperand, readStream, spoolStream, writeStream, type StreamEndpoint } from "../cli/stream-io";
 import type { CommandContext } from "./context";
 import { addBackingOptions, createWithDriver } from "./create";
-import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat } from "./create-options";
+import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat, uncreatableFormatError } from "./create-options";
 
 export interface StreamConvertArgs {
   fmt?: string;
@@ -67,7 +67,7 @@ function progressOnStderr(ctx: CommandContext, a: StreamConvertArgs): Progress {
 }
 
 export async function convertWithStreams(sources: string[], target: string, a: StreamConvertArgs, ctx: CommandContext): Promise<number> {
-  if (!isKnownFormat(a.outFmt)) throw new CliError(`Unknown file format '${a.outFmt}'`);
+  if (!isKnownFormat(a.outFmt)) throw uncreatableFormatError(a.outFmt);
   if (sources.length > 1) throw new CliError("Concatenating several images is not supported with streams");
   const source = sources[0]!;
   const toStream = isStreamOperand(target, "out");

@@ -2,7 +2,7 @@
  * What qio opens: a file name, or block driver options given to --image-opts or to the open command's -o
  * (see cli/block-options.ts).
  */
-import { parseBlockOptions, type EncryptOptions, type Qcow2CacheOptions } from "../cli/block-options";
+import { parseBlockOptions, type BlockOptions, type EncryptOptions, type Qcow2CacheOptions } from "../cli/block-options";
 
 export { parseDiscard } from "../cli/block-options";
 
@@ -24,6 +24,12 @@ export interface OpenRequest {
   qcow2Cache?: Qcow2CacheOptions;
   /** node-name given when opened (reopen refuses to change it). */
   nodeName?: string;
+  /** The children's node names given when opened (file, backing, data-file: reopen refuses to change them). */
+  childNodeNames?: Record<string, string>;
+  /** The file child is an image of its own, or the format a filter over one (see cli/layered-options.ts). */
+  fileImage?: BlockOptions;
+  /** backing.encrypt.* options. */
+  backingEncrypt?: EncryptOptions;
   /** -s: writes go to a temporary overlay, deleted on close; the image itself is only read. */
   snapshot?: boolean;
   /** Described by --image-opts: QEMU names no device when the open fails ("can't open: ..."). */
@@ -51,6 +57,9 @@ export function applyBlockOptions(req: OpenRequest, text: string, imageOpts: boo
   if (o.encrypt !== undefined) out.encrypt = o.encrypt;
   if (o.lazyRefcounts !== undefined) out.lazyRefcounts = o.lazyRefcounts;
   if (o.nodeName !== undefined) out.nodeName = o.nodeName;
+  if (o.childNodeNames !== undefined) out.childNodeNames = { ...out.childNodeNames, ...o.childNodeNames };
+  if (o.fileImage !== undefined) out.fileImage = o.fileImage;
+  if (o.backingEncrypt !== undefined) out.backingEncrypt = o.backingEncrypt;
   if (o.qcow2Cache !== undefined) out.qcow2Cache = o.qcow2Cache;
   if (imageOpts) out.imageOpts = true;
   return out;
