@@ -5,7 +5,7 @@
  * @module @qcowkit/core/node
  */
 import { realpath } from "node:fs/promises";
-import { FileStore, NullStore, checkSafeReference, imageFilePath, printableName, referenceLeavingFolder, resolveBackingFileName, resolveDataFileName, type ReferenceKind } from "@qcowkit/datafile/node";
+import { FileStore, NullStore, type FileDriver, checkSafeReference, imageFilePath, printableName, referenceLeavingFolder, resolveBackingFileName, resolveDataFileName, type ReferenceKind } from "@qcowkit/datafile/node";
 import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
 import { trackBitmaps, withBitmapMethods } from "./bitmaps";
@@ -97,6 +97,14 @@ export interface OpenImageOptions {
   openBackingName?: (name: string, format: string | undefined) => Promise<BlockImage> | undefined;
   /** The external data file as an open store (a null-co node, say) in place of a file name. */
   dataFileStore?: ByteStore;
+  /**
+   * The image's file as an open store, in place of opening `name` (QEMU's `file` child given as a node: a
+   * qcow2 image on the guest disk of another image, through ImageStore). `name` only names the image then;
+   * no lock is taken (the store's owner holds it). The store is closed with the image.
+   */
+  file?: ByteStore;
+  /** The protocol driver the image file is opened with (QEMU's driver=host_device...): see FileStore's `driver`. */
+  fileDriver?: FileDriver;
   /** null-co:// options: size (default 1 GiB), read-zeroes (default off: reads leave the buffer as it was). */
   nullCo?: { size?: number; readZeroes?: boolean };
   /** qcow2's lazy-refcounts runtime option (the image's own setting otherwise). */
@@ -215,6 +223,8 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
           nullCo: undefined,
           encrypt: opts.backingEncrypt,
           backingEncrypt: undefined,
+          file: undefined,
+          fileDriver: undefined,
           chain,
           openedInside,
         } as OpenImageOptions);
@@ -295,9 +305,11 @@ export async function openImage(name: string, opts: OpenImageOptions = {}): Prom
     }
     return RawImage.open(new NullStore(opts.nullCo?.size, path || "null-co://", readOnly, opts.nullCo?.readZeroes ?? false));
   }
+  if (opts.file) return openOnStore(path, opts.file, opts, readOnly);
   const store = await FileStore.open(path, {
     readOnly,
     lock: imageLockMode(readOnly, opts.shareRW, opts.locking),
+    ...(opts.fileDriver !== undefined ? { driver: opts.fileDriver } : {}),
     syncIoBytes: opts.syncIoBytes ?? 0,
     inMemorySyncIoBytes: opts.inMemorySyncIoBytes ?? 0,
     cachedReadBytes: opts.cachedReadBytes ?? 0,
@@ -306,23 +318,35 @@ export async function openImage(name: string, opts: OpenImageOptions = {}): Prom
   if (unlocked !== undefined) opts.onWarning?.(unlocked);
   try {
     if (opts.openedInside) await assertOpenedInside(store.fd, path, opts.openedInside);
+  } catch (e) {
+    await store.close().catch(() => undefined);
+    throw e;
+  }
+  return openOnStore(path, store, opts, readOnly, async () => {
+    try {
+      return [await realpath(path)];
+    } catch {
+      return [];
+    }
+  });
+}
+
+/**
+ * The format (given, or probed) opened over `store`, which it then owns: a file openImage opened, or the
+ * caller's store (the `file` option). `chainOf` names the first image of a backing chain (loop detection).
+ */
+async function openOnStore(name: string, store: ByteStore, opts: OpenImageOptions, readOnly: boolean, chainOf: () => Promise<string[]> = async () => []): Promise<BlockImage> {
+  try {
     const file = opts.wrapFile ? opts.wrapFile(store) : store;
     let format: ImageFormat;
     if (opts.format !== undefined) format = checkFormat(opts.format);
     else if (opts.safe) throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the image format in safe mode; give the format", { errno: "EPERM" });
-    else format = await probeFormat(file, path);
+    else format = await probeFormat(file, name);
     if (format === "raw") return await RawImage.open(file, { probed: opts.format === undefined });
     if (format === "luks") return await LuksImage.open(file, luksOpenOptions(opts));
-    let chain = opts.chain;
-    if (chain === undefined) {
-      try {
-        chain = [await realpath(path)];
-      } catch {
-        chain = [];
-      }
-    }
+    const chain = opts.chain ?? (await chainOf());
     // Qcow2Image.open closes the store itself when it fails after taking it over.
-    return withBitmapMethods(await Qcow2Image.open(file, qcow2OpenOptions(path, opts, readOnly, chain)));
+    return withBitmapMethods(await Qcow2Image.open(file, qcow2OpenOptions(name, opts, readOnly, chain)));
   } catch (e) {
     await store.close().catch(() => undefined);
     throw e;

@@ -7,6 +7,7 @@ import { BLKDEBUG_IO_TYPES, checkBlkdebugLimits, type BlkdebugInjectError, type 
 import { CliError } from "./errors";
 import { parseOptValue, splitOptionList } from "./qemu-opts";
 import { takeRemoteOptions } from "./remote-options";
+import { isProtocolDriver, takeFileImageOptions } from "./layered-options";
 
 export interface BlockOptions {
   filename?: string;
@@ -36,6 +37,13 @@ export interface BlockOptions {
   topBlkdebug?: BlkdebugLimits;
   /** node-name: accepted (QEMU's graph name; qcowkit has one node per image). */
   nodeName?: string;
+  /** file.node-name, backing.node-name, data-file.node-name: the names given to the children (reopen keeps them). */
+  childNodeNames?: Record<string, string>;
+  /**
+   * The file child is itself an image (file.driver=qcow2: a format on a format), or this node is a filter over
+   * one (driver=compress): the child's options, opened first (see layered-options.ts).
+   */
+  fileImage?: BlockOptions;
   /** encrypt.*: the key secret's id, the format, and the names (after "encrypt.") of any other encrypt option. */
   encrypt?: EncryptOptions;
   /** backing.encrypt.*: the backing image's. */
@@ -220,6 +228,13 @@ export function parseDiscard(mode: string): "ignore" | "unmap" {
   throw new CliError(`Invalid discard option: ${mode}`);
 }
 
+/** file-posix's aio option: how requests reach the file (qcowkit has its own I/O; the value is checked). */
+function parseAio(value: string): void {
+  if (!["threads", "native", "io_uring"].includes(value)) {
+    throw new CliError(`invalid parameter value: ${value}`);
+  }
+}
+
 function parseBool(key: string, value: string): boolean {
   const b = BOOL[value];
   if (b === undefined) throw new CliError(`Parameter '${key}' expects 'on' or 'off'`);
@@ -292,9 +307,16 @@ export function blockOptionsFromPairs(
     for (const [k, v] of dataNode.imageKeys) if (k !== "driver" || v !== "file") throw new CliError(`Block format 'blkdebug' does not support the option 'image.${k}'`);
     if (rawData) options.splice(0, options.length, ...options.filter(([k]) => k !== "data-file.driver"));
   }
+  // file.driver=qcow2 or driver=compress: the file.* options describe an image of their own.
+  const layered = takeFileImageOptions(options);
+  if (layered) {
+    out.fileImage = blockOptionsFromPairs(layered.child, { imageOpts: true, ...(opts.onWarning ? { onWarning: opts.onWarning } : {}) });
+    if (out.fileImage.filename !== undefined) out.filename = out.fileImage.filename;
+    options.splice(0, options.length, ...layered.rest);
+  }
   let driver = opts.defaultFormat;
   for (const [key, value] of options) if (key === "driver") driver = value;
-  const hasFile = out.filename !== undefined || options.some(([key]) => key === "file" || key === "file.filename");
+  const hasFile = out.filename !== undefined || out.fileImage !== undefined || options.some(([key]) => key === "file" || key === "file.filename");
   if (opts.imageOpts && !hasFile && driver === undefined) throw new CliError("Must specify either driver or file");
   for (const [key, value] of options) {
     switch (key) {
@@ -336,6 +358,18 @@ export function blockOptionsFromPairs(
       case "read-only":
         out.readOnly = parseBool(key, value);
         break;
+      case "filename":
+      case "locking":
+      case "aio":
+        // The options of a file protocol node opened on its own (driver=file,filename=X).
+        if (!isProtocolDriver(driver)) throw new CliError(`Block format '${driver ?? "qcow2"}' does not support the option '${key}'`);
+        if (key === "filename") out.filename = value;
+        else if (key === "aio") parseAio(value);
+        else out.locking = value === "auto" || parseBool(key, value) ? "on" : "off";
+        break;
+      case "file.aio":
+        parseAio(value);
+        break;
       case "file.locking":
         // QEMU's "auto" locks where the host can; so do we (a read-write open then fails without the addon).
         if (value === "auto") out.locking = "on";
@@ -349,6 +383,7 @@ export function blockOptionsFromPairs(
         break;
       case "cache.direct":
       case "cache.no-flush":
+      case "auto-read-only":
         parseBool(key, value);
         break;
       case "size":
@@ -379,6 +414,7 @@ export function blockOptionsFromPairs(
       case "file.node-name":
       case "data-file.node-name":
       case "backing.node-name":
+        (out.childNodeNames ??= {})[key.slice(0, -".node-name".length)] = value;
         break;
       case "file.align":
         // The file driver's own request alignment: checked as blkdebug checks it, no effect on the bytes.
