@@ -1,9 +1,10 @@
 /**
- * Block node features QEMU's iotests 072 089 214 226 133 158 082 need, each against qemu-img/qemu-io: a qcow2
+ * Block node features QEMU's iotests 072 089 214 226 133 158 082 250 162 need, each against qemu-img/qemu-io: a qcow2
  * image on the guest disk of another (file.driver=qcow2, in options and json: names), the compress filter,
  * the file protocol drivers opened on their own, reopen's refusals for children, backing.encrypt.*,
  * json: names shown as plain file names, convert --salvage, and the formats QEMU knows but cannot create.
  */
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { seededRandom } from "@qcowkit/datafile/testing";
@@ -255,5 +256,55 @@ describe("host placement after a discard (test 250)", () => {
     const map = async (img: string) => (await qemuImg(["map", "--output=json", img])).stdout;
     expect(await map(ours)).toBe(await map(theirs));
     expect((await qemuImg(["check", ours])).code).toBe(0);
+  });
+});
+
+describe("nbd and ssh nodes in json: names and --image-opts (test 162)", () => {
+  /** qemu-nbd serving null-co:// on a Unix socket until killed (its pid file). */
+  function nbdServer(dir: string): { socket: string; stop: () => void } {
+    const socket = path.join(dir, "nbd.sock");
+    const pidFile = path.join(dir, "nbd.pid");
+    const r = spawnSync("qemu-nbd", ["-k", socket, "-f", "raw", "--persistent", "--fork", "--pid-file", pidFile, "null-co://"], { timeout: 20_000 });
+    expect(r.status).toBe(0);
+    return { socket, stop: () => process.kill(Number(fs.readFileSync(pidFile, "utf8").trim())) };
+  }
+
+  it("opens the export a json: nbd node names, by the name QEMU shows", async () => {
+    const server = nbdServer(subDir(root, "nbd-json"));
+    try {
+      const imageLine = (text: string) => text.split("\n").filter((l) => l.startsWith("image:") || l.startsWith("virtual size:"));
+      for (const name of [`json:{"driver": "nbd", "path": "${server.socket}"}`, `json:{"driver":"raw","file":{"driver":"nbd","server":{"type":"unix","path":"${server.socket}"}}}`]) {
+        const [o, t] = [await qimg(["info", name]), await qemuImg(["info", name])];
+        expect(o.code).toBe(0);
+        expect(imageLine(o.stdout)).toEqual(imageLine(t.stdout));
+        expect(imageLine(o.stdout)[0]).toBe(`image: nbd+unix://?socket=${server.socket}`);
+      }
+      // A qcow2 node over the export: refused as QEMU refuses it.
+      await sameIo((s) => ["info", "--image-opts", `driver=qcow2,file.driver=nbd,file.path=${s}`], server.socket, server.socket, "img");
+    } finally {
+      server.stop();
+    }
+  });
+
+  it("fails as qemu-img for unreachable nbd and ssh servers and bad ports", async () => {
+    const names = [
+      'json:{"driver": "nbd", "host": -1}',
+      `json:{"driver": "nbd", "path": "${path.join(root, "no-such.sock")}"}`,
+      'json:{"driver": "ssh", "host": "127.0.0.1", "port": "0", "path": "/foo"}',
+      'json:{"driver": "ssh", "host": "127.0.0.1", "port": 0.42, "path": "/foo"}',
+    ];
+    for (const name of names) await sameIo(() => ["info", name], "", "", "img");
+    for (const opts of ["driver=ssh,host=127.0.0.1,port=0,path=/foo", "driver=ssh,host=127.0.0.1,port=0.42,path=/foo"]) {
+      await sameIo(() => ["info", "--image-opts", opts], "", "", "img");
+    }
+  });
+
+  it("names blkdebug over null-co blkdebug:CONFIG:null-co://, as qemu-img", async () => {
+    const dir = subDir(root, "blkdebug-name");
+    fs.writeFileSync(path.join(dir, "42"), "");
+    const [o, t] = [await qimg(["info", 'json:{"driver": "blkdebug", "config": 42, "image.driver": "null-co"}'], dir), await qemuImg(["info", 'json:{"driver": "blkdebug", "config": 42, "image.driver": "null-co"}'], dir)];
+    expect(o.code).toBe(0);
+    expect(o.stdout.split("\n")[0]).toBe("image: blkdebug:42:null-co://");
+    expect(o.stdout.split("\n")[0]).toBe(t.stdout.split("\n")[0]);
   });
 });

@@ -18,6 +18,7 @@ import { NbdImage } from "./nbd/nbd-image";
 import { NbdStore } from "./nbd/nbd-store";
 import { isNbdFilename } from "./nbd/uri";
 import { connectNbd } from "./node/nbd-socket";
+import { isSshName, openSshImage } from "./node/ssh";
 import { installNodeCodecs } from "./node/codecs";
 import { nodeAesEngine, nodeDigest } from "./node/crypto";
 import { registerAesEngine } from "./crypto/aes-engine";
@@ -145,7 +146,7 @@ export interface OpenImageOptions {
   backingEncrypt?: EncryptionOpenOptions;
   /**
    * NBD names (`nbd://`, `nbd+unix://`, `nbd:`): milliseconds a silent server is waited for before the open
-   * or a request fails (default 60 000; 0: forever).
+   * or a request fails (default 60 000; 0: forever). Also the connect timeout of `ssh://` names.
    */
   nbdTimeoutMs?: number;
   /** Remote names (http(s)://, s3://, json: with an http(s) protocol): RemoteStore settings. */
@@ -294,6 +295,7 @@ function confinedReference(imagePath: string, kind: ReferenceKind, storedName: s
 /** Open a qcow2 or raw image file. */
 export async function openImage(name: string, opts: OpenImageOptions = {}): Promise<BlockImage> {
   if (isNbdFilename(name)) return openNbdImage(name, opts);
+  if (isSshName(name)) return openSshImage(name, opts.nbdTimeoutMs);
   const remote = parseRemoteName(name);
   if (remote) return openRemoteImage(name, remote, opts);
   const path = imageFilePath(name);
@@ -303,7 +305,8 @@ export async function openImage(name: string, opts: OpenImageOptions = {}): Prom
     if (opts.format !== undefined && opts.format !== "raw" && opts.format !== "null-co") {
       throw new Qcow2Error("INVALID_IMAGE", `Image is not in ${opts.format} format`);
     }
-    return RawImage.open(new NullStore(opts.nullCo?.size, path || "null-co://", readOnly, opts.nullCo?.readZeroes ?? false));
+    const nullStore = new NullStore(opts.nullCo?.size, path || "null-co://", readOnly, opts.nullCo?.readZeroes ?? false);
+    return RawImage.open(opts.wrapFile ? opts.wrapFile(nullStore) : nullStore);
   }
   if (opts.file) return openOnStore(path, opts.file, opts, readOnly);
   const store = await FileStore.open(path, {

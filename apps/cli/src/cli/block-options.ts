@@ -7,6 +7,7 @@ import { BLKDEBUG_IO_TYPES, checkBlkdebugLimits, type BlkdebugInjectError, type 
 import { CliError } from "./errors";
 import { parseOptValue, splitOptionList } from "./qemu-opts";
 import { takeRemoteOptions } from "./remote-options";
+import { takeNetworkOptions } from "./network-options";
 import { isProtocolDriver, takeFileImageOptions } from "./layered-options";
 
 export interface BlockOptions {
@@ -282,9 +283,28 @@ export function blockOptionsFromPairs(
   if (remote.names["file."] !== undefined) out.filename = remote.names["file."];
   if (remote.names["data-file."] !== undefined) out.dataFile = remote.names["data-file."];
   options.splice(0, options.length, ...remote.rest);
+  // nbd and ssh nodes become the names the core opens (network-options.ts).
+  const network = takeNetworkOptions(options);
+  const networkName = network.names[""] ?? network.names["file."];
+  if (networkName !== undefined) out.filename = networkName;
+  options.splice(0, options.length, ...network.rest);
   // blkdebug nodes: over the format node (driver=blkdebug), under it (file.driver=blkdebug), over the data file.
   const top = takeBlkdebug(options, "");
-  if (top) {
+  const topImageDriver = top?.imageKeys.find(([k]) => k === "driver")?.[1];
+  if (top && (topImageDriver === undefined || topImageDriver === "file" || topImageDriver === "null-co")) {
+    // blkdebug over a protocol node (a file, null-co): the raw bytes under blkdebug. Named as QEMU names it,
+    // blkdebug:CONFIG:FILE, when it has no inline rules.
+    const image = top.image ?? (topImageDriver === "null-co" ? "null-co://" : undefined);
+    for (const [k] of top.imageKeys) if (k !== "driver") throw new CliError(`Block format 'blkdebug' does not support the option 'image.${k}'`);
+    if (image === undefined) throw new CliError("Could not open blkdebug image: A block device must be specified for \"image\"");
+    const { injectError, setState, configFile } = top.node;
+    if (injectError.length === 0 && setState.length === 0) out.filename = `blkdebug:${configFile ?? ""}:${image}`;
+    else {
+      out.fileBlkdebug = top.node;
+      out.filename = image;
+    }
+    options.push(["driver", "raw"]);
+  } else if (top) {
     const { align, maxTransfer, optWriteZero, maxWriteZero, optDiscard, maxDiscard, injectError, setState, configFile } = top.node;
     if (injectError.length > 0 || setState.length > 0 || configFile !== undefined) {
       throw new CliError("blkdebug rules over a format node are not supported; put blkdebug under it (file.driver=blkdebug)");
