@@ -308,3 +308,33 @@ describe("nbd and ssh nodes in json: names and --image-opts (test 162)", () => {
     expect(o.stdout.split("\n")[0]).toBe(t.stdout.split("\n")[0]);
   });
 });
+
+describe("json: names QEMU cannot rebuild, and quorum (test 110)", () => {
+  it("resolves a relative backing file through blkdebug, not through quorum, as qemu-img info", async () => {
+    const dir = subDir(root, "refresh-filename");
+    await qemuImg(["create", "-q", "-f", "qcow2", path.join(dir, "t.qcow2.base"), "64M"]);
+    await qemuImg(["create", "-q", "-f", "qcow2", "-b", "t.qcow2.base", "-F", "qcow2", path.join(dir, "t.qcow2"), "64M"]);
+    await qemuIo(["-c", "write -P 42 0 512", "-f", "qcow2", path.join(dir, "t.qcow2")]);
+    fs.copyFileSync(path.join(dir, "t.qcow2"), path.join(dir, "t.qcow2.copy"));
+    const img = path.join(dir, "t.qcow2");
+    const names = [
+      `json:{'driver':'qcow2','file':{'driver':'file','filename':'${img}'}}`,
+      `json:{'driver':'qcow2','file':{'driver':'blkdebug','image':{'driver':'file','filename':'${img}'},'set-state':[{'event':'read_aio','new_state':42}]}}`,
+      `json:{'driver':'qcow2','file':{'driver':'quorum','vote-threshold':1,'children':[{'driver':'file','filename':'${img}'},{'driver':'file','filename':'${img}.copy'}]}}`,
+    ];
+    // QEMU writes the json: name it keeps in its own spelling (the iotest filters it too).
+    const lines = (text: string) => text.split("\n").filter((l) => !l.startsWith("disk size:")).map((l) => (l.startsWith("image: json:") ? "image: json:{...}" : l));
+    const seen: string[] = [];
+    for (const name of names) {
+      const [o, t] = [await qimg(["info", name]), await qemuImg(["info", name])];
+      expect(o.code).toBe(0);
+      expect(lines(o.stdout)).toEqual(lines(t.stdout));
+      seen.push(o.stdout.split("\n").find((l) => l.startsWith("backing file:"))!);
+    }
+    expect(seen[1]).toContain("(actual path: ");
+    expect(seen[2]).toContain("(cannot determine actual path)");
+    // Reads through the quorum: the two children agree, so a threshold of two is met.
+    // (backing: null: QEMU cannot resolve a relative backing name under a quorum; neither can qcowkit.)
+    await sameIo((i) => ["-c", "read -P 42 0 512", `json:{'driver':'qcow2','backing':null,'file':{'driver':'quorum','vote-threshold':2,'children':[{'driver':'file','filename':'${i}'},{'driver':'file','filename':'${i}.copy'}]}}`], img, img);
+  });
+});

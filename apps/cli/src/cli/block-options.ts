@@ -36,6 +36,8 @@ export interface BlockOptions {
   fileBlkdebug?: BlkdebugNodeOptions;
   /** `driver=blkdebug` over the format node: its request limits (checked; the bytes are the same). */
   topBlkdebug?: BlkdebugLimits;
+  /** file.driver=quorum: the children's file names and the vote threshold. */
+  fileQuorum?: QuorumOptions;
   /** node-name: accepted (QEMU's graph name; qcowkit has one node per image). */
   nodeName?: string;
   /** file.node-name, backing.node-name, data-file.node-name: the names given to the children (reopen keeps them). */
@@ -130,6 +132,38 @@ function blkdebugRuleField(node: BlkdebugNodeOptions, list: string, index: numbe
   else if (field === "once") rule.once = parseBool(key, value);
   else if (field === "immediately") rule.immediately = parseBool(key, value);
   else throw new CliError(`Invalid parameter '${field}'`);
+}
+
+export interface QuorumOptions {
+  children: string[];
+  voteThreshold: number;
+}
+
+/** `file.driver=quorum` with `file.children.N.filename` (file children) and `file.vote-threshold`: taken out. */
+function takeQuorum(options: Array<[string, string]>): QuorumOptions | undefined {
+  if (!options.some(([k, v]) => k === "file.driver" && v === "quorum")) return undefined;
+  const children: string[] = [];
+  let voteThreshold: number | undefined;
+  const rest: Array<[string, string]> = [];
+  for (const [key, value] of options) {
+    if (!key.startsWith("file.")) {
+      rest.push([key, value]);
+      continue;
+    }
+    const k = key.slice("file.".length);
+    const child = /^children\.(\d+)\.(driver|filename)$/.exec(k);
+    if (k === "driver" || k === "read-pattern" || k === "rewrite-corrupted" || k === "blkverify") continue;
+    else if (k === "vote-threshold") {
+      if (!/^\d+$/.test(value)) throw new CliError("Parameter 'vote-threshold' expects a number");
+      voteThreshold = Number(value);
+    } else if (child) {
+      if (child[2] === "driver" && value !== "file") throw new CliError(`Unknown protocol '${value}' (only local files are supported)`);
+      if (child[2] === "filename") children[Number(child[1])] = value;
+    } else throw new CliError(`Block format 'quorum' does not support the option '${k}'`);
+  }
+  if (voteThreshold === undefined) throw new CliError("Parameter 'vote-threshold' is missing");
+  options.splice(0, options.length, ...rest);
+  return { children: children.filter((c) => c !== undefined), voteThreshold };
 }
 
 export interface NullCoOptions {
@@ -327,6 +361,8 @@ export function blockOptionsFromPairs(
     for (const [k, v] of dataNode.imageKeys) if (k !== "driver" || v !== "file") throw new CliError(`Block format 'blkdebug' does not support the option 'image.${k}'`);
     if (rawData) options.splice(0, options.length, ...options.filter(([k]) => k !== "data-file.driver"));
   }
+  const quorum = takeQuorum(options);
+  if (quorum) out.fileQuorum = quorum;
   // file.driver=qcow2 or driver=compress: the file.* options describe an image of their own.
   const layered = takeFileImageOptions(options);
   if (layered) {
@@ -336,7 +372,7 @@ export function blockOptionsFromPairs(
   }
   let driver = opts.defaultFormat;
   for (const [key, value] of options) if (key === "driver") driver = value;
-  const hasFile = out.filename !== undefined || out.fileImage !== undefined || options.some(([key]) => key === "file" || key === "file.filename");
+  const hasFile = out.filename !== undefined || out.fileImage !== undefined || out.fileQuorum !== undefined || options.some(([key]) => key === "file" || key === "file.filename");
   if (opts.imageOpts && !hasFile && driver === undefined) throw new CliError("Must specify either driver or file");
   for (const [key, value] of options) {
     switch (key) {

@@ -5,7 +5,7 @@
  */
 import { CompressFilter, ImageStore, isRemoteName, openImage, toQemuJsonLine, type BlockImage, type JsonValue, type OpenImageOptions } from "@qcowkit/core/node";
 import { readFileSync } from "node:fs";
-import { BlkdebugStore, NullStore, parseBlkdebugConfig, type BlkdebugConfig, type BlkdebugLimits, type ByteStore } from "@qcowkit/datafile";
+import { BlkdebugStore, NullStore, QuorumStore, parseBlkdebugConfig, type BlkdebugConfig, type BlkdebugLimits, type ByteStore } from "@qcowkit/datafile";
 import { withBlkdebugLimits } from "./blkdebug-limits";
 import { Qcow2Error, errnoText, type Errno } from "@qcowkit/spec";
 import {
@@ -17,8 +17,9 @@ import {
   type EncryptOptions,
   type NullCoOptions,
   type Qcow2CacheOptions,
+  type QuorumOptions,
 } from "./block-options";
-import type { FileDriver } from "@qcowkit/datafile/node";
+import { FileStore, type FileDriver } from "@qcowkit/datafile/node";
 import { jsonFilenameOptions } from "./json-filename";
 import { isFilterDriver, isProtocolDriver } from "./layered-options";
 import { encryptOpenOptions } from "./secrets";
@@ -73,6 +74,8 @@ export interface CliOpenOptions {
   qcow2Cache?: Qcow2CacheOptions;
   /** The file child is an image of its own (file.driver=qcow2), or `format` is a filter over it (compress). */
   fileImage?: BlockOptions;
+  /** The file child is a quorum of files. */
+  fileQuorum?: QuorumOptions;
 }
 
 export { cliOpenDefaults } from "./open-defaults";
@@ -128,13 +131,14 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
   // json: names of the curl driver (http/https) are remote images, which the core opens itself.
   if (filename.startsWith("json:") && !isRemoteName(filename)) return openJsonFilename(filename, opts);
   if (opts.fileImage) return openOverImage(filename, opts, opts.fileImage);
+  if (opts.fileQuorum) return openOverQuorum(filename, opts, opts.fileQuorum);
   // driver=file (host_device, host_cdrom) at the top: the file's bytes as they are, nothing probed.
   if (isProtocolDriver(opts.format)) return openOnFile(filename, { ...opts, format: "raw" }, undefined, opts.format as FileDriver);
   return openOnFile(filename, opts);
 }
 
 /** openCliImage for a node over a file (or the core's other stores), or over `file` when given. */
-async function openOnFile(filename: string, opts: CliOpenOptions, file?: ImageStore, fileDriver?: FileDriver): Promise<BlockImage> {
+async function openOnFile(filename: string, opts: CliOpenOptions, file?: ByteStore, fileDriver?: FileDriver): Promise<BlockImage> {
   let fileNode = opts.fileBlkdebug;
   let path = filename;
   let dataNode = opts.dataFileBlkdebug;
@@ -246,6 +250,21 @@ async function openOverImage(filename: string, opts: CliOpenOptions, child: Bloc
   return openOnFile(image.filename, opts, new ImageStore(image));
 }
 
+/** A format over a quorum of files (file.driver=quorum): the children open first; the image closes them. */
+async function openOverQuorum(filename: string, opts: CliOpenOptions, quorum: QuorumOptions): Promise<BlockImage> {
+  const prefix = opts.errorPrefix ?? `Could not open '${filename}': `;
+  const children: ByteStore[] = [];
+  let store: QuorumStore;
+  try {
+    for (const child of quorum.children) children.push(await FileStore.open(child, { readOnly: opts.readOnly }));
+    store = new QuorumStore(children, quorum.voteThreshold, filename);
+  } catch (e) {
+    await Promise.all(children.map((c) => c.close().catch(() => undefined)));
+    throw new CliError(`${prefix}${errorText(e)}`, { exitCode: opts.exitCode ?? 1, cause: e });
+  }
+  return openOnFile(filename, opts, store);
+}
+
 /** The open options that block options (--image-opts, json:, open -o) give. */
 export function blockOpenOptions(o: BlockOptions): Partial<CliOpenOptions> {
   return {
@@ -267,6 +286,7 @@ export function blockOpenOptions(o: BlockOptions): Partial<CliOpenOptions> {
     ...(o.nullCo !== undefined ? { nullCo: o.nullCo } : {}),
     ...(o.dataFileNullCo !== undefined ? { dataFileNullCo: o.dataFileNullCo } : {}),
     ...(o.fileImage !== undefined ? { fileImage: o.fileImage } : {}),
+    ...(o.fileQuorum !== undefined ? { fileQuorum: o.fileQuorum } : {}),
     ...(o.backingEncrypt !== undefined ? { backingEncrypt: o.backingEncrypt } : {}),
   };
 }
@@ -298,7 +318,7 @@ export function shownImageName(name: string): string {
   } catch {
     return name;
   }
-  const reconstructable = o.fileImage === undefined && o.encrypt === undefined && o.backingEncrypt === undefined && o.dataFileBlkdebug === undefined && o.fileBlkdebug === undefined && o.topBlkdebug === undefined && o.nullCo === undefined;
+  const reconstructable = o.fileImage === undefined && o.encrypt === undefined && o.backingEncrypt === undefined && o.dataFileBlkdebug === undefined && o.fileBlkdebug === undefined && o.topBlkdebug === undefined && o.fileQuorum === undefined && o.nullCo === undefined;
   return reconstructable && o.filename !== undefined ? o.filename : name;
 }
 

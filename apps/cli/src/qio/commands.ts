@@ -1008,6 +1008,7 @@ export async function openForSession(s: Session, req: OpenRequest, errorPrefix?:
     ...(req.encrypt ? { encrypt: req.encrypt } : {}),
     ...(req.backingEncrypt ? { backingEncrypt: req.backingEncrypt } : {}),
     ...(req.fileImage ? { fileImage: req.fileImage } : {}),
+    ...(req.fileQuorum ? { fileQuorum: req.fileQuorum } : {}),
     ...(req.lazyRefcounts !== undefined ? { lazyRefcounts: req.lazyRefcounts } : {}),
     ...(req.qcow2Cache !== undefined ? { qcow2Cache: req.qcow2Cache } : {}),
     ...(req.fileBlkdebug !== undefined ? { fileBlkdebug: req.fileBlkdebug } : {}),

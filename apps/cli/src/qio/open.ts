@@ -3,7 +3,7 @@
  * (see cli/block-options.ts).
  */
 import type { BlkdebugLimits } from "@qcowkit/datafile";
-import { parseBlockOptions, type BlkdebugNodeOptions, type BlockOptions, type EncryptOptions, type Qcow2CacheOptions } from "../cli/block-options";
+import { parseBlockOptions, type BlkdebugNodeOptions, type BlockOptions, type QuorumOptions, type EncryptOptions, type Qcow2CacheOptions } from "../cli/block-options";
 
 export { parseDiscard } from "../cli/block-options";
 
@@ -29,6 +29,8 @@ export interface OpenRequest {
   childNodeNames?: Record<string, string>;
   /** The file child is an image of its own, or the format a filter over one (see cli/layered-options.ts). */
   fileImage?: BlockOptions;
+  /** file.driver=quorum: its children and threshold. */
+  fileQuorum?: QuorumOptions;
   /** backing.encrypt.* options. */
   backingEncrypt?: EncryptOptions;
   /** -s: writes go to a temporary overlay, deleted on close; the image itself is only read. */
@@ -66,6 +68,7 @@ export function applyBlockOptions(req: OpenRequest, text: string, imageOpts: boo
   if (o.nodeName !== undefined) out.nodeName = o.nodeName;
   if (o.childNodeNames !== undefined) out.childNodeNames = { ...out.childNodeNames, ...o.childNodeNames };
   if (o.fileImage !== undefined) out.fileImage = o.fileImage;
+  if (o.fileQuorum !== undefined) out.fileQuorum = o.fileQuorum;
   if (o.qcow2Cache !== undefined) out.qcow2Cache = o.qcow2Cache;
   if (o.fileBlkdebug !== undefined) out.fileBlkdebug = o.fileBlkdebug;
   if (o.dataFileBlkdebug !== undefined) out.dataFileBlkdebug = o.dataFileBlkdebug;
