@@ -73,6 +73,12 @@ export interface ConvertOptions extends OperationOptions {
    * sources' metadata to find the total.
    */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Salvaging mode (qemu-img convert --salvage): a read error does not stop the copy. The failed range is
+   * read again sector by sector; each 512-byte sector that still cannot be read is copied as zeros and
+   * reported here (`offset` in the target). Every copy then goes through memory.
+   */
+  onSalvage?: (offset: number, error: unknown) => void;
 }
 
 type Status = "data" | "zero" | "backing";
@@ -186,6 +192,28 @@ async function* planChunks(
     }
     if (pos > size) covered += pos - size;
     base += size;
+  }
+}
+
+/**
+ * readInput, salvaging (see ConvertOptions.onSalvage): when the read fails, sector by sector, the sectors that
+ * still fail read as zeros.
+ */
+async function salvageInput(sources: BlockImage[], chunk: Chunk, buf: Uint8Array, onSalvage: (offset: number, error: unknown) => void): Promise<void> {
+  try {
+    await readInput(sources, chunk, buf);
+    return;
+  } catch {
+    // Read again below, one sector at a time.
+  }
+  for (let at = 0; at < buf.byteLength; at += SECTOR) {
+    const sector = buf.subarray(at, Math.min(buf.byteLength, at + SECTOR));
+    try {
+      await readInput(sources, { ...chunk, sourceOffset: chunk.sourceOffset + at, offset: chunk.offset + at, length: sector.byteLength }, sector);
+    } catch (e) {
+      sector.fill(0);
+      onSalvage(chunk.offset + at, e);
+    }
   }
 }
 
@@ -398,7 +426,7 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
     const startRead = (chunk: Chunk): Pending => {
       if (chunk.status !== "data") return { chunk, buf: undefined, read: Promise.resolve() };
       const buf = (free.pop() ?? new Uint8Array(IO_BUFFER_BYTES)).subarray(0, chunk.length);
-      const read = readInput(sources, chunk, buf).catch((e: unknown) => {
+      const read = (opts.onSalvage ? salvageInput(sources, chunk, buf, opts.onSalvage) : readInput(sources, chunk, buf)).catch((e: unknown) => {
         throw new ConvertFailure("read", chunk.offset, e);
       });
       // Handled when its turn comes; never an unhandled rejection meanwhile.
@@ -453,7 +481,9 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
       const piece = buf.subarray(0, Math.min(buf.byteLength, length - done));
       const pos = at + done;
       try {
-        await chunk.source.read(chunk.sourceOffset + (pos - chunk.offset), piece);
+        const part = { ...chunk, offset: pos, sourceOffset: chunk.sourceOffset + (pos - chunk.offset), length: piece.byteLength };
+        if (opts.onSalvage) await salvageInput([chunk.source], part, piece, opts.onSalvage);
+        else await chunk.source.read(part.sourceOffset, piece);
       } catch (e) {
         throw new ConvertFailure("read", pos, e);
       }
@@ -479,7 +509,8 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
   const mergeWrites = !(target instanceof Qcow2Image) || target.hasDataFile;
   /** Where a batch's data is and which of its sectors are zero; undefined when it cannot go store to store. */
   const prepareStores = async (batch: Chunk[]): Promise<{ batch: Chunk[]; slice: StoreSlice; flags: Uint8Array | undefined } | undefined> => {
-    if (targetRefuses) return undefined;
+    // Salvaging reads every byte itself, to catch each read error.
+    if (targetRefuses || opts.onSalvage) return undefined;
     const first = batch[0]!;
     const length = batch.reduce((n, c) => n + c.length, 0);
     let runs: StoreRun[] | undefined;

@@ -34,6 +34,8 @@ export { LuksImage, LUKS_KEY_REQUIRED, type LuksOpenOptions, type LuksImageCreat
 export { amendEncryption } from "./encryption-amend";
 export { readVmState, writeVmState, vmStateOffset } from "./vm-state";
 export type { LuksAmendOptions } from "./crypto/luks-keyslots";
+export { ImageStore } from "./image-store";
+export { CompressFilter } from "./compress-filter";
 export { probeFormatName, PROBE_BYTES, type ProbedFormat } from "./probe";
 export { imageInfo, qcow2SpecificInfo, readBitmapInfo } from "./info";
 export type { ImageInfo, ImageInfoOptions, ImageInfoSpecificQcow2, Qcow2BitmapInfo, SnapshotInfoQapi } from "./info";

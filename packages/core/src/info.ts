@@ -160,7 +160,9 @@ export async function imageInfo(image: BlockImage, opts: ImageInfoOptions = {}):
       info["backing-filename"] = backing;
       let full: string | undefined;
       try {
-        const resolved = resolveBackingFileName(filename, backing);
+        // A json: name cannot give the backing file's directory: the image's own file can, unless the image
+        // sits on a node with no single file (a quorum), when it is "" (QEMU's bdrv_dirname).
+        const resolved = resolveBackingFileName(filename.startsWith("json:") ? image.filename : filename, backing);
         full = resolved?.path !== undefined && resolved.protocol === undefined ? resolved.path : backing;
       } catch {
         full = undefined;

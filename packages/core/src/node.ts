@@ -5,7 +5,7 @@
  * @module @qcowkit/core/node
  */
 import { realpath } from "node:fs/promises";
-import { FileStore, NullStore, checkSafeReference, imageFilePath, printableName, referenceLeavingFolder, resolveBackingFileName, resolveDataFileName, type ReferenceKind } from "@qcowkit/datafile/node";
+import { FileStore, NullStore, type FileDriver, checkSafeReference, imageFilePath, printableName, referenceLeavingFolder, resolveBackingFileName, resolveDataFileName, type ReferenceKind } from "@qcowkit/datafile/node";
 import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
 import { trackBitmaps, withBitmapMethods } from "./bitmaps";
@@ -18,6 +18,7 @@ import { NbdImage } from "./nbd/nbd-image";
 import { NbdStore } from "./nbd/nbd-store";
 import { isNbdFilename } from "./nbd/uri";
 import { connectNbd } from "./node/nbd-socket";
+import { isSshName, openSshImage } from "./node/ssh";
 import { installNodeCodecs } from "./node/codecs";
 import { nodeAesEngine, nodeDigest } from "./node/crypto";
 import { registerAesEngine } from "./crypto/aes-engine";
@@ -97,6 +98,14 @@ export interface OpenImageOptions {
   openBackingName?: (name: string, format: string | undefined) => Promise<BlockImage> | undefined;
   /** The external data file as an open store (a null-co node, say) in place of a file name. */
   dataFileStore?: ByteStore;
+  /**
+   * The image's file as an open store, in place of opening `name` (QEMU's `file` child given as a node: a
+   * qcow2 image on the guest disk of another image, through ImageStore). `name` only names the image then;
+   * no lock is taken (the store's owner holds it). The store is closed with the image.
+   */
+  file?: ByteStore;
+  /** The protocol driver the image file is opened with (QEMU's driver=host_device...): see FileStore's `driver`. */
+  fileDriver?: FileDriver;
   /** null-co:// options: size (default 1 GiB), read-zeroes (default off: reads leave the buffer as it was). */
   nullCo?: { size?: number; readZeroes?: boolean };
   /** qcow2's lazy-refcounts runtime option (the image's own setting otherwise). */
@@ -137,7 +146,7 @@ export interface OpenImageOptions {
   backingEncrypt?: EncryptionOpenOptions;
   /**
    * NBD names (`nbd://`, `nbd+unix://`, `nbd:`): milliseconds a silent server is waited for before the open
-   * or a request fails (default 60 000; 0: forever).
+   * or a request fails (default 60 000; 0: forever). Also the connect timeout of `ssh://` names.
    */
   nbdTimeoutMs?: number;
   /** Remote names (http(s)://, s3://, json: with an http(s) protocol): RemoteStore settings. */
@@ -214,6 +223,8 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
           encrypt: _encrypt,
           backingEncrypt,
           openedInside: _openedInside,
+          file: _file,
+          fileDriver: _fileDriver,
           ...inherited
         } = opts;
         return openImage(path, {
@@ -291,6 +302,7 @@ function confinedReference(imagePath: string, kind: ReferenceKind, storedName: s
 /** Open a qcow2 or raw image file. */
 export async function openImage(name: string, opts: OpenImageOptions = {}): Promise<BlockImage> {
   if (isNbdFilename(name)) return openNbdImage(name, opts);
+  if (isSshName(name)) return openSshImage(name, opts.nbdTimeoutMs);
   const remote = parseRemoteName(name);
   if (remote) return openRemoteImage(name, remote, opts);
   const path = imageFilePath(name);
@@ -300,11 +312,14 @@ export async function openImage(name: string, opts: OpenImageOptions = {}): Prom
     if (opts.format !== undefined && opts.format !== "raw" && opts.format !== "null-co") {
       throw new Qcow2Error("INVALID_IMAGE", `Image is not in ${opts.format} format`);
     }
-    return RawImage.open(new NullStore(opts.nullCo?.size, path || "null-co://", readOnly, opts.nullCo?.readZeroes ?? false));
+    const nullStore = new NullStore(opts.nullCo?.size, path || "null-co://", readOnly, opts.nullCo?.readZeroes ?? false);
+    return RawImage.open(opts.wrapFile ? opts.wrapFile(nullStore) : nullStore);
   }
+  if (opts.file) return openOnStore(path, opts.file, opts, readOnly);
   const store = await FileStore.open(path, {
     readOnly,
     lock: imageLockMode(readOnly, opts.shareRW, opts.locking),
+    ...(opts.fileDriver !== undefined ? { driver: opts.fileDriver } : {}),
     syncIoBytes: opts.syncIoBytes ?? 0,
     inMemorySyncIoBytes: opts.inMemorySyncIoBytes ?? 0,
     cachedReadBytes: opts.cachedReadBytes ?? 0,
@@ -313,23 +328,35 @@ export async function openImage(name: string, opts: OpenImageOptions = {}): Prom
   if (unlocked !== undefined) opts.onWarning?.(unlocked);
   try {
     if (opts.openedInside) await assertOpenedInside(store.fd, path, opts.openedInside);
+  } catch (e) {
+    await store.close().catch(() => undefined);
+    throw e;
+  }
+  return openOnStore(path, store, opts, readOnly, async () => {
+    try {
+      return [await realpath(path)];
+    } catch {
+      return [];
+    }
+  });
+}
+
+/**
+ * The format (given, or probed) opened over `store`, which it then owns: a file openImage opened, or the
+ * caller's store (the `file` option). `chainOf` names the first image of a backing chain (loop detection).
+ */
+async function openOnStore(name: string, store: ByteStore, opts: OpenImageOptions, readOnly: boolean, chainOf: () => Promise<string[]> = async () => []): Promise<BlockImage> {
+  try {
     const file = opts.wrapFile ? opts.wrapFile(store) : store;
     let format: ImageFormat;
     if (opts.format !== undefined) format = checkFormat(opts.format);
     else if (opts.safe) throw new Qcow2Error("NOT_SUPPORTED", "Refusing to probe the image format in safe mode; give the format", { errno: "EPERM" });
-    else format = await probeFormat(file, path);
+    else format = await probeFormat(file, name);
     if (format === "raw") return await RawImage.open(file, { probed: opts.format === undefined });
     if (format === "luks") return await LuksImage.open(file, luksOpenOptions(opts));
-    let chain = opts.chain;
-    if (chain === undefined) {
-      try {
-        chain = [await realpath(path)];
-      } catch {
-        chain = [];
-      }
-    }
+    const chain = opts.chain ?? (await chainOf());
     // Qcow2Image.open closes the store itself when it fails after taking it over.
-    return withBitmapMethods(await Qcow2Image.open(file, qcow2OpenOptions(path, opts, readOnly, chain)));
+    return withBitmapMethods(await Qcow2Image.open(file, qcow2OpenOptions(name, opts, readOnly, chain)));
   } catch (e) {
     await store.close().catch(() => undefined);
     throw e;

@@ -237,6 +237,7 @@ export class Qcow2Image implements BlockImage {
       readOnly,
       updateHeader: (offset, clusters) => image.writeReftableLocation(offset, clusters),
       checkBlockWrite: (offset) => refblockOverlapCheck(image, offset),
+      onDeferredBelow: () => image.writeback(),
     });
     for (const w of validation.warnings) image.warn(`warning: ${w}`);
     for (const n of validation.notices) image.warn(n);
@@ -1325,7 +1326,8 @@ export class Qcow2Image implements BlockImage {
       // The new cluster takes its reference here; the partly used one before it one more when the data
       // starts there and runs on into the new one.
       const fresh = (await this.allocateMetadata(1, "compressed cluster")) * cs;
-      if (offset !== 0 && Math.ceil(offset / cs) * cs === fresh) await this.refcounts.update(Math.floor(offset / cs), 1, 1);
+      // The allocation may have released discarded clusters first (onDeferredBelow): the partly used one too.
+      if (offset !== 0 && !this.refcounts.watchedFreed && Math.ceil(offset / cs) * cs === fresh) await this.refcounts.update(Math.floor(offset / cs), 1, 1);
       else offset = fresh;
     }
     const end = offset + byteLength;

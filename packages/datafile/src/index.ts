@@ -21,6 +21,7 @@ export {
 export { BlobStore, type BlobLike } from "./blob-store";
 export { SyncHandleStore, type SyncAccessHandleLike } from "./sync-handle-store";
 export { NullStore, NULL_CO_DEFAULT_SIZE } from "./null-store";
+export { QuorumStore } from "./quorum-store";
 export {
   backingProtocol,
   checkSafeReference,

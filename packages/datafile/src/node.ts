@@ -10,6 +10,7 @@ export {
   type FileHandleLike,
   type FileStoreOpenOptions,
   type FileStoreLockMode,
+  type FileDriver,
 } from "./node/file-store";
 export {
   nativeAvailable,

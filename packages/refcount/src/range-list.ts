@@ -23,6 +23,13 @@ export class RangeList {
     return this.ranges;
   }
 
+  /** The lowest cluster index waiting in a range tagged `tag` (Infinity when none). */
+  lowest(tag: number): number {
+    let low = Infinity;
+    for (const [start, , t] of this.ranges) if (t === tag && start < low) low = start;
+    return low;
+  }
+
   /** Remove and return all ranges, sorted, adjacent ones with equal tags merged. */
   drain(): Array<[start: number, count: number, tag: number]> {
     const sorted = this.ranges.sort((a, b) => a[0] - b[0]);

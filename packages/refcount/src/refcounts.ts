@@ -43,6 +43,8 @@ export interface RefcountOptions {
    * other metadata (QEMU's overlap check on refcount block writes).
    */
   checkBlockWrite?: (hostOffset: number) => void;
+  /** See `Refcounts.onDeferredBelow`. */
+  onDeferredBelow?: () => Promise<void>;
 }
 
 /** C's "%#" PRIx64 as QEMU's messages print it: "0x" before non-zero values only. */
@@ -73,6 +75,13 @@ export class Refcounts {
   watched = -1;
   watchedFreed = false;
   private readonly deferred = new RangeList();
+  /**
+   * Called when an allocation would pass over clusters a guest discard released (deferred with `passDiscard`):
+   * the owner makes the removed references durable and applies the frees (`applyDeferredFrees`), and the
+   * allocation then takes the lowest free clusters, as QEMU reuses discarded clusters at once. Other deferred
+   * clusters (old metadata), and all of them without this hook, are reused after the owner's next write-back.
+   */
+  onDeferredBelow: (() => Promise<void>) | undefined;
   private readonly updateHeader?: (offset: number, clusters: number) => Promise<void>;
   private readonly checkBlockWrite?: (hostOffset: number) => void;
   private readonly readOnly: boolean;
@@ -89,6 +98,7 @@ export class Refcounts {
     this.maxValue = maxRefcount(opts.refcountOrder);
     this.reftableOffset = opts.reftableOffset;
     this.reftableClusters = opts.reftableClusters;
+    this.onDeferredBelow = opts.onDeferredBelow;
     this.reftable = reftable;
     this.reftableView = viewOf(reftable);
     this.cache = new BlockCache(Math.max(4, opts.cacheBlocks ?? 64));
@@ -401,8 +411,15 @@ export class Refcounts {
     if (this.readOnly) throw new Qcow2Error("READ_ONLY", "Allocation on a read-only image");
     if (count <= 0) throw new Qcow2Error("INTERNAL", "allocate: count must be positive");
     this.store.debugEvent?.("cluster_alloc");
+    let released = false;
     for (;;) {
       const start = await this.findFree(count);
+      if (!released && this.onDeferredBelow && this.deferred.lowest(1) < start) {
+        // Free what is waiting first (once per allocation), then search again from the lowest free cluster.
+        released = true;
+        await this.onDeferredBelow();
+        continue;
+      }
       if (start + count > Number.MAX_SAFE_INTEGER / this.clusterSize) {
         throw new Qcow2Error("NO_SPACE", "Image file would grow beyond the supported size", { errno: "EFBIG" });
       }
@@ -441,6 +458,8 @@ export class Refcounts {
     if (this.readOnly || count <= 0) return undefined;
     const start = await this.findFree(count, after ?? this.freeHint);
     if (start + count > Number.MAX_SAFE_INTEGER / this.clusterSize) return undefined;
+    // allocate() would first release the deferred clusters below and may then place the clusters there.
+    if (this.onDeferredBelow && this.deferred.lowest(1) < start) return undefined;
     return this.firstMissingBlock(start, count) < 0 ? start : undefined;
   }
 

@@ -7,6 +7,8 @@ import { BLKDEBUG_IO_TYPES, checkBlkdebugLimits, type BlkdebugInjectError, type 
 import { CliError } from "./errors";
 import { parseOptValue, splitOptionList } from "./qemu-opts";
 import { takeRemoteOptions } from "./remote-options";
+import { takeNetworkOptions } from "./network-options";
+import { isProtocolDriver, takeFileImageOptions } from "./layered-options";
 
 export interface BlockOptions {
   filename?: string;
@@ -34,8 +36,17 @@ export interface BlockOptions {
   fileBlkdebug?: BlkdebugNodeOptions;
   /** `driver=blkdebug` over the format node: its request limits (checked; the bytes are the same). */
   topBlkdebug?: BlkdebugLimits;
+  /** file.driver=quorum: the children's file names and the vote threshold. */
+  fileQuorum?: QuorumOptions;
   /** node-name: accepted (QEMU's graph name; qcowkit has one node per image). */
   nodeName?: string;
+  /** file.node-name, backing.node-name, data-file.node-name: the names given to the children (reopen keeps them). */
+  childNodeNames?: Record<string, string>;
+  /**
+   * The file child is itself an image (file.driver=qcow2: a format on a format), or this node is a filter over
+   * one (driver=compress): the child's options, opened first (see layered-options.ts).
+   */
+  fileImage?: BlockOptions;
   /** encrypt.*: the key secret's id, the format, and the names (after "encrypt.") of any other encrypt option. */
   encrypt?: EncryptOptions;
   /** backing.encrypt.*: the backing image's. */
@@ -121,6 +132,38 @@ function blkdebugRuleField(node: BlkdebugNodeOptions, list: string, index: numbe
   else if (field === "once") rule.once = parseBool(key, value);
   else if (field === "immediately") rule.immediately = parseBool(key, value);
   else throw new CliError(`Invalid parameter '${field}'`);
+}
+
+export interface QuorumOptions {
+  children: string[];
+  voteThreshold: number;
+}
+
+/** `file.driver=quorum` with `file.children.N.filename` (file children) and `file.vote-threshold`: taken out. */
+function takeQuorum(options: Array<[string, string]>): QuorumOptions | undefined {
+  if (!options.some(([k, v]) => k === "file.driver" && v === "quorum")) return undefined;
+  const children: string[] = [];
+  let voteThreshold: number | undefined;
+  const rest: Array<[string, string]> = [];
+  for (const [key, value] of options) {
+    if (!key.startsWith("file.")) {
+      rest.push([key, value]);
+      continue;
+    }
+    const k = key.slice("file.".length);
+    const child = /^children\.(\d+)\.(driver|filename)$/.exec(k);
+    if (k === "driver" || k === "read-pattern" || k === "rewrite-corrupted" || k === "blkverify") continue;
+    else if (k === "vote-threshold") {
+      if (!/^\d+$/.test(value)) throw new CliError("Parameter 'vote-threshold' expects a number");
+      voteThreshold = Number(value);
+    } else if (child) {
+      if (child[2] === "driver" && value !== "file") throw new CliError(`Unknown protocol '${value}' (only local files are supported)`);
+      if (child[2] === "filename") children[Number(child[1])] = value;
+    } else throw new CliError(`Block format 'quorum' does not support the option '${k}'`);
+  }
+  if (voteThreshold === undefined) throw new CliError("Parameter 'vote-threshold' is missing");
+  options.splice(0, options.length, ...rest);
+  return { children: children.filter((c) => c !== undefined), voteThreshold };
 }
 
 export interface NullCoOptions {
@@ -220,6 +263,13 @@ export function parseDiscard(mode: string): "ignore" | "unmap" {
   throw new CliError(`Invalid discard option: ${mode}`);
 }
 
+/** file-posix's aio option: how requests reach the file (qcowkit has its own I/O; the value is checked). */
+function parseAio(value: string): void {
+  if (!["threads", "native", "io_uring"].includes(value)) {
+    throw new CliError(`invalid parameter value: ${value}`);
+  }
+}
+
 function parseBool(key: string, value: string): boolean {
   const b = BOOL[value];
   if (b === undefined) throw new CliError(`Parameter '${key}' expects 'on' or 'off'`);
@@ -267,9 +317,28 @@ export function blockOptionsFromPairs(
   if (remote.names["file."] !== undefined) out.filename = remote.names["file."];
   if (remote.names["data-file."] !== undefined) out.dataFile = remote.names["data-file."];
   options.splice(0, options.length, ...remote.rest);
+  // nbd and ssh nodes become the names the core opens (network-options.ts).
+  const network = takeNetworkOptions(options);
+  const networkName = network.names[""] ?? network.names["file."];
+  if (networkName !== undefined) out.filename = networkName;
+  options.splice(0, options.length, ...network.rest);
   // blkdebug nodes: over the format node (driver=blkdebug), under it (file.driver=blkdebug), over the data file.
   const top = takeBlkdebug(options, "");
-  if (top) {
+  const topImageDriver = top?.imageKeys.find(([k]) => k === "driver")?.[1];
+  if (top && (topImageDriver === undefined || topImageDriver === "file" || topImageDriver === "null-co")) {
+    // blkdebug over a protocol node (a file, null-co): the raw bytes under blkdebug. Named as QEMU names it,
+    // blkdebug:CONFIG:FILE, when it has no inline rules.
+    const image = top.image ?? (topImageDriver === "null-co" ? "null-co://" : undefined);
+    for (const [k] of top.imageKeys) if (k !== "driver") throw new CliError(`Block format 'blkdebug' does not support the option 'image.${k}'`);
+    if (image === undefined) throw new CliError("Could not open blkdebug image: A block device must be specified for \"image\"");
+    const { injectError, setState, configFile } = top.node;
+    if (injectError.length === 0 && setState.length === 0) out.filename = `blkdebug:${configFile ?? ""}:${image}`;
+    else {
+      out.fileBlkdebug = top.node;
+      out.filename = image;
+    }
+    options.push(["driver", "raw"]);
+  } else if (top) {
     const { injectError, setState, configFile, rawAbove: _rawAbove, ...limits } = top.node;
     if (injectError.length > 0 || setState.length > 0 || configFile !== undefined) {
       throw new CliError("blkdebug rules over a format node are not supported; put blkdebug under it (file.driver=blkdebug)");
@@ -292,9 +361,18 @@ export function blockOptionsFromPairs(
     for (const [k, v] of dataNode.imageKeys) if (k !== "driver" || v !== "file") throw new CliError(`Block format 'blkdebug' does not support the option 'image.${k}'`);
     if (rawData) options.splice(0, options.length, ...options.filter(([k]) => k !== "data-file.driver"));
   }
+  const quorum = takeQuorum(options);
+  if (quorum) out.fileQuorum = quorum;
+  // file.driver=qcow2 or driver=compress: the file.* options describe an image of their own.
+  const layered = takeFileImageOptions(options);
+  if (layered) {
+    out.fileImage = blockOptionsFromPairs(layered.child, { imageOpts: true, ...(opts.onWarning ? { onWarning: opts.onWarning } : {}) });
+    if (out.fileImage.filename !== undefined) out.filename = out.fileImage.filename;
+    options.splice(0, options.length, ...layered.rest);
+  }
   let driver = opts.defaultFormat;
   for (const [key, value] of options) if (key === "driver") driver = value;
-  const hasFile = out.filename !== undefined || options.some(([key]) => key === "file" || key === "file.filename");
+  const hasFile = out.filename !== undefined || out.fileImage !== undefined || out.fileQuorum !== undefined || options.some(([key]) => key === "file" || key === "file.filename");
   if (opts.imageOpts && !hasFile && driver === undefined) throw new CliError("Must specify either driver or file");
   for (const [key, value] of options) {
     switch (key) {
@@ -336,6 +414,18 @@ export function blockOptionsFromPairs(
       case "read-only":
         out.readOnly = parseBool(key, value);
         break;
+      case "filename":
+      case "locking":
+      case "aio":
+        // The options of a file protocol node opened on its own (driver=file,filename=X).
+        if (!isProtocolDriver(driver)) throw new CliError(`Block format '${driver ?? "qcow2"}' does not support the option '${key}'`);
+        if (key === "filename") out.filename = value;
+        else if (key === "aio") parseAio(value);
+        else out.locking = value === "auto" || parseBool(key, value) ? "on" : "off";
+        break;
+      case "file.aio":
+        parseAio(value);
+        break;
       case "file.locking":
         // QEMU's "auto" locks where the host can; so do we (a read-write open then fails without the addon).
         if (value === "auto") out.locking = "on";
@@ -349,6 +439,7 @@ export function blockOptionsFromPairs(
         break;
       case "cache.direct":
       case "cache.no-flush":
+      case "auto-read-only":
         parseBool(key, value);
         break;
       case "size":
@@ -379,6 +470,7 @@ export function blockOptionsFromPairs(
       case "file.node-name":
       case "data-file.node-name":
       case "backing.node-name":
+        (out.childNodeNames ??= {})[key.slice(0, -".node-name".length)] = value;
         break;
       case "file.align":
         // The file driver's own request alignment: checked as blkdebug checks it, no effect on the bytes.

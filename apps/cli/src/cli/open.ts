@@ -3,9 +3,9 @@
  * opened for writing, engine warnings passed through, open failures prefixed the way the tool prefixes
  * them ("Could not open 'x': ..." for qemu-img, "can't open device x: ..." for qemu-io).
  */
-import { isRemoteName, openImage, toQemuJsonLine, type BlockImage, type JsonValue, type OpenImageOptions } from "@qcowkit/core/node";
+import { CompressFilter, ImageStore, isRemoteName, openImage, toQemuJsonLine, type BlockImage, type JsonValue, type OpenImageOptions } from "@qcowkit/core/node";
 import { readFileSync } from "node:fs";
-import { BlkdebugStore, NullStore, parseBlkdebugConfig, type BlkdebugConfig, type BlkdebugLimits, type ByteStore } from "@qcowkit/datafile";
+import { BlkdebugStore, NullStore, QuorumStore, parseBlkdebugConfig, type BlkdebugConfig, type BlkdebugLimits, type ByteStore } from "@qcowkit/datafile";
 import { withBlkdebugLimits } from "./blkdebug-limits";
 import { Qcow2Error, errnoText, type Errno } from "@qcowkit/spec";
 import {
@@ -17,8 +17,11 @@ import {
   type EncryptOptions,
   type NullCoOptions,
   type Qcow2CacheOptions,
+  type QuorumOptions,
 } from "./block-options";
+import { FileStore, type FileDriver } from "@qcowkit/datafile/node";
 import { jsonFilenameOptions } from "./json-filename";
+import { isFilterDriver, isProtocolDriver } from "./layered-options";
 import { encryptOpenOptions } from "./secrets";
 import { programNames } from "./program";
 import { CliError, errorText } from "./errors";
@@ -69,6 +72,10 @@ export interface CliOpenOptions {
   topBlkdebug?: BlkdebugLimits;
   /** qcow2's cache options: checked against the image (l2-cache-entry-size against its cluster size). */
   qcow2Cache?: Qcow2CacheOptions;
+  /** The file child is an image of its own (file.driver=qcow2), or `format` is a filter over it (compress). */
+  fileImage?: BlockOptions;
+  /** The file child is a quorum of files. */
+  fileQuorum?: QuorumOptions;
 }
 
 export { cliOpenDefaults } from "./open-defaults";
@@ -123,6 +130,15 @@ function mergeBlkdebug(a: BlkdebugNodeOptions | undefined, b: BlkdebugNodeOption
 export async function openCliImage(filename: string, opts: CliOpenOptions): Promise<BlockImage> {
   // json: names of the curl driver (http/https) are remote images, which the core opens itself.
   if (filename.startsWith("json:") && !isRemoteName(filename)) return openJsonFilename(filename, opts);
+  if (opts.fileImage) return openOverImage(filename, opts, opts.fileImage);
+  if (opts.fileQuorum) return openOverQuorum(filename, opts, opts.fileQuorum);
+  // driver=file (host_device, host_cdrom) at the top: the file's bytes as they are, nothing probed.
+  if (isProtocolDriver(opts.format)) return openOnFile(filename, { ...opts, format: "raw" }, undefined, opts.format as FileDriver);
+  return openOnFile(filename, opts);
+}
+
+/** openCliImage for a node over a file (or the core's other stores), or over `file` when given. */
+async function openOnFile(filename: string, opts: CliOpenOptions, file?: ByteStore, fileDriver?: FileDriver): Promise<BlockImage> {
   let fileNode = opts.fileBlkdebug;
   let path = filename;
   let dataNode = opts.dataFileBlkdebug;
@@ -176,6 +192,8 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
     ...(cliOpenDefaults.cacheSize !== undefined ? { cacheSize: cliOpenDefaults.cacheSize } : {}),
     ...(opts.encrypt ? { encrypt: encryptOpenOptions(opts.encrypt) } : {}),
     ...(opts.backingEncrypt ? { backingEncrypt: encryptOpenOptions(opts.backingEncrypt) } : {}),
+    ...(file ? { file } : {}),
+    ...(fileDriver ? { fileDriver } : {}),
     // One request at a time: small file I/O is cheaper done synchronously than through the thread pool.
     syncIoBytes: 64 * 1024,
   };
@@ -202,6 +220,51 @@ export async function openCliImage(filename: string, opts: CliOpenOptions): Prom
   return image;
 }
 
+/**
+ * A format over an image (file.driver=qcow2: its file is the other image's guest disk) or the compress filter
+ * over one: the child opens first, with the parent's access mode; the parent closes it.
+ */
+async function openOverImage(filename: string, opts: CliOpenOptions, child: BlockOptions): Promise<BlockImage> {
+  const prefix = opts.errorPrefix ?? `Could not open '${filename}': `;
+  const fail = (e: unknown): CliError => new CliError(`${prefix}${errorText(e)}`, { exitCode: opts.exitCode ?? 1, cause: e });
+  // A filter over a plain file: the file protocol has no clusters to compress.
+  if (isFilterDriver(opts.format) && child.format === undefined) throw fail(new CliError(`Compression is not supported for underlying format: file`));
+  const { readOnly: _childReadOnly, ...given } = blockOpenOptions(child);
+  const image = await openCliImage(child.filename ?? "", {
+    readOnly: opts.readOnly,
+    onWarning: opts.onWarning,
+    errorPrefix: prefix,
+    ...(opts.program !== undefined ? { program: opts.program } : {}),
+    ...(opts.forceShare !== undefined ? { forceShare: opts.forceShare } : {}),
+    ...(opts.locking !== undefined ? { locking: opts.locking } : {}),
+    ...given,
+  });
+  if (isFilterDriver(opts.format)) {
+    try {
+      return CompressFilter.open(image);
+    } catch (e) {
+      await closeQuietly(image);
+      throw fail(e);
+    }
+  }
+  return openOnFile(image.filename, opts, new ImageStore(image));
+}
+
+/** A format over a quorum of files (file.driver=quorum): the children open first; the image closes them. */
+async function openOverQuorum(filename: string, opts: CliOpenOptions, quorum: QuorumOptions): Promise<BlockImage> {
+  const prefix = opts.errorPrefix ?? `Could not open '${filename}': `;
+  const children: ByteStore[] = [];
+  let store: QuorumStore;
+  try {
+    for (const child of quorum.children) children.push(await FileStore.open(child, { readOnly: opts.readOnly }));
+    store = new QuorumStore(children, quorum.voteThreshold, filename);
+  } catch (e) {
+    await Promise.all(children.map((c) => c.close().catch(() => undefined)));
+    throw new CliError(`${prefix}${errorText(e)}`, { exitCode: opts.exitCode ?? 1, cause: e });
+  }
+  return openOnFile(filename, opts, store);
+}
+
 /** The open options that block options (--image-opts, json:, open -o) give. */
 export function blockOpenOptions(o: BlockOptions): Partial<CliOpenOptions> {
   return {
@@ -222,6 +285,9 @@ export function blockOpenOptions(o: BlockOptions): Partial<CliOpenOptions> {
     ...(o.topBlkdebug !== undefined ? { topBlkdebug: o.topBlkdebug } : {}),
     ...(o.nullCo !== undefined ? { nullCo: o.nullCo } : {}),
     ...(o.dataFileNullCo !== undefined ? { dataFileNullCo: o.dataFileNullCo } : {}),
+    ...(o.fileImage !== undefined ? { fileImage: o.fileImage } : {}),
+    ...(o.fileQuorum !== undefined ? { fileQuorum: o.fileQuorum } : {}),
+    ...(o.backingEncrypt !== undefined ? { backingEncrypt: o.backingEncrypt } : {}),
   };
 }
 
@@ -235,7 +301,25 @@ async function openJsonFilename(filename: string, opts: CliOpenOptions): Promise
     throw new CliError(`${errorPrefix}${errorText(e)}`, { exitCode: opts.exitCode ?? 1, cause: e });
   }
   const { readOnly, ...given } = blockOpenOptions(o);
-  return openCliImage(o.filename ?? "", { ...opts, ...given, readOnly: opts.readOnly || readOnly === true, errorPrefix });
+  // Options given directly (the format of -f or of `open -o driver=`) win over those in the name.
+  return openCliImage(o.filename ?? "", { ...opts, ...given, ...(opts.format !== undefined ? { format: opts.format } : {}), readOnly: opts.readOnly || readOnly === true, errorPrefix });
+}
+
+/**
+ * The name QEMU gives an image opened as `name` (bdrv_refresh_filename): a json: name whose options only say
+ * where the file is and tune the format (driver, file.filename, runtime options) is the file's name; one
+ * that stacks nodes (an image on an image, a filter, blkdebug) or carries secrets stays as given.
+ */
+export function shownImageName(name: string): string {
+  if (!name.startsWith("json:") || isRemoteName(name)) return name;
+  let o: BlockOptions;
+  try {
+    o = blockOptionsFromPairs(jsonFilenameOptions(name), { imageOpts: true });
+  } catch {
+    return name;
+  }
+  const reconstructable = o.fileImage === undefined && o.encrypt === undefined && o.backingEncrypt === undefined && o.dataFileBlkdebug === undefined && o.fileBlkdebug === undefined && o.topBlkdebug === undefined && o.fileQuorum === undefined && o.nullCo === undefined;
+  return reconstructable && o.filename !== undefined ? o.filename : name;
 }
 
 /** Close, ignoring a failure when another error is already being reported. */
@@ -297,7 +381,7 @@ export async function openOperand(
   imageOpts: boolean,
   opts: Omit<CliOpenOptions, "dataFile" | "backing" | "backingFormat" | "errorPrefix">,
 ): Promise<{ image: BlockImage; filename: string }> {
-  if (!imageOpts) return { image: await openCliImage(operand, opts), filename: operand };
+  if (!imageOpts) return { image: await openCliImage(operand, opts), filename: shownImageName(operand) };
   const { format, ...rest } = opts;
   if (format !== undefined) {
     throw new CliError("--image-opts and --format are mutually exclusive", { ...(opts.exitCode !== undefined ? { exitCode: opts.exitCode } : {}) });

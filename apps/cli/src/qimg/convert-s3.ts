@@ -12,7 +12,7 @@ import { closeQuietly, openOperand } from "../cli/open";
 import { QemuOpts, appendDescs } from "../cli/qemu-opts";
 import { lazyScratch } from "../cli/stream-io";
 import type { CommandContext } from "./context";
-import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat } from "./create-options";
+import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat, uncreatableFormatError } from "./create-options";
 
 export interface S3ConvertArgs {
   fmt?: string;
@@ -50,7 +50,7 @@ async function* rawBytes(images: BlockImage[]): AsyncGenerator<Uint8Array> {
 const refuse = (what: string): CliError => new CliError(`${what} cannot be used when the target is an S3 object (it is written once, front to back)`);
 
 export async function convertToS3(sources: string[], target: string, a: S3ConvertArgs, ctx: CommandContext): Promise<number> {
-  if (!isKnownFormat(a.outFmt)) throw new CliError(`Unknown file format '${a.outFmt}'`);
+  if (!isKnownFormat(a.outFmt)) throw uncreatableFormatError(a.outFmt);
   if (a.skipCreate) throw refuse("-n");
   if (a.bitmaps) throw refuse("--bitmaps");
   if (a.targetIsZero) throw refuse("--target-is-zero");

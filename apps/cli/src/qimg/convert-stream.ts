@@ -27,7 +27,7 @@ import { QemuOpts, appendDescs } from "../cli/qemu-opts";
 import { isStreamOperand, lazyScratch, openStreamOperand, readStream, spoolStream, tempDirectory, writeStream, type StreamEndpoint } from "../cli/stream-io";
 import type { CommandContext } from "./context";
 import { addBackingOptions, createWithDriver } from "./create";
-import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat } from "./create-options";
+import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat, uncreatableFormatError } from "./create-options";
 
 export interface StreamConvertArgs {
   fmt?: string;
@@ -82,7 +82,7 @@ function progressOnStderr(ctx: CommandContext, a: StreamConvertArgs): Progress {
 }
 
 export async function convertWithStreams(sources: string[], target: string, a: StreamConvertArgs, ctx: CommandContext): Promise<number> {
-  if (!isKnownFormat(a.outFmt)) throw new CliError(`Unknown file format '${a.outFmt}'`);
+  if (!isKnownFormat(a.outFmt)) throw uncreatableFormatError(a.outFmt);
   const toStream = isStreamOperand(target, "out");
   const fromStream = sources.some((s) => isStreamOperand(s, "in"));
   // Several files concatenate into a stream target; a stream source has to be the only one.

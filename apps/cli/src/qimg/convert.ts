@@ -29,7 +29,7 @@ import { sizeArgument } from "../cli/size";
 import { CACHE_MODES } from "./compare";
 import { FORCE_SHARE_OPTION, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, parseCommand, type CommandContext, type QimgCommand } from "./context";
 import { addBackingOptions, createWithDriver, optionHelp } from "./create";
-import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat } from "./create-options";
+import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat, uncreatableFormatError } from "./create-options";
 import { convertWithStreams, involvesStreams, loadSourceSnapshot } from "./convert-stream";
 
 /** -l: "snapshot.id=ID,snapshot.name=NAME" or "ID_OR_NAME". */
@@ -72,6 +72,8 @@ interface ConvertArgs {
   options?: string;
   compressed: boolean;
   copyRange: boolean;
+  /** --salvage: unreadable sectors are copied as zeros, with a warning each. */
+  salvage: boolean;
   sparseBytes: number;
   explicitSparse: boolean;
   progress: boolean;
@@ -94,6 +96,7 @@ function parseArgs(options: Array<{ key: string; value: string | undefined }>, c
   const a: ConvertArgs = {
     compressed: false,
     copyRange: false,
+    salvage: false,
     sparseBytes: 4096,
     explicitSparse: false,
     progress: false,
@@ -189,7 +192,8 @@ function parseArgs(options: Array<{ key: string; value: string | undefined }>, c
       case "target-image-opts":
         throw new CliError("--target-image-opts is not supported by qimg");
       case "salvage":
-        throw new CliError("--salvage is not supported by qimg");
+        a.salvage = true;
+        break;
       case "bitmaps":
         a.bitmaps = true;
         break;
@@ -210,6 +214,7 @@ export const convertCommand: QimgCommand = {
     const outFmt = a.outFmt ?? "raw";
     if (a.compressed && a.copyRange) throw new CliError("Cannot enable copy offloading when -c is used");
     if (a.explicitSparse && a.copyRange) throw new CliError("Cannot enable copy offloading when -S is used");
+    if (a.copyRange && a.salvage) throw new CliError("Cannot use copy offloading in salvaging mode");
     if (a.skipCreate && a.options !== undefined) throw new CliError("-o has no effect when skipping image creation");
     if (a.targetIsZero && !a.skipCreate) throw new CliError("--target-is-zero requires use of -n flag");
     const operands = parsed.operands;
@@ -217,7 +222,7 @@ export const convertCommand: QimgCommand = {
     // An s3:// target is written whole, front to back (convert-s3.ts).
     if (operands.length >= 2 && isS3Target(outFilename) && !hasHelpOption(a.options)) return convertToS3(operands.slice(0, -1), outFilename, { ...a, outFmt }, ctx);
     if (hasHelpOption(a.options)) {
-      if (!isKnownFormat(outFmt)) throw new CliError(`Unknown file format '${outFmt}'`);
+      if (!isKnownFormat(outFmt)) throw uncreatableFormatError(outFmt);
       ctx.io.out(optionHelp(outFmt, outFilename));
       return 0;
     }
@@ -244,7 +249,7 @@ export const convertCommand: QimgCommand = {
       if (a.bitmaps) await checkBitmaps(sources, a.skipBrokenBitmaps);
       const prepared = await prepareTarget(outFilename!, outFmt, a, sources, ctx);
       target = prepared.target;
-      await copy(sources, target, prepared, a, bar);
+      await copy(sources, target, prepared, a, bar, ctx);
       if (a.bitmaps) await copyBitmaps(sources[0]!, target, ctx);
       bar.print(100, 0);
       const t = target;
@@ -283,7 +288,7 @@ async function prepareTarget(
   let keySecret: string | undefined;
   let zeroInit = true;
   if (!a.skipCreate) {
-    if (!isKnownFormat(outFmt)) throw new CliError(`Unknown file format '${outFmt}'`);
+    if (!isKnownFormat(outFmt)) throw uncreatableFormatError(outFmt);
     const opts = QemuOpts.parse(appendDescs(formatCreateOpts(outFmt), FILE_CREATE_OPTS), a.options, ctx.warn);
     opts.set("size", String(totalBytes));
     addBackingOptions(opts, outFmt, a.backingFile, a.backingFmt);
@@ -339,7 +344,7 @@ function inFlight(a: ConvertArgs): { readAhead: number; writesInFlight: number }
   return { readAhead: Math.max(2, Math.ceil(a.coroutines / 2)), writesInFlight: Math.max(1, Math.floor(a.coroutines / 2)) };
 }
 
-async function copy(sources: BlockImage[], target: BlockImage, prepared: PreparedTarget, a: ConvertArgs, bar: Progress): Promise<void> {
+async function copy(sources: BlockImage[], target: BlockImage, prepared: PreparedTarget, a: ConvertArgs, bar: Progress, ctx: CommandContext): Promise<void> {
   const targetHasBacking = prepared.hasBacking;
   try {
     await convertImages(sources, target, {
@@ -356,6 +361,7 @@ async function copy(sources: BlockImage[], target: BlockImage, prepared: Prepare
       targetZeroInit:
         a.targetIsZero || (!a.skipCreate && prepared.zeroInit && a.sparseBytes !== 0 && !targetHasBacking && !(target instanceof NbdImage)),
       ...(bar.enabled ? { onProgress: (done: number, total: number) => bar.print(total > 0 ? (100 * done) / total : 100, 0) } : {}),
+      ...(a.salvage ? { onSalvage: (offset: number, e: unknown) => ctx.warn(`error while reading offset ${offset}: ${strerror(e)}`) } : {}),
     });
   } catch (e) {
     if (!(e instanceof ConvertFailure)) throw e;

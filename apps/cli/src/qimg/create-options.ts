@@ -1,3 +1,4 @@
+import { CliError } from "../cli/errors";
 /**
  * The -o option lists of qemu-img 7.2 for qcow2, raw and the file protocol: names, types, help texts and the
  * defaults the "Formatting ..." line shows, in QEMU's order (which is the order of that line).
@@ -82,4 +83,16 @@ export function formatCreateOpts(format: ImageFormatName): readonly OptDesc[] {
 
 export function isKnownFormat(name: string): name is ImageFormatName {
   return name === "qcow2" || name === "raw" || name === "luks";
+}
+
+/** QEMU 7.2's block drivers that exist but create no images (filters, read-only formats, network readers). */
+const NO_CREATE_DRIVERS = [
+  "blkdebug", "blklogwrites", "blkverify", "bochs", "cloop", "compress", "copy-before-write", "copy-on-read", "dmg", "ftp", "ftps",
+  "http", "https", "null-aio", "null-co", "preallocate", "quorum", "replication", "snapshot-access", "throttle", "vvfat",
+];
+
+/** Why qimg cannot create an image of `format` (not qcow2 or raw), in QEMU's words where QEMU cannot either. */
+export function uncreatableFormatError(format: string): CliError {
+  if (NO_CREATE_DRIVERS.includes(format)) return new CliError(`Format driver '${format}' does not support image creation`);
+  return new CliError(`Unknown file format '${format}'`);
 }

@@ -15,7 +15,7 @@ import { closeQuietly, openCliImage } from "../cli/open";
 import { QemuOpts, accumulateOptions, appendDescs, formatHelp, hasHelpOption } from "../cli/qemu-opts";
 import { sizeArgument } from "../cli/size";
 import { HELP_OPTION, OBJECT_OPTION, parseCommand, type CommandContext, type QimgCommand } from "./context";
-import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat, type ImageFormatName } from "./create-options";
+import { FILE_CREATE_OPTS, formatCreateOpts, isKnownFormat, uncreatableFormatError, type ImageFormatName } from "./create-options";
 import { checkEncryptionAlias, encryptionCreateOptions, luksFormatCreateOptions, withKeySecret } from "./create-encryption";
 
 /** Block drivers QEMU 7.2 knows (the values `backing_fmt` accepts at creation). */
@@ -89,7 +89,7 @@ export const createCommand: QimgCommand = {
       }
     }
     if (hasHelpOption(optList)) {
-      if (!isKnownFormat(format)) throw new CliError(`Unknown file format '${format}'`);
+      if (!isKnownFormat(format)) throw uncreatableFormatError(format);
       ctx.io.out(optionHelp(format, operands[0]));
       return 0;
     }
@@ -99,7 +99,7 @@ export const createCommand: QimgCommand = {
     if (operands[1] !== undefined) size = sizeArgument("image size", operands[1], { onWarning: ctx.warn });
     if (operands.length > 2) throw new UsageError(`Unexpected argument: ${operands[2]}`);
     try {
-      if (!isKnownFormat(format)) throw new CliError(`Unknown file format '${format}'`);
+      if (!isKnownFormat(format)) throw uncreatableFormatError(format);
       await createFromOptions(
         { filename, format, options: optList, size, backingFile, backingFormat, unsafe, quiet },
         ctx,

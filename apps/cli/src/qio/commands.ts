@@ -2,11 +2,12 @@
  * qemu-io's commands, with its argument checks, output lines and failure texts. A command returns true when
  * it succeeded; qio exits 1 when any command failed.
  */
-import { Qcow2Image, createImage, qcow2SpecificInfo, dumpHuman, readVmState, writeVmState, type BlockImage, type JsonValue, type Preallocation } from "@qcowkit/core/node";
+import { CompressFilter, Qcow2Image, RawImage, createImage, qcow2SpecificInfo, dumpHuman, readVmState, writeVmState, type BlockImage, type JsonValue, type Preallocation } from "@qcowkit/core/node";
 import { isQcow2Error } from "@qcowkit/spec";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { join, resolve as resolvePath } from "node:path";
-import { systemErrorText } from "@qcowkit/datafile/node";
+import { NullStore, systemErrorText } from "@qcowkit/datafile/node";
+import { isProtocolDriver } from "../cli/layered-options";
 import { strerror } from "../cli/errno";
 import { CliError, UsageError, errorText, type Output } from "../cli/errors";
 import { getopt, type ParsedOption } from "../cli/getopt";
@@ -613,8 +614,19 @@ const infoCmd: Command = {
   argmax: 0,
   needsImage: true,
   async run(s) {
-    const image = s.image!;
-    s.io.out(`format name: ${image.format}\n`);
+    const top = s.image!;
+    const driver = s.request?.format;
+    // Protocol nodes (file, host_device, null-co) are named twice: as the node and as its driver's protocol.
+    if (driver !== undefined && (isProtocolDriver(driver) || driver === "null-co")) {
+      s.io.out(`format name: ${driver}\nformat name: ${driver}\n`);
+      if (driver === "null-co") return false;
+      s.io.out("cluster size: 0 bytes\nvm state offset: 0 bytes\n");
+      return true;
+    }
+    const image = top instanceof CompressFilter ? top.child : top;
+    s.io.out(`format name: ${top instanceof CompressFilter ? top.driver : image.format}\n`);
+    // null-co answers no driver information, and raw asks its file.
+    if (image instanceof RawImage && image.store instanceof NullStore) return false;
     if (!(image instanceof Qcow2Image)) {
       s.io.out("cluster size: 0 bytes\nvm state offset: 0 bytes\n");
       return true;
@@ -623,6 +635,8 @@ const infoCmd: Command = {
     const l2Coverage = image.clusterSize * (image.clusterSize / (image.extendedL2 ? 16 : 8));
     const vmStateOffset = Math.ceil(image.virtualSize / l2Coverage) * l2Coverage;
     s.io.out(`cluster size: ${cvtstr(image.clusterSize)}\nvm state offset: ${cvtstr(vmStateOffset)}\n`);
+    // A filter has no format specific information of its own.
+    if (top instanceof CompressFilter) return true;
     const data = await qcow2SpecificInfo(image);
     s.io.out(`Format specific information:\n${dumpHuman(data as unknown as JsonValue, 1)}`);
     return true;
@@ -714,9 +728,11 @@ const openCmd: Command = {
       try {
         req = applyBlockOptions(req, blockOptions, false, (w) => s.io.err(`${programNames.qio}: warning: ${w}\n`));
       } catch (e) {
-        throw new CliError(`can't open device ${req.filename}: ${errorText(e)}`, { cause: e });
+        throw new CliError(`${req.filename === "" ? "can't open" : `can't open device ${req.filename}`}: ${errorText(e)}`, { cause: e });
       }
     }
+    // Described by its options alone: QEMU names no device when the open fails.
+    if (operands[0] === undefined) req.imageOpts = true;
     await s.open(req);
     return true;
   },
@@ -764,10 +780,19 @@ const reopenCmd: Command = {
         const now = field === "format" ? s.image!.format : old[field];
         if (changed[field] !== undefined && changed[field] !== now) throw new CliError(`Cannot change the option '${name}'`);
       }
-      const fileDriver = splitOptionList(blockOptions).find((e) => e.startsWith("file.driver="));
-      if (fileDriver !== undefined && fileDriver !== "file.driver=file") throw new CliError("Cannot change the option 'driver'");
+      const pairs = splitOptionList(blockOptions).map((e) => [e.slice(0, e.indexOf("=")), e.slice(e.indexOf("=") + 1)] as const);
+      const backing = s.image instanceof Qcow2Image ? s.image.backing : null;
+      for (const [key, value] of pairs) {
+        // The children keep their names and drivers too.
+        if (key.endsWith(".node-name") && old.childNodeNames?.[key.slice(0, -".node-name".length)] !== value) {
+          throw new CliError("Cannot change the option 'node-name'");
+        }
+        if ((key === "file.driver" && value !== "file") || (key === "backing.driver" && value !== backing?.format)) {
+          throw new CliError("Cannot change the option 'driver'");
+        }
+      }
       const { format: _changedFormat, ...changedWithoutFormat } = changed;
-      req = { ...changedWithoutFormat, ...(oldFormat !== undefined && { format: oldFormat }) };
+      req = { ...changedWithoutFormat, ...(old.format !== undefined && { format: old.format }) };
     }
     if (readOnly !== undefined) req.readOnly = readOnly;
     if (cache !== undefined) s.writethrough = checkCacheMode(cache);
@@ -984,6 +1009,8 @@ export async function openForSession(s: Session, req: OpenRequest, errorPrefix?:
     discard: req.discard,
     ...(req.encrypt ? { encrypt: req.encrypt } : {}),
     ...(req.backingEncrypt ? { backingEncrypt: req.backingEncrypt } : {}),
+    ...(req.fileImage ? { fileImage: req.fileImage } : {}),
+    ...(req.fileQuorum ? { fileQuorum: req.fileQuorum } : {}),
     ...(req.lazyRefcounts !== undefined ? { lazyRefcounts: req.lazyRefcounts } : {}),
     ...(req.qcow2Cache !== undefined ? { qcow2Cache: req.qcow2Cache } : {}),
     ...(req.fileBlkdebug !== undefined ? { fileBlkdebug: req.fileBlkdebug } : {}),

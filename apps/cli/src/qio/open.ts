@@ -3,7 +3,7 @@
  * (see cli/block-options.ts).
  */
 import type { BlkdebugLimits } from "@qcowkit/datafile";
-import { parseBlockOptions, type BlkdebugNodeOptions, type EncryptOptions, type Qcow2CacheOptions } from "../cli/block-options";
+import { parseBlockOptions, type BlkdebugNodeOptions, type BlockOptions, type QuorumOptions, type EncryptOptions, type Qcow2CacheOptions } from "../cli/block-options";
 
 export { parseDiscard } from "../cli/block-options";
 
@@ -19,14 +19,20 @@ export interface OpenRequest {
   backingFormat?: string;
   /** encrypt.* options (key secret id, format). */
   encrypt?: EncryptOptions;
-  /** backing.encrypt.* options. */
-  backingEncrypt?: EncryptOptions;
   /** lazy-refcounts runtime option (the image's own setting otherwise). */
   lazyRefcounts?: boolean;
   /** qcow2's cache options. */
   qcow2Cache?: Qcow2CacheOptions;
   /** node-name given when opened (reopen refuses to change it). */
   nodeName?: string;
+  /** The children's node names given when opened (file, backing, data-file: reopen refuses to change them). */
+  childNodeNames?: Record<string, string>;
+  /** The file child is an image of its own, or the format a filter over one (see cli/layered-options.ts). */
+  fileImage?: BlockOptions;
+  /** file.driver=quorum: its children and threshold. */
+  fileQuorum?: QuorumOptions;
+  /** backing.encrypt.* options. */
+  backingEncrypt?: EncryptOptions;
   /** -s: writes go to a temporary overlay, deleted on close; the image itself is only read. */
   snapshot?: boolean;
   /** blkdebug nodes under the image file and over the data file. */
@@ -60,6 +66,9 @@ export function applyBlockOptions(req: OpenRequest, text: string, imageOpts: boo
   if (o.backingEncrypt !== undefined) out.backingEncrypt = o.backingEncrypt;
   if (o.lazyRefcounts !== undefined) out.lazyRefcounts = o.lazyRefcounts;
   if (o.nodeName !== undefined) out.nodeName = o.nodeName;
+  if (o.childNodeNames !== undefined) out.childNodeNames = { ...out.childNodeNames, ...o.childNodeNames };
+  if (o.fileImage !== undefined) out.fileImage = o.fileImage;
+  if (o.fileQuorum !== undefined) out.fileQuorum = o.fileQuorum;
   if (o.qcow2Cache !== undefined) out.qcow2Cache = o.qcow2Cache;
   if (o.fileBlkdebug !== undefined) out.fileBlkdebug = o.fileBlkdebug;
   if (o.dataFileBlkdebug !== undefined) out.dataFileBlkdebug = o.dataFileBlkdebug;

@@ -51,6 +51,11 @@ export interface FileStoreOpenOptions {
   /** Use the native addon when it is available (default true); false forces the JavaScript paths. */
   native?: boolean;
   /**
+   * QEMU's file protocol driver the file is opened as: "file" (default) accepts regular files only,
+   * "host_device" and "host_cdrom" character and block devices only (their size as fstat gives it).
+   */
+  driver?: FileDriver;
+  /**
    * Reads and writes of at most this many bytes are made synchronously (default 0: never). For tools that
    * do one request at a time (qimg, qio) this skips the thread-pool round trip, which on the page cache
    * costs more than the copy itself; servers with many requests in flight keep the default.
@@ -76,6 +81,9 @@ export interface FileStoreOpenOptions {
 
 export type FileStoreLockMode = "read" | "write" | "shared" | "none";
 
+/** QEMU's protocol drivers for local files (see FileStoreOpenOptions.driver). */
+export type FileDriver = "file" | "host_device" | "host_cdrom";
+
 /** Largest byte count handed to one read or write call (Node refuses more than 2^31 - 1). */
 const maxBytesPerCall = 1 << 30;
 /** Size of the zero buffer used to write zeros; ranges are written in pieces of at most this size. */
@@ -97,7 +105,8 @@ let sharedZeros: Uint8Array | undefined;
  *   with zeros in pieces of at most 1 MiB. `discard` never grows the file; `writeZeroes` grows it
  *   like a write.
  * - `flush` is fdatasync; `allocatedSize` is st_blocks * 512.
- * - Only regular files are accepted ("'file' driver requires 'x' to be a regular file").
+ * - Only regular files are accepted ("'file' driver requires 'x' to be a regular file"), or only devices
+ *   with the `driver` option "host_device" or "host_cdrom".
  *
  * With the native addon (`nativeAvailable`, src/node/native.ts), as QEMU's file driver does:
  * - `discard` and `writeZeroes(…, unmap)` punch holes (fallocate PUNCH_HOLE|KEEP_SIZE);
@@ -183,8 +192,12 @@ export class FileStore implements ByteStore {
     }
     try {
       const stats = await handle.stat();
-      if (!stats.isFile()) {
+      const driver = options.driver ?? "file";
+      if (driver === "file" && !stats.isFile()) {
         throw new Qcow2Error("INVALID_ARGUMENT", `'file' driver requires '${printableName(name)}' to be a regular file`);
+      }
+      if (driver !== "file" && !stats.isCharacterDevice() && !stats.isBlockDevice()) {
+        throw new Qcow2Error("INVALID_ARGUMENT", `'${driver}' driver requires '${printableName(name)}' to be either a character or block device`);
       }
     } catch (error) {
       await handle.close().catch(() => undefined);
