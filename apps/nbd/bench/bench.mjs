@@ -41,7 +41,7 @@ const formats = many("--format", ["qcow2", "raw", "datafile"]);
 const states = many("--state", ["fresh", "allocated"]);
 const size = sizeMiB * 1024 * 1024;
 
-if (!fs.existsSync(path.join(appDir, "dist", "qnbd.js"))) {
+if (!fs.existsSync(path.join(appDir, "dist", "qnbd.cjs"))) {
   console.error("bench: build qnbd first (cd apps/nbd && pnpm exec tsup)");
   process.exit(1);
 }
