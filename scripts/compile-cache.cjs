@@ -60,7 +60,9 @@ function enable() {
       cachedData = undefined;
     }
     // The bundle has no import() (scripts/bin-bundle.mjs turns them into require), which a vm.Script could not run.
-    const script = new vm.Script(Module.wrap(content), { filename, cachedData });
+    // A #! line (qnbd's entry keeps one) is a comment only at the very start of a file: keep its place as one.
+    const source = content.startsWith("#!") ? `//${content.slice(2)}` : content;
+    const script = new vm.Script(Module.wrap(source), { filename, cachedData });
     if (cachedData === undefined || script.cachedDataRejected) pending.push({ script, entry });
     const wrapper = script.runInThisContext({ displayErrors: true });
     const require = Module.createRequire(filename);
