@@ -7,9 +7,9 @@
 // of this app's dist/ only:
 // - the cache lives in <tmpdir>/qcowkit-compile-cache-<uid> (QCOWKIT_COMPILE_CACHE=DIR to move it, =0 to turn
 //   it off), a directory only this user may write; anything else there is not used;
-// - an entry's name holds Node's version, a hash of Node's options, the file's name, size and modification
-//   time; V8 also checks that the cached code belongs to the same source and V8 flags, and compiles from
-//   source when it does not;
+// - an entry's name holds Node's version, a hash of Node's options, a hash of the file's folder, the file's
+//   name, size and modification time; V8 also checks that the cached code fits the source (its length) and
+//   V8 flags, and compiles from source when it does not;
 // - entries are written when the process exits, after the run compiled what it needed, through a temporary
 //   file renamed into place, so concurrent runs never read half an entry.
 // Nothing here changes what the code does: a missing, stale or unreadable cache only costs the compile time.
@@ -38,8 +38,12 @@ function enable() {
   }
   const distDir = __dirname + path.sep;
   // V8 rejects code cached under other V8 flags: runs with other flags keep entries of their own.
-  let flags = 0x811c9dc5;
-  for (const c of `${process.execArgv.join(" ")}|${process.env.NODE_OPTIONS ?? ""}`) flags = Math.imul(flags ^ c.charCodeAt(0), 0x01000193) >>> 0;
+  const fnv = (text) => {
+    let h = 0x811c9dc5;
+    for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193) >>> 0;
+    return h.toString(16);
+  };
+  const flags = fnv(`${process.execArgv.join(" ")}|${process.env.NODE_OPTIONS ?? ""}`);
   const pending = [];
   const original = Module.prototype._compile;
   Module.prototype._compile = function compileWithCache(content, filename) {
@@ -49,7 +53,8 @@ function enable() {
     let entry;
     try {
       const st = fs.statSync(filename);
-      entry = path.join(dir, `${process.version}-${process.arch}-${flags.toString(16)}-${path.basename(filename)}-${st.size}-${Math.trunc(st.mtimeMs)}`);
+      // The folder's hash keeps two installs (or worktrees) apart: V8 checks a source's length, not its bytes.
+      entry = path.join(dir, `${process.version}-${process.arch}-${flags}-${fnv(path.dirname(filename))}-${path.basename(filename)}-${st.size}-${Math.trunc(st.mtimeMs)}`);
     } catch {
       return original.call(this, content, filename);
     }
