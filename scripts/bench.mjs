@@ -37,7 +37,7 @@ const only = argv.includes("--only") ? argv[argv.indexOf("--only") + 1] : undefi
 const want = (rows) => only === undefined || only === rows;
 const binFile = (name) => join(root, "apps", "cli", "bin", `${name}.js`);
 for (const b of ["qimg", "qio"]) {
-  if (!existsSync(binFile(b)) || !existsSync(join(root, "apps", "cli", "dist", `${b}.js`))) throw new Error(`bench: ${b} not built; run npm run setup first`);
+  if (!existsSync(binFile(b)) || !existsSync(join(root, "apps", "cli", "dist", `${b}.cjs`))) throw new Error(`bench: ${b} not built; run npm run setup first`);
 }
 const childEnv = { ...process.env };
 const strippedCa = "NODE_EXTRA_CA_CERTS" in childEnv && !argv.includes("--keep-env");

@@ -1,13 +1,6 @@
 import { defineConfig } from "tsup";
+import { binBundle } from "../../scripts/bin-bundle.mjs";
 
-// Workspace packages stay external: the bins load their dist/ (built first by turbo), where the native addon
-// and the zstd wasm are found.
-export default defineConfig({
-  entry: { qimg: "src/qimg.ts", qio: "src/qio.ts" },
-  format: ["esm"],
-  target: "node20",
-  platform: "node",
-  dts: false,
-  sourcemap: true,
-  clean: true,
-});
+// Each bin is bundled with the workspace packages it uses, and each command's code sits in a chunk of its own,
+// loaded when the command runs (start-up time, issue 17). See scripts/bin-bundle.mjs for what stays external.
+export default defineConfig(binBundle({ qimg: "src/qimg.ts", qio: "src/qio.ts" }));

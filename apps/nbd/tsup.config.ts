@@ -1,11 +1,5 @@
 import { defineConfig } from "tsup";
+import { binBundle } from "../../scripts/bin-bundle.mjs";
 
-export default defineConfig({
-  entry: { qnbd: "src/qnbd.ts" },
-  format: ["esm"],
-  target: "node20",
-  platform: "node",
-  dts: false,
-  sourcemap: true,
-  clean: true,
-});
+// qnbd is bundled with the workspace packages it uses (start-up time, issue 17); see scripts/bin-bundle.mjs.
+export default defineConfig(binBundle({ qnbd: "src/qnbd.ts" }));

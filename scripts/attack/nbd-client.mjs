@@ -116,7 +116,7 @@ export function memoryMb(pid) {
 
 /** Starts the built qnbd with `args` (which must include -k SOCKET) and waits for the socket. */
 export async function startQnbd(args, socketPath) {
-  if (!existsSync(join(root, "apps", "nbd", "dist", "qnbd.js"))) {
+  if (!existsSync(join(root, "apps", "nbd", "dist", "qnbd.cjs"))) {
     throw new Error("build qnbd first: pnpm exec turbo run build --filter=@qcowkit/nbd...");
   }
   const child = spawn(process.execPath, [qnbdBin, ...args], { stdio: ["ignore", "ignore", "pipe"] });

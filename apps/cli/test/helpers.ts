@@ -10,8 +10,8 @@ export const APP_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url))
 export const QIMG_BIN = path.join(APP_DIR, "bin", "qimg.js");
 export const QIO_BIN = path.join(APP_DIR, "bin", "qio.js");
 /** The same programs from the private copy of dist/ made by test/global-setup.ts. */
-export const QIMG = path.join(inject("cliDist"), "qimg.js");
-export const QIO = path.join(inject("cliDist"), "qio.js");
+export const QIMG = path.join(inject("cliDist"), "qimg.cjs");
+export const QIO = path.join(inject("cliDist"), "qio.cjs");
 
 export interface Run {
   code: number;

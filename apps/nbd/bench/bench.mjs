@@ -41,7 +41,7 @@ const formats = many("--format", ["qcow2", "raw", "datafile"]);
 const states = many("--state", ["fresh", "allocated"]);
 const size = sizeMiB * 1024 * 1024;
 
-if (!fs.existsSync(path.join(appDir, "dist", "qnbd.js"))) {
+if (!fs.existsSync(path.join(appDir, "dist", "qnbd.cjs"))) {
   console.error("bench: build qnbd first (cd apps/nbd && pnpm exec tsup)");
   process.exit(1);
 }
@@ -176,7 +176,7 @@ async function startServer(kind, format, state, transport) {
   const common = ["-f", format === "raw" ? "raw" : "qcow2", "-t", "-e", "0", ...listen.argv, image];
   const child =
     kind === "qnbd"
-      ? spawn(process.execPath, [qnbdBin, ...common], { stdio: "ignore", env: childEnv, cwd: sub })
+      ? spawn(qnbdBin, common, { stdio: "ignore", env: childEnv, cwd: sub }) // as a program: its #! line's Node options apply
       : spawn("qemu-nbd", common, { stdio: "ignore", env: childEnv, cwd: sub });
   children.add(child);
   await waitListening(listen.connect, child);

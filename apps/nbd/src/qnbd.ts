@@ -115,7 +115,21 @@ function resolveTls(options: QnbdOptions): tls.TLSSocketOptions | undefined {
   return creds ? loadTlsOptions(creds) : undefined;
 }
 
+/**
+ * QCOWKIT_NBD_CONNECTION_MIB: payload and reply bytes one connection may hold before qnbd stops reading its
+ * requests (default 4 MiB, `defaultConnectionLimits`). Larger lets a client keep more large requests in flight
+ * per connection, at the cost of peak memory (docs/nbd-performance.md).
+ */
+function connectionBytesFromEnv(): number | undefined {
+  const text = process.env.QCOWKIT_NBD_CONNECTION_MIB;
+  if (text === undefined || text === "") return undefined;
+  const mib = /^\d{1,4}$/.test(text) ? Number(text) : NaN;
+  if (!(mib >= 1 && mib <= 1024)) throw new StartupError(`QCOWKIT_NBD_CONNECTION_MIB must be a whole number of MiB from 1 to 1024, not '${text}'`);
+  return mib * 1024 * 1024;
+}
+
 async function serve(options: QnbdOptions): Promise<void> {
+  const connectionBytes = connectionBytesFromEnv();
   const tlsOptions = resolveTls(options);
 
   let device: BlockImage;
@@ -167,7 +181,7 @@ async function serve(options: QnbdOptions): Promise<void> {
         multiConn: options.shared !== 1,
       }),
       shared: options.shared,
-      limits: { handshakeTimeoutMs: options.handshakeLimitSeconds * 1000 },
+      limits: { handshakeTimeoutMs: options.handshakeLimitSeconds * 1000, ...(connectionBytes ? { maxConnectionBytes: connectionBytes } : {}) },
       ...(tlsOptions ? { tls: tlsOptions } : {}),
       ...(log ? { log } : {}),
     });

@@ -24,7 +24,7 @@ function run(file: string, args: string[]): Promise<{ status: number; stdout: st
   });
 }
 const qemuImg = (args: string[]) => run("qemu-img", args);
-const qimg = join(import.meta.dirname, "..", "..", "cli", "dist", "qimg.js");
+const qimg = join(import.meta.dirname, "..", "..", "cli", "dist", "qimg.cjs");
 
 const images: Record<string, string> = {
   plain: "qemu-img create -q -f qcow2 plain.qcow2 64M && qemu-io -c 'write -P 1 0 1M' -c 'write -P 2 5M 64k' -c 'write -z 9M 1M' plain.qcow2",

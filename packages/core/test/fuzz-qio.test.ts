@@ -21,7 +21,7 @@ const CASES = Number(process.env.QCOWKIT_QIO_FUZZ_CASES ?? 48);
 const FIRST_SEED = Number(process.env.QCOWKIT_QIO_FUZZ_SEED ?? 1);
 /** Measured (2026-12-07): 48 cases from seed 1 agree on 45 (the test prints the disagreements). */
 const AGREEMENT_FLOOR = 0.85;
-const QIO = resolve(dirname(fileURLToPath(import.meta.url)), "../../../apps/cli/dist/qio.js");
+const QIO = resolve(dirname(fileURLToPath(import.meta.url)), "../../../apps/cli/dist/qio.cjs");
 const COMMANDS = ["read 0 64k", "write -P 0x5a 4k 4k", "read -P 0x5a 4k 4k"];
 
 interface Run {

@@ -1,10 +1,11 @@
 /**
  * The libraries install alone from their packed tarballs (each with only the @qcowkit packages it depends
- * on), and examples/custom-frontend.mjs and examples/stream-to-stdout.mjs work on the packed core.
+ * on), and examples/custom-frontend.mjs and examples/stream-to-stdout.mjs work on the packed core. The apps'
+ * bins (single bundled files, scripts/bin-bundle.mjs) run after an npm install of the packed apps.
  */
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { cpSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -39,16 +40,18 @@ function npm(args: string[], cwd: string): string {
   return execFileSync("npm", args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, npm_config_loglevel: "error" } });
 }
 
+/** The apps packed beside the libraries (folder under apps/). */
+const apps = ["cli", "nbd"];
+
 beforeAll(() => {
   buildWithDependencies("@qcowkit/core");
+  buildWithDependencies("@qcowkit/cli");
+  buildWithDependencies("@qcowkit/nbd");
   const out = join(t.dir, "tarballs");
   mkdirSync(out);
-  for (const name of Object.keys(libs)) {
+  for (const dir of [...Object.keys(libs).map((n) => join(root, "packages", n)), ...apps.map((n) => join(root, "apps", n))]) {
     const [pnpm, ...pre] = pnpmCommand();
-    execFileSync(pnpm!, [...pre, "pack", "--pack-destination", out], {
-      cwd: join(root, "packages", name),
-      stdio: "pipe",
-    });
+    execFileSync(pnpm!, [...pre, "pack", "--pack-destination", out], { cwd: dir, stdio: "pipe" });
   }
   for (const f of readdirSync(out)) {
     const m = /^qcowkit-([a-z-]+?)-\d/.exec(f);
@@ -108,4 +111,32 @@ describe("packed libraries", () => {
     expect(qemu("qemu-img", ["check", join(dir, "out.qcow2")])).toContain("No errors were found on the image.");
     expect(qemu("qemu-img", ["compare", join(dir, "src.qcow2"), join(dir, "out.qcow2")])).toContain("Images are identical.");
   }, 60_000);
+});
+
+describe("packed apps", () => {
+  it("qimg, qio and qnbd run from an npm install of the tarballs, zstd included, and keep a code cache", () => {
+    const dir = join(t.dir, "install-apps");
+    mkdirSync(dir);
+    writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "probe", version: "1.0.0", type: "module" }));
+    npm(["install", "--no-audit", "--no-fund", ...Object.keys(libs).map((d) => tarballs[d]!), tarballs.cli!, tarballs.nbd!], dir);
+    // Each bin is one bundled file (plus the code cache loader) next to its map.
+    for (const app of apps) {
+      const dist = readdirSync(join(dir, "node_modules", "@qcowkit", app, "dist")).filter((f) => !f.endsWith(".map"));
+      expect(dist.sort(), app).toEqual(["compile-cache.cjs", app === "cli" ? "qimg.cjs" : "qnbd.cjs", ...(app === "cli" ? ["qio.cjs"] : [])].sort());
+    }
+    const cache = join(t.dir, "compile-cache");
+    const env = { ...process.env, QCOWKIT_COMPILE_CACHE: cache };
+    const bin = (name: string, args: string[]) => execFileSync(join(dir, "node_modules", ".bin", name), args, { cwd: dir, encoding: "utf8", env });
+    qemu("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", join(dir, "z.qcow2"), "4M"]);
+    // zstd's packages are external to the bundle, found through the app's own dependencies.
+    expect(bin("qio", ["-c", "write -c -P 0x5a 0 64k", "z.qcow2"])).toContain("wrote 65536/65536 bytes at offset 0");
+    expect(qemu("qemu-io", ["-c", "read -P 0x5a 0 64k", join(dir, "z.qcow2")])).toContain("read 65536/65536 bytes at offset 0");
+    // The first run wrote the cache; the second one uses it and prints the same.
+    const first = JSON.parse(bin("qimg", ["info", "--output=json", "z.qcow2"]));
+    expect(readdirSync(cache).some((f) => f.includes("-qimg.cjs-"))).toBe(true);
+    expect(JSON.parse(bin("qimg", ["info", "--output=json", "z.qcow2"]))).toEqual(first);
+    expect(first["format-specific"].data["compression-type"]).toBe("zstd");
+    expect(existsSync(join(dir, "node_modules", "@qcowkit", "datafile", "prebuilds"))).toBe(true);
+    expect(bin("qnbd", ["--version"])).toMatch(/^qnbd /);
+  }, 180_000);
 });

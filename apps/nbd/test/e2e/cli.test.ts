@@ -97,6 +97,13 @@ describe("option and startup errors", () => {
     expect(r.stderr).toBe(`${fix(message)}\n`);
   });
 
+  it.each(["0", "1025", "4.5", "lots"])("QCOWKIT_NBD_CONNECTION_MIB=%s fails with one line, before the image is opened", async (value) => {
+    const missing = path.join(tmp.dir, "missing");
+    const r = await run(process.execPath, [QNBD_BIN, "-f", "raw", missing], { env: { ...process.env, QCOWKIT_NBD_CONNECTION_MIB: value } });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`qnbd: QCOWKIT_NBD_CONNECTION_MIB must be a whole number of MiB from 1 to 1024, not '${value}'\n`);
+  });
+
   it("reports a port in use and a pid file it cannot create", async () => {
     const blocker = net.createServer().listen(0, "127.0.0.1");
     await new Promise((r) => blocker.once("listening", r));
