@@ -160,6 +160,7 @@ export class Qcow2Image implements BlockImage {
   /** Guest data written since the last flush of its store. */
   private dataDirty = false;
   private corruptSignalled = false;
+  private ejected = false;
   private dirtyMarked = false;
   private closed = false;
   private codec: CompressionCodec | undefined;
@@ -330,7 +331,8 @@ export class Qcow2Image implements BlockImage {
     for (const o of this.writeObservers) o(guestOffset, byteLength);
   }
 
-  private warn(message: string): void {
+  /** Report a non-fatal problem: kept in `warnings` and passed to the `onWarning` open option. */
+  warn(message: string): void {
     this.warnings.push(message);
     this.opts.onWarning?.(message);
   }
@@ -462,7 +464,9 @@ export class Qcow2Image implements BlockImage {
     try {
       result = await update();
     } catch (error) {
-      if (!this.isCorrupt) await settle().catch(() => undefined);
+      // When settling fails too, the file refuses writes: nothing more is written (the bit stays, so the
+      // next read-write open repairs), as QEMU writes nothing more after such a failure.
+      if (!this.isCorrupt) await settle().catch(() => this.eject());
       throw error;
     }
     await settle();
@@ -489,8 +493,16 @@ export class Qcow2Image implements BlockImage {
   }
 
   /** Run `fn`, turning CORRUPT errors into a corruption signal and an I/O error (as QEMU does). */
+  /**
+   * Drop the image's driver after a failure that left the on-disk structures unusable (QEMU's
+   * `bs->drv = NULL`): later requests fail and close writes nothing more.
+   */
+  eject(): void {
+    this.ejected = true;
+  }
+
   private guard<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.corruptSignalled && !this.readOnly) {
+    if ((this.corruptSignalled || this.ejected) && !this.readOnly) {
       // QEMU drops the driver of an image it marked corrupt: later requests find no medium.
       return Promise.reject(new Qcow2Error("IO_ERROR", "Image is corrupt; further I/O refused", { errno: "ENOMEDIUM" }));
     }
@@ -945,19 +957,14 @@ export class Qcow2Image implements BlockImage {
     const copied = l2IsCopied(hi);
     const oldHost = kind === "compressed" ? 0 : l2HostOffset(hi, lo);
     if (kind === "normal") this.map.entryType(t, this.map.l2Index(pos), 0, clusterStart); // validates
-    if (kind === "normal" && copied) {
+    const keptRun =
+      (kind === "normal" || kind === "zero-alloc") && copied && !this.hasDataFile ? this.keptRun(t, clusterStart, tableEnd, oldHost) : undefined;
+    if (keptRun && !keptRun.zeros) {
       // In place, extended over following clusters with contiguous hosts.
-      let runEnd = Math.min(tableEnd, clusterStart + cs);
-      while (runEnd < tableEnd) {
-        const [nhi, nlo] = this.entryHalves(t, this.map.l2Index(runEnd));
-        if (classifyCluster(nhi, nlo, fmt) !== "normal" || !l2IsCopied(nhi)) break;
-        if (l2HostOffset(nhi, nlo) !== oldHost + (runEnd - clusterStart)) break;
-        runEnd = Math.min(tableEnd, runEnd + cs);
-      }
-      await this.writeData(oldHost + (pos - clusterStart), data.subarray(0, runEnd - pos), pos);
-      return runEnd;
+      await this.writeData(oldHost + (pos - clusterStart), data.subarray(0, keptRun.end - pos), pos);
+      return keptRun.end;
     }
-    const reuse = this.hasDataFile || (kind === "zero-alloc" && copied);
+    const reuse = this.hasDataFile || keptRun !== undefined;
     if (reuse && !this.hasDataFile && oldHost % cs !== 0) {
       const at = (n: number) => (n === 0 ? "0" : hex(n));
       throw new Qcow2Error("CORRUPT", `Preallocated zero cluster offset ${at(oldHost)} unaligned (guest offset: ${at(pos)})`);
@@ -979,7 +986,11 @@ export class Qcow2Image implements BlockImage {
         if ((nkind === "normal" || nkind === "zero-alloc") && l2IsCopied(nhi)) break;
         runEnd = Math.min(tableEnd, runEnd + cs);
       }
-    } else if (this.hasDataFile) {
+    } else if (!this.hasDataFile) {
+      // Preallocated zero clusters and data clusters kept in place, with contiguous hosts: written as one
+      // request, as QEMU's handle_copied keeps them together.
+      runEnd = keptRun!.end;
+    } else {
       while (runEnd < tableEnd) {
         const [nhi, nlo] = this.entryHalves(t, this.map.l2Index(runEnd));
         const nkind = classifyCluster(nhi, nlo, fmt);
@@ -994,7 +1005,7 @@ export class Qcow2Image implements BlockImage {
     else if (reuse) hostStart = oldHost;
     else hostStart = (await this.refcounts.allocate(count)) * cs;
     try {
-      await this.writeAllocatedRun(t, clusterStart, count, hostStart, pos, data.subarray(0, runEnd - pos));
+      await this.writeAllocatedRun(t, clusterStart, count, hostStart, pos, data.subarray(0, runEnd - pos), (keptRun?.normals ?? 0) > 0);
     } catch (e) {
       // QEMU's allocation abort: fresh clusters whose data write failed before the L2 entries took them are given back.
       const fresh = !this.hasDataFile && !reuse && l2HostOffset(...this.entryHalves(t, this.map.l2Index(clusterStart))) !== hostStart;
@@ -1002,6 +1013,28 @@ export class Qcow2Image implements BlockImage {
       throw e;
     }
     return runEnd;
+  }
+
+  /**
+   * The run of clusters from `clusterStart` (below `tableEnd`) that keep their host clusters: data or
+   * preallocated zero clusters with the COPIED flag whose hosts follow `host` contiguously (QEMU's
+   * count_single_write_clusters), with how many of each.
+   */
+  private keptRun(t: L2Table, clusterStart: number, tableEnd: number, host: number): { end: number; normals: number; zeros: number } {
+    const cs = this.clusterSize;
+    let end = clusterStart;
+    let normals = 0;
+    let zeros = 0;
+    while (end < tableEnd) {
+      const [hi, lo] = this.entryHalves(t, this.map.l2Index(end));
+      const kind = classifyCluster(hi, lo, this.map.format);
+      if ((kind !== "normal" && kind !== "zero-alloc") || !l2IsCopied(hi)) break;
+      if (l2HostOffset(hi, lo) !== host + (end - clusterStart)) break;
+      if (kind === "zero-alloc") zeros++;
+      else normals++;
+      end = Math.min(tableEnd, end + cs);
+    }
+    return { end, normals, zeros };
   }
 
   /**
@@ -1016,6 +1049,7 @@ export class Qcow2Image implements BlockImage {
     hostStart: number,
     pos: number,
     data: Payload,
+    keepsData = false,
   ): Promise<void> {
     const cs = this.clusterSize;
     const writeEnd = pos + data.byteLength;
@@ -1037,7 +1071,8 @@ export class Qcow2Image implements BlockImage {
       await this.writeData(host, buf, guestCluster);
     };
     // encryption: zeroed host clusters would not read as zeros, so encrypted images always fill
-    if ((headPartial || tailPartial) && this.data.efficientZeroes && !this.encryption && (await this.cowIsZero(t, clusterStart, count, headPartial, tailPartial))) {
+    // keepsData: data clusters kept in place are in the run, and are never zeroed first.
+    if ((headPartial || tailPartial) && !keepsData && this.data.efficientZeroes && !this.encryption && (await this.cowIsZero(t, clusterStart, count, headPartial, tailPartial))) {
       // Zero the new clusters without writing zero bytes, then write only the data (QEMU's handle_alloc_space).
       await this.data.writeZeroes(hostStart, count * cs, false);
       await this.writeData(hostStart + (pos - clusterStart), data, pos);
@@ -1889,14 +1924,23 @@ export class Qcow2Image implements BlockImage {
     await this.meta.flush();
     const bytes = this.l1.resized(minEntries);
     const clusters = Math.ceil((minEntries * 8) / cs);
+    this.meta.debugEvent?.("l1_grow_alloc_table");
     const newOffset = (await this.allocateMetadata(clusters, "L1 table")) * cs;
-    await this.refcounts.writeBack();
-    await this.meta.flush();
-    await this.meta.write(newOffset, bytes);
-    await this.meta.flush();
     const oldOffset = this.l1.hostOffset;
     const oldClusters = Math.ceil((this.l1.size * 8) / cs);
-    await this.writeL1Location(minEntries, newOffset);
+    try {
+      await this.refcounts.writeBack();
+      await this.meta.flush();
+      this.meta.debugEvent?.("l1_grow_write_table");
+      await this.meta.write(newOffset, bytes);
+      await this.meta.flush();
+      this.meta.debugEvent?.("l1_grow_activate_table");
+      await this.writeL1Location(minEntries, newOffset);
+    } catch (e) {
+      // QEMU's qcow2_grow_l1_table gives the new table's clusters back when it cannot switch to it.
+      this.refcounts.deferFree(newOffset / cs, clusters);
+      throw e;
+    }
     const l1 = new L1Table(newOffset, minEntries, bytes);
     this.l1 = l1;
     this.map.l1 = l1;
@@ -1999,7 +2043,7 @@ export class Qcow2Image implements BlockImage {
   async close(): Promise<void> {
     if (this.closed) return;
     try {
-      if (!this.readOnly && !this.corruptSignalled) {
+      if (!this.readOnly && !this.corruptSignalled && !this.ejected) {
         for (const hook of this.closeHooks) await hook();
         await this.lock.write(async () => {
           await flushForClose(this, (line) => this.warn(line));

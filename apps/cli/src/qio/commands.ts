@@ -303,8 +303,11 @@ const writeCmd: Command = {
     const start = process.hrtime.bigint();
     try {
       const durable = fua || s.writethrough;
-      if (vmState) await writeVmState(s.image!, offset, buf ?? new Uint8Array(count));
-      else if (zero) await s.image!.writeZeroes(offset, count, { unmap, noFallback, fua: durable });
+      if (vmState) {
+        await writeVmState(s.image!, offset, buf ?? new Uint8Array(count));
+        // QEMU's blk_save_vmstate flushes after the write in writethrough mode, as for a guest write.
+        if (durable) await s.image!.flush();
+      } else if (zero) await s.image!.writeZeroes(offset, count, { unmap, noFallback, fua: durable });
       else await s.image!.write(offset, buf!, { fua: durable, compressed });
     } catch (e) {
       s.io.out(`${argv[0] === "writev" ? "writev" : "write"} failed: ${requestError(e)}\n`);
