@@ -1934,13 +1934,15 @@ export class Qcow2Image implements BlockImage {
       this.meta.debugEvent?.("l1_grow_write_table");
       await this.meta.write(newOffset, bytes);
       await this.meta.flush();
-      this.meta.debugEvent?.("l1_grow_activate_table");
-      await this.writeL1Location(minEntries, newOffset);
     } catch (e) {
-      // QEMU's qcow2_grow_l1_table gives the new table's clusters back when it cannot switch to it.
+      // As QEMU's qcow2_grow_l1_table, the new table's clusters are given back when it cannot be written.
       this.refcounts.deferFree(newOffset / cs, clusters);
       throw e;
     }
+    // A failed header switch may still have reached the disk: the new table then stays allocated (a leak at
+    // worst), where QEMU frees it.
+    this.meta.debugEvent?.("l1_grow_activate_table");
+    await this.writeL1Location(minEntries, newOffset);
     const l1 = new L1Table(newOffset, minEntries, bytes);
     this.l1 = l1;
     this.map.l1 = l1;
