@@ -270,7 +270,13 @@ describe("snapshot deletion with a failing cluster_free (QEMU's test 217)", () =
 });
 
 describe("qemu-io break, wait_break, resume, remove_break (QEMU's test 046)", () => {
-  const prompts = (text: string) => text.replace(/(qemu-io|qio)> /g, "");
+  // QEMU completes the requests that waited for the suspended one in no fixed order: offsets and sizes are
+  // left out of the comparison, as QEMU's test 046 leaves them out (the image comparison covers the data).
+  const prompts = (text: string) =>
+    text
+      .replace(/(qemu-io|qio)> /g, "")
+      .replace(/\d+\/\d+ bytes at offset \d+/g, "N/N bytes at offset N")
+      .replace(/^\d+ KiB, /gm, "N KiB, ");
 
   it("a suspended aio request, requests queued behind it, resumed: the same output and image", async () => {
     const dir = subDir(root, "break");

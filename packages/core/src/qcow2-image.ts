@@ -957,8 +957,11 @@ export class Qcow2Image implements BlockImage {
     const copied = l2IsCopied(hi);
     const oldHost = kind === "compressed" ? 0 : l2HostOffset(hi, lo);
     if (kind === "normal") this.map.entryType(t, this.map.l2Index(pos), 0, clusterStart); // validates
+    // With a data file, preallocated zero clusters keep their own path (their host is their guest offset).
     const keptRun =
-      (kind === "normal" || kind === "zero-alloc") && copied && !this.hasDataFile ? this.keptRun(t, clusterStart, tableEnd, oldHost) : undefined;
+      (kind === "normal" || (kind === "zero-alloc" && !this.hasDataFile)) && copied
+        ? this.keptRun(t, clusterStart, tableEnd, oldHost, this.hasDataFile)
+        : undefined;
     if (keptRun && !keptRun.zeros) {
       // In place, extended over following clusters with contiguous hosts.
       await this.writeData(oldHost + (pos - clusterStart), data.subarray(0, keptRun.end - pos), pos);
@@ -1005,7 +1008,7 @@ export class Qcow2Image implements BlockImage {
     else if (reuse) hostStart = oldHost;
     else hostStart = (await this.refcounts.allocate(count)) * cs;
     try {
-      await this.writeAllocatedRun(t, clusterStart, count, hostStart, pos, data.subarray(0, runEnd - pos), (keptRun?.normals ?? 0) > 0);
+      await this.writeAllocatedRun(t, clusterStart, count, hostStart, pos, data.subarray(0, runEnd - pos));
     } catch (e) {
       // QEMU's allocation abort: fresh clusters whose data write failed before the L2 entries took them are given back.
       const fresh = !this.hasDataFile && !reuse && l2HostOffset(...this.entryHalves(t, this.map.l2Index(clusterStart))) !== hostStart;
@@ -1018,23 +1021,21 @@ export class Qcow2Image implements BlockImage {
   /**
    * The run of clusters from `clusterStart` (below `tableEnd`) that keep their host clusters: data or
    * preallocated zero clusters with the COPIED flag whose hosts follow `host` contiguously (QEMU's
-   * count_single_write_clusters), with how many of each.
+   * count_single_write_clusters), and how many of them are preallocated zero clusters.
    */
-  private keptRun(t: L2Table, clusterStart: number, tableEnd: number, host: number): { end: number; normals: number; zeros: number } {
+  private keptRun(t: L2Table, clusterStart: number, tableEnd: number, host: number, dataOnly = false): { end: number; zeros: number } {
     const cs = this.clusterSize;
     let end = clusterStart;
-    let normals = 0;
     let zeros = 0;
     while (end < tableEnd) {
       const [hi, lo] = this.entryHalves(t, this.map.l2Index(end));
       const kind = classifyCluster(hi, lo, this.map.format);
-      if ((kind !== "normal" && kind !== "zero-alloc") || !l2IsCopied(hi)) break;
+      if ((kind !== "normal" && (kind !== "zero-alloc" || dataOnly)) || !l2IsCopied(hi)) break;
       if (l2HostOffset(hi, lo) !== host + (end - clusterStart)) break;
       if (kind === "zero-alloc") zeros++;
-      else normals++;
       end = Math.min(tableEnd, end + cs);
     }
-    return { end, normals, zeros };
+    return { end, zeros };
   }
 
   /**
@@ -1049,13 +1050,15 @@ export class Qcow2Image implements BlockImage {
     hostStart: number,
     pos: number,
     data: Payload,
-    keepsData = false,
   ): Promise<void> {
     const cs = this.clusterSize;
     const writeEnd = pos + data.byteLength;
     const runEndGuest = clusterStart + count * cs;
-    const headPartial = pos > clusterStart;
-    const tailPartial = writeEnd < runEndGuest;
+    const lastCluster = clusterStart + (count - 1) * cs;
+    // A partial head or tail cluster that keeps its data in place needs no copy-on-write (QEMU's
+    // calculate_l2_meta with keep_old): only the written bytes change there.
+    const headPartial = pos > clusterStart && !this.keptInPlace(t, clusterStart, hostStart);
+    const tailPartial = writeEnd < runEndGuest && !this.keptInPlace(t, lastCluster, hostStart + (count - 1) * cs);
     const writes: Promise<void>[] = [];
     const fillCluster = async (guestCluster: number) => {
       const buf = new Uint8Array(cs);
@@ -1071,10 +1074,13 @@ export class Qcow2Image implements BlockImage {
       await this.writeData(host, buf, guestCluster);
     };
     // encryption: zeroed host clusters would not read as zeros, so encrypted images always fill
-    // keepsData: data clusters kept in place are in the run, and are never zeroed first.
-    if ((headPartial || tailPartial) && !keepsData && this.data.efficientZeroes && !this.encryption && (await this.cowIsZero(t, clusterStart, count, headPartial, tailPartial))) {
-      // Zero the new clusters without writing zero bytes, then write only the data (QEMU's handle_alloc_space).
-      await this.data.writeZeroes(hostStart, count * cs, false);
+    if ((headPartial || tailPartial) && this.data.efficientZeroes && !this.encryption && (await this.cowIsZero(t, clusterStart, count, headPartial, tailPartial))) {
+      // Zero the clusters without writing zero bytes, from the start of the copy-on-write head (or of the data)
+      // to the end of the tail (or of the data), then write only the data (QEMU's handle_alloc_space). Data
+      // clusters kept in place between them are overwritten whole.
+      const zeroFrom = headPartial ? hostStart : hostStart + (pos - clusterStart);
+      const zeroTo = tailPartial ? hostStart + count * cs : hostStart + (writeEnd - clusterStart);
+      await this.data.writeZeroes(zeroFrom, zeroTo - zeroFrom, false);
       await this.writeData(hostStart + (pos - clusterStart), data, pos);
     } else if (count === 1 && (headPartial || tailPartial)) {
       await fillCluster(clusterStart);
@@ -1086,7 +1092,6 @@ export class Qcow2Image implements BlockImage {
         midFrom = clusterStart + cs;
       }
       if (tailPartial) {
-        const lastCluster = clusterStart + (count - 1) * cs;
         writes.push(fillCluster(lastCluster));
         midTo = lastCluster;
       }
@@ -1107,6 +1112,12 @@ export class Qcow2Image implements BlockImage {
       if (old) this.freeEntryCluster(old[0], old[1], host);
     }
     this.l2Cache.markDirty(t);
+  }
+
+  /** Guest cluster `guestCluster` is a data cluster with the COPIED flag at `host` (its data stays in place). */
+  private keptInPlace(t: L2Table, guestCluster: number, host: number): boolean {
+    const [hi, lo] = this.entryHalves(t, this.map.l2Index(guestCluster));
+    return classifyCluster(hi, lo, this.map.format) === "normal" && l2IsCopied(hi) && l2HostOffset(hi, lo) === host;
   }
 
   /** The copy-on-write head and tail of a new allocation all read as zeros. */
