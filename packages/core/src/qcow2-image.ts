@@ -160,6 +160,7 @@ export class Qcow2Image implements BlockImage {
   /** Guest data written since the last flush of its store. */
   private dataDirty = false;
   private corruptSignalled = false;
+  private ejected = false;
   private dirtyMarked = false;
   private closed = false;
   private codec: CompressionCodec | undefined;
@@ -331,7 +332,8 @@ export class Qcow2Image implements BlockImage {
     for (const o of this.writeObservers) o(guestOffset, byteLength);
   }
 
-  private warn(message: string): void {
+  /** Report a non-fatal problem: kept in `warnings` and passed to the `onWarning` open option. */
+  warn(message: string): void {
     this.warnings.push(message);
     this.opts.onWarning?.(message);
   }
@@ -463,7 +465,9 @@ export class Qcow2Image implements BlockImage {
     try {
       result = await update();
     } catch (error) {
-      if (!this.isCorrupt) await settle().catch(() => undefined);
+      // When settling fails too, the file refuses writes: nothing more is written (the bit stays, so the
+      // next read-write open repairs), as QEMU writes nothing more after such a failure.
+      if (!this.isCorrupt) await settle().catch(() => this.eject());
       throw error;
     }
     await settle();
@@ -490,8 +494,16 @@ export class Qcow2Image implements BlockImage {
   }
 
   /** Run `fn`, turning CORRUPT errors into a corruption signal and an I/O error (as QEMU does). */
+  /**
+   * Drop the image's driver after a failure that left the on-disk structures unusable (QEMU's
+   * `bs->drv = NULL`): later requests fail and close writes nothing more.
+   */
+  eject(): void {
+    this.ejected = true;
+  }
+
   private guard<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.corruptSignalled && !this.readOnly) {
+    if ((this.corruptSignalled || this.ejected) && !this.readOnly) {
       // QEMU drops the driver of an image it marked corrupt: later requests find no medium.
       return Promise.reject(new Qcow2Error("IO_ERROR", "Image is corrupt; further I/O refused", { errno: "ENOMEDIUM" }));
     }
@@ -946,19 +958,17 @@ export class Qcow2Image implements BlockImage {
     const copied = l2IsCopied(hi);
     const oldHost = kind === "compressed" ? 0 : l2HostOffset(hi, lo);
     if (kind === "normal") this.map.entryType(t, this.map.l2Index(pos), 0, clusterStart); // validates
-    if (kind === "normal" && copied) {
+    // With a data file, preallocated zero clusters keep their own path (their host is their guest offset).
+    const keptRun =
+      (kind === "normal" || (kind === "zero-alloc" && !this.hasDataFile)) && copied
+        ? this.keptRun(t, clusterStart, tableEnd, oldHost, this.hasDataFile)
+        : undefined;
+    if (keptRun && !keptRun.zeros) {
       // In place, extended over following clusters with contiguous hosts.
-      let runEnd = Math.min(tableEnd, clusterStart + cs);
-      while (runEnd < tableEnd) {
-        const [nhi, nlo] = this.entryHalves(t, this.map.l2Index(runEnd));
-        if (classifyCluster(nhi, nlo, fmt) !== "normal" || !l2IsCopied(nhi)) break;
-        if (l2HostOffset(nhi, nlo) !== oldHost + (runEnd - clusterStart)) break;
-        runEnd = Math.min(tableEnd, runEnd + cs);
-      }
-      await this.writeData(oldHost + (pos - clusterStart), data.subarray(0, runEnd - pos), pos);
-      return runEnd;
+      await this.writeData(oldHost + (pos - clusterStart), data.subarray(0, keptRun.end - pos), pos);
+      return keptRun.end;
     }
-    const reuse = this.hasDataFile || (kind === "zero-alloc" && copied);
+    const reuse = this.hasDataFile || keptRun !== undefined;
     if (reuse && !this.hasDataFile && oldHost % cs !== 0) {
       const at = (n: number) => (n === 0 ? "0" : hex(n));
       throw new Qcow2Error("CORRUPT", `Preallocated zero cluster offset ${at(oldHost)} unaligned (guest offset: ${at(pos)})`);
@@ -980,7 +990,11 @@ export class Qcow2Image implements BlockImage {
         if ((nkind === "normal" || nkind === "zero-alloc") && l2IsCopied(nhi)) break;
         runEnd = Math.min(tableEnd, runEnd + cs);
       }
-    } else if (this.hasDataFile) {
+    } else if (!this.hasDataFile) {
+      // Preallocated zero clusters and data clusters kept in place, with contiguous hosts: written as one
+      // request, as QEMU's handle_copied keeps them together.
+      runEnd = keptRun!.end;
+    } else {
       while (runEnd < tableEnd) {
         const [nhi, nlo] = this.entryHalves(t, this.map.l2Index(runEnd));
         const nkind = classifyCluster(nhi, nlo, fmt);
@@ -1006,6 +1020,26 @@ export class Qcow2Image implements BlockImage {
   }
 
   /**
+   * The run of clusters from `clusterStart` (below `tableEnd`) that keep their host clusters: data or
+   * preallocated zero clusters with the COPIED flag whose hosts follow `host` contiguously (QEMU's
+   * count_single_write_clusters), and how many of them are preallocated zero clusters.
+   */
+  private keptRun(t: L2Table, clusterStart: number, tableEnd: number, host: number, dataOnly = false): { end: number; zeros: number } {
+    const cs = this.clusterSize;
+    let end = clusterStart;
+    let zeros = 0;
+    while (end < tableEnd) {
+      const [hi, lo] = this.entryHalves(t, this.map.l2Index(end));
+      const kind = classifyCluster(hi, lo, this.map.format);
+      if ((kind !== "normal" && (kind !== "zero-alloc" || dataOnly)) || !l2IsCopied(hi)) break;
+      if (l2HostOffset(hi, lo) !== host + (end - clusterStart)) break;
+      if (kind === "zero-alloc") zeros++;
+      end = Math.min(tableEnd, end + cs);
+    }
+    return { end, zeros };
+  }
+
+  /**
    * Write guest bytes `data` at guest `pos` into `count` clusters starting at guest `clusterStart`, newly
    * placed at `hostStart`, filling the unwritten head and tail from the old content (copy-on-write), then
    * point the L2 entries at them and free what they pointed to before.
@@ -1021,8 +1055,11 @@ export class Qcow2Image implements BlockImage {
     const cs = this.clusterSize;
     const writeEnd = pos + data.byteLength;
     const runEndGuest = clusterStart + count * cs;
-    const headPartial = pos > clusterStart;
-    const tailPartial = writeEnd < runEndGuest;
+    const lastCluster = clusterStart + (count - 1) * cs;
+    // A partial head or tail cluster that keeps its data in place needs no copy-on-write (QEMU's
+    // calculate_l2_meta with keep_old): only the written bytes change there.
+    const headPartial = pos > clusterStart && !this.keptInPlace(t, clusterStart, hostStart);
+    const tailPartial = writeEnd < runEndGuest && !this.keptInPlace(t, lastCluster, hostStart + (count - 1) * cs);
     const writes: Promise<void>[] = [];
     const fillCluster = async (guestCluster: number) => {
       const buf = new Uint8Array(cs);
@@ -1039,8 +1076,12 @@ export class Qcow2Image implements BlockImage {
     };
     // encryption: zeroed host clusters would not read as zeros, so encrypted images always fill
     if ((headPartial || tailPartial) && this.data.efficientZeroes && !this.encryption && (await this.cowIsZero(t, clusterStart, count, headPartial, tailPartial))) {
-      // Zero the new clusters without writing zero bytes, then write only the data (QEMU's handle_alloc_space).
-      await this.data.writeZeroes(hostStart, count * cs, false);
+      // Zero the clusters without writing zero bytes, from the start of the copy-on-write head (or of the data)
+      // to the end of the tail (or of the data), then write only the data (QEMU's handle_alloc_space). Data
+      // clusters kept in place between them are overwritten whole.
+      const zeroFrom = headPartial ? hostStart : hostStart + (pos - clusterStart);
+      const zeroTo = tailPartial ? hostStart + count * cs : hostStart + (writeEnd - clusterStart);
+      await this.data.writeZeroes(zeroFrom, zeroTo - zeroFrom, false);
       await this.writeData(hostStart + (pos - clusterStart), data, pos);
     } else if (count === 1 && (headPartial || tailPartial)) {
       await fillCluster(clusterStart);
@@ -1052,7 +1093,6 @@ export class Qcow2Image implements BlockImage {
         midFrom = clusterStart + cs;
       }
       if (tailPartial) {
-        const lastCluster = clusterStart + (count - 1) * cs;
         writes.push(fillCluster(lastCluster));
         midTo = lastCluster;
       }
@@ -1073,6 +1113,12 @@ export class Qcow2Image implements BlockImage {
       if (old) this.freeEntryCluster(old[0], old[1], host);
     }
     this.l2Cache.markDirty(t);
+  }
+
+  /** Guest cluster `guestCluster` is a data cluster with the COPIED flag at `host` (its data stays in place). */
+  private keptInPlace(t: L2Table, guestCluster: number, host: number): boolean {
+    const [hi, lo] = this.entryHalves(t, this.map.l2Index(guestCluster));
+    return classifyCluster(hi, lo, this.map.format) === "normal" && l2IsCopied(hi) && l2HostOffset(hi, lo) === host;
   }
 
   /** The copy-on-write head and tail of a new allocation all read as zeros. */
@@ -1891,13 +1937,24 @@ export class Qcow2Image implements BlockImage {
     await this.meta.flush();
     const bytes = this.l1.resized(minEntries);
     const clusters = Math.ceil((minEntries * 8) / cs);
+    this.meta.debugEvent?.("l1_grow_alloc_table");
     const newOffset = (await this.allocateMetadata(clusters, "L1 table")) * cs;
-    await this.refcounts.writeBack();
-    await this.meta.flush();
-    await this.meta.write(newOffset, bytes);
-    await this.meta.flush();
     const oldOffset = this.l1.hostOffset;
     const oldClusters = Math.ceil((this.l1.size * 8) / cs);
+    try {
+      await this.refcounts.writeBack();
+      await this.meta.flush();
+      this.meta.debugEvent?.("l1_grow_write_table");
+      await this.meta.write(newOffset, bytes);
+      await this.meta.flush();
+    } catch (e) {
+      // As QEMU's qcow2_grow_l1_table, the new table's clusters are given back when it cannot be written.
+      this.refcounts.deferFree(newOffset / cs, clusters);
+      throw e;
+    }
+    // A failed header switch may still have reached the disk: the new table then stays allocated (a leak at
+    // worst), where QEMU frees it.
+    this.meta.debugEvent?.("l1_grow_activate_table");
     await this.writeL1Location(minEntries, newOffset);
     const l1 = new L1Table(newOffset, minEntries, bytes);
     this.l1 = l1;
@@ -2001,7 +2058,7 @@ export class Qcow2Image implements BlockImage {
   async close(): Promise<void> {
     if (this.closed) return;
     try {
-      if (!this.readOnly && !this.corruptSignalled) {
+      if (!this.readOnly && !this.corruptSignalled && !this.ejected) {
         for (const hook of this.closeHooks) await hook();
         await this.lock.write(async () => {
           await flushForClose(this, (line) => this.warn(line));

@@ -14,6 +14,7 @@
 import { L1Table } from "@qcowkit/cluster";
 import {
   Qcow2Error,
+  isQcow2Error,
   classifyCluster,
   decodeCompressedDescriptor,
   encodeSnapshotTable,
@@ -240,8 +241,18 @@ export async function writeSnapshotTable(
   h.nbSnapshots = normalized.length;
   h.snapshotsOffset = offset;
   image.snapshots = normalized.map((e) => ({ ...e, entryBytes: snapshotEntryBytes(e) }));
-  if (oldOffset !== 0 && oldBytes > 0) image.refcounts.deferFree(oldOffset / cs, Math.ceil(oldBytes / cs), true);
-  await image.writeback();
+  const freesOld = oldOffset !== 0 && oldBytes > 0;
+  if (freesOld) {
+    image.refcounts.deferFree(oldOffset / cs, Math.ceil(oldBytes / cs), true);
+    image.meta.debugEvent?.("cluster_free");
+  }
+  try {
+    await image.writeback();
+  } catch (e) {
+    // QEMU's qcow2_free_clusters reports a failed release and goes on: the old table's clusters leak.
+    if (!freesOld || !isQcow2Error(e) || (e.code !== "IO_ERROR" && e.code !== "NO_SPACE")) throw e;
+    image.warn(`qcow2_free_clusters failed: ${e.message}`);
+  }
   await image.refcounts.writeBack();
   await image.meta.flush();
 }
@@ -394,8 +405,15 @@ export async function deleteSnapshot(image: Qcow2Image, which: { id?: string; na
 async function deleteSnapshotTables(image: Qcow2Image, index: number, sn: SnapshotEntry): Promise<void> {
   const rest = image.snapshots.filter((_, i) => i !== index);
   await writeSnapshotTable(image, rest);
-  const l1 = await readL1(image, sn.l1TableOffset, sn.l1Size);
-  await referenceTree(image, l1, sn.l1Size, -1, []);
+  let l1: Uint8Array;
+  try {
+    l1 = await readL1(image, sn.l1TableOffset, sn.l1Size);
+    await referenceTree(image, l1, sn.l1Size, -1, []);
+  } catch (e) {
+    // The snapshot is gone from the table: from here on a failure only leaks its clusters (QEMU's words).
+    if (!isQcow2Error(e) || (e.code !== "IO_ERROR" && e.code !== "NO_SPACE")) throw e;
+    throw new Qcow2Error(e.code, `Failed to free the cluster and L1 table: ${e.message}`, { errno: e.errno, cause: e });
+  }
   if (sn.l1Size > 0) image.refcounts.deferFree(sn.l1TableOffset / image.clusterSize, Math.ceil((sn.l1Size * 8) / image.clusterSize), true);
   await image.writeback();
   const v = viewOf(l1);

@@ -126,6 +126,15 @@ export class BlkdebugStore implements ByteStore {
   /** QEMU's write generation: a flush with no write since the last successful one does not reach the node. */
   private writeGen = 0;
   private flushedGen = 0;
+  /** Breakpoints (`break EVENT TAG`), newest first: each suspends one request, then is gone. */
+  private breakpoints: Array<{ event: string; tag: string }> = [];
+  /** Suspended requests, oldest first. */
+  private suspended: Array<{ tag: string; resume: () => void }> = [];
+  /** What the request that raised a breakpoint's event waits for before its next I/O. */
+  private gate: Promise<void> | undefined;
+  private suspendWaiters: Array<() => void> = [];
+  /** Where QEMU's "blkdebug: Suspended request 'A'" lines go (QEMU prints them on standard output). */
+  report?: (line: string) => void;
 
   constructor(
     private readonly inner: ByteStore,
@@ -169,7 +178,10 @@ export class BlkdebugStore implements ByteStore {
   /** An event raised by the format above: its rules for the current state act (see the module comment). */
   debugEvent(name: string): void {
     const list = this.rules.get(name);
-    if (!list) return;
+    if (!list) {
+      this.checkBreakpoints(name);
+      return;
+    }
     let newState = this.state;
     let injected = 0;
     for (const r of list) {
@@ -183,6 +195,73 @@ export class BlkdebugStore implements ByteStore {
       }
     }
     this.state = newState;
+    this.checkBreakpoints(name);
+  }
+
+  /**
+   * Suspend the next request that raises `event` (qemu-io's `break`): the request stops before its next I/O
+   * until `resume(tag)`. Unknown events fail with ENOENT.
+   */
+  setBreakpoint(event: string, tag: string): void {
+    if (!BLKDEBUG_EVENTS.includes(event)) throw new Qcow2Error("NOT_FOUND", errnoText.ENOENT, { errno: "ENOENT" });
+    this.breakpoints.unshift({ event, tag });
+  }
+
+  /** Remove the breakpoints of `tag` and resume its suspended requests; ENOENT when no breakpoint was set. */
+  removeBreakpoint(tag: string): void {
+    const before = this.breakpoints.length;
+    this.breakpoints = this.breakpoints.filter((b) => b.tag !== tag);
+    const tagged = this.suspended.filter((r) => r.tag === tag).length;
+    for (let i = 0; i < tagged; i++) this.resume(tag);
+    // Only a breakpoint that was still set counts as found (QEMU's answer, resumed requests or not).
+    if (this.breakpoints.length === before) throw new Qcow2Error("NOT_FOUND", errnoText.ENOENT, { errno: "ENOENT" });
+  }
+
+  /** Resume the oldest request suspended under `tag`; ENOENT when there is none. */
+  resume(tag: string): void {
+    const i = this.suspended.findIndex((r) => r.tag === tag);
+    if (i < 0) throw new Qcow2Error("NOT_FOUND", errnoText.ENOENT, { errno: "ENOENT" });
+    const [r] = this.suspended.splice(i, 1);
+    this.report?.(`blkdebug: Resuming request '${tag}'\n`);
+    r!.resume();
+  }
+
+  /** Whether a breakpoint is set or a request suspended. */
+  get armed(): boolean {
+    return this.breakpoints.length > 0 || this.suspended.length > 0;
+  }
+
+  /** Whether a request is suspended under `tag` (any tag when absent). */
+  isSuspended(tag?: string): boolean {
+    return this.suspended.some((r) => tag === undefined || r.tag === tag);
+  }
+
+  /** Resolves when a request is suspended (at once when one is). */
+  whenSuspended(): Promise<void> {
+    if (this.suspended.length > 0) return Promise.resolve();
+    return new Promise((resolve) => this.suspendWaiters.push(resolve));
+  }
+
+  private checkBreakpoints(event: string): void {
+    const hits = this.breakpoints.filter((b) => b.event === event);
+    if (hits.length === 0) return;
+    this.breakpoints = this.breakpoints.filter((b) => b.event !== event);
+    const waits: Promise<void>[] = [];
+    for (const b of hits) {
+      waits.push(new Promise<void>((resume) => this.suspended.push({ tag: b.tag, resume })));
+      this.report?.(`blkdebug: Suspended request '${b.tag}'\n`);
+    }
+    const before = this.gate;
+    this.gate = Promise.all([before, ...waits]).then(() => undefined);
+    for (const w of this.suspendWaiters.splice(0)) w();
+  }
+
+  /** The request that raised a breakpoint's event stops here, before its next I/O, until resumed. */
+  private async passGate(): Promise<void> {
+    const gate = this.gate;
+    if (!gate) return;
+    this.gate = undefined;
+    await gate;
   }
 
   private check(iotype: BlkdebugIoType, offset: number, length: number): void {
@@ -205,18 +284,21 @@ export class BlkdebugStore implements ByteStore {
 
   async read(offset: number, into: Uint8Array): Promise<void> {
     if (this.rawAbove) this.debugEvent("read_aio");
+    if (this.gate) await this.passGate();
     this.check("read", offset, into.byteLength);
     await this.inner.read(offset, into);
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
     if (this.rawAbove) this.debugEvent("write_aio");
+    if (this.gate) await this.passGate();
     this.writeGen++;
     this.check("write", offset, data.byteLength);
     await this.inner.write(offset, data);
   }
 
   async flush(): Promise<void> {
+    if (this.gate) await this.passGate();
     const gen = this.writeGen;
     if (gen !== this.flushedGen) this.check("flush", 0, 0);
     await this.inner.flush();
@@ -233,12 +315,14 @@ export class BlkdebugStore implements ByteStore {
   }
 
   async discard(offset: number, length: number): Promise<void> {
+    if (this.gate) await this.passGate();
     this.writeGen++;
     this.check("discard", offset, length);
     await this.inner.discard(offset, length);
   }
 
   async writeZeroes(offset: number, length: number, unmap?: boolean): Promise<void> {
+    if (this.gate) await this.passGate();
     this.writeGen++;
     this.check("write-zeroes", offset, length);
     await this.inner.writeZeroes(offset, length, unmap);

@@ -150,7 +150,6 @@ export class Refcounts {
     const bytes = new Uint8Array(this.clusterSize);
     // Past any addressable offset (2^53 and more) the block lies past the end of the file: zeros, as QEMU
     // reads it.
-    this.store.debugEvent?.("refblock_load");
     if (Number.isSafeInteger(hostOffset + this.clusterSize)) await this.store.read(hostOffset, bytes);
     const block: CachedBlock = { blockIndex, hostOffset, bytes, dirty: false };
     this.cache.put(block);
@@ -223,6 +222,12 @@ export class Refcounts {
     for (let i = 0; i < count; ) {
       const blockIndex = Math.floor((clusterIndex + i) / this.blockEntries);
       const end = Math.min(count, (blockIndex + 1) * this.blockEntries - clusterIndex);
+      // QEMU's update_refcount looks up (and creates when missing) the refcount block of each block it
+      // touches, raising refblock_alloc each time, whether a block is created or not.
+      // QEMU raises refblock_load as it takes an existing block for the update (cached or not); its free
+      // cluster search reads blocks without the event.
+      this.store.debugEvent?.("refblock_alloc");
+      if (this.blockOffset(blockIndex) !== 0) this.store.debugEvent?.("refblock_load");
       const block = await this.loadBlock(blockIndex);
       // Free clusters taking a reference (every fresh allocation): one bulk check for the whole part.
       const base = blockIndex * this.blockEntries;
@@ -250,7 +255,7 @@ export class Refcounts {
       const blockIndex = Math.floor(ci / this.blockEntries);
       const block =
         (await this.loadBlock(blockIndex)) ??
-        (await this.createBlock(blockIndex, Math.max(clusterIndex, blockIndex * this.blockEntries), clusterIndex, count));
+        (await this.createBlock(blockIndex, Math.max(clusterIndex, blockIndex * this.blockEntries), clusterIndex, count, false));
       const end = Math.min(count, (blockIndex + 1) * this.blockEntries - clusterIndex);
       const base = blockIndex * this.blockEntries;
       if (delta > 0 && firstUsedRefcount(block.bytes, clusterIndex + i - base, clusterIndex + end - base, this.refcountOrder) < 0) {
@@ -479,8 +484,9 @@ export class Refcounts {
    * and flushed, then hooked into the refcount table with a synchronous write, or, when the table is full,
    * a larger table is built after the covered area (see `refcountArea`).
    */
-  private async createBlock(blockIndex: number, forCluster: number, avoidStart = 0, avoidCount = 0): Promise<CachedBlock> {
-    this.store.debugEvent?.("refblock_alloc");
+  private async createBlock(blockIndex: number, forCluster: number, avoidStart = 0, avoidCount = 0, raise = true): Promise<CachedBlock> {
+    // `raise` false: the caller (update) raised refblock_alloc for this block already.
+    if (raise) this.store.debugEvent?.("refblock_alloc");
     let location = await this.findFree(1);
     if (location >= avoidStart && location < avoidStart + avoidCount) {
       location = await this.findFree(1, avoidStart + avoidCount);
@@ -506,18 +512,21 @@ export class Refcounts {
     }
     const hostOffset = location * this.clusterSize;
     this.checkBlockWrite?.(hostOffset);
+    this.store.debugEvent?.("refblock_alloc_write");
     await this.store.write(hostOffset, bytes);
     await this.store.flush();
     const block: CachedBlock = { blockIndex, hostOffset, bytes, dirty: false };
     if (blockIndex < this.reftableEntries) {
-      setReftableEntry(this.reftableView, blockIndex, hostOffset);
-      await this.store.write(
-        this.reftableOffset + blockIndex * 8,
-        this.reftable.subarray(blockIndex * 8, blockIndex * 8 + 8),
-      );
+      // The table in memory points to the block only once the entry is on disk (QEMU's order).
+      const entry = new Uint8Array(8);
+      setReftableEntry(viewOf(entry), 0, hostOffset);
+      this.store.debugEvent?.("refblock_alloc_hookup");
+      await this.store.write(this.reftableOffset + blockIndex * 8, entry);
       await this.store.flush();
+      setReftableEntry(this.reftableView, blockIndex, hostOffset);
       this.cache.put(block);
     } else {
+      this.store.debugEvent?.("reftable_grow");
       this.cache.put(block);
       const blocksUsed = Math.ceil(Math.max(forCluster + 1, location + 1) / this.blockEntries);
       await this.refcountArea(blocksUsed * this.blockEntries, 0, false, blockIndex, hostOffset);
@@ -588,6 +597,7 @@ export class Refcounts {
       }
       touched.push(block);
     }
+    this.store.debugEvent?.("refblock_alloc_write_blocks");
     for (const b of touched) {
       if (b.dirty) {
         await this.store.write(b.hostOffset, b.bytes);
@@ -596,10 +606,12 @@ export class Refcounts {
       this.cache.put(b);
     }
     await this.store.flush();
+    this.store.debugEvent?.("refblock_alloc_write_table");
     await this.store.write(tableStart * this.clusterSize, newTable);
     await this.store.flush();
     const oldOffset = this.reftableOffset;
     const oldClusters = this.reftableClusters;
+    this.store.debugEvent?.("refblock_alloc_switch_table");
     await this.updateHeader(tableStart * this.clusterSize, tableClusters);
     this.reftable = newTable;
     this.reftableView = newView;

@@ -182,7 +182,7 @@ async function openOnFile(filename: string, opts: CliOpenOptions, file?: ByteSto
     ...(opts.nullCo !== undefined ? { nullCo: opts.nullCo } : {}),
     ...(opts.dataFileNullCo ? { dataFileStore: new NullStore(opts.dataFileNullCo.size, "null-co://", opts.readOnly, opts.dataFileNullCo.readZeroes) } : {}),
     ...(dataConfig ? { wrapDataFile: (store: ByteStore) => new BlkdebugStore(store, dataConfig) } : {}),
-    ...(fileConfig ? { wrapFile: (store: ByteStore) => new BlkdebugStore(store, fileConfig) } : {}),
+    ...(fileConfig ? { wrapFile: (store: ByteStore) => (fileStore = new BlkdebugStore(store, fileConfig)) } : {}),
     // A json: backing file name describes its node (blkdebug over the file, say): opened as a json: name.
     openBackingName: (name: string, format: string | undefined) =>
       name.startsWith("json:") && !isRemoteName(name)
@@ -198,6 +198,7 @@ async function openOnFile(filename: string, opts: CliOpenOptions, file?: ByteSto
     syncIoBytes: 64 * 1024,
   };
   let image: BlockImage;
+  let fileStore: BlkdebugStore | undefined;
   try {
     // NBD names (nbd://, nbd+unix://, nbd:) are opened by the core's NBD client.
     image = await openImage(path, o);
@@ -217,6 +218,7 @@ async function openOnFile(filename: string, opts: CliOpenOptions, file?: ByteSto
   if (opts.topBlkdebug) image = withBlkdebugLimits(image, opts.topBlkdebug);
   // QEMU names the image by its canonical name here (an NBD export's, however it was given).
   if (opts.format === undefined && image.format === "raw" && !opts.readOnly) opts.onWarning(probedRawWarning(image.filename));
+  if (fileStore) blkdebugNodes.set(image, fileStore);
   return image;
 }
 
@@ -263,6 +265,13 @@ async function openOverQuorum(filename: string, opts: CliOpenOptions, quorum: Qu
     throw new CliError(`${prefix}${errorText(e)}`, { exitCode: opts.exitCode ?? 1, cause: e });
   }
   return openOnFile(filename, opts, store);
+}
+
+const blkdebugNodes = new WeakMap<BlockImage, BlkdebugStore>();
+
+/** The blkdebug node under an image opened here (its file), for qemu-io's break/resume commands. */
+export function blkdebugNodeOf(image: BlockImage): BlkdebugStore | undefined {
+  return blkdebugNodes.get(image);
 }
 
 /** The open options that block options (--image-opts, json:, open -o) give. */

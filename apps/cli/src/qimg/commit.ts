@@ -144,7 +144,13 @@ export const commitCommand: QimgCommand = {
       for (const l of layers.slice(1)) await l.close();
       layers.length = 1;
       // -b implies -d.
-      if (!drop && top instanceof Qcow2Image) await makeEmpty(top);
+      if (!drop && top instanceof Qcow2Image) {
+        try {
+          await makeEmpty(top);
+        } catch (e) {
+          throw new CliError(`Failed to empty ${filename}: ${errorText(e)}`, { cause: e });
+        }
+      }
     } catch (e) {
       bar.end();
       await closeQuietly(base);

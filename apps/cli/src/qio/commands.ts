@@ -3,7 +3,8 @@
  * it succeeded; qio exits 1 when any command failed.
  */
 import { CompressFilter, Qcow2Image, RawImage, createImage, qcow2SpecificInfo, dumpHuman, readVmState, writeVmState, type BlockImage, type JsonValue, type Preallocation } from "@qcowkit/core/node";
-import { isQcow2Error } from "@qcowkit/spec";
+import { errnoText, isQcow2Error } from "@qcowkit/spec";
+import type { BlkdebugStore } from "@qcowkit/datafile";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { join, resolve as resolvePath } from "node:path";
 import { NullStore, systemErrorText } from "@qcowkit/datafile/node";
@@ -11,7 +12,7 @@ import { isProtocolDriver } from "../cli/layered-options";
 import { strerror } from "../cli/errno";
 import { CliError, UsageError, errorText, type Output } from "../cli/errors";
 import { getopt, type ParsedOption } from "../cli/getopt";
-import { openCliImage } from "../cli/open";
+import { blkdebugNodeOf, openCliImage } from "../cli/open";
 import { cvtstr } from "../cli/size";
 import { splitOptionList } from "../cli/qemu-opts";
 import { programNames } from "../cli/program";
@@ -304,8 +305,11 @@ const writeCmd: Command = {
     const start = process.hrtime.bigint();
     try {
       const durable = fua || s.writethrough;
-      if (vmState) await writeVmState(s.image!, offset, buf ?? new Uint8Array(count));
-      else if (zero) await s.image!.writeZeroes(offset, count, { unmap, noFallback, fua: durable });
+      if (vmState) {
+        await writeVmState(s.image!, offset, buf ?? new Uint8Array(count));
+        // QEMU's blk_save_vmstate flushes after the write in writethrough mode, as for a guest write.
+        if (durable) await s.image!.flush();
+      } else if (zero) await s.image!.writeZeroes(offset, count, { unmap, noFallback, fua: durable });
       else await s.image!.write(offset, buf!, { fua: durable, compressed });
     } catch (e) {
       s.io.out(`${argv[0] === "writev" ? "writev" : "write"} failed: ${requestError(e)}\n`);
@@ -365,12 +369,21 @@ function submitAio(s: Session, op: () => Promise<string>): void {
   queue.push(before.then(op, op));
 }
 
-/** Wait for every request in flight and print what each printed on completion, in order (blk_drain_all()). */
+/**
+ * Wait for every request in flight and print what each printed on completion, in order (blk_drain_all()).
+ * A request suspended by a blkdebug breakpoint (and those queued after it) stays in flight: the wait ends
+ * there, as only a later `resume` can let it go on.
+ */
 export async function drainAio(s: Session): Promise<void> {
+  const node = s.image ? blkdebugNodeOf(s.image) : undefined;
   while (s.aio && s.aio.length > 0) {
-    const queue = s.aio;
-    s.aio = [];
-    for (const done of queue) s.io.out(await done);
+    const done = s.aio[0]!;
+    if (node?.armed) {
+      const first = await Promise.race([done.then((text) => ({ text })), node.whenSuspended().then(() => undefined)]);
+      if (!first) return;
+    }
+    s.aio.shift();
+    s.io.out(await done);
   }
 }
 
@@ -527,6 +540,84 @@ const discardCmd: Command = {
       return false;
     }
     if (!quiet) s.io.out(report("discard", elapsedSince(start), offset, count, count, 1, machine));
+    return true;
+  },
+};
+
+/** The blkdebug node under the open image, or undefined after printing `failure` (ENOTSUP, as QEMU's). */
+function debugNode(s: Session, failure: string): BlkdebugStore | undefined {
+  const node = blkdebugNodeOf(s.image!);
+  if (!node) s.io.out(`${failure}: ${errnoText.ENOTSUP}\n`);
+  return node;
+}
+
+/** Run a breakpoint operation, printing `failure` with the reason when it is refused. */
+function debugOp(s: Session, failure: string, op: (node: BlkdebugStore) => void): boolean {
+  const node = debugNode(s, failure);
+  if (!node) return false;
+  node.report = (line) => s.io.out(line);
+  try {
+    op(node);
+    return true;
+  } catch (e) {
+    if (!isQcow2Error(e)) throw e;
+    s.io.out(`${failure}: ${errnoText[e.errno]}\n`);
+    return false;
+  }
+}
+
+const breakCmd: Command = {
+  help: " Stops the next request that raises the blkdebug event EVENT (of the blkdebug node under the image)\n before its next I/O, under the name TAG; `resume TAG` lets it go on.\n",
+  name: "break",
+  args: "event tag",
+  oneline: "stop the next request raising a blkdebug event, naming it TAG",
+  argmin: 2,
+  argmax: 2,
+  needsImage: true,
+  async run(s, argv) {
+    return debugOp(s, "Could not set breakpoint", (node) => node.setBreakpoint(argv[1]!, argv[2]!));
+  },
+};
+
+const removeBreakCmd: Command = {
+  name: "remove_break",
+  args: "tag",
+  oneline: "drop the breakpoints named TAG and resume their stopped requests",
+  argmin: 1,
+  argmax: 1,
+  needsImage: true,
+  async run(s, argv) {
+    return debugOp(s, `Could not remove breakpoint ${argv[1]}`, (node) => node.removeBreakpoint(argv[1]!));
+  },
+};
+
+const resumeCmd: Command = {
+  name: "resume",
+  args: "tag",
+  oneline: "let the request stopped under TAG go on",
+  argmin: 1,
+  argmax: 1,
+  needsImage: true,
+  async run(s, argv) {
+    return debugOp(s, "Could not resume request", (node) => node.resume(argv[1]!));
+  },
+};
+
+const waitBreakCmd: Command = {
+  name: "wait_break",
+  args: "tag",
+  oneline: "wait until a request is stopped under TAG",
+  argmin: 1,
+  argmax: 1,
+  needsImage: true,
+  async run(s, argv) {
+    const node = blkdebugNodeOf(s.image!);
+    if (!node) return true;
+    node.report = (line) => s.io.out(line);
+    // QEMU polls until the request stops; here the wait also ends when no request is left that could (all
+    // done, or stopped under another tag), where QEMU would wait forever.
+    if (node.isSuspended(argv[1]!) || !s.aio?.length) return true;
+    await Promise.race([Promise.allSettled(s.aio), node.whenSuspended()]);
     return true;
   },
 };
@@ -923,6 +1014,10 @@ const COMMANDS: Command[] = [
   aioReadCmd,
   aioWriteCmd,
   aioFlushCmd,
+  breakCmd,
+  removeBreakCmd,
+  resumeCmd,
+  waitBreakCmd,
   flushCmd,
   allocCmd,
   mapCmd,
@@ -943,7 +1038,7 @@ function findCommand(name: string): Command | undefined {
 }
 
 /** Commands that run without qemu-io's event loop turning: pending aio completions are not printed before them. */
-const NO_EVENT_LOOP = new Set(["aio_read", "aio_write", "length", "info", "help", "sigraise"]);
+const NO_EVENT_LOOP = new Set(["aio_read", "aio_write", "length", "info", "help", "sigraise", "break", "remove_break"]);
 
 /** Run one command line (split on spaces like qemu-io). Returns true on success. */
 export async function runCommandLine(s: Session, line: string): Promise<boolean> {
