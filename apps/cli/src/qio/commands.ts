@@ -983,6 +983,7 @@ export async function openForSession(s: Session, req: OpenRequest, errorPrefix?:
     ...(req.encrypt ? { encrypt: req.encrypt } : {}),
     ...(req.backingEncrypt ? { backingEncrypt: req.backingEncrypt } : {}),
     ...(req.lazyRefcounts !== undefined ? { lazyRefcounts: req.lazyRefcounts } : {}),
+    ...(req.overlapCheckInactiveL2 ? { overlapCheckInactiveL2: true } : {}),
     ...(req.qcow2Cache !== undefined ? { qcow2Cache: req.qcow2Cache } : {}),
     ...(req.fileBlkdebug !== undefined ? { fileBlkdebug: req.fileBlkdebug } : {}),
     ...(req.dataFileBlkdebug !== undefined ? { dataFileBlkdebug: req.dataFileBlkdebug } : {}),
