@@ -674,9 +674,27 @@ describe("issue 19, the rest of iotests 060, 080 and 271", () => {
     }
   });
 
-  it("measure refuses extended L2 with clusters below 16 KiB (iotest 271)", async () => {
+  it("measure refuses extended L2 with clusters below 16 KiB, and an L1 table above 32 MiB (iotest 271)", async () => {
     const dirs = await twin("measure-extl2-8k", async () => undefined);
     await sameMerged(dirs, "img", ["measure", "--size", "1M", "-O", "qcow2", "-o", "cluster_size=8k,extended_l2=on"]);
+    await sameMerged(dirs, "img", ["measure", "--size", "1024T", "-O", "qcow2", "-o", "extended_l2=on"]);
+    await sameMerged(dirs, "img", ["measure", "--size", "1025T", "-O", "qcow2", "-o", "extended_l2=on"]);
+  });
+
+  it("extended L2 copy-on-write of a cluster a snapshot shares: the copied span is allocated, its zero subclusters too (iotest 271)", async () => {
+    const dirs = await twin("extl2-cow-snapshot", async (d) => {
+      await img(d, "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "t.qcow2", "1M");
+      for (let c = 0; c < 10; c++) {
+        await io(d, "t.qcow2", `write -q -z ${64 * c + 14}k 2k`, `write -q -P ${0xd0 + c} ${64 * c + 26}k 2k`, `write -q -P ${0xe0 + c} ${64 * c + 36}k 2k`);
+      }
+      await img(d, "snapshot", "-c", "snap1", "t.qcow2");
+    });
+    const writes = ["-P 0xf0 30k 1k", "-P 0xf1 84k 1k", "-P 0xf2 168k 1k", "-P 0xf3 218k 1k", "-P 0xf4 270k 1k", "-P 0xf5 321k 1k", "-z 414k 3k", "-z 474k 2k", "-z 538k 1k", "-z 588k 1k"];
+    await sameMerged(dirs, "io", [...writes.flatMap((w) => ["-c", `write -q ${w}`]), "t.qcow2"]);
+    // The L2 table the writes copied (0x110000), bitmaps included.
+    const l2 = (d: string) => fs.readFileSync(path.join(d, "t.qcow2")).subarray(0x110000, 0x110000 + 160).toString("hex");
+    expect(l2(dirs.o)).toBe(l2(dirs.q));
+    await sameImage(dirs, "t.qcow2");
   });
 
   it("check -r all of an unaligned extended L2 entry: the second pass's findings come before the repair summary (iotest 271)", async () => {

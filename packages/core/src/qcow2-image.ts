@@ -1232,6 +1232,15 @@ export class Qcow2Image implements BlockImage {
       await this.readUnlocked(clusterStart, buf);
       newAlloc = kind === "compressed" ? 0xffffffff : alloc;
       if (kind === "compressed") newZero = 0;
+      else if (alloc !== 0) {
+        // QEMU's calculate_l2_meta: the copy spans from the first allocated or written subcluster to the last
+        // one, and all of that span is allocated in the new cluster (its zero subclusters become data).
+        const start = Math.min(firstSc, 31 - Math.clz32(alloc & -alloc));
+        const end = Math.max(lastSc, 31 - Math.clz32(alloc));
+        const span = ((end - start + 1 >= 32 ? 0xffffffff : (1 << (end - start + 1)) - 1) << start) >>> 0;
+        newAlloc = (newAlloc | span) >>> 0;
+        newZero = (newZero & ~span) >>> 0;
+      }
     }
     // Fill the untouched part of partially written subclusters that hold no data yet from the old content
     // (backing file or zeros); partially written subclusters that hold data keep it.
