@@ -205,9 +205,9 @@ export class Qcow2Image implements BlockImage {
 
   // ---------------------------------------------------------------- open
 
-  static async open(file: ByteStore, opts: Qcow2OpenOptions = {}): Promise<Qcow2Image> {
-    const checked = opts.overlapCheckInactiveL2 ? inactiveL2CheckedStore(file) : undefined;
-    const meta = checked?.store ?? file;
+  static async open(meta: ByteStore, opts: Qcow2OpenOptions = {}): Promise<Qcow2Image> {
+    const checked = opts.overlapCheckInactiveL2 ? inactiveL2CheckedStore(meta) : undefined;
+    if (checked) meta = checked.store;
     const readOnly = opts.readOnly ?? meta.readOnly;
     const probe = new Uint8Array(512);
     await meta.read(0, probe);

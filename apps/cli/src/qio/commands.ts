@@ -847,7 +847,9 @@ const sigraiseCmd: Command = {
   needsImage: false,
   async run(s, argv) {
     const sig = wholeNumber(s, argv[1]!, "signal");
-    // Like raise(): the process ends as the signal says (without closing the image cleanly).
+    // Like raise(): the process ends as the signal says (without closing the image cleanly). qemu-io flushes
+    // its output first.
+    s.io.flush?.();
     process.kill(process.pid, sig);
     await new Promise((r) => setTimeout(r, 1000));
     return true;
