@@ -175,6 +175,19 @@ describe("issue 19 item 7: 64-bit refcounts (iotest 112)", () => {
     expect([o.code, o.stdout, o.stderr]).toEqual([q.code, q.stdout, normalizeQemu(q.stderr)]);
   });
 
+  it("a 64-bit refcount with its MSb set drops by one exactly on copy-on-write (iotest 112)", async () => {
+    const dirs = await sameSteps(
+      "refcount-64-msb",
+      async (d) => {
+        await fresh(["-o", "refcount_bits=64"], "write 0 512")(d);
+        poke(d, "t.qcow2", 0x20028, [0x80, 0, 0, 0, 0, 0, 0, 0]);
+        poke(d, "t.qcow2", 0x40000, [0, 0, 0, 0, 0, 5, 0, 0]);
+      },
+      [["io", "-c", "write 0 512", "t.qcow2"], ["img", "check", "t.qcow2"]],
+    );
+    expect((await qemuImg(["check", "t.qcow2"], dirs.o)).stderr).toContain("Leaked cluster 5 refcount=9223372036854775807 reference=0");
+  });
+
   it("a snapshot, then refcount_bits=1 (refused) and 2: as clean as QEMU leaves it", async () => {
     const dirs = await twin("rc-widths", async (d) => {
       await img(d, "create", "-q", "-f", "qcow2", "t.qcow2", "4M");

@@ -224,12 +224,13 @@ export class Refcounts {
       }
       for (; i < end; i++) {
         const idx = (clusterIndex + i) % this.blockEntries;
-        // 64-bit entries: exact (QEMU counts up to 2^64 - 1; a JavaScript number is exact only to 2^53).
-        const value = this.refcountOrder === 6 ? exact64(block?.bytes, idx, delta) : (block ? getRefcount(block.bytes, idx, this.refcountOrder) : 0) + delta;
+        // 64-bit entries beyond 2^53 exactly, as bigints (QEMU counts up to 2^64 - 1).
+        let value: number | bigint = (block ? getRefcount(block.bytes, idx, this.refcountOrder) : 0) + delta;
+        if (!Number.isSafeInteger(value)) value = exact64(block?.bytes, idx, delta);
         if (value < 0) {
           throw new Qcow2Error("CORRUPT", `Refcount of cluster ${clusterIndex + i} would drop below zero`);
         }
-        if (this.refcountOrder === 6 ? value > 0xffffffffffffffffn : value > this.maxValue) {
+        if (typeof value === "bigint" ? value > 0xffffffffffffffffn : value > this.maxValue) {
           throw new Qcow2Error("INVALID_ARGUMENT", `Refcount of cluster ${clusterIndex + i} would overflow`, {
             errno: "ERANGE",
           });
@@ -254,13 +255,11 @@ export class Refcounts {
       }
       for (; i < end; i++) {
         const idx = (clusterIndex + i) % this.blockEntries;
-        let value: number | bigint;
-        if (this.refcountOrder === 6) {
+        let value: number | bigint = getRefcount(block.bytes, idx, this.refcountOrder) + delta;
+        if (Number.isSafeInteger(value)) setRefcount(block.bytes, idx, this.refcountOrder, value);
+        else {
           value = exact64(block.bytes, idx, delta);
           new DataView(block.bytes.buffer, block.bytes.byteOffset, block.bytes.byteLength).setBigUint64(idx * 8, value);
-        } else {
-          value = getRefcount(block.bytes, idx, this.refcountOrder) + delta;
-          setRefcount(block.bytes, idx, this.refcountOrder, value);
         }
         if (value === 0 || value === 0n) {
           if (clusterIndex + i === this.watched) this.watchedFreed = true;
