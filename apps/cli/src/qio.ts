@@ -1,4 +1,4 @@
-import { runBin } from "./cli/output";
+import { blockBufferedOutput, runBin } from "./cli/output";
 import { answerToName } from "./cli/program";
 import { runQio } from "./qio/main";
 
@@ -10,4 +10,13 @@ async function readStdin(): Promise<string> {
 }
 
 answerToName("qio", process.argv[1]);
-runBin((args, io) => runQio(args, io, readStdin));
+// qemu-io's stdout is line-buffered on a terminal and block-buffered otherwise; the same here.
+runBin(async (args, io) => {
+  if (process.stdout.isTTY) return runQio(args, io, readStdin);
+  const buffered = blockBufferedOutput(io);
+  try {
+    return await runQio(args, buffered, readStdin);
+  } finally {
+    buffered.flush();
+  }
+});

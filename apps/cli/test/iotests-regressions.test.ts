@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { QIMG, filterTimings, normalizeQemu, ok, qemuImg, qemuIo, qimg, qio, run, subDir, tempDir } from "./helpers";
+import { QIMG, QIO, filterTimings, normalizeQemu, ok, qemuImg, qemuIo, qimg, qio, run, subDir, tempDir } from "./helpers";
 
 const root = tempDir("qimg-iotests-regr-");
 
@@ -173,6 +173,19 @@ describe("issue 19 item 7: 64-bit refcounts (iotest 112)", () => {
     const o = await qimg(["check", "t.qcow2"], dirs.o);
     expect(q.stderr).toContain("refcount=18446744073709551615");
     expect([o.code, o.stdout, o.stderr]).toEqual([q.code, q.stdout, normalizeQemu(q.stderr)]);
+  });
+
+  it("a 64-bit refcount with its MSb set drops by one exactly on copy-on-write (iotest 112)", async () => {
+    const dirs = await sameSteps(
+      "refcount-64-msb",
+      async (d) => {
+        await fresh(["-o", "refcount_bits=64"], "write 0 512")(d);
+        poke(d, "t.qcow2", 0x20028, [0x80, 0, 0, 0, 0, 0, 0, 0]);
+        poke(d, "t.qcow2", 0x40000, [0, 0, 0, 0, 0, 5, 0, 0]);
+      },
+      [["io", "-c", "write 0 512", "t.qcow2"], ["img", "check", "t.qcow2"]],
+    );
+    expect((await qemuImg(["check", "t.qcow2"], dirs.o)).stderr).toContain("Leaked cluster 5 refcount=9223372036854775807 reference=0");
   });
 
   it("a snapshot, then refcount_bits=1 (refused) and 2: as clean as QEMU leaves it", async () => {
@@ -572,5 +585,140 @@ describe("issue 19: snapshots over damaged tables (iotest 080)", () => {
       },
       [["img", "snapshot", "-a", "test", "t.qcow2"], ["img", "snapshot", "-d", "test", "t.qcow2"]],
     );
+  });
+});
+
+/** A command through `sh -c` with stderr merged into stdout, as the iotests run it (QEMU's stdout is block-buffered there). */
+async function sameMerged(dirs: { q: string; o: string }, tool: "img" | "io", args: string[]): Promise<void> {
+  const quote = (a: string) => `'${a.replace(/'/g, `'\\''`)}'`;
+  const line = (prog: string) => `${prog} ${args.map(quote).join(" ")} 2>&1; echo "exit $?"`;
+  const q = await run("sh", ["-c", line(tool === "img" ? "qemu-img" : "qemu-io")], { cwd: dirs.q });
+  const o = await run("sh", ["-c", line(`${quote(process.execPath)} ${quote(tool === "img" ? QIMG : QIO)}`)], { cwd: dirs.o });
+  const text = (s: string) => filterTimings(s).split(dirs.q).join("DIR").split(dirs.o).join("DIR");
+  expect(`${tool} ${args.join(" ")}\n${text(o.stdout)}`).toBe(`${tool} ${args.join(" ")}\n${text(normalizeQemu(q.stdout))}`);
+}
+
+/** qemu-img map with host offsets: where each cluster was placed. */
+const placement = async (dir: string, file: string) => JSON.stringify(await mapOf(dir, file));
+
+describe("issue 19, the rest of iotests 060, 080 and 271", () => {
+  for (const [label, at, bytes] of [
+    ["an unaligned L1 table offset (EINVAL)", 0, [0, 0, 0, 0, 0, 0x40, 2, 0]],
+    ["a too large L1 table (EFBIG)", 8, [0x10, 0, 0, 0]],
+  ] as Array<[string, number, number[]]>) {
+    it(`overlap-check.inactive-l2=on with a snapshot's ${label}: every write fails, the refcount flush at close too (iotest 080)`, async () => {
+      const dirs = await twin(`inactive-l2-${at}`, async (d) => {
+        await fresh([], "write 0 512")(d);
+        await img(d, "snapshot", "-c", "test", "t.qcow2");
+        const h = new DataView(fs.readFileSync(path.join(d, "t.qcow2")).buffer);
+        poke(d, "t.qcow2", Number(h.getBigUint64(64)) + at, bytes);
+      });
+      const before = fs.readFileSync(path.join(dirs.o, "t.qcow2"));
+      await sameMerged(dirs, "io", ["-c", "open -o overlap-check.inactive-l2=on t.qcow2", "-c", "write 0 4k"]);
+      expect(fs.readFileSync(path.join(dirs.o, "t.qcow2")).equals(before)).toBe(true);
+      await sameMerged(dirs, "img", ["check", "t.qcow2"]);
+    });
+  }
+
+  it("overlap-check=all: a data write onto an inactive L2 table marks the image corrupt (iotest 060)", async () => {
+    await sameSteps(
+      "inactive-l2-overlap",
+      async (d) => {
+        await fresh([], "write -P 1 0 512")(d);
+        await img(d, "snapshot", "-c", "foo", "t.qcow2");
+        await io(d, "t.qcow2", "write -P 2 0 512");
+        // The active L2 table (copied by the write at 0x80000) maps guest cluster 0 onto the snapshot's L2 table.
+        poke(d, "t.qcow2", 0x80000, [0x80, 0, 0, 0, 0, 4, 0, 0]);
+      },
+      [
+        ["io", "-c", "open -o overlap-check=all t.qcow2", "-c", "write -P 3 0 512"],
+        ["img", "check", "-r", "all", "t.qcow2"],
+        ["io", "-c", "read -P 1 0 512", "t.qcow2"],
+      ],
+    );
+  });
+
+  it("an empty refcount table: the allocation right after an in-place cluster needs a refcount block at offset 0 (iotest 060)", async () => {
+    await sameSteps(
+      "empty-reftable-128k",
+      async (d) => {
+        await fresh([], "write 0 64k")(d);
+        poke(d, "t.qcow2", 0x10000, [0, 0, 0, 0, 0, 0, 0, 0]);
+      },
+      [["io", "-c", "write 0 128k", "t.qcow2"], ["img", "check", "-r", "all", "t.qcow2"], ["img", "check", "t.qcow2"]],
+    );
+  });
+
+  it("a write's new clusters follow its in-place part when free there, not the first free cluster (qcow2_alloc_clusters_at)", async () => {
+    const dirs = await twin("alloc-hint", async (d) => {
+      await fresh([], "write -P 1 0 192k")(d);
+      await io(d, "t.qcow2", "write -z -u 64k 64k");
+    });
+    for (const cmd of ["write -P 2 128k 128k", "write -P 3 512k 64k", "write -P 4 448k 192k"]) {
+      await sameMerged(dirs, "io", ["-c", cmd, "t.qcow2"]);
+      expect(await placement(dirs.o, "t.qcow2")).toBe(await placement(dirs.q, "t.qcow2"));
+    }
+    await sameImage(dirs, "t.qcow2");
+  });
+
+  it("extended L2: clusters a write allocates together are contiguous; zero+unmap over compressed clusters (iotest 271)", async () => {
+    const dirs = await twin("extl2-runs", async (d) => {
+      await img(d, "create", "-q", "-f", "raw", "t.base", "2M");
+      await io(d, "t.base", "write -q -P 0xff 0 2M");
+      await img(d, "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "-b", "t.base", "-F", "raw", "t.qcow2", "2M");
+      await io(d, "t.qcow2", ...Array.from({ length: 12 }, (_, i) => `write -q -c -P ${i + 1} ${i * 64}k 64k`));
+      await io(d, "t.qcow2", "write -q -P 9 1280k 64k", "write -q -z -u 0 64k", "write -q -P 7 1408k 64k");
+    });
+    for (const cmd of ["write -q -z -u 64k 64k", "write -q -z -u 160k 128k", "write -q -z -u 351k 129k", "write -q -z -u 543k 128k", "write -q -P 5 1536k 192k"]) {
+      await sameMerged(dirs, "io", ["-c", cmd, "t.qcow2"]);
+      expect(await placement(dirs.o, "t.qcow2")).toBe(await placement(dirs.q, "t.qcow2"));
+    }
+    await sameImage(dirs, "t.qcow2");
+  });
+
+  it("extended L2: an invalid entry is named with one space on the write path and two on the read path (iotest 271)", async () => {
+    for (const cmd of ["read -q 0 1k", "write -q 0 1k"]) {
+      const dirs = await twin(`extl2-invalid-${cmd.split(" ")[0]}`, async (d) => {
+        await img(d, "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "t.qcow2", "1M");
+        await io(d, "t.qcow2", "write -q 256k 1k");
+        poke(d, "t.qcow2", 0x40000 + 12, [0, 0, 0, 1]); // 'subcluster is allocated' on an unallocated cluster
+      });
+      await sameMerged(dirs, "io", ["-c", cmd, "t.qcow2"]);
+    }
+  });
+
+  it("measure refuses extended L2 with clusters below 16 KiB, and an L1 table above 32 MiB (iotest 271)", async () => {
+    const dirs = await twin("measure-extl2-8k", async () => undefined);
+    await sameMerged(dirs, "img", ["measure", "--size", "1M", "-O", "qcow2", "-o", "cluster_size=8k,extended_l2=on"]);
+    await sameMerged(dirs, "img", ["measure", "--size", "1024T", "-O", "qcow2", "-o", "extended_l2=on"]);
+    await sameMerged(dirs, "img", ["measure", "--size", "1025T", "-O", "qcow2", "-o", "extended_l2=on"]);
+  });
+
+  it("extended L2 copy-on-write of a cluster a snapshot shares: the copied span is allocated, its zero subclusters too (iotest 271)", async () => {
+    const dirs = await twin("extl2-cow-snapshot", async (d) => {
+      await img(d, "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "t.qcow2", "1M");
+      for (let c = 0; c < 10; c++) {
+        await io(d, "t.qcow2", `write -q -z ${64 * c + 14}k 2k`, `write -q -P ${0xd0 + c} ${64 * c + 26}k 2k`, `write -q -P ${0xe0 + c} ${64 * c + 36}k 2k`);
+      }
+      await img(d, "snapshot", "-c", "snap1", "t.qcow2");
+    });
+    const writes = ["-P 0xf0 30k 1k", "-P 0xf1 84k 1k", "-P 0xf2 168k 1k", "-P 0xf3 218k 1k", "-P 0xf4 270k 1k", "-P 0xf5 321k 1k", "-z 414k 3k", "-z 474k 2k", "-z 538k 1k", "-z 588k 1k"];
+    await sameMerged(dirs, "io", [...writes.flatMap((w) => ["-c", `write -q ${w}`]), "t.qcow2"]);
+    // The L2 table the writes copied (0x110000), bitmaps included.
+    const l2 = (d: string) => fs.readFileSync(path.join(d, "t.qcow2")).subarray(0x110000, 0x110000 + 160).toString("hex");
+    expect(l2(dirs.o)).toBe(l2(dirs.q));
+    await sameImage(dirs, "t.qcow2");
+  });
+
+  it("check -r all of an unaligned extended L2 entry: the second pass's findings come before the repair summary (iotest 271)", async () => {
+    const dirs = await twin("extl2-unaligned-check", async (d) => {
+      await img(d, "create", "-q", "-f", "raw", "t.base", "128k");
+      await io(d, "t.base", "write -q -P 0xff 0 128k");
+      await img(d, "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "-b", "t.base", "-F", "raw", "t.qcow2", "128k");
+      await io(d, "t.qcow2", "write -q -P 1 4k 2k");
+      poke(d, "t.qcow2", 0x40000 + 6, [2]);
+    });
+    await sameMerged(dirs, "img", ["check", "-r", "all", "t.qcow2"]);
+    await sameMerged(dirs, "io", ["-c", "read -q 0 2k", "t.qcow2"]);
   });
 });

@@ -95,8 +95,11 @@ export class ClusterMap {
     return offset === 0 ? undefined : this.cache.get(offset);
   }
 
-  /** Classify subcluster/cluster at `l2Index` of `t`, validating as QEMU does when it maps. */
-  entryType(t: L2Table, l2Index: number, sc: number, guestClusterOffset: number): SubclusterType {
+  /**
+   * Classify subcluster/cluster at `l2Index` of `t`, validating as QEMU does when it maps. `allocating`: for
+   * QEMU's allocating write path, whose message for an invalid entry has one space where the read path's has two.
+   */
+  entryType(t: L2Table, l2Index: number, sc: number, guestClusterOffset: number, allocating = false): SubclusterType {
     const at = l2EntryPosition(l2Index, this.extendedL2);
     const hi = t.view.getUint32(at);
     const lo = t.view.getUint32(at + 4);
@@ -106,7 +109,7 @@ export class ClusterMap {
     if (type === SubclusterType.INVALID) {
       throw new Qcow2Error(
         "CORRUPT",
-        `Invalid cluster entry found  (L2 offset: ${hex(t.hostOffset)}, L2 index: ${hex(l2Index)})`,
+        `Invalid cluster entry found ${allocating ? "" : " "}(L2 offset: ${hex(t.hostOffset)}, L2 index: ${hex(l2Index)})`,
       );
     }
     if (type === SubclusterType.COMPRESSED) {

@@ -18,12 +18,14 @@ export async function flushForClose(image: Qcow2Image, report: (line: string) =>
   // data that did not reach the data file is not written (data before the L2 entry that maps it).
   if (image.data !== image.meta) await image.data.flush();
   let first: unknown;
+  // With no L2 or L1 table to write, QEMU's L2 cache flush has nothing to fail on: a failure is the refcounts'.
+  const tablesDirty = image.l2Cache.hasDirty || image.l1.dirty;
   try {
     await image.flushUnlocked();
     return;
   } catch (e) {
     first = e;
-    report(`error: Failed to flush the L2 table cache: ${reason(e)}`);
+    if (tablesDirty) report(`error: Failed to flush the L2 table cache: ${reason(e)}`);
   }
   try {
     await image.refcounts.writeBack();

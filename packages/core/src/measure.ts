@@ -3,7 +3,7 @@
  * needed for a new image, either of a given virtual size or converted from a source image. Like QEMU, an
  * external data file is not taken into account (data is counted as if it lived in the qcow2 file).
  */
-import { Qcow2Error, decodeBitmapDirectory, encodeText } from "@qcowkit/spec";
+import { MAX_L1_TABLE_BYTES, Qcow2Error, decodeBitmapDirectory, encodeText, l1EntriesForSize } from "@qcowkit/spec";
 import type { BlockImage, Preallocation } from "./block-image";
 import { Qcow2Image } from "./qcow2-image";
 import { luksAreaBytes, type LuksCreateOptions } from "./crypto/luks";
@@ -123,6 +123,10 @@ export async function measureImage(target: MeasureTarget, input: { size?: number
   } else {
     virtualSize = roundUp(input.size ?? 0, clusterSize);
     required = 0;
+  }
+  // QEMU's check of the virtual size: its L1 table must fit QCOW_MAX_L1_SIZE.
+  if (l1EntriesForSize(virtualSize, Math.log2(clusterSize), extendedL2) * 8 > MAX_L1_TABLE_BYTES) {
+    throw new Qcow2Error("INVALID_ARGUMENT", "The image size is too large (try using a larger cluster size)");
   }
   const prealloc = target.preallocation ?? "off";
   if (prealloc === "full" || prealloc === "falloc") required = virtualSize;

@@ -4,7 +4,7 @@
  * the active L1 table, the refcount table, the snapshot table, a snapshot's L1 table, an active L2 table, a
  * refcount block or the bitmap directory? Metadata ranges are taken as they are recorded, not aligned.
  */
-import { Qcow2Error, l1EntryL2Offset, viewOf } from "@qcowkit/spec";
+import { Qcow2Error, l1EntryL2Offset, viewOf, type ByteStore } from "@qcowkit/spec";
 import type { Qcow2Image } from "./qcow2-image";
 import type { SnapshotInfo } from "./snapshots";
 
@@ -83,4 +83,76 @@ export function metadataOverlap(
 export function refblockOverlapCheck(image: Qcow2Image, hostOffset: number): void {
   const what = metadataOverlap(image, OVERLAP_REFCOUNT_BLOCK, hostOffset, image.clusterSize);
   if (what) throw new Qcow2Error("CORRUPT", `Preventing invalid write on metadata (overlaps with ${what})`);
+}
+
+/** QEMU's QCOW_MAX_L1_SIZE: a snapshot L1 table larger than this fails qcow2_validate_table with EFBIG. */
+const MAX_L1_BYTES = 32 * 1024 * 1024;
+
+/**
+ * QEMU's inactive-L2 overlap check (`overlap-check.inactive-l2=on`, part of `overlap-check=all`) for a write
+ * of [offset, offset+size) to the qcow2 file: every snapshot's L1 table is validated and read from `store`
+ * (as QEMU reads it, on every write), and the write is refused when it covers a cluster one of them names.
+ * A snapshot L1 table that fails validation fails the write itself (EFBIG or EINVAL, the image is not marked
+ * corrupt); an overlap is a CORRUPT error (the engine marks the image corrupt).
+ */
+export async function inactiveL2Check(image: Qcow2Image, store: ByteStore, offset: number, size: number): Promise<void> {
+  if (size <= 0) return;
+  const cs = image.clusterSize;
+  const start = Math.floor(offset / cs) * cs;
+  const end = Math.ceil((offset + size) / cs) * cs;
+  for (const s of image.snapshots) {
+    if (s.l1Size > MAX_L1_BYTES / 8) throw new Qcow2Error("INVALID_IMAGE", "Snapshot L1 table too large", { errno: "EFBIG" });
+    if (s.l1TableOffset % cs !== 0) throw new Qcow2Error("INVALID_IMAGE", "Snapshot L1 table offset not aligned", { errno: "EINVAL" });
+    if (s.l1Size === 0) continue;
+    const l1 = new Uint8Array(s.l1Size * 8);
+    await store.read(s.l1TableOffset, l1);
+    const view = viewOf(l1);
+    for (let i = 0; i < s.l1Size; i++) {
+      const l2 = l1EntryL2Offset(view, i);
+      if (l2 && l2 < end && start < l2 + cs) {
+        throw new Qcow2Error("CORRUPT", `Preventing invalid write on metadata (overlaps with ${NAMES[7]})`);
+      }
+    }
+  }
+}
+
+/**
+ * The qcow2 file seen through the inactive-L2 overlap check: writes (copies and zeroing included) are checked
+ * first, except those within cluster 0 (QEMU writes the header unchecked). `image` is set once it is open.
+ */
+export function inactiveL2CheckedStore(inner: ByteStore): { store: ByteStore; bind(image: Qcow2Image): void } {
+  let image: Qcow2Image | undefined;
+  const check = (offset: number, size: number) =>
+    image && !(offset + size <= image.clusterSize) ? inactiveL2Check(image, inner, offset, size) : Promise.resolve();
+  const checked: Partial<ByteStore> = {
+    write: async (offset, data) => {
+      await check(offset, data.byteLength);
+      await inner.write(offset, data);
+    },
+    writeZeroes: async (offset, length, unmap) => {
+      await check(offset, length);
+      await inner.writeZeroes(offset, length, unmap);
+    },
+    ...(inner.copyFrom
+      ? {
+          copyFrom: async (source: ByteStore, sourceOffset: number, offset: number, length: number, scan?: Uint8Array) => {
+            await check(offset, length);
+            await inner.copyFrom!(source, sourceOffset, offset, length, scan);
+          },
+        }
+      : {}),
+  };
+  const store = new Proxy(inner, {
+    get(target, prop) {
+      if (Object.hasOwn(checked, prop)) return checked[prop as keyof ByteStore];
+      const value: unknown = Reflect.get(target, prop, target);
+      return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  return {
+    store,
+    bind(i) {
+      image = i;
+    },
+  };
 }

@@ -110,6 +110,8 @@ export interface OpenImageOptions {
   nullCo?: { size?: number; readZeroes?: boolean };
   /** qcow2's lazy-refcounts runtime option (the image's own setting otherwise). */
   lazyRefcounts?: boolean;
+  /** qcow2's overlap-check.inactive-l2 (QEMU's overlap-check=all includes it): see Qcow2OpenOptions. */
+  overlapCheckInactiveL2?: boolean;
   /**
    * File reads and writes of at most this many bytes are made synchronously (see FileStore): for tools
    * that issue one request at a time (qimg, qio). Servers keep the default 0.
@@ -219,6 +221,7 @@ export function fileResolver(opts: OpenImageOptions = {}): ImageResolver {
           wrapDataFile: _wrapDataFile,
           wrapFile: _wrapFile,
           lazyRefcounts: _lazyRefcounts,
+          overlapCheckInactiveL2: _overlapCheckInactiveL2,
           nullCo: _nullCo,
           encrypt: _encrypt,
           backingEncrypt,
@@ -384,6 +387,7 @@ function qcow2OpenOptions(path: string, opts: OpenImageOptions, readOnly: boolea
     ...(opts.checkMode ? { checkMode: true } : {}),
     ...(opts.discard ? { discard: opts.discard } : {}),
     ...(opts.lazyRefcounts !== undefined ? { lazyRefcounts: opts.lazyRefcounts } : {}),
+    ...(opts.overlapCheckInactiveL2 ? { overlapCheckInactiveL2: true } : {}),
     ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
     ...(opts.encrypt ? { encrypt: opts.encrypt } : {}),
     // Writable opens keep persistent dirty bitmaps up to date (in_use while open, stored at close).

@@ -71,7 +71,7 @@ import { RwLock } from "./lock";
 import type { ImageResolver } from "./resolver";
 import { dirtyImageRepair } from "./repair";
 import { preallocateHostSpace } from "./preallocate-host";
-import { refblockOverlapCheck } from "./metadata-overlap";
+import { inactiveL2CheckedStore, refblockOverlapCheck } from "./metadata-overlap";
 import { readSnapshotTable, type SnapshotInfo } from "./snapshots";
 
 export interface Qcow2OpenOptions {
@@ -95,6 +95,8 @@ export interface Qcow2OpenOptions {
   discard?: "ignore" | "unmap";
   /** The lazy-refcounts runtime option: overrides the image's compatible feature bit while open. */
   lazyRefcounts?: boolean;
+  /** QEMU's overlap-check.inactive-l2 (on with overlap-check=all): writes are checked against snapshots' L2 tables. */
+  overlapCheckInactiveL2?: boolean;
   /** Name for messages and map output. */
   filename?: string;
   /** Images already open in this backing chain (loop detection). */
@@ -131,6 +133,14 @@ function padToCluster(piece: Uint8Array, clusterSize: number): Uint8Array {
   const padded = new Uint8Array(clusterSize);
   padded.set(piece);
   return padded;
+}
+/**
+ * An invalid (extended) L2 entry met while mapping a write for the in-place path: the allocating path, which
+ * meets it too, reports it in the words of QEMU's write path.
+ */
+function invalidEntryToAllocatingPath(e: unknown): false {
+  if (e instanceof Qcow2Error && e.code === "CORRUPT" && e.message.startsWith("Invalid cluster entry found ")) return false;
+  throw e;
 }
 /** Flags of a data cluster the active L1/L2 tables own alone. */
 const COPIED = { copied: true } as const;
@@ -197,6 +207,8 @@ export class Qcow2Image implements BlockImage {
   // ---------------------------------------------------------------- open
 
   static async open(meta: ByteStore, opts: Qcow2OpenOptions = {}): Promise<Qcow2Image> {
+    const checked = opts.overlapCheckInactiveL2 ? inactiveL2CheckedStore(meta) : undefined;
+    if (checked) meta = checked.store;
     const readOnly = opts.readOnly ?? meta.readOnly;
     const probe = new Uint8Array(512);
     await meta.read(0, probe);
@@ -228,6 +240,7 @@ export class Qcow2Image implements BlockImage {
     const validation = opened;
     const l1 = await L1Table.load(meta, h.l1TableOffset, h.l1Size);
     const image = new Qcow2Image(meta, hdr, l1, undefined as unknown as Refcounts, { ...opts, readOnly });
+    checked?.bind(image);
     const cacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES;
     image.refcounts = await Refcounts.load(meta, {
       clusterBits: h.clusterBits,
@@ -769,7 +782,7 @@ export class Qcow2Image implements BlockImage {
     } else {
       // encryption: partial sectors are read, completed and rewritten: never concurrently (exclusive lock)
       const rmw = this.encryption !== undefined && !isSectorAligned(guestOffset, data.byteLength, this.virtualSize);
-      const done = !rmw && (await this.lock.read(() => this.guard(() => this.tryWriteInPlace(guestOffset, data))));
+      const done = !rmw && (await this.lock.read(() => this.guard(() => this.tryWriteInPlace(guestOffset, data).catch(invalidEntryToAllocatingPath))));
       if (!done) await this.lock.write(() => this.guard(() => this.writeUnlocked(guestOffset, data)));
     }
     if (opts.fua) await this.flush();
@@ -909,6 +922,62 @@ export class Qcow2Image implements BlockImage {
 
   /** The allocating write path (exclusive lock held). */
   async writeUnlocked(guestOffset: number, data: Payload): Promise<void> {
+    this.allocHint = -1;
+    try {
+      await this.writeUnlockedRuns(guestOffset, data);
+    } finally {
+      // Clusters of an extended L2 run allocated for a write that failed before it reached them go back.
+      const left = this.extendedRun;
+      this.extendedRun = undefined;
+      if (left && left.count > 0) await this.refcounts.update(left.next, left.count, -1).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Host cluster where the next allocation of the write being made should go: right after the host range of
+   * its previous piece (QEMU's qcow2_alloc_host_offset keeps the host range of one write contiguous), -1 none.
+   */
+  private allocHint = -1;
+  /** Extended L2: clusters allocated together for a run of clusters that all need new ones, not yet used. */
+  private extendedRun: { next: number; count: number } | undefined;
+
+  /**
+   * QEMU's do_alloc_cluster_offset: `count` new clusters at the allocation hint when free there (as many as
+   * are: qcow2_alloc_clusters_at), else where the allocator places them. Returns the first and how many.
+   */
+  private async allocateRun(count: number): Promise<[first: number, count: number]> {
+    const hint = this.allocHint;
+    if (hint > 0) {
+      let n = 0;
+      while (n < count && (await this.refcounts.get(hint + n)) === 0) n++;
+      if (n > 0) {
+        await this.refcounts.allocateAt(hint, n);
+        return [hint, n];
+      }
+    }
+    return [await this.refcounts.allocate(count), count];
+  }
+
+  /** Extended L2: a new host cluster for the cluster at `pos`, from a run allocated for the clusters up to `tableEnd` that need one. */
+  private async extendedHostCluster(t: L2Table, pos: number, tableEnd: number): Promise<number> {
+    if (!this.extendedRun || this.extendedRun.count === 0) {
+      const cs = this.clusterSize;
+      let count = 0;
+      for (let at = Math.floor(pos / cs) * cs; at < tableEnd; at += cs) {
+        const [hi, lo] = this.entryHalves(t, this.map.l2Index(at));
+        const kind = classifyCluster(hi, lo, this.map.format);
+        if (kind === "normal" && l2IsCopied(hi)) break;
+        count++;
+      }
+      const [next, n] = await this.allocateRun(Math.max(1, count));
+      this.extendedRun = { next, count: n };
+    }
+    const run = this.extendedRun;
+    run.count--;
+    return run.next++;
+  }
+
+  private async writeUnlockedRuns(guestOffset: number, data: Payload): Promise<void> {
     const end = guestOffset + data.byteLength;
     const cs = this.clusterSize;
     let pos = guestOffset;
@@ -919,7 +988,7 @@ export class Qcow2Image implements BlockImage {
         if (this.extendedL2) {
           const clusterEnd = Math.min(tableEnd, (Math.floor(pos / cs) + 1) * cs);
           const piece = data.subarray(pos - guestOffset, clusterEnd - guestOffset);
-          await this.writeClusterExtended(t, pos, piece instanceof StoreSlice ? await piece.bytes() : piece);
+          await this.writeClusterExtended(t, pos, piece instanceof StoreSlice ? await piece.bytes() : piece, tableEnd);
           pos = clusterEnd;
         } else {
           pos = await this.writeRunStandard(t, pos, tableEnd, data.subarray(pos - guestOffset, tableEnd - guestOffset));
@@ -966,6 +1035,7 @@ export class Qcow2Image implements BlockImage {
     if (keptRun && !keptRun.zeros) {
       // In place, extended over following clusters with contiguous hosts.
       await this.writeData(oldHost + (pos - clusterStart), data.subarray(0, keptRun.end - pos), pos);
+      this.allocHint = Math.ceil((oldHost + (keptRun.end - clusterStart)) / cs);
       return keptRun.end;
     }
     const reuse = this.hasDataFile || keptRun !== undefined;
@@ -1003,11 +1073,19 @@ export class Qcow2Image implements BlockImage {
         runEnd = Math.min(tableEnd, runEnd + cs);
       }
     }
-    const count = Math.ceil((runEnd - clusterStart) / cs);
+    let count = Math.ceil((runEnd - clusterStart) / cs);
     let hostStart: number;
     if (this.hasDataFile) hostStart = clusterStart;
     else if (reuse) hostStart = oldHost;
-    else hostStart = (await this.refcounts.allocate(count)) * cs;
+    else {
+      const [first, n] = await this.allocateRun(count);
+      hostStart = first * cs;
+      if (n < count) {
+        count = n;
+        runEnd = Math.min(runEnd, clusterStart + n * cs);
+      }
+    }
+    if (!this.hasDataFile) this.allocHint = hostStart / cs + count;
     try {
       await this.writeAllocatedRun(t, clusterStart, count, hostStart, pos, data.subarray(0, runEnd - pos));
     } catch (e) {
@@ -1168,7 +1246,7 @@ export class Qcow2Image implements BlockImage {
   }
 
   /** Extended L2: write the part of one cluster given by `data` at guest `pos`. */
-  private async writeClusterExtended(t: L2Table, pos: number, data: Uint8Array): Promise<void> {
+  private async writeClusterExtended(t: L2Table, pos: number, data: Uint8Array, tableEnd = pos + data.byteLength): Promise<void> {
     const cs = this.clusterSize;
     const scSize = cs / 32;
     const clusterStart = Math.floor(pos / cs) * cs;
@@ -1177,11 +1255,18 @@ export class Qcow2Image implements BlockImage {
     const alloc = l2BitmapAlloc(t.view, l2Index);
     const zero = l2BitmapZero(t.view, l2Index);
     const kind = classifyCluster(hi, lo, this.map.format);
-    if (kind !== "compressed" && kind !== "unallocated") this.map.entryType(t, l2Index, 0, clusterStart);
+    if (kind !== "compressed" && kind !== "unallocated") this.map.entryType(t, l2Index, 0, clusterStart, true);
+    // QEMU's calculate_l2_meta: the subclusters where the write starts and ends are valid.
+    if (kind !== "compressed") {
+      for (const sc of [Math.floor((pos - clusterStart) / (cs / 32)), Math.floor((pos - clusterStart + data.byteLength - 1) / (cs / 32))]) {
+        this.map.entryType(t, l2Index, sc, clusterStart, true);
+      }
+    }
     const copied = l2IsCopied(hi);
     const oldHost = kind === "compressed" ? 0 : l2HostOffset(hi, lo);
     const reuse = this.hasDataFile || (kind === "normal" && copied);
-    const host = this.hasDataFile ? clusterStart : reuse ? oldHost : (await this.refcounts.allocate(1)) * cs;
+    const host = this.hasDataFile ? clusterStart : reuse ? oldHost : (await this.extendedHostCluster(t, pos, tableEnd)) * cs;
+    if (!this.hasDataFile) this.allocHint = host / cs + 1;
     const from = pos - clusterStart;
     const to = from + data.byteLength;
     const firstSc = Math.floor(from / scSize);
@@ -1194,6 +1279,15 @@ export class Qcow2Image implements BlockImage {
       await this.readUnlocked(clusterStart, buf);
       newAlloc = kind === "compressed" ? 0xffffffff : alloc;
       if (kind === "compressed") newZero = 0;
+      else if (alloc !== 0) {
+        // QEMU's calculate_l2_meta: the copy spans from the first allocated or written subcluster to the last
+        // one, and all of that span is allocated in the new cluster (its zero subclusters become data).
+        const start = Math.min(firstSc, 31 - Math.clz32(alloc & -alloc));
+        const end = Math.max(lastSc, 31 - Math.clz32(alloc));
+        const span = ((end - start + 1 >= 32 ? 0xffffffff : (1 << (end - start + 1)) - 1) << start) >>> 0;
+        newAlloc = (newAlloc | span) >>> 0;
+        newZero = (newZero & ~span) >>> 0;
+      }
     }
     // Fill the untouched part of partially written subclusters that hold no data yet from the old content
     // (backing file or zeros); partially written subclusters that hold data keep it.

@@ -238,11 +238,14 @@ export class Refcounts {
         }
       }
       for (; i < end; i++) {
-        const value = (block ? getRefcount(block.bytes, (clusterIndex + i) % this.blockEntries, this.refcountOrder) : 0) + delta;
+        const idx = (clusterIndex + i) % this.blockEntries;
+        // 64-bit entries beyond 2^53 exactly, as bigints (QEMU counts up to 2^64 - 1).
+        let value: number | bigint = (block ? getRefcount(block.bytes, idx, this.refcountOrder) : 0) + delta;
+        if (!Number.isSafeInteger(value)) value = exact64(block?.bytes, idx, delta);
         if (value < 0) {
           throw new Qcow2Error("CORRUPT", `Refcount of cluster ${clusterIndex + i} would drop below zero`);
         }
-        if (value > this.maxValue) {
+        if (typeof value === "bigint" ? value > 0xffffffffffffffffn : value > this.maxValue) {
           throw new Qcow2Error("INVALID_ARGUMENT", `Refcount of cluster ${clusterIndex + i} would overflow`, {
             errno: "ERANGE",
           });
@@ -267,9 +270,13 @@ export class Refcounts {
       }
       for (; i < end; i++) {
         const idx = (clusterIndex + i) % this.blockEntries;
-        const value = getRefcount(block.bytes, idx, this.refcountOrder) + delta;
-        setRefcount(block.bytes, idx, this.refcountOrder, value);
-        if (value === 0) {
+        let value: number | bigint = getRefcount(block.bytes, idx, this.refcountOrder) + delta;
+        if (Number.isSafeInteger(value)) setRefcount(block.bytes, idx, this.refcountOrder, value);
+        else {
+          value = exact64(block.bytes, idx, delta);
+          new DataView(block.bytes.buffer, block.bytes.byteOffset, block.bytes.byteLength).setBigUint64(idx * 8, value);
+        }
+        if (value === 0 || value === 0n) {
           if (clusterIndex + i === this.watched) this.watchedFreed = true;
           if (clusterIndex + i < this.freeHint) this.freeHint = clusterIndex + i;
         }
@@ -730,4 +737,10 @@ export function refcountBlocksNeeded(
     }
   }
   return blocks;
+}
+
+/** A 64-bit refcount entry plus `delta`, exactly (an absent block reads as zeros). */
+function exact64(block: Uint8Array | undefined, index: number, delta: number): bigint {
+  const value = block ? new DataView(block.buffer, block.byteOffset, block.byteLength).getBigUint64(index * 8) : 0n;
+  return value + BigInt(delta);
 }

@@ -24,6 +24,11 @@ export interface BlockOptions {
   discard?: "ignore" | "unmap";
   /** lazy-refcounts: overrides the image's compatible feature bit for this open. */
   lazyRefcounts?: boolean;
+  /**
+   * overlap-check.inactive-l2, or overlap-check=all without it: writes are checked against the snapshots' L2
+   * tables (the other overlap checks are always made).
+   */
+  overlapCheckInactiveL2?: boolean;
   /** qcow2's cache options (bytes), checked as QEMU checks them; qcowkit sizes its caches itself. */
   qcow2Cache?: Qcow2CacheOptions;
   /** data-file.driver=null-co: the data file is a null-co node (size: 1 GiB by default). */
@@ -372,6 +377,8 @@ export function blockOptionsFromPairs(
   }
   let driver = opts.defaultFormat;
   for (const [key, value] of options) if (key === "driver") driver = value;
+  let overlapTemplate = "cached";
+  let inactiveL2: boolean | undefined;
   const hasFile = out.filename !== undefined || out.fileImage !== undefined || out.fileQuorum !== undefined || options.some(([key]) => key === "file" || key === "file.filename");
   if (opts.imageOpts && !hasFile && driver === undefined) throw new CliError("Must specify either driver or file");
   for (const [key, value] of options) {
@@ -483,6 +490,10 @@ export function blockOptionsFromPairs(
         if (!OVERLAP_CHECK_TEMPLATES.includes(value)) {
           throw new CliError(`Unsupported value '${value}' for qcow2 option 'overlap-check'. Allowed are any of the following: none, constant, cached, all`);
         }
+        overlapTemplate = value;
+        break;
+      case "overlap-check.inactive-l2":
+        inactiveL2 = parseBool(key, value);
         break;
       default: {
         if (QCOW2_TUNING_SIZES.includes(key)) {
@@ -508,6 +519,7 @@ export function blockOptionsFromPairs(
       }
     }
   }
+  if (inactiveL2 ?? overlapTemplate === "all") out.overlapCheckInactiveL2 = true;
   if (out.qcow2Cache) checkQcow2Cache(out.qcow2Cache);
   if (out.format === "null-co" && out.filename === undefined) out.filename = "null-co://";
   return out;

@@ -72,6 +72,8 @@ export class ExitStatus extends Error {
 export interface Output {
   out(text: string): void;
   err(text: string): void;
+  /** Write out what `out` holds back, if it buffers (see blockBufferedOutput). */
+  flush?(): void;
 }
 
 /** A message on one line: control characters (newlines included) become spaces. */

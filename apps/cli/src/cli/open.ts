@@ -60,6 +60,8 @@ export interface CliOpenOptions {
   warnOutsideReferences?: boolean;
   /** qcow2's lazy-refcounts runtime option. */
   lazyRefcounts?: boolean;
+  /** qcow2's overlap-check.inactive-l2 runtime option. */
+  overlapCheckInactiveL2?: boolean;
   /** The data file is a null-co node with these options. */
   dataFileNullCo?: NullCoOptions;
   /** The options of a null-co image. */
@@ -179,6 +181,7 @@ async function openOnFile(filename: string, opts: CliOpenOptions, file?: ByteSto
     ...(opts.checkMode ? { checkMode: true } : {}),
     ...(opts.warnOutsideReferences === false ? { warnOutsideReferences: false } : {}),
     ...(opts.lazyRefcounts !== undefined ? { lazyRefcounts: opts.lazyRefcounts } : {}),
+    ...(opts.overlapCheckInactiveL2 ? { overlapCheckInactiveL2: true } : {}),
     ...(opts.nullCo !== undefined ? { nullCo: opts.nullCo } : {}),
     ...(opts.dataFileNullCo ? { dataFileStore: new NullStore(opts.dataFileNullCo.size, "null-co://", opts.readOnly, opts.dataFileNullCo.readZeroes) } : {}),
     ...(dataConfig ? { wrapDataFile: (store: ByteStore) => new BlkdebugStore(store, dataConfig) } : {}),
@@ -288,6 +291,7 @@ export function blockOpenOptions(o: BlockOptions): Partial<CliOpenOptions> {
     ...(o.encrypt !== undefined ? { encrypt: o.encrypt } : {}),
     ...(o.backingEncrypt !== undefined ? { backingEncrypt: o.backingEncrypt } : {}),
     ...(o.lazyRefcounts !== undefined ? { lazyRefcounts: o.lazyRefcounts } : {}),
+    ...(o.overlapCheckInactiveL2 ? { overlapCheckInactiveL2: true } : {}),
     ...(o.qcow2Cache !== undefined ? { qcow2Cache: o.qcow2Cache } : {}),
     ...(o.dataFileBlkdebug !== undefined ? { dataFileBlkdebug: o.dataFileBlkdebug } : {}),
     ...(o.fileBlkdebug !== undefined ? { fileBlkdebug: o.fileBlkdebug } : {}),

@@ -10,6 +10,29 @@ export const processOutput: Output = {
   },
 };
 
+/**
+ * stdout as C's stdio buffers it on a pipe or a file (QEMU's tools): `out` text is held and passed on in blocks
+ * of `block` characters, the rest at `flush`; `err` text goes out at once. Both streams merged then read in
+ * QEMU's order: a message printed at close comes before the results of the commands that preceded it.
+ */
+export function blockBufferedOutput(io: Output, block = 4096): Output & { flush(): void } {
+  let held = "";
+  return {
+    out: (text) => {
+      held += text;
+      while (held.length >= block) {
+        io.out(held.slice(0, block));
+        held = held.slice(block);
+      }
+    },
+    err: (text) => io.err(text),
+    flush: () => {
+      if (held) io.out(held);
+      held = "";
+    },
+  };
+}
+
 /** An Output that collects what is printed. */
 export function bufferOutput(): Output & { stdout: () => string; stderr: () => string } {
   const out: string[] = [];

@@ -44,7 +44,10 @@ function targetOptions(format: "qcow2" | "raw", text: string | undefined, ctx: C
   }
   const bits = opts.integer("refcount_bits");
   if (bits !== undefined) t.refcountBits = Number(BigInt.asIntN(64, bits));
-  if (opts.bool("extended_l2")) t.extendedL2 = true;
+  if (opts.bool("extended_l2")) {
+    t.extendedL2 = true;
+    if ((t.clusterSize ?? 65536) < 16384) throw new CliError("Extended L2 entries are only supported with cluster sizes of at least 16384 bytes");
+  }
   if (opts.string("backing_file") !== undefined) t.backingFile = true;
   const encrypt = encryptionCreateOptions(opts);
   if (encrypt?.format === "luks") t.luks = encrypt;

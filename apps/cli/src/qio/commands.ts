@@ -965,7 +965,9 @@ const sigraiseCmd: Command = {
   needsImage: false,
   async run(s, argv) {
     const sig = wholeNumber(s, argv[1]!, "signal");
-    // Like raise(): the process ends as the signal says (without closing the image cleanly).
+    // Like raise(): the process ends as the signal says (without closing the image cleanly). qemu-io flushes
+    // its output first.
+    s.io.flush?.();
     process.kill(process.pid, sig);
     await new Promise((r) => setTimeout(r, 1000));
     return true;
@@ -1107,6 +1109,7 @@ export async function openForSession(s: Session, req: OpenRequest, errorPrefix?:
     ...(req.fileImage ? { fileImage: req.fileImage } : {}),
     ...(req.fileQuorum ? { fileQuorum: req.fileQuorum } : {}),
     ...(req.lazyRefcounts !== undefined ? { lazyRefcounts: req.lazyRefcounts } : {}),
+    ...(req.overlapCheckInactiveL2 ? { overlapCheckInactiveL2: true } : {}),
     ...(req.qcow2Cache !== undefined ? { qcow2Cache: req.qcow2Cache } : {}),
     ...(req.fileBlkdebug !== undefined ? { fileBlkdebug: req.fileBlkdebug } : {}),
     ...(req.dataFileBlkdebug !== undefined ? { dataFileBlkdebug: req.dataFileBlkdebug } : {}),

@@ -176,11 +176,17 @@ export async function runQio(args: string[], io: Output, stdin?: () => Promise<s
     if (interactive && lines[lines.length - 1] === "") lines.pop();
     for (const line of lines) {
       if (session.quit) break;
-      if (interactive) io.out(`${prog()}> `);
+      if (interactive) {
+        io.out(`${prog()}> `);
+        io.flush?.(); // qemu-io flushes stdout after its prompt
+      }
       if (!(await runCommandLine(session, line))) failed = true;
     }
     // The prompt that met the end of the input.
-    if (interactive && !session.quit) io.out(`${prog()}> `);
+    if (interactive && !session.quit) {
+      io.out(`${prog()}> `);
+      io.flush?.();
+    }
     await drainAio(session);
     const image = session.image;
     session.image = undefined;

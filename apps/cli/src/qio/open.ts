@@ -21,6 +21,8 @@ export interface OpenRequest {
   encrypt?: EncryptOptions;
   /** lazy-refcounts runtime option (the image's own setting otherwise). */
   lazyRefcounts?: boolean;
+  /** overlap-check.inactive-l2 runtime option (on with overlap-check=all). */
+  overlapCheckInactiveL2?: boolean;
   /** qcow2's cache options. */
   qcow2Cache?: Qcow2CacheOptions;
   /** node-name given when opened (reopen refuses to change it). */
@@ -65,6 +67,7 @@ export function applyBlockOptions(req: OpenRequest, text: string, imageOpts: boo
   if (o.encrypt !== undefined) out.encrypt = o.encrypt;
   if (o.backingEncrypt !== undefined) out.backingEncrypt = o.backingEncrypt;
   if (o.lazyRefcounts !== undefined) out.lazyRefcounts = o.lazyRefcounts;
+  if (o.overlapCheckInactiveL2 !== undefined) out.overlapCheckInactiveL2 = o.overlapCheckInactiveL2;
   if (o.nodeName !== undefined) out.nodeName = o.nodeName;
   if (o.childNodeNames !== undefined) out.childNodeNames = { ...out.childNodeNames, ...o.childNodeNames };
   if (o.fileImage !== undefined) out.fileImage = o.fileImage;
