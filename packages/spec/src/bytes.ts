@@ -88,7 +88,7 @@ export function firstNonZeroByte(bytes: Uint8Array, from = 0, to: number = bytes
     // check scans end to end), then word by word from the block holding the first non-zero one.
     let w = 0;
     for (const last = words - 8; w <= last; w += 8) {
-      if ((u32[w] | u32[w + 1] | u32[w + 2] | u32[w + 3] | u32[w + 4] | u32[w + 5] | u32[w + 6] | u32[w + 7]) !== 0) break;
+      if ((u32[w]! | u32[w + 1]! | u32[w + 2]! | u32[w + 3]! | u32[w + 4]! | u32[w + 5]! | u32[w + 6]! | u32[w + 7]!) !== 0) break;
     }
     for (; w < words; w++) {
       if (u32[w] !== 0) {
