@@ -8,10 +8,11 @@ import { measureCoreBundle } from "../scripts/bundle-size.mjs";
 
 const KiB = 1024;
 /**
- * README figure: 82 KiB gzipped (66 KiB before the stream writer and the remote store joined the entry).
- * Raise deliberately, with the README.
+ * README figure: 92 KiB gzipped (66 KiB before the stream writer and the remote store joined the entry, 82 KiB
+ * before the luks format, the VM state area, ImageStore and the compress filter did). Raise deliberately, with
+ * the README.
  */
-const INITIAL_GZIPPED_BUDGET = 88 * KiB;
+const INITIAL_GZIPPED_BUDGET = 96 * KiB;
 
 describe("the core's browser bundle", () => {
   it("builds for browsers with no Node references, within its size budget", async () => {
@@ -22,6 +23,6 @@ describe("the core's browser bundle", () => {
     expect(sizes.initial.gzipped).toBeGreaterThan(10 * KiB);
     // The zstd module's bytes (about 250 KiB) are in the lazy chunks, not in the page's first load.
     expect(sizes.lazy.minified).toBeGreaterThan(250 * KiB);
-    expect(sizes.initial.minified).toBeLessThan(280 * KiB);
+    expect(sizes.initial.minified).toBeLessThan(300 * KiB);
   });
 });
