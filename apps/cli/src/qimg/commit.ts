@@ -78,10 +78,10 @@ export const commitCommand: QimgCommand = {
       let found = false;
       for (;;) {
         const above = layers[layers.length - 1]!;
-        const stored = above instanceof Qcow2Image ? above.hdr.backingFile : undefined;
+        const stored = above instanceof Qcow2Image ? above.metadata.hdr.backingFile : undefined;
         if (stored === undefined || stored === "") break;
         const path = combinePath(above.filename, stored);
-        const fmt = above instanceof Qcow2Image ? above.hdr.extensions.backingFormat : undefined;
+        const fmt = above instanceof Qcow2Image ? above.metadata.hdr.extensions.backingFormat : undefined;
         const isBase = baseName === undefined || baseName === stored || sameFile(combinePath(above.filename, baseName), path);
         if (isBase && isRemoteName(stored)) {
           throw new CliError(`Cannot commit into the remote base '${stored}': it is read-only; publish the result with qimg convert -O qcow2 ${filename} s3://BUCKET/KEY`);
