@@ -6,28 +6,28 @@
  * failure is thrown afterwards (callers that close quietly, as qemu-io does, ignore it).
  */
 import { errnoText, isQcow2Error } from "@qcowkit/spec";
-import type { Qcow2Image } from "./qcow2-image";
+import type { MetadataOwner } from "./metadata/owner";
 
 function reason(e: unknown): string {
   if (isQcow2Error(e)) return errnoText[e.errno];
   return e instanceof Error ? e.message : String(e);
 }
 
-export async function flushForClose(image: Qcow2Image, report: (line: string) => void): Promise<void> {
+export async function flushForClose(md: MetadataOwner, report: (line: string) => void): Promise<void> {
   // QEMU's cache flushes reach the qcow2 file only; the data file's flush fails quietly. Metadata pointing at
   // data that did not reach the data file is not written (data before the L2 entry that maps it).
-  if (image.data !== image.meta) await image.data.flush();
+  if (md.data !== md.meta) await md.data.flush();
   let first: unknown;
   try {
-    await image.flushUnlocked();
+    await md.flush();
     return;
   } catch (e) {
     first = e;
     report(`error: Failed to flush the L2 table cache: ${reason(e)}`);
   }
   try {
-    await image.refcounts.writeBack();
-    await image.meta.flush();
+    await md.refcounts.writeBack();
+    await md.meta.flush();
   } catch (e) {
     report(`error: Failed to flush the refcount block cache: ${reason(e)}`);
   }

@@ -5,7 +5,7 @@
  * refcount block or the bitmap directory? Metadata ranges are taken as they are recorded, not aligned.
  */
 import { Qcow2Error, l1EntryL2Offset, viewOf } from "@qcowkit/spec";
-import type { Qcow2Image } from "./qcow2-image";
+import type { EngineImage } from "./engine-image";
 import type { SnapshotInfo } from "./snapshots";
 
 export const OVERLAP_MAIN_HEADER = 0x01;
@@ -36,11 +36,11 @@ const NAMES = [
  * OVERLAP_* bits not to test (for example the table being rewritten).
  */
 export function metadataOverlap(
-  image: Qcow2Image,
+  image: EngineImage,
   ignore: number,
   offset: number,
   size: number,
-  snapshots: readonly SnapshotInfo[] = image.snapshots,
+  snapshots: readonly SnapshotInfo[] = image.metadata.snapshots,
   snapshotsSize = 0,
 ): string | undefined {
   if (size <= 0) return undefined;
@@ -51,16 +51,16 @@ export function metadataOverlap(
   const start = Math.floor(offset / cs) * cs;
   const end = Math.ceil((offset + size) / cs) * cs;
   const overlaps = (o: number, n: number) => n > 0 && o < end && start < o + n;
-  if (check & OVERLAP_ACTIVE_L1 && h.l1Size > 0 && overlaps(image.l1.hostOffset, image.l1.size * 8)) return NAMES[1];
-  const rc = image.refcounts;
+  if (check & OVERLAP_ACTIVE_L1 && h.l1Size > 0 && overlaps(image.metadata.l1.hostOffset, image.metadata.l1.size * 8)) return NAMES[1];
+  const rc = image.metadata.refcounts;
   if (check & OVERLAP_REFCOUNT_TABLE && overlaps(rc.reftableOffset, rc.reftableEntries * 8)) return NAMES[3];
   if (check & OVERLAP_SNAPSHOT_TABLE && overlaps(h.snapshotsOffset, snapshotsSize)) return NAMES[5];
   if (check & OVERLAP_INACTIVE_L1) {
     for (const s of snapshots) if (s.l1Size && overlaps(s.l1TableOffset, s.l1Size * 8)) return NAMES[6];
   }
   if (check & OVERLAP_ACTIVE_L2) {
-    const l1 = viewOf(image.l1.bytes);
-    for (let i = 0; i < image.l1.size; i++) {
+    const l1 = viewOf(image.metadata.l1.bytes);
+    for (let i = 0; i < image.metadata.l1.size; i++) {
       const l2 = l1EntryL2Offset(l1, i);
       if (l2 && overlaps(l2, cs)) return NAMES[2];
     }
@@ -72,7 +72,7 @@ export function metadataOverlap(
       if (block && overlaps(block, cs)) return NAMES[4];
     }
   }
-  const bm = image.hdr.extensions.bitmaps;
+  const bm = image.metadata.hdr.extensions.bitmaps;
   if (check & OVERLAP_BITMAP_DIRECTORY && bm && h.autoclearFeatures & 1n) {
     if (overlaps(bm.bitmapDirectoryOffset, bm.bitmapDirectorySize)) return NAMES[8];
   }
@@ -80,7 +80,7 @@ export function metadataOverlap(
 }
 
 /** A new refcount block written over other metadata: QEMU refuses the write and marks the image corrupt. */
-export function refblockOverlapCheck(image: Qcow2Image, hostOffset: number): void {
+export function refblockOverlapCheck(image: EngineImage, hostOffset: number): void {
   const what = metadataOverlap(image, OVERLAP_REFCOUNT_BLOCK, hostOffset, image.clusterSize);
   if (what) throw new Qcow2Error("CORRUPT", `Preventing invalid write on metadata (overlaps with ${what})`);
 }
