@@ -4,7 +4,6 @@
  * is rewritten, always), backing file (only the same value), lazy refcounts, size, and the downgrade last.
  * Every refusal uses QEMU's message.
  */
-import { Refcounts } from "@qcowkit/refcount";
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
@@ -119,17 +118,15 @@ export async function amendQcow2(image: Qcow2Image, o: AmendOptions): Promise<vo
     await changeRefcountOrder(image, Math.log2(refcountBits), progress.start(2));
   }
 
-  const h = image.header;
-  if (dataFileRaw) h.autoclearFeatures |= AUTOCLEAR_DATA_FILE_RAW;
-  else h.autoclearFeatures &= ~AUTOCLEAR_DATA_FILE_RAW;
-  if (o.dataFile !== undefined) {
-    if (o.dataFile === "") delete image.hdr.extensions.dataFile;
-    else image.hdr.extensions.dataFile = o.dataFile;
-  }
-  await image.writeHeader();
+  await image.metadata.updateHeader((hdr) => {
+    if (dataFileRaw) hdr.header.autoclearFeatures |= AUTOCLEAR_DATA_FILE_RAW;
+    else hdr.header.autoclearFeatures &= ~AUTOCLEAR_DATA_FILE_RAW;
+    if (o.dataFile === "") delete hdr.extensions.dataFile;
+    else if (o.dataFile !== undefined) hdr.extensions.dataFile = o.dataFile;
+  });
 
   if (o.backingFile !== undefined || o.backingFormat !== undefined) {
-    if (o.backingFile !== image.hdr.backingFile || o.backingFormat !== image.hdr.extensions.backingFormat) {
+    if (o.backingFile !== image.metadata.hdr.backingFile || o.backingFormat !== image.metadata.hdr.extensions.backingFormat) {
       throw fail("Cannot amend the backing file");
     }
   }
@@ -139,12 +136,14 @@ export async function amendQcow2(image: Qcow2Image, o: AmendOptions): Promise<vo
       if (newVersion < 3) {
         throw fail("Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
       }
-      image.header.compatibleFeatures |= COMPAT_LAZY_REFCOUNTS;
-      await image.writeHeader();
+      await image.metadata.updateHeader((hdr) => {
+        hdr.header.compatibleFeatures |= COMPAT_LAZY_REFCOUNTS;
+      });
     } else {
       await markClean(image);
-      image.header.compatibleFeatures &= ~COMPAT_LAZY_REFCOUNTS;
-      await image.writeHeader();
+      await image.metadata.updateHeader((hdr) => {
+        hdr.header.compatibleFeatures &= ~COMPAT_LAZY_REFCOUNTS;
+      });
     }
   }
 
@@ -163,23 +162,25 @@ export const AMEND_BACKING_HINT = "You can use 'qemu-img rebase' instead.";
 async function markClean(image: Qcow2Image): Promise<void> {
   if ((image.header.incompatibleFeatures & INCOMPAT_DIRTY) === 0n) return;
   await image.flush();
-  await image.refcounts.writeBack();
-  await image.meta.flush();
-  image.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
-  await image.writeHeader();
+  await image.metadata.refcounts.writeBack();
+  await image.metadata.meta.flush();
+  await image.metadata.updateHeader((hdr) => {
+    hdr.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
+  });
 }
 
 async function upgrade(image: Qcow2Image, status: (offset: number, work: number) => void): Promise<void> {
   status(0, 2);
   // v3 needs the 64-bit VM state size and the disk size in every snapshot entry: rewrite the table.
-  if (image.snapshots.some((s) => s.diskSize === undefined)) {
-    await image.lock.write(() => writeSnapshotTable(image, image.snapshots));
+  if (image.metadata.snapshots.some((s) => s.diskSize === undefined)) {
+    await image.lock.write(() => writeSnapshotTable(image, image.metadata.snapshots));
   }
   status(1, 2);
-  image.header.version = 3;
-  image.header.refcountOrder = 4;
-  image.header.compressionType = 0;
-  await image.writeHeader();
+  await image.metadata.updateHeader(({ header }) => {
+    header.version = 3;
+    header.refcountOrder = 4;
+    header.compressionType = 0;
+  });
   status(2, 2);
 }
 
@@ -187,7 +188,7 @@ async function downgrade(image: Qcow2Image, status: (offset: number, work: numbe
   const h = image.header;
   if (h.refcountOrder !== 4) throw fail("compat=0.10 requires refcount_bits=16", "ENOTSUP");
   if (image.hasDataFile) throw fail("Cannot downgrade an image with a data file", "ENOTSUP");
-  for (const s of image.snapshots) {
+  for (const s of image.metadata.snapshots) {
     if (s.vmStateSize > 0xffffffff || (s.diskSize ?? image.virtualSize) !== image.virtualSize) {
       throw fail("Internal snapshots prevent downgrade of image", "ENOTSUP");
     }
@@ -196,19 +197,24 @@ async function downgrade(image: Qcow2Image, status: (offset: number, work: numbe
   if ((h.incompatibleFeatures & ~INCOMPAT_COMPRESSION) !== 0n) {
     throw fail(`Cannot downgrade an image with incompatible features 0x${h.incompatibleFeatures.toString(16)} set`, "ENOTSUP");
   }
-  h.compatibleFeatures = 0n;
-  h.autoclearFeatures = 0n;
+  image.metadata.stageHeader(({ header }) => {
+    header.compatibleFeatures = 0n;
+    header.autoclearFeatures = 0n;
+  });
   await expandZeroClusters(image, status);
   if (h.incompatibleFeatures & INCOMPAT_COMPRESSION) {
     if (await hasCompressedClusters(image)) {
       throw fail("Cannot downgrade an image with zstd compression type and existing compressed clusters", "ENOTSUP");
     }
-    h.incompatibleFeatures &= ~INCOMPAT_COMPRESSION;
-    h.compressionType = 0;
+    image.metadata.stageHeader(({ header }) => {
+      header.incompatibleFeatures &= ~INCOMPAT_COMPRESSION;
+      header.compressionType = 0;
+    });
   }
-  h.version = 2;
-  h.unknownHeaderFields = new Uint8Array(0);
-  await image.writeHeader();
+  await image.metadata.updateHeader(({ header }) => {
+    header.version = 2;
+    header.unknownHeaderFields = new Uint8Array(0);
+  });
 }
 
 async function hasCompressedClusters(image: Qcow2Image): Promise<boolean> {
@@ -226,7 +232,7 @@ async function hasCompressedClusters(image: Qcow2Image): Promise<boolean> {
  */
 async function expandZeroClusters(image: Qcow2Image, status: (offset: number, work: number) => void): Promise<void> {
   const cs = image.clusterSize;
-  const total = image.snapshots.reduce((n, s) => n + s.l1Size, image.l1.size);
+  const total = image.metadata.snapshots.reduce((n, s) => n + s.l1Size, image.metadata.l1.size);
   let visited = 0;
   const zeros = new Uint8Array(cs);
   // QEMU's failures name the step: "Failed to turn zero into data clusters: <errno>".
@@ -235,10 +241,10 @@ async function expandZeroClusters(image: Qcow2Image, status: (offset: number, wo
   const corrupt = async (message: string) => failed(await image.signalCorruption(message));
   await image.lock.write(async () => {
     // The active table first, then each snapshot's, validated when its turn comes (as QEMU reads them).
-    for (let n = -1; n < image.snapshots.length; n++) {
-      const l1 = { bytes: image.l1.bytes, size: image.l1.size };
+    for (let n = -1; n < image.metadata.snapshots.length; n++) {
+      const l1 = { bytes: image.metadata.l1.bytes, size: image.metadata.l1.size };
       if (n >= 0) {
-        const sn = image.snapshots[n]!;
+        const sn = image.metadata.snapshots[n]!;
         try {
           validateSnapshotL1(image, sn);
         } catch (e) {
@@ -246,21 +252,21 @@ async function expandZeroClusters(image: Qcow2Image, status: (offset: number, wo
         }
         l1.bytes = new Uint8Array(sn.l1Size * 8);
         l1.size = sn.l1Size;
-        if (sn.l1Size > 0) await image.meta.read(sn.l1TableOffset, l1.bytes);
+        if (sn.l1Size > 0) await image.metadata.meta.read(sn.l1TableOffset, l1.bytes);
       }
       const v = viewOf(l1.bytes);
       for (let i = 0; i < l1.size; i++) {
         const l2Offset = l1EntryL2Offset(v, i);
         if (l2Offset % cs !== 0) throw await corrupt(`L2 table offset ${altHex(l2Offset)} unaligned (L1 index: ${altHex(i)})`);
         if (l2Offset !== 0) {
-          const l2Refcount = await image.refcounts.get(l2Offset / cs);
-          const t = await image.l2Cache.get(l2Offset);
+          const l2Refcount = await image.metadata.refcounts.get(l2Offset / cs);
+          const t = await image.metadata.l2Cache.get(l2Offset);
           let dirty = false;
-          for (let j = 0; j < image.map.l2Entries; j++) {
+          for (let j = 0; j < image.metadata.map.l2Entries; j++) {
             const at = l2EntryPosition(j, false);
             const hi = t.view.getUint32(at);
             const lo = t.view.getUint32(at + 4);
-            const kind = classifyCluster(hi, lo, image.map.format);
+            const kind = classifyCluster(hi, lo, image.metadata.map.format);
             if (kind !== "zero-plain" && kind !== "zero-alloc") continue;
             let host: number;
             let copied: boolean;
@@ -270,29 +276,29 @@ async function expandZeroClusters(image: Qcow2Image, status: (offset: number, wo
                 dirty = true;
                 continue;
               }
-              host = (await image.refcounts.allocate(1)) * cs;
-              if (l2Refcount > 1) await image.refcounts.update(host / cs, 1, l2Refcount - 1);
+              host = (await image.metadata.refcounts.allocate(1)) * cs;
+              if (l2Refcount > 1) await image.metadata.refcounts.update(host / cs, 1, l2Refcount - 1);
               copied = l2Refcount === 1;
             } else {
               host = l2HostOffset(hi, lo);
               if (host % cs !== 0) {
                 throw await corrupt(`Cluster allocation offset ${altHex(host)} unaligned (L2 offset: ${altHex(l2Offset)}, L2 index: ${altHex(j)})`);
               }
-              copied = (await image.refcounts.get(host / cs)) === 1;
+              copied = (await image.metadata.refcounts.get(host / cs)) === 1;
             }
-            if (image.data.efficientZeroes) await image.data.writeZeroes(host, cs, false);
-            else await image.data.write(host, zeros);
+            if (image.metadata.data.efficientZeroes) await image.metadata.data.writeZeroes(host, cs, false);
+            else await image.metadata.data.write(host, zeros);
             setL2Entry(t.view, j, false, host, { copied });
             dirty = true;
           }
-          if (dirty) image.l2Cache.markDirty(t);
-          await image.writeback();
+          if (dirty) image.metadata.l2Cache.markDirty(t);
+          await image.metadata.writeback();
         }
         visited++;
         status(visited, total);
       }
     }
-    await image.flushUnlocked();
+    await image.metadata.flush();
   });
 }
 
@@ -306,7 +312,7 @@ async function expandZeroClusters(image: Qcow2Image, status: (offset: number, wo
 async function changeRefcountOrder(image: Qcow2Image, order: number, status: (offset: number, work: number) => void): Promise<void> {
   await image.flush();
   const cs = image.clusterSize;
-  const old = image.refcounts;
+  const old = image.metadata.refcounts;
   const max = maxRefcount(order);
   const entries = refcountBlockEntries(image.clusterBits, order);
   const tableEntriesPerCluster = cs / 8;
@@ -321,7 +327,7 @@ async function changeRefcountOrder(image: Qcow2Image, order: number, status: (of
     for (const offset of newBlocks.values()) await old.update(offset / cs, 1, -1);
     if (tableClusters > 0) await old.update(tableOffset / cs, tableClusters, -1);
     await old.writeBack();
-    await image.meta.flush();
+    await image.metadata.meta.flush();
     throw e;
   }
   async function walkAndAllocate(): Promise<void> {
@@ -379,13 +385,12 @@ async function changeRefcountOrder(image: Qcow2Image, order: number, status: (of
   }
   for (const [b, offset] of [...newBlocks].sort((x, y) => x[0] - y[0])) {
     const block = blocks.get(b) ?? new Uint8Array(cs);
-    await image.meta.write(offset, block);
+    await image.metadata.meta.write(offset, block);
     setReftableEntry(tv, b, offset);
   }
-  await image.meta.write(tableOffset, table);
+  await image.metadata.meta.write(tableOffset, table);
   await old.writeBack();
-  await image.meta.flush();
-  const h = image.header;
+  await image.metadata.meta.flush();
   const oldTableOffset = old.reftableOffset;
   const oldTableClusters = old.reftableClusters;
   const oldBlocks: number[] = [];
@@ -393,23 +398,16 @@ async function changeRefcountOrder(image: Qcow2Image, order: number, status: (of
     const off = old.blockOffset(i);
     if (off !== 0) oldBlocks.push(off);
   }
-  h.refcountOrder = order;
-  h.refcountTableOffset = tableOffset;
-  h.refcountTableClusters = tableClusters;
-  await image.writeHeader();
-  image.refcounts = await Refcounts.load(image.meta, {
-    clusterBits: image.clusterBits,
-    refcountOrder: order,
-    reftableOffset: tableOffset,
-    reftableClusters: tableClusters,
-    readOnly: false,
-    updateHeader: (offset, clusters) => image.writeReftableLocation(offset, clusters),
+  await image.metadata.updateHeader(({ header }) => {
+    header.refcountOrder = order;
+    header.refcountTableOffset = tableOffset;
+    header.refcountTableClusters = tableClusters;
   });
-  image.metadataChanged();
+  await image.metadata.loadRefcounts();
   // The old structures are no longer referenced: free them through the new ones.
-  await image.refcounts.update(oldTableOffset / cs, oldTableClusters, -1);
-  for (const off of oldBlocks) await image.refcounts.update(off / cs, 1, -1);
-  await image.refcounts.writeBack();
-  await image.meta.flush();
+  await image.metadata.refcounts.update(oldTableOffset / cs, oldTableClusters, -1);
+  for (const off of oldBlocks) await image.metadata.refcounts.update(off / cs, 1, -1);
+  await image.metadata.refcounts.writeBack();
+  await image.metadata.meta.flush();
   status(size, size);
 }

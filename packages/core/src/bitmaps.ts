@@ -35,7 +35,7 @@ import {
   type BitmapDirectoryEntry,
 } from "@qcowkit/spec";
 import type { BitmapInfo, BlockImage } from "./block-image";
-import type { Qcow2Image } from "./qcow2-image";
+import type { EngineImage } from "./engine-image";
 
 const MIN_GRANULARITY_BITS = 9;
 const MAX_GRANULARITY_BITS = 31;
@@ -167,24 +167,24 @@ interface BitmapSet {
   dropped: Array<[cluster: number, count: number]>;
 }
 
-const tracked = new WeakMap<Qcow2Image, BitmapSet>();
+const tracked = new WeakMap<EngineImage, BitmapSet>();
 
 function fail(message: string, errno: "EINVAL" | "ENOENT" | "ENOTSUP" | "EEXIST" = "EINVAL"): Qcow2Error {
   const code = errno === "ENOENT" ? "NOT_FOUND" : errno === "ENOTSUP" ? "NOT_SUPPORTED" : "INVALID_ARGUMENT";
   return new Qcow2Error(code, message, { errno });
 }
 
-function bitCount(image: Qcow2Image, granularityBits: number): number {
+function bitCount(image: EngineImage, granularityBits: number): number {
   return Math.ceil(image.virtualSize / 2 ** granularityBits);
 }
 
 /** The bitmap directory stored in the image (empty when the extension is absent or not valid). */
-export async function readBitmapDirectory(image: Qcow2Image): Promise<BitmapDirectoryEntry[]> {
-  const ext = image.hdr.extensions.bitmaps;
+export async function readBitmapDirectory(image: EngineImage): Promise<BitmapDirectoryEntry[]> {
+  const ext = image.metadata.hdr.extensions.bitmaps;
   if (!ext || ext.nbBitmaps === 0 || (image.header.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) return [];
   if (ext.bitmapDirectorySize > MAX_BITMAP_DIRECTORY_BYTES) throw new Qcow2Error("INVALID_IMAGE", "Bitmap directory is too large");
   const dir = new Uint8Array(ext.bitmapDirectorySize);
-  await image.meta.read(ext.bitmapDirectoryOffset, dir);
+  await image.metadata.meta.read(ext.bitmapDirectoryOffset, dir);
   const entries = decodeBitmapDirectory(dir, ext.nbBitmaps);
   for (const e of entries) {
     if (e.type !== BITMAP_TYPE_DIRTY_TRACKING) throw new Qcow2Error("INVALID_IMAGE", `Bitmap '${e.name}' has an unsupported type`);
@@ -199,14 +199,14 @@ export async function readBitmapDirectory(image: Qcow2Image): Promise<BitmapDire
 }
 
 /** The table of a stored bitmap. */
-async function readTable(image: Qcow2Image, e: BitmapDirectoryEntry): Promise<DataView> {
+async function readTable(image: EngineImage, e: BitmapDirectoryEntry): Promise<DataView> {
   const bytes = new Uint8Array(e.bitmapTableSize * 8);
-  if (bytes.byteLength > 0) await image.meta.read(e.bitmapTableOffset, bytes);
+  if (bytes.byteLength > 0) await image.metadata.meta.read(e.bitmapTableOffset, bytes);
   return viewOf(bytes);
 }
 
 /** Load the bits of a stored bitmap. */
-async function loadBits(image: Qcow2Image, e: BitmapDirectoryEntry): Promise<ChunkedBits> {
+async function loadBits(image: EngineImage, e: BitmapDirectoryEntry): Promise<ChunkedBits> {
   const cs = image.clusterSize;
   const bits = new ChunkedBits(bitCount(image, e.granularityBits), cs);
   const table = await readTable(image, e);
@@ -222,7 +222,7 @@ async function loadBits(image: Qcow2Image, e: BitmapDirectoryEntry): Promise<Chu
     }
     if (off % cs !== 0) throw new Qcow2Error("INVALID_IMAGE", `Bitmap '${e.name}' has an unaligned data cluster`);
     const chunk = new Uint8Array(cs);
-    await image.meta.read(off, chunk);
+    await image.metadata.meta.read(off, chunk);
     bits.setChunk(i, chunk);
   }
   // Bits past the end of the image are not part of the bitmap.
@@ -237,7 +237,7 @@ async function loadBits(image: Qcow2Image, e: BitmapDirectoryEntry): Promise<Chu
 }
 
 /** Host clusters a stored bitmap occupies (its table and its data clusters). */
-async function storedClusters(image: Qcow2Image, e: BitmapDirectoryEntry): Promise<Array<[number, number]>> {
+async function storedClusters(image: EngineImage, e: BitmapDirectoryEntry): Promise<Array<[number, number]>> {
   const cs = image.clusterSize;
   const out: Array<[number, number]> = [];
   if (e.bitmapTableOffset === 0) return out;
@@ -251,7 +251,7 @@ async function storedClusters(image: Qcow2Image, e: BitmapDirectoryEntry): Promi
 }
 
 /** Bitmaps follow the image size (QEMU resizes them with the image). */
-function followSize(image: Qcow2Image, b: LoadedBitmap): void {
+function followSize(image: EngineImage, b: LoadedBitmap): void {
   if (b.inconsistent) return;
   const n = bitCount(image, b.granularityBits);
   if (n !== b.bits.length) b.bits.resize(n);
@@ -268,12 +268,12 @@ function describe(b: LoadedBitmap): BitmapInfo {
  * The open option handler (Qcow2OpenOptions.bitmaps): load the bitmaps of a writable image, mark them
  * in_use on disk, track writes into the enabled ones and store them all at close. Returns true.
  */
-export async function trackBitmaps(image: Qcow2Image): Promise<boolean> {
+export async function trackBitmaps(image: EngineImage): Promise<boolean> {
   await ensureTracked(image);
   return true;
 }
 
-async function ensureTracked(image: Qcow2Image): Promise<BitmapSet> {
+async function ensureTracked(image: EngineImage): Promise<BitmapSet> {
   const existing = tracked.get(image);
   if (existing) return existing;
   const entries = await readBitmapDirectory(image);
@@ -295,9 +295,9 @@ async function ensureTracked(image: Qcow2Image): Promise<BitmapSet> {
   if (entries.some((e) => (e.flags & BITMAP_FLAG_IN_USE) === 0)) {
     // The bitmaps are now being changed: a crash must leave them marked inconsistent.
     const marked = entries.map((e) => ({ ...e, flags: e.flags | BITMAP_FLAG_IN_USE }));
-    const ext = image.hdr.extensions.bitmaps!;
-    await image.meta.write(ext.bitmapDirectoryOffset, encodeBitmapDirectory(marked));
-    await image.meta.flush();
+    const ext = image.metadata.hdr.extensions.bitmaps!;
+    await image.metadata.meta.write(ext.bitmapDirectoryOffset, encodeBitmapDirectory(marked));
+    await image.metadata.meta.flush();
     for (let i = 0; i < marked.length; i++) set.bitmaps[i]!.stored = marked[i]!;
   }
   image.writeObservers.push((guestOffset, byteLength) => {
@@ -316,7 +316,7 @@ async function ensureTracked(image: Qcow2Image): Promise<BitmapSet> {
  * Write the loaded bitmaps (data clusters, tables, directory), switch the header to the new directory, then
  * free the old clusters. Called at close; `inUse` keeps the in_use flag (bitmaps still being tracked).
  */
-export async function storeBitmaps(image: Qcow2Image, inUse = false): Promise<void> {
+export async function storeBitmaps(image: EngineImage, inUse = false): Promise<void> {
   const set = tracked.get(image);
   // A v2 image cannot hold bitmaps (after a downgrade QEMU leaves them as they are too).
   if (!set || image.version < 3) return;
@@ -336,12 +336,12 @@ export async function storeBitmaps(image: Qcow2Image, inUse = false): Promise<vo
       for (let i = 0; i < tableSize; i++) {
         const chunk = b.bits.chunk(i);
         if (!chunk || isAllZero(chunk)) continue;
-        const off = (await image.refcounts.allocate(1)) * cs;
-        await image.meta.write(off, chunk);
+        const off = (await image.metadata.refcounts.allocate(1)) * cs;
+        await image.metadata.meta.write(off, chunk);
         setBitmapTableEntry(tv, i, off);
       }
-      const tableOffset = tableSize > 0 ? (await image.refcounts.allocate(Math.ceil(table.byteLength / cs))) * cs : 0;
-      if (tableSize > 0) await image.meta.write(tableOffset, table);
+      const tableOffset = tableSize > 0 ? (await image.metadata.refcounts.allocate(Math.ceil(table.byteLength / cs))) * cs : 0;
+      if (tableSize > 0) await image.metadata.meta.write(tableOffset, table);
       if (b.stored) drop.push(...(await storedClusters(image, b.stored)));
       const entry: BitmapDirectoryEntry = {
         bitmapTableOffset: tableOffset,
@@ -357,10 +357,10 @@ export async function storeBitmaps(image: Qcow2Image, inUse = false): Promise<vo
     }
     await writeDirectory(image, entries);
     set.dropped = [];
-    for (const [c, n] of drop) image.refcounts.deferFree(c, n, true);
-    await image.writeback();
-    await image.refcounts.writeBack();
-    await image.meta.flush();
+    for (const [c, n] of drop) image.metadata.refcounts.deferFree(c, n, true);
+    await image.metadata.writeback();
+    await image.metadata.refcounts.writeBack();
+    await image.metadata.meta.flush();
   });
 }
 
@@ -368,28 +368,28 @@ export async function storeBitmaps(image: Qcow2Image, inUse = false): Promise<vo
  * Publish a new bitmap directory: written and durable (with the refcounts of everything it references)
  * before the header names it; the old directory is queued for freeing.
  */
-async function writeDirectory(image: Qcow2Image, entries: BitmapDirectoryEntry[]): Promise<void> {
+async function writeDirectory(image: EngineImage, entries: BitmapDirectoryEntry[]): Promise<void> {
   const cs = image.clusterSize;
-  const old = image.hdr.extensions.bitmaps;
+  const old = image.metadata.hdr.extensions.bitmaps;
   const dir = encodeBitmapDirectory(entries);
   let offset = 0;
   if (entries.length > 0) {
-    offset = (await image.refcounts.allocate(Math.ceil(dir.byteLength / cs))) * cs;
-    await image.meta.write(offset, dir);
+    offset = (await image.metadata.refcounts.allocate(Math.ceil(dir.byteLength / cs))) * cs;
+    await image.metadata.meta.write(offset, dir);
   }
-  await image.refcounts.writeBack();
-  await image.meta.flush();
-  const h = image.header;
-  if (entries.length > 0) {
-    image.hdr.extensions.bitmaps = { nbBitmaps: entries.length, reserved: 0, bitmapDirectorySize: dir.byteLength, bitmapDirectoryOffset: offset };
-    h.autoclearFeatures |= AUTOCLEAR_BITMAPS;
-  } else {
-    delete image.hdr.extensions.bitmaps;
-    h.autoclearFeatures &= ~AUTOCLEAR_BITMAPS;
-  }
-  await image.writeHeader();
+  await image.metadata.refcounts.writeBack();
+  await image.metadata.meta.flush();
+  await image.metadata.updateHeader((hdr) => {
+    if (entries.length > 0) {
+      hdr.extensions.bitmaps = { nbBitmaps: entries.length, reserved: 0, bitmapDirectorySize: dir.byteLength, bitmapDirectoryOffset: offset };
+      hdr.header.autoclearFeatures |= AUTOCLEAR_BITMAPS;
+    } else {
+      delete hdr.extensions.bitmaps;
+      hdr.header.autoclearFeatures &= ~AUTOCLEAR_BITMAPS;
+    }
+  });
   if (old && old.bitmapDirectoryOffset !== 0 && old.bitmapDirectorySize > 0) {
-    image.refcounts.deferFree(old.bitmapDirectoryOffset / cs, Math.ceil(old.bitmapDirectorySize / cs), true);
+    image.metadata.refcounts.deferFree(old.bitmapDirectoryOffset / cs, Math.ceil(old.bitmapDirectorySize / cs), true);
   }
 }
 
@@ -416,7 +416,7 @@ export interface AddBitmapOptions {
 }
 
 /** block-dirty-bitmap-add with persistent=on (qemu-img bitmap --add). The image must be writable. */
-export async function addBitmap(image: Qcow2Image, name: string, opts: AddBitmapOptions = {}): Promise<void> {
+export async function addBitmap(image: EngineImage, name: string, opts: AddBitmapOptions = {}): Promise<void> {
   const granularity = opts.granularity ?? Math.max(4096, image.clusterSize);
   if (!Number.isInteger(granularity) || granularity < 512 || (granularity & (granularity - 1)) !== 0) {
     throw fail("Granularity must be power of 2 and at least 512");
@@ -451,7 +451,7 @@ function dirEntryShape(b: LoadedBitmap): BitmapDirectoryEntry {
 }
 
 /** Remove a bitmap; it leaves the file at once (directory rewritten, clusters freed), as QEMU does. */
-export async function removeBitmap(image: Qcow2Image, name: string): Promise<void> {
+export async function removeBitmap(image: EngineImage, name: string): Promise<void> {
   const set = await ensureTracked(image);
   const b = find(set, name);
   set.bitmaps = set.bitmaps.filter((x) => x !== b);
@@ -460,27 +460,27 @@ export async function removeBitmap(image: Qcow2Image, name: string): Promise<voi
     const remaining = set.bitmaps.filter((x) => x.stored).map((x) => x.stored!);
     const clusters = await storedClusters(image, b.stored!);
     await writeDirectory(image, remaining);
-    for (const [c, n] of clusters) image.refcounts.deferFree(c, n, true);
-    await image.writeback();
-    await image.refcounts.writeBack();
-    await image.meta.flush();
+    for (const [c, n] of clusters) image.metadata.refcounts.deferFree(c, n, true);
+    await image.metadata.writeback();
+    await image.metadata.refcounts.writeBack();
+    await image.metadata.meta.flush();
   });
 }
 
-export async function clearBitmap(image: Qcow2Image, name: string): Promise<void> {
+export async function clearBitmap(image: EngineImage, name: string): Promise<void> {
   usable(find(await ensureTracked(image), name)).bits.clear();
 }
 
-export async function enableBitmap(image: Qcow2Image, name: string): Promise<void> {
+export async function enableBitmap(image: EngineImage, name: string): Promise<void> {
   usable(find(await ensureTracked(image), name)).enabled = true;
 }
 
-export async function disableBitmap(image: Qcow2Image, name: string): Promise<void> {
+export async function disableBitmap(image: EngineImage, name: string): Promise<void> {
   usable(find(await ensureTracked(image), name)).enabled = false;
 }
 
 /** Set in bitmap `name` of `image` every range dirty in bitmap `sourceName` of `source` (may be `image`). */
-export async function mergeBitmap(image: Qcow2Image, name: string, source: Qcow2Image, sourceName: string): Promise<void> {
+export async function mergeBitmap(image: EngineImage, name: string, source: EngineImage, sourceName: string): Promise<void> {
   const dst = usable(find(await ensureTracked(image), name));
   let srcBits: ChunkedBits;
   let srcGranularityBits: number;
@@ -512,7 +512,7 @@ export async function mergeBitmap(image: Qcow2Image, name: string, source: Qcow2
 }
 
 /** The persistent bitmaps of an image (QEMU's info flags: "in-use", "auto"). */
-export async function listBitmaps(image: Qcow2Image): Promise<BitmapInfo[]> {
+export async function listBitmaps(image: EngineImage): Promise<BitmapInfo[]> {
   const set = tracked.get(image);
   if (set) return set.bitmaps.map(describe);
   return (await readBitmapDirectory(image)).map((e) => {
@@ -528,7 +528,7 @@ export async function listBitmaps(image: Qcow2Image): Promise<BitmapInfo[]> {
  * clipped to the range (what qemu:dirty-bitmap:NAME reports over NBD).
  */
 export async function bitmapStatus(
-  image: Qcow2Image,
+  image: EngineImage,
   name: string,
   guestOffset: number,
   byteLength: number,
@@ -563,7 +563,7 @@ export async function bitmapStatus(
  * Give an open image the optional BlockImage bitmap methods (`listBitmaps`, `bitmapStatus`) backed by this
  * module, so that frontends holding a BlockImage (the NBD server's qemu:dirty-bitmap:NAME) can use them.
  */
-export function withBitmapMethods(image: Qcow2Image): Qcow2Image {
+export function withBitmapMethods<T extends EngineImage>(image: T): T {
   const b = image as BlockImage;
   b.listBitmaps = () => listBitmaps(image);
   b.bitmapStatus = (name, guestOffset, byteLength) => bitmapStatus(image, name, guestOffset, byteLength);

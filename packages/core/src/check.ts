@@ -47,257 +47,43 @@ import {
   type Errno,
 } from "@qcowkit/spec";
 import { metadataOverlap, OVERLAP_ACTIVE_L2, OVERLAP_INACTIVE_L2 } from "./metadata-overlap";
-import { OperationSteps, type OperationOptions } from "./operation";
-import type { Qcow2Image } from "./qcow2-image";
+import type { EngineImage } from "./engine-image";
+import { OperationSteps } from "./operation";
 import { SequentialReader, type SnapshotInfo } from "./snapshots";
 
-/** QEMU's BDRV_FIX_LEAKS: lower refcounts that are too high. */
-export const FIX_LEAKS = 1;
-/** QEMU's BDRV_FIX_ERRORS: raise refcounts that are too low, rebuild, fix entries and COPIED flags. */
-export const FIX_ERRORS = 2;
-
-/** How a message line is printed: "plain" as is (QEMU's fprintf), "report" after "PROG: " (error_report). */
-export type CheckMessageKind = "plain" | "report";
-
-export interface CheckReport {
-  /** QEMU's message lines, in order (what qemu-img prints on stderr, without the "PROG: " of "report" lines). */
-  messages: string[];
-  corruptions: number;
-  leaks: number;
-  checkErrors: number;
-  corruptionsFixed: number;
-  leaksFixed: number;
-  /** (highest used cluster + 1) * cluster size, 0 when unknown. */
-  imageEndOffset: number;
-  /** Guest clusters (virtual size / cluster size, rounded up). */
-  totalClusters: number;
-  allocatedClusters: number;
-  fragmentedClusters: number;
-  compressedClusters: number;
-  /** The refcount structures need a rebuild (only `-r all` can fix this). */
-  rebuildNeeded: boolean;
-  /** The check could not complete (QEMU's negative return): qemu-img prints "Check failed: <errno text>". */
-  failure?: CheckFailure;
-}
-
-/**
- * Why a check could not complete: an errno, or ENOMEDIUM when the image was marked corrupt during a repair
- * (QEMU then makes the image unusable and the second checking pass fails with "No medium found").
- */
-export type CheckFailure = Errno | "ENOMEDIUM";
-
-/** strerror() of a check failure. */
-export function checkFailureText(f: CheckFailure): string {
-  return f === "ENOMEDIUM" ? "No medium found" : errnoText[f];
-}
-
-export interface CheckOptions extends OperationOptions {
-  /** L1 entries counted, of those of the active table and of the snapshots' tables. */
-  onProgress?: (done: number, total: number) => void;
-  /** FIX_LEAKS | FIX_ERRORS, 0 (default) to only check. The image must be writable to fix. */
-  fix?: number;
-  /** Receives every message line as it is produced. */
-  onMessage?: (line: string, kind: CheckMessageKind) => void;
-  /**
-   * Receives every reference the check counts, with what holds it (the cluster map draws from these), and
-   * every data-file cluster an L2 entry maps ("data-file": an offset in the external data file).
-   */
-  onReference?: (kind: ClusterUse, offset: number, size: number) => void;
-  /** Receives each cluster of the qcow2 file with a refcount but no reference (a leak). */
-  onLeak?: (cluster: number) => void;
-}
-
-/** What a counted reference is: the structure that uses those bytes. */
-export type ClusterUse =
-  | "header"
-  | "l1"
-  | "l2"
-  | "data"
-  | "compressed"
-  | "snapshot-table"
-  | "snapshot-l1"
-  | "refcount-table"
-  | "refcount-block"
-  | "encryption"
-  | "bitmap-directory"
-  | "bitmap-table"
-  | "bitmap-data"
-  | "data-file";
-
-const hex = (n: number | bigint) => n.toString(16);
-
-/** C's "%#" PRIx64: "0x" before non-zero values only. */
-export const altHex = (n: number | bigint): string => (n === 0 || n === 0n ? "0" : `0x${n.toString(16)}`);
-
-/** A failure that ends the check (QEMU returns a negative errno), after its message was printed. */
-export class CheckAbort extends Error {
-  constructor(readonly errno: Errno) {
-    super(errno);
-  }
-}
-
-const CHUNK_BITS = 16;
-const CHUNK = 1 << CHUNK_BITS;
-
-/**
- * The in-memory refcount table (QEMU's IMRT): one counter per host cluster of the qcow2 file, stored in
- * chunks allocated on first use, so memory follows the clusters actually referenced. `size` is QEMU's
- * nb_clusters: the clusters the comparison covers (the file's, or more when references lie past its end).
- */
-export class ReferenceCounts {
-  private chunks: Array<Uint32Array | undefined> = [];
-  size: number;
-
-  constructor(clusters: number) {
-    this.size = clusters;
-  }
-
-  get(cluster: number): number {
-    const chunk = this.chunks[cluster >>> CHUNK_BITS];
-    return chunk ? chunk[cluster & (CHUNK - 1)]! : 0;
-  }
-
-  set(cluster: number, value: number): void {
-    const index = Math.floor(cluster / CHUNK);
-    let chunk = this.chunks[index];
-    if (!chunk) {
-      if (value === 0) return;
-      chunk = this.chunks[index] = new Uint32Array(CHUNK);
-    }
-    chunk[cluster % CHUNK] = value;
-    if (cluster >= this.size) this.size = cluster + 1;
-  }
-
-  increment(cluster: number): number {
-    const value = this.get(cluster) + 1;
-    this.set(cluster, value);
-    return value;
-  }
-
-  /** True when no cluster of [from, to) has a reference (whole chunks without storage are skipped). */
-  noneIn(from: number, to: number): boolean {
-    for (let c = from; c < to; ) {
-      const chunk = this.chunks[Math.floor(c / CHUNK)];
-      const chunkEnd = Math.min(to, (Math.floor(c / CHUNK) + 1) * CHUNK);
-      if (chunk) {
-        for (; c < chunkEnd; c++) if (chunk[c % CHUNK]) return false;
-      }
-      c = chunkEnd;
-    }
-    return true;
-  }
-
-  /** Forget every reference, keep `size` (QEMU's memset of the IMRT before a recount). */
-  clear(): void {
-    this.chunks = [];
-  }
-
-  /** Highest cluster with a reference, or -1. */
-  highest(): number {
-    for (let i = this.chunks.length - 1; i >= 0; i--) {
-      const chunk = this.chunks[i];
-      if (!chunk) continue;
-      for (let j = CHUNK - 1; j >= 0; j--) if (chunk[j]) return i * CHUNK + j;
-    }
-    return -1;
-  }
-}
-
-export interface CheckContext {
-  image: Qcow2Image;
-  report: CheckReport;
-  refs: ReferenceCounts;
-  /** Current length of the qcow2 file. */
-  fileLength: number;
-  fix: number;
-  /** The refcount structures must be rebuilt (QEMU's `rebuild`). */
-  rebuild: boolean;
-  /** Next host offset expected for contiguity (fragmentation statistics). */
-  nextContiguous: number;
-  /** Snapshots as read by the check (qcow2_check_read_snapshot_table). */
-  snapshots: SnapshotInfo[];
-  /** Bytes of the snapshot table as read. */
-  snapshotsSize: number;
-  /** Problems of the snapshot table itself (incomplete entries), fixed by rewriting the table. */
-  snapshotCorruptions: number;
-  /** Snapshots past QEMU's limits dropped by -r all (counted in snapshotCorruptions too). */
-  snapshotsDropped: number;
-  /**
-   * L2 tables read by the check, by offset, least recently used first: damaged L1 tables name the same
-   * cluster many times. Fixes change the cached bytes as they change the disk.
-   */
-  l2Tables: Map<number, Uint8Array>;
-  /** A table buffer evicted from `l2Tables`, reused by the next read (the check runs one table at a time). */
-  spareL2Table?: Uint8Array | undefined;
-  onMessage: ((line: string, kind: CheckMessageKind) => void) | undefined;
-  onReference?: CheckOptions["onReference"];
-  onLeak?: CheckOptions["onLeak"];
-  /** Cancelling and progress: one step per L1 entry. */
-  steps: OperationSteps;
-}
-
-export function emptyReport(): CheckReport {
-  return {
-    messages: [],
-    corruptions: 0,
-    leaks: 0,
-    checkErrors: 0,
-    corruptionsFixed: 0,
-    leaksFixed: 0,
-    imageEndOffset: 0,
-    totalClusters: 0,
-    allocatedClusters: 0,
-    fragmentedClusters: 0,
-    compressedClusters: 0,
-    rebuildNeeded: false,
-  };
-}
-
-/** Print one message line (QEMU's fprintf to stderr, or error_report with `kind` "report"). */
-export function say(ctx: CheckContext, line: string, kind: CheckMessageKind = "plain"): void {
-  // Hostile images can make a check find billions of problems: the report keeps the first lines only
-  // (every line still reaches onMessage).
-  if (ctx.report.messages.length < MAX_REPORT_MESSAGES) ctx.report.messages.push(line);
-  ctx.onMessage?.(line, kind);
-}
-
-/** Lines a CheckReport keeps. */
-export const MAX_REPORT_MESSAGES = 100_000;
-/**
- * "Can't get refcount" lines printed per check (QEMU prints one per cluster of each unreadable refcount
- * block, which for a file grown to terabytes by a repair is billions); the errors are counted all the same.
- */
-const MAX_REFCOUNT_FAILURE_LINES = 10_000;
-
-/** Count a reference to every cluster of [offset, offset+size) (QEMU's qcow2_inc_refcounts_imrt). */
-export function countReference(ctx: CheckContext, offset: number, size: number, kind: ClusterUse = "data"): void {
-  if (size <= 0) return;
-  ctx.onReference?.(kind, offset, size);
-  const cs = ctx.image.clusterSize;
-  if (offset + size - ctx.fileLength >= cs) {
-    say(
-      ctx,
-      `ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${hex(offset)} size 0x${hex(size)}`,
-    );
-    ctx.report.corruptions++;
-    return;
-  }
-  const max = Math.min(ctx.image.refcounts.maxValue, 0xffffffff);
-  const first = Math.floor(offset / cs);
-  const last = Math.floor((offset + size - 1) / cs);
-  for (let c = first; c <= last; c++) {
-    if (ctx.refs.get(c) >= max) {
-      say(ctx, `ERROR: overflow cluster offset=0x${hex(c * cs)}`);
-      say(
-        ctx,
-        "Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing",
-      );
-      ctx.report.corruptions++;
-      continue;
-    }
-    ctx.refs.increment(c);
-  }
-}
+export {
+  CheckAbort,
+  FIX_ERRORS,
+  FIX_LEAKS,
+  MAX_REPORT_MESSAGES,
+  ReferenceCounts,
+  altHex,
+  checkFailureText,
+  countReference,
+  emptyReport,
+  say,
+  type CheckContext,
+  type CheckFailure,
+  type CheckMessageKind,
+  type CheckOptions,
+  type CheckReport,
+  type ClusterUse,
+} from "./check-context";
+import {
+  CheckAbort,
+  MAX_REFCOUNT_FAILURE_LINES,
+  hex,
+  FIX_ERRORS,
+  FIX_LEAKS,
+  ReferenceCounts,
+  altHex,
+  countReference,
+  emptyReport,
+  say,
+  type CheckContext,
+  type CheckOptions,
+  type CheckReport,
+} from "./check-context";
 
 /** Read from the qcow2 file, turning a failure into QEMU's check error. */
 async function readMeta(ctx: CheckContext, offset: number, into: Uint8Array, what: string): Promise<void> {
@@ -308,7 +94,7 @@ async function readMeta(ctx: CheckContext, offset: number, into: Uint8Array, wha
     return;
   }
   try {
-    await ctx.image.meta.read(offset, into);
+    await ctx.image.metadata.meta.read(offset, into);
   } catch (e) {
     say(ctx, what);
     ctx.report.checkErrors++;
@@ -393,8 +179,8 @@ function nextUsedEntry(table: Uint8Array, from: number, ext: boolean): number {
 }
 
 /** Bytes of one L2 table. */
-function l2TableBytes(image: Qcow2Image): number {
-  return image.map.l2Entries * (image.extendedL2 ? 16 : 8);
+function l2TableBytes(image: EngineImage): number {
+  return image.metadata.map.l2Entries * (image.extendedL2 ? 16 : 8);
 }
 
 /** QEMU's check_refcounts_l2. */
@@ -403,10 +189,10 @@ async function countL2(ctx: CheckContext, l2Offset: number, active: boolean): Pr
   const cs = image.clusterSize;
   const ext = image.extendedL2;
   const dataFile = image.hasDataFile;
-  const fmt = image.map.format;
+  const fmt = image.metadata.map.format;
   const table = await readL2Table(ctx, l2Offset, "ERROR: I/O error in check_refcounts_l2");
   const v = viewOf(table);
-  const entries = image.map.l2Entries;
+  const entries = image.metadata.map.l2Entries;
   ctx.nextContiguous = 0; // contiguity is judged within one L2 table
   if (isZeroTable(table)) return; // nothing allocated, nothing to count
   for (let i = nextUsedEntry(table, 0, ext); i < entries; i = nextUsedEntry(table, i + 1, ext)) {
@@ -527,14 +313,14 @@ async function fixL2EntryByZero(
     return "overlap";
   }
   try {
-    await image.meta.write(entryOffset, table.subarray(at, at + entryBytes));
-    await image.meta.flush();
+    await image.metadata.meta.write(entryOffset, table.subarray(at, at + entryBytes));
+    await image.metadata.meta.flush();
   } catch (e) {
     say(ctx, `ERROR: Failed to overwrite L2 table entry: ${errnoMessage(e)}`);
     ctx.report.checkErrors++;
     return "failed";
   }
-  image.l2Cache.delete(l2Offset);
+  image.metadata.l2Cache.delete(l2Offset);
   ctx.report.corruptions--;
   ctx.report.corruptionsFixed++;
   return "fixed";
@@ -582,8 +368,8 @@ export async function calculateRefcounts(ctx: CheckContext): Promise<void> {
     await countL1(ctx, sn.l1TableOffset, sn.l1Size, false);
   }
   countReference(ctx, ctx.snapshots.length > 0 ? h.snapshotsOffset : 0, ctx.snapshotsSize, "snapshot-table");
-  countReference(ctx, image.refcounts.reftableOffset, image.refcounts.reftableEntries * 8, "refcount-table");
-  const crypto = image.hdr.extensions.cryptoHeader;
+  countReference(ctx, image.metadata.refcounts.reftableOffset, image.metadata.refcounts.reftableEntries * 8, "refcount-table");
+  const crypto = image.metadata.hdr.extensions.cryptoHeader;
   if (crypto && crypto.length > 0) countReference(ctx, crypto.offset, crypto.length, "encryption");
   await countBitmaps(ctx);
   await checkRefblocks(ctx);
@@ -593,8 +379,8 @@ export async function calculateRefcounts(ctx: CheckContext): Promise<void> {
 async function checkRefblocks(ctx: CheckContext): Promise<void> {
   const image = ctx.image;
   const cs = image.clusterSize;
-  const reftable = viewOf(image.refcounts.reftable);
-  for (let i = 0; i < image.refcounts.reftableEntries; i++) {
+  const reftable = viewOf(image.metadata.refcounts.reftable);
+  for (let i = 0; i < image.metadata.refcounts.reftableEntries; i++) {
     if (reftable.getUint32(i * 8 + 4) & 0x1ff) {
       say(ctx, `ERROR refcount table entry ${i} has reserved bits set`);
       ctx.report.corruptions++;
@@ -625,8 +411,8 @@ async function checkRefblocks(ctx: CheckContext): Promise<void> {
             if (!Number.isSafeInteger(offset + cs) || (offset + cs) / cs > 2 ** 31 - 1) {
               throw new Qcow2Error("NO_SPACE", "File too large", { errno: "EFBIG" });
             }
-            await image.meta.resize(offset + cs);
-            ctx.fileLength = await image.meta.size();
+            await image.metadata.meta.resize(offset + cs);
+            ctx.fileLength = await image.metadata.meta.size();
           } catch (e) {
             failure = e instanceof Qcow2Error && e.errno === "EFBIG" ? "File too large" : errnoMessage(e);
             say(ctx, `Could not resize file: ${failure}`, "report");
@@ -660,7 +446,7 @@ async function checkRefblocks(ctx: CheckContext): Promise<void> {
 /** QEMU's qcow2_check_bitmaps_refcounts. */
 async function countBitmaps(ctx: CheckContext): Promise<void> {
   const image = ctx.image;
-  const bm = image.hdr.extensions.bitmaps;
+  const bm = image.metadata.hdr.extensions.bitmaps;
   if (!bm || !(image.header.autoclearFeatures & 1n) || bm.nbBitmaps === 0) return;
   const cs = image.clusterSize;
   countReference(ctx, bm.bitmapDirectoryOffset, bm.bitmapDirectorySize, "bitmap-directory");
@@ -668,7 +454,7 @@ async function countBitmaps(ctx: CheckContext): Promise<void> {
   try {
     if (bm.bitmapDirectorySize > 64 * 1024 * 1024) throw new Error("too large");
     const dir = new Uint8Array(bm.bitmapDirectorySize);
-    await image.meta.read(bm.bitmapDirectoryOffset, dir);
+    await image.metadata.meta.read(bm.bitmapDirectoryOffset, dir);
     entries = decodeBitmapDirectory(dir, bm.nbBitmaps);
   } catch {
     ctx.report.corruptions++;
@@ -682,7 +468,7 @@ async function countBitmaps(ctx: CheckContext): Promise<void> {
     }
     const table = new Uint8Array(e.bitmapTableSize * 8);
     try {
-      await image.meta.read(e.bitmapTableOffset, table);
+      await image.metadata.meta.read(e.bitmapTableOffset, table);
     } catch {
       ctx.report.corruptions++;
       throw new CheckAbort("EIO");
@@ -707,7 +493,7 @@ async function countBitmaps(ctx: CheckContext): Promise<void> {
  */
 export async function compareRefcounts(ctx: CheckContext, fix: number): Promise<number> {
   const image = ctx.image;
-  const rc = image.refcounts;
+  const rc = image.metadata.refcounts;
   const perBlock = rc.blockEntries;
   const order = image.header.refcountOrder;
   let highest = 0;
@@ -776,12 +562,12 @@ async function writeRefcounts(ctx: CheckContext, freed: Array<[number, number]>)
   const cs = image.clusterSize;
   // Marked corrupt during this check: QEMU's node is gone, its cached repairs never reach the file.
   if (image.corruptionSignalled) return;
-  await image.refcounts.writeBack();
-  await image.meta.flush();
+  await image.metadata.refcounts.writeBack();
+  await image.metadata.meta.flush();
   for (const [first, count] of freed) {
     const start = first * cs;
     const end = Math.min((first + count) * cs, ctx.fileLength);
-    if (end > start) await image.meta.discard(start, end - start).catch(() => undefined);
+    if (end > start) await image.metadata.meta.discard(start, end - start).catch(() => undefined);
   }
 }
 
@@ -795,10 +581,10 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
   if (fix & FIX_ERRORS) repair = true;
   else if (fix & FIX_LEAKS) repair = report.checkErrors === 0 && report.corruptions === 0 && report.leaks === 0;
   else repair = false;
-  const l1 = viewOf(image.l1.bytes);
+  const l1 = viewOf(image.metadata.l1.bytes);
   // Refcount blocks as this pass reads them (it changes no refcount): one lookup per block, not per entry.
   const blocks = new Map<number, Uint8Array | undefined | Qcow2Error>();
-  const perBlock = image.refcounts.blockEntries;
+  const perBlock = image.metadata.refcounts.blockEntries;
   const order = image.header.refcountOrder;
   const cached = (cluster: number): number | Qcow2Error | undefined => {
     const index = Math.floor(cluster / perBlock);
@@ -809,7 +595,7 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
   const refcounts = async (cluster: number): Promise<number | Qcow2Error> => {
     const index = Math.floor(cluster / perBlock);
     try {
-      blocks.set(index, await image.refcounts.blockBytes(index));
+      blocks.set(index, await image.metadata.refcounts.blockBytes(index));
     } catch (e) {
       if (!(e instanceof Qcow2Error)) throw e;
       if (e.code === "CORRUPT") await image.signalCorruption(e.message);
@@ -823,7 +609,7 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
     if (value < 2 ** 53 || !(block instanceof Uint8Array)) return String(value);
     return refcountDecimal(block, cluster % perBlock, order);
   };
-  for (let i = 0; i < image.l1.size; i++) {
+  for (let i = 0; i < image.metadata.l1.size; i++) {
     const l2Offset = l1EntryL2Offset(l1, i);
     if (l2Offset === 0) continue;
     const refcount = cached(Math.floor(l2Offset / cs)) ?? (await refcounts(Math.floor(l2Offset / cs)));
@@ -844,11 +630,11 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
     if (isZeroTable(table)) continue;
     const v = viewOf(table);
     let dirty = 0;
-    for (let j = nextUsedEntry(table, 0, ext); j < image.map.l2Entries; j = nextUsedEntry(table, j + 1, ext)) {
+    for (let j = nextUsedEntry(table, 0, ext); j < image.metadata.map.l2Entries; j = nextUsedEntry(table, j + 1, ext)) {
       const at = l2EntryPosition(j, ext);
       const hi = v.getUint32(at);
       const lo = v.getUint32(at + 4);
-      const kind = classifyCluster(hi, lo, image.map.format);
+      const kind = classifyCluster(hi, lo, image.metadata.map.format);
       if (kind !== "normal" && kind !== "zero-alloc") continue;
       let rc: number;
       if (image.hasDataFile) rc = 1;
@@ -878,34 +664,34 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
         throw new CheckAbort("EIO");
       }
       try {
-        await image.meta.write(l2Offset, table);
+        await image.metadata.meta.write(l2Offset, table);
       } catch (e) {
         say(ctx, `ERROR: Could not write L2 table: ${errnoMessage(e)}`);
         report.checkErrors++;
         throw new CheckAbort(e instanceof Qcow2Error ? e.errno : "EIO");
       }
-      image.l2Cache.delete(l2Offset);
+      image.metadata.l2Cache.delete(l2Offset);
       report.corruptions -= dirty;
       report.corruptionsFixed += dirty;
     }
   }
-  if (fix) await image.meta.flush();
+  if (fix) await image.metadata.meta.flush();
 }
 
 /** Write the 512-byte sector of the active L1 table holding entry `index` (QEMU's qcow2_write_l1_entry). */
 async function writeL1Entry(ctx: CheckContext, index: number): Promise<void> {
   const image = ctx.image;
   const start = Math.floor((index * 8) / 512) * 512;
-  const end = Math.min(image.l1.bytes.byteLength, start + 512);
-  const offset = image.l1.hostOffset + start;
+  const end = Math.min(image.metadata.l1.bytes.byteLength, start + 512);
+  const offset = image.metadata.l1.hostOffset + start;
   const overlap = metadataOverlap(image, 0b10 /* active L1 */, offset, end - start, ctx.snapshots, ctx.snapshotsSize);
   try {
     if (overlap) {
       await signalOverlap(ctx, overlap);
       throw new Qcow2Error("IO_ERROR", "overlap", { errno: "EIO" });
     }
-    await image.meta.write(offset, image.l1.bytes.subarray(start, end));
-    await image.meta.flush();
+    await image.metadata.meta.write(offset, image.metadata.l1.bytes.subarray(start, end));
+    await image.metadata.meta.flush();
   } catch (e) {
     ctx.report.checkErrors++;
     throw new CheckAbort(e instanceof Qcow2Error ? e.errno : "EIO");
@@ -941,7 +727,7 @@ async function readSnapshotsForCheck(ctx: CheckContext): Promise<void> {
   }
   const snapshots: SnapshotInfo[] = [];
   const incomplete: number[] = [];
-  const reader = new SequentialReader(image.meta, offset);
+  const reader = new SequentialReader(image.metadata.meta, offset);
   // QEMU's table length counts the kept extra data only (1024 bytes of an entry whose excess is dropped).
   let tableLength = 0;
   for (let i = 0; i < count; i++) {
@@ -1012,9 +798,9 @@ async function readSnapshotsForCheck(ctx: CheckContext): Promise<void> {
 }
 
 /** Set up a check of `image`. */
-export async function newCheckContext(image: Qcow2Image, opts: CheckOptions): Promise<CheckContext> {
+export async function newCheckContext(image: EngineImage, opts: CheckOptions): Promise<CheckContext> {
   const report = emptyReport();
-  const fileLength = await image.meta.size();
+  const fileLength = await image.metadata.meta.size();
   return {
     image,
     report,
@@ -1103,7 +889,7 @@ export async function checkRefcounts(ctx: CheckContext, repair?: RepairSteps): P
  * Check an image (qemu-img check without -r; QEMU's qcow2_co_check_locked with fix 0): open it read-only
  * in check mode (`checkMode: true`). For repairs see repair.ts.
  */
-export async function checkImage(image: Qcow2Image, opts: Omit<CheckOptions, "fix"> = {}): Promise<CheckReport> {
+export async function checkImage(image: EngineImage, opts: Omit<CheckOptions, "fix"> = {}): Promise<CheckReport> {
   if (!image.readOnly) await image.flush();
   const ctx = await newCheckContext(image, opts);
   await runCheck(ctx);

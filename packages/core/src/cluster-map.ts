@@ -94,8 +94,8 @@ class KindArray {
  */
 export async function clusterMap(image: Qcow2Image): Promise<ClusterMap> {
   const cs = image.clusterSize;
-  const meta = new KindArray(Math.ceil((await image.meta.size()) / cs));
-  const dataStore = image.hasDataFile && image.data !== image.meta ? image.data : undefined;
+  const meta = new KindArray(Math.ceil((await image.metadata.meta.size()) / cs));
+  const dataStore = image.hasDataFile && image.metadata.data !== image.metadata.meta ? image.metadata.data : undefined;
   const data = dataStore ? new KindArray(Math.ceil((await dataStore.size()) / cs)) : undefined;
   const report = await checkImage(image, {
     onReference(kind, offset, size) {
@@ -106,7 +106,7 @@ export async function clusterMap(image: Qcow2Image): Promise<ClusterMap> {
       meta.mark("leaked", cluster, cluster);
     },
   });
-  const files: ClusterMapFile[] = [{ name: image.meta.name, clusters: meta.clusters, runs: meta.runs() }];
+  const files: ClusterMapFile[] = [{ name: image.metadata.meta.name, clusters: meta.clusters, runs: meta.runs() }];
   if (data && dataStore) files.push({ name: dataStore.name, clusters: data.clusters, runs: data.runs() });
   return { clusterSize: cs, files, report };
 }

@@ -3,9 +3,7 @@
  * empty the top image (QEMU's bdrv_make_empty) unless asked not to.
  *
  */
-import { L1Table } from "@qcowkit/cluster";
-import { Refcounts } from "@qcowkit/refcount";
-import { CRYPT_LUKS, INCOMPAT_DIRTY, setRefcount, setReftableEntry, setU64, viewOf } from "@qcowkit/spec";
+import { CRYPT_LUKS } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
 import { throwIfAborted, type OperationOptions } from "./operation";
 import { Qcow2Image } from "./qcow2-image";
@@ -57,11 +55,11 @@ export async function commitLayers(layers: readonly BlockImage[], base: BlockIma
  */
 export async function makeEmpty(image: Qcow2Image): Promise<void> {
   const cs = image.clusterSize;
-  const l1Bytes = image.l1.size * 8;
+  const l1Bytes = image.metadata.l1.size * 8;
   const l1Clusters = Math.ceil(l1Bytes / cs);
-  const bitmaps = image.hdr.extensions.bitmaps?.nbBitmaps ?? 0;
+  const bitmaps = image.metadata.hdr.extensions.bitmaps?.nbBitmaps ?? 0;
   const blockEntries = (cs * 8) / 2 ** image.header.refcountOrder;
-  if (image.version >= 3 && image.snapshots.length === 0 && bitmaps === 0 && 3 + l1Clusters <= blockEntries && !image.hasDataFile && image.header.cryptMethod !== CRYPT_LUKS) {
+  if (image.version >= 3 && image.metadata.snapshots.length === 0 && bitmaps === 0 && 3 + l1Clusters <= blockEntries && !image.hasDataFile && image.header.cryptMethod !== CRYPT_LUKS) {
     await makeCompletelyEmpty(image, l1Clusters);
     return;
   }
@@ -70,80 +68,11 @@ export async function makeEmpty(image: Qcow2Image): Promise<void> {
     for (let pos = 0; pos < image.virtualSize; pos += step) {
       await image.discardUnlocked(pos, Math.min(step, image.virtualSize - pos), true);
     }
-    await image.flushUnlocked();
+    await image.metadata.flush();
   });
 }
 
 async function makeCompletelyEmpty(image: Qcow2Image, l1Clusters: number): Promise<void> {
-  const meta = image.meta;
   await image.flush();
-  await image.lock.write(async () => {
-    // Refcounts are about to be broken utterly: mark the image dirty first.
-    const h = image.header;
-    h.incompatibleFeatures |= INCOMPAT_DIRTY;
-    const flags = new Uint8Array(8);
-    viewOf(flags).setBigUint64(0, h.incompatibleFeatures);
-    await meta.write(72, flags);
-    await meta.flush();
-    try {
-      await rebuildEmpty(image, l1Clusters);
-    } catch (e) {
-      // The structures on disk and in memory no longer agree: the image is unusable (QEMU ejects it).
-      image.eject();
-      throw e;
-    }
-  });
-}
-
-/** The part of makeCompletelyEmpty that breaks the refcounts on its way (the image is marked dirty). */
-async function rebuildEmpty(image: Qcow2Image, l1Clusters: number): Promise<void> {
-  const cs = image.clusterSize;
-  const meta = image.meta;
-  const h = image.header;
-  const flags = new Uint8Array(8);
-  // QEMU's debug events of make_completely_empty mark each step (blkdebug rules fail them in 098).
-  meta.debugEvent?.("l1_update");
-  if (l1Clusters > 0) await meta.writeZeroes(image.l1.hostOffset, l1Clusters * cs);
-  meta.debugEvent?.("empty_image_prepare");
-  await meta.writeZeroes(cs, (2 + l1Clusters) * cs);
-  // L1 table at cluster 3, refcount table (one cluster) at cluster 1: 20 bytes at offset 40.
-  const loc = new Uint8Array(20);
-  const lv = viewOf(loc);
-  setU64(lv, 0, 3 * cs);
-  setU64(lv, 8, cs);
-  lv.setUint32(16, 1);
-  meta.debugEvent?.("l1_update");
-  meta.debugEvent?.("reftable_update");
-  await meta.write(40, loc);
-  await meta.flush();
-  const entry = new Uint8Array(8);
-  setReftableEntry(viewOf(entry), 0, 2 * cs);
-  meta.debugEvent?.("refblock_alloc");
-  await meta.write(cs, entry);
-  await meta.flush();
-  const block = new Uint8Array(cs);
-  for (let c = 0; c < 3 + l1Clusters; c++) setRefcount(block, c, h.refcountOrder, 1);
-  await meta.write(2 * cs, block);
-  await meta.flush();
-  h.incompatibleFeatures &= ~INCOMPAT_DIRTY;
-  viewOf(flags).setBigUint64(0, h.incompatibleFeatures);
-  await meta.write(72, flags);
-  await meta.flush();
-  await meta.resize((3 + l1Clusters) * cs);
-  h.l1TableOffset = 3 * cs;
-  h.refcountTableOffset = cs;
-  h.refcountTableClusters = 1;
-  const l1 = new L1Table(3 * cs, image.l1.size);
-  image.l1 = l1;
-  image.map.l1 = l1;
-  image.l2Cache.clear();
-  image.refcounts = await Refcounts.load(meta, {
-    clusterBits: image.clusterBits,
-    refcountOrder: h.refcountOrder,
-    reftableOffset: cs,
-    reftableClusters: 1,
-    readOnly: false,
-    updateHeader: (offset, clusters) => image.writeReftableLocation(offset, clusters),
-  });
-  image.metadataChanged();
+  await image.lock.write(() => image.metadata.resetToEmpty(l1Clusters));
 }

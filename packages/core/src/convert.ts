@@ -292,8 +292,8 @@ function allocatedSectorsMin(zeroAt: ZeroAt, first: number, n: number, min: numb
 async function endCompressed(target: BlockImage): Promise<void> {
   await target.flush();
   if (!(target instanceof Qcow2Image)) return;
-  const length = await target.meta.size();
-  if (length % SECTOR !== 0) await target.meta.resize(Math.ceil(length / SECTOR) * SECTOR);
+  const length = await target.metadata.meta.size();
+  if (length % SECTOR !== 0) await target.metadata.meta.resize(Math.ceil(length / SECTOR) * SECTOR);
 }
 
 /** A chunk and the buffer its data is read into. */
@@ -696,7 +696,7 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
       // the current one is copied.
       // A qcow2 target guessing its data's place needs the batch under one L2 table.
       let batchBytes = Math.max(1, opts.batchBytes ?? (opts.onProgress ? PROGRESS_BATCH_BYTES : BATCH_BYTES));
-      if (guessing && !target.hasDataFile && target.map.l2Coverage >= IO_BUFFER_BYTES) batchBytes = Math.min(batchBytes, target.map.l2Coverage);
+      if (guessing && !target.hasDataFile && target.metadata.map.l2Coverage >= IO_BUFFER_BYTES) batchBytes = Math.min(batchBytes, target.metadata.map.l2Coverage);
       const items = batchesOf(chunks, batchBytes);
       let current = await items.next();
       let ahead: Promise<Prepared> | undefined;

@@ -2,7 +2,6 @@
  * Creating a qcow2 image as qemu-img 7.2 does (qcow2_co_create): the same refusals and messages, the same
  * file layout (header, refcount table, one refcount block, L1 table, then preallocated L2 tables and data).
  */
-import { Refcounts } from "@qcowkit/refcount";
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
@@ -167,9 +166,11 @@ export async function createQcow2(meta: ByteStore, options: Qcow2CreateOptions, 
   try {
     await growToSize(image, o.size, o.preallocation);
     if (o.backingFile !== undefined) {
-      image.hdr.backingFile = o.backingFile;
-      if (o.backingFormat !== undefined) image.hdr.extensions.backingFormat = o.backingFormat;
-      await image.writeHeader();
+      const { backingFile, backingFormat } = o;
+      await image.metadata.updateHeader((hdr) => {
+        hdr.backingFile = backingFile;
+        if (backingFormat !== undefined) hdr.extensions.backingFormat = backingFormat;
+      });
     }
     if (o.encrypt) await setUpImageEncryption(image, o.encrypt);
     await image.flush();
@@ -236,11 +237,11 @@ export function newImageHeader(o: ReturnType<typeof validateCreateOptions>, layo
  */
 async function growToSize(image: Qcow2Image, size: number, preallocation: Preallocation): Promise<void> {
   const needed = l1EntriesForSize(size, image.clusterBits, image.extendedL2);
-  if (needed > 0) await image.growL1(needed);
+  if (needed > 0) await image.metadata.growL1(needed);
   if (image.hasDataFile) {
-    await image.data.resize(size, preallocation === "metadata" ? "off" : preallocation);
+    await image.metadata.data.resize(size, preallocation === "metadata" ? "off" : preallocation);
   }
-  await image.setVirtualSize(size);
+  await image.metadata.setVirtualSize(size);
   if (preallocation === "off" || size === 0) return;
   if (preallocation === "metadata" || image.hasDataFile) {
     await image.preallocate(0, size, "metadata");

@@ -31,7 +31,7 @@ const hex = (n: number | bigint) => `0x${n.toString(16)}`;
 
 export function headerView(image: Qcow2Image): HeaderView {
   const h = image.header;
-  const ext = image.hdr.extensions;
+  const ext = image.metadata.hdr.extensions;
   const fields: Array<[string, string]> = [
     ["magic", "QFI\\xfb"],
     ["version", String(h.version)],

@@ -90,10 +90,10 @@ async function allocatedBytes(store: ByteStore): Promise<number | undefined> {
 
 /** The persistent bitmaps QEMU lists (none when the bitmaps autoclear bit is clear). */
 export async function readBitmapInfo(image: Qcow2Image): Promise<Qcow2BitmapInfo[] | undefined> {
-  const ext = image.hdr.extensions.bitmaps;
+  const ext = image.metadata.hdr.extensions.bitmaps;
   if (!ext || ext.nbBitmaps === 0 || (image.header.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) return undefined;
   const dir = new Uint8Array(ext.bitmapDirectorySize);
-  await image.meta.read(ext.bitmapDirectoryOffset, dir);
+  await image.metadata.meta.read(ext.bitmapDirectoryOffset, dir);
   return decodeBitmapDirectory(dir, ext.nbBitmaps).map((e) => {
     const flags: string[] = [];
     if (e.flags & BITMAP_FLAG_IN_USE) flags.push("in-use");
@@ -103,8 +103,8 @@ export async function readBitmapInfo(image: Qcow2Image): Promise<Qcow2BitmapInfo
 }
 
 function snapshotInfo(image: Qcow2Image): SnapshotInfoQapi[] | undefined {
-  if (image.snapshots.length === 0) return undefined;
-  return image.snapshots.map((s) => {
+  if (image.metadata.snapshots.length === 0) return undefined;
+  return image.metadata.snapshots.map((s) => {
     const icount = s.icount === undefined ? undefined : BigInt.asUintN(64, s.icount);
     const out: SnapshotInfoQapi = {
       id: s.id,
@@ -130,7 +130,7 @@ export async function qcow2SpecificInfo(image: Qcow2Image): Promise<ImageInfoSpe
     return v2;
   }
   const data = { compat: "1.1" } as ImageInfoSpecificQcow2;
-  if (image.hdr.extensions.dataFile !== undefined) data["data-file"] = image.hdr.extensions.dataFile;
+  if (image.metadata.hdr.extensions.dataFile !== undefined) data["data-file"] = image.metadata.hdr.extensions.dataFile;
   if (image.hasDataFile) data["data-file-raw"] = image.dataFileRaw;
   data["extended-l2"] = image.extendedL2;
   data["lazy-refcounts"] = image.lazyRefcounts;
@@ -150,12 +150,12 @@ export async function imageInfo(image: BlockImage, opts: ImageInfoOptions = {}):
   const info: ImageInfo = { filename, format: image.format } as ImageInfo;
   if (image instanceof Qcow2Image) {
     info["dirty-flag"] = image.isDirty;
-    const actual = await allocatedBytes(image.meta);
+    const actual = await allocatedBytes(image.metadata.meta);
     if (actual !== undefined) info["actual-size"] = actual;
     info["virtual-size"] = image.virtualSize;
     info["cluster-size"] = image.clusterSize;
     if (image.encryption) info.encrypted = true;
-    const backing = image.hdr.backingFile;
+    const backing = image.metadata.hdr.backingFile;
     if (backing !== undefined && backing !== "") {
       info["backing-filename"] = backing;
       let full: string | undefined;
@@ -168,7 +168,7 @@ export async function imageInfo(image: BlockImage, opts: ImageInfoOptions = {}):
         full = undefined;
       }
       if (full !== undefined) info["full-backing-filename"] = full;
-      const fmt = image.hdr.extensions.backingFormat;
+      const fmt = image.metadata.hdr.extensions.backingFormat;
       if (fmt !== undefined && fmt !== "") info["backing-filename-format"] = fmt;
     }
     const snaps = snapshotInfo(image);

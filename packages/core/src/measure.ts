@@ -67,10 +67,10 @@ function refcountMetadataClusters(clusters: number, clusterSize: number, refcoun
 
 /** Bytes of the persistent bitmaps of `source` when copied into an image with `clusterSize` clusters. */
 export async function persistentBitmapsSize(source: Qcow2Image, clusterSize: number): Promise<number> {
-  const ext = source.hdr.extensions.bitmaps;
+  const ext = source.metadata.hdr.extensions.bitmaps;
   if (!ext || ext.nbBitmaps === 0 || (source.header.autoclearFeatures & 1n) === 0n) return 0;
   const dir = new Uint8Array(ext.bitmapDirectorySize);
-  await source.meta.read(ext.bitmapDirectoryOffset, dir);
+  await source.metadata.meta.read(ext.bitmapDirectoryOffset, dir);
   let total = 0;
   let dirBytes = 0;
   for (const e of decodeBitmapDirectory(dir, ext.nbBitmaps)) {

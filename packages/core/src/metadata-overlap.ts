@@ -5,7 +5,7 @@
  * refcount block or the bitmap directory? Metadata ranges are taken as they are recorded, not aligned.
  */
 import { Qcow2Error, l1EntryL2Offset, viewOf, type ByteStore } from "@qcowkit/spec";
-import type { Qcow2Image } from "./qcow2-image";
+import type { EngineImage } from "./engine-image";
 import type { SnapshotInfo } from "./snapshots";
 
 export const OVERLAP_MAIN_HEADER = 0x01;
@@ -36,11 +36,11 @@ const NAMES = [
  * OVERLAP_* bits not to test (for example the table being rewritten).
  */
 export function metadataOverlap(
-  image: Qcow2Image,
+  image: EngineImage,
   ignore: number,
   offset: number,
   size: number,
-  snapshots: readonly SnapshotInfo[] = image.snapshots,
+  snapshots: readonly SnapshotInfo[] = image.metadata.snapshots,
   snapshotsSize = 0,
 ): string | undefined {
   if (size <= 0) return undefined;
@@ -51,16 +51,16 @@ export function metadataOverlap(
   const start = Math.floor(offset / cs) * cs;
   const end = Math.ceil((offset + size) / cs) * cs;
   const overlaps = (o: number, n: number) => n > 0 && o < end && start < o + n;
-  if (check & OVERLAP_ACTIVE_L1 && h.l1Size > 0 && overlaps(image.l1.hostOffset, image.l1.size * 8)) return NAMES[1];
-  const rc = image.refcounts;
+  if (check & OVERLAP_ACTIVE_L1 && h.l1Size > 0 && overlaps(image.metadata.l1.hostOffset, image.metadata.l1.size * 8)) return NAMES[1];
+  const rc = image.metadata.refcounts;
   if (check & OVERLAP_REFCOUNT_TABLE && overlaps(rc.reftableOffset, rc.reftableEntries * 8)) return NAMES[3];
   if (check & OVERLAP_SNAPSHOT_TABLE && overlaps(h.snapshotsOffset, snapshotsSize)) return NAMES[5];
   if (check & OVERLAP_INACTIVE_L1) {
     for (const s of snapshots) if (s.l1Size && overlaps(s.l1TableOffset, s.l1Size * 8)) return NAMES[6];
   }
   if (check & OVERLAP_ACTIVE_L2) {
-    const l1 = viewOf(image.l1.bytes);
-    for (let i = 0; i < image.l1.size; i++) {
+    const l1 = viewOf(image.metadata.l1.bytes);
+    for (let i = 0; i < image.metadata.l1.size; i++) {
       const l2 = l1EntryL2Offset(l1, i);
       if (l2 && overlaps(l2, cs)) return NAMES[2];
     }
@@ -72,7 +72,7 @@ export function metadataOverlap(
       if (block && overlaps(block, cs)) return NAMES[4];
     }
   }
-  const bm = image.hdr.extensions.bitmaps;
+  const bm = image.metadata.hdr.extensions.bitmaps;
   if (check & OVERLAP_BITMAP_DIRECTORY && bm && h.autoclearFeatures & 1n) {
     if (overlaps(bm.bitmapDirectoryOffset, bm.bitmapDirectorySize)) return NAMES[8];
   }
@@ -80,7 +80,7 @@ export function metadataOverlap(
 }
 
 /** A new refcount block written over other metadata: QEMU refuses the write and marks the image corrupt. */
-export function refblockOverlapCheck(image: Qcow2Image, hostOffset: number): void {
+export function refblockOverlapCheck(image: EngineImage, hostOffset: number): void {
   const what = metadataOverlap(image, OVERLAP_REFCOUNT_BLOCK, hostOffset, image.clusterSize);
   if (what) throw new Qcow2Error("CORRUPT", `Preventing invalid write on metadata (overlaps with ${what})`);
 }
@@ -95,12 +95,12 @@ const MAX_L1_BYTES = 32 * 1024 * 1024;
  * A snapshot L1 table that fails validation fails the write itself (EFBIG or EINVAL, the image is not marked
  * corrupt); an overlap is a CORRUPT error (the engine marks the image corrupt).
  */
-export async function inactiveL2Check(image: Qcow2Image, store: ByteStore, offset: number, size: number): Promise<void> {
+export async function inactiveL2Check(image: EngineImage, store: ByteStore, offset: number, size: number): Promise<void> {
   if (size <= 0) return;
   const cs = image.clusterSize;
   const start = Math.floor(offset / cs) * cs;
   const end = Math.ceil((offset + size) / cs) * cs;
-  for (const s of image.snapshots) {
+  for (const s of image.metadata.snapshots) {
     if (s.l1Size > MAX_L1_BYTES / 8) throw new Qcow2Error("INVALID_IMAGE", "Snapshot L1 table too large", { errno: "EFBIG" });
     if (s.l1TableOffset % cs !== 0) throw new Qcow2Error("INVALID_IMAGE", "Snapshot L1 table offset not aligned", { errno: "EINVAL" });
     if (s.l1Size === 0) continue;
@@ -120,8 +120,8 @@ export async function inactiveL2Check(image: Qcow2Image, store: ByteStore, offse
  * The qcow2 file seen through the inactive-L2 overlap check: writes (copies and zeroing included) are checked
  * first, except those within cluster 0 (QEMU writes the header unchecked). `image` is set once it is open.
  */
-export function inactiveL2CheckedStore(inner: ByteStore): { store: ByteStore; bind(image: Qcow2Image): void } {
-  let image: Qcow2Image | undefined;
+export function inactiveL2CheckedStore(inner: ByteStore): { store: ByteStore; bind(image: EngineImage): void } {
+  let image: EngineImage | undefined;
   const check = (offset: number, size: number) =>
     image && !(offset + size <= image.clusterSize) ? inactiveL2Check(image, inner, offset, size) : Promise.resolve();
   const checked: Partial<ByteStore> = {

@@ -5,10 +5,10 @@
  * reserved in one piece, then L2 tables are allocated and the new clusters linked.
  */
 import type { Refcounts } from "@qcowkit/refcount";
-import type { Qcow2Image } from "./qcow2-image";
+import type { EngineImage } from "./engine-image";
 
 export async function preallocateHostSpace(
-  image: Qcow2Image,
+  image: EngineImage,
   fromGuestOffset: number,
   toGuestOffset: number,
   mode: "falloc" | "full",
@@ -16,23 +16,23 @@ export async function preallocateHostSpace(
   allocateSubclusters = false,
 ): Promise<void> {
   const cs = image.clusterSize;
-  const refcounts: Refcounts = image.refcounts;
-  await image.writeback();
+  const refcounts: Refcounts = image.metadata.refcounts;
+  await image.metadata.writeback();
   await refcounts.writeBack();
   // The used part of the file ends after the last cluster with a reference.
-  const fileClusters = Math.ceil((await image.meta.size()) / cs);
+  const fileClusters = Math.ceil((await image.metadata.meta.size()) / cs);
   const lastCluster = await refcounts.lastReferenced(fileClusters);
   const usedClusters = lastCluster >= 0 ? lastCluster + 1 : fileClusters;
   const firstGuestCluster = Math.floor(fromGuestOffset / cs);
   const dataClusters = Math.ceil(toGuestOffset / cs) - firstGuestCluster;
   if (dataClusters <= 0) return;
   // An overestimate: the L2 tables only need to be covered, and the range may straddle one more table.
-  const l2Tables = Math.ceil(dataClusters / image.map.l2Entries) + 1;
+  const l2Tables = Math.ceil(dataClusters / image.metadata.map.l2Entries) + 1;
   const allocationStart = await refcounts.refcountArea(usedClusters, dataClusters + l2Tables, true);
   await refcounts.allocateAt(allocationStart, dataClusters);
   await refcounts.writeBack();
-  await image.meta.flush();
+  await image.metadata.meta.flush();
   const newFileSize = (allocationStart + dataClusters) * cs;
-  await image.meta.resize(Math.max(await image.meta.size(), newFileSize), mode);
+  await image.metadata.meta.resize(Math.max(await image.metadata.meta.size(), newFileSize), mode);
   await image.linkPreallocated(fromGuestOffset, toGuestOffset, allocationStart * cs, allocateSubclusters);
 }

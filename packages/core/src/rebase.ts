@@ -3,7 +3,7 @@
  * allocate itself is compared between the old and the new backing file (2 MiB at a time, 512-byte sectors)
  * and the differing sectors are written into the image first, so the guest sees the same content afterwards.
  */
-import { Qcow2Error } from "@qcowkit/spec";
+import { Qcow2Error, type ImageHeader } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
 import { throwIfAborted, type OperationOptions } from "./operation";
 import { Qcow2Image } from "./qcow2-image";
@@ -40,17 +40,18 @@ export async function changeBackingFile(image: BlockImage, name: string | undefi
   if (name !== undefined && new TextEncoder().encode(name).byteLength > 1023) {
     throw new Qcow2Error("INVALID_ARGUMENT", "Invalid argument");
   }
-  const hdr = image.hdr;
-  if (name === undefined || name === "") {
-    delete hdr.backingFile;
-    delete hdr.extensions.backingFormat;
-  } else {
-    hdr.backingFile = name;
-    if (format !== undefined && format !== "") hdr.extensions.backingFormat = format;
-    else delete hdr.extensions.backingFormat;
-  }
+  const change = (hdr: ImageHeader) => {
+    if (name === undefined || name === "") {
+      delete hdr.backingFile;
+      delete hdr.extensions.backingFormat;
+    } else {
+      hdr.backingFile = name;
+      if (format !== undefined && format !== "") hdr.extensions.backingFormat = format;
+      else delete hdr.extensions.backingFormat;
+    }
+  };
   try {
-    await image.writeHeader();
+    await image.metadata.updateHeader(change);
   } catch (e) {
     if (e instanceof Qcow2Error && e.code === "NO_SPACE") throw new Qcow2Error("NO_SPACE", "No space left in the file header", { errno: "ENOSPC" });
     throw e;

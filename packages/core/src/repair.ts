@@ -32,7 +32,7 @@ import {
 } from "./check";
 import { metadataOverlap } from "./metadata-overlap";
 import { writeSnapshotTable } from "./snapshot-ops";
-import type { Qcow2Image } from "./qcow2-image";
+import type { EngineImage } from "./engine-image";
 
 export type RepairMode = "leaks" | "all";
 
@@ -54,24 +54,24 @@ export function fixFlags(mode: RepairMode | undefined): number {
  * One check with fixes (QEMU's qcow2_co_check_locked): the image must be open read-write in check mode.
  * Clears the dirty and corrupt bits when no corruption and no check error is left.
  */
-export async function repairImage(image: Qcow2Image, mode: RepairMode, opts: RepairOptions = {}): Promise<CheckReport> {
+export async function repairImage(image: EngineImage, mode: RepairMode, opts: RepairOptions = {}): Promise<CheckReport> {
   return checkWithFix(image, fixFlags(mode), opts);
 }
 
-async function checkWithFix(image: Qcow2Image, fix: number, opts: RepairOptions): Promise<CheckReport> {
+async function checkWithFix(image: EngineImage, fix: number, opts: RepairOptions): Promise<CheckReport> {
   if (fix && image.readOnly) throw new Qcow2Error("READ_ONLY", "Image is read-only", { errno: "EPERM" });
   if (!image.readOnly) await image.flush();
   const ctx = await newCheckContext(image, { fix, ...(opts.onMessage ? { onMessage: opts.onMessage } : {}) });
   await runCheck(ctx, { rebuildRefcounts: rebuildRefcountStructure, rewriteSnapshotTable });
   const report = ctx.report;
   if (fix && report.failure === undefined && report.checkErrors === 0 && report.corruptions === 0) {
-    const h = image.hdr.header;
     for (const bit of [INCOMPAT_DIRTY, INCOMPAT_CORRUPT]) {
-      if (!(h.incompatibleFeatures & bit)) continue;
+      if (!(image.metadata.header.incompatibleFeatures & bit)) continue;
       // Everything the repair changed is on disk before the bit goes (QEMU's qcow2_mark_clean/_consistent).
-      await image.meta.flush();
-      h.incompatibleFeatures &= ~bit;
-      await image.writeHeader();
+      await image.metadata.meta.flush();
+      await image.metadata.updateHeader(({ header }) => {
+        header.incompatibleFeatures &= ~bit;
+      });
     }
   }
   return report;
@@ -88,7 +88,7 @@ export interface CheckResult {
 
 /** qemu-img check [-r leaks|all] on an open image (read-write in check mode to repair, else read-only). */
 export async function checkAndRepairImage(
-  image: Qcow2Image,
+  image: EngineImage,
   mode: RepairMode | undefined,
   opts: RepairOptions = {},
 ): Promise<CheckResult> {
@@ -122,7 +122,7 @@ export function checkExitCode(report: CheckReport): 0 | 1 | 2 | 3 {
  * The repair QEMU runs when a dirty image (lazy refcounts, not closed cleanly) is opened read-write: a full
  * `-r all`. Pass it as Qcow2OpenOptions.repairDirty. Throws "Could not repair dirty image" when it fails.
  */
-export function dirtyImageRepair(opts: RepairOptions = {}): (image: Qcow2Image) => Promise<void> {
+export function dirtyImageRepair(opts: RepairOptions = {}): (image: EngineImage) => Promise<void> {
   return async (image) => {
     const report = await checkWithFix(image, FIX_LEAKS | FIX_ERRORS, opts);
     if (report.failure !== undefined || report.checkErrors) {
@@ -174,7 +174,7 @@ function allocClustersImrt(ctx: CheckContext, count: number, hint: { firstFree: 
 async function writeRefblocks(ctx: CheckContext, table: OnDiskReftable, first: number, end: number): Promise<boolean> {
   const image = ctx.image;
   const cs = image.clusterSize;
-  const perBlock = image.refcounts.blockEntries;
+  const perBlock = image.metadata.refcounts.blockEntries;
   const order = image.header.refcountOrder;
   const hint = { firstFree: 0 };
   let grown = false;
@@ -233,7 +233,7 @@ async function writeChecked(ctx: CheckContext, offset: number, bytes: Uint8Array
     throw new CheckAbort("EIO");
   }
   try {
-    await ctx.image.meta.write(offset, bytes);
+    await ctx.image.metadata.meta.write(offset, bytes);
   } catch (e) {
     const errno: Errno = e instanceof Qcow2Error ? e.errno : "EIO";
     say(ctx, `${what}: ${errnoText[errno]}`, "report");
@@ -250,7 +250,7 @@ async function writeChecked(ctx: CheckContext, offset: number, bytes: Uint8Array
 export async function rebuildRefcountStructure(ctx: CheckContext): Promise<void> {
   const image = ctx.image;
   const cs = image.clusterSize;
-  const rc = image.refcounts;
+  const rc = image.metadata.refcounts;
   const table: OnDiskReftable = { entries: [], size: 0 };
   await writeRefblocks(ctx, table, 0, ctx.refs.size);
   let reftableOffset: number;
@@ -268,23 +268,17 @@ export async function rebuildRefcountStructure(ctx: CheckContext): Promise<void>
   for (let i = 0; i < table.size; i++) if (table.entries[i]) setU64(v, i * 8, table.entries[i]!);
   await writeChecked(ctx, reftableOffset, bytes, "ERROR checking reftable");
   // The blocks and the table are durable before the header points to them.
-  await image.meta.flush();
-  const location = new Uint8Array(12);
-  setU64(viewOf(location), 0, reftableOffset);
-  viewOf(location).setUint32(8, reftableClusters);
+  await image.metadata.meta.flush();
   try {
-    await image.meta.write(48, location);
-    await image.meta.flush();
+    await image.metadata.setHeaderFields({ refcountTableOffset: reftableOffset, refcountTableClusters: reftableClusters });
   } catch (e) {
     const errno: Errno = e instanceof Qcow2Error ? e.errno : "EIO";
     say(ctx, `ERROR setting reftable: ${errnoText[errno]}`, "report");
     throw new CheckAbort(errno);
   }
-  image.hdr.header.refcountTableOffset = reftableOffset;
-  image.hdr.header.refcountTableClusters = reftableClusters;
   rc.adoptTable(reftableOffset, reftableClusters, bytes);
-  image.metadataChanged();
-  ctx.fileLength = await image.meta.size(); // the new structures may lie past the old end
+  image.metadata.metadataChanged();
+  ctx.fileLength = await image.metadata.meta.size(); // the new structures may lie past the old end
 }
 
 /**
@@ -293,15 +287,11 @@ export async function rebuildRefcountStructure(ctx: CheckContext): Promise<void>
  */
 async function rewriteSnapshotTable(ctx: CheckContext): Promise<void> {
   const image = ctx.image;
-  image.snapshots = ctx.snapshots;
+  image.metadata.replaceSnapshots(ctx.snapshots);
   try {
     if (ctx.snapshotCorruptions === ctx.snapshotsDropped) {
       // Only snapshots dropped from the end: the table stays where it is, the header's count shrinks.
-      const field = new Uint8Array(4);
-      viewOf(field).setUint32(0, ctx.snapshots.length);
-      await image.meta.write(60, field);
-      await image.meta.flush();
-      image.header.nbSnapshots = ctx.snapshots.length;
+      await image.metadata.setHeaderFields({ nbSnapshots: ctx.snapshots.length });
       return;
     }
     // QEMU's overlap check of the new table's place, against the table as it was read.

@@ -25,11 +25,10 @@ import {
   MAX_SNAPSHOTS,
   MAX_SNAPSHOT_TABLE_BYTES,
   snapshotEntryBytes,
-  setU64,
   viewOf,
   type SnapshotEntry,
 } from "@qcowkit/spec";
-import type { Qcow2Image } from "./qcow2-image";
+import type { EngineImage } from "./engine-image";
 import type { SnapshotInfo } from "./snapshots";
 
 export interface NewSnapshotOptions {
@@ -48,28 +47,28 @@ function notSupported(): Qcow2Error {
   return new Qcow2Error("NOT_SUPPORTED", "Operation not supported", { errno: "ENOTSUP" });
 }
 
-function refuseDataFile(image: Qcow2Image): void {
+function refuseDataFile(image: EngineImage): void {
   if (image.hasDataFile) throw notSupported();
 }
 
 /** The snapshots of an image (none for data-file images, whose list QEMU refuses). */
-export function listSnapshots(image: Qcow2Image): SnapshotInfo[] {
-  return image.hasDataFile ? [] : [...image.snapshots];
+export function listSnapshots(image: EngineImage): SnapshotInfo[] {
+  return image.hasDataFile ? [] : [...image.metadata.snapshots];
 }
 
 /** Index of the snapshot whose id is `idOrName`, else the first whose name is (QEMU's goto lookup); -1. */
-export function findSnapshot(image: Qcow2Image, idOrName: string): number {
-  const byId = image.snapshots.findIndex((s) => s.id === idOrName);
-  return byId >= 0 ? byId : image.snapshots.findIndex((s) => s.name === idOrName);
+export function findSnapshot(image: EngineImage, idOrName: string): number {
+  const byId = image.metadata.snapshots.findIndex((s) => s.id === idOrName);
+  return byId >= 0 ? byId : image.metadata.snapshots.findIndex((s) => s.name === idOrName);
 }
 
 /** The first snapshot matching both given fields (find_snapshot_by_id_and_name); -1. */
-export function findSnapshotByIdAndName(image: Qcow2Image, id: string | undefined, name: string | undefined): number {
-  return image.snapshots.findIndex((s) => (id === undefined || s.id === id) && (name === undefined || s.name === name));
+export function findSnapshotByIdAndName(image: EngineImage, id: string | undefined, name: string | undefined): number {
+  return image.metadata.snapshots.findIndex((s) => (id === undefined || s.id === id) && (name === undefined || s.name === name));
 }
 
 /** QEMU's qcow2_validate_table for a snapshot's L1 table (size, then offset). */
-export function validateSnapshotL1(image: Qcow2Image, sn: SnapshotEntry): void {
+export function validateSnapshotL1(image: EngineImage, sn: SnapshotEntry): void {
   if (sn.l1Size > MAX_L1_ENTRIES) {
     throw new Qcow2Error("INVALID_IMAGE", "Snapshot L1 table too large", { errno: "EFBIG" });
   }
@@ -78,16 +77,16 @@ export function validateSnapshotL1(image: Qcow2Image, sn: SnapshotEntry): void {
   }
 }
 
-async function readL1(image: Qcow2Image, offset: number, entries: number, padTo = entries): Promise<Uint8Array> {
+async function readL1(image: EngineImage, offset: number, entries: number, padTo = entries): Promise<Uint8Array> {
   const bytes = new Uint8Array(Math.max(entries, padTo) * 8);
-  if (entries > 0) await image.meta.read(offset, bytes.subarray(0, entries * 8));
+  if (entries > 0) await image.metadata.meta.read(offset, bytes.subarray(0, entries * 8));
   return bytes;
 }
 
 /** The host clusters one L2 entry references: [first cluster, count], or undefined. */
-function entryClusters(image: Qcow2Image, hi: number, lo: number, qemuCompressed: boolean): [number, number] | undefined {
+function entryClusters(image: EngineImage, hi: number, lo: number, qemuCompressed: boolean): [number, number] | undefined {
   const cs = image.clusterSize;
-  const kind = classifyCluster(hi, lo, image.map.format);
+  const kind = classifyCluster(hi, lo, image.metadata.map.format);
   if (kind === "compressed") {
     const d = decodeCompressedDescriptor(hi, lo, image.clusterBits);
     const first = Math.floor(d.hostOffset / cs);
@@ -109,7 +108,7 @@ function entryClusters(image: Qcow2Image, hi: number, lo: number, qemuCompressed
  * once and recorded in `applied` (for rollback); decreases are deferred until the caller's write-back.
  */
 async function referenceTree(
-  image: Qcow2Image,
+  image: EngineImage,
   l1: Uint8Array,
   l1Entries: number,
   addend: 1 | -1,
@@ -117,13 +116,13 @@ async function referenceTree(
 ): Promise<void> {
   const cs = image.clusterSize;
   const v = viewOf(l1);
-  const entries = image.map.l2Entries;
+  const entries = image.metadata.map.l2Entries;
   for (let i = 0; i < l1Entries; i++) {
     const l2Offset = l1EntryL2Offset(v, i);
     if (l2Offset === 0) continue;
     if (l2Offset % cs !== 0) throw new Qcow2Error("CORRUPT", `L2 table offset 0x${l2Offset.toString(16)} unaligned (L1 index: 0x${i.toString(16)})`);
     if (!image.hasDataFile) {
-      const t = await image.l2Cache.get(l2Offset);
+      const t = await image.metadata.l2Cache.get(l2Offset);
       for (let j = 0; j < entries; j++) {
         const at = l2EntryPosition(j, image.extendedL2);
         const c = entryClusters(image, t.view.getUint32(at), t.view.getUint32(at + 4), true);
@@ -135,22 +134,22 @@ async function referenceTree(
   }
 }
 
-async function change(image: Qcow2Image, cluster: number, count: number, addend: 1 | -1, applied: Array<[number, number]>): Promise<void> {
+async function change(image: EngineImage, cluster: number, count: number, addend: 1 | -1, applied: Array<[number, number]>): Promise<void> {
   if (addend < 0) {
-    image.refcounts.deferFree(cluster, count, true);
+    image.metadata.refcounts.deferFree(cluster, count, true);
     return;
   }
   // A referenced cluster no refcount block covers (a damaged L2 entry): QEMU's update_refcount creates the
   // block and then fails with the EAGAIN meant for allocations; we fail the same, writing nothing.
   // (A table that would have to grow past QEMU's 8 MiB limit fails with EFBIG first.)
-  const missing = image.refcounts.firstMissingBlock(cluster, count);
+  const missing = image.metadata.refcounts.firstMissingBlock(cluster, count);
   if (missing >= 0) {
-    const blocksUsed = Math.ceil(cluster / image.refcounts.blockEntries);
-    if (missing >= image.refcounts.reftableEntries && blocksUsed > (8 * 1024 * 1024) / 8) throw tooLarge();
+    const blocksUsed = Math.ceil(cluster / image.metadata.refcounts.blockEntries);
+    if (missing >= image.metadata.refcounts.reftableEntries && blocksUsed > (8 * 1024 * 1024) / 8) throw tooLarge();
     throw new Qcow2Error("IO_ERROR", "Resource temporarily unavailable", { errno: "EAGAIN" });
   }
   try {
-    await image.refcounts.update(cluster, count, 1);
+    await image.metadata.refcounts.update(cluster, count, 1);
   } catch (e) {
     // QEMU's update_refcount answers EINVAL when a refcount would exceed the width.
     if (e instanceof Qcow2Error && e.errno === "ERANGE") throw new Qcow2Error("INVALID_ARGUMENT", "Invalid argument", { errno: "EINVAL", cause: e });
@@ -159,51 +158,51 @@ async function change(image: Qcow2Image, cluster: number, count: number, addend:
   applied.push([cluster, count]);
 }
 
-async function rollback(image: Qcow2Image, applied: Array<[number, number]>): Promise<void> {
-  for (const [c, n] of applied.reverse()) await image.refcounts.update(c, n, -1);
+async function rollback(image: EngineImage, applied: Array<[number, number]>): Promise<void> {
+  for (const [c, n] of applied.reverse()) await image.metadata.refcounts.update(c, n, -1);
 }
 
 /**
  * Set COPIED on the active L1 and L2 entries exactly where the referenced cluster's refcount is 1
  * (qcow2_update_snapshot_refcount with addend 0). Changes stay in the caches for the caller's write-back.
  */
-export async function recomputeCopiedFlags(image: Qcow2Image): Promise<void> {
+export async function recomputeCopiedFlags(image: EngineImage): Promise<void> {
   const cs = image.clusterSize;
-  const l1 = image.l1;
-  const entries = image.map.l2Entries;
+  const l1 = image.metadata.l1;
+  const entries = image.metadata.map.l2Entries;
   for (let i = 0; i < l1.size; i++) {
     const l2Offset = l1.l2Offset(i);
     if (l2Offset === 0) continue;
     if (!image.hasDataFile) {
-      const t = await image.l2Cache.get(l2Offset);
+      const t = await image.metadata.l2Cache.get(l2Offset);
       let dirty = false;
       for (let j = 0; j < entries; j++) {
         const at = l2EntryPosition(j, image.extendedL2);
         const hi = t.view.getUint32(at);
         const lo = t.view.getUint32(at + 4);
-        const kind = classifyCluster(hi, lo, image.map.format);
+        const kind = classifyCluster(hi, lo, image.metadata.map.format);
         if (kind !== "normal" && kind !== "zero-alloc") continue;
         const host = l2HostOffset(hi, lo);
         if (host === 0) continue;
-        const want = (await image.refcounts.get(Math.floor(host / cs))) === 1;
+        const want = (await image.metadata.refcounts.get(Math.floor(host / cs))) === 1;
         if (want === l2IsCopied(hi)) continue;
         t.view.setUint32(at, want ? (hi | 0x80000000) >>> 0 : (hi & 0x7fffffff) >>> 0);
         dirty = true;
       }
-      if (dirty) image.l2Cache.markDirty(t);
+      if (dirty) image.metadata.l2Cache.markDirty(t);
     }
-    const want = (await image.refcounts.get(l2Offset / cs)) === 1;
+    const want = (await image.metadata.refcounts.get(l2Offset / cs)) === 1;
     if (want !== l1.copied(i)) l1.set(i, l2Offset, want);
   }
 }
 
 /** Write everything cached (refcounts included, lazy or not) and flush. */
-async function persist(image: Qcow2Image): Promise<void> {
-  await image.refcounts.writeBack();
-  await image.meta.flush();
-  await image.writeback();
-  await image.refcounts.writeBack();
-  await image.meta.flush();
+async function persist(image: EngineImage): Promise<void> {
+  await image.metadata.refcounts.writeBack();
+  await image.metadata.meta.flush();
+  await image.metadata.writeback();
+  await image.metadata.refcounts.writeBack();
+  await image.metadata.meta.flush();
 }
 
 /**
@@ -211,56 +210,48 @@ async function persist(image: Qcow2Image): Promise<void> {
  * durable, the header switches to it in one write, then the old table's clusters are released.
  */
 export async function writeSnapshotTable(
-  image: Qcow2Image,
-  entries: SnapshotEntry[],
+  image: EngineImage,
+  entries: readonly SnapshotEntry[],
   /** Called with the new table's place before it is written (a check that may throw, e.g. for overlaps). */
   beforeWrite?: (offset: number, byteLength: number) => Promise<void>,
 ): Promise<void> {
   const cs = image.clusterSize;
-  const h = image.header;
   const normalized = entries.map((e) => ({ ...e, diskSize: e.diskSize ?? image.virtualSize, icount: e.icount ?? -1n }));
   if (normalized.length > MAX_SNAPSHOTS) throw tooLarge();
   const bytes = encodeSnapshotTable(normalized);
   if (bytes.byteLength > MAX_SNAPSHOT_TABLE_BYTES) throw tooLarge();
   let offset = 0;
   if (normalized.length > 0) {
-    offset = (await image.refcounts.allocate(Math.ceil(bytes.byteLength / cs))) * cs;
+    offset = (await image.metadata.refcounts.allocate(Math.ceil(bytes.byteLength / cs))) * cs;
     await beforeWrite?.(offset, bytes.byteLength);
-    await image.meta.write(offset, bytes);
+    await image.metadata.meta.write(offset, bytes);
   }
-  await image.refcounts.writeBack();
-  await image.meta.flush();
-  const field = new Uint8Array(12);
-  const v = viewOf(field);
-  v.setUint32(0, normalized.length);
-  setU64(v, 4, offset);
-  await image.meta.write(60, field);
-  await image.meta.flush();
-  const oldOffset = h.snapshotsOffset;
-  const oldBytes = image.snapshots.reduce((n, s) => n + s.entryBytes, 0);
-  h.nbSnapshots = normalized.length;
-  h.snapshotsOffset = offset;
-  image.snapshots = normalized.map((e) => ({ ...e, entryBytes: snapshotEntryBytes(e) }));
+  await image.metadata.refcounts.writeBack();
+  await image.metadata.meta.flush();
+  const oldOffset = image.header.snapshotsOffset;
+  const oldBytes = image.metadata.snapshots.reduce((n, s) => n + s.entryBytes, 0);
+  await image.metadata.setHeaderFields({ nbSnapshots: normalized.length, snapshotsOffset: offset });
+  image.metadata.replaceSnapshots(normalized.map((e) => ({ ...e, entryBytes: snapshotEntryBytes(e) })));
   const freesOld = oldOffset !== 0 && oldBytes > 0;
   if (freesOld) {
-    image.refcounts.deferFree(oldOffset / cs, Math.ceil(oldBytes / cs), true);
-    image.meta.debugEvent?.("cluster_free");
+    image.metadata.refcounts.deferFree(oldOffset / cs, Math.ceil(oldBytes / cs), true);
+    image.metadata.meta.debugEvent?.("cluster_free");
   }
   try {
-    await image.writeback();
+    await image.metadata.writeback();
   } catch (e) {
     // QEMU's qcow2_free_clusters reports a failed release and goes on: the old table's clusters leak.
     if (!freesOld || !isQcow2Error(e) || (e.code !== "IO_ERROR" && e.code !== "NO_SPACE")) throw e;
     image.warn(`qcow2_free_clusters failed: ${e.message}`);
   }
-  await image.refcounts.writeBack();
-  await image.meta.flush();
+  await image.metadata.refcounts.writeBack();
+  await image.metadata.meta.flush();
 }
 
 /** QEMU's find_new_snapshot_id: one more than the largest numeric id. */
-function newSnapshotId(image: Qcow2Image): string {
+function newSnapshotId(image: EngineImage): string {
   let max = 0;
-  for (const s of image.snapshots) {
+  for (const s of image.metadata.snapshots) {
     const m = /^\s*\+?(\d+)/.exec(s.id);
     const n = m ? Number(m[1]) : 0;
     if (n > max) max = n;
@@ -270,10 +261,10 @@ function newSnapshotId(image: Qcow2Image): string {
 
 const tooLarge = () => new Qcow2Error("INVALID_ARGUMENT", "File too large", { errno: "EFBIG" });
 
-function newEntry(image: Qcow2Image, id: string, name: string, l1Offset: number, opts: NewSnapshotOptions, now: number): SnapshotEntry {
+function newEntry(image: EngineImage, id: string, name: string, l1Offset: number, opts: NewSnapshotOptions, now: number): SnapshotEntry {
   return {
     l1TableOffset: l1Offset,
-    l1Size: image.l1.size,
+    l1Size: image.metadata.l1.size,
     id,
     name,
     dateSeconds: opts.dateSeconds ?? Math.floor(now / 1000),
@@ -287,78 +278,78 @@ function newEntry(image: Qcow2Image, id: string, name: string, l1Offset: number,
 }
 
 /** Take an internal snapshot named `name` of the image's current state. */
-export async function createSnapshot(image: Qcow2Image, name: string, opts: NewSnapshotOptions = {}): Promise<SnapshotInfo> {
+export async function createSnapshot(image: EngineImage, name: string, opts: NewSnapshotOptions = {}): Promise<SnapshotInfo> {
   refuseDataFile(image);
   return image.lock.write(async () => {
-    await image.flushUnlocked();
-    return image.withDirtyBit(() => createSnapshotUnlocked(image, name, opts));
+    await image.metadata.flush();
+    return image.metadata.withDirtyBit(() => createSnapshotUnlocked(image, name, opts));
   });
 }
 
-async function createSnapshotUnlocked(image: Qcow2Image, name: string, opts: NewSnapshotOptions): Promise<SnapshotInfo> {
+async function createSnapshotUnlocked(image: EngineImage, name: string, opts: NewSnapshotOptions): Promise<SnapshotInfo> {
   const id = newSnapshotId(image);
-  if (image.snapshots.some((s) => s.id === id)) throw new Qcow2Error("INVALID_ARGUMENT", "File exists", { errno: "EEXIST" });
+  if (image.metadata.snapshots.some((s) => s.id === id)) throw new Qcow2Error("INVALID_ARGUMENT", "File exists", { errno: "EEXIST" });
   const cs = image.clusterSize;
   const now = Date.now();
-  const l1 = image.l1;
+  const l1 = image.metadata.l1;
   const l1Bytes = l1.size * 8;
   let l1Offset = 0;
   // QEMU's limits are checked before anything is written: the number of snapshots, then the table's size.
-  if (image.snapshots.length >= MAX_SNAPSHOTS) throw tooLarge();
+  if (image.metadata.snapshots.length >= MAX_SNAPSHOTS) throw tooLarge();
   const newEntryBytes = snapshotEntryBytes({ ...newEntry(image, id, name, 0, opts, now) });
-  if (image.snapshots.reduce((n, s) => n + s.entryBytes, newEntryBytes) > MAX_SNAPSHOT_TABLE_BYTES) throw tooLarge();
+  if (image.metadata.snapshots.reduce((n, s) => n + s.entryBytes, newEntryBytes) > MAX_SNAPSHOT_TABLE_BYTES) throw tooLarge();
   const applied: Array<[number, number]> = [];
   try {
     if (l1Bytes > 0) {
       const clusters = Math.ceil(l1Bytes / cs);
-      l1Offset = (await image.refcounts.allocate(clusters)) * cs;
-      await image.meta.write(l1Offset, l1.bytes.slice(0, l1Bytes));
+      l1Offset = (await image.metadata.refcounts.allocate(clusters)) * cs;
+      await image.metadata.meta.write(l1Offset, l1.bytes.slice(0, l1Bytes));
     }
     await referenceTree(image, l1.bytes, l1.size, 1, applied);
   } catch (e) {
     // The references taken are dropped again; the L1 copy stays allocated (a leak, as QEMU leaves it).
     await rollback(image, applied);
-    await image.refcounts.writeBack();
-    await image.meta.flush();
+    await image.metadata.refcounts.writeBack();
+    await image.metadata.meta.flush();
     throw e;
   }
   await recomputeCopiedFlags(image);
   await persist(image);
-  await writeSnapshotTable(image, [...image.snapshots, newEntry(image, id, name, l1Offset, opts, now)]);
-  image.metadataChanged();
-  return image.snapshots[image.snapshots.length - 1]!;
+  await writeSnapshotTable(image, [...image.metadata.snapshots, newEntry(image, id, name, l1Offset, opts, now)]);
+  image.metadata.metadataChanged();
+  return image.metadata.snapshots[image.metadata.snapshots.length - 1]!;
 }
 
 /**
  * Revert the image to snapshot `idOrName` (an id first, then a name). The snapshot stays. An image of a
  * different size takes the snapshot's size.
  */
-export async function applySnapshot(image: Qcow2Image, idOrName: string): Promise<void> {
+export async function applySnapshot(image: EngineImage, idOrName: string): Promise<void> {
   refuseDataFile(image);
   const index = findSnapshot(image, idOrName);
   if (index < 0) throw new Qcow2Error("NOT_FOUND", "No such file or directory", { errno: "ENOENT" });
-  const sn = image.snapshots[index]!;
+  const sn = image.metadata.snapshots[index]!;
   validateSnapshotL1(image, sn);
   const diskSize = sn.diskSize ?? image.virtualSize;
   if (diskSize !== image.virtualSize) {
     if (diskSize < image.virtualSize) {
       await image.lock.write(async () => {
         await image.discardUnlocked(diskSize, image.virtualSize - diskSize, true);
-        await image.flushUnlocked();
+        await image.metadata.flush();
       });
     }
-    await image.lock.write(() => image.setVirtualSize(diskSize));
+    await image.lock.write(() => image.metadata.setVirtualSize(diskSize));
   }
   await image.lock.write(async () => {
-    await image.flushUnlocked();
-    await image.withDirtyBit(() => applySnapshotTables(image, sn));
+    await image.metadata.flush();
+    await image.metadata.withDirtyBit(() => applySnapshotTables(image, sn));
   });
 }
 
 /** The table switch of applySnapshot (exclusive lock held). */
-async function applySnapshotTables(image: Qcow2Image, sn: SnapshotEntry): Promise<void> {
-  if (sn.l1Size > image.l1.size) await image.growL1(sn.l1Size);
-  const cur = image.l1;
+async function applySnapshotTables(image: EngineImage, sn: SnapshotEntry): Promise<void> {
+  if (sn.l1Size > image.metadata.l1.size) await image.metadata.growL1(sn.l1Size);
+  const cur = image.metadata.l1;
   const newBytes = await readL1(image, sn.l1TableOffset, sn.l1Size, cur.size);
   const applied: Array<[number, number]> = [];
   try {
@@ -367,43 +358,40 @@ async function applySnapshotTables(image: Qcow2Image, sn: SnapshotEntry): Promis
     await rollback(image, applied);
     throw e;
   }
-  await image.refcounts.writeBack();
-  await image.meta.flush();
+  await image.metadata.refcounts.writeBack();
+  await image.metadata.meta.flush();
   // The new active table is durable before the old tables lose their reference.
-  await image.meta.write(cur.hostOffset, newBytes);
-  await image.meta.flush();
+  await image.metadata.meta.write(cur.hostOffset, newBytes);
+  await image.metadata.meta.flush();
   const old = cur.bytes.slice();
-  const next = new L1Table(cur.hostOffset, cur.size, newBytes);
-  image.l1 = next;
-  image.map.l1 = next;
-  image.metadataChanged();
+  image.metadata.replaceL1(new L1Table(cur.hostOffset, cur.size, newBytes));
   await referenceTree(image, old, cur.size, -1, []);
-  await image.writeback();
+  await image.metadata.writeback();
   for (let i = 0; i < cur.size; i++) {
     const off = l1EntryL2Offset(viewOf(old), i);
-    if (off !== 0 && (await image.refcounts.get(off / image.clusterSize)) === 0) image.l2Cache.delete(off);
+    if (off !== 0 && (await image.metadata.refcounts.get(off / image.clusterSize)) === 0) image.metadata.l2Cache.delete(off);
   }
   await recomputeCopiedFlags(image);
   await persist(image);
-  image.metadataChanged();
+  image.metadata.metadataChanged();
 }
 
 /** Delete the first snapshot matching `id` and `name` (either may be omitted). */
-export async function deleteSnapshot(image: Qcow2Image, which: { id?: string; name?: string }): Promise<void> {
+export async function deleteSnapshot(image: EngineImage, which: { id?: string; name?: string }): Promise<void> {
   refuseDataFile(image);
   await image.lock.write(async () => {
-    await image.flushUnlocked();
+    await image.metadata.flush();
     const index = findSnapshotByIdAndName(image, which.id, which.name);
     if (index < 0) throw new Qcow2Error("NOT_FOUND", "Can't find the snapshot", { errno: "ENOENT" });
-    const sn = image.snapshots[index]!;
+    const sn = image.metadata.snapshots[index]!;
     validateSnapshotL1(image, sn);
-    await image.withDirtyBit(() => deleteSnapshotTables(image, index, sn));
+    await image.metadata.withDirtyBit(() => deleteSnapshotTables(image, index, sn));
   });
 }
 
 /** The table changes of deleteSnapshot (exclusive lock held). */
-async function deleteSnapshotTables(image: Qcow2Image, index: number, sn: SnapshotEntry): Promise<void> {
-  const rest = image.snapshots.filter((_, i) => i !== index);
+async function deleteSnapshotTables(image: EngineImage, index: number, sn: SnapshotEntry): Promise<void> {
+  const rest = image.metadata.snapshots.filter((_, i) => i !== index);
   await writeSnapshotTable(image, rest);
   let l1: Uint8Array;
   try {
@@ -414,14 +402,14 @@ async function deleteSnapshotTables(image: Qcow2Image, index: number, sn: Snapsh
     if (!isQcow2Error(e) || (e.code !== "IO_ERROR" && e.code !== "NO_SPACE")) throw e;
     throw new Qcow2Error(e.code, `Failed to free the cluster and L1 table: ${e.message}`, { errno: e.errno, cause: e });
   }
-  if (sn.l1Size > 0) image.refcounts.deferFree(sn.l1TableOffset / image.clusterSize, Math.ceil((sn.l1Size * 8) / image.clusterSize), true);
-  await image.writeback();
+  if (sn.l1Size > 0) image.metadata.refcounts.deferFree(sn.l1TableOffset / image.clusterSize, Math.ceil((sn.l1Size * 8) / image.clusterSize), true);
+  await image.metadata.writeback();
   const v = viewOf(l1);
   for (let i = 0; i < sn.l1Size; i++) {
     const off = l1EntryL2Offset(v, i);
-    if (off !== 0 && (await image.refcounts.get(off / image.clusterSize)) === 0) image.l2Cache.delete(off);
+    if (off !== 0 && (await image.metadata.refcounts.get(off / image.clusterSize)) === 0) image.metadata.l2Cache.delete(off);
   }
   await recomputeCopiedFlags(image);
   await persist(image);
-  image.metadataChanged();
+  image.metadata.metadataChanged();
 }

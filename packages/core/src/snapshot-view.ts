@@ -20,12 +20,10 @@ export async function loadSnapshotReadOnly(image: BlockImage, which: SnapshotSel
   const index =
     "idOrName" in which ? findSnapshot(image, which.idOrName) : findSnapshotByIdAndName(image, which.id, which.name);
   if (index < 0) throw new Qcow2Error("NOT_FOUND", "Can't find snapshot", { errno: "ENOENT" });
-  const sn = image.snapshots[index]!;
+  const sn = image.metadata.snapshots[index]!;
   if (sn.l1Size * 8 > MAX_L1_TABLE_BYTES) throw new Qcow2Error("INVALID_IMAGE", "Snapshot L1 table too large", { errno: "EFBIG" });
   if (sn.l1TableOffset % image.clusterSize !== 0) {
     throw new Qcow2Error("INVALID_IMAGE", "Snapshot L1 table offset invalid", { errno: "EINVAL" });
   }
-  const l1 = await L1Table.load(image.meta, sn.l1TableOffset, sn.l1Size);
-  image.l1 = l1;
-  image.map.l1 = l1;
+  image.metadata.replaceL1(await L1Table.load(image.metadata.meta, sn.l1TableOffset, sn.l1Size));
 }

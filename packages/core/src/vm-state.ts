@@ -15,7 +15,7 @@ function qcow2(image: BlockImage): Qcow2Image {
 
 /** Guest offset where the VM state area starts: the start of the first L1 entry past the disk. */
 export function vmStateOffset(image: Qcow2Image): number {
-  return l1EntriesForSize(image.virtualSize, image.clusterBits, image.extendedL2) * image.map.l2Coverage;
+  return l1EntriesForSize(image.virtualSize, image.clusterBits, image.extendedL2) * image.metadata.map.l2Coverage;
 }
 
 function checkRange(image: Qcow2Image, offset: number, byteLength: number): number {
@@ -41,8 +41,8 @@ export async function writeVmState(image: BlockImage, offset: number, data: Uint
   const start = checkRange(img, offset, data.byteLength);
   if (data.byteLength === 0) return;
   await img.lock.write(async () => {
-    const needed = img.map.l1Index(start + data.byteLength - 1) + 1;
-    if (needed > img.l1.size) await img.growL1(needed);
+    const needed = img.metadata.map.l1Index(start + data.byteLength - 1) + 1;
+    if (needed > img.metadata.l1.size) await img.metadata.growL1(needed);
     await img.writeUnlocked(start, data);
   });
 }

@@ -64,14 +64,14 @@ describe("mapRun over raw runs of standard L2 entries", () => {
         let img = await Qcow2Image.open(meta, data ? { dataFile: data } : {});
         await img.write(0, new Uint8Array(CS).fill(1));
         await img.flush();
-        const tableOffset = img.l1.l2Offset(0);
+        const tableOffset = img.metadata.l1.l2Offset(0);
         await img.close();
         const table = randomTable(seed * 31 + (dataFile ? 7 : 0), dataFile);
         await meta.write(tableOffset, new Uint8Array(table.buffer));
         img = await Qcow2Image.open(meta, data ? { dataFile: data, readOnly: true } : { readOnly: true });
         const outcome = async (pos: number, len: number): Promise<Outcome> => {
           try {
-            const run = await img.map.mapRun(pos, len);
+            const run = await img.metadata.map.mapRun(pos, len);
             return { end: pos + run.byteLength, type: run.type, hostOffset: run.hostOffset, copied: run.copied };
           } catch (e) {
             return { error: (e as Error).message };

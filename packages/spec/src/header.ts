@@ -161,3 +161,54 @@ export function encodeHeader(h: Qcow2Header, out: Uint8Array): number {
   }
   return length;
 }
+
+/** Where each fixed header field lives: byte offset and width (the table at the top of this file). */
+export const HEADER_LAYOUT = {
+  magic: [0, 4],
+  version: [4, 4],
+  backingFileOffset: [8, 8],
+  backingFileSize: [16, 4],
+  clusterBits: [20, 4],
+  size: [24, 8],
+  cryptMethod: [32, 4],
+  l1Size: [36, 4],
+  l1TableOffset: [40, 8],
+  refcountTableOffset: [48, 8],
+  refcountTableClusters: [56, 4],
+  nbSnapshots: [60, 4],
+  snapshotsOffset: [64, 8],
+  incompatibleFeatures: [72, 8],
+  compatibleFeatures: [80, 8],
+  autoclearFeatures: [88, 8],
+  refcountOrder: [96, 4],
+  headerLength: [100, 4],
+  compressionType: [104, 1],
+} as const satisfies Record<string, readonly [offset: number, width: number]>;
+
+/** A header field that can be rewritten on its own (see `encodeHeaderFields`). */
+export type HeaderFieldName = Exclude<
+  keyof typeof HEADER_LAYOUT,
+  "magic" | "version" | "clusterBits" | "refcountOrder" | "headerLength" | "compressionType"
+>;
+
+/**
+ * The bytes of some header fields, named, for an in-place update of just those fields: one contiguous range
+ * (the fields must be adjacent, in any order), encoded from `h` exactly as `encodeHeader` would encode them.
+ * Fields past byte 72 exist only in version 3 headers.
+ */
+export function encodeHeaderFields(h: Qcow2Header, names: readonly HeaderFieldName[]): { offset: number; bytes: Uint8Array } {
+  if (names.length === 0) throw new Qcow2Error("INTERNAL", "no header fields to encode");
+  const spans = names.map((n) => HEADER_LAYOUT[n]).sort((a, b) => a[0] - b[0]);
+  for (let i = 1; i < spans.length; i++) {
+    if (spans[i]![0] !== spans[i - 1]![0] + spans[i - 1]![1]) {
+      throw new Qcow2Error("INTERNAL", `header fields ${names.join(", ")} are not adjacent`);
+    }
+  }
+  const offset = spans[0]![0];
+  const last = spans[spans.length - 1]!;
+  const end = last[0] + last[1];
+  if (end > HEADER_V2_LENGTH && h.version < 3) throw new Qcow2Error("INTERNAL", `header field beyond a version 2 header`);
+  const all = new Uint8Array(encodedHeaderLength(h));
+  encodeHeader(h, all);
+  return { offset, bytes: all.slice(offset, end) };
+}

@@ -6,8 +6,8 @@ export type { Qcow2ErrorCode, Errno, Qcow2ErrorOptions } from "./errors";
 export type { ByteStore, StorePreallocation } from "./byte-store";
 export { viewOf, getU64, setU64, encodeText, decodeText, alignUp, isAligned, isAllZero, firstNonZeroByte, rechunk } from "./bytes";
 export * from "./constants";
-export { decodeHeader, encodeHeader, encodedHeaderLength, HEADER_PROBE_BYTES } from "./header";
-export type { Qcow2Header } from "./header";
+export { decodeHeader, encodeHeader, encodeHeaderFields, encodedHeaderLength, HEADER_LAYOUT, HEADER_PROBE_BYTES } from "./header";
+export type { HeaderFieldName, Qcow2Header } from "./header";
 export {
   decodeFeatureTable,
   encodeFeatureTable,

@@ -51,21 +51,22 @@ export function requireKeySecret(o: EncryptionCreateOptions): Uint8Array {
 export async function setUpImageEncryption(image: Qcow2Image, o: EncryptionCreateOptions): Promise<void> {
   validateEncryptionCreateOptions(o);
   const secret = requireKeySecret(o);
-  const h = image.hdr.header;
   if (o.format === "aes") {
-    h.cryptMethod = CRYPT_AES;
-    await image.writeHeader();
+    await image.metadata.updateHeader(({ header }) => {
+      header.cryptMethod = CRYPT_AES;
+    });
     return;
   }
   const luks = await createLuks(o, secretText(secret));
   const cs = image.clusterSize;
   const clusters = Math.ceil(luks.areaBytes / cs);
-  const offset = (await image.refcounts.allocate(clusters)) * cs;
-  await image.meta.write(offset, new Uint8Array(clusters * cs));
-  for (const w of luks.writes) await image.meta.write(offset + w.offset, w.bytes);
-  await image.writeback();
-  await image.meta.flush();
-  h.cryptMethod = CRYPT_LUKS;
-  image.hdr.extensions.cryptoHeader = { offset, length: luks.areaBytes };
-  await image.writeHeader();
+  const offset = (await image.metadata.refcounts.allocate(clusters)) * cs;
+  await image.metadata.meta.write(offset, new Uint8Array(clusters * cs));
+  for (const w of luks.writes) await image.metadata.meta.write(offset + w.offset, w.bytes);
+  await image.metadata.writeback();
+  await image.metadata.meta.flush();
+  await image.metadata.updateHeader((hdr) => {
+    hdr.header.cryptMethod = CRYPT_LUKS;
+    hdr.extensions.cryptoHeader = { offset, length: luks.areaBytes };
+  });
 }

@@ -156,7 +156,7 @@ function luksAreaWriter(meta: ByteStore, area: { offset: number; length: number 
  * asked for). `noIo`: only the header is read (no key needed, no cipher).
  */
 export async function openImageEncryption(
-  hdr: ImageHeader,
+  hdr: { readonly header: { readonly cryptMethod: number }; readonly extensions: Pick<ImageHeader["extensions"], "cryptoHeader"> },
   meta: ByteStore,
   opts: EncryptionOpenOptions | undefined,
   noIo: boolean,

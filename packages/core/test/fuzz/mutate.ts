@@ -6,30 +6,11 @@
  * 2^32 - 1 entries, truncation and random overwrites.
  */
 import { deflateZeros, deflateZerosFitting, zstdRleFrame } from "../../../../scripts/attack/images.mjs";
+import { HEADER_LAYOUT } from "@qcowkit/spec";
 import { rng } from "../helpers";
 
 /** A header field: offset and width in bytes. */
-const FIELDS: Record<string, [number, number]> = {
-  magic: [0, 4],
-  version: [4, 4],
-  backingFileOffset: [8, 8],
-  backingFileSize: [16, 4],
-  clusterBits: [20, 4],
-  size: [24, 8],
-  cryptMethod: [32, 4],
-  l1Size: [36, 4],
-  l1TableOffset: [40, 8],
-  refcountTableOffset: [48, 8],
-  refcountTableClusters: [56, 4],
-  nbSnapshots: [60, 4],
-  snapshotsOffset: [64, 8],
-  incompatibleFeatures: [72, 8],
-  compatibleFeatures: [80, 8],
-  autoclearFeatures: [88, 8],
-  refcountOrder: [96, 4],
-  headerLength: [100, 4],
-  compressionType: [104, 1],
-};
+const FIELDS: Record<string, readonly [number, number]> = HEADER_LAYOUT;
 
 class Image {
   bytes: Uint8Array;
