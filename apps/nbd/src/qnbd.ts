@@ -8,7 +8,7 @@ import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { isQcow2Error } from "@qcowkit/spec";
-import { loadSnapshotReadOnly } from "@qcowkit/core";
+import { loadSnapshotReadOnly } from "@qcowkit/core/internal";
 import { HELP_TEXT, parseCommandLine, type QnbdOptions } from "./cli-args";
 import type { BlockImage } from "./device";
 import { openExport } from "./open";

@@ -558,14 +558,3 @@ export async function bitmapStatus(
   }
   return out;
 }
-
-/**
- * Give an open image the optional BlockImage bitmap methods (`listBitmaps`, `bitmapStatus`) backed by this
- * module, so that frontends holding a BlockImage (the NBD server's qemu:dirty-bitmap:NAME) can use them.
- */
-export function withBitmapMethods<T extends EngineImage>(image: T): T {
-  const b = image as BlockImage;
-  b.listBitmaps = () => listBitmaps(image);
-  b.bitmapStatus = (name, guestOffset, byteLength) => bitmapStatus(image, name, guestOffset, byteLength);
-  return image;
-}

@@ -6,7 +6,6 @@
  */
 import { BlobStore, RemoteStore, resolveBackingFileName, type BlobLike, type RemoteFetch, type RemoteStoreOptions } from "@qcowkit/datafile";
 import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
-import { withBitmapMethods } from "./bitmaps";
 import type { BlockImage } from "./block-image";
 import { registerCodecLoader } from "./compression";
 import { probeFormat } from "./probe";
@@ -139,15 +138,13 @@ async function openQcow2(source: FileSource, store: ByteStore, name: string, opt
       }
     },
   };
-  return withBitmapMethods(
-    await Qcow2Image.open(store, {
-      readOnly: true,
-      resolver,
-      filename: name,
-      chain,
-      ...(opts.noIo ? { noIo: true } : {}),
-      ...(opts.checkMode ? { checkMode: true } : {}),
-      ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
-    }),
-  );
+  return await Qcow2Image.open(store, {
+    readOnly: true,
+    resolver,
+    filename: name,
+    chain,
+    ...(opts.noIo ? { noIo: true } : {}),
+    ...(opts.checkMode ? { checkMode: true } : {}),
+    ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
+  });
 }

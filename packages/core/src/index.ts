@@ -3,7 +3,6 @@
  */
 export { Qcow2Image } from "./qcow2-image";
 export type { Qcow2OpenOptions } from "./qcow2-image";
-export { mergeExtents } from "./block-image";
 export { StoreSlice, type StoreRun, type Payload } from "./store-slice";
 export type {
   BlockImage,
@@ -17,49 +16,41 @@ export type {
 export type { ImageResolver, ResolveContext } from "./resolver";
 export { getCodec, registerCodec, registerCodecLoader, zlibCodec } from "./compression";
 export type { CompressionCodec } from "./compression";
-export { readSnapshotTable } from "./snapshots";
 export type { SnapshotInfo } from "./snapshots";
 export { checkImage, checkFailureText } from "./check";
 export type { CheckReport, CheckOptions, CheckMessageKind, CheckFailure, ClusterUse } from "./check";
-export { clusterMap, CLUSTER_KINDS } from "./cluster-map";
+export { clusterMap } from "./cluster-map";
 export { headerView } from "./header-view";
 export type { HeaderView, FeatureBit, HeaderExtensionView } from "./header-view";
 export type { ClusterMap, ClusterMapFile, ClusterRun, ClusterKind } from "./cluster-map";
-export { checkAndRepairImage, checkExitCode, repairImage } from "./repair";
+export { checkAndRepairImage, repairImage } from "./repair";
 export type { CheckResult, RepairMode, RepairOptions } from "./repair";
 export { createQcow2, validateCreateOptions } from "./create";
 export type { Qcow2CreateOptions, CreateContext } from "./create";
 export { RawImage } from "./raw-image";
-export { LuksImage, LUKS_KEY_REQUIRED, type LuksOpenOptions, type LuksImageCreateOptions } from "./luks-image";
+export { LuksImage, type LuksOpenOptions, type LuksImageCreateOptions } from "./luks-image";
 export { amendEncryption } from "./encryption-amend";
-export { readVmState, writeVmState, vmStateOffset } from "./vm-state";
+export { readVmState, writeVmState } from "./vm-state";
 export type { LuksAmendOptions } from "./crypto/luks-keyslots";
 export { ImageStore } from "./image-store";
 export { CompressFilter } from "./compress-filter";
-export { probeFormatName, PROBE_BYTES, type ProbedFormat } from "./probe";
-export { imageInfo, qcow2SpecificInfo, readBitmapInfo } from "./info";
+export { probeFormatName, type ProbedFormat } from "./probe";
+export { imageInfo } from "./info";
 export type { ImageInfo, ImageInfoOptions, ImageInfoSpecificQcow2, Qcow2BitmapInfo, SnapshotInfoQapi } from "./info";
-export { mapExtents, entryMergeable } from "./map";
+export { mapExtents } from "./map";
 export type { MapEntry } from "./map";
-export { toQemuJson, toQemuJsonLine, dumpHuman, jsonString, qdictEntries, qdictBucket, printfFixed2 } from "./qemu-json";
+export { toQemuJson } from "./qemu-json";
 export type { JsonValue } from "./qemu-json";
 export { mapEntryPairs, mapJsonEntry, mapJson, checkReportJson, checkReportHuman } from "./qemu-output";
-export {
-  listSnapshots,
-  findSnapshot,
-  findSnapshotByIdAndName,
-  createSnapshot,
-  applySnapshot,
-  deleteSnapshot,
-} from "./snapshot-ops";
+export { listSnapshots, findSnapshot, createSnapshot, applySnapshot, deleteSnapshot } from "./snapshot-ops";
 export type { NewSnapshotOptions } from "./snapshot-ops";
-export { amendQcow2, AMEND_BACKING_HINT } from "./amend";
+export { amendQcow2 } from "./amend";
 export type { AmendOptions } from "./amend";
-export { commitLayers, makeEmpty } from "./commit";
+export { commitLayers } from "./commit";
 export type { CommitOptions } from "./commit";
-export { changeBackingFile, copyBackingDifferences, REBASE_CHUNK_BYTES } from "./rebase";
+export { changeBackingFile, copyBackingDifferences } from "./rebase";
 export type { RebaseOptions } from "./rebase";
-export { measureImage, qcow2PreallocatedSize, persistentBitmapsSize } from "./measure";
+export { measureImage } from "./measure";
 export type { MeasureTarget, MeasureResult } from "./measure";
 export {
   addBitmap,
@@ -76,7 +67,6 @@ export { compareImages } from "./compare";
 export type { CompareEvent, CompareOptions, CompareResult } from "./compare";
 export { convertImages, ConvertFailure } from "./convert";
 export type { ConvertFailureKind, ConvertOptions } from "./convert";
-export { loadSnapshotReadOnly } from "./snapshot-view";
 export type { SnapshotSelector } from "./snapshot-view";
 export { NbdClient } from "./nbd/client";
 export type { NbdClientOptions, NbdStatusRun } from "./nbd/client";
@@ -85,18 +75,18 @@ export type { NbdTransport, NbdReceiver } from "./nbd/transport";
 export { NbdImage } from "./nbd/nbd-image";
 export type { NbdImageOptions } from "./nbd/nbd-image";
 export { NbdStore } from "./nbd/nbd-store";
-export { parseNbdFilename, isNbdFilename, displayName as nbdDisplayName } from "./nbd/uri";
+export { parseNbdFilename } from "./nbd/uri";
 export type { NbdAddress, NbdLocation } from "./nbd/uri";
 export type { EncryptionOpenOptions, EncryptionFormat, EncryptionInfo } from "./crypto/image-encryption";
 export type { EncryptionCreateOptions } from "./crypto/create-encryption";
 export type { LuksInfo, LuksSlotInfo, LuksCreateOptions } from "./crypto/luks";
 export { validateEncryptionCreateOptions } from "./crypto/create-encryption";
-export { registerAesEngine, tableAesEngine } from "./crypto/aes-engine";
+export { registerAesEngine } from "./crypto/aes-engine";
 export type { AesBlocks, AesEngine } from "./crypto/aes-engine";
 export { imageToStream } from "./stream-out";
 export type { ImageToStreamOptions } from "./stream-out";
 export { concatImages } from "./concat-image";
-export { streamToImage, readQcow2StreamHeader, probeStream, StreamBytes } from "./stream-in";
-export { abortError, type OperationOptions } from "./operation";
+export { streamToImage, probeStream, StreamBytes } from "./stream-in";
+export { type OperationOptions } from "./operation";
 export type { StreamToImageOptions, StreamToImageResult } from "./stream-in";
-export { isRemoteName, parseRemoteName, remoteFromOptions, type RemoteName } from "./remote/remote-name";
+export { type RemoteName } from "./remote/remote-name";

@@ -8,7 +8,7 @@ import { realpath } from "node:fs/promises";
 import { FileStore, NullStore, type FileDriver, checkSafeReference, imageFilePath, printableName, referenceLeavingFolder, resolveBackingFileName, resolveDataFileName, type ReferenceKind } from "@qcowkit/datafile/node";
 import { Qcow2Error, isQcow2Error, type ByteStore } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";
-import { trackBitmaps, withBitmapMethods } from "./bitmaps";
+import { trackBitmaps } from "./bitmaps";
 import { createQcow2, validateCreateOptions, type Qcow2CreateOptions } from "./create";
 import { assertOpenedInside, imageLockMode, lockWarning, shownName, type ConfinedReference, type LockingMode } from "./node/open-policy";
 import { Qcow2Image, type Qcow2OpenOptions } from "./qcow2-image";
@@ -359,7 +359,7 @@ async function openOnStore(name: string, store: ByteStore, opts: OpenImageOption
     if (format === "luks") return await LuksImage.open(file, luksOpenOptions(opts));
     const chain = opts.chain ?? (await chainOf());
     // Qcow2Image.open closes the store itself when it fails after taking it over.
-    return withBitmapMethods(await Qcow2Image.open(file, qcow2OpenOptions(name, opts, readOnly, chain)));
+    return await Qcow2Image.open(file, qcow2OpenOptions(name, opts, readOnly, chain));
   } catch (e) {
     await store.close().catch(() => undefined);
     throw e;
@@ -472,7 +472,7 @@ async function openRemoteImage(name: string, remote: RemoteName, opts: OpenImage
     format ??= await probeFormat(store);
     if (format === "raw") return await RawImage.open(store);
     if (format === "luks") return await LuksImage.open(store, luksOpenOptions(opts));
-    return withBitmapMethods(await Qcow2Image.open(store, qcow2OpenOptions(name, opts, true, opts.chain ?? [name])));
+    return await Qcow2Image.open(store, qcow2OpenOptions(name, opts, true, opts.chain ?? [name]));
   } catch (e) {
     await store.close().catch(() => undefined);
     throw e;
@@ -502,7 +502,7 @@ async function openNbdImage(name: string, opts: OpenImageOptions): Promise<Block
     format ??= await probeFormat(store, filename);
     if (format === "raw") return await NbdImage.open(client, { filename, readOnly });
     if (format === "luks") return await LuksImage.open(store, luksOpenOptions(opts));
-    return withBitmapMethods(await Qcow2Image.open(store, qcow2OpenOptions(filename, opts, readOnly, [])));
+    return await Qcow2Image.open(store, qcow2OpenOptions(filename, opts, readOnly, []));
   } catch (e) {
     await client.close().catch(() => undefined);
     throw e;

@@ -131,4 +131,17 @@ describe("monorepo shape", () => {
     expect(lines(join(src, "qcow2-image.ts"))).toBeLessThan(700);
     expect(files(src).filter((f) => lines(f) > 1000).map((f) => relative(src, f))).toEqual([]);
   });
+
+  it("@qcowkit/core/internal is imported only by qcowkit's own apps, and core's public entries do not re-export it", () => {
+    const packageSources = readdirSync(join(root, "packages")).flatMap((p) => files(join(root, "packages", p, "src")));
+    const examples = readdirSync(join(root, "examples")).map((f) => join(root, "examples", f));
+    const users = [...packageSources, ...examples]
+      .filter((f) => /from\s+"@qcowkit\/core\/internal"/.test(readFileSync(f, "utf8")))
+      .map((f) => relative(root, f));
+    expect(users).toEqual([]);
+    const src = join(root, "packages", "core", "src");
+    for (const entry of ["index.ts", "node.ts", "browser.ts"]) expect(readFileSync(join(src, entry), "utf8")).not.toMatch(/["']\.\/internal["']/);
+    // No method is patched onto images after opening: bitmap access is Qcow2Image's own (with its checks).
+    expect(files(src).filter((f) => /\b(?:listBitmaps|bitmapStatus)\s*=/.test(stripComments(readFileSync(f, "utf8")))).map((f) => relative(src, f))).toEqual([]);
+  });
 });

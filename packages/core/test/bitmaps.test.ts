@@ -5,7 +5,7 @@
  * we hold the image open for writing.
  */
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { afterAll, describe, expect, it } from "vitest";
 import { ChunkedBits } from "../src/bitmaps";
 import { Qcow2Image, addBitmap, bitmapStatus, listBitmaps, removeBitmap } from "../src/index";
@@ -190,5 +190,31 @@ describe("BlockImage bitmap methods", () => {
       { offset: 12288, length: 4096, dirty: false },
     ]);
     await img.close();
+  });
+});
+
+describe("bitmap methods of opened images", () => {
+  it("are the class's own, so a bitmaps extension without its autoclear bit is ignored as QEMU ignores it", async () => {
+    const path = tmp.path("autoclear-off.qcow2");
+    qemu("qemu-img", ["create", "-q", "-f", "qcow2", path, "64M"]);
+    qemu("qemu-img", ["bitmap", "--add", path, "b0"]);
+    qemu("qemu-io", ["-c", "write 0 64k", path]);
+    const withBit = await qcow2(path, true);
+    expect(Object.hasOwn(withBit, "listBitmaps")).toBe(false);
+    expect(Object.hasOwn(withBit, "bitmapStatus")).toBe(false);
+    expect((await withBit.listBitmaps()).map((b) => b.name)).toEqual(["b0"]);
+    // A range past the end is refused by the class method's range check.
+    await expect(withBit.bitmapStatus("b0", 0, 128 << 20)).rejects.toThrow();
+    await withBit.close();
+
+    // Clear autoclear bit 0 (bitmaps) in the header: QEMU then treats the extension as stale and shows no bitmaps.
+    const hdr = readFileSync(path);
+    hdr[95] = hdr[95]! & ~1;
+    writeFileSync(path, hdr);
+    const qemuInfo = JSON.parse(qemu("qemu-img", ["info", "--output=json", "-U", path])) as { "format-specific": { data: { bitmaps?: unknown[] } } };
+    expect(qemuInfo["format-specific"].data.bitmaps ?? []).toEqual([]);
+    const without = await qcow2(path, true);
+    expect(await without.listBitmaps()).toEqual([]);
+    await without.close();
   });
 });

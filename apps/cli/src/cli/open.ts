@@ -3,7 +3,8 @@
  * opened for writing, engine warnings passed through, open failures prefixed the way the tool prefixes
  * them ("Could not open 'x': ..." for qemu-img, "can't open device x: ..." for qemu-io).
  */
-import { CompressFilter, ImageStore, isRemoteName, openImage, toQemuJsonLine, type BlockImage, type JsonValue, type OpenImageOptions } from "@qcowkit/core/node";
+import { CompressFilter, ImageStore, openImage, type BlockImage, type JsonValue, type OpenImageOptions } from "@qcowkit/core/node";
+import { isRemoteName, toQemuJsonLine } from "@qcowkit/core/internal";
 import { readFileSync } from "node:fs";
 import { BlkdebugStore, NullStore, QuorumStore, parseBlkdebugConfig, type BlkdebugConfig, type BlkdebugLimits, type ByteStore } from "@qcowkit/datafile";
 import { withBlkdebugLimits } from "./blkdebug-limits";

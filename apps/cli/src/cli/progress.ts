@@ -2,7 +2,7 @@
  * qemu-img's -p progress line (util/qemu-progress.c with the simple printer): "    (NN.NN/100%)\r" on
  * stdout whenever the value moved by more than `minSkip` percent or is 0 or 100, and a newline at the end.
  */
-import { printfFixed2 } from "@qcowkit/core";
+import { printfFixed2 } from "@qcowkit/core/internal";
 import type { Output } from "./errors";
 
 export class Progress {

@@ -4,7 +4,8 @@
  * As qemu-img 7.2: -o lists are merged, "help" lists the amend options of the format, options that exist only
  * for creation are refused with QEMU's hint, and the engine applies the rest in QEMU's order.
  */
-import { AMEND_BACKING_HINT, LuksImage, Qcow2Image, amendEncryption, amendQcow2, type AmendOptions, type LuksAmendOptions } from "@qcowkit/core/node";
+import { LuksImage, Qcow2Image, amendEncryption, amendQcow2, type AmendOptions, type LuksAmendOptions } from "@qcowkit/core/node";
+import { AMEND_BACKING_HINT } from "@qcowkit/core/internal";
 import { isQcow2Error } from "@qcowkit/spec";
 import { CliError, ExitStatus, UsageError, errorText } from "../cli/errors";
 import { getopt } from "../cli/getopt";

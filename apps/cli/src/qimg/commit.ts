@@ -5,7 +5,8 @@
  * copied into the base, then the image is emptied unless -d; prints "Image committed.".
  */
 import { realpathSync } from "node:fs";
-import { Qcow2Image, commitLayers, isRemoteName, makeEmpty, openImage, type BlockImage } from "@qcowkit/core/node";
+import { Qcow2Image, commitLayers, openImage, type BlockImage } from "@qcowkit/core/node";
+import { isRemoteName, makeEmpty } from "@qcowkit/core/internal";
 import { isQcow2Error } from "@qcowkit/spec";
 import { combinePath } from "../cli/chain";
 import { CliError, UsageError, errorText } from "../cli/errors";

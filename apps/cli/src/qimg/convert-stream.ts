@@ -10,16 +10,8 @@
  * - both: raw to raw is copied through; otherwise the source is spooled to a temporary file first.
  */
 import { join, resolve } from "node:path";
-import {
-  concatImages,
-  imageToStream,
-  loadSnapshotReadOnly,
-  probeStream,
-  streamToImage,
-  type BlockImage,
-  type ImageToStreamOptions,
-  type SnapshotSelector,
-} from "@qcowkit/core/node";
+import { concatImages, imageToStream, probeStream, streamToImage, type BlockImage, type ImageToStreamOptions, type SnapshotSelector } from "@qcowkit/core/node";
+import { loadSnapshotReadOnly } from "@qcowkit/core/internal";
 import { CliError, errorText } from "../cli/errors";
 import { closeQuietly, openCliImage, openOperand } from "../cli/open";
 import { Progress } from "../cli/progress";

@@ -7,7 +7,8 @@
  * deletes both files, as QEMU does.
  */
 import { rm } from "node:fs/promises";
-import { createImage, isNbdFilename, isRemoteName, validateCreateOptions, type CreateImageOptions, type Preallocation } from "@qcowkit/core/node";
+import { createImage, validateCreateOptions, type CreateImageOptions, type Preallocation } from "@qcowkit/core/node";
+import { isNbdFilename, isRemoteName } from "@qcowkit/core/internal";
 import { imageFilePath, resolveBackingFileName } from "@qcowkit/datafile";
 import { FileStore } from "@qcowkit/datafile/node";
 import { CliError, UsageError, errorText, withContext } from "../cli/errors";

@@ -5,7 +5,8 @@
  * not opened); with --backing-chain each backing file is opened the same way in turn. Nothing is printed
  * unless every image of the chain could be opened.
  */
-import { imageInfo, type ImageInfo, dumpHuman, toQemuJson, type JsonValue } from "@qcowkit/core/node";
+import { imageInfo, type ImageInfo, toQemuJson, type JsonValue } from "@qcowkit/core/node";
+import { dumpHuman } from "@qcowkit/core/internal";
 import { CliError, UsageError } from "../cli/errors";
 import { openOperand, usingImage } from "../cli/open";
 import { sizeToStr } from "../cli/size";

@@ -4,7 +4,8 @@
  * As qemu-img 7.2: the default target format is raw; the numbers are QEMU's ("required size", "fully
  * allocated size", and "bitmaps size" when the source and the target keep persistent bitmaps).
  */
-import { loadSnapshotReadOnly, measureImage, type SnapshotSelector, type BlockImage, type MeasureTarget, type Preallocation, toQemuJson } from "@qcowkit/core/node";
+import { measureImage, type SnapshotSelector, type BlockImage, type MeasureTarget, type Preallocation, toQemuJson } from "@qcowkit/core/node";
+import { loadSnapshotReadOnly } from "@qcowkit/core/internal";
 import { CliError, ExitStatus, errorText } from "../cli/errors";
 import { getopt } from "../cli/getopt";
 import { openOperand, usingImage } from "../cli/open";

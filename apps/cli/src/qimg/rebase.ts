@@ -6,7 +6,8 @@
  * -b "" removes the backing file.
  */
 import { realpathSync } from "node:fs";
-import { changeBackingFile, copyBackingDifferences, openImage, REBASE_CHUNK_BYTES, type BlockImage } from "@qcowkit/core/node";
+import { changeBackingFile, copyBackingDifferences, openImage, type BlockImage } from "@qcowkit/core/node";
+import { REBASE_CHUNK_BYTES } from "@qcowkit/core/internal";
 import { combinePath } from "../cli/chain";
 import { strerror } from "../cli/errno";
 import { CliError, UsageError, errorText } from "../cli/errors";

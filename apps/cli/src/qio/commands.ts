@@ -2,7 +2,8 @@
  * qemu-io's commands, with its argument checks, output lines and failure texts. A command returns true when
  * it succeeded; qio exits 1 when any command failed.
  */
-import { CompressFilter, Qcow2Image, RawImage, createImage, qcow2SpecificInfo, dumpHuman, readVmState, writeVmState, type BlockImage, type JsonValue, type Preallocation } from "@qcowkit/core/node";
+import { CompressFilter, Qcow2Image, RawImage, createImage, readVmState, writeVmState, type BlockImage, type JsonValue, type Preallocation } from "@qcowkit/core/node";
+import { qcow2SpecificInfo, dumpHuman } from "@qcowkit/core/internal";
 import { errnoText, isQcow2Error } from "@qcowkit/spec";
 import type { BlkdebugStore } from "@qcowkit/datafile";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
