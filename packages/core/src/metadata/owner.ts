@@ -13,7 +13,7 @@
  *  5. a flush reaches both the qcow2 file and the external data file (`flush`).
  * Header fields are written by name through the spec codec (`encodeHeaderFields`), never at byte offsets.
  */
-import { ClusterMap, L1Table, L2Cache } from "@qcowkit/cluster";
+import { ClusterMap, ClusterWriter, L1Table, L2Cache, type ClusterAllocator } from "@qcowkit/cluster";
 import { Refcounts, type RefcountOptions } from "@qcowkit/refcount";
 import {
   COMPAT_LAZY_REFCOUNTS,
@@ -67,6 +67,8 @@ export class MetadataOwner {
   readonly hasDataFile: boolean;
   readonly l2Cache: L2Cache;
   readonly map: ClusterMap;
+  /** The mapping's write side (L2 allocation, copy-on-write planning, entry updates), on this owner's allocator and order. */
+  readonly clusters: ClusterWriter;
   readonly readOnly: boolean;
   #data: ByteStore;
   #hdr: ImageHeader;
@@ -102,7 +104,29 @@ export class MetadataOwner {
     this.hasDataFile = (h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
     this.l2Cache = new L2Cache(meta, this.clusterSize, Math.max(4, Math.floor(opts.cacheBytes / this.clusterSize)));
     this.map = new ClusterMap({ clusterBits: h.clusterBits, extendedL2: this.extendedL2, dataFile: this.hasDataFile }, l1, this.l2Cache);
+    this.clusters = new ClusterWriter(this.map, this.allocator, {
+      beforeReference: () => this.refcountsBeforeReference(),
+      onNewTable: (hostOffset) => {
+        this.meta.debugEvent?.("l2_alloc_write");
+        this.noteL2Table(hostOffset);
+      },
+    });
   }
+
+  /** Clusters of the qcow2 file for `@qcowkit/cluster`, counted by the refcount structures. */
+  readonly allocator: ClusterAllocator = {
+    allocate: (count) => this.refcounts.allocate(count),
+    allocateAt: async (first, count) => {
+      const refcounts = this.refcounts;
+      let n = 0;
+      while (n < count && (await refcounts.get(first + n)) === 0) n++;
+      if (n > 0) await refcounts.allocateAt(first, n);
+      return n;
+    },
+    allocateMetadata: (count, what) => this.allocateMetadata(count, what),
+    release: (first, count, passDiscard) => this.refcounts.deferFree(first, count, passDiscard),
+    unallocate: (first, count) => this.refcounts.update(first, count, -1),
+  };
 
   // ---------------------------------------------------------------- read-only views
 
