@@ -7,6 +7,7 @@
  * `decodeL2Entry` never throws (check reports what it finds); `encodeL2Entry` refuses what no valid entry holds.
  */
 import {
+  OFLAG_COPIED_HI,
   Qcow2Error,
   classifyCluster,
   decodeCompressedDescriptor,
@@ -148,6 +149,13 @@ export function writeL2Entry(view: DataView, index: number, e: L2EntryValue | L2
     const zero = "zeroBits" in e && e.zeroBits !== undefined ? e.zeroBits : 0;
     setL2Bitmap(view, index, alloc >>> 0, zero >>> 0);
   }
+}
+
+/** Set or clear only the COPIED flag (bit 63) of the entry at `index`, every other bit as it is. */
+export function setL2Copied(view: DataView, index: number, g: ClusterGeometry, copied: boolean): void {
+  const at = l2EntryPosition(index, g.extendedL2);
+  const hi = view.getUint32(at);
+  view.setUint32(at, copied ? (hi | OFLAG_COPIED_HI) >>> 0 : (hi & ~OFLAG_COPIED_HI) >>> 0);
 }
 
 /** Only the subcluster bitmap of an extended entry. */

@@ -13,6 +13,7 @@ export {
   entryIsAllocated,
   readL2Entry,
   referencedClusters,
+  setL2Copied,
   writeL2Bitmap,
   writeL2Entry,
 } from "./entry";

@@ -10,18 +10,15 @@ import {
   INCOMPAT_COMPRESSION,
   INCOMPAT_DIRTY,
   Qcow2Error,
-  classifyCluster,
   errnoText,
   l1EntryL2Offset,
-  l2EntryPosition,
-  l2HostOffset,
   maxRefcount,
   refcountBlockEntries,
-  setL2Entry,
   setRefcount,
   setReftableEntry,
   viewOf,
 } from "@qcowkit/spec";
+import { readL2Entry, writeL2Entry } from "@qcowkit/cluster";
 import { altHex } from "./check";
 import type { Qcow2Image } from "./qcow2-image";
 import { validateSnapshotL1, writeSnapshotTable } from "./snapshot-ops";
@@ -262,17 +259,15 @@ async function expandZeroClusters(image: Qcow2Image, status: (offset: number, wo
           const l2Refcount = await image.metadata.refcounts.get(l2Offset / cs);
           const t = await image.metadata.l2Cache.get(l2Offset);
           let dirty = false;
-          for (let j = 0; j < image.metadata.map.l2Entries; j++) {
-            const at = l2EntryPosition(j, false);
-            const hi = t.view.getUint32(at);
-            const lo = t.view.getUint32(at + 4);
-            const kind = classifyCluster(hi, lo, image.metadata.map.format);
-            if (kind !== "zero-plain" && kind !== "zero-alloc") continue;
+          const g = image.metadata.map;
+          for (let j = 0; j < g.l2Entries; j++) {
+            const e = readL2Entry(t.view, j, g);
+            if (e.kind !== "zero") continue;
             let host: number;
             let copied: boolean;
-            if (kind === "zero-plain") {
+            if (e.hostOffset === 0) {
               if (!image.backing) {
-                setL2Entry(t.view, j, false, 0);
+                writeL2Entry(t.view, j, { kind: "unallocated" }, g);
                 dirty = true;
                 continue;
               }
@@ -280,7 +275,7 @@ async function expandZeroClusters(image: Qcow2Image, status: (offset: number, wo
               if (l2Refcount > 1) await image.metadata.refcounts.update(host / cs, 1, l2Refcount - 1);
               copied = l2Refcount === 1;
             } else {
-              host = l2HostOffset(hi, lo);
+              host = e.hostOffset;
               if (host % cs !== 0) {
                 throw await corrupt(`Cluster allocation offset ${altHex(host)} unaligned (L2 offset: ${altHex(l2Offset)}, L2 index: ${altHex(j)})`);
               }
@@ -288,7 +283,7 @@ async function expandZeroClusters(image: Qcow2Image, status: (offset: number, wo
             }
             if (image.metadata.data.efficientZeroes) await image.metadata.data.writeZeroes(host, cs, false);
             else await image.metadata.data.write(host, zeros);
-            setL2Entry(t.view, j, false, host, { copied });
+            writeL2Entry(t.view, j, { kind: "normal", hostOffset: host, copied }, g);
             dirty = true;
           }
           if (dirty) image.metadata.l2Cache.markDirty(t);
