@@ -142,6 +142,28 @@ export class ClusterWriter {
     return [await this.allocator.allocate(count), count];
   }
 
+  /**
+   * Host clusters for an "allocate" or "reuse" plan: the clusters it keeps, or new ones (at the allocation
+   * hint when free there; the run is shortened to what was free there). The next piece of the write goes
+   * after them.
+   */
+  async placeRun(plan: Exclude<StandardWritePlan, { mode: "in-place" }>): Promise<{ hostStart: number; count: number; runEnd: number }> {
+    const cs = this.clusterSize;
+    let { count, runEnd } = plan;
+    let hostStart: number;
+    if (plan.mode === "reuse") hostStart = plan.hostStart;
+    else {
+      const [first, n] = await this.allocateRun(count);
+      hostStart = first * cs;
+      if (n < count) {
+        count = n;
+        runEnd = Math.min(runEnd, plan.clusterStart + n * cs);
+      }
+    }
+    if (!this.map.dataFile) this.hint = hostStart / cs + count;
+    return { hostStart, count, runEnd };
+  }
+
   /** Give back clusters allocated for a run whose data write failed before its entries took them. */
   unallocate(first: number, count: number): Promise<void> {
     return this.allocator.unallocate(first, count);

@@ -110,7 +110,7 @@ describe("L2 entry classification", () => {
       [0x20000000, 0x10000], // bit 61
       [0x80000000, 0x10002], // bit 1
       [0x00000000, 0x10100], // bit 8
-    ]) {
+    ] as const) {
       const e = classifyL2Entry(hi, lo, g);
       expect(e.reservedBits).toBe(true);
       expect(refused(() => encodeL2Entry(e, g))).toBe("INVALID_ARGUMENT");

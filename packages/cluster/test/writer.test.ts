@@ -164,18 +164,7 @@ async function write(w: World, start: number, end: number, problems: string[]): 
         problems.push(`${where}: ${s.kind} cluster planned as ${JSON.stringify(plan)}, expected ${wantMode}`);
         return;
       }
-      let { count, runEnd } = plan;
-      let hostStart: number;
-      if (plan.mode === "reuse") hostStart = plan.hostStart;
-      else {
-        const [first, n] = await writer.allocateRun(count);
-        hostStart = first * CS;
-        if (n < count) {
-          count = n;
-          runEnd = Math.min(runEnd, plan.clusterStart + n * CS);
-        }
-      }
-      writer.continueAt(hostStart / CS + count);
+      const { hostStart, count, runEnd } = await writer.placeRun(plan);
       const writeEnd = Math.min(end, runEnd);
       const fills = writer.planCopyOnWrite(t, plan.clusterStart, count, hostStart, pos, writeEnd, BACKING);
       // Copy-on-write: the partly written first and last clusters, from where their old content is.

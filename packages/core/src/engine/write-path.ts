@@ -121,19 +121,8 @@ export class WritePath {
       clusters.continueAt(Math.ceil((plan.hostOffset + (plan.end - pos)) / cs));
       return plan.end;
     }
-    let { count, runEnd } = plan;
     const clusterStart = plan.clusterStart;
-    let hostStart: number;
-    if (plan.mode === "reuse") hostStart = plan.hostStart;
-    else {
-      const [first, n] = await clusters.allocateRun(count);
-      hostStart = first * cs;
-      if (n < count) {
-        count = n;
-        runEnd = Math.min(runEnd, clusterStart + n * cs);
-      }
-    }
-    if (!this.h.hasDataFile) clusters.continueAt(hostStart / cs + count);
+    const { hostStart, count, runEnd } = await clusters.placeRun(plan);
     try {
       await this.writeAllocatedRun(t, clusterStart, count, hostStart, pos, data.subarray(0, runEnd - pos));
     } catch (e) {
