@@ -159,8 +159,7 @@ export const AMEND_BACKING_HINT = "You can use 'qemu-img rebase' instead.";
 async function markClean(image: Qcow2Image): Promise<void> {
   if ((image.header.incompatibleFeatures & INCOMPAT_DIRTY) === 0n) return;
   await image.flush();
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("settle");
   await image.metadata.updateHeader((hdr) => {
     hdr.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
   });
@@ -321,8 +320,7 @@ async function changeRefcountOrder(image: Qcow2Image, order: number, status: (of
     // QEMU's failure path: the new blocks and table allocated so far are freed again.
     for (const offset of newBlocks.values()) await old.update(offset / cs, 1, -1);
     if (tableClusters > 0) await old.update(tableOffset / cs, tableClusters, -1);
-    await old.writeBack();
-    await image.metadata.meta.flush();
+    await image.metadata.commitRefcounts("rollback");
     throw e;
   }
   async function walkAndAllocate(): Promise<void> {
@@ -384,8 +382,7 @@ async function changeRefcountOrder(image: Qcow2Image, order: number, status: (of
     setReftableEntry(tv, b, offset);
   }
   await image.metadata.meta.write(tableOffset, table);
-  await old.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("before-reference");
   const oldTableOffset = old.reftableOffset;
   const oldTableClusters = old.reftableClusters;
   const oldBlocks: number[] = [];
@@ -402,7 +399,6 @@ async function changeRefcountOrder(image: Qcow2Image, order: number, status: (of
   // The old structures are no longer referenced: free them through the new ones.
   await image.metadata.refcounts.update(oldTableOffset / cs, oldTableClusters, -1);
   for (const off of oldBlocks) await image.metadata.refcounts.update(off / cs, 1, -1);
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("after-reference-removal");
   status(size, size);
 }

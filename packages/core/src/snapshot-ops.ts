@@ -177,11 +177,9 @@ export async function recomputeCopiedFlags(image: EngineImage): Promise<void> {
 
 /** Write everything cached (refcounts included, lazy or not) and flush. */
 async function persist(image: EngineImage): Promise<void> {
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("before-reference");
   await image.metadata.writeback();
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("settle");
 }
 
 /**
@@ -205,8 +203,7 @@ export async function writeSnapshotTable(
     await beforeWrite?.(offset, bytes.byteLength);
     await image.metadata.meta.write(offset, bytes);
   }
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("before-reference");
   const oldOffset = image.header.snapshotsOffset;
   const oldBytes = image.metadata.snapshots.reduce((n, s) => n + s.entryBytes, 0);
   await image.metadata.setHeaderFields({ nbSnapshots: normalized.length, snapshotsOffset: offset });
@@ -223,8 +220,7 @@ export async function writeSnapshotTable(
     if (!freesOld || !isQcow2Error(e) || (e.code !== "IO_ERROR" && e.code !== "NO_SPACE")) throw e;
     image.warn(`qcow2_free_clusters failed: ${e.message}`);
   }
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("after-reference-removal");
 }
 
 /** QEMU's find_new_snapshot_id: one more than the largest numeric id. */
@@ -288,8 +284,7 @@ async function createSnapshotUnlocked(image: EngineImage, name: string, opts: Ne
   } catch (e) {
     // The references taken are dropped again; the L1 copy stays allocated (a leak, as QEMU leaves it).
     await rollback(image, applied);
-    await image.metadata.refcounts.writeBack();
-    await image.metadata.meta.flush();
+    await image.metadata.commitRefcounts("rollback");
     throw e;
   }
   await recomputeCopiedFlags(image);
@@ -337,8 +332,7 @@ async function applySnapshotTables(image: EngineImage, sn: SnapshotEntry): Promi
     await rollback(image, applied);
     throw e;
   }
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("before-reference");
   // The new active table is durable before the old tables lose their reference.
   await image.metadata.meta.write(cur.hostOffset, newBytes);
   await image.metadata.meta.flush();

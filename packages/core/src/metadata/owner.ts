@@ -36,6 +36,9 @@ import {
 } from "@qcowkit/spec";
 import type { SnapshotInfo } from "../snapshots";
 
+/** The ordering rule a refcount write-back outside `writeback` keeps (see `MetadataOwner.commitRefcounts`). */
+export type RefcountCommit = "before-reference" | "after-reference-removal" | "rollback" | "settle";
+
 /** A read-only view of a structure (arrays and byte buffers are returned as they are). */
 export type ReadonlyDeep<T> = T extends Uint8Array
   ? T
@@ -344,9 +347,28 @@ export class MetadataOwner {
   }
 
   /** Rule 2 ahead of a reference written outside `writeback` (a new L2 table, L1 table): refcounts durable. */
-  async refcountsBeforeReference(): Promise<void> {
+  refcountsBeforeReference(): Promise<void> {
+    return this.commitRefcounts("before-reference");
+  }
+
+  /**
+   * Write the cached refcount blocks (lazy refcounts or not) and flush the qcow2 file, at a point of an
+   * operation outside `writeback` that the rule `why` names:
+   *  - "before-reference" (rule 2): clusters were allocated; the reference to them (a new table, the header's
+   *    pointer to a snapshot table, bitmap directory or refcount table, an L2 entry) is written next;
+   *  - "after-reference-removal" (rule 4): the references were removed and are durable (the caller's
+   *    `writeback`, header switch or table write flushed them); the decreases follow them to disk;
+   *  - "rollback": increases taken for references that never reached disk are given back;
+   *  - "settle": all of it must be on disk before a state that depends on it (the dirty bit cleared, check's
+   *    repairs finished, the file's used end read, close after a failed table flush).
+   * Writing the refcount cache is safe at each of them: it holds increases (a leak at worst after a crash)
+   * and decreases applied only once what referenced the clusters is gone from disk (the deferred frees of
+   * `writeback`) or never reached it. `flush: false` leaves the flush to the caller's next step.
+   */
+  async commitRefcounts(why: RefcountCommit, opts: { flush?: boolean } = {}): Promise<void> {
+    void why; // the caller's statement of the rule it keeps: the write is the same for each
     await this.refcounts.writeBack();
-    await this.meta.flush();
+    if (opts.flush !== false) await this.meta.flush();
   }
 
   /** Bring metadata to disk in crash-safe order (rules 1 to 4 of the file comment). */
