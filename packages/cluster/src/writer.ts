@@ -134,7 +134,7 @@ export class ClusterWriter {
    * `count` new clusters at the allocation hint when free there (as many as are), else where the allocator
    * places them (QEMU's do_alloc_cluster_offset). Returns the first and how many.
    */
-  async allocateRun(count: number): Promise<[first: number, count: number]> {
+  private async allocateRun(count: number): Promise<[first: number, count: number]> {
     if (this.hint > 0) {
       const n = await this.allocator.allocateAt(this.hint, count);
       if (n > 0) return [this.hint, n];
