@@ -9,12 +9,14 @@
  *  - the allocator was called as the model predicts: after the deferred releases are applied, every
  *    cluster's count equals the references the model holds (no leak, no double free),
  *  - a new L2 table's refcount was made durable (`beforeReference`) before its L1 entry pointed to it.
+ * With extended L2 entries the model is the content: every guest byte (and every snapshot's) must read what
+ * it read before, except the bytes written, after the test performed the writer's subcluster plans.
  */
 import { MemoryStore } from "@qcowkit/datafile";
 import { seededRandom } from "@qcowkit/datafile/testing";
 import { SubclusterType } from "@qcowkit/spec";
 import { describe, expect, it } from "vitest";
-import { ClusterMap, ClusterWriter, L1Table, L2Cache, setL2Copied, type ClusterAllocator, type CowSource, type L2Table } from "../src/index";
+import { ClusterMap, ClusterWriter, L1Table, L2Cache, referencedClusters, setL2Copied, type ClusterAllocator, type CowSource, type L2Table } from "../src/index";
 
 const BITS = 9;
 const CS = 2 ** BITS;
@@ -95,11 +97,11 @@ interface World {
   ordering: number[];
 }
 
-function makeWorld(): World {
+function makeWorld(extendedL2 = false): World {
   const store = new MemoryStore();
   const l1 = new L1Table(CS, TABLES);
   const cache = new L2Cache(store, CS, 64);
-  const map = new ClusterMap({ clusterBits: BITS, extendedL2: false, dataFile: false }, l1, cache);
+  const map = new ClusterMap({ clusterBits: BITS, extendedL2, dataFile: false }, l1, cache);
   const alloc = new ModelAllocator();
   const w: World = { map, writer: undefined as unknown as ClusterWriter, alloc, model: new Map(), frozen: new Map(), ordering: [] };
   w.writer = new ClusterWriter(map, alloc, {
@@ -365,5 +367,163 @@ describe("ClusterWriter against a model", () => {
     expect(w.writer.planExtended(entry(0x10, 0x0f), 20 * sc, 21 * sc, false)).toEqual({ movesData: true, fill: [], allocBits: 0x1ffff0, zeroBits: 0x0f });
     // A compressed cluster moves whole and becomes all data.
     expect(w.writer.planExtended(entry(0, 0, "compressed"), 0, 1, false)).toEqual({ movesData: true, fill: [], allocBits: 0xffffffff, zeroBits: 0 });
+  });
+
+  it("extended L2: seeded writes keep every byte they do not write (snapshots' too), and the counts match the references", async () => {
+    // Content model: what each guest byte reads (0 zeros, -1 the backing file's byte, -2 garbage, n > 0 the
+    // n-th write), what each host byte holds, and each compressed cluster's bytes. The test performs the
+    // writer's plans as the engine does; after every step every guest byte must read as expected.
+    const E_ENTRIES = CS / 16;
+    const E_CLUSTERS = E_ENTRIES * TABLES;
+    const E_SIZE = E_CLUSTERS * CS;
+    const SC = CS / 32;
+    for (let seed = 1; seed <= 4; seed++) {
+      const problems: string[] = [];
+      const rand = seededRandom(seed * 104729);
+      const w = makeWorld(true);
+      const { map, writer, alloc } = w;
+      const expected = new Int32Array(E_SIZE);
+      for (let b = 0; b < E_SIZE; b++) expected[b] = b < BACKING ? -1 : 0;
+      const host = new Int32Array(4096 * CS).fill(-2);
+      const compressed = new Map<number, Int32Array>();
+      const frozen = new Map<number, number>();
+      /** Snapshots: their L1 tables (L2 table offsets) and what every guest byte read when they were taken. */
+      const snapshots: Array<{ l1: number[]; content: Int32Array }> = [];
+      /** What guest cluster `c` reads through the active tables, or through a snapshot's L1 table `l1`. */
+      const readCluster = async (c: number, l1?: number[]): Promise<Int32Array> => {
+        const out = new Int32Array(CS);
+        const l2Offset = l1 ? l1[Math.floor(c / E_ENTRIES)]! : map.l1.l2Offset(Math.floor(c / E_ENTRIES));
+        const t = l2Offset === 0 ? undefined : await map.cache.get(l2Offset);
+        const e = t ? writer.entry(t, c * CS) : undefined;
+        for (let i = 0; i < CS; i++) {
+          const sc = Math.floor(i / SC);
+          const g = c * CS + i;
+          if (e?.kind === "compressed") out[i] = compressed.get(e.compressed!.hostOffset)![i]!;
+          else if (e && e.allocBits & (1 << sc)) out[i] = host[e.hostOffset + i]!;
+          else if (e && e.zeroBits & (1 << sc)) out[i] = 0;
+          else out[i] = g < BACKING ? -1 : 0;
+        }
+        return out;
+      };
+      let writeId = 0;
+      for (let step = 0; step < 50 && problems.length === 0; step++) {
+        const [r, c] = [rand(), Math.floor(rand() * E_CLUSTERS)];
+        let what: string;
+        if (r < 0.55) {
+          const start = c * CS + Math.floor(rand() * CS);
+          const end = Math.min(E_SIZE, start + 1 + Math.floor(rand() * (rand() < 0.3 ? 6 * CS : CS)));
+          const id = ++writeId;
+          what = `write [${start}, ${end})`;
+          writer.beginWrite();
+          for (let pos = start; pos < end; ) {
+            const tableEnd = Math.min(end, (map.l1Index(pos) + 1) * map.l2Coverage);
+            const t = await writer.writableTable(pos);
+            for (; pos < tableEnd; pos = Math.min(tableEnd, (Math.floor(pos / CS) + 1) * CS)) {
+              const clusterStart = Math.floor(pos / CS) * CS;
+              const from = pos - clusterStart;
+              const to = Math.min(tableEnd, clusterStart + CS) - clusterStart;
+              const e = writer.entry(t, pos);
+              const { host: h, reuse } = await writer.extendedHost(t, pos, tableEnd, e);
+              const plan = writer.planExtended(e, from, to, reuse);
+              const buf = plan.movesData ? await readCluster(clusterStart / CS) : new Int32Array(CS).fill(-2);
+              if (!plan.movesData && !reuse && (e.kind === "normal" || e.kind === "compressed")) problems.push(`${what}: data of cluster ${clusterStart / CS} left behind`);
+              const old = await readCluster(clusterStart / CS);
+              for (const sc of plan.fill) buf.set(old.subarray(sc * SC, (sc + 1) * SC), sc * SC);
+              buf.fill(id, from, to);
+              // The host bytes the engine writes: all of a moved cluster, else the written span with the filled subclusters.
+              const spanStart = plan.movesData ? 0 : plan.fill.includes(Math.floor(from / SC)) ? Math.floor(from / SC) * SC : from;
+              const spanEnd = plan.movesData ? CS : plan.fill.includes(Math.floor((to - 1) / SC)) ? (Math.floor((to - 1) / SC) + 1) * SC : to;
+              host.set(buf.subarray(spanStart, spanEnd), h + spanStart);
+              writer.linkExtended(t, pos, h, plan.allocBits, plan.zeroBits);
+              if (!reuse) writer.release(e, h);
+            }
+          }
+          await writer.endWrite();
+          expected.fill(id, start, end);
+        } else if (r < 0.8) {
+          const op = (["zero", "discard", "zero-subclusters"] as const)[Math.floor(rand() * 3)]!;
+          what = `${op} ${c}`;
+          const t = await writer.writableTable(c * CS);
+          if (op === "zero-subclusters") {
+            const e = writer.entry(t, c * CS);
+            if (e.kind === "compressed") continue;
+            const first = Math.floor(rand() * 32);
+            const count = 1 + Math.floor(rand() * (32 - first));
+            const mask = (count >= 32 ? 0xffffffff : ((1 << count) - 1) << first) >>> 0;
+            writer.setBitmap(t, c * CS, (e.allocBits & ~mask) >>> 0, (e.zeroBits | mask) >>> 0);
+            expected.fill(0, c * CS + first * SC, c * CS + (first + count) * SC);
+          } else {
+            const old = writer.clearEntry(t, c * CS, op === "zero" ? "zero" : "unallocated");
+            if (old) writer.release(old, -1);
+            for (let b = c * CS; b < (c + 1) * CS; b++) expected[b] = op === "zero" || b >= BACKING ? 0 : -1;
+          }
+        } else if (r < 0.9) {
+          what = `compress ${c}`;
+          const t = await writer.writableTable(c * CS);
+          const e = writer.entry(t, c * CS);
+          if (e.kind !== "unallocated" || e.allocBits !== 0) continue;
+          const first = await alloc.allocate(1);
+          const bytes = await readCluster(c);
+          const id = ++writeId;
+          bytes.fill(id, 0, 1 + Math.floor(rand() * CS));
+          compressed.set(first * CS + 7, bytes);
+          writer.setEntry(t, c * CS, { kind: "compressed", hostOffset: first * CS + 7, byteLength: CS - 7 });
+          expected.set(bytes, c * CS);
+        } else {
+          what = "snapshot";
+          snapshots.push({ l1: Array.from({ length: TABLES }, (_, i) => map.l1.l2Offset(i)), content: expected.slice() });
+          const take = (k: number) => {
+            alloc.counts.set(k, alloc.counts.get(k)! + 1);
+            frozen.set(k, (frozen.get(k) ?? 0) + 1);
+          };
+          for (let i = 0; i < TABLES; i++) {
+            const off = map.l1.l2Offset(i);
+            if (off === 0) continue;
+            const t = await map.cache.get(off);
+            for (let j = 0; j < E_ENTRIES; j++) {
+              const e = writer.entry(t, (i * E_ENTRIES + j) * CS);
+              for (let k = 0, cl = referencedClusters(e, CS); cl && k < cl[1]; k++) take(cl[0] + k);
+              if (e.kind === "normal") setL2Copied(t.view, j, map, false);
+            }
+            map.cache.markDirty(t);
+            take(off / CS);
+            map.l1.set(i, off, false);
+          }
+        }
+        alloc.applyReleases();
+        // Every guest byte reads as the model says.
+        for (let cl = 0; cl < E_CLUSTERS && problems.length < 3; cl++) {
+          const got = await readCluster(cl);
+          const i = got.findIndex((v, k) => v !== expected[cl * CS + k]);
+          if (i >= 0) problems.push(`seed ${seed} step ${step} (${what}): byte ${cl * CS + i} reads ${got[i]}, expected ${expected[cl * CS + i]}`);
+        }
+        // Every snapshot still reads what it read when it was taken (nothing shared was written in place).
+        for (const [n, snap] of snapshots.entries()) {
+          for (let cl = 0; cl < E_CLUSTERS && problems.length < 3; cl++) {
+            const got = await readCluster(cl, snap.l1);
+            const i = got.findIndex((v, k) => v !== snap.content[cl * CS + k]);
+            if (i >= 0) problems.push(`seed ${seed} step ${step} (${what}): snapshot ${n} byte ${cl * CS + i} reads ${got[i]}, expected ${snap.content[cl * CS + i]}`);
+          }
+        }
+        // Counts equal references: tables, data clusters, compressed data, and what snapshots hold.
+        const want = new Map(frozen);
+        const add = (k: number) => want.set(k, (want.get(k) ?? 0) + 1);
+        for (let i = 0; i < TABLES; i++) {
+          const off = map.l1.l2Offset(i);
+          if (off === 0) continue;
+          add(off / CS);
+          const t = await map.cache.get(off);
+          for (let j = 0; j < E_ENTRIES; j++) {
+            const cl = referencedClusters(writer.entry(t, (i * E_ENTRIES + j) * CS), CS);
+            for (let k = 0; cl && k < cl[1]; k++) add(cl[0] + k);
+          }
+        }
+        for (const k of new Set([...want.keys(), ...alloc.counts.keys()])) {
+          if ((alloc.counts.get(k) ?? 0) !== (want.get(k) ?? 0)) problems.push(`seed ${seed} step ${step} (${what}): cluster ${k} counted ${alloc.counts.get(k) ?? 0}, referenced ${want.get(k) ?? 0}`);
+        }
+      }
+      expect(problems.slice(0, 3)).toEqual([]);
+      expect(writeId).toBeGreaterThan(20);
+    }
   });
 });
