@@ -347,6 +347,29 @@ describe("ClusterWriter against a model", () => {
     expect([w.writer.entry(t, 0).copied, w.writer.entry(t, 2 * CS).copied]).toEqual([false, false]);
   });
 
+  it("external data file: hosts are guest offsets, nothing is allocated or released for data", async () => {
+    const store = new MemoryStore();
+    const map = new ClusterMap({ clusterBits: BITS, extendedL2: false, dataFile: true }, new L1Table(CS, TABLES), new L2Cache(store, CS, 8));
+    const alloc = new ModelAllocator();
+    const writer = new ClusterWriter(map, alloc, { beforeReference: async () => undefined });
+    const t = await writer.writableTable(0);
+    expect(alloc.log).toEqual(["metadata L2 table"]);
+    // Unallocated clusters: rewritten at their guest offsets (the run stops before a COPIED data cluster).
+    writer.setEntry(t, 5 * CS, { kind: "normal", hostOffset: 5 * CS, copied: true });
+    const plan = writer.planStandard(t, 2 * CS + 10, ENTRIES * CS);
+    expect(plan).toEqual({ mode: "reuse", clusterStart: 2 * CS, count: 3, runEnd: 5 * CS, hostStart: 2 * CS });
+    if (plan.mode !== "reuse") return;
+    expect(await writer.placeRun(plan)).toEqual({ hostStart: 2 * CS, count: 3, runEnd: 5 * CS });
+    writer.linkRun(t, 2 * CS, 3, 2 * CS);
+    // Data clusters of a data-file image at host offset 0 are data (COPIED), and written in place.
+    writer.setEntry(t, 0, { kind: "normal", hostOffset: 0, copied: true });
+    expect(writer.planStandard(t, 0, ENTRIES * CS)).toEqual({ mode: "in-place", end: CS, hostOffset: 0 });
+    expect(writer.planStandard(t, 3 * CS + 1, ENTRIES * CS)).toEqual({ mode: "in-place", end: 6 * CS, hostOffset: 3 * CS + 1 });
+    alloc.applyReleases();
+    expect(alloc.log).toEqual(["metadata L2 table"]);
+    expect([...alloc.counts.values()]).toEqual([1]);
+  });
+
   it("extended L2: subcluster plans", () => {
     const w = makeWorld();
     const sc = CS / 32;
