@@ -9,7 +9,9 @@
  *
  * Only a check that fixes nothing keeps them: it writes nothing between the passes, so what was read is what
  * is on disk. Memory is bounded by a byte budget, whatever the number of tables; tables past it, or with
- * many used entries, are read again as before.
+ * many used entries, are read again as before. A kept table also leaves the check's cache of whole tables
+ * (its buffer is read into again, while still in the processor's cache): the first pass rebuilds it from the
+ * kept entries when an L1 table names it again.
  */
 
 /** The used (non-zero) entries of one L2 table, packed: entry k is table entry `indices[k]`. */
@@ -36,11 +38,15 @@ export class SparseL2Tables {
     private readonly budget: number,
   ) {}
 
-  /** Keep the table at `l2Offset`, whose used entries are `used` (ascending), if it is sparse enough and fits. */
-  keep(l2Offset: number, table: Uint8Array, used: readonly number[]): void {
-    if (used.length > this.maxUsed || this.tables.has(l2Offset)) return;
+  /**
+   * Keep the table at `l2Offset`, whose used entries are `used` (ascending), if it is sparse enough and fits;
+   * true when it is kept (now or before).
+   */
+  keep(l2Offset: number, table: Uint8Array, used: readonly number[]): boolean {
+    if (this.tables.has(l2Offset)) return true;
+    if (used.length > this.maxUsed) return false;
     const size = OVERHEAD_BYTES + used.length * (4 + this.entryBytes);
-    if (this.bytes + size > this.budget) return;
+    if (this.bytes + size > this.budget) return false;
     const n = used.length;
     const indices = new Uint32Array(n);
     const entries = new Uint8Array(n * this.entryBytes);
@@ -50,6 +56,19 @@ export class SparseL2Tables {
     }
     this.tables.set(l2Offset, { indices, entries });
     this.bytes += size;
+    return true;
+  }
+
+  /** Write the kept table at `l2Offset` into `into` (a whole table); false when it is not kept. */
+  fill(l2Offset: number, into: Uint8Array): boolean {
+    const kept = this.tables.get(l2Offset);
+    if (!kept) return false;
+    into.fill(0);
+    const { indices, entries } = kept;
+    for (let k = 0; k < indices.length; k++) {
+      into.set(entries.subarray(k * this.entryBytes, (k + 1) * this.entryBytes), indices[k]! * this.entryBytes);
+    }
+    return true;
   }
 
   get(l2Offset: number): SparseL2Table | undefined {

@@ -143,7 +143,7 @@ async function readL2Table(ctx: CheckContext, l2Offset: number, what: string): P
   // keeps the cache's bytes, not a fresh buffer per table waiting for the garbage collector.
   const table = ctx.spareL2Table ?? new Uint8Array(l2TableBytes(ctx.image));
   ctx.spareL2Table = undefined;
-  await readMeta(ctx, l2Offset, table, what);
+  if (!ctx.sparseL2?.fill(l2Offset, table)) await readMeta(ctx, l2Offset, table, what);
   ctx.l2Tables.set(l2Offset, table);
   if (ctx.l2Tables.size * table.byteLength > L2_TABLE_CACHE_BYTES) {
     const [oldest, dropped] = ctx.l2Tables.entries().next().value!;
@@ -197,7 +197,12 @@ async function countL2(ctx: CheckContext, l2Offset: number, active: boolean): Pr
   // The used entries, for ctx.sparseL2 (counting stops past what it keeps).
   const used: number[] | undefined = ctx.sparseL2 ? [] : undefined;
   const complete = isZeroTable(table) || (await countL2Entries(ctx, l2Offset, table, active, used));
-  if (used && complete) ctx.sparseL2!.keep(l2Offset, table, used);
+  if (used && complete && ctx.sparseL2!.keep(l2Offset, table, used)) {
+    // Kept compactly: the whole table's buffer is read into next (see check-sparse-l2.ts).
+    ctx.l2Tables.delete(l2Offset);
+    tableChanged(table);
+    ctx.spareL2Table = table;
+  }
 }
 
 /**

@@ -42,3 +42,17 @@ describe("SparseL2Tables", () => {
     expect([...s.get(0x10000)!.indices]).toEqual([5]);
   });
 });
+
+describe("SparseL2Tables.fill", () => {
+  it("rebuilds a kept table byte for byte, over whatever the buffer held", () => {
+    for (const entryBytes of [8, 16]) {
+      const s = new SparseL2Tables(entryBytes, 4, 1 << 20);
+      const original = table(64, entryBytes, { 0: 0x11, 17: 0x22, 63: 0x33 });
+      expect(s.keep(0x10000, original, [0, 17, 63])).toBe(true);
+      const into = new Uint8Array(64 * entryBytes).fill(0xff);
+      expect(s.fill(0x10000, into)).toBe(true);
+      expect(into).toEqual(original);
+      expect(s.fill(0x20000, into)).toBe(false);
+    }
+  });
+});
