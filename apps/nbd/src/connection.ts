@@ -491,9 +491,13 @@ export class NbdConnection {
         case "payload": {
           const req = this.pending!;
           if (this.input.length < req.length) return;
-          const payload = this.input.take(req.length, this.allocate);
-          // A view of the receive buffer: lent until the device is done with it.
-          if (this.receive?.owns(payload)) this.receive.lend(payload);
+          let payload = this.input.take(req.length, this.allocate);
+          // A view of the receive buffer: lent until the device is done with it, or copied when the
+          // connection has as many buffers out as it may hold.
+          if (this.receive?.owns(payload)) {
+            if (this.receive.canLend(payload)) this.receive.lend(payload);
+            else payload = this.copyOf(payload);
+          }
           this.payloadReceived(payload);
           break;
         }
@@ -507,6 +511,13 @@ export class NbdConnection {
           return;
       }
     }
+  }
+
+  /** A copy of `bytes` in memory from the pool. */
+  private copyOf(bytes: Uint8Array): Uint8Array {
+    const copy = this.allocate(bytes.byteLength);
+    copy.set(bytes);
+    return copy;
   }
 
   /** The pending WRITE's payload is all in: run it. */

@@ -16,10 +16,12 @@ export class ReceiveBuffers {
   /**
    * @param size bytes of each buffer (the most one socket read can bring)
    * @param keepIdle buffers kept for reuse once given back; more are left to the garbage collector
+   * @param maxLent buffers that may be out at once (see canLend)
    */
   constructor(
     readonly size = 64 * 1024,
     private readonly keepIdle = 8,
+    private readonly maxLent = 8,
   ) {
     this.current = this.fresh();
   }
@@ -32,6 +34,16 @@ export class ReceiveBuffers {
   /** Whether `view` lies in one of these buffers. */
   owns(view: Uint8Array): boolean {
     return this.ours.has(view.buffer);
+  }
+
+  /**
+   * Whether `view` (of the current buffer) may go out. A lent view holds its whole buffer, whatever its own
+   * length, and a connection's payloads are charged by their length: a client sending one small write per
+   * socket read could otherwise hold a 64 KiB buffer per request. Past `maxLent` buffers out, the caller
+   * copies the payload instead.
+   */
+  canLend(view: Uint8Array): boolean {
+    return this.lent.has(view.buffer) || this.lent.size < this.maxLent;
   }
 
   /** `view` (of the current buffer) goes out until giveBack(view). */

@@ -94,6 +94,26 @@ describe.each([true, false])("socket reads (reused memory: %s)", (reuse) => {
     await roundTrip(reuse, [3000, 65_536, 17], device);
   });
 
+  it("small writes each in a read of their own, on a slow device: a bounded number of receive buffers held", async () => {
+    const device = new MemoryDevice({ size: 32 * MiB, delay: (op) => (op === "write" ? 300 : 0) });
+    const { s, c } = await serveAndConnect(device, reuse);
+    const payloads = Array.from({ length: 20 }, (_, i) => patternBytes(512, 500 + i));
+    for (let i = 0; i < payloads.length; i++) {
+      c.write(writeRequest(i + 1, i * 4096, payloads[i]!));
+      await new Promise((r) => setTimeout(r, 3));
+    }
+    // All 20 are in flight on the device now; a connection reading into reused memory holds at most 8 of its
+    // buffers for them (the rest were copied).
+    const held = (connections(s)[0] as unknown as { receive?: { lent: Map<unknown, number> } }).receive?.lent.size ?? 0;
+    expect(held).toBeLessThanOrEqual(8);
+    if (reuse) expect(held).toBeGreaterThan(0);
+    for (let i = 0; i < payloads.length; i++) expect((await c.readSimpleReply(0, 10_000)).errno).toBe(0);
+    for (let i = 0; i < payloads.length; i++) {
+      c.sendRequest(READ, i * 4096, 512, { cookie: BigInt(100 + i) });
+      expect(Buffer.compare((await c.readSimpleReply(512)).data!, payloads[i]!)).toBe(0);
+    }
+  });
+
   it("a failed write: its error reply, and the writes after it land", async () => {
     const device = new MemoryDevice({ size: 32 * MiB });
     const { c } = await serveAndConnect(device, reuse);

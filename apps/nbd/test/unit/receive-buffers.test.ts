@@ -53,6 +53,22 @@ describe("ReceiveBuffers", () => {
     }
   });
 
+  it("lets at most maxLent buffers out at once, any number of views of each", () => {
+    const r = new ReceiveBuffers(1024, 8, 2);
+    const views: Uint8Array[] = [];
+    for (let i = 0; i < 2; i++) {
+      const v = r.buffer.subarray(0, 1);
+      expect(r.canLend(v)).toBe(true);
+      r.lend(v);
+      views.push(v);
+      expect(r.canLend(r.buffer.subarray(5, 6))).toBe(true); // the same buffer again
+      r.rotate();
+    }
+    expect(r.canLend(r.buffer.subarray(0, 1))).toBe(false);
+    r.giveBack(views[0]!);
+    expect(r.canLend(r.buffer.subarray(0, 1))).toBe(true);
+  });
+
   it("does not take back views of other memory", () => {
     const r = new ReceiveBuffers(1024);
     expect(r.giveBack(new Uint8Array(16))).toBe(false);
