@@ -10,6 +10,8 @@ import * as tls from "node:tls";
 import type { BlockImage, BlockStatusExtent } from "./device";
 import type { MemoryBudget } from "./budget";
 import { BufferPool } from "./buffer-pool";
+import { ReceiveBuffers } from "./receive-buffers";
+import { readingInto } from "./socket-reader";
 import * as W from "@qcowkit/nbd-protocol";
 import {
   ByteQueue,
@@ -97,6 +99,12 @@ export interface ConnectionOptions {
   pool?: BufferPool;
   limits?: Partial<ConnectionLimits>;
   log?: (message: string) => void;
+  /**
+   * Read the socket into reused memory (socket-reader.ts) instead of a new Buffer per read: an accepted,
+   * paused socket that has read nothing, without TLS. Default true; where Node does not allow it the socket's
+   * 'data' events are used.
+   */
+  reuseReadMemory?: boolean;
 }
 
 /** Fixed bytes charged per request besides its payload, so floods of tiny requests are bounded too. */
@@ -124,6 +132,11 @@ export class NbdConnection {
   private sock: Socket;
   private state: State = "flags";
   private readonly input = new ByteQueue();
+  /** The memory socket reads go into, when the socket reads into reused memory (else undefined). */
+  private readonly receive: ReceiveBuffers | undefined;
+  /** A WRITE payload the socket reads straight into (its first `directFilled` bytes are in). */
+  private direct: Uint8Array | undefined;
+  private directFilled = 0;
   private readonly negotiator: Negotiator;
   private readonly limits: ConnectionLimits;
   private readonly exp: ExportConfig;
@@ -158,6 +171,13 @@ export class NbdConnection {
     this.limits = { ...defaultConnectionLimits, ...opts.limits };
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     this.negotiator = new Negotiator(exp.descriptor, { tlsRequired: opts.tls !== undefined });
+    if (opts.tls === undefined && opts.reuseReadMemory !== false) {
+      // Set first: the new socket asks for its first buffer as it is built.
+      this.receive = new ReceiveBuffers();
+      const adopted = readingInto(socket, { nextBuffer: this.nextBuffer, onRead: this.onRead });
+      if (adopted) this.sock = socket = adopted;
+      else this.receive = undefined;
+    }
     if (typeof socket.setNoDelay === "function") socket.setNoDelay(true);
     this.attach(socket);
     if (this.limits.handshakeTimeoutMs > 0) {
@@ -180,6 +200,16 @@ export class NbdConnection {
     this.sock.destroy();
   }
 
+  /** Starts reading (the socket is handed over paused). */
+  start(): void {
+    this.sock.resume();
+  }
+
+  /** Whether the socket reads into reused memory (socket-reader.ts). */
+  get readsIntoReusedMemory(): boolean {
+    return this.receive !== undefined;
+  }
+
   // ---- socket plumbing ------------------------------------------------------------------------------
 
   private readonly onData = (chunk: Buffer): void => {
@@ -187,6 +217,58 @@ export class NbdConnection {
     this.input.push(chunk);
     this.pump();
   };
+
+  /** The buffer the next socket read goes into: the rest of a WRITE payload being received, or a receive buffer. */
+  private readonly nextBuffer = (): Uint8Array => {
+    const direct = this.direct;
+    if (direct) return direct.subarray(this.directFilled);
+    return this.receive!.buffer;
+  };
+
+  /** Bytes read into reused memory: parsed now; what must wait for more bytes is moved out of the buffer. */
+  private readonly onRead = (n: number, buffer: Uint8Array): void => {
+    if (this.state === "closing" || this.state === "closed") return;
+    const direct = this.direct;
+    if (direct && buffer.buffer === direct.buffer) {
+      this.directFilled += n;
+      if (this.directFilled < direct.byteLength) return;
+      this.direct = undefined;
+      this.payloadReceived(direct);
+    } else {
+      this.input.push(buffer.subarray(0, n));
+    }
+    this.pump();
+    this.keepLeftovers();
+  };
+
+  /**
+   * After a read was parsed: the bytes left in the queue are copied out of the receive buffer, which the next
+   * read reuses, except a WRITE payload's first part: its buffer is allocated now and the socket reads the rest
+   * straight into it.
+   */
+  private keepLeftovers(): void {
+    const receive = this.receive!;
+    if (this.state === "payload" && this.pending && this.direct === undefined && this.input.length < this.pending.length) {
+      const payload = this.allocate(this.pending.length);
+      const have = this.input.length;
+      this.input.copyTo(payload, 0, have);
+      this.direct = payload;
+      this.directFilled = have;
+    } else if (this.input.length > 0) {
+      const rest = this.input.drain();
+      // A copy (a Buffer's slice() would be a view).
+      for (const chunk of rest) this.input.push(receive.owns(chunk) ? new Uint8Array(chunk) : chunk);
+    }
+    receive.rotate();
+  }
+
+  /**
+   * A WRITE payload being received will not be completed (the connection is closing). Its buffer is not
+   * given back to the pool: the socket may still read into it (reading goes on until the peer closes).
+   */
+  private dropDirect(): void {
+    this.direct = undefined;
+  }
 
   private readonly onEnd = (): void => {
     // The client will send nothing more; finish what is in flight, then close our side.
@@ -208,6 +290,7 @@ export class NbdConnection {
     this.charged = 0;
     this.outstanding = 0;
     this.input.drain();
+    this.dropDirect();
     this.resolveClosed();
   };
 
@@ -238,7 +321,10 @@ export class NbdConnection {
     if (this.state === "closing" || this.state === "closed") return;
     this.state = "closing";
     this.input.drain();
-    this.sock.pause();
+    // A socket reading into reused memory stops reading altogether when paused, and would then never see the
+    // peer close: it reads on, and onRead drops what comes.
+    if (!this.receive) this.sock.pause();
+    this.dropDirect();
     const half = this.pending;
     if (half) {
       // A write whose payload will never arrive: drop it.
@@ -405,10 +491,14 @@ export class NbdConnection {
         case "payload": {
           const req = this.pending!;
           if (this.input.length < req.length) return;
-          const payload = this.input.take(req.length, this.allocate);
-          this.pending = undefined;
-          this.state = "request";
-          void this.execute(req, payload);
+          let payload = this.input.take(req.length, this.allocate);
+          // A view of the receive buffer: lent until the device is done with it, or copied when the
+          // connection has as many buffers out as it may hold.
+          if (this.receive?.owns(payload)) {
+            if (this.receive.canLend(payload)) this.receive.lend(payload);
+            else payload = this.copyOf(payload);
+          }
+          this.payloadReceived(payload);
           break;
         }
         case "drain": {
@@ -421,6 +511,21 @@ export class NbdConnection {
           return;
       }
     }
+  }
+
+  /** A copy of `bytes` in memory from the pool. */
+  private copyOf(bytes: Uint8Array): Uint8Array {
+    const copy = this.allocate(bytes.byteLength);
+    copy.set(bytes);
+    return copy;
+  }
+
+  /** The pending WRITE's payload is all in: run it. */
+  private payloadReceived(payload: Uint8Array): void {
+    const req = this.pending!;
+    this.pending = undefined;
+    this.state = "request";
+    void this.execute(req, payload);
   }
 
   private handleOption(data: Uint8Array): void {
@@ -567,8 +672,9 @@ export class NbdConnection {
       await this.run(req, payload, cost);
       // The device is done with a WRITE payload once the call succeeded. After a failure the buffer is left
       // to the garbage collector, in case part of the failed call still reads it.
-      if (payload) this.pool.release(payload);
+      if (payload && !this.receive?.giveBack(payload)) this.pool.release(payload);
     } catch (error) {
+      if (payload) this.receive?.giveBack(payload, false);
       const errno = nbdErrnoOf(error);
       const message = errorMessageOf(error);
       this.log(`${commandNames[req.type]} at ${req.offset}+${req.length} failed: ${message}`);

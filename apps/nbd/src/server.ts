@@ -66,6 +66,8 @@ export interface NbdServerOptions {
   memoryBudget?: number;
   limits?: Partial<ConnectionLimits>;
   log?: (message: string) => void;
+  /** See ConnectionOptions.reuseReadMemory (default true). */
+  reuseReadMemory?: boolean;
 }
 
 /** Clients waiting for a slot beyond `shared`; more are turned away. */
@@ -221,10 +223,11 @@ export class NbdServer extends EventEmitter {
       pool: this.pool,
       ...(this.opts.tls ? { tls: this.opts.tls } : {}),
       ...(this.opts.limits ? { limits: this.opts.limits } : {}),
+      ...(this.opts.reuseReadMemory !== undefined ? { reuseReadMemory: this.opts.reuseReadMemory } : {}),
       ...(log ? { log } : {}),
     });
     this.active.add(conn);
-    socket.resume();
+    conn.start();
     log?.("connected");
     this.emit("connect");
     void conn.closed.then(() => {

@@ -8,6 +8,7 @@ import {
 } from "@qcowkit/spec";
 import type { EngineImage } from "./engine-image";
 import type { OperationOptions, OperationSteps } from "./operation";
+import type { SparseL2Tables } from "./check-sparse-l2";
 import { type SnapshotInfo } from "./snapshots";
 
 /** QEMU's BDRV_FIX_LEAKS: lower refcounts that are too high. */
@@ -190,6 +191,8 @@ export interface CheckContext {
   steps: OperationSteps;
   /** A table buffer evicted from `l2Tables`, reused by the next read (the check runs one table at a time). */
   spareL2Table?: Uint8Array | undefined;
+  /** Used entries of sparse L2 tables, kept by a check that fixes nothing for its COPIED-flag pass. */
+  sparseL2?: SparseL2Tables;
   onMessage: ((line: string, kind: CheckMessageKind) => void) | undefined;
   onReference?: CheckOptions["onReference"];
   onLeak?: CheckOptions["onLeak"];

@@ -50,6 +50,7 @@ import { metadataOverlap, OVERLAP_ACTIVE_L2, OVERLAP_INACTIVE_L2 } from "./metad
 import type { EngineImage } from "./engine-image";
 import { OperationSteps } from "./operation";
 import { SequentialReader, type SnapshotInfo } from "./snapshots";
+import { SPARSE_L2_BUDGET_BYTES, SPARSE_L2_SHARE, SparseL2Tables } from "./check-sparse-l2";
 
 export {
   CheckAbort,
@@ -142,7 +143,7 @@ async function readL2Table(ctx: CheckContext, l2Offset: number, what: string): P
   // keeps the cache's bytes, not a fresh buffer per table waiting for the garbage collector.
   const table = ctx.spareL2Table ?? new Uint8Array(l2TableBytes(ctx.image));
   ctx.spareL2Table = undefined;
-  await readMeta(ctx, l2Offset, table, what);
+  if (!ctx.sparseL2?.fill(l2Offset, table)) await readMeta(ctx, l2Offset, table, what);
   ctx.l2Tables.set(l2Offset, table);
   if (ctx.l2Tables.size * table.byteLength > L2_TABLE_CACHE_BYTES) {
     const [oldest, dropped] = ctx.l2Tables.entries().next().value!;
@@ -178,6 +179,12 @@ function nextUsedEntry(table: Uint8Array, from: number, ext: boolean): number {
   return at < 0 ? table.byteLength / entryBytes : Math.floor(at / entryBytes);
 }
 
+/** The compact L2 tables of a check that fixes nothing. */
+function newSparseL2Tables(image: EngineImage): SparseL2Tables {
+  const entries = image.metadata.map.l2Entries;
+  return new SparseL2Tables(image.extendedL2 ? 16 : 8, Math.floor(entries / SPARSE_L2_SHARE), SPARSE_L2_BUDGET_BYTES);
+}
+
 /** Bytes of one L2 table. */
 function l2TableBytes(image: EngineImage): number {
   return image.metadata.map.l2Entries * (image.extendedL2 ? 16 : 8);
@@ -185,17 +192,33 @@ function l2TableBytes(image: EngineImage): number {
 
 /** QEMU's check_refcounts_l2. */
 async function countL2(ctx: CheckContext, l2Offset: number, active: boolean): Promise<void> {
+  const table = await readL2Table(ctx, l2Offset, "ERROR: I/O error in check_refcounts_l2");
+  ctx.nextContiguous = 0; // contiguity is judged within one L2 table
+  // The used entries, for ctx.sparseL2 (counting stops past what it keeps).
+  const used: number[] | undefined = ctx.sparseL2 ? [] : undefined;
+  const complete = isZeroTable(table) || (await countL2Entries(ctx, l2Offset, table, active, used));
+  if (used && complete && ctx.sparseL2!.keep(l2Offset, table, used)) {
+    // Kept compactly: the whole table's buffer is read into next (see check-sparse-l2.ts).
+    ctx.l2Tables.delete(l2Offset);
+    tableChanged(table);
+    ctx.spareL2Table = table;
+  }
+}
+
+/**
+ * The entries of countL2's table, `used` receiving the indices of those not all zero. False when the table
+ * was left part way (a repair found it overlapping metadata).
+ */
+async function countL2Entries(ctx: CheckContext, l2Offset: number, table: Uint8Array, active: boolean, used: number[] | undefined): Promise<boolean> {
   const image = ctx.image;
   const cs = image.clusterSize;
   const ext = image.extendedL2;
   const dataFile = image.hasDataFile;
   const fmt = image.metadata.map.format;
-  const table = await readL2Table(ctx, l2Offset, "ERROR: I/O error in check_refcounts_l2");
   const v = viewOf(table);
   const entries = image.metadata.map.l2Entries;
-  ctx.nextContiguous = 0; // contiguity is judged within one L2 table
-  if (isZeroTable(table)) return; // nothing allocated, nothing to count
   for (let i = nextUsedEntry(table, 0, ext); i < entries; i = nextUsedEntry(table, i + 1, ext)) {
+    if (used && used.length <= ctx.sparseL2!.maxUsed) used.push(i);
     const at = l2EntryPosition(i, ext);
     let hi = v.getUint32(at);
     const lo = v.getUint32(at + 4);
@@ -249,7 +272,7 @@ async function countL2(ctx: CheckContext, l2Offset: number, active: boolean): Pr
             say(ctx, `${repair ? "Repairing" : "ERROR"} offset=${hex(offset)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
             if (repair) {
               const fixed = await fixL2EntryByZero(ctx, l2Offset, table, i, active);
-              if (fixed === "overlap") return; // something is seriously wrong: stop checking this table
+              if (fixed === "overlap") return false; // something is seriously wrong: stop checking this table
               if (fixed === "fixed") continue; // the cluster is unused now
             }
           } else {
@@ -275,6 +298,7 @@ async function countL2(ctx: CheckContext, l2Offset: number, active: boolean): Pr
         break;
     }
   }
+  return true;
 }
 
 function entryRaw(hi: number, lo: number): bigint {
@@ -381,6 +405,8 @@ async function checkRefblocks(ctx: CheckContext): Promise<void> {
   const cs = image.clusterSize;
   const reftable = viewOf(image.metadata.refcounts.reftable);
   for (let i = 0; i < image.metadata.refcounts.reftableEntries; i++) {
+    // An empty entry (most of them): nothing to count, nothing wrong while the file has a cluster.
+    if (reftable.getUint32(i * 8) === 0 && reftable.getUint32(i * 8 + 4) === 0 && ctx.refs.size > 0) continue;
     if (reftable.getUint32(i * 8 + 4) & 0x1ff) {
       say(ctx, `ERROR refcount table entry ${i} has reserved bits set`);
       ctx.report.corruptions++;
@@ -603,10 +629,44 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
     return cached(cluster)!;
   };
   /** The refcount in decimal, exact above 2^53 (read from the block the value came from). */
-  const exactRefcount = async (cluster: number, value: number): Promise<string> => {
+  const exactRefcount = (cluster: number, value: number): string => {
     const block = blocks.get(Math.floor(cluster / perBlock));
     if (value < 2 ** 53 || !(block instanceof Uint8Array)) return String(value);
     return refcountDecimal(block, cluster % perBlock, order);
+  };
+  /**
+   * The COPIED flag of entry `j` of the entries in `v`: true when it was wrong and `v` now has it fixed; a
+   * cluster number when the refcount block of that cluster must be read first (then call again).
+   */
+  const checkEntry = (v: DataView, j: number): boolean | number => {
+    const at = l2EntryPosition(j, ext);
+    const hi = v.getUint32(at);
+    const lo = v.getUint32(at + 4);
+    const kind = classifyCluster(hi, lo, image.metadata.map.format);
+    if (kind !== "normal" && kind !== "zero-alloc") return false;
+    let rc: number;
+    if (image.hasDataFile) rc = 1;
+    else {
+      const cluster = Math.floor(l2HostOffset(hi, lo) / cs);
+      const got = cached(cluster);
+      if (got === undefined) return cluster;
+      if (got instanceof Qcow2Error) return false;
+      rc = got;
+    }
+    if ((rc === 1) === l2IsCopied(hi)) return false;
+    report.corruptions++;
+    const exact = image.hasDataFile ? rc : exactRefcount(Math.floor(l2HostOffset(hi, lo) / cs), rc);
+    say(ctx, `${repair ? "Repairing" : "ERROR"} OFLAG_COPIED data cluster: l2_entry=${hex(l2EntryRaw(v, j, ext))} refcount=${exact}`);
+    if (!repair) return false;
+    v.setUint32(at, (rc === 1 ? hi | 0x80000000 : hi & 0x7fffffff) >>> 0);
+    return true;
+  };
+  /** checkEntry, reading the refcount block it needs. */
+  const checkEntryRead = async (v: DataView, j: number): Promise<boolean> => {
+    const result = checkEntry(v, j);
+    if (typeof result !== "number") return result;
+    await refcounts(result);
+    return checkEntry(v, j) === true;
   };
   for (let i = 0; i < image.metadata.l1.size; i++) {
     const l2Offset = l1EntryL2Offset(l1, i);
@@ -616,7 +676,7 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
     if ((refcount === 1) !== l1EntryCopied(l1, i)) {
       report.corruptions++;
       const raw = l1EntryRaw(l1, i);
-      say(ctx, `${repair ? "Repairing" : "ERROR"} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex(raw)} refcount=${await exactRefcount(Math.floor(l2Offset / cs), refcount)}`);
+      say(ctx, `${repair ? "Repairing" : "ERROR"} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex(raw)} refcount=${exactRefcount(Math.floor(l2Offset / cs), refcount)}`);
       if (repair) {
         const hi = l1.getUint32(i * 8);
         l1.setUint32(i * 8, (refcount === 1 ? hi | 0x80000000 : hi & 0x7fffffff) >>> 0);
@@ -625,36 +685,25 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
         report.corruptionsFixed++;
       }
     }
+    // The used entries as the first pass kept them (a check that fixes nothing: see check-sparse-l2.ts).
+    const sparse = ctx.l2Tables.has(l2Offset) ? undefined : ctx.sparseL2?.get(l2Offset);
+    if (sparse) {
+      const v = viewOf(sparse.entries);
+      for (let k = 0; k < sparse.indices.length; k++) {
+        if (typeof checkEntry(v, k) === "number") await checkEntryRead(v, k);
+      }
+      continue;
+    }
     const table = await readL2Table(ctx, l2Offset, "ERROR: Could not read L2 table: Input/output error");
     if (isZeroTable(table)) continue;
     const v = viewOf(table);
     let dirty = 0;
     for (let j = nextUsedEntry(table, 0, ext); j < image.metadata.map.l2Entries; j = nextUsedEntry(table, j + 1, ext)) {
-      const at = l2EntryPosition(j, ext);
-      const hi = v.getUint32(at);
-      const lo = v.getUint32(at + 4);
-      const kind = classifyCluster(hi, lo, image.metadata.map.format);
-      if (kind !== "normal" && kind !== "zero-alloc") continue;
-      let rc: number;
-      if (image.hasDataFile) rc = 1;
-      else {
-        const cluster = Math.floor(l2HostOffset(hi, lo) / cs);
-        const got = cached(cluster) ?? (await refcounts(cluster));
-        if (got instanceof Qcow2Error) continue;
-        rc = got;
-      }
-      if ((rc === 1) !== l2IsCopied(hi)) {
-        report.corruptions++;
-        const exact = image.hasDataFile ? rc : await exactRefcount(Math.floor(l2HostOffset(hi, lo) / cs), rc);
-        say(ctx, `${repair ? "Repairing" : "ERROR"} OFLAG_COPIED data cluster: l2_entry=${hex(l2EntryRaw(v, j, ext))} refcount=${exact}`);
-        if (repair) {
-          v.setUint32(at, (rc === 1 ? hi | 0x80000000 : hi & 0x7fffffff) >>> 0);
-          tableChanged(table);
-          dirty++;
-        }
-      }
+      const result = checkEntry(v, j);
+      if (result === true || (typeof result === "number" && (await checkEntryRead(v, j)))) dirty++;
     }
     if (dirty > 0) {
+      tableChanged(table);
       const overlap = metadataOverlap(image, OVERLAP_ACTIVE_L2, l2Offset, cs, ctx.snapshots, ctx.snapshotsSize);
       if (overlap) {
         await signalOverlap(ctx, overlap);
@@ -799,13 +848,14 @@ async function readSnapshotsForCheck(ctx: CheckContext): Promise<void> {
 /** Set up a check of `image`. */
 export async function newCheckContext(image: EngineImage, opts: CheckOptions): Promise<CheckContext> {
   const report = emptyReport();
+  const fix = opts.fix ?? 0;
   const fileLength = await image.metadata.meta.size();
   return {
     image,
     report,
     refs: new ReferenceCounts(Math.ceil(fileLength / image.clusterSize)),
     fileLength,
-    fix: opts.fix ?? 0,
+    fix,
     rebuild: false,
     nextContiguous: 0,
     snapshots: [],
@@ -813,6 +863,7 @@ export async function newCheckContext(image: EngineImage, opts: CheckOptions): P
     snapshotCorruptions: 0,
     snapshotsDropped: 0,
     l2Tables: new Map(),
+    ...(fix === 0 ? { sparseL2: newSparseL2Tables(image) } : {}),
     onMessage: opts.onMessage,
     ...(opts.onReference ? { onReference: opts.onReference } : {}),
     ...(opts.onLeak ? { onLeak: opts.onLeak } : {}),

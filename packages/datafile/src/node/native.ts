@@ -1,6 +1,7 @@
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Qcow2Error, errnoText } from "@qcowkit/spec";
 import { printableName } from "../printable-name";
 import { fromSystemError, systemErrorText } from "./system-error";
@@ -132,9 +133,13 @@ function candidatePaths(file: string): string[] {
   const paths = [new URL(`../../${file}`, import.meta.url), new URL(`../${file}`, import.meta.url)];
   const found = paths.filter((url) => url.protocol === "file:").map((url) => fileURLToPath(url));
   // Bundled into an app (the qimg, qio and qnbd bins are single files): the addon stays in this package,
-  // found through the app's dependency on it (its main file is dist/index.js, below the package root).
+  // found through the app's dependency on it: the first node_modules folder on require's search path that
+  // holds the package. (Not require.resolve: resolving the package's main file takes the real path of every
+  // folder on the way, about 2 ms of every command's start-up.)
   try {
-    found.push(fileURLToPath(new URL(`../${file}`, pathToFileURL(createRequire(import.meta.url).resolve("@qcowkit/datafile")))));
+    const folders = createRequire(import.meta.url).resolve.paths("@qcowkit/datafile") ?? [];
+    const root = folders.map((folder) => join(folder, "@qcowkit", "datafile")).find((dir) => existsSync(join(dir, "package.json")));
+    if (root !== undefined) found.push(join(root, file));
   } catch {
     // Not resolvable from here: this module is the package itself.
   }
