@@ -19,15 +19,11 @@ import {
   type CompressedDescriptor,
   type L2Format,
 } from "@qcowkit/spec";
+import type { ClusterGeometry } from "./entry";
 import type { L1Table } from "./l1-table";
 import type { L2Cache, L2Table } from "./l2-cache";
 
-export interface ClusterGeometry {
-  clusterBits: number;
-  extendedL2: boolean;
-  /** The image keeps its data in an external data file (flat layout: host offset == guest offset). */
-  dataFile: boolean;
-}
+export type { ClusterGeometry };
 
 export interface MappedRun {
   guestOffset: number;

@@ -10,18 +10,15 @@ import {
   INCOMPAT_COMPRESSION,
   INCOMPAT_DIRTY,
   Qcow2Error,
-  classifyCluster,
   errnoText,
   l1EntryL2Offset,
-  l2EntryPosition,
-  l2HostOffset,
   maxRefcount,
   refcountBlockEntries,
-  setL2Entry,
   setRefcount,
   setReftableEntry,
   viewOf,
 } from "@qcowkit/spec";
+import { readL2Entry, writeL2Entry } from "@qcowkit/cluster";
 import { altHex } from "./check";
 import type { Qcow2Image } from "./qcow2-image";
 import { validateSnapshotL1, writeSnapshotTable } from "./snapshot-ops";
@@ -162,8 +159,7 @@ export const AMEND_BACKING_HINT = "You can use 'qemu-img rebase' instead.";
 async function markClean(image: Qcow2Image): Promise<void> {
   if ((image.header.incompatibleFeatures & INCOMPAT_DIRTY) === 0n) return;
   await image.flush();
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("settle");
   await image.metadata.updateHeader((hdr) => {
     hdr.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
   });
@@ -262,17 +258,15 @@ async function expandZeroClusters(image: Qcow2Image, status: (offset: number, wo
           const l2Refcount = await image.metadata.refcounts.get(l2Offset / cs);
           const t = await image.metadata.l2Cache.get(l2Offset);
           let dirty = false;
-          for (let j = 0; j < image.metadata.map.l2Entries; j++) {
-            const at = l2EntryPosition(j, false);
-            const hi = t.view.getUint32(at);
-            const lo = t.view.getUint32(at + 4);
-            const kind = classifyCluster(hi, lo, image.metadata.map.format);
-            if (kind !== "zero-plain" && kind !== "zero-alloc") continue;
+          const g = image.metadata.map;
+          for (let j = 0; j < g.l2Entries; j++) {
+            const e = readL2Entry(t.view, j, g);
+            if (e.kind !== "zero") continue;
             let host: number;
             let copied: boolean;
-            if (kind === "zero-plain") {
+            if (e.hostOffset === 0) {
               if (!image.backing) {
-                setL2Entry(t.view, j, false, 0);
+                writeL2Entry(t.view, j, { kind: "unallocated" }, g);
                 dirty = true;
                 continue;
               }
@@ -280,7 +274,7 @@ async function expandZeroClusters(image: Qcow2Image, status: (offset: number, wo
               if (l2Refcount > 1) await image.metadata.refcounts.update(host / cs, 1, l2Refcount - 1);
               copied = l2Refcount === 1;
             } else {
-              host = l2HostOffset(hi, lo);
+              host = e.hostOffset;
               if (host % cs !== 0) {
                 throw await corrupt(`Cluster allocation offset ${altHex(host)} unaligned (L2 offset: ${altHex(l2Offset)}, L2 index: ${altHex(j)})`);
               }
@@ -288,7 +282,7 @@ async function expandZeroClusters(image: Qcow2Image, status: (offset: number, wo
             }
             if (image.metadata.data.efficientZeroes) await image.metadata.data.writeZeroes(host, cs, false);
             else await image.metadata.data.write(host, zeros);
-            setL2Entry(t.view, j, false, host, { copied });
+            writeL2Entry(t.view, j, { kind: "normal", hostOffset: host, copied }, g);
             dirty = true;
           }
           if (dirty) image.metadata.l2Cache.markDirty(t);
@@ -326,8 +320,7 @@ async function changeRefcountOrder(image: Qcow2Image, order: number, status: (of
     // QEMU's failure path: the new blocks and table allocated so far are freed again.
     for (const offset of newBlocks.values()) await old.update(offset / cs, 1, -1);
     if (tableClusters > 0) await old.update(tableOffset / cs, tableClusters, -1);
-    await old.writeBack();
-    await image.metadata.meta.flush();
+    await image.metadata.commitRefcounts("rollback");
     throw e;
   }
   async function walkAndAllocate(): Promise<void> {
@@ -389,8 +382,7 @@ async function changeRefcountOrder(image: Qcow2Image, order: number, status: (of
     setReftableEntry(tv, b, offset);
   }
   await image.metadata.meta.write(tableOffset, table);
-  await old.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("before-reference");
   const oldTableOffset = old.reftableOffset;
   const oldTableClusters = old.reftableClusters;
   const oldBlocks: number[] = [];
@@ -407,7 +399,6 @@ async function changeRefcountOrder(image: Qcow2Image, order: number, status: (of
   // The old structures are no longer referenced: free them through the new ones.
   await image.metadata.refcounts.update(oldTableOffset / cs, oldTableClusters, -1);
   for (const off of oldBlocks) await image.metadata.refcounts.update(off / cs, 1, -1);
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("after-reference-removal");
   status(size, size);
 }

@@ -359,8 +359,7 @@ export async function storeBitmaps(image: EngineImage, inUse = false): Promise<v
     set.dropped = [];
     for (const [c, n] of drop) image.metadata.refcounts.deferFree(c, n, true);
     await image.metadata.writeback();
-    await image.metadata.refcounts.writeBack();
-    await image.metadata.meta.flush();
+    await image.metadata.commitRefcounts("after-reference-removal");
   });
 }
 
@@ -377,8 +376,7 @@ async function writeDirectory(image: EngineImage, entries: BitmapDirectoryEntry[
     offset = (await image.metadata.refcounts.allocate(Math.ceil(dir.byteLength / cs))) * cs;
     await image.metadata.meta.write(offset, dir);
   }
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("before-reference");
   await image.metadata.updateHeader((hdr) => {
     if (entries.length > 0) {
       hdr.extensions.bitmaps = { nbBitmaps: entries.length, reserved: 0, bitmapDirectorySize: dir.byteLength, bitmapDirectoryOffset: offset };
@@ -462,8 +460,7 @@ export async function removeBitmap(image: EngineImage, name: string): Promise<vo
     await writeDirectory(image, remaining);
     for (const [c, n] of clusters) image.metadata.refcounts.deferFree(c, n, true);
     await image.metadata.writeback();
-    await image.metadata.refcounts.writeBack();
-    await image.metadata.meta.flush();
+    await image.metadata.commitRefcounts("after-reference-removal");
   });
 }
 

@@ -588,8 +588,7 @@ async function writeRefcounts(ctx: CheckContext, freed: Array<[number, number]>)
   const cs = image.clusterSize;
   // Marked corrupt during this check: QEMU's node is gone, its cached repairs never reach the file.
   if (image.corruptionSignalled) return;
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("settle");
   for (const [first, count] of freed) {
     const start = first * cs;
     const end = Math.min((first + count) * cs, ctx.fileLength);

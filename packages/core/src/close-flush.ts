@@ -31,8 +31,7 @@ export async function flushForClose(md: MetadataOwner, report: (line: string) =>
     if (tablesDirty || !(isQcow2Error(e) && e.code === "INVALID_IMAGE")) report(`error: Failed to flush the L2 table cache: ${reason(e)}`);
   }
   try {
-    await md.refcounts.writeBack();
-    await md.meta.flush();
+    await md.commitRefcounts("settle");
   } catch (e) {
     report(`error: Failed to flush the refcount block cache: ${reason(e)}`);
   }

@@ -18,7 +18,7 @@ export async function preallocateHostSpace(
   const cs = image.clusterSize;
   const refcounts: Refcounts = image.metadata.refcounts;
   await image.metadata.writeback();
-  await refcounts.writeBack();
+  await image.metadata.commitRefcounts("settle", { flush: false });
   // The used part of the file ends after the last cluster with a reference.
   const fileClusters = Math.ceil((await image.metadata.meta.size()) / cs);
   const lastCluster = await refcounts.lastReferenced(fileClusters);
@@ -30,8 +30,7 @@ export async function preallocateHostSpace(
   const l2Tables = Math.ceil(dataClusters / image.metadata.map.l2Entries) + 1;
   const allocationStart = await refcounts.refcountArea(usedClusters, dataClusters + l2Tables, true);
   await refcounts.allocateAt(allocationStart, dataClusters);
-  await refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("before-reference");
   const newFileSize = (allocationStart + dataClusters) * cs;
   await image.metadata.meta.resize(Math.max(await image.metadata.meta.size(), newFileSize), mode);
   await image.linkPreallocated(fromGuestOffset, toGuestOffset, allocationStart * cs, allocateSubclusters);

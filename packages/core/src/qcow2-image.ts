@@ -492,7 +492,7 @@ export class Qcow2Image implements EngineImage {
           if (!this.md.l1.copied(l1Index)) return "unsupported";
           const t = await this.md.l2Cache.get(tableOffset);
           const firstIndex = this.md.map.l2Index(guestOffset);
-          if (this.writes.nextUsedEntry(t, firstIndex, firstIndex + count) >= 0) return "unsupported";
+          if (this.md.clusters.nextUsedEntry(t, firstIndex, firstIndex + count) >= 0) return "unsupported";
           first = await this.md.refcounts.nextAllocation(count);
         }
         if (first === undefined || first === 0) return "unsupported";

@@ -11,17 +11,12 @@
  * references are dropped only after what referenced them is gone on disk.
  * Images with an external data file have no internal snapshots: every operation is refused with ENOTSUP.
  */
-import { L1Table } from "@qcowkit/cluster";
+import { L1Table, readL2Entry, referencedClusters, setL2Copied } from "@qcowkit/cluster";
 import {
   Qcow2Error,
   isQcow2Error,
-  classifyCluster,
-  decodeCompressedDescriptor,
   encodeSnapshotTable,
   l1EntryL2Offset,
-  l2EntryPosition,
-  l2HostOffset,
-  l2IsCopied,
   MAX_SNAPSHOTS,
   MAX_SNAPSHOT_TABLE_BYTES,
   snapshotEntryBytes,
@@ -83,23 +78,13 @@ async function readL1(image: EngineImage, offset: number, entries: number, padTo
   return bytes;
 }
 
-/** The host clusters one L2 entry references: [first cluster, count], or undefined. */
-function entryClusters(image: EngineImage, hi: number, lo: number, qemuCompressed: boolean): [number, number] | undefined {
-  const cs = image.clusterSize;
-  const kind = classifyCluster(hi, lo, image.metadata.map.format);
-  if (kind === "compressed") {
-    const d = decodeCompressedDescriptor(hi, lo, image.clusterBits);
-    const first = Math.floor(d.hostOffset / cs);
-    // QEMU's snapshot refcount update counts the first host cluster of a compressed cluster only.
-    if (qemuCompressed) return [first, 1];
-    return [first, Math.floor((d.hostOffset + d.byteLength - 1) / cs) - first + 1];
-  }
-  if (kind === "normal" || kind === "zero-alloc") {
-    const host = l2HostOffset(hi, lo);
-    if (host === 0 || host % cs !== 0) return undefined;
-    return [host / cs, 1];
-  }
-  return undefined;
+/** The host clusters L2 entry `index` of `view` references: [first cluster, count], or undefined. */
+function entryClusters(image: EngineImage, view: DataView, index: number, qemuCompressed: boolean): [number, number] | undefined {
+  const e = readL2Entry(view, index, image.metadata.map);
+  const clusters = referencedClusters(e, image.clusterSize);
+  // QEMU's snapshot refcount update counts the first host cluster of a compressed cluster only.
+  if (clusters && e.kind === "compressed" && qemuCompressed) return [clusters[0], 1];
+  return clusters;
 }
 
 /**
@@ -124,8 +109,7 @@ async function referenceTree(
     if (!image.hasDataFile) {
       const t = await image.metadata.l2Cache.get(l2Offset);
       for (let j = 0; j < entries; j++) {
-        const at = l2EntryPosition(j, image.extendedL2);
-        const c = entryClusters(image, t.view.getUint32(at), t.view.getUint32(at + 4), true);
+        const c = entryClusters(image, t.view, j, true);
         if (!c) continue;
         await change(image, c[0], c[1], addend, applied);
       }
@@ -177,16 +161,11 @@ export async function recomputeCopiedFlags(image: EngineImage): Promise<void> {
       const t = await image.metadata.l2Cache.get(l2Offset);
       let dirty = false;
       for (let j = 0; j < entries; j++) {
-        const at = l2EntryPosition(j, image.extendedL2);
-        const hi = t.view.getUint32(at);
-        const lo = t.view.getUint32(at + 4);
-        const kind = classifyCluster(hi, lo, image.metadata.map.format);
-        if (kind !== "normal" && kind !== "zero-alloc") continue;
-        const host = l2HostOffset(hi, lo);
-        if (host === 0) continue;
-        const want = (await image.metadata.refcounts.get(Math.floor(host / cs))) === 1;
-        if (want === l2IsCopied(hi)) continue;
-        t.view.setUint32(at, want ? (hi | 0x80000000) >>> 0 : (hi & 0x7fffffff) >>> 0);
+        const e = readL2Entry(t.view, j, image.metadata.map);
+        if ((e.kind !== "normal" && e.kind !== "zero") || e.hostOffset === 0) continue;
+        const want = (await image.metadata.refcounts.get(Math.floor(e.hostOffset / cs))) === 1;
+        if (want === e.copied) continue;
+        setL2Copied(t.view, j, image.metadata.map, want);
         dirty = true;
       }
       if (dirty) image.metadata.l2Cache.markDirty(t);
@@ -198,11 +177,9 @@ export async function recomputeCopiedFlags(image: EngineImage): Promise<void> {
 
 /** Write everything cached (refcounts included, lazy or not) and flush. */
 async function persist(image: EngineImage): Promise<void> {
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("before-reference");
   await image.metadata.writeback();
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("settle");
 }
 
 /**
@@ -226,8 +203,7 @@ export async function writeSnapshotTable(
     await beforeWrite?.(offset, bytes.byteLength);
     await image.metadata.meta.write(offset, bytes);
   }
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("before-reference");
   const oldOffset = image.header.snapshotsOffset;
   const oldBytes = image.metadata.snapshots.reduce((n, s) => n + s.entryBytes, 0);
   await image.metadata.setHeaderFields({ nbSnapshots: normalized.length, snapshotsOffset: offset });
@@ -244,8 +220,7 @@ export async function writeSnapshotTable(
     if (!freesOld || !isQcow2Error(e) || (e.code !== "IO_ERROR" && e.code !== "NO_SPACE")) throw e;
     image.warn(`qcow2_free_clusters failed: ${e.message}`);
   }
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("after-reference-removal");
 }
 
 /** QEMU's find_new_snapshot_id: one more than the largest numeric id. */
@@ -309,8 +284,7 @@ async function createSnapshotUnlocked(image: EngineImage, name: string, opts: Ne
   } catch (e) {
     // The references taken are dropped again; the L1 copy stays allocated (a leak, as QEMU leaves it).
     await rollback(image, applied);
-    await image.metadata.refcounts.writeBack();
-    await image.metadata.meta.flush();
+    await image.metadata.commitRefcounts("rollback");
     throw e;
   }
   await recomputeCopiedFlags(image);
@@ -358,8 +332,7 @@ async function applySnapshotTables(image: EngineImage, sn: SnapshotEntry): Promi
     await rollback(image, applied);
     throw e;
   }
-  await image.metadata.refcounts.writeBack();
-  await image.metadata.meta.flush();
+  await image.metadata.commitRefcounts("before-reference");
   // The new active table is durable before the old tables lose their reference.
   await image.metadata.meta.write(cur.hostOffset, newBytes);
   await image.metadata.meta.flush();

@@ -18,25 +18,19 @@ import {
   INCOMPAT_KNOWN_MASK,
   Qcow2Error,
   QCOW2_MAGIC,
-  classifyCluster,
-  decodeCompressedDescriptor,
   decodeImageHeader,
   decodeHeader,
   HEADER_PROBE_BYTES,
   isAllZero,
   l1EntryHasReservedBits,
   l1EntryL2Offset,
-  l2BitmapAlloc,
-  l2BitmapZero,
   l2EntriesPerTable,
-  l2Hi,
-  l2HostOffset,
-  l2Lo,
   reftableEntryOffset,
   viewOf,
   type ByteStore,
   type ImageHeader,
 } from "@qcowkit/spec";
+import { readL2Entry } from "@qcowkit/cluster";
 import { MemoryStore } from "@qcowkit/datafile";
 import type { BlockImage } from "./block-image";
 import { CompressingTarget } from "./compressing-target";
@@ -334,7 +328,7 @@ async function qcow2In(bytes: StreamBytes, head: Uint8Array, target: BlockImage,
   if (target.virtualSize < size) throw new Qcow2Error("OUT_OF_BOUNDS", `The target (${target.virtualSize} bytes) is smaller than the stream's image (${size} bytes)`);
   const extendedL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
   const l2Entries = l2EntriesPerTable(h.clusterBits, extendedL2);
-  const fmt = { extendedL2, dataFile: false };
+  const geometry = { clusterBits: h.clusterBits, extendedL2, dataFile: false };
   let codec: CompressionCodec | undefined;
   const codecFor = async () => (codec ??= await getCodec((h.incompatibleFeatures & INCOMPAT_COMPRESSION) !== 0n && h.compressionType === 1 ? "zstd" : "zlib"));
 
@@ -454,22 +448,20 @@ async function qcow2In(bytes: StreamBytes, head: Uint8Array, target: BlockImage,
           const guest = (item.table * l2Entries + i) * cs;
           if (guest >= size) break;
           const len = Math.min(cs, size - guest);
-          const hi = l2Hi(view, i, extendedL2);
-          const lo = l2Lo(view, i, extendedL2);
-          const kind = classifyCluster(hi, lo, fmt);
-          const alloc = extendedL2 ? l2BitmapAlloc(view, i) : 0xffffffff;
-          const zeroBits = extendedL2 ? l2BitmapZero(view, i) : 0;
-          if (kind === "compressed") {
-            const d = decodeCompressedDescriptor(hi, lo, h.clusterBits);
+          const e = readL2Entry(view, i, geometry);
+          const alloc = extendedL2 ? e.allocBits : 0xffffffff;
+          const zeroBits = e.zeroBits;
+          if (e.kind === "compressed" && e.compressed) {
+            const d = e.compressed;
             if (d.hostOffset < cs) throw bad(`compressed cluster offset 0x${d.hostOffset.toString(16)}`);
             push({ kind: "compressed", offset: d.hostOffset, length: d.byteLength, guest });
-          } else if (kind === "normal") {
-            const host = l2HostOffset(hi, lo);
+          } else if (e.kind === "normal") {
+            const host = e.hostOffset;
             if (!aligned(host) || host < cs) throw bad(`data cluster offset 0x${host.toString(16)}`);
             if (extendedL2 && (alloc & zeroBits) !== 0) throw bad(`L2 entry ${i} of table ${item.table} is both allocated and zero`);
             if (alloc !== 0) push({ kind: "data", offset: host, length: cs, guest, alloc });
             if (zeroBits !== 0 && !o.targetZeroInit) await zeroSubclusters(target, guest, len, zeroBits, cs);
-          } else if (kind === "zero-plain" || kind === "zero-alloc") {
+          } else if (e.kind === "zero") {
             if (!o.targetZeroInit) await target.writeZeroes(guest, len);
           } else if (extendedL2 && zeroBits !== 0 && !o.targetZeroInit) {
             await zeroSubclusters(target, guest, len, zeroBits, cs);

@@ -15,9 +15,9 @@
  * pass: the first `bufferBytes` in memory, the rest in the `scratch` store, in order (so no byte of the source
  * is read twice). Without a scratch store, the emitting pass reads (and compresses) those past the budget again.
  */
+import { writeL2Entry, type L2EntryValue } from "@qcowkit/cluster";
 import {
   Qcow2Error,
-  encodeCompressedDescriptor,
   encodeImageHeader,
   isAllZero,
   rechunk,
@@ -26,9 +26,6 @@ import {
   maxRefcount,
   refcountBlockEntries,
   setL1Entry,
-  setL2Bitmap,
-  setL2Entry,
-  setL2Raw,
   setRefcount,
   setReftableEntry,
   viewOf,
@@ -305,18 +302,14 @@ async function* plannedQcow2(image: BlockImage, o: ImageToStreamOptions, setting
     const packed = packTable(entries, start, g, maxRef, scratchRefs);
     const l2 = new Uint8Array(cs);
     const view = viewOf(l2);
+    const entryGeometry = { clusterBits: g.clusterBits, extendedL2: g.extendedL2, dataFile: false };
     for (const p of packed.placements) {
       const host = regionOffset + p.at;
-      if (p.value === ZERO) {
-        if (g.extendedL2) setL2Bitmap(view, p.entry, 0, 0xffffffff);
-        else setL2Entry(view, p.entry, false, 0, { zero: true });
-      } else if (p.value === cs) {
-        setL2Entry(view, p.entry, g.extendedL2, host, { copied: true });
-        if (g.extendedL2) setL2Bitmap(view, p.entry, 0xffffffff, 0);
-      } else {
-        const d = encodeCompressedDescriptor(host, p.value, g.clusterBits);
-        setL2Raw(view, p.entry, g.extendedL2, d.hi, d.lo);
-      }
+      let value: L2EntryValue;
+      if (p.value === ZERO) value = g.extendedL2 ? { kind: "unallocated", zeroBits: 0xffffffff } : { kind: "zero" };
+      else if (p.value === cs) value = { kind: "normal", hostOffset: host, copied: true };
+      else value = { kind: "compressed", hostOffset: host, byteLength: p.value };
+      writeL2Entry(view, p.entry, value, entryGeometry);
     }
     if (written !== start) throw new Qcow2Error("INTERNAL", "stream layout mismatch");
     yield l2;

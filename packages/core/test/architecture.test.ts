@@ -5,7 +5,7 @@
  */
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, relative, resolve } from "node:path";
+import { dirname, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 
@@ -123,6 +123,16 @@ describe("monorepo shape", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it("refcounts reach disk only through the metadata owner (its write-back order or a named rule)", () => {
+    const src = join(root, "packages", "core", "src");
+    const outside = files(src).filter((f) => !relative(src, f).startsWith(`metadata${sep}`));
+    // Refcounts.writeBack (and the caches' writeBack) is called inside metadata/ only; other code states
+    // its rule through MetadataOwner.commitRefcounts.
+    const calls = outside.filter((f) => /\.writeBack\(/.test(readFileSync(f, "utf8"))).map((f) => relative(src, f));
+    expect(calls).toEqual([]);
+    expect(outside.some((f) => readFileSync(f, "utf8").includes('commitRefcounts("after-reference-removal")'))).toBe(true);
   });
 
   it("core's files stay readable: qcow2-image.ts (the facade) under 700 lines, no file over 1000", () => {

@@ -1,12 +1,7 @@
 /**
  * Compressed writes: clusters compressed as they come, placed in issue order, packed byte by byte as QEMU packs them.
  */
-import {
-  Qcow2Error,
-  encodeCompressedDescriptor,
-  setL2Bitmap,
-  setL2Raw,
-} from "@qcowkit/spec";
+import { Qcow2Error } from "@qcowkit/spec";
 import type { EngineHost } from "./host";
 import type { ReadPath } from "./read-path";
 import type { WritePath } from "./write-path";
@@ -120,9 +115,8 @@ export class CompressedWriter {
       return;
     }
     const t = await this.h.writes.l2ForWrite(pos);
-    const l2Index = this.h.md.map.l2Index(pos);
-    const [ohi, olo] = this.h.writes.entryHalves(t, l2Index);
-    if ((ohi & 0x00ffffff) !== 0 || (olo & 0xfffffe00) !== 0 || (ohi & 0x40000000) !== 0) {
+    const old = this.h.md.clusters.entry(t, pos);
+    if (old.kind === "compressed" || old.hostOffset !== 0) {
       // Compression cannot overwrite anything (QEMU fails the request with EIO).
       throw new Qcow2Error("IO_ERROR", "Input/output error", { errno: "EIO" });
     }
@@ -130,11 +124,8 @@ export class CompressedWriter {
     this.h.md.checkOverlap(hostOffset, compressed.byteLength);
     await this.h.md.meta.write(hostOffset, compressed);
     this.h.md.noteDataWritten();
-    const { hi, lo } = encodeCompressedDescriptor(hostOffset, compressed.byteLength, this.h.clusterBits);
-    setL2Raw(t.view, l2Index, this.h.extendedL2, hi, lo);
-    if (this.h.extendedL2) setL2Bitmap(t.view, l2Index, 0, 0);
-    this.h.writes.freeEntryCluster(ohi, olo, -1);
-    this.h.md.l2Cache.markDirty(t);
+    this.h.md.clusters.setEntry(t, pos, { kind: "compressed", hostOffset, byteLength: compressed.byteLength });
+    this.h.writes.releaseEntry(old, -1);
     await this.h.md.maybeWriteback();
   }
 

@@ -2,16 +2,8 @@
  * Resize and preallocation: growing and shrinking the L1 table and the file, zeroing what a longer backing
  * file would show, and metadata/falloc/full preallocation.
  */
-import {
-  Qcow2Error,
-  SubclusterType,
-  classifyCluster,
-  l1EntriesForSize,
-  l2BitmapZero,
-  setL2Bitmap,
-  setL2Entry,
-  subclusterMask,
-} from "@qcowkit/spec";
+import { entryIsAllocated } from "@qcowkit/cluster";
+import { Qcow2Error, SubclusterType, l1EntriesForSize, subclusterMask } from "@qcowkit/spec";
 import { type ResizeOptions } from "../block-image";
 import type { EngineImage } from "../engine-image";
 import type { EngineHost } from "./host";
@@ -123,19 +115,21 @@ export class Resizer {
       const tableEnd = Math.min(to, (this.h.md.map.l1Index(pos) + 1) * this.h.md.map.l2Coverage);
       const t = await this.h.writes.l2ForWrite(pos);
       for (; pos < tableEnd; pos += cs, host += cs) {
-        const l2Index = this.h.md.map.l2Index(pos);
-        const [ohi, olo] = this.h.writes.entryHalves(t, l2Index);
+        const old = this.h.md.clusters.entry(t, pos);
         if (head && host === hostStart) {
           await this.h.writes.writeData(host, head, pos);
-          this.h.writes.freeEntryCluster(ohi, olo, host);
+          this.h.writes.releaseEntry(old, host);
         }
-        setL2Entry(t.view, l2Index, this.h.extendedL2, host, { copied: true });
+        // Extended L2: the bitmap stays, unless the subclusters are allocated (all, or the head's).
+        let { allocBits, zeroBits } = old;
         if (this.h.extendedL2 && allocateSubclusters) {
-          setL2Bitmap(t.view, l2Index, 0xffffffff, 0);
+          allocBits = 0xffffffff;
+          zeroBits = 0;
         } else if (this.h.extendedL2 && head && host === hostStart) {
-          const bits = subclusterMask(0, Math.ceil(head.byteLength / (cs / 32)));
-          setL2Bitmap(t.view, l2Index, bits, (l2BitmapZero(t.view, l2Index) & ~bits) >>> 0);
+          allocBits = subclusterMask(0, Math.ceil(head.byteLength / (cs / 32)));
+          zeroBits = (zeroBits & ~allocBits) >>> 0;
         }
+        this.h.md.clusters.setEntry(t, pos, { kind: "normal", hostOffset: host, copied: true, allocBits, zeroBits });
       }
       this.h.md.l2Cache.markDirty(t);
       await this.h.md.maybeWriteback();
@@ -165,28 +159,24 @@ export class Resizer {
       const t = await this.h.writes.l2ForWrite(pos);
       while (pos < tableEnd) {
         // A run of clusters without a host cluster gets one contiguous allocation.
-        const l2Index = this.h.md.map.l2Index(pos);
-        const [hi, lo] = this.h.writes.entryHalves(t, l2Index);
-        const kind = classifyCluster(hi, lo, this.h.md.map.format);
-        if (kind === "normal" || kind === "zero-alloc" || kind === "compressed") {
+        if (entryIsAllocated(this.h.md.clusters.entry(t, pos))) {
           pos += cs;
           continue;
         }
         let runEnd = pos + cs;
-        while (runEnd < tableEnd) {
-          const [nhi, nlo] = this.h.writes.entryHalves(t, this.h.md.map.l2Index(runEnd));
-          const nkind = classifyCluster(nhi, nlo, this.h.md.map.format);
-          if (nkind === "normal" || nkind === "zero-alloc" || nkind === "compressed") break;
-          runEnd += cs;
-        }
+        while (runEnd < tableEnd && !entryIsAllocated(this.h.md.clusters.entry(t, runEnd))) runEnd += cs;
         const count = (Math.min(runEnd, Math.ceil(tableEnd / cs) * cs) - pos) / cs;
         const host = this.h.hasDataFile ? pos : (await this.h.md.refcounts.allocate(count)) * cs;
         for (let i = 0; i < count; i++) {
-          const li = this.h.md.map.l2Index(pos + i * cs);
-          const [ohi, olo] = this.h.writes.entryHalves(t, li);
+          const old = this.h.md.clusters.entry(t, pos + i * cs);
           const headHere = head !== undefined && pos + i * cs === headStart;
-          const zero = classifyCluster(ohi, olo, this.h.md.map.format) === "zero-plain" && !headHere;
-          setL2Entry(t.view, li, this.h.extendedL2, host + i * cs, { copied: true, zero: zero && !this.h.extendedL2 });
+          // A zero cluster keeps reading as zeros, now with its host cluster (extended L2: the bitmap stays).
+          const zero = old.kind === "zero" && !headHere && !this.h.extendedL2;
+          this.h.md.clusters.setEntry(
+            t,
+            pos + i * cs,
+            zero ? { kind: "zero", hostOffset: host + i * cs, copied: true } : { kind: "normal", hostOffset: host + i * cs, copied: true, allocBits: old.allocBits, zeroBits: old.zeroBits },
+          );
           if (headHere) await this.h.writes.writeData(host + i * cs, head!, headStart);
         }
         lastHostEnd = Math.max(lastHostEnd, host + count * cs);
@@ -204,3 +194,4 @@ export class Resizer {
     }
   }
 }
+

@@ -1,16 +1,8 @@
 /**
  * Write-zeroes and discard: zero flags, subcluster zero bits, released clusters, QEMU's fallbacks.
  */
-import {
-  Qcow2Error,
-  SubclusterType,
-  classifyCluster,
-  l2BitmapAlloc,
-  l2BitmapZero,
-  l2HostOffset,
-  setL2Bitmap,
-  setL2Raw,
-} from "@qcowkit/spec";
+import { entryIsAllocated, type L2Entry } from "@qcowkit/cluster";
+import { Qcow2Error, SubclusterType } from "@qcowkit/spec";
 import { type ZeroOptions } from "../block-image";
 import type { EngineHost } from "./host";
 import type { BlockStatusReader } from "./block-status";
@@ -128,21 +120,10 @@ export class ZeroDiscard {
       const tableEnd = Math.min(end, (this.h.md.map.l1Index(offset) + 1) * this.h.md.map.l2Coverage);
       const t = await this.h.writes.l2ForWrite(offset);
       for (; offset < tableEnd; offset = Math.floor(offset / cs) * cs + cs) {
-        const l2Index = this.h.md.map.l2Index(offset);
-        const [hi, lo] = this.h.writes.entryHalves(t, l2Index);
-        const kind = classifyCluster(hi, lo, this.h.md.map.format);
-        const allocated = kind === "normal" || kind === "zero-alloc" || kind === "compressed";
-        const unmapThis = kind === "compressed" || (unmap && allocated);
-        const newHi = unmapThis ? 0 : hi;
-        const newLo = ((unmapThis ? 0 : lo) | (this.h.extendedL2 ? 0 : 1)) >>> 0;
-        const oldAlloc = this.h.extendedL2 ? l2BitmapAlloc(t.view, l2Index) : 0;
-        const oldZero = this.h.extendedL2 ? l2BitmapZero(t.view, l2Index) : 0;
-        const bitmapChanged = this.h.extendedL2 && (oldAlloc !== 0 || oldZero !== 0xffffffff);
-        if (newHi === hi && newLo === lo && !bitmapChanged) continue;
-        setL2Raw(t.view, l2Index, this.h.extendedL2, newHi, newLo);
-        if (this.h.extendedL2) setL2Bitmap(t.view, l2Index, 0, 0xffffffff);
-        this.h.md.l2Cache.markDirty(t);
-        if (unmapThis) await this.releaseCluster(hi, lo, Math.floor(offset / cs) * cs);
+        const e = this.h.md.clusters.entry(t, offset);
+        const unmapThis = e.kind === "compressed" || (unmap && entryIsAllocated(e));
+        const old = this.h.md.clusters.clearEntry(t, offset, unmapThis ? "zero" : "zero-keep");
+        if (old && unmapThis) await this.releaseCluster(old, Math.floor(offset / cs) * cs);
       }
       await this.h.md.maybeWriteback();
     }
@@ -153,21 +134,15 @@ export class ZeroDiscard {
   /** Set the zero bits (and clear the allocation bits) of the subclusters in [offset, +bytes) of one cluster. */
   private async zeroSubclusters(offset: number, bytes: number): Promise<boolean> {
     const t = await this.h.writes.l2ForWrite(offset);
-    const l2Index = this.h.md.map.l2Index(offset);
-    const [hi, lo] = this.h.writes.entryHalves(t, l2Index);
-    if (classifyCluster(hi, lo, this.h.md.map.format) === "compressed") return false;
+    const e = this.h.md.clusters.entry(t, offset);
+    if (e.kind === "compressed") return false;
     const scSize = this.h.clusterSize / 32;
     const first = Math.floor((offset % this.h.clusterSize) / scSize);
     const count = Math.ceil(bytes / scSize);
     const mask = (count >= 32 ? 0xffffffff : ((1 << count) - 1) << first) >>> 0;
-    const alloc = l2BitmapAlloc(t.view, l2Index);
-    const zero = l2BitmapZero(t.view, l2Index);
-    const newAlloc = (alloc & ~mask) >>> 0;
-    const newZero = (zero | mask) >>> 0;
-    if (newAlloc !== alloc || newZero !== zero) {
-      setL2Bitmap(t.view, l2Index, newAlloc, newZero);
-      this.h.md.l2Cache.markDirty(t);
-    }
+    const newAlloc = (e.allocBits & ~mask) >>> 0;
+    const newZero = (e.zeroBits | mask) >>> 0;
+    if (newAlloc !== e.allocBits || newZero !== e.zeroBits) this.h.md.clusters.setBitmap(t, offset, newAlloc, newZero);
     return true;
   }
 
@@ -175,17 +150,16 @@ export class ZeroDiscard {
    * Drop the host cluster an old entry pointed to: for data-file images the data file range is discarded
    * (when discards pass through), otherwise the refcount decrease is queued.
    */
-  private async releaseCluster(hi: number, lo: number, guestClusterStart: number): Promise<void> {
+  private async releaseCluster(old: L2Entry, guestClusterStart: number): Promise<void> {
     if (this.h.hasDataFile) {
-      const kind = classifyCluster(hi, lo, this.h.md.map.format);
-      if ((kind === "normal" || kind === "zero-alloc") && this.h.discard !== "ignore") {
+      if ((old.kind === "normal" || (old.kind === "zero" && old.hostOffset !== 0)) && this.h.discard !== "ignore") {
         const len = Math.min(this.h.clusterSize, this.h.virtualSize - guestClusterStart);
-        await this.h.md.data.discard(l2HostOffset(hi, lo), len);
+        await this.h.md.data.discard(old.hostOffset, len);
         this.h.md.noteDataWritten();
       }
       return;
     }
-    this.h.writes.freeEntryCluster(hi, lo, -1, this.h.discard !== "ignore");
+    this.h.writes.releaseEntry(old, -1, this.h.discard !== "ignore");
   }
 
   /**
@@ -216,33 +190,12 @@ export class ZeroDiscard {
       }
       const t = await this.h.writes.l2ForWrite(pos);
       for (; pos < tableEnd; pos = Math.min(tableEnd, Math.floor(pos / cs) * cs + cs)) {
-        const l2Index = this.h.md.map.l2Index(pos);
-        const [hi, lo] = this.h.writes.entryHalves(t, l2Index);
-        const kind = classifyCluster(hi, lo, this.h.md.map.format);
-        const allocated = kind === "normal" || kind === "zero-alloc" || kind === "compressed";
-        const oldAlloc = this.h.extendedL2 ? l2BitmapAlloc(t.view, l2Index) : 0;
-        const oldZero = this.h.extendedL2 ? l2BitmapZero(t.view, l2Index) : 0;
-        let newHi = hi;
-        let newLo = lo;
-        let newAlloc = oldAlloc;
-        let newZero = oldZero;
-        if (full) {
-          newHi = newLo = newAlloc = newZero = 0;
-        } else if (this.h.backing || allocated) {
-          if (this.h.extendedL2) {
-            newHi = newLo = 0;
-            newAlloc = 0;
-            newZero = 0xffffffff;
-          } else {
-            newHi = 0;
-            newLo = this.h.version >= 3 ? 1 : 0;
-          }
-        }
-        if (newHi === hi && newLo === lo && newAlloc === oldAlloc && newZero === oldZero) continue;
-        setL2Raw(t.view, l2Index, this.h.extendedL2, newHi, newLo);
-        if (this.h.extendedL2) setL2Bitmap(t.view, l2Index, newAlloc, newZero);
-        this.h.md.l2Cache.markDirty(t);
-        await this.releaseCluster(hi, lo, Math.floor(pos / cs) * cs);
+        // Entries become unallocated (full), or read as zeros on v3 where they held data or hide a backing file.
+        let to: "zero" | "unallocated" | undefined;
+        if (full) to = "unallocated";
+        else if (this.h.backing || entryIsAllocated(this.h.md.clusters.entry(t, pos))) to = this.h.extendedL2 || this.h.version >= 3 ? "zero" : "unallocated";
+        const old = to && this.h.md.clusters.clearEntry(t, pos, to);
+        if (old) await this.releaseCluster(old, Math.floor(pos / cs) * cs);
       }
       await this.h.md.maybeWriteback();
     }
@@ -265,3 +218,4 @@ export class ZeroDiscard {
     }
   }
 }
+

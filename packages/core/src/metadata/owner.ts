@@ -13,7 +13,7 @@
  *  5. a flush reaches both the qcow2 file and the external data file (`flush`).
  * Header fields are written by name through the spec codec (`encodeHeaderFields`), never at byte offsets.
  */
-import { ClusterMap, L1Table, L2Cache } from "@qcowkit/cluster";
+import { ClusterMap, ClusterWriter, L1Table, L2Cache, type ClusterAllocator } from "@qcowkit/cluster";
 import { Refcounts, type RefcountOptions } from "@qcowkit/refcount";
 import {
   COMPAT_LAZY_REFCOUNTS,
@@ -35,6 +35,9 @@ import {
   type Qcow2Header,
 } from "@qcowkit/spec";
 import type { SnapshotInfo } from "../snapshots";
+
+/** The ordering rule a refcount write-back outside `writeback` keeps (see `MetadataOwner.commitRefcounts`). */
+export type RefcountCommit = "before-reference" | "after-reference-removal" | "rollback" | "settle";
 
 /** A read-only view of a structure (arrays and byte buffers are returned as they are). */
 export type ReadonlyDeep<T> = T extends Uint8Array
@@ -67,6 +70,8 @@ export class MetadataOwner {
   readonly hasDataFile: boolean;
   readonly l2Cache: L2Cache;
   readonly map: ClusterMap;
+  /** The mapping's write side (L2 allocation, copy-on-write planning, entry updates), on this owner's allocator and order. */
+  readonly clusters: ClusterWriter;
   readonly readOnly: boolean;
   #data: ByteStore;
   #hdr: ImageHeader;
@@ -102,7 +107,29 @@ export class MetadataOwner {
     this.hasDataFile = (h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
     this.l2Cache = new L2Cache(meta, this.clusterSize, Math.max(4, Math.floor(opts.cacheBytes / this.clusterSize)));
     this.map = new ClusterMap({ clusterBits: h.clusterBits, extendedL2: this.extendedL2, dataFile: this.hasDataFile }, l1, this.l2Cache);
+    this.clusters = new ClusterWriter(this.map, this.allocator, {
+      beforeReference: () => this.refcountsBeforeReference(),
+      onNewTable: (hostOffset) => {
+        this.meta.debugEvent?.("l2_alloc_write");
+        this.noteL2Table(hostOffset);
+      },
+    });
   }
+
+  /** Clusters of the qcow2 file for `@qcowkit/cluster`, counted by the refcount structures. */
+  readonly allocator: ClusterAllocator = {
+    allocate: (count) => this.refcounts.allocate(count),
+    allocateAt: async (first, count) => {
+      const refcounts = this.refcounts;
+      let n = 0;
+      while (n < count && (await refcounts.get(first + n)) === 0) n++;
+      if (n > 0) await refcounts.allocateAt(first, n);
+      return n;
+    },
+    allocateMetadata: (count, what) => this.allocateMetadata(count, what),
+    release: (first, count, passDiscard) => this.refcounts.deferFree(first, count, passDiscard),
+    unallocate: (first, count) => this.refcounts.update(first, count, -1),
+  };
 
   // ---------------------------------------------------------------- read-only views
 
@@ -320,9 +347,28 @@ export class MetadataOwner {
   }
 
   /** Rule 2 ahead of a reference written outside `writeback` (a new L2 table, L1 table): refcounts durable. */
-  async refcountsBeforeReference(): Promise<void> {
+  refcountsBeforeReference(): Promise<void> {
+    return this.commitRefcounts("before-reference");
+  }
+
+  /**
+   * Write the cached refcount blocks (lazy refcounts or not) and flush the qcow2 file, at a point of an
+   * operation outside `writeback` that the rule `why` names:
+   *  - "before-reference" (rule 2): clusters were allocated; the reference to them (a new table, the header's
+   *    pointer to a snapshot table, bitmap directory or refcount table, an L2 entry) is written next;
+   *  - "after-reference-removal" (rule 4): the references were removed and are durable (the caller's
+   *    `writeback`, header switch or table write flushed them); the decreases follow them to disk;
+   *  - "rollback": increases taken for references that never reached disk are given back;
+   *  - "settle": all of it must be on disk before a state that depends on it (the dirty bit cleared, check's
+   *    repairs finished, the file's used end read, close after a failed table flush).
+   * Writing the refcount cache is safe at each of them: it holds increases (a leak at worst after a crash)
+   * and decreases applied only once what referenced the clusters is gone from disk (the deferred frees of
+   * `writeback`) or never reached it. `flush: false` leaves the flush to the caller's next step.
+   */
+  async commitRefcounts(why: RefcountCommit, opts: { flush?: boolean } = {}): Promise<void> {
+    void why; // the caller's statement of the rule it keeps: the write is the same for each
     await this.refcounts.writeBack();
-    await this.meta.flush();
+    if (opts.flush !== false) await this.meta.flush();
   }
 
   /** Bring metadata to disk in crash-safe order (rules 1 to 4 of the file comment). */
