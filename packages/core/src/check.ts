@@ -21,9 +21,7 @@ import {
   SNAPSHOT_HEADER_BYTES,
   bitmapTableEntryHasReservedBits,
   bitmapTableEntryOffset,
-  classifyCluster,
   decodeBitmapDirectory,
-  decodeCompressedDescriptor,
   decodeSnapshotEntry,
   l1EntryCopied,
   l1EntryHasReservedBits,
@@ -33,11 +31,6 @@ import {
   l2BitmapZero,
   l2EntryPosition,
   l2EntryRaw,
-  l2HasReservedBits,
-  l2HostOffset,
-  l2IsCopied,
-  setL2Bitmap,
-  setL2Raw,
   viewOf,
   errnoText,
   getRefcount,
@@ -46,6 +39,7 @@ import {
   firstNonZeroByte,
   type Errno,
 } from "@qcowkit/spec";
+import { classifyL2Entry, readL2Entry, setL2Copied, writeL2Entry } from "@qcowkit/cluster";
 import { metadataOverlap, OVERLAP_ACTIVE_L2, OVERLAP_INACTIVE_L2 } from "./metadata-overlap";
 import type { EngineImage } from "./engine-image";
 import { OperationSteps } from "./operation";
@@ -214,7 +208,7 @@ async function countL2Entries(ctx: CheckContext, l2Offset: number, table: Uint8A
   const cs = image.clusterSize;
   const ext = image.extendedL2;
   const dataFile = image.hasDataFile;
-  const fmt = image.metadata.map.format;
+  const geometry = image.metadata.map;
   const v = viewOf(table);
   const entries = image.metadata.map.l2Entries;
   for (let i = nextUsedEntry(table, 0, ext); i < entries; i = nextUsedEntry(table, i + 1, ext)) {
@@ -224,15 +218,15 @@ async function countL2Entries(ctx: CheckContext, l2Offset: number, table: Uint8A
     const lo = v.getUint32(at + 4);
     const alloc = ext ? l2BitmapAlloc(v, i) : 0;
     const zero = ext ? l2BitmapZero(v, i) : 0;
-    const kind = classifyCluster(hi, lo, fmt);
-    if (kind !== "compressed" && l2HasReservedBits(hi, lo)) {
+    const e = classifyL2Entry(hi, lo, geometry, alloc, zero);
+    if (e.kind !== "compressed" && e.reservedBits) {
       say(ctx, `ERROR found l2 entry with reserved bits set: ${hex(l2EntryRaw(v, i, ext))}`);
       ctx.report.corruptions++;
     }
-    switch (kind) {
+    switch (e.kind) {
       case "compressed": {
-        if (hi & 0x80000000) {
-          const d = decodeCompressedDescriptor(hi, lo, image.clusterBits);
+        const d = e.compressed!;
+        if (e.copied) {
           say(ctx, `ERROR: coffset=0x${hex(d.hostOffset)}: copied flag must never be set for compressed clusters`);
           hi = (hi & 0x7fffffff) >>> 0;
           ctx.report.corruptions++;
@@ -247,7 +241,6 @@ async function countL2Entries(ctx: CheckContext, l2Offset: number, table: Uint8A
           ctx.report.corruptions++;
           break;
         }
-        const d = decodeCompressedDescriptor(hi, lo, image.clusterBits);
         countReference(ctx, d.hostOffset, d.byteLength, "compressed");
         if (active) {
           // Compressed clusters count as fragmented by nature (QEMU re-reads shared sectors).
@@ -258,8 +251,9 @@ async function countL2Entries(ctx: CheckContext, l2Offset: number, table: Uint8A
         break;
       }
       case "normal":
-      case "zero-alloc": {
-        const offset = l2HostOffset(hi, lo);
+      case "zero": {
+        if (e.kind === "zero" && e.hostOffset === 0) break; // a plain zero cluster: no host cluster to count
+        const offset = e.hostOffset;
         if (ext && (alloc & zero) !== 0) {
           ctx.report.corruptions++;
           say(ctx, `ERROR offset=${hex(offset)}: Allocated cluster has corrupted subcluster allocation bitmap`);
@@ -288,8 +282,6 @@ async function countL2Entries(ctx: CheckContext, l2Offset: number, table: Uint8A
         else ctx.onReference?.("data-file", offset, cs);
         break;
       }
-      case "zero-plain":
-        break;
       case "unallocated":
         if (ext && alloc !== 0) {
           ctx.report.corruptions++;
@@ -316,14 +308,13 @@ async function fixL2EntryByZero(
   const image = ctx.image;
   const ext = image.extendedL2;
   const v = viewOf(table);
+  const g = image.metadata.map;
   if (ext) {
-    const alloc = l2BitmapAlloc(v, index);
-    const zero = l2BitmapZero(v, index);
-    // Allocated subclusters become zero.
-    setL2Bitmap(v, index, 0, (zero | alloc) >>> 0);
-    setL2Raw(v, index, true, 0, 0);
+    // No host cluster; the allocated subclusters become zero.
+    const cur = readL2Entry(v, index, g);
+    writeL2Entry(v, index, { kind: "unallocated", allocBits: 0, zeroBits: (cur.zeroBits | cur.allocBits) >>> 0 }, g);
   } else {
-    setL2Raw(v, index, false, 0, 1);
+    writeL2Entry(v, index, { kind: "zero" }, g);
   }
   tableChanged(table);
   const entryBytes = ext ? 16 : 8;
@@ -639,26 +630,23 @@ export async function checkCopiedFlags(ctx: CheckContext, fix: number): Promise<
    * cluster number when the refcount block of that cluster must be read first (then call again).
    */
   const checkEntry = (v: DataView, j: number): boolean | number => {
-    const at = l2EntryPosition(j, ext);
-    const hi = v.getUint32(at);
-    const lo = v.getUint32(at + 4);
-    const kind = classifyCluster(hi, lo, image.metadata.map.format);
-    if (kind !== "normal" && kind !== "zero-alloc") return false;
+    const e = readL2Entry(v, j, image.metadata.map);
+    if (e.kind !== "normal" && !(e.kind === "zero" && e.hostOffset !== 0)) return false; // no host cluster of its own
     let rc: number;
     if (image.hasDataFile) rc = 1;
     else {
-      const cluster = Math.floor(l2HostOffset(hi, lo) / cs);
+      const cluster = Math.floor(e.hostOffset / cs);
       const got = cached(cluster);
       if (got === undefined) return cluster;
       if (got instanceof Qcow2Error) return false;
       rc = got;
     }
-    if ((rc === 1) === l2IsCopied(hi)) return false;
+    if ((rc === 1) === e.copied) return false;
     report.corruptions++;
-    const exact = image.hasDataFile ? rc : exactRefcount(Math.floor(l2HostOffset(hi, lo) / cs), rc);
+    const exact = image.hasDataFile ? rc : exactRefcount(Math.floor(e.hostOffset / cs), rc);
     say(ctx, `${repair ? "Repairing" : "ERROR"} OFLAG_COPIED data cluster: l2_entry=${hex(l2EntryRaw(v, j, ext))} refcount=${exact}`);
     if (!repair) return false;
-    v.setUint32(at, (rc === 1 ? hi | 0x80000000 : hi & 0x7fffffff) >>> 0);
+    setL2Copied(v, j, image.metadata.map, rc === 1);
     return true;
   };
   /** checkEntry, reading the refcount block it needs. */

@@ -135,6 +135,13 @@ describe("monorepo shape", () => {
     expect(outside.some((f) => readFileSync(f, "utf8").includes('commitRefcounts("after-reference-removal")'))).toBe(true);
   });
 
+  it("core classifies and encodes L2 entries through @qcowkit/cluster only (one vocabulary)", () => {
+    const src = join(root, "packages", "core", "src");
+    // spec's word-level L2 decoders and encoders are cluster's building blocks; core uses cluster's L2Entry.
+    const raw = /\b(?:classifyCluster|decodeCompressedDescriptor|l2HostOffset|l2IsCopied|l2HasReservedBits|setL2Entry|setL2Raw|setL2Bitmap)\b/;
+    expect(files(src).filter((f) => raw.test(stripComments(readFileSync(f, "utf8")))).map((f) => relative(src, f))).toEqual([]);
+  });
+
   it("core's files stay readable: qcow2-image.ts (the facade) under 700 lines, no file over 1000", () => {
     const src = join(root, "packages", "core", "src");
     const lines = (f: string) => readFileSync(f, "utf8").split("\n").length;
