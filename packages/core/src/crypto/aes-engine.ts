@@ -1,9 +1,13 @@
 /**
  * Where AES itself runs: an engine turns a key into something that encrypts or decrypts many 16-byte blocks
  * in one call (ECB, in place). The block modes (block-modes.ts) are built on that, so one native call can
- * cover a whole request. The default engine is the table-driven AES of aes.ts (any runtime); the Node entry
- * installs node:crypto's, and a browser embedder can install its own with `registerAesEngine`.
+ * cover a whole request. There is no default: the Node entry installs node:crypto's, and other runtimes
+ * (the browser entry included) install their own with `registerAesEngine`. Until one is installed, unlocking
+ * or creating an encrypted image fails with NOT_SUPPORTED. The table-driven AES of aes.ts is not installed
+ * anywhere: table lookups indexed by key-dependent bytes leak timing through the processor's caches, so it is
+ * kept only as a reference the tests compare the native engine with.
  */
+import { Qcow2Error } from "@qcowkit/spec";
 import { Aes } from "./aes";
 
 /**
@@ -19,7 +23,7 @@ export interface AesBlocks {
 /** Makes the AesBlocks of a 16, 24 or 32-byte key. */
 export type AesEngine = (key: Uint8Array) => AesBlocks;
 
-/** The table-driven AES, block after block. */
+/** The table-driven AES, block after block: a reference for tests, never installed by qcowkit (see above). */
 export const tableAesEngine: AesEngine = (key) => {
   const aes = new Aes(key);
   return {
@@ -34,7 +38,11 @@ export const tableAesEngine: AesEngine = (key) => {
   };
 };
 
-let engine: AesEngine = tableAesEngine;
+let engine: AesEngine | undefined;
+
+/** The message of an encrypted image opened or created where no engine is installed. */
+export const NO_AES_ENGINE =
+  "Encrypted images need an AES engine and none is installed here (the Node entry installs node:crypto's; elsewhere call registerAesEngine)";
 
 /** Use `e` for the ciphers of images unlocked from now on. */
 export function registerAesEngine(e: AesEngine): void {
@@ -43,5 +51,6 @@ export function registerAesEngine(e: AesEngine): void {
 
 /** The AesBlocks of `key` from the current engine. */
 export function aesBlocks(key: Uint8Array): AesBlocks {
+  if (engine === undefined) throw new Qcow2Error("NOT_SUPPORTED", NO_AES_ENGINE);
   return engine(key);
 }
