@@ -220,12 +220,16 @@ export function runIotests(options) {
       while ((nl = out.indexOf("\n")) >= 0) {
         const line = out.slice(0, nl);
         out = out.slice(nl + 1);
-        const m = /^(\d{3})\s+(pass|fail|not run)\b\s*(?:\[[^\]]*\]\s*)*(?:[\d.]+s)?\s*(.*)$/.exec(line);
-        if (!m || seen.has(m[1])) continue;
-        const status = m[2] === "pass" ? "pass" : m[2] === "fail" ? "fail" : "not run";
-        seen.set(m[1], status);
-        arm();
-        if (!options.verbose) console.log(`${m[1]} ${status}${m[3] ? `  ${m[3].trim()}` : ""}`);
+        // With -j, check's workers sometimes print two results on one line ("008 pass ... 022 pass ..."): each
+        // "NNN pass|fail|not run" starts a result of its own.
+        for (const result of resultsOfLine(line)) {
+          const m = /^(\d{3})\s+(pass|fail|not run)\b\s*(?:\[[^\]]*\]\s*)*(?:[\d.]+s)?\s*(.*)$/.exec(result);
+          if (!m || seen.has(m[1])) continue;
+          const status = m[2] === "pass" ? "pass" : m[2] === "fail" ? "fail" : "not run";
+          seen.set(m[1], status);
+          arm();
+          if (!options.verbose) console.log(`${m[1]} ${status}${m[3] ? `  ${m[3].trim()}` : ""}`);
+        }
       }
     };
     child.stdout.setEncoding("utf8").on("data", onData);
@@ -266,4 +270,11 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   }
   console.log(`iotests: ${result.passed} passed, ${result.failed} failed`);
   process.exit(result.failed > 0 ? 1 : 0);
+}
+
+/** The results in one line of check's output: a new one starts at every "NNN pass", "NNN fail" or "NNN not run". */
+export function resultsOfLine(line) {
+  const starts = [...line.matchAll(/(?:^|\s)(\d{3})\s+(?:pass|fail|not run)\b/g)].map((m) => m.index + (m[0].length - m[0].trimStart().length));
+  if (starts.length === 0) return [line];
+  return starts.map((at, i) => line.slice(at, starts[i + 1] ?? line.length).trim());
 }
