@@ -1,6 +1,7 @@
 import { defineConfig } from "tsup";
 
-const common = { format: ["esm" as const], dts: true, sourcemap: true, clean: false };
+// Members marked @internal (the engine surface of Qcow2Image) are left out of the published declarations.
+const common = { format: ["esm" as const], dts: { compilerOptions: { stripInternal: true } }, sourcemap: true, clean: false };
 
 export default defineConfig([
   { ...common, entry: ["src/index.ts", "src/node.ts", "src/internal.ts"], target: "node20", platform: "node" },

@@ -111,7 +111,7 @@ async function openImage(source: Source): Promise<void> {
     if (stale()) return;
     $("image-name").textContent = name;
     $("info-json").textContent = `${toQemuJson(info as unknown as JsonValue)}\n`;
-    const dataFileName = (meta as Qcow2Image).hasDataFile ? ((meta as Qcow2Image).metadata.hdr.extensions.dataFile ?? "") : undefined;
+    const dataFileName = (meta as Qcow2Image).hasDataFile ? ((meta as Qcow2Image).dataFile ?? "") : undefined;
     renderHuman(
       $("human"),
       name,

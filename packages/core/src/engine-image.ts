@@ -1,7 +1,9 @@
 /**
  * The surface of an open qcow2 image that the engine's other modules (snapshots, bitmaps, check and repair,
  * host preallocation) work through. It lives apart from `qcow2-image.ts` so that those modules and the image
- * class do not import each other: the class implements this, the modules depend only on it.
+ * class do not import each other: the class has these members (the engine-only ones marked internal, so the
+ * published declarations leave them out), the modules depend only on this. Users never see this type: the
+ * public functions over these modules (qcow2-ops.ts) take `Qcow2Image`.
  */
 import type { Qcow2Error, Qcow2Header } from "@qcowkit/spec";
 import type { BlockImage } from "./block-image";

@@ -17,13 +17,12 @@ export type { ImageResolver, ResolveContext } from "./resolver";
 export { getCodec, registerCodec, registerCodecLoader, zlibCodec } from "./compression";
 export type { CompressionCodec } from "./compression";
 export type { SnapshotInfo } from "./snapshots";
-export { checkImage, checkFailureText } from "./check";
+export { checkFailureText } from "./check";
 export type { CheckReport, CheckOptions, CheckMessageKind, CheckFailure, ClusterUse } from "./check";
 export { clusterMap } from "./cluster-map";
 export { headerView } from "./header-view";
 export type { HeaderView, FeatureBit, HeaderExtensionView } from "./header-view";
 export type { ClusterMap, ClusterMapFile, ClusterRun, ClusterKind } from "./cluster-map";
-export { checkAndRepairImage, repairImage } from "./repair";
 export type { CheckResult, RepairMode, RepairOptions } from "./repair";
 export { createQcow2, validateCreateOptions } from "./create";
 export type { Qcow2CreateOptions, CreateContext } from "./create";
@@ -42,7 +41,6 @@ export type { MapEntry } from "./map";
 export { toQemuJson } from "./qemu-json";
 export type { JsonValue } from "./qemu-json";
 export { mapEntryPairs, mapJsonEntry, mapJson, checkReportJson, checkReportHuman } from "./qemu-output";
-export { listSnapshots, findSnapshot, createSnapshot, applySnapshot, deleteSnapshot } from "./snapshot-ops";
 export type { NewSnapshotOptions } from "./snapshot-ops";
 export { amendQcow2 } from "./amend";
 export type { AmendOptions } from "./amend";
@@ -53,6 +51,11 @@ export type { RebaseOptions } from "./rebase";
 export { measureImage } from "./measure";
 export type { MeasureTarget, MeasureResult } from "./measure";
 export {
+  listSnapshots,
+  findSnapshot,
+  createSnapshot,
+  applySnapshot,
+  deleteSnapshot,
   addBitmap,
   removeBitmap,
   clearBitmap,
@@ -61,7 +64,10 @@ export {
   mergeBitmap,
   listBitmaps,
   bitmapStatus,
-} from "./bitmaps";
+  checkImage,
+  repairImage,
+  checkAndRepairImage,
+} from "./qcow2-ops";
 export type { AddBitmapOptions } from "./bitmaps";
 export { compareImages } from "./compare";
 export type { CompareEvent, CompareOptions, CompareResult } from "./compare";

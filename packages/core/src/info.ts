@@ -130,7 +130,7 @@ export async function qcow2SpecificInfo(image: Qcow2Image): Promise<ImageInfoSpe
     return v2;
   }
   const data = { compat: "1.1" } as ImageInfoSpecificQcow2;
-  if (image.metadata.hdr.extensions.dataFile !== undefined) data["data-file"] = image.metadata.hdr.extensions.dataFile;
+  if (image.dataFile !== undefined) data["data-file"] = image.dataFile;
   if (image.hasDataFile) data["data-file-raw"] = image.dataFileRaw;
   data["extended-l2"] = image.extendedL2;
   data["lazy-refcounts"] = image.lazyRefcounts;
@@ -155,8 +155,8 @@ export async function imageInfo(image: BlockImage, opts: ImageInfoOptions = {}):
     info["virtual-size"] = image.virtualSize;
     info["cluster-size"] = image.clusterSize;
     if (image.encryption) info.encrypted = true;
-    const backing = image.metadata.hdr.backingFile;
-    if (backing !== undefined && backing !== "") {
+    const backing = image.backingFile;
+    if (backing !== undefined) {
       info["backing-filename"] = backing;
       let full: string | undefined;
       try {
@@ -168,8 +168,7 @@ export async function imageInfo(image: BlockImage, opts: ImageInfoOptions = {}):
         full = undefined;
       }
       if (full !== undefined) info["full-backing-filename"] = full;
-      const fmt = image.metadata.hdr.extensions.backingFormat;
-      if (fmt !== undefined && fmt !== "") info["backing-filename-format"] = fmt;
+      if (image.backingFormat !== undefined) info["backing-filename-format"] = image.backingFormat;
     }
     const snaps = snapshotInfo(image);
     if (snaps) info.snapshots = snaps;

@@ -5,8 +5,9 @@
  * views, the VM state offset). Not part of the public API: names here may change in any release. Everything a
  * library user needs is exported from `@qcowkit/core`, `@qcowkit/core/node` or `@qcowkit/core/browser`.
  *
+ * (This comment carries no internal tag: the declaration build strips what does, and it leads the first export.)
+ *
  * @module @qcowkit/core/internal
- * @internal
  */
 export { AMEND_BACKING_HINT } from "./amend";
 export { mergeExtents } from "./block-image";
@@ -24,7 +25,7 @@ export { dumpHuman, jsonString, printfFixed2, qdictBucket, qdictEntries, toQemuJ
 export { REBASE_CHUNK_BYTES } from "./rebase";
 export { isRemoteName, parseRemoteName, remoteFromOptions } from "./remote/remote-name";
 export { checkExitCode } from "./repair";
-export { findSnapshotByIdAndName } from "./snapshot-ops";
+export { findSnapshotByIdAndName } from "./qcow2-ops";
 export { loadSnapshotReadOnly } from "./snapshot-view";
 export { readSnapshotTable } from "./snapshots";
 export { readQcow2StreamHeader } from "./stream-in";

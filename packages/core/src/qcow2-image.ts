@@ -41,7 +41,6 @@ import { dirtyImageRepair } from "./repair";
 import { inactiveL2CheckedStore, refblockOverlapCheck } from "./metadata-overlap";
 import { readSnapshotTable } from "./snapshots";
 import { MetadataOwner } from "./metadata/owner";
-import type { EngineImage } from "./engine-image";
 import { BlockStatusReader, type StatusHost } from "./engine/block-status";
 import { CompressedWriter, type CompressedHost } from "./engine/compressed-writer";
 import { ReadPath, type ReadHost } from "./engine/read-path";
@@ -92,25 +91,24 @@ export interface Qcow2OpenOptions {
 
 const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
 
-
-
-export class Qcow2Image implements EngineImage {
+/**
+ * An open qcow2 image. Members marked internal are the engine surface (engine-image.ts) its other modules use;
+ * they are left out of the published declarations. The public operations on it are in qcow2-ops.ts.
+ */
+export class Qcow2Image implements BlockImage {
   readonly format = "qcow2" as const;
   readonly filename: string;
   readonly readOnly: boolean;
-  /**
-   * The metadata owner (internal to the engine's modules): header, tables, refcounts, snapshots and the stores
-   * are read through it, and changed only through its methods.
-   */
+  /** The metadata owner: every change to on-disk metadata goes through its methods. @internal */
   readonly metadata: MetadataOwner;
   private readonly md: MetadataOwner;
-  /** Name of the external data file as opened (for map output). */
-  dataFileName: string | undefined;
-  backing: BlockImage | null = null;
+  private openedDataFile: string | undefined;
+  private backingImage: BlockImage | null = null;
   readonly clusterBits: number;
   readonly clusterSize: number;
   readonly extendedL2: boolean;
   readonly hasDataFile: boolean;
+  /** @internal */
   readonly lock = new RwLock();
   private readonly opts: Qcow2OpenOptions;
   private corruptSignalled = false;
@@ -248,13 +246,13 @@ export class Qcow2Image implements EngineImage {
       if (this.hasDataFile) {
         if (opts.dataFile !== undefined && typeof opts.dataFile !== "string") {
           this.md.attachDataStore(opts.dataFile);
-          this.dataFileName = opts.dataFile.name;
+          this.openedDataFile = opts.dataFile.name;
         } else {
           const name = opts.dataFile ?? this.md.hdr.extensions.dataFile;
           if (name === undefined) throw new Qcow2Error("INVALID_IMAGE", "'data-file' is required for this image");
           if (!opts.resolver) throw new Qcow2Error("NOT_SUPPORTED", "no resolver to open the external data file");
           this.md.attachDataStore(await opts.resolver.openDataFile(name, ctx));
-          this.dataFileName = this.md.data.name;
+          this.openedDataFile = this.md.data.name;
         }
       } else if (opts.dataFile !== undefined) {
         throw new Qcow2Error(
@@ -263,12 +261,12 @@ export class Qcow2Image implements EngineImage {
         );
       }
       if (opts.backing !== undefined && opts.backing !== null && typeof opts.backing !== "string") {
-        this.backing = opts.backing;
+        this.backingImage = opts.backing;
       } else if (opts.backing !== null) {
         const name = opts.backing ?? this.md.hdr.backingFile;
         if (name !== undefined && name !== "") {
           if (!opts.resolver) throw new Qcow2Error("NOT_SUPPORTED", "no resolver to open the backing file");
-          this.backing = await opts.resolver.openBacking(
+          this.backingImage = await opts.resolver.openBacking(
             name,
             opts.backingFormat ?? this.md.hdr.extensions.backingFormat,
             { ...ctx, readOnly: true },
@@ -302,16 +300,16 @@ export class Qcow2Image implements EngineImage {
     }
   }
 
-  /** Called with every guest range written, zeroed or discarded (dirty bitmap tracking). */
+  /** Called with every guest range written, zeroed or discarded (dirty bitmap tracking). @internal */
   readonly writeObservers: Array<(guestOffset: number, byteLength: number) => void> = [];
-  /** Run by close() before the final flush, in order (e.g. storing dirty bitmaps). */
+  /** Run by close() before the final flush, in order (e.g. storing dirty bitmaps). @internal */
   readonly closeHooks: Array<() => Promise<void>> = [];
 
   private observe(guestOffset: number, byteLength: number): void {
     for (const o of this.writeObservers) o(guestOffset, byteLength);
   }
 
-  /** Report a non-fatal problem: kept in `warnings` and passed to the `onWarning` open option. */
+  /** Report a non-fatal problem: kept in `warnings` and passed to the `onWarning` open option. @internal */
   warn(message: string): void {
     this.warnings.push(message);
     this.opts.onWarning?.(message);
@@ -323,42 +321,30 @@ export class Qcow2Image implements EngineImage {
     return this.md.hdr.header;
   }
 
-  get virtualSize(): number {
-    return this.md.hdr.header.size;
-  }
+  /** The backing file's name as stored in the header (not resolved: qemu-img info's backing-filename). */
+  get backingFile(): string | undefined { return this.md.hdr.backingFile || undefined; }
+  /** The backing file's format from the header extension (backing-filename-format); undefined when not recorded. */
+  get backingFormat(): string | undefined { return this.md.hdr.extensions.backingFormat || undefined; }
+  /** The external data file's name as stored in the header extension; undefined without one. */
+  get dataFile(): string | undefined { return this.md.hdr.extensions.dataFile; }
+  /** The name of the external data file as opened (the stored name, or the open option's store or name). */
+  get dataFileName(): string | undefined { return this.openedDataFile; }
+  /** The open backing image; null when there is none or it was not opened (`noIo`, `backing: null`). */
+  get backing(): BlockImage | null { return this.backingImage; }
 
-  get version(): number {
-    return this.md.hdr.header.version;
-  }
-
-  get dataFileRaw(): boolean {
-    return (this.md.hdr.header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
-  }
-
-  get lazyRefcounts(): boolean {
-    return this.md.lazyRefcounts;
-  }
-
-  get compressionType(): CompressionType {
-    return this.md.hdr.header.compressionType === 1 ? "zstd" : "zlib";
-  }
-
+  get virtualSize(): number { return this.md.hdr.header.size; }
+  get version(): number { return this.md.hdr.header.version; }
+  get dataFileRaw(): boolean { return (this.md.hdr.header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n; }
+  get lazyRefcounts(): boolean { return this.md.lazyRefcounts; }
+  get compressionType(): CompressionType { return this.md.hdr.header.compressionType === 1 ? "zstd" : "zlib"; }
   /** The image was marked corrupt while open: QEMU then writes no cached metadata back (the node is gone). */
-  get corruptionSignalled(): boolean {
-    return this.corruptSignalled;
-  }
-
-  get isCorrupt(): boolean {
-    return this.md.isCorrupt;
-  }
-
-  get isDirty(): boolean {
-    return this.md.isDirty;
-  }
+  get corruptionSignalled(): boolean { return this.corruptSignalled; }
+  get isCorrupt(): boolean { return this.md.isCorrupt; }
+  get isDirty(): boolean { return this.md.isDirty; }
 
   // ---------------------------------------------------------------- header writes
 
-  /** Mark the image corrupt (QEMU's qcow2_signal_corruption, fatal) and return the error to throw. */
+  /** Mark the image corrupt (QEMU's qcow2_signal_corruption, fatal) and return the error to throw. @internal */
   async signalCorruption(message: string): Promise<Qcow2Error> {
     if (!this.corruptSignalled) {
       this.corruptSignalled = true;
@@ -378,7 +364,7 @@ export class Qcow2Image implements EngineImage {
 
   /**
    * Drop the image's driver after a failure that left the on-disk structures unusable (QEMU's
-   * `bs->drv = NULL`): later requests fail and close writes nothing more.
+   * `bs->drv = NULL`): later requests fail and close writes nothing more. @internal
    */
   eject(): void {
     this.ejected = true;
@@ -460,7 +446,7 @@ export class Qcow2Image implements EngineImage {
    *   between, the data is where it was copied, so it is not copied again ("written");
    * - false: the copied bytes are zeroed and the file shrunk back to its size before ("declined", `scan`
    *   filled): the caller writes the parts it wants.
-   * "unsupported" when no guess can be made; nothing was done and `scan` is untouched.
+   * "unsupported" when no guess can be made; nothing was done and `scan` is untouched. @internal (convert's)
    */
   async writeFromStoresGuessing(
     guestOffset: number,
@@ -636,26 +622,27 @@ export class Qcow2Image implements EngineImage {
 
   // ---------------------------------------------------------------- for the engine's other modules (lock held)
 
-  /** Read through the current mapping; the caller holds the lock. */
+  /** Read through the current mapping; the caller holds the lock. @internal */
   readUnlocked(guestOffset: number, into: Uint8Array): Promise<void> {
     return this.reads.readUnlocked(guestOffset, into);
   }
 
-  /** The allocating write path (exclusive lock held). */
+  /** The allocating write path (exclusive lock held). @internal */
   writeUnlocked(guestOffset: number, data: Payload): Promise<void> {
     return this.writes.writeUnlocked(guestOffset, data);
   }
 
-  /** Discard (exclusive lock held); `full` deallocates instead of zeroing. */
+  /** Discard (exclusive lock held); `full` deallocates instead of zeroing. @internal */
   discardUnlocked(guestOffset: number, byteLength: number, full: boolean): Promise<void> {
     return this.zeroes.discardUnlocked(guestOffset, byteLength, full);
   }
 
+  /** Block status (lock held). @internal */
   blockStatusUnlocked(guestOffset: number, byteLength: number): Promise<BlockStatusExtent[]> {
     return this.status.blockStatusUnlocked(guestOffset, byteLength);
   }
 
-  /** Map guest clusters [from, to) to host clusters from `hostStart` the caller has already counted. */
+  /** Map guest clusters [from, to) to host clusters from `hostStart` the caller has already counted. @internal */
   linkPreallocated(from: number, to: number, hostStart: number, allocateSubclusters = false): Promise<void> {
     return this.sizing.linkPreallocated(from, to, hostStart, allocateSubclusters);
   }

@@ -149,6 +149,27 @@ describe("monorepo shape", () => {
     expect(files(src).filter((f) => lines(f) > 1000).map((f) => relative(src, f))).toEqual([]);
   });
 
+  it("apps use Qcow2Image's public members only: no metadata owner, lock or other engine member", () => {
+    // The engine members are the ones qcow2-image.ts marks internal (left out of the published declarations).
+    const source = readFileSync(join(root, "packages", "core", "src", "qcow2-image.ts"), "utf8");
+    const internal = [...source.matchAll(/@internal[^\n]*\n(?:\s*\*[^\n]*\n)*?\s*(?:\*\/\s*)?(?:readonly\s+|async\s+)?(\w+)/g)].map((m) => m[1]!);
+    expect(internal).toEqual(expect.arrayContaining(["metadata", "lock", "writeObservers", "closeHooks", "warn", "signalCorruption", "discardUnlocked", "linkPreallocated", "writeFromStoresGuessing"]));
+    // `warn` is left out of the pattern: the apps' own contexts have a warn().
+    const names = internal.filter((n) => n !== "warn");
+    const forbidden = new RegExp(`\\.(?:${names.join("|")})\\b`);
+    const offenders: string[] = [];
+    for (const app of readdirSync(join(root, "apps"))) {
+      const src = join(root, "apps", app, "src");
+      if (!existsSync(src)) continue;
+      for (const f of files(src)) {
+        const text = stripComments(readFileSync(f, "utf8"));
+        const hit = forbidden.exec(text);
+        if (hit) offenders.push(`${relative(root, f)}: ${hit[0]}`);
+      }
+    }
+    expect(offenders).toEqual([]);
+  });
+
   it("@qcowkit/core/internal is imported only by qcowkit's own apps, and core's public entries do not re-export it", () => {
     const packageSources = readdirSync(join(root, "packages")).flatMap((p) => files(join(root, "packages", p, "src")));
     const examples = readdirSync(join(root, "examples")).map((f) => join(root, "examples", f));

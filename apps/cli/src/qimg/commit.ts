@@ -100,11 +100,11 @@ export const commitCommand: QimgCommand = {
       for (;;) {
         const above = layers[layers.length - 1]!;
         const first = layers.length === 1;
-        const storedName = above instanceof Qcow2Image ? above.metadata.hdr.backingFile : undefined;
+        const storedName = above instanceof Qcow2Image ? above.backingFile : undefined;
         const stored = first && typeof givenBacking === "string" ? givenBacking : storedName;
         if (stored === undefined || stored === "") break;
         const path = first && typeof givenBacking === "string" ? givenBacking : combinePath(above.filename, stored);
-        const fmt = (first ? givenBackingFormat : undefined) ?? (above instanceof Qcow2Image ? above.metadata.hdr.extensions.backingFormat : undefined);
+        const fmt = (first ? givenBackingFormat : undefined) ?? (above instanceof Qcow2Image ? above.backingFormat : undefined);
         const encrypt = first && backingEncrypt ? { encrypt: encryptOpenOptions(backingEncrypt) } : {};
         const isBase = baseName === undefined || baseName === stored || sameFile(combinePath(above.filename, baseName), path);
         if (isBase && isRemoteName(stored)) {
