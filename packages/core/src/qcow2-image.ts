@@ -115,8 +115,7 @@ export class Qcow2Image implements BlockImage {
   private ejected = false;
   private closed = false;
   readonly warnings: string[] = [];
-  /** encryption: the image's encryption (undefined when unencrypted); no cipher when opened without I/O. */
-  encryption: ImageEncryption | undefined;
+  private imageEncryption: ImageEncryption | undefined;
 
   // The engine's parts (engine/*.ts), each working through a narrow host interface.
   private readonly reads: ReadPath;
@@ -237,7 +236,7 @@ export class Qcow2Image implements BlockImage {
       throw new Qcow2Error("INVALID_ARGUMENT", "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level");
     }
     // encryption: the encrypt.* options and the key, before anything else is opened or changed (as QEMU)
-    this.encryption = await openImageEncryption(this.md.hdr, this.md.meta, opts.encrypt, opts.noIo ?? false);
+    this.imageEncryption = await openImageEncryption(this.md.hdr, this.md.meta, opts.encrypt, opts.noIo ?? false);
     if (!opts.checkMode && h.nbSnapshots > 0) {
       this.md.replaceSnapshots(await readSnapshotTable(this.md.meta, h.snapshotsOffset, h.nbSnapshots));
     }
@@ -331,6 +330,8 @@ export class Qcow2Image implements BlockImage {
   get dataFileName(): string | undefined { return this.openedDataFile; }
   /** The open backing image; null when there is none or it was not opened (`noIo`, `backing: null`). */
   get backing(): BlockImage | null { return this.backingImage; }
+  /** encryption: the image's encryption (undefined when unencrypted); no cipher when opened without I/O. */
+  get encryption(): ImageEncryption | undefined { return this.imageEncryption; }
 
   get virtualSize(): number { return this.md.hdr.header.size; }
   get version(): number { return this.md.hdr.header.version; }

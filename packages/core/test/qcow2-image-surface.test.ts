@@ -60,7 +60,7 @@ describe("Qcow2Image's header names agree with qemu-img info", () => {
     const image = (await openImage(t.path("both.qcow2"), { readOnly: true })) as Qcow2Image;
     try {
       const loose = image as unknown as Record<string, unknown>;
-      for (const key of ["backingFile", "backingFormat", "dataFile", "dataFileName", "backing"]) {
+      for (const key of ["backingFile", "backingFormat", "dataFile", "dataFileName", "backing", "encryption"]) {
         expect(() => {
           loose[key] = "elsewhere";
         }, key).toThrow(TypeError);
