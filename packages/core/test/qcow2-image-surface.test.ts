@@ -3,9 +3,10 @@
  * `qemu-img info` on QEMU-made images, and the engine's internals (the metadata owner, the lock, the write
  * observers, ...) are left out of the published declarations of @qcowkit/core.
  */
-import { readFileSync, readdirSync } from "node:fs";
+import { readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import ts from "typescript";
 import { afterAll, describe, expect, it } from "vitest";
 import { Qcow2Image, openImage } from "../src/node";
 import { apiEntries, apiReport } from "../../../scripts/api-report.mjs";
@@ -105,6 +106,48 @@ describe("the published declarations of @qcowkit/core leave the engine out", () 
       expect(text, `${f}: metadata/lock members`).not.toMatch(/^\s*(?:readonly\s+)?(?:metadata|lock)\??\s*:/m);
     }
   });
+
+  it("a program compiled against the published types uses the getters and the operations, and cannot reach the engine", () => {
+    const consumer = t.path("consumer.ts");
+    const lines = [
+      `import { Qcow2Image, addBitmap, checkImage, listSnapshots, openImage } from ${JSON.stringify(join(dist, "node.js"))};`,
+      "export async function use(name: string): Promise<string> {",
+      "  await using image = await openImage(name, { readOnly: true });",
+      "  if (!(image instanceof Qcow2Image)) return image.format;",
+      "  const names: Array<string | undefined> = [image.backingFile, image.backingFormat, image.dataFile, image.dataFileName];",
+      "  await addBitmap(image, 'b');",
+      "  const report = await checkImage(image);",
+      "  return `${names.join()} ${listSnapshots(image).length} ${report.corruptions} ${image.backing?.filename ?? ''}`;",
+      "}",
+      "export function reach(image: Qcow2Image): unknown[] {",
+      "  return [",
+    ];
+    const internal = ["metadata", "lock", "writeObservers", "closeHooks", "warn", "signalCorruption", "eject", "discardUnlocked", "linkPreallocated", "readUnlocked", "writeFromStoresGuessing"];
+    const first = lines.length;
+    for (const name of internal) lines.push(`    image.${name},`);
+    lines.push("  ];", "}", "");
+    writeFileSync(consumer, lines.join("\n"));
+    const program = ts.createProgram([consumer], {
+      strict: true,
+      noEmit: true,
+      target: ts.ScriptTarget.ES2022,
+      module: ts.ModuleKind.ESNext,
+      moduleResolution: ts.ModuleResolutionKind.Bundler,
+      lib: ["lib.es2023.d.ts", "lib.esnext.disposable.d.ts", "lib.dom.d.ts"],
+      // The Node entry's declarations name node:stream types.
+      types: ["node"],
+      typeRoots: [join(root, "node_modules", "@types")],
+    });
+    const diagnostics = ts.getPreEmitDiagnostics(program).map((d) => {
+      const line = d.file && d.start !== undefined ? d.file.getLineAndCharacterOfPosition(d.start).line : -1;
+      return { file: d.file?.fileName, line, code: d.code, text: ts.flattenDiagnosticMessageText(d.messageText, " ") };
+    });
+    // Exactly one error per internal member (2339 "Property ... does not exist", 2551 the same with "Did you
+    // mean"), none elsewhere (the published declarations themselves included).
+    expect(diagnostics.filter((d) => d.file !== consumer || d.line < first || d.line >= first + internal.length)).toEqual([]);
+    expect(diagnostics.map((d) => d.line - first)).toEqual(internal.map((_, i) => i));
+    for (const d of diagnostics) expect([2339, 2551], d.text).toContain(d.code);
+  }, 60_000);
 
   const reports = apiEntries().filter((e) => ["@qcowkit/core", "@qcowkit/core/node", "@qcowkit/core/browser"].includes(e.name));
   it("the API reports of the public entries show Qcow2Image with its name getters and without the engine", () => {
