@@ -61,3 +61,43 @@ export class RwLock {
     }
   }
 }
+
+/** One holder at a time, in arrival order (for steps that run under a shared `RwLock`). */
+export class Mutex {
+  private tail: Promise<void> = Promise.resolve();
+
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    const before = this.tail;
+    let release!: () => void;
+    this.tail = new Promise<void>((resolve) => (release = resolve));
+    await before;
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+}
+
+/**
+ * Ranges held by operations in flight: `enter` waits until no held range overlaps the given one, then
+ * holds it until the returned function is called.
+ */
+export class RangeLocks {
+  private readonly held: Array<{ from: number; to: number; done: Promise<void> }> = [];
+
+  async enter(from: number, to: number): Promise<() => void> {
+    for (;;) {
+      const overlap = this.held.find((r) => r.from < to && from < r.to);
+      if (!overlap) break;
+      await overlap.done;
+    }
+    let leave!: () => void;
+    const entry = { from, to, done: new Promise<void>((resolve) => (leave = resolve)) };
+    this.held.push(entry);
+    return () => {
+      this.held.splice(this.held.indexOf(entry), 1);
+      leave();
+    };
+  }
+}

@@ -45,7 +45,7 @@ import { BlockStatusReader, type StatusHost } from "./engine/block-status";
 import { CompressedWriter, type CompressedHost } from "./engine/compressed-writer";
 import { ReadPath, type ReadHost } from "./engine/read-path";
 import { Resizer, type ResizeHost } from "./engine/resize";
-import { WritePath, invalidEntryToAllocatingPath, type WriteHost } from "./engine/write-path";
+import { WritePath, type WriteHost } from "./engine/write-path";
 import { ZeroDiscard, type ZeroHost } from "./engine/zero-discard";
 
 export interface Qcow2OpenOptions {
@@ -551,7 +551,7 @@ export class Qcow2Image implements BlockImage {
     } else {
       // encryption: partial sectors are read, completed and rewritten: never concurrently (exclusive lock)
       const rmw = this.encryption !== undefined && !isSectorAligned(guestOffset, data.byteLength, this.virtualSize);
-      const done = !rmw && (await this.lock.read(() => this.guard(() => this.writes.tryWriteInPlace(guestOffset, data).catch(invalidEntryToAllocatingPath))));
+      const done = !rmw && (await this.lock.read(() => this.guard(() => this.writes.writeBesideOthers(guestOffset, data))));
       if (!done) await this.lock.write(() => this.guard(() => this.writes.writeUnlocked(guestOffset, data)));
     }
     if (opts.fua) await this.flush();

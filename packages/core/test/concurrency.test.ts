@@ -2,10 +2,18 @@
  * Many requests in flight on one image (as the NBD server issues them): the result must equal the same
  * writes applied in order to a flat reference, and the image must check clean.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { createImage, openImage } from "../src/node";
-import { qemu, qemuStatus, rng, tempDir } from "./helpers";
+import { qemu, qemuStatus, randomData, rng, tempDir } from "./helpers";
+
+/** QEMU's check finds the closed image clean, and QEMU reads `flat` from it. */
+function expectQemuReads(path: string, flat: Uint8Array, raw: string): void {
+  const check = qemuStatus("qemu-img", ["check", path]);
+  expect(check.status, check.stdout + check.stderr).toBe(0);
+  qemu("qemu-img", ["convert", "-O", "raw", path, raw]);
+  expect(Buffer.compare(readFileSync(raw), Buffer.from(flat))).toBe(0);
+}
 
 describe("concurrent requests", () => {
   for (const [name, opts] of [
@@ -51,11 +59,56 @@ describe("concurrent requests", () => {
         await img.read(0, back);
         expect(Buffer.compare(Buffer.from(back), Buffer.from(flat))).toBe(0);
         await img.close();
-        const check = qemuStatus("qemu-img", ["check", path]);
-        expect(check.status, check.stdout + check.stderr).toBe(0);
-        const raw = t.path("out.raw");
-        qemu("qemu-img", ["convert", "-O", "raw", path, raw]);
-        expect(Buffer.compare(readFileSync(raw), Buffer.from(flat))).toBe(0);
+        expectQemuReads(path, flat, t.path("out.raw"));
+      } finally {
+        t.cleanup();
+      }
+    });
+  }
+});
+
+describe("allocating writes in flight together", () => {
+  for (const [name, opts] of [
+    ["fresh image", {}],
+    ["over a backing file (copy-on-write of partial clusters)", { backing: true }],
+    ["external data file", { dataFile: true }],
+    ["4 KiB clusters, requests across L2 tables", { clusterSize: 4096 }],
+  ] as const) {
+    it(`${name}: partial writes sharing clusters, with reads in flight, equal QEMU's reading of the same writes`, async () => {
+      const t = tempDir();
+      try {
+        const size = 8 * 1024 * 1024;
+        const path = t.path("c.qcow2");
+        const base = t.path("base.raw");
+        const flat = new Uint8Array(size);
+        const o: Record<string, unknown> = { size };
+        if ("clusterSize" in opts) o["clusterSize"] = opts.clusterSize;
+        if ("dataFile" in opts) o["dataFile"] = t.path("c.data");
+        if ("backing" in opts) {
+          flat.set(randomData(size, 5));
+          writeFileSync(base, flat);
+          Object.assign(o, { backingFile: base, backingFormat: "raw" });
+        }
+        await createImage(path, o as never);
+        const img = await openImage(path);
+        const r = rng(7);
+        // Disjoint byte ranges, so the result does not depend on the order; many share a cluster.
+        const writes: Array<[number, Uint8Array]> = [];
+        for (let offset = 0; offset < size; ) {
+          const length = Math.min(size - offset, 512 * (1 + Math.floor(r() * 160)));
+          writes.push([offset, randomData(length, writes.length + 11)]);
+          offset += length + 512 * Math.floor(r() * 40);
+        }
+        writes.sort(() => r() - 0.5);
+        const pending: Promise<unknown>[] = [];
+        for (const [offset, data] of writes) {
+          flat.set(data, offset);
+          pending.push(img.write(offset, data));
+          if (r() < 0.2) pending.push(img.read(Math.floor(r() * ((size - 4096) / 512)) * 512, new Uint8Array(4096)));
+        }
+        await Promise.all(pending);
+        await img.close();
+        expectQemuReads(path, flat, t.path("out.raw"));
       } finally {
         t.cleanup();
       }

@@ -220,6 +220,37 @@ describe("the metadata owner's write ordering holds at every crash point", () =>
     }, 120_000);
   }
 
+  it("rule 1 with writes in flight: data written while the data file's flush runs is flushed before the next L2 write", async () => {
+    const keep = (store: MemoryStore) => Object.assign(store, { close: async () => undefined });
+    const metaStore = keep(new MemoryStore({ size: 0, name: "image.qcow2" }));
+    const dataStore = keep(new MemoryStore({ size: 0, name: "image.data" }));
+    await createQcow2(metaStore, { size: 4 * MiB, dataFile: "image.data" }, { dataStore });
+    const log: Event[] = [];
+    let onDataFlush: (() => void) | undefined;
+    const data: ByteStore = {
+      ...recording(dataStore, "data", log, () => undefined),
+      flush: async () => {
+        log.push({ store: "data", op: "flush" });
+        // Another request's data write completes while this flush is under way.
+        onDataFlush?.();
+        onDataFlush = undefined;
+        await dataStore.flush();
+      },
+    };
+    const image = await Qcow2Image.open(recording(metaStore, "meta", log, () => undefined), { dataFile: data });
+    await image.write(0, new Uint8Array(CS).fill(7));
+    onDataFlush = () => image.metadata.noteDataWritten();
+    await image.metadata.writeback();
+    // An L2 table changes again (as a link of that other request would change it): its write-back must first
+    // flush the data written during the earlier flush.
+    const table = await image.metadata.map.table(0);
+    image.metadata.l2Cache.markDirty(table!);
+    const before = log.length;
+    await image.metadata.writeback();
+    expect(log.slice(before).map((e) => `${e.store} ${e.op}`)[0]).toBe("data flush");
+    await image.close();
+  });
+
   it("the checker itself finds an ordering violation (an L2 write while refcounts are unflushed)", () => {
     const log: Event[] = [
       { store: "meta", op: "write", kind: "refblock", offset: CS },

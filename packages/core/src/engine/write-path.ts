@@ -6,6 +6,7 @@
  */
 import type { CowFill, L2Entry, L2Table } from "@qcowkit/cluster";
 import { Qcow2Error, SubclusterType } from "@qcowkit/spec";
+import { Mutex, RangeLocks } from "../lock";
 import { StoreSlice, type Payload } from "../store-slice";
 import type { EngineHost } from "./host";
 import type { ReadPath } from "./read-path";
@@ -27,7 +28,25 @@ export interface WriteHost extends EngineHost {
   rangeIsZero(guestOffset: number, byteLength: number): Promise<boolean>;
 }
 
+/** A run of an allocating write, placed: `count` clusters from guest `clusterStart` go to host `hostStart`. */
+interface PlacedRun {
+  clusterStart: number;
+  count: number;
+  hostStart: number;
+  /** Guest offset where the run's written bytes start. */
+  pos: number;
+  fills: CowFill[];
+}
+
+/** A piece of a write that runs beside others (`writeShared`): in place, or a placed run to link afterwards. */
+type SharedPiece = { pos: number; end: number } & ({ inPlace: true; hostOffset: number } | { inPlace: false; run: PlacedRun; fresh: boolean });
+
 export class WritePath {
+  /** Guest clusters of allocating writes in flight beside others (`writeShared`). */
+  private readonly inFlight = new RangeLocks();
+  /** Turns at the metadata for allocating writes in flight beside others: placing, then linking. */
+  private readonly metadataTurn = new Mutex();
+
   constructor(private readonly h: WriteHost) {}
 
   /** Write when every byte lands in an allocated, COPIED (sub)cluster: no metadata change. */
@@ -49,6 +68,131 @@ export class WritePath {
     }
     await Promise.all(runs.map(([host, from, to]) => this.writeData(host, data.subarray(from, to), guestOffset + from)));
     return true;
+  }
+
+  /**
+   * A write that needs no exclusive lock (the caller holds it shared): in place, or allocating beside others
+   * (`writeShared`). False: the exclusive path (`writeUnlocked`) takes it.
+   */
+  async writeBesideOthers(guestOffset: number, data: Payload): Promise<boolean> {
+    return (await this.tryWriteInPlace(guestOffset, data).catch(invalidEntryToAllocatingPath)) || this.writeShared(guestOffset, data);
+  }
+
+  /**
+   * The allocating write beside other writes and reads (the caller holds the lock shared), for what a fresh
+   * image sees most: clusters that are unallocated, plain zero or COPIED data, so nothing the write does
+   * releases a cluster someone may be reading. As QEMU does, only the metadata steps take turns: host clusters
+   * are placed (and L2 tables made writable), the data and its copy-on-write are written with no turn held,
+   * then the entries are linked. A write touching a cluster another one is placing waits for it (the later
+   * one then finds the cluster allocated). Returns false, having changed nothing the exclusive path depends
+   * on, for every other write: standard L2 only, no encryption, no cluster to release.
+   */
+  async writeShared(guestOffset: number, data: Payload): Promise<boolean> {
+    if (this.h.extendedL2 || this.h.encryption) return false;
+    const cs = this.h.clusterSize;
+    const end = guestOffset + data.byteLength;
+    const leave = await this.inFlight.enter(Math.floor(guestOffset / cs) * cs, Math.ceil(end / cs) * cs);
+    try {
+      const pieces = await this.metadataTurn.run(async () => ((await this.sharedEligible(guestOffset, end)) ? this.placeShared(guestOffset, end) : undefined));
+      if (!pieces) return false;
+      try {
+        await Promise.all(
+          pieces.map((p) =>
+            p.inPlace
+              ? this.writeData(p.hostOffset, data.subarray(p.pos - guestOffset, p.end - guestOffset), p.pos)
+              : this.writeRunData(p.run, data.subarray(p.pos - guestOffset, p.end - guestOffset)),
+          ),
+        );
+      } catch (e) {
+        // QEMU's allocation abort: the fresh clusters no entry took are given back.
+        await this.metadataTurn.run(async () => {
+          for (const p of pieces) if (!p.inPlace && p.fresh) await this.h.md.clusters.unallocate(p.run.hostStart / cs, p.run.count).catch(() => undefined);
+        });
+        throw e;
+      }
+      await this.metadataTurn.run(() => this.linkShared(pieces));
+      return true;
+    } finally {
+      leave();
+    }
+  }
+
+  /**
+   * Every cluster of the write is unallocated, plain zero or COPIED data (with a data file: anything but
+   * compressed). Damaged metadata also answers false: the exclusive path meets it and reports it.
+   */
+  private async sharedEligible(guestOffset: number, end: number): Promise<boolean> {
+    const map = this.h.md.map;
+    const cs = this.h.clusterSize;
+    try {
+      for (let at = Math.floor(guestOffset / cs) * cs; at < end; ) {
+        if (map.l1Index(at) >= map.l1.size) return false;
+        const tableEnd = Math.min(end, (map.l1Index(at) + 1) * map.l2Coverage);
+        const t = await map.table(at);
+        if (!t) {
+          at = Math.ceil(tableEnd / cs) * cs;
+          continue;
+        }
+        for (; at < tableEnd; at += cs) {
+          const type = map.entryType(t, map.l2Index(at), 0, at);
+          if (type === SubclusterType.COMPRESSED) return false;
+          if (this.h.hasDataFile || type === SubclusterType.UNALLOCATED_PLAIN || type === SubclusterType.ZERO_PLAIN) continue;
+          if (type !== SubclusterType.NORMAL || !this.h.md.clusters.entry(t, at).copied) return false;
+        }
+      }
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Tables made writable and host clusters placed for every piece of the write (metadata turn held). */
+  private async placeShared(guestOffset: number, end: number): Promise<SharedPiece[]> {
+    const clusters = this.h.md.clusters;
+    const map = this.h.md.map;
+    const cs = this.h.clusterSize;
+    const pieces: SharedPiece[] = [];
+    clusters.beginWrite();
+    try {
+      for (let pos = guestOffset; pos < end; ) {
+        const tableEnd = Math.min(end, (map.l1Index(pos) + 1) * map.l2Coverage);
+        const t = await this.l2ForWrite(pos);
+        while (pos < tableEnd) {
+          const plan = clusters.planStandard(t, pos, tableEnd);
+          if (plan.mode === "in-place") {
+            pieces.push({ pos, end: plan.end, inPlace: true, hostOffset: plan.hostOffset });
+            clusters.continueAt(Math.ceil((plan.hostOffset + (plan.end - pos)) / cs));
+            pos = plan.end;
+            continue;
+          }
+          const { hostStart, count, runEnd } = await clusters.placeRun(plan);
+          const fills = this.planFills(t, plan.clusterStart, count, hostStart, pos, runEnd);
+          pieces.push({ pos, end: runEnd, inPlace: false, fresh: plan.mode === "allocate", run: { clusterStart: plan.clusterStart, count, hostStart, pos, fills } });
+          pos = runEnd;
+        }
+      }
+    } catch (e) {
+      for (const p of pieces) if (!p.inPlace && p.fresh) await clusters.unallocate(p.run.hostStart / cs, p.run.count).catch(() => undefined);
+      throw e;
+    } finally {
+      await clusters.endWrite();
+    }
+    return pieces;
+  }
+
+  /** The placed runs' entries linked, once their data is written (metadata turn held). */
+  private async linkShared(pieces: SharedPiece[]): Promise<void> {
+    let table: L2Table | undefined;
+    for (const p of pieces) {
+      if (p.inPlace) continue;
+      const { clusterStart, count, hostStart } = p.run;
+      // Looked up again: the table may have left the cache while the data was written.
+      const t = await this.h.md.clusters.writableTable(clusterStart);
+      if (table && table !== t) await this.h.md.maybeWriteback();
+      table = t;
+      this.h.md.clusters.linkRun(t, clusterStart, count, hostStart, (m) => this.nonFatalCorruption(m));
+    }
+    if (table) await this.h.md.maybeWriteback();
   }
 
   /** Write guest data at a host offset of the data store, with QEMU's overlap check for the qcow2 file. */
@@ -147,10 +291,25 @@ export class WritePath {
     pos: number,
     data: Payload,
   ): Promise<void> {
+    const fills = this.planFills(t, clusterStart, count, hostStart, pos, pos + data.byteLength);
+    await this.writeRunData({ clusterStart, count, hostStart, pos, fills }, data);
+    // Link: new entries first, then the old clusters are released (after the new entries are durable).
+    this.h.md.clusters.linkRun(t, clusterStart, count, hostStart, (m) => this.nonFatalCorruption(m));
+  }
+
+  private planFills(t: L2Table, clusterStart: number, count: number, hostStart: number, pos: number, writeEnd: number): CowFill[] {
+    const backingSize = this.h.backing ? this.h.backing.virtualSize : 0;
+    return this.h.md.clusters.planCopyOnWrite(t, clusterStart, count, hostStart, pos, writeEnd, backingSize);
+  }
+
+  /**
+   * The data I/O of an allocated run: guest bytes `data` at guest `run.pos`, with the copy-on-write of the
+   * partly written first and last clusters (`run.fills`) from zeros or their old content.
+   */
+  private async writeRunData(run: PlacedRun, data: Payload): Promise<void> {
+    const { clusterStart, count, hostStart, pos, fills } = run;
     const cs = this.h.clusterSize;
     const writeEnd = pos + data.byteLength;
-    const backingSize = this.h.backing ? this.h.backing.virtualSize : 0;
-    const fills = this.h.md.clusters.planCopyOnWrite(t, clusterStart, count, hostStart, pos, writeEnd, backingSize);
     const fillCluster = async (fill: CowFill) => {
       const guestCluster = fill.guestCluster;
       const buf = new Uint8Array(cs);
@@ -194,8 +353,6 @@ export class WritePath {
       }
       await Promise.all(writes);
     }
-    // Link: new entries first, then the old clusters are released (after the new entries are durable).
-    this.h.md.clusters.linkRun(t, clusterStart, count, hostStart, (m) => this.nonFatalCorruption(m));
   }
 
   /**

@@ -378,11 +378,10 @@ export class MetadataOwner {
     const tablesDirty = this.l2Cache.hasDirty || this.#l1.dirty;
     if (tablesDirty) {
       // 1: data before the entries that map it
-      if (this.#dataDirty && this.#data !== this.meta) await this.#data.flush();
+      if (this.#dataDirty) await this.flushDataFile();
       // 2: refcount increases before the references
       if (!lazy && refcounts.hasDirty) await refcounts.writeBack();
       await this.meta.flush();
-      this.#dataDirty = false;
       if (this.l2Cache.hasDirty) {
         await this.l2Cache.writeBack();
         // 3: L2 tables before the L1 entries
@@ -414,8 +413,22 @@ export class MetadataOwner {
   /** Rule 5: both files reach stable storage. */
   private async flushStores(): Promise<void> {
     await this.meta.flush();
-    if (this.#data !== this.meta) await this.#data.flush();
+    await this.flushDataFile();
+  }
+
+  /**
+   * Flush an external data file. The mark is cleared before the flush, not after: data written while it
+   * runs (writes in flight beside this one) marks the file again, so the next writeback flushes it too.
+   */
+  private async flushDataFile(): Promise<void> {
+    if (this.#data === this.meta) return;
     this.#dataDirty = false;
+    try {
+      await this.#data.flush();
+    } catch (e) {
+      this.#dataDirty = true;
+      throw e;
+    }
   }
 
   /** Write back everything in order and flush both files. */

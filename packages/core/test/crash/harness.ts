@@ -20,6 +20,8 @@ import { applySnapshot, createSnapshot, deleteSnapshot } from "../../src/snapsho
 
 export type Step =
   | { op: "write"; offset: number; length: number; pattern: number; compressed?: boolean }
+  /** Writes in flight together (disjoint bytes; they may share clusters), as a server issues them. */
+  | { op: "writes"; writes: Array<{ offset: number; length: number; pattern: number }> }
   | { op: "zero"; offset: number; length: number; unmap?: boolean }
   | { op: "discard"; offset: number; length: number }
   | { op: "flush" }
@@ -271,6 +273,9 @@ async function runStep(image: Qcow2Image, step: Step): Promise<void> {
   switch (step.op) {
     case "write":
       return image.write(step.offset, stepBytes(step), step.compressed ? { compressed: true } : {});
+    case "writes":
+      await Promise.all(step.writes.map((w) => image.write(w.offset, stepBytes(w))));
+      return;
     case "zero":
       return image.writeZeroes(step.offset, step.length, { unmap: step.unmap ?? false });
     case "discard":
@@ -295,6 +300,9 @@ function applyToModel(model: Model, step: Step, backingModel: (o: number) => num
   switch (step.op) {
     case "write":
       model.bytes.set(stepBytes(step), step.offset);
+      return;
+    case "writes":
+      for (const w of step.writes) model.bytes.set(stepBytes(w), w.offset);
       return;
     case "zero":
       model.bytes.fill(0, step.offset, step.offset + step.length);
@@ -332,6 +340,8 @@ function allowance(step: Step, model: Model, backingModel: (o: number) => number
   switch (step.op) {
     case "write":
       return [{ offset: step.offset, length: step.length, bytes: stepBytes(step) }];
+    case "writes":
+      return step.writes.map((w) => ({ offset: w.offset, length: w.length, bytes: stepBytes(w) }));
     case "zero":
     case "discard":
       return [

@@ -21,12 +21,49 @@ function randomWrites(seed: number, count: number, span: number, maxLength: numb
   return steps;
 }
 
+/**
+ * Groups of `perGroup` writes in flight together over [0, span): disjoint byte ranges, shuffled, many of them
+ * sharing clusters (the allocating writes that run beside each other), a flush after each group.
+ */
+function writesInFlight(seed: number, groups: number, perGroup: number, span: number, maxLength: number): Step[] {
+  const r = rng(seed);
+  const steps: Step[] = [];
+  for (let g = 0; g < groups; g++) {
+    const writes: Array<{ offset: number; length: number; pattern: number }> = [];
+    for (let offset = 512 * Math.floor(r() * 64); offset < span && writes.length < perGroup; ) {
+      const length = Math.min(span - offset, 512 * (1 + Math.floor(r() * (maxLength / 512))));
+      writes.push({ offset, length, pattern: 1 + ((seed + g * perGroup + writes.length) % 250) });
+      offset += length + 512 * Math.floor(r() * 96);
+    }
+    writes.sort(() => r() - 0.5);
+    steps.push({ op: "writes", writes }, { op: "flush" });
+  }
+  return steps;
+}
+
 export function workloads(scale: number): Workload[] {
   return [
     {
       name: "allocating writes (64 KiB clusters)",
       create: { size: 4 * M },
       steps: [...randomWrites(1, 12 * scale, 4 * M, 160 * K, 3), { op: "flush" }, ...randomWrites(2, 6 * scale, 4 * M, 8 * K, 2)],
+    },
+    {
+      name: "allocating writes in flight together (64 KiB clusters)",
+      create: { size: 2 * M },
+      steps: writesInFlight(5, 2 * scale, 12, 2 * M, 96 * K),
+    },
+    {
+      name: "allocating writes in flight together, external data file",
+      create: { size: 2 * M },
+      dataFile: true,
+      steps: writesInFlight(6, 2 * scale, 12, 2 * M, 96 * K),
+    },
+    {
+      name: "allocating writes in flight together over a backing file (copy-on-write)",
+      create: { size: 2 * M },
+      backing: { size: 2 * M },
+      steps: writesInFlight(7, 2 * scale, 12, 2 * M, 40 * K),
     },
     {
       name: "L2 table growth (1 KiB clusters: 128 KiB per L2 table)",
