@@ -129,11 +129,13 @@ describe("qimg check: options, formats, locks", () => {
     const src = await image("", "1M", ["write -P 1 0 64k"]);
     const holder = spawn("qemu-io", [src], { stdio: ["pipe", "ignore", "ignore"] });
     try {
-      // Wait until qemu-io holds the image.
-      for (let i = 0; i < 200; i++) {
-        if ((await qemuIo(["-r", "-c", "read 0 512", src])).code !== 0) break;
-        await new Promise((r) => setTimeout(r, 25));
+      // Wait until qemu-io holds the image (a busy machine can take seconds to start it).
+      let held = false;
+      for (let i = 0; i < 1200 && !held; i++) {
+        held = (await qemuIo(["-r", "-c", "read 0 512", src])).code !== 0;
+        if (!held) await new Promise((r) => setTimeout(r, 25));
       }
+      expect(held, "qemu-io never took the image's lock").toBe(true);
       for (const args of [[src], ["-r", "all", src], ["-U", src]]) {
         same(await qimg(["check", ...args]), await qemuImg(["check", ...args]), "", "\u0000");
       }

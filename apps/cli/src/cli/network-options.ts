@@ -4,6 +4,7 @@
  * into the image name @qcowkit/core opens (`nbd:H:P[:exportname=E]`, `nbd:unix:S`, `ssh://[U@]H[:P]/p`).
  * Values arrive as strings whatever their JSON type (QEMU converts them the same way).
  */
+import { takeNodeOptions } from "./driver-options";
 import { CliError } from "./errors";
 
 const PREFIXES = ["", "file."] as const;
@@ -25,15 +26,8 @@ export function takeNetworkOptions(options: Array<[string, string]>): NetworkOpt
     const driver = rest.find(([key]) => key === `${prefix}driver`)?.[1];
     if (driver !== "nbd" && driver !== "ssh") continue;
     const keys = driver === "nbd" ? NBD_KEYS : SSH_KEYS;
-    const o: Record<string, string> = {};
-    rest = rest.filter(([key, value]) => {
-      if (!key.startsWith(prefix)) return true;
-      const name = key.slice(prefix.length);
-      if (name === "driver") return false;
-      if (!keys.includes(name)) return true;
-      o[name] = value;
-      return false;
-    });
+    let o: Record<string, string>;
+    ({ rest, taken: o } = takeNodeOptions(rest, prefix, (name) => (name === "driver" || keys.includes(name) ? name : undefined)));
     names[prefix] = driver === "nbd" ? nbdName(o) : sshName(o);
     // A protocol at the top: its bytes are the disk (raw, nothing probed).
     if (prefix === "") rest.push(["driver", "raw"]);

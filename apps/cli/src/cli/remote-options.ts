@@ -3,6 +3,8 @@
  * file.readahead=64k,file.sslverify=off,file.timeout=10", and the same under "data-file."): taken out of the
  * option list and turned into a json: name, which @qcowkit/core opens as a remote image (remote-name.ts).
  */
+import { takeNodeOptions } from "./driver-options";
+
 const REMOTE_KEYS = ["url", "readahead", "sslverify", "timeout"];
 const PREFIXES = ["file.", "data-file."] as const;
 
@@ -19,14 +21,8 @@ export function takeRemoteOptions(options: Array<[string, string]>): RemoteOptio
   for (const prefix of PREFIXES) {
     const driver = rest.find(([key]) => key === `${prefix}driver`)?.[1];
     if (driver !== "http" && driver !== "https") continue;
-    const file: Record<string, string> = {};
-    rest = rest.filter(([key, value]) => {
-      if (!key.startsWith(prefix)) return true;
-      const name = key.slice(prefix.length);
-      if (name !== "driver" && name !== "filename" && !REMOTE_KEYS.includes(name)) return true;
-      file[name === "filename" ? "url" : name] = value;
-      return false;
-    });
+    let file: Record<string, string>;
+    ({ rest, taken: file } = takeNodeOptions(rest, prefix, (name) => (name === "filename" ? "url" : name === "driver" || REMOTE_KEYS.includes(name) ? name : undefined)));
     names[prefix] = `json:${JSON.stringify({ file })}`;
   }
   return { rest, names };
