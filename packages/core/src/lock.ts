@@ -62,23 +62,6 @@ export class RwLock {
   }
 }
 
-/** One holder at a time, in arrival order (for steps that run under a shared `RwLock`). */
-export class Mutex {
-  private tail: Promise<void> = Promise.resolve();
-
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    const before = this.tail;
-    let release!: () => void;
-    this.tail = new Promise<void>((resolve) => (release = resolve));
-    await before;
-    try {
-      return await fn();
-    } finally {
-      release();
-    }
-  }
-}
-
 /**
  * Ranges held by operations in flight: `enter` waits until no held range overlaps the given one, then
  * holds it until the returned function is called.

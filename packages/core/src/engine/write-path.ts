@@ -6,7 +6,7 @@
  */
 import type { CowFill, L2Entry, L2Table } from "@qcowkit/cluster";
 import { Qcow2Error, SubclusterType } from "@qcowkit/spec";
-import { Mutex, RangeLocks } from "../lock";
+import { RangeLocks, RwLock } from "../lock";
 import { StoreSlice, type Payload } from "../store-slice";
 import type { EngineHost } from "./host";
 import type { ReadPath } from "./read-path";
@@ -44,8 +44,8 @@ type SharedPiece = { pos: number; end: number } & ({ inPlace: true; hostOffset: 
 export class WritePath {
   /** Guest clusters of allocating writes in flight beside others (`writeShared`). */
   private readonly inFlight = new RangeLocks();
-  /** Turns at the metadata for allocating writes in flight beside others: placing, then linking. */
-  private readonly metadataTurn = new Mutex();
+  /** Turns at the metadata for allocating writes in flight beside others (placing, then linking): one at a time. */
+  private readonly metadataTurn = new RwLock();
 
   constructor(private readonly h: WriteHost) {}
 
@@ -93,7 +93,7 @@ export class WritePath {
     const end = guestOffset + data.byteLength;
     const leave = await this.inFlight.enter(Math.floor(guestOffset / cs) * cs, Math.ceil(end / cs) * cs);
     try {
-      const pieces = await this.metadataTurn.run(async () => ((await this.sharedEligible(guestOffset, end)) ? this.placeShared(guestOffset, end) : undefined));
+      const pieces = await this.metadataTurn.write(async () => ((await this.sharedEligible(guestOffset, end)) ? this.placeShared(guestOffset, end) : undefined));
       if (!pieces) return false;
       try {
         await Promise.all(
@@ -104,13 +104,10 @@ export class WritePath {
           ),
         );
       } catch (e) {
-        // QEMU's allocation abort: the fresh clusters no entry took are given back.
-        await this.metadataTurn.run(async () => {
-          for (const p of pieces) if (!p.inPlace && p.fresh) await this.h.md.clusters.unallocate(p.run.hostStart / cs, p.run.count).catch(() => undefined);
-        });
+        await this.metadataTurn.write(() => this.giveBack(pieces));
         throw e;
       }
-      await this.metadataTurn.run(() => this.linkShared(pieces));
+      await this.metadataTurn.write(() => this.linkShared(pieces));
       return true;
     } finally {
       leave();
@@ -172,12 +169,18 @@ export class WritePath {
         }
       }
     } catch (e) {
-      for (const p of pieces) if (!p.inPlace && p.fresh) await clusters.unallocate(p.run.hostStart / cs, p.run.count).catch(() => undefined);
+      await this.giveBack(pieces);
       throw e;
     } finally {
       await clusters.endWrite();
     }
     return pieces;
+  }
+
+  /** QEMU's allocation abort: the fresh clusters placed for `pieces`, which no entry took, are given back. */
+  private async giveBack(pieces: SharedPiece[]): Promise<void> {
+    const cs = this.h.clusterSize;
+    for (const p of pieces) if (!p.inPlace && p.fresh) await this.h.md.clusters.unallocate(p.run.hostStart / cs, p.run.count).catch(() => undefined);
   }
 
   /** The placed runs' entries linked, once their data is written (metadata turn held). */
