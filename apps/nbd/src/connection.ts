@@ -768,14 +768,22 @@ export class NbdConnection {
       return;
     }
     const sparse = (req.flags & W.NBD_CMD_FLAG_DF) === 0 && length >= this.limits.sparseReadMinimum;
-    if (!sparse) {
-      // One OFFSET_DATA chunk (the common small read): no run lists on the hot path.
+    const runs = sparse ? readRuns(await dev.blockStatus(offset, length), offset, length) : undefined;
+    if (runs === undefined || (runs.length === 1 && !runs[0]!.zero)) {
+      // One OFFSET_DATA chunk (small reads, and sparse reads of data only): no chunk lists on the hot path.
       await dev.read(offset, data);
       writeOffsetDataPrefix(buffer, 0, req, offset, length, true);
       this.send([buffer], cost, recycle);
       return;
     }
-    const runs = readRuns(await dev.blockStatus(offset, length), offset, length);
+    await this.sendSparse(req, buffer, prefix, runs, cost, recycle);
+  }
+
+  /** A sparse read's reply: OFFSET_DATA chunks for the data runs (read now), OFFSET_HOLE chunks for the zero runs. */
+  private async sendSparse(req: NbdRequest, buffer: Buffer, prefix: number, runs: ReadRun[], cost: number, recycle: () => void): Promise<void> {
+    const dev = this.exp.device;
+    const { offset } = req;
+    const data = buffer.subarray(prefix);
     const reads = await Promise.allSettled(
       runs.filter((r) => !r.zero).map((r) => dev.read(r.offset, data.subarray(r.offset - offset, r.offset - offset + r.length))),
     );
@@ -843,12 +851,14 @@ function decoded<T>(decode: () => T): T | undefined {
 }
 
 /** Splits a read into data and zero runs from block status; anything uncovered is read as data. */
-function readRuns(
-  extents: readonly BlockStatusExtent[],
-  offset: number,
-  length: number,
-): { offset: number; length: number; zero: boolean }[] {
-  const runs: { offset: number; length: number; zero: boolean }[] = [];
+interface ReadRun {
+  offset: number;
+  length: number;
+  zero: boolean;
+}
+
+function readRuns(extents: readonly BlockStatusExtent[], offset: number, length: number): ReadRun[] {
+  const runs: ReadRun[] = [];
   const end = offset + length;
   let at = offset;
   for (const e of extents) {

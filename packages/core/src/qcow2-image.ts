@@ -584,7 +584,14 @@ export class Qcow2Image implements BlockImage {
     this.assertOpen();
     this.checkRange(guestOffset, byteLength);
     if (byteLength === 0) return [];
-    return this.lock.read(() => this.guard(() => this.status.blockStatusUnlocked(guestOffset, byteLength).finally(() => this.md.l2Cache.trim(this.lock.soleReader))));
+    return this.lock.read(() =>
+      this.guard(() => {
+        // One cached run answers most requests (NBD's sparse reads ask before every read): no awaits, no tables loaded.
+        const cached = this.status.blockStatusCached(guestOffset, byteLength);
+        if (cached) return Promise.resolve(cached);
+        return this.status.blockStatusUnlocked(guestOffset, byteLength).finally(() => this.md.l2Cache.trim(this.lock.soleReader));
+      }),
+    );
   }
 
   // ---------------------------------------------------------------- persistent dirty bitmaps

@@ -21,6 +21,33 @@ export interface StatusHost extends EngineHost {
 export class BlockStatusReader {
   constructor(private readonly h: StatusHost) {}
 
+  /**
+   * The common case without awaits: one cached mapping run covers the whole range and answers it alone (data,
+   * or zeros of this image). Undefined when anything more must be asked: a table not in the cache, several
+   * runs, a backing file, compressed or encrypted clusters, or data clusters of a qcow2 file that may be
+   * preallocated (decided by the first full call). The extents equal what `blockStatusUnlocked` returns.
+   */
+  blockStatusCached(guestOffset: number, byteLength: number): BlockStatusExtent[] | undefined {
+    if (this.h.encryption) return undefined;
+    const run = this.h.md.map.mapRunCached(guestOffset, byteLength);
+    if (!run || run.byteLength !== byteLength) return undefined;
+    switch (run.type) {
+      case SubclusterType.NORMAL: {
+        if (!this.h.hasDataFile && this.preallocationDetected !== false) return undefined;
+        const hostFile = this.h.hasDataFile ? this.h.dataFileName : this.h.filename;
+        return [{ offset: guestOffset, length: byteLength, depth: 0, present: true, zero: false, data: true, hostOffset: run.hostOffset, ...file(hostFile) }];
+      }
+      case SubclusterType.ZERO_ALLOC: {
+        const hostFile = this.h.hasDataFile ? this.h.dataFileName : this.h.filename;
+        return [{ offset: guestOffset, length: byteLength, depth: 0, present: true, zero: true, data: false, hostOffset: run.hostOffset, ...file(hostFile) }];
+      }
+      case SubclusterType.ZERO_PLAIN:
+        return [{ offset: guestOffset, length: byteLength, depth: 0, present: true, zero: true, data: false }];
+      default:
+        return undefined;
+    }
+  }
+
   /** Status of this layer only: undefined entries fall through to the backing chain. */
   async blockStatusUnlocked(guestOffset: number, byteLength: number): Promise<BlockStatusExtent[]> {
     const end = guestOffset + byteLength;

@@ -26,6 +26,11 @@ export class ReadPath {
       into.fill(0);
       return Promise.resolve();
     }
+    // Unallocated with nothing beneath (a fresh image): zeros, as readBacking gives them.
+    if ((run.type === SubclusterType.UNALLOCATED_PLAIN || run.type === SubclusterType.UNALLOCATED_ALLOC) && !this.h.backing) {
+      into.fill(0);
+      return Promise.resolve();
+    }
     return undefined;
   }
 
