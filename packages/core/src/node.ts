@@ -20,9 +20,9 @@ import { isNbdFilename } from "./nbd/uri";
 import { connectNbd } from "./node/nbd-socket";
 import { isSshName, openSshImage } from "./node/ssh";
 import { installNodeCodecs } from "./node/codecs";
-import { nodeAesEngine, nodeDigest } from "./node/crypto";
+import { nodeAesEngine, nodeDigest, nodePbkdf2 } from "./node/crypto";
 import { registerAesEngine } from "./crypto/aes-engine";
-import { registerSyncDigest } from "./crypto/hash";
+import { registerPbkdf2, registerSyncDigest } from "./crypto/hash";
 import { probeFormat, type ImageFormat } from "./probe";
 import { RawImage } from "./raw-image";
 import { LuksImage, type LuksImageCreateOptions, type LuksOpenOptions } from "./luks-image";
@@ -38,6 +38,7 @@ installNodeCodecs();
 // Encrypted images: AES and hashes through node:crypto.
 registerAesEngine(nodeAesEngine);
 registerSyncDigest(nodeDigest);
+registerPbkdf2(nodePbkdf2);
 
 export { probeFormat, type ImageFormat } from "./probe";
 

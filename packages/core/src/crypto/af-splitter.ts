@@ -5,7 +5,23 @@
  * the value is cut into digest-sized pieces, piece i becomes hash(be32(i) || piece), truncated to the
  * piece's length.
  */
-import { HASH_BYTES, digest, randomBytes, type HashAlg } from "./hash";
+import { HASH_BYTES, digest, digestNow, randomBytes, type HashAlg } from "./hash";
+
+/** H on the calling thread, when a synchronous digest is registered (the Node entry): undefined otherwise. */
+function diffuseNow(alg: HashAlg, block: Uint8Array, input: Uint8Array): Uint8Array | undefined {
+  const size = HASH_BYTES[alg];
+  const out = new Uint8Array(block.byteLength);
+  const view = new DataView(input.buffer, input.byteOffset, input.byteLength);
+  for (let i = 0; i * size < block.byteLength; i++) {
+    const length = Math.min(size, block.byteLength - i * size);
+    view.setUint32(0, i);
+    input.set(block.subarray(i * size, i * size + length), 4);
+    const d = digestNow(alg, input.subarray(0, 4 + length));
+    if (d === undefined) return undefined;
+    out.set(d.subarray(0, length), i * size);
+  }
+  return out;
+}
 
 async function diffuse(alg: HashAlg, block: Uint8Array): Promise<Uint8Array> {
   const size = HASH_BYTES[alg];
@@ -33,9 +49,11 @@ function xorInto(dst: Uint8Array, src: Uint8Array): void {
 /** The running value after the first `stripes - 1` stripes of `material`. */
 async function accumulate(alg: HashAlg, material: Uint8Array, keyBytes: number, stripes: number): Promise<Uint8Array> {
   let d: Uint8Array = new Uint8Array(keyBytes);
+  // One scratch input for the synchronous digests: 4 bytes of piece number, then the piece.
+  const input = new Uint8Array(4 + HASH_BYTES[alg]);
   for (let s = 0; s < stripes - 1; s++) {
     xorInto(d, material.subarray(s * keyBytes, (s + 1) * keyBytes));
-    d = await diffuse(alg, d);
+    d = diffuseNow(alg, d, input) ?? (await diffuse(alg, d));
   }
   return d;
 }

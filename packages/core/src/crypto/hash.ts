@@ -44,7 +44,7 @@ let syncDigest: SyncDigest | undefined;
  * Use `f` for digests from now on. LUKS's key splitter hashes thousands of small pieces, where one
  * asynchronous Web Crypto call per piece costs more than the hashing.
  */
-export function registerSyncDigest(f: SyncDigest): void {
+export function registerSyncDigest(f: SyncDigest | undefined): void {
   syncDigest = f;
 }
 
@@ -53,8 +53,26 @@ export async function digest(alg: HashAlg, data: Uint8Array): Promise<Uint8Array
   return new Uint8Array(await webCrypto().subtle.digest(WEB_NAME[alg], data));
 }
 
+/** The digest on the calling thread, when one is registered (undefined otherwise: use `digest`). */
+export function digestNow(alg: HashAlg, data: Uint8Array): Uint8Array | undefined {
+  return syncDigest?.(alg, data);
+}
+
+/** PBKDF2 with HMAC-`alg`, as `pbkdf2` below. */
+export type Pbkdf2 = (alg: HashAlg, password: Uint8Array, salt: Uint8Array, iterations: number, byteLength: number) => Promise<Uint8Array>;
+let nativePbkdf2: Pbkdf2 | undefined;
+
+/**
+ * Use `f` for PBKDF2 from now on (the Node entry installs node:crypto's: Web Crypto's first call in a process
+ * loads and sets up its own modules, tens of milliseconds of every unlock).
+ */
+export function registerPbkdf2(f: Pbkdf2 | undefined): void {
+  nativePbkdf2 = f;
+}
+
 /** PBKDF2 with HMAC-`alg` (RFC 8018): `byteLength` bytes derived from `password` and `salt`. */
 export async function pbkdf2(alg: HashAlg, password: Uint8Array, salt: Uint8Array, iterations: number, byteLength: number): Promise<Uint8Array> {
+  if (nativePbkdf2) return nativePbkdf2(alg, password, salt, iterations, byteLength);
   const subtle = webCrypto().subtle;
   const key = await subtle.importKey("raw", password, "PBKDF2", false, ["deriveBits"]);
   const bits = await subtle.deriveBits({ name: "PBKDF2", hash: WEB_NAME[alg], salt, iterations }, key, byteLength * 8);

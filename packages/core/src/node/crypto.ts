@@ -7,13 +7,25 @@
 import { builtin } from "./builtin";
 import { Qcow2Error } from "@qcowkit/spec";
 import type { AesBlocks, AesEngine } from "../crypto/aes-engine";
-import type { SyncDigest } from "../crypto/hash";
+import type { Pbkdf2, SyncDigest } from "../crypto/hash";
 
-/** Hashes on the calling thread (LUKS's key splitter makes thousands of small ones). */
+/**
+ * Hashes on the calling thread (LUKS's key splitter makes thousands of small ones): node:crypto's one-shot
+ * `hash` where Node has it (20.12 and later: no Hash object per call), else createHash.
+ */
 export const nodeDigest: SyncDigest = (alg, data) => {
-  const d = builtin("node:crypto").createHash(alg).update(data).digest();
+  const c = builtin("node:crypto");
+  const d = typeof c.hash === "function" ? c.hash(alg, data, "buffer") : c.createHash(alg).update(data).digest();
   return new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
 };
+
+/** PBKDF2 on libuv's thread pool (OpenSSL). */
+export const nodePbkdf2: Pbkdf2 = (alg, password, salt, iterations, byteLength) =>
+  new Promise((resolve, reject) =>
+    builtin("node:crypto").pbkdf2(password, salt, iterations, byteLength, alg, (error, key) =>
+      error ? reject(error) : resolve(new Uint8Array(key.buffer, key.byteOffset, key.byteLength)),
+    ),
+  );
 
 export const nodeAesEngine: AesEngine = (key) => {
   if (key.byteLength !== 16 && key.byteLength !== 24 && key.byteLength !== 32) {
