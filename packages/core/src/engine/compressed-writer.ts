@@ -17,6 +17,11 @@ function padToCluster(piece: Uint8Array, clusterSize: number): Uint8Array {
   return padded;
 }
 
+/** A cluster compression did not make smaller (stored as it is). */
+function isUncompressed(result: PromiseSettledResult<Uint8Array | undefined>): boolean {
+  return result.status === "fulfilled" && result.value === undefined;
+}
+
 export interface CompressedHost extends EngineHost {
   readonly reads: ReadPath;
   readonly writes: WritePath;
@@ -94,20 +99,29 @@ export class CompressedWriter {
   async placeCompressedClusters(guestOffset: number, data: Uint8Array, compressed: Array<PromiseSettledResult<Uint8Array | undefined>>): Promise<void> {
     const cs = this.h.clusterSize;
     let failure: unknown;
-    for (const [i, result] of compressed.entries()) {
+    for (let i = 0; i < compressed.length; ) {
+      const result = compressed[i]!;
+      // Clusters compression did not make smaller, one after the other, are written as one normal write: one
+      // allocation and one data write for the run (the same clusters, in the same order, as one at a time).
+      let n = 1;
+      if (isUncompressed(result)) {
+        while (i + n < compressed.length && isUncompressed(compressed[i + n]!)) n++;
+      }
       try {
         if (result.status === "rejected") throw result.reason;
-        await this.placeCompressedCluster(guestOffset + i * cs, data.subarray(i * cs, Math.min(data.byteLength, (i + 1) * cs)), result.value);
+        await this.placeCompressedCluster(guestOffset + i * cs, data.subarray(i * cs, Math.min(data.byteLength, (i + n) * cs)), result.value);
       } catch (e) {
         failure ??= e;
       }
+      i += n;
     }
     if (failure !== undefined) throw failure;
   }
 
   /**
    * Store one cluster of a compressed write: `compressed` (undefined when compression did not make it
-   * smaller) for the guest cluster at `pos`, whose bytes are `piece` (the image's last cluster may be short).
+   * smaller) for the guest cluster at `pos`, whose bytes are `piece` (the image's last cluster may be short;
+   * uncompressed, `piece` may span several clusters).
    */
   private async placeCompressedCluster(pos: number, piece: Uint8Array, compressed: Uint8Array | undefined): Promise<void> {
     if (!compressed) {
