@@ -73,6 +73,13 @@ const GROW_STEP = 1024 * MIB;
 const abortReason = (signal: AbortSignal): unknown => abortError(signal);
 const truncated = (at: number) => new Qcow2Error("INVALID_IMAGE", `Truncated stream: it ends at byte ${at}`);
 
+/** `bytes` followed by zeros up to `length` bytes. */
+function padded(bytes: Uint8Array, length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  out.set(bytes);
+  return out;
+}
+
 /** Reads a ReadableStream by exact byte counts, counting its position. */
 export class StreamBytes {
   private readonly reader: ReadableStreamDefaultReader<Uint8Array>;
@@ -133,8 +140,17 @@ export class StreamBytes {
     return out;
   }
 
-  /** Exactly `n` bytes (fewer only at the end of the stream: `partial` says so). */
+  /**
+   * Exactly `n` bytes (fewer only at the end of the stream: `partial` says so). When the current chunk holds
+   * them all they are a view of it, with no copy (a stream's chunks are the reader's once read).
+   */
   async read(n: number): Promise<{ bytes: Uint8Array; partial: boolean }> {
+    if (n > 0 && (await this.fill()) && this.chunk.byteLength - this.at >= n) {
+      const view = this.chunk.subarray(this.at, this.at + n);
+      this.at += n;
+      this.position += n;
+      return { bytes: view, partial: false };
+    }
     const out = new Uint8Array(n);
     let got = 0;
     while (got < n) {
@@ -353,12 +369,20 @@ async function qcow2In(bytes: StreamBytes, head: Uint8Array, target: BlockImage,
     await scratch.write(offset, piece.slice());
   };
   /** The last item's bytes: compressed clusters may share a sector with the one before. */
-  let recent = { offset: 0, bytes: new Uint8Array(0) };
+  let recent: { offset: number; bytes: Uint8Array } = { offset: 0, bytes: new Uint8Array(0) };
   let guestDone = 0;
   const tablesSeen = new Set<number>();
 
   /** The bytes of [offset, offset+length): behind the stream position from `recent` or scratch, then the stream. */
   const fetch = async (item: Item, tolerateEnd: boolean): Promise<Uint8Array> => {
+    if (item.offset === bytes.position) {
+      // All of it ahead in the stream (the common case): the bytes as read, no second buffer.
+      const r = await bytes.read(item.length);
+      if (r.partial && !tolerateEnd) throw truncated(bytes.position);
+      const whole = r.partial ? padded(r.bytes, item.length) : r.bytes;
+      recent = { offset: item.offset, bytes: whole };
+      return whole;
+    }
     const out = new Uint8Array(item.length);
     let at = item.offset;
     const end = item.offset + item.length;

@@ -74,9 +74,12 @@ function readThrough(r: Readable): Promise<Uint8Array | null> {
 
 /** The bytes of an open file descriptor, read in order until its end (pull-driven: no read-ahead). */
 export function readableFromFd(fd: number, chunkBytes = CHUNK): ReadableStream<Uint8Array> {
-  // One buffer is read into; a full one is handed over (and replaced), a partial read is copied out (pipes
-  // give at most their capacity, 64 KiB, per read).
+  // Reads go one after the other into one buffer and each is handed over as a view of it, with no copy; a new
+  // buffer is made once less than a pipe's capacity (64 KiB, the most one pipe read gives) is left. The views
+  // keep their buffer alive until the consumer drops them.
+  const refill = Math.min(chunkBytes, 64 * 1024);
   let buf = new Uint8Array(chunkBytes);
+  let filled = 0;
   return new ReadableStream<Uint8Array>(
     {
       async pull(controller) {
@@ -90,12 +93,16 @@ export function readableFromFd(fd: number, chunkBytes = CHUNK): ReadableStream<U
             return;
           }
           try {
-            const n = await fdRead(fd, buf);
-            if (n === 0) controller.close();
-            else if (n === buf.byteLength) {
-              controller.enqueue(buf);
+            if (buf.byteLength - filled < refill) {
               buf = new Uint8Array(chunkBytes);
-            } else controller.enqueue(buf.slice(0, n));
+              filled = 0;
+            }
+            const n = await fdRead(fd, buf.subarray(filled));
+            if (n === 0) controller.close();
+            else {
+              controller.enqueue(buf.subarray(filled, filled + n));
+              filled += n;
+            }
             return;
           } catch (e) {
             // A non-blocking descriptor (a pipe a parent left in O_NONBLOCK): wait for data.
