@@ -11,10 +11,14 @@
 //   name, size and modification time; V8 also checks that the cached code fits the source (its length) and
 //   V8 flags, and compiles from source when it does not;
 // - entries are written when the process exits, after the run compiled what it needed, through a temporary
-//   file renamed into place, so concurrent runs never read half an entry.
+//   file renamed into place, so concurrent runs never read half an entry; a process that ran for 2 s or more
+//   (a server) writes an entry it used again when its code now holds at least 5 % more compiled functions.
 // Nothing here changes what the code does: a missing, stale or unreadable cache only costs the compile time.
 "use strict";
 const Module = require("node:module");
+
+/** Seconds a process must have run before its exit writes used entries again (see the exit handler). */
+const LONG_RUN_SECONDS = 2;
 
 function enable() {
   const setting = process.env.QCOWKIT_COMPILE_CACHE;
@@ -45,6 +49,9 @@ function enable() {
   };
   const flags = fnv(`${process.execArgv.join(" ")}|${process.env.NODE_OPTIONS ?? ""}`);
   const pending = [];
+  // Entries that were used: a long run (a server) compiled functions a short one never reached (the handshake,
+  // the request paths), which a later server would otherwise compile again while its first client waits.
+  const loaded = [];
   const original = Module.prototype._compile;
   Module.prototype._compile = function compileWithCache(content, filename) {
     if (typeof filename !== "string" || !filename.startsWith(distDir) || !filename.endsWith(".cjs")) {
@@ -68,12 +75,25 @@ function enable() {
     // A #! line (qnbd's entry keeps one) is a comment only at the very start of a file: keep its place as one.
     const source = content.startsWith("#!") ? `//${content.slice(2)}` : content;
     const script = new vm.Script(Module.wrap(source), { filename, cachedData });
-    if (cachedData === undefined || script.cachedDataRejected) pending.push({ script, entry });
+    if (cachedData === undefined || script.cachedDataRejected) pending.push({ script, entry, bytes: 0 });
+    else loaded.push({ script, entry, bytes: cachedData.byteLength });
     const wrapper = script.runInThisContext({ displayErrors: true });
     const require = Module.createRequire(filename);
     return wrapper.call(this.exports, this.exports, require, this, filename, path.dirname(filename));
   };
   process.once("exit", () => {
+    // After a run of some seconds, an entry that would now hold clearly more code is written again; short
+    // commands (qimg info) do not pay for making cached data they would not improve.
+    if (process.uptime() >= LONG_RUN_SECONDS) {
+      for (const item of loaded) {
+        try {
+          const data = item.script.createCachedData();
+          if (data.byteLength > item.bytes * 1.05) pending.push({ script: { createCachedData: () => data }, entry: item.entry });
+        } catch {
+          // The cache is only an optimisation.
+        }
+      }
+    }
     for (const { script, entry } of pending) {
       const tmp = `${entry}.${process.pid}.tmp`;
       try {

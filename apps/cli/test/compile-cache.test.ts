@@ -7,7 +7,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
-import { QIMG_BIN, ok, qemuImg, run, tempDir } from "./helpers";
+import { QIMG_BIN, QIO_BIN, ok, qemuImg, run, tempDir } from "./helpers";
 
 const dir = tempDir("qimg-compile-cache-");
 
@@ -42,6 +42,30 @@ describe("the bins' code cache", () => {
     expect(await info(cache, image)).toBe(first);
     expect(fs.readFileSync(entry).equals(damaged)).toBe(false);
     expect(qimgEntries(cache)).toHaveLength(1);
+  });
+
+  it("is written again by a run of 2 s or more that compiled clearly more, and left alone by short runs", async () => {
+    const image = path.join(dir, "c.qcow2");
+    await ok(qemuImg(["create", "-q", "-f", "qcow2", image, "64M"]));
+    const cache = path.join(dir, "cache-long");
+    const qio = (...commands: string[]) =>
+      ok(run(process.execPath, [QIO_BIN, ...commands.flatMap((c) => ["-c", c]), image], { env: { QCOWKIT_COMPILE_CACHE: cache } }));
+    await qio("read 0 512");
+    const entries = fs.readdirSync(cache).filter((f) => f.includes("-qio.cjs-"));
+    expect(entries).toHaveLength(1);
+    const entry = path.join(cache, entries[0]!);
+    const short = fs.readFileSync(entry);
+    // A short run that compiles more (writes, map) is not long enough to write the entry again.
+    await qio("write -P 7 0 1M", "map", "read -P 7 0 1M");
+    expect(fs.readFileSync(entry).equals(short)).toBe(true);
+    // The same work in a run of over 2 s: the entry now holds that code too.
+    const out = await qio("write -P 9 1M 1M", "map", "read -P 9 1M 1M", "sleep 2100");
+    expect(out).toContain("read 1048576/1048576 bytes at offset 1048576");
+    const long = fs.readFileSync(entry);
+    expect(long.byteLength).toBeGreaterThan(short.byteLength * 1.05);
+    // Used as it is by the next short run.
+    await qio("read 0 512");
+    expect(fs.readFileSync(entry).equals(long)).toBe(true);
   });
 
   it("is not used in a directory others may write to, nor when QCOWKIT_COMPILE_CACHE=0", async () => {
