@@ -22,6 +22,12 @@ import { abortable, type OperationOptions } from "./operation";
 const SECTOR = 512;
 /** qemu-img's IO_BUF_SIZE. */
 const IO_BUFFER_BYTES = 2 * 1024 * 1024;
+/**
+ * Target clusters per compressed chunk (at most one I/O buffer). QEMU copies one cluster per request; several
+ * at once are compressed as many (a compressed write compresses its clusters together and places them in
+ * guest order), so the file is the same, with one read and one write call per chunk instead of per cluster.
+ */
+const COMPRESSED_CHUNK_CLUSTERS = 8;
 /** BDRV_REQUEST_MAX_SECTORS in bytes: the largest single request. */
 const MAX_REQUEST_BYTES = 2147483136;
 
@@ -120,6 +126,11 @@ function pow2floor(n: number): number {
   return n <= 0 ? 0 : 2 ** Math.floor(Math.log2(n));
 }
 
+/** Bytes of a compressed chunk: whole target clusters, at most COMPRESSED_CHUNK_CLUSTERS and one I/O buffer. */
+function compressedChunkBytes(clusterBytes: number): number {
+  return Math.max(1, Math.min(COMPRESSED_CHUNK_CLUSTERS, Math.floor(IO_BUFFER_BYTES / clusterBytes))) * clusterBytes;
+}
+
 /**
  * The chunks convert works through, in order (convert_iteration_sectors): by source block status, aligned to
  * the source's cluster size, data limited to 2 MiB, whole clusters for compressed targets.
@@ -176,8 +187,8 @@ async function* planChunks(
         statusEnd = pos + count;
       }
       n = Math.min(n, statusEnd - pos);
-      // Compressed targets get one cluster per request.
-      if (status === "data") n = Math.min(n, o.compressed ? o.clusterBytes : IO_BUFFER_BYTES);
+      // Compressed targets get whole clusters, a few at a time.
+      if (status === "data") n = Math.min(n, o.compressed ? compressedChunkBytes(o.clusterBytes) : IO_BUFFER_BYTES);
       if (o.compressed) {
         if (n < o.clusterBytes) {
           // A short piece is widened to a whole cluster of the target, into the next sources if need be.
@@ -399,8 +410,18 @@ export async function convertImages(sources: BlockImage[], target: BlockImage, o
         return;
       }
       if (compressed) {
-        if (minSparse !== 0 && isAllZero(buf!)) await zeroTarget(chunk.offset, chunk.length);
-        else await target.write(chunk.offset, buf!, { compressed: true });
+        // Cluster by cluster, as QEMU decides: an all-zero cluster is a zero write (a hole), any other one is
+        // compressed. Neighbours of the same kind go in one call.
+        const zeroCluster = (from: number) => minSparse !== 0 && isAllZero(buf!.subarray(from, Math.min(chunk.length, from + clusterBytes)));
+        for (let from = 0; from < chunk.length; ) {
+          const zero = zeroCluster(from);
+          let to = Math.min(chunk.length, from + clusterBytes);
+          while (to < chunk.length && zeroCluster(to) === zero) to = Math.min(chunk.length, to + clusterBytes);
+          at = chunk.offset + from;
+          if (zero) await zeroTarget(at, to - from);
+          else await target.write(at, buf!.subarray(from, to), { compressed: true });
+          from = to;
+        }
         return;
       }
       const words = wordsOf(buf!.subarray(0, buf!.byteLength & ~3));
